@@ -1,0 +1,8 @@
+//! weft: a userspace VXLAN overlay router, compatible with flannel.
+//!
+//! Data flows one way: `store` (etcd leases) -> `table` (lock-free lease snapshots) ->
+//! dataplane (TUN <-> UDP). The packet layer (`wire`, `buf`, `encap`) is pure: no I/O, no unsafe.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod wire;

@@ -5,4 +5,6 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod buf;
+pub mod encap;
 pub mod wire;

@@ -3,12 +3,21 @@
 //! Each `Packet<T: AsRef<[u8]>>` wraps a caller-owned buffer. `new_checked` validates lengths
 //! once; after it succeeds no accessor panics. Nothing here does I/O or uses `unsafe`.
 
+pub mod checksum;
 pub mod ethernet;
+pub mod icmpv4;
+pub mod ipv4;
+pub mod ipv6;
 pub mod subnet;
+pub mod udp;
 pub mod vxlan;
 
 pub use ethernet::{EtherType, EthernetAddress, EthernetFrame};
+pub use icmpv4::Icmpv4Packet;
+pub use ipv4::Ipv4Packet;
+pub use ipv6::Ipv6Packet;
 pub use subnet::Subnet;
+pub use udp::UdpPacket;
 pub use vxlan::{Vni, VxlanPacket};
 
 /// Why a byte buffer could not be read as a given header.

@@ -1,0 +1,578 @@
+//! Encapsulation and decapsulation for the vxlan and flannel "udp" backends.
+//!
+//! Pure functions over caller-owned buffers: no I/O, no allocation. The outer IPv4 and UDP
+//! headers are the kernel's job (a UDP socket); what is built here is the UDP payload.
+//!
+//! * vxlan (RFC 7348): `VXLAN header (8) | inner Ethernet (14, dst = peer VtepMAC,
+//!   src = our VtepMAC, type IPv4) | inner IPv4 packet`, sent to port 8472 by default.
+//! * udp (flannel's userspace backend): the inner IPv4 packet as-is, port 8285 by default.
+//!
+//! Receive-side checks follow DESIGN.md in order; every failure is a [`DropReason`], which
+//! doubles as the drop counter's label.
+
+use std::net::Ipv4Addr;
+
+use crate::buf::{BufError, PacketBuf};
+use crate::wire::ethernet::{self, EthernetRepr};
+use crate::wire::ipv4::Protocol;
+use crate::wire::vxlan::{self, Vni};
+use crate::wire::{ipv6, WireError};
+use crate::wire::{EtherType, EthernetAddress, EthernetFrame, Ipv4Packet, Subnet, VxlanPacket};
+
+/// Bytes vxlan puts in front of the inner IPv4 packet inside the UDP payload.
+pub const VXLAN_ENCAP_LEN: usize = vxlan::HEADER_LEN + ethernet::HEADER_LEN;
+
+/// Bytes vxlan adds on the underlay: outer IPv4 (20) + UDP (8) + VXLAN (8) + Ethernet (14).
+pub const VXLAN_OVERHEAD: usize = 20 + 8 + VXLAN_ENCAP_LEN;
+
+/// Bytes the udp backend adds on the underlay: outer IPv4 (20) + UDP (8).
+pub const UDP_OVERHEAD: usize = 20 + 8;
+
+/// The ready-to-copy bytes vxlan prepends for one peer: VXLAN header + inner Ethernet header.
+pub type VxlanHeader = [u8; VXLAN_ENCAP_LEN];
+
+/// Builds the bytes to prepend for a peer: I flag and `vni`, then Ethernet
+/// `dst = peer_mac, src = local_mac, type = IPv4`, exactly as a Linux VXLAN device sends.
+pub fn vxlan_header(
+    vni: Vni,
+    local_mac: EthernetAddress,
+    peer_mac: EthernetAddress,
+) -> VxlanHeader {
+    let mut h = [0u8; VXLAN_ENCAP_LEN];
+    h[..vxlan::HEADER_LEN].copy_from_slice(&vxlan::header_bytes(vni));
+    let eth = EthernetRepr {
+        src: local_mac,
+        dst: peer_mac,
+        ethertype: EtherType::Ipv4,
+    };
+    h[vxlan::HEADER_LEN..].copy_from_slice(&eth.to_bytes());
+    h
+}
+
+/// Why a packet was dropped; a small `Copy` value that is also the metrics label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DropReason {
+    /// Receive: the UDP payload is shorter than the VXLAN and inner Ethernet headers.
+    Truncated,
+    /// Receive: the VXLAN I flag is not set.
+    BadFlags,
+    /// Receive: the VNI is not ours.
+    WrongVni,
+    /// Receive: the inner Ethernet destination is not our VTEP MAC.
+    WrongInnerMac,
+    /// Receive: the inner frame or packet is IPv6 (weft carries IPv4 only).
+    InnerIpv6,
+    /// Receive: the inner frame is neither IPv4 nor IPv6 (e.g. ARP).
+    InnerNotIp,
+    /// The inner IPv4 packet is shorter than its header or total length claims.
+    InnerTruncated,
+    /// The inner IPv4 header is invalid (version, header length, total length).
+    InnerMalformed,
+    /// The inner IPv4 header checksum is wrong.
+    InnerBadChecksum,
+    /// Receive: the underlay sender holds no current lease.
+    UnknownSender,
+    /// Receive: the inner source lies outside the sender's subnet (spoofing).
+    SpoofedSource,
+    /// Receive: the inner destination lies outside our subnet.
+    NotForUs,
+    /// Send: no lease covers the destination.
+    NoLease,
+    /// Send: the TUN handed over an IPv6 packet.
+    OutboundIpv6,
+    /// Send: the TUN handed over a packet that is not valid IPv4.
+    OutboundMalformed,
+}
+
+impl DropReason {
+    /// Every reason, for registering counters up front.
+    pub const ALL: [DropReason; 15] = [
+        DropReason::Truncated,
+        DropReason::BadFlags,
+        DropReason::WrongVni,
+        DropReason::WrongInnerMac,
+        DropReason::InnerIpv6,
+        DropReason::InnerNotIp,
+        DropReason::InnerTruncated,
+        DropReason::InnerMalformed,
+        DropReason::InnerBadChecksum,
+        DropReason::UnknownSender,
+        DropReason::SpoofedSource,
+        DropReason::NotForUs,
+        DropReason::NoLease,
+        DropReason::OutboundIpv6,
+        DropReason::OutboundMalformed,
+    ];
+
+    /// The metrics label (`reason="wrong_vni"`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Truncated => "truncated",
+            DropReason::BadFlags => "bad_flags",
+            DropReason::WrongVni => "wrong_vni",
+            DropReason::WrongInnerMac => "wrong_inner_mac",
+            DropReason::InnerIpv6 => "inner_ipv6",
+            DropReason::InnerNotIp => "inner_not_ip",
+            DropReason::InnerTruncated => "inner_truncated",
+            DropReason::InnerMalformed => "inner_malformed",
+            DropReason::InnerBadChecksum => "inner_bad_checksum",
+            DropReason::UnknownSender => "unknown_sender",
+            DropReason::SpoofedSource => "spoofed_source",
+            DropReason::NotForUs => "not_for_us",
+            DropReason::NoLease => "no_lease",
+            DropReason::OutboundIpv6 => "outbound_ipv6",
+            DropReason::OutboundMalformed => "outbound_malformed",
+        }
+    }
+
+    /// The position of this reason in [`ALL`](Self::ALL), for array-indexed counters.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl core::fmt::Display for DropReason {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a receiving VTEP accepts: its VNI and its own VTEP MAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanRx {
+    /// The VNI of this network.
+    pub vni: Vni,
+    /// This node's VTEP MAC.
+    pub vtep_mac: EthernetAddress,
+}
+
+/// A validated inner IPv4 packet inside a received datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inner<'a> {
+    /// Offset of the inner packet within the datagram.
+    pub offset: usize,
+    /// The inner IPv4 packet, up to its total length (trailing padding excluded).
+    pub packet: &'a [u8],
+    /// Inner source address.
+    pub src: Ipv4Addr,
+    /// Inner destination address.
+    pub dst: Ipv4Addr,
+}
+
+/// Validates an inner IPv4 packet: header length, total length, version, header checksum.
+fn check_ipv4(packet: &[u8]) -> Result<Ipv4Packet<&[u8]>, DropReason> {
+    match ipv6::ip_version(packet) {
+        Some(4) => {}
+        Some(6) => return Err(DropReason::InnerIpv6),
+        Some(_) => return Err(DropReason::InnerMalformed),
+        None => return Err(DropReason::InnerTruncated),
+    }
+    let p = Ipv4Packet::new_checked(packet).map_err(|e| match e {
+        WireError::Truncated => DropReason::InnerTruncated,
+        WireError::Malformed => DropReason::InnerMalformed,
+    })?;
+    if !p.verify_checksum() {
+        return Err(DropReason::InnerBadChecksum);
+    }
+    Ok(p)
+}
+
+fn inner_at(datagram: &[u8], offset: usize) -> Result<Inner<'_>, DropReason> {
+    let p = check_ipv4(&datagram[offset..])?;
+    let (src, dst) = (p.src_addr(), p.dst_addr());
+    let len = p.total_len() as usize;
+    Ok(Inner {
+        offset,
+        packet: &datagram[offset..offset + len],
+        src,
+        dst,
+    })
+}
+
+/// Decapsulates a VXLAN UDP payload: I flag, VNI, inner Ethernet destination and type, then
+/// the inner IPv4 header. Reserved VXLAN bits are ignored (RFC 7348 section 5).
+pub fn decap_vxlan<'a>(datagram: &'a [u8], rx: &VxlanRx) -> Result<Inner<'a>, DropReason> {
+    if datagram.len() < VXLAN_ENCAP_LEN {
+        return Err(DropReason::Truncated);
+    }
+    let vx = VxlanPacket::new_unchecked(datagram);
+    if !vx.has_vni() {
+        return Err(DropReason::BadFlags);
+    }
+    if vx.vni() != rx.vni {
+        return Err(DropReason::WrongVni);
+    }
+    let eth = EthernetFrame::new_unchecked(vx.payload());
+    if eth.dst_addr() != rx.vtep_mac {
+        return Err(DropReason::WrongInnerMac);
+    }
+    match eth.ethertype() {
+        EtherType::Ipv4 => {}
+        EtherType::Ipv6 => return Err(DropReason::InnerIpv6),
+        _ => return Err(DropReason::InnerNotIp),
+    }
+    inner_at(datagram, VXLAN_ENCAP_LEN)
+}
+
+/// Decapsulates a flannel udp-backend payload: the payload is the inner IPv4 packet.
+pub fn decap_udp(datagram: &[u8]) -> Result<Inner<'_>, DropReason> {
+    inner_at(datagram, 0)
+}
+
+/// The last receive checks, which need the lease table: the inner source must lie in the
+/// sender's leased subnet and the inner destination in ours.
+#[inline]
+pub fn check_inner_route(
+    inner: &Inner<'_>,
+    sender_subnet: Subnet,
+    local_subnet: Subnet,
+) -> Result<(), DropReason> {
+    if !sender_subnet.contains(inner.src) {
+        return Err(DropReason::SpoofedSource);
+    }
+    if !local_subnet.contains(inner.dst) {
+        return Err(DropReason::NotForUs);
+    }
+    Ok(())
+}
+
+/// Decapsulates a received VXLAN datagram held in `buf` in place: on success `buf` holds
+/// exactly the inner IPv4 packet (the headers are skipped, padding trimmed, nothing copied).
+pub fn decap_vxlan_in_place(
+    buf: &mut PacketBuf,
+    rx: &VxlanRx,
+) -> Result<(Ipv4Addr, Ipv4Addr), DropReason> {
+    let (offset, len, src, dst) = {
+        let i = decap_vxlan(buf.as_slice(), rx)?;
+        (i.offset, i.packet.len(), i.src, i.dst)
+    };
+    buf.advance(offset).map_err(|_| DropReason::Truncated)?;
+    buf.truncate(len);
+    Ok((src, dst))
+}
+
+/// Decapsulates a received udp-backend datagram held in `buf` in place (trims padding).
+pub fn decap_udp_in_place(buf: &mut PacketBuf) -> Result<(Ipv4Addr, Ipv4Addr), DropReason> {
+    let (len, src, dst) = {
+        let i = decap_udp(buf.as_slice())?;
+        (i.packet.len(), i.src, i.dst)
+    };
+    buf.truncate(len);
+    Ok((src, dst))
+}
+
+/// Encapsulates the inner IPv4 packet in `buf` for vxlan by prepending `header` in place.
+#[inline]
+pub fn encap_vxlan(buf: &mut PacketBuf, header: &VxlanHeader) -> Result<(), BufError> {
+    buf.prepend(VXLAN_ENCAP_LEN)?.copy_from_slice(header);
+    Ok(())
+}
+
+/// Encapsulates into a separate output buffer (the copying form, for callers without
+/// headroom): writes `header | inner` into `out` and returns the written bytes.
+pub fn encap_vxlan_into<'o>(
+    inner: &[u8],
+    header: &VxlanHeader,
+    out: &'o mut [u8],
+) -> Result<&'o [u8], BufError> {
+    let total = VXLAN_ENCAP_LEN + inner.len();
+    if out.len() < total {
+        return Err(BufError::NoHeadroom {
+            need: total,
+            have: out.len(),
+        });
+    }
+    out[..VXLAN_ENCAP_LEN].copy_from_slice(header);
+    out[VXLAN_ENCAP_LEN..total].copy_from_slice(inner);
+    Ok(&out[..total])
+}
+
+/// Reads the destination of a packet the TUN handed over, checking it is sane IPv4.
+#[inline]
+pub fn outbound_dst(packet: &[u8]) -> Result<Ipv4Addr, DropReason> {
+    match ipv6::ip_version(packet) {
+        Some(4) => {}
+        Some(6) => return Err(DropReason::OutboundIpv6),
+        _ => return Err(DropReason::OutboundMalformed),
+    }
+    let p = Ipv4Packet::new_checked(packet).map_err(|_| DropReason::OutboundMalformed)?;
+    Ok(p.dst_addr())
+}
+
+/// A hash of the inner flow (addresses, protocol, and ports of TCP/UDP first fragments),
+/// used to spread flows over outer UDP source ports (RFC 7348 section 5, "Source Port").
+pub fn flow_hash(packet: &[u8]) -> u32 {
+    let Ok(p) = Ipv4Packet::new_checked(packet) else {
+        return 0;
+    };
+    let mut h = u64::from(u32::from(p.src_addr())) << 32 | u64::from(u32::from(p.dst_addr()));
+    let proto = p.protocol();
+    h ^= u64::from(u8::from(proto)) << 56;
+    if matches!(proto, Protocol::Tcp | Protocol::Udp) && p.frag_offset() == 0 {
+        if let Some(ports) = p.payload().get(..4) {
+            h = h.rotate_left(17)
+                ^ u64::from(u32::from_be_bytes([ports[0], ports[1], ports[2], ports[3]]));
+        }
+    }
+    // A 64-bit multiplicative mix; the high half is well distributed.
+    (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32
+}
+
+/// Maps a flow hash into the source-port range `lo..=hi` as Linux's `udp_flow_src_port` does.
+pub fn flow_src_port(hash: u32, lo: u16, hi: u16) -> u16 {
+    let (lo, hi) = if lo <= hi { (lo, hi) } else { (hi, lo) };
+    let range = u64::from(hi - lo) + 1;
+    lo + ((u64::from(hash) * range) >> 32) as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::ipv4::Ipv4Repr;
+
+    const LOCAL_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x01]);
+    const PEER_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x02]);
+
+    fn vni1() -> Vni {
+        Vni::new(1).unwrap()
+    }
+
+    fn rx() -> VxlanRx {
+        VxlanRx {
+            vni: vni1(),
+            vtep_mac: PEER_MAC,
+        }
+    }
+
+    fn ipv4_packet(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
+        let mut b = vec![0u8; 20 + payload.len()];
+        Ipv4Repr {
+            src: Ipv4Addr::from(src),
+            dst: Ipv4Addr::from(dst),
+            protocol: Protocol::Udp,
+            payload_len: payload.len() as u16,
+            ttl: 63,
+            dscp_ecn: 0,
+            ident: 1,
+            dont_frag: true,
+        }
+        .emit(&mut Ipv4Packet::new_unchecked(&mut b[..]));
+        b[20..].copy_from_slice(payload);
+        b
+    }
+
+    fn encapped(inner: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; VXLAN_ENCAP_LEN + inner.len()];
+        let h = vxlan_header(vni1(), LOCAL_MAC, PEER_MAC);
+        encap_vxlan_into(inner, &h, &mut out).unwrap();
+        out
+    }
+
+    fn inner() -> Vec<u8> {
+        ipv4_packet(
+            [10, 1, 1, 2],
+            [10, 1, 2, 2],
+            &[0, 1, 0, 2, 0, 12, 0, 0, 1, 2, 3, 4],
+        )
+    }
+
+    #[test]
+    fn header_layout() {
+        let h = vxlan_header(Vni::new(0x010203).unwrap(), LOCAL_MAC, PEER_MAC);
+        assert_eq!(
+            h,
+            [
+                0x08, 0, 0, 0, 0x01, 0x02, 0x03, 0, // VXLAN
+                0x02, 0, 0, 0, 0, 0x02, // dst = peer
+                0x02, 0, 0, 0, 0, 0x01, // src = local
+                0x08, 0x00,
+            ]
+        );
+    }
+
+    #[test]
+    fn in_place_round_trip() {
+        let inner = inner();
+        let mut b = PacketBuf::new(2048, 64);
+        b.fill_from(&inner).unwrap();
+        encap_vxlan(&mut b, &vxlan_header(vni1(), LOCAL_MAC, PEER_MAC)).unwrap();
+        assert_eq!(b.as_slice(), &encapped(&inner)[..]);
+        let (src, dst) = decap_vxlan_in_place(&mut b, &rx()).unwrap();
+        assert_eq!(b.as_slice(), &inner[..]);
+        assert_eq!(src, Ipv4Addr::new(10, 1, 1, 2));
+        assert_eq!(dst, Ipv4Addr::new(10, 1, 2, 2));
+        assert_eq!(b.headroom(), 64, "decap only moved the start back");
+    }
+
+    #[test]
+    fn encap_without_headroom_is_an_error() {
+        let mut b = PacketBuf::new(64, 8);
+        b.fill_from(&inner()).unwrap();
+        assert!(encap_vxlan(&mut b, &[0; VXLAN_ENCAP_LEN]).is_err());
+        assert!(encap_vxlan_into(&inner(), &[0; VXLAN_ENCAP_LEN], &mut [0u8; 10]).is_err());
+    }
+
+    #[test]
+    fn padding_is_trimmed() {
+        let inner = inner();
+        let mut d = encapped(&inner);
+        d.extend_from_slice(&[0u8; 18]);
+        let i = decap_vxlan(&d, &rx()).unwrap();
+        assert_eq!(i.packet, &inner[..]);
+        let mut b = PacketBuf::new(2048, 64);
+        b.fill_from(&d).unwrap();
+        decap_vxlan_in_place(&mut b, &rx()).unwrap();
+        assert_eq!(b.as_slice(), &inner[..]);
+        let mut u = inner.clone();
+        u.extend_from_slice(&[0u8; 5]);
+        b.fill_from(&u).unwrap();
+        decap_udp_in_place(&mut b).unwrap();
+        assert_eq!(b.as_slice(), &inner[..]);
+    }
+
+    // Every drop reason, one vector each.
+
+    #[test]
+    fn drop_truncated() {
+        let d = encapped(&inner());
+        assert_eq!(decap_vxlan(&d[..21], &rx()), Err(DropReason::Truncated));
+        assert_eq!(decap_vxlan(&[], &rx()), Err(DropReason::Truncated));
+    }
+
+    #[test]
+    fn drop_bad_flags() {
+        let mut d = encapped(&inner());
+        d[0] = 0xf7; // every bit but I
+        assert_eq!(decap_vxlan(&d, &rx()), Err(DropReason::BadFlags));
+        d[0] = 0xff; // reserved bits set but I too: accepted
+        assert!(decap_vxlan(&d, &rx()).is_ok());
+    }
+
+    #[test]
+    fn drop_wrong_vni() {
+        let mut d = encapped(&inner());
+        d[6] = 2;
+        assert_eq!(decap_vxlan(&d, &rx()), Err(DropReason::WrongVni));
+    }
+
+    #[test]
+    fn drop_wrong_inner_mac() {
+        let mut d = encapped(&inner());
+        d[8..14].copy_from_slice(&[0xff; 6]);
+        assert_eq!(decap_vxlan(&d, &rx()), Err(DropReason::WrongInnerMac));
+    }
+
+    #[test]
+    fn drop_inner_ipv6_and_not_ip() {
+        let mut d = encapped(&inner());
+        d[20..22].copy_from_slice(&[0x86, 0xdd]);
+        assert_eq!(decap_vxlan(&d, &rx()), Err(DropReason::InnerIpv6));
+        d[20..22].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(decap_vxlan(&d, &rx()), Err(DropReason::InnerNotIp));
+        let mut v6 = inner();
+        v6[0] = 0x60;
+        assert_eq!(decap_udp(&v6), Err(DropReason::InnerIpv6));
+    }
+
+    #[test]
+    fn drop_inner_truncated() {
+        let d = encapped(&inner());
+        assert_eq!(
+            decap_vxlan(&d[..22], &rx()),
+            Err(DropReason::InnerTruncated)
+        );
+        assert_eq!(
+            decap_vxlan(&d[..30], &rx()),
+            Err(DropReason::InnerTruncated)
+        );
+        assert_eq!(
+            decap_vxlan(&d[..d.len() - 1], &rx()),
+            Err(DropReason::InnerTruncated)
+        );
+        assert_eq!(decap_udp(&[]), Err(DropReason::InnerTruncated));
+    }
+
+    #[test]
+    fn drop_inner_malformed() {
+        let mut d = encapped(&inner());
+        d[22] = 0x55; // version 5
+        assert_eq!(decap_vxlan(&d, &rx()), Err(DropReason::InnerMalformed));
+        let mut d = encapped(&inner());
+        d[22] = 0x44; // IHL 4
+        assert_eq!(decap_vxlan(&d, &rx()), Err(DropReason::InnerMalformed));
+        let mut u = inner();
+        u[2..4].copy_from_slice(&10u16.to_be_bytes()); // total < header
+        assert_eq!(decap_udp(&u), Err(DropReason::InnerMalformed));
+    }
+
+    #[test]
+    fn drop_inner_bad_checksum() {
+        let mut d = encapped(&inner());
+        d[22 + 8] ^= 0x01; // TTL changed without fixing the checksum
+        assert_eq!(decap_vxlan(&d, &rx()), Err(DropReason::InnerBadChecksum));
+    }
+
+    #[test]
+    fn drop_spoofed_source_and_not_for_us() {
+        let sender: Subnet = "10.1.1.0/24".parse().unwrap();
+        let local: Subnet = "10.1.2.0/24".parse().unwrap();
+        let good = inner();
+        let i = decap_udp(&good).unwrap();
+        assert_eq!(check_inner_route(&i, sender, local), Ok(()));
+        let spoofed = ipv4_packet([10, 1, 3, 2], [10, 1, 2, 2], &[]);
+        let i = decap_udp(&spoofed).unwrap();
+        assert_eq!(
+            check_inner_route(&i, sender, local),
+            Err(DropReason::SpoofedSource)
+        );
+        let elsewhere = ipv4_packet([10, 1, 1, 2], [10, 1, 4, 2], &[]);
+        let i = decap_udp(&elsewhere).unwrap();
+        assert_eq!(
+            check_inner_route(&i, sender, local),
+            Err(DropReason::NotForUs)
+        );
+    }
+
+    #[test]
+    fn outbound_checks() {
+        assert_eq!(outbound_dst(&inner()), Ok(Ipv4Addr::new(10, 1, 2, 2)));
+        let mut v6 = inner();
+        v6[0] = 0x60;
+        assert_eq!(outbound_dst(&v6), Err(DropReason::OutboundIpv6));
+        assert_eq!(outbound_dst(&[]), Err(DropReason::OutboundMalformed));
+        assert_eq!(
+            outbound_dst(&inner()[..19]),
+            Err(DropReason::OutboundMalformed)
+        );
+    }
+
+    #[test]
+    fn labels_are_unique_and_indexed() {
+        let mut seen = std::collections::HashSet::new();
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+            assert!(seen.insert(r.as_str()));
+            assert_eq!(r.to_string(), r.as_str());
+        }
+    }
+
+    #[test]
+    fn flow_ports_spread_and_stay_in_range() {
+        let mut ports = std::collections::HashSet::new();
+        for sport in 0..64u16 {
+            let mut udp = [0u8; 8];
+            udp[..2].copy_from_slice(&(40000 + sport).to_be_bytes());
+            udp[2..4].copy_from_slice(&80u16.to_be_bytes());
+            let p = ipv4_packet([10, 1, 1, 2], [10, 1, 2, 2], &udp);
+            let port = flow_src_port(flow_hash(&p), 32768, 60999);
+            assert!((32768..=60999).contains(&port));
+            ports.insert(port);
+        }
+        assert!(ports.len() > 48, "64 flows hit only {} ports", ports.len());
+        let p = inner();
+        assert_eq!(flow_hash(&p), flow_hash(&p));
+        assert_eq!(flow_hash(&[1, 2, 3]), 0);
+        assert_eq!(flow_src_port(u32::MAX, 10, 10), 10);
+        assert_eq!(flow_src_port(u32::MAX, 0, u16::MAX), u16::MAX);
+    }
+}

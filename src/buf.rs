@@ -43,7 +43,7 @@ pub enum BufError {
 #[derive(Debug)]
 pub struct PacketBuf {
     data: Box<[u8]>,
-    headroom: usize,
+    reserved: usize,
     head: usize,
     tail: usize,
 }
@@ -57,7 +57,7 @@ impl PacketBuf {
         assert!(headroom < capacity, "headroom must leave room for a packet");
         PacketBuf {
             data: vec![0u8; capacity].into_boxed_slice(),
-            headroom,
+            reserved: headroom,
             head: headroom,
             tail: headroom,
         }
@@ -66,8 +66,8 @@ impl PacketBuf {
     /// Empties the buffer and restores the full headroom.
     #[inline]
     pub fn reset(&mut self) {
-        self.head = self.headroom;
-        self.tail = self.headroom;
+        self.head = self.reserved;
+        self.tail = self.reserved;
     }
 
     /// The packet bytes.

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what `make test` and `make demo` need on a fresh Debian machine (run as root).
+# Idempotent: installs only what is missing.
+set -euo pipefail
+need=()
+want() { command -v "$1" >/dev/null 2>&1 || need+=("$2"); }
+want etcd etcd-server
+want etcdctl etcd-client
+want protoc protobuf-compiler
+want ip iproute2
+want bridge iproute2
+want iptables iptables
+want iperf3 iperf3
+want ethtool ethtool
+want python3 python3
+want pkg-config pkg-config
+want cc build-essential
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "deps: missing ${need[*]}; run as root (apt-get install) or install them yourself" >&2
+    exit 1
+  fi
+  mapfile -t pkgs < <(printf '%s\n' "${need[@]}" | sort -u)
+  echo "deps: apt-get install ${pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "deps: cargo not found; install Rust stable with rustup (https://rustup.rs)" >&2
+  exit 1
+fi
+if command -v rustup >/dev/null 2>&1; then
+  for c in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+  done
+fi

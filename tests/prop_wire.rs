@@ -1,0 +1,121 @@
+//! Property tests of the packet layer: encap then decap is the identity for every valid
+//! inner packet, and no input makes any parser panic.
+
+use std::net::Ipv4Addr;
+
+use proptest::prelude::*;
+use weft::buf::PacketBuf;
+use weft::encap::{self, VxlanRx};
+use weft::wire::icmpv4::{self, Unreachable};
+use weft::wire::ipv4::{Ipv4Repr, Protocol};
+use weft::wire::{EthernetAddress, Ipv4Packet, Subnet, Vni};
+
+fn ipv4_packet(src: u32, dst: u32, proto: u8, ttl: u8, payload: &[u8]) -> Vec<u8> {
+    let mut b = vec![0u8; 20 + payload.len()];
+    Ipv4Repr {
+        src: Ipv4Addr::from(src),
+        dst: Ipv4Addr::from(dst),
+        protocol: Protocol::from(proto),
+        payload_len: payload.len() as u16,
+        ttl,
+        dscp_ecn: 0,
+        ident: (src ^ dst) as u16,
+        dont_frag: true,
+    }
+    .emit(&mut Ipv4Packet::new_unchecked(&mut b[..]));
+    b[20..].copy_from_slice(payload);
+    b
+}
+
+fn mac() -> impl Strategy<Value = EthernetAddress> {
+    any::<[u8; 6]>().prop_map(|mut m| {
+        m[0] = (m[0] | 0x02) & !0x01;
+        EthernetAddress(m)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn vxlan_encap_then_decap_is_identity(
+        src in any::<u32>(), dst in any::<u32>(), proto in any::<u8>(), ttl in any::<u8>(),
+        payload in proptest::collection::vec(any::<u8>(), 0..1480),
+        vni in 0u32..=Vni::MAX, local in mac(), peer in mac(), pad in 0usize..32,
+    ) {
+        let inner = ipv4_packet(src, dst, proto, ttl, &payload);
+        let vni = Vni::new(vni).unwrap();
+        let mut buf = PacketBuf::new(2048, 64);
+        buf.fill_from(&inner).unwrap();
+        encap::encap_vxlan(&mut buf, &encap::vxlan_header(vni, local, peer)).unwrap();
+        let wire_len = buf.len();
+        buf.set_len(wire_len + pad); // trailing padding must be ignored
+        let rx = VxlanRx { vni, vtep_mac: peer };
+        let (s, d) = encap::decap_vxlan_in_place(&mut buf, &rx).unwrap();
+        prop_assert_eq!(buf.as_slice(), &inner[..]);
+        prop_assert_eq!((u32::from(s), u32::from(d)), (src, dst));
+    }
+
+    #[test]
+    fn udp_backend_round_trip(
+        src in any::<u32>(), dst in any::<u32>(),
+        payload in proptest::collection::vec(any::<u8>(), 0..1480),
+    ) {
+        let inner = ipv4_packet(src, dst, 17, 64, &payload);
+        let i = encap::decap_udp(&inner).unwrap();
+        prop_assert_eq!(i.packet, &inner[..]);
+        prop_assert_eq!(encap::outbound_dst(&inner), Ok(Ipv4Addr::from(dst)));
+    }
+
+    #[test]
+    fn decap_never_panics(data in proptest::collection::vec(any::<u8>(), 0..2000)) {
+        let rx = VxlanRx { vni: Vni::new(1).unwrap(), vtep_mac: EthernetAddress([2, 0, 0, 0, 0, 2]) };
+        let _ = encap::decap_vxlan(&data, &rx);
+        let _ = encap::decap_udp(&data);
+        let _ = encap::outbound_dst(&data);
+        let _ = encap::flow_hash(&data);
+        let mut buf = PacketBuf::new(data.len() + 128, 64);
+        buf.fill_from(&data).unwrap();
+        let _ = encap::decap_vxlan_in_place(&mut buf, &rx);
+        let mut out = [0u8; 600];
+        let _ = icmpv4::write_unreachable(&data, Ipv4Addr::new(10, 1, 1, 0), Unreachable::Net, &mut out);
+    }
+
+    #[test]
+    fn mutated_valid_datagrams_never_panic(
+        payload in proptest::collection::vec(any::<u8>(), 0..200),
+        flips in proptest::collection::vec((0usize..260, any::<u8>()), 1..8),
+        cut in 0usize..260,
+    ) {
+        let inner = ipv4_packet(0x0a01_0102, 0x0a01_0202, 6, 64, &payload);
+        let rx = VxlanRx { vni: Vni::new(1).unwrap(), vtep_mac: EthernetAddress([2, 0, 0, 0, 0, 2]) };
+        let mut d = vec![0u8; 22 + inner.len()];
+        encap::encap_vxlan_into(&inner, &encap::vxlan_header(rx.vni, EthernetAddress([2, 0, 0, 0, 0, 1]), rx.vtep_mac), &mut d).unwrap();
+        for (i, v) in flips {
+            if let Some(b) = d.get_mut(i) { *b ^= v; }
+        }
+        d.truncate(cut.min(d.len()));
+        if let Ok(i) = encap::decap_vxlan(&d, &rx) {
+            prop_assert!(Ipv4Packet::new_checked(i.packet).unwrap().verify_checksum());
+        }
+    }
+
+    #[test]
+    fn subnet_contains_agrees_with_masking(addr in any::<u32>(), len in 0u8..=32, probe in any::<u32>()) {
+        let s = Subnet::containing(Ipv4Addr::from(addr), len).unwrap();
+        let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+        prop_assert_eq!(s.contains(Ipv4Addr::from(probe)), probe & mask == addr & mask);
+        prop_assert_eq!(s.to_string().parse::<Subnet>().unwrap(), s);
+        prop_assert_eq!(Subnet::from_key_str(&s.key_string()).unwrap(), s);
+    }
+
+    #[test]
+    fn ttl_decrement_keeps_header_valid(
+        src in any::<u32>(), dst in any::<u32>(), ttl in 1u8..=255,
+    ) {
+        let mut p = ipv4_packet(src, dst, 1, ttl, &[]);
+        let mut v = Ipv4Packet::new_unchecked(&mut p[..]);
+        prop_assert_eq!(v.decrement_ttl(), ttl - 1);
+        prop_assert!(v.verify_checksum());
+    }
+}

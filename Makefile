@@ -17,15 +17,16 @@ lint: deps
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
 # The whole suite: formatting, lints, unit, property, golden and integration tests (real etcd,
-# real network namespaces; needs root). nextest when present, cargo test otherwise.
+# real network namespaces; needs root). nextest when present, cargo test otherwise; doc tests
+# first so that the runner's closing summary is the last thing printed.
 test: lint
 	@if [ "$$(id -u)" != 0 ]; then echo "make test: needs root (network namespaces, TUN)" >&2; exit 1; fi
+	$(CARGO) test --locked --doc --quiet
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --locked --no-fail-fast --profile ci; \
 	else \
 		$(CARGO) test --locked --no-fail-fast; \
 	fi
-	$(CARGO) test --locked --doc
 
 demo: build
 	@scripts/demo.sh

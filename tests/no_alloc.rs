@@ -2,8 +2,8 @@
 //! under a counting global allocator that must see zero allocations.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::net::Ipv4Addr;
 use std::cell::Cell;
+use std::net::Ipv4Addr;
 
 use weft::buf::BufPool;
 use weft::encap::{self, VxlanRx};
@@ -66,7 +66,11 @@ fn per_packet_path_allocates_nothing() {
 
     let probe = allocs();
     drop(std::hint::black_box(vec![0u8; 16]));
-    assert_eq!(allocs() - probe, 1, "the counter sees this thread's allocations");
+    assert_eq!(
+        allocs() - probe,
+        1,
+        "the counter sees this thread's allocations"
+    );
     let before = allocs();
     for _ in 0..10_000 {
         let mut b = pool.take().expect("pool has buffers");

@@ -14,12 +14,18 @@ fuzz_target!(|data: &[u8]| {
     let slice = encap::decap_vxlan(data, &rx);
     if let Ok(inner) = &slice {
         assert_eq!(inner.offset, VXLAN_ENCAP_LEN);
-        assert_eq!(&data[inner.offset..inner.offset + inner.packet.len()], inner.packet);
+        assert_eq!(
+            &data[inner.offset..inner.offset + inner.packet.len()],
+            inner.packet
+        );
         // Re-encapsulating the accepted inner packet yields an accepted datagram again.
         let header = encap::vxlan_header(rx.vni, EthernetAddress([2, 0, 0, 0, 0, 1]), rx.vtep_mac);
         let mut out = vec![0u8; VXLAN_ENCAP_LEN + inner.packet.len()];
         let again = encap::encap_vxlan_into(inner.packet, &header, &mut out).expect("room");
-        assert_eq!(encap::decap_vxlan(again, &rx).map(|i| i.packet), Ok(inner.packet));
+        assert_eq!(
+            encap::decap_vxlan(again, &rx).map(|i| i.packet),
+            Ok(inner.packet)
+        );
     }
     let mut buf = PacketBuf::new(data.len() + 128, 64);
     buf.fill_from(data).expect("sized to fit");

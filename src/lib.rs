@@ -7,4 +7,5 @@
 
 pub mod buf;
 pub mod encap;
+pub mod sys;
 pub mod wire;

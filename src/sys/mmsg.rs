@@ -1,0 +1,230 @@
+//! Batched UDP I/O: recvmmsg into a batch of packet buffers, sendmmsg from any list of
+//! (payload, destination). The message headers are allocated once per worker and reused.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::RawFd;
+
+use crate::buf::{Meta, PacketBuf};
+
+/// Reusable message headers for one worker thread (holds raw pointers, so it stays there).
+pub struct Mmsg {
+    hdrs: Vec<libc::mmsghdr>,
+    iovs: Vec<libc::iovec>,
+    names: Vec<libc::sockaddr_in>,
+}
+
+/// What one [`Mmsg::send`] achieved.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SendOutcome {
+    /// Datagrams the kernel took.
+    pub sent: usize,
+    /// Datagrams refused (each skipped, the rest still sent).
+    pub failed: usize,
+    /// The errno of the last refusal.
+    pub last_errno: i32,
+}
+
+fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*a.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+impl Mmsg {
+    /// Allocates headers for batches of up to `n` datagrams.
+    pub fn new(n: usize) -> Mmsg {
+        // SAFETY: these are plain C structs for which all-zero is valid.
+        let zero_hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let zero_name: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        Mmsg {
+            hdrs: vec![zero_hdr; n],
+            iovs: vec![
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0
+                };
+                n
+            ],
+            names: vec![zero_name; n],
+        }
+    }
+
+    fn point(&mut self, i: usize, base: *mut libc::c_void, len: usize) {
+        self.iovs[i] = libc::iovec {
+            iov_base: base,
+            iov_len: len,
+        };
+        let h = &mut self.hdrs[i];
+        h.msg_len = 0;
+        h.msg_hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_in).cast();
+        h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        h.msg_hdr.msg_iov = &mut self.iovs[i];
+        h.msg_hdr.msg_iovlen = 1;
+        h.msg_hdr.msg_control = std::ptr::null_mut();
+        h.msg_hdr.msg_controllen = 0;
+        h.msg_hdr.msg_flags = 0;
+    }
+
+    /// Receives up to `bufs.len()` datagrams without blocking; returns how many arrived
+    /// (0 when none is waiting). A datagram larger than its buffer is cut to length 0, so
+    /// the decapsulator drops it as truncated.
+    pub fn recv(
+        &mut self,
+        fd: RawFd,
+        bufs: &mut [PacketBuf],
+        meta: &mut [Meta],
+    ) -> io::Result<usize> {
+        let n = bufs.len().min(meta.len()).min(self.hdrs.len());
+        for (i, b) in bufs.iter_mut().enumerate().take(n) {
+            let space = b.recv_space();
+            self.point(i, space.as_mut_ptr().cast(), space.len());
+        }
+        // SAFETY: hdrs[..n] point at live iovecs, names and buffers that outlive the call.
+        let r = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+                _ => Err(e),
+            };
+        }
+        let got = r as usize;
+        for i in 0..got {
+            let h = &self.hdrs[i];
+            let len = if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                0
+            } else {
+                h.msg_len as usize
+            };
+            bufs[i].set_len(len);
+            let sin = &self.names[i];
+            meta[i].addr = SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                u16::from_be(sin.sin_port),
+            ));
+            meta[i].segment_size = 0;
+        }
+        Ok(got)
+    }
+
+    /// Sends every (payload, destination) pair, as many per syscall as the kernel takes; a
+    /// datagram the kernel refuses is skipped and counted, the rest still go out.
+    pub fn send<'a>(
+        &mut self,
+        fd: RawFd,
+        items: impl IntoIterator<Item = (&'a [u8], SocketAddrV4)>,
+    ) -> SendOutcome {
+        let mut out = SendOutcome::default();
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            let mut count = 0;
+            while count < self.hdrs.len() {
+                let Some((data, dst)) = items.next() else {
+                    break;
+                };
+                self.names[count] = sockaddr_in(dst);
+                self.point(count, data.as_ptr() as *mut libc::c_void, data.len());
+                count += 1;
+            }
+            let mut start = 0;
+            while start < count {
+                // SAFETY: hdrs[start..count] point at live payloads and addresses; sendmmsg
+                // only reads through the iovec pointers.
+                let r = unsafe {
+                    libc::sendmmsg(
+                        fd,
+                        self.hdrs[start..].as_mut_ptr(),
+                        (count - start) as libc::c_uint,
+                        0,
+                    )
+                };
+                if r < 0 {
+                    let e = io::Error::last_os_error();
+                    if e.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    out.failed += 1;
+                    out.last_errno = e.raw_os_error().unwrap_or(0);
+                    start += 1;
+                } else {
+                    out.sent += r as usize;
+                    start += r as usize;
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buf::Batch;
+    use std::net::UdpSocket;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn loopback_batch_round_trip() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let dst = match rx.local_addr().unwrap() {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => unreachable!("bound to IPv4"),
+        };
+        let payloads: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 10 + i as usize]).collect();
+        let mut m = Mmsg::new(4); // fewer headers than datagrams: two syscalls
+        let out = m.send(tx.as_raw_fd(), payloads.iter().map(|p| (&p[..], dst)));
+        assert_eq!(
+            out,
+            SendOutcome {
+                sent: 5,
+                failed: 0,
+                last_errno: 0
+            }
+        );
+        let mut batch = Batch::new(8, 256, 64);
+        let mut got = 0;
+        let mut r = Mmsg::new(8);
+        for _ in 0..100 {
+            let (bufs, meta) = batch.slots_mut();
+            got += r
+                .recv(rx.as_raw_fd(), &mut bufs[got..], &mut meta[got..])
+                .unwrap();
+            if got == 5 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(got, 5);
+        batch.set_len(got);
+        let (bufs, meta) = batch.packets();
+        for (i, b) in bufs.iter().enumerate() {
+            assert_eq!(b.as_slice(), &payloads[i][..]);
+            assert_eq!(meta[i].addr, tx.local_addr().unwrap());
+        }
+        assert_eq!(
+            r.recv(
+                rx.as_raw_fd(),
+                &mut batch.slots_mut().0[..1],
+                &mut [Meta::default()]
+            )
+            .unwrap(),
+            0
+        );
+    }
+}

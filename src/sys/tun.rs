@@ -1,0 +1,179 @@
+//! The TUN device: open with TUNSETIFF, read and write whole IP packets, optional
+//! virtio-net header (IFF_VNET_HDR) for checksum and segmentation offload.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use super::retry_eintr;
+
+/// Length of the virtio-net header the kernel exchanges with IFF_VNET_HDR (no mergeable
+/// buffers): flags, gso_type, hdr_len, gso_size, csum_start, csum_offset.
+pub const VNET_HDR_LEN: usize = 10;
+
+/// Why the TUN device could not be opened or configured.
+#[derive(Debug, thiserror::Error)]
+pub enum TunError {
+    /// /dev/net/tun could not be opened.
+    #[error("open /dev/net/tun (is the tun module loaded, and do we have CAP_NET_ADMIN?)")]
+    Open(#[source] io::Error),
+    /// The interface name is empty, too long or not ASCII.
+    #[error("bad TUN device name {0:?}: 1 to 15 ASCII characters")]
+    Name(String),
+    /// TUNSETIFF failed.
+    #[error("TUNSETIFF {name} failed")]
+    SetIff {
+        /// Requested name.
+        name: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A later ioctl on the device failed.
+    #[error("{what} on {name} failed")]
+    Ioctl {
+        /// Which ioctl.
+        what: &'static str,
+        /// Device name.
+        name: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// An open TUN device (IFF_TUN | IFF_NO_PI, optionally IFF_VNET_HDR).
+#[derive(Debug)]
+pub struct Tun {
+    fd: OwnedFd,
+    name: String,
+    vnet_hdr: bool,
+}
+
+pub(crate) fn ifreq_for(name: &str) -> Option<libc::ifreq> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || !name.is_ascii() || name.contains('\0') {
+        return None;
+    }
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    Some(req)
+}
+
+impl Tun {
+    /// Opens (or creates) the TUN device `name`; with `vnet_hdr` every packet read or written
+    /// starts with a [`VNET_HDR_LEN`]-byte virtio-net header.
+    pub fn open(name: &str, vnet_hdr: bool) -> Result<Tun, TunError> {
+        let mut req = ifreq_for(name).ok_or_else(|| TunError::Name(name.to_string()))?;
+        // SAFETY: the path is a NUL-terminated literal; the result is checked.
+        let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(TunError::Open(io::Error::last_os_error()));
+        }
+        // SAFETY: fd is a fresh descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut flags = libc::IFF_TUN | libc::IFF_NO_PI;
+        if vnet_hdr {
+            flags |= libc::IFF_VNET_HDR;
+        }
+        req.ifr_ifru.ifru_flags = flags as libc::c_short;
+        // SAFETY: TUNSETIFF reads and writes one ifreq, which `req` is.
+        retry_eintr(|| unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) }).map_err(
+            |source| TunError::SetIff {
+                name: name.to_string(),
+                source,
+            },
+        )?;
+        // SAFETY: the kernel NUL-terminates ifr_name within IFNAMSIZ.
+        let actual = unsafe { CStr::from_ptr(req.ifr_name.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
+        let tun = Tun {
+            fd,
+            name: actual,
+            vnet_hdr,
+        };
+        if vnet_hdr {
+            let size: libc::c_int = VNET_HDR_LEN as libc::c_int;
+            // SAFETY: TUNSETVNETHDRSZ reads one c_int from the pointer.
+            retry_eintr(|| unsafe {
+                libc::ioctl(tun.fd.as_raw_fd(), libc::TUNSETVNETHDRSZ, &size)
+            })
+            .map_err(|source| tun.ioctl_err("TUNSETVNETHDRSZ", source))?;
+        }
+        Ok(tun)
+    }
+
+    fn ioctl_err(&self, what: &'static str, source: io::Error) -> TunError {
+        TunError::Ioctl {
+            what,
+            name: self.name.clone(),
+            source,
+        }
+    }
+
+    /// The device name the kernel gave.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether packets carry a virtio-net header.
+    pub fn has_vnet_hdr(&self) -> bool {
+        self.vnet_hdr
+    }
+
+    /// Enables offloads (TUN_F_* bits): what the kernel may hand us unsegmented or without
+    /// checksums.
+    pub fn set_offload(&self, flags: u32) -> Result<(), TunError> {
+        // SAFETY: TUNSETOFFLOAD takes its argument by value.
+        retry_eintr(|| unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                libc::TUNSETOFFLOAD,
+                flags as libc::c_ulong,
+            )
+        })
+        .map_err(|source| self.ioctl_err("TUNSETOFFLOAD", source))?;
+        Ok(())
+    }
+
+    /// Makes the device outlive this descriptor (or not), so a restart keeps its routes.
+    pub fn set_persist(&self, on: bool) -> Result<(), TunError> {
+        // SAFETY: TUNSETPERSIST takes its argument by value.
+        retry_eintr(|| unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                libc::TUNSETPERSIST,
+                libc::c_ulong::from(on),
+            )
+        })
+        .map_err(|source| self.ioctl_err("TUNSETPERSIST", source))?;
+        Ok(())
+    }
+
+    /// Reads one packet (with its virtio-net header when enabled).
+    pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: reads at most buf.len() bytes into a live, writable buffer.
+        let n = retry_eintr(|| unsafe {
+            libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
+        })?;
+        Ok(n as usize)
+    }
+
+    /// Writes one packet (with its virtio-net header when enabled).
+    pub fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        // SAFETY: writes buf.len() bytes from a live buffer.
+        let n = retry_eintr(|| unsafe {
+            libc::write(self.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len())
+        })?;
+        Ok(n as usize)
+    }
+}
+
+impl AsRawFd for Tun {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}

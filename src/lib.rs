@@ -5,4 +5,6 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod config;
+pub mod table;
 pub mod wire;

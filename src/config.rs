@@ -201,6 +201,20 @@ impl NetworkConfig {
         })
     }
 
+    /// The MTU pods get (`FLANNEL_MTU`): `Backend.MTU` or the underlay MTU, less the
+    /// encapsulation overhead (vxlan 50, udp 28, host-gw 0), as flanneld computes it.
+    pub fn overlay_mtu(&self, underlay_mtu: u32) -> u32 {
+        let overhead = match self.backend.kind {
+            BackendType::Vxlan => 50,
+            BackendType::Udp => 28,
+            BackendType::HostGw => 0,
+        };
+        self.backend
+            .mtu
+            .unwrap_or(underlay_mtu)
+            .saturating_sub(overhead)
+    }
+
     /// Whether `subnet` is one this config may hand out: in Network, of SubnetLen, in range.
     pub fn is_leasable(&self, subnet: &Subnet) -> bool {
         subnet.prefix_len() == self.subnet_len
@@ -521,6 +535,7 @@ mod tests {
         assert_eq!(c.backend.kind, BackendType::Udp);
         assert_eq!(c.backend.port, 8285);
         assert_eq!(c.backend.mtu, None);
+        assert_eq!(c.overlay_mtu(1500), 1472);
         assert_eq!(c.subnet_count(), 255);
         assert_eq!(c.subnets().count(), 255);
         assert_eq!(c.subnets().next().unwrap().to_string(), "10.1.1.0/24");
@@ -562,11 +577,13 @@ mod tests {
         assert_eq!(c.backend.vni.get(), 1);
         assert_eq!(c.backend.port, 8472);
         assert!(!c.backend.direct_routing && !c.backend.gbp);
+        assert_eq!(c.overlay_mtu(1500), 1450);
         let c = parse(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"udp"}}"#);
         assert_eq!(c.backend.port, 8285);
         let c = parse(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"host-gw"}}"#);
         assert_eq!(c.backend.kind, BackendType::HostGw);
         assert_eq!(c.backend.port, 0);
+        assert_eq!(c.overlay_mtu(1500), 1500);
         // Go's json decodes `null` as "leave as is": a null Backend is no Backend.
         let c = parse(r#"{"Network":"10.1.0.0/16","Backend":null}"#);
         assert_eq!(c.backend.kind, BackendType::Udp);
@@ -580,6 +597,7 @@ mod tests {
         assert_eq!(c.backend.vni.get(), 42);
         assert_eq!(c.backend.port, 4789);
         assert_eq!(c.backend.mtu, Some(1400));
+        assert_eq!(c.overlay_mtu(9000), 1350);
         assert!(c.backend.direct_routing && c.backend.gbp);
         let c = parse(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan","MTU":0}}"#);
         assert_eq!(c.backend.mtu, None);

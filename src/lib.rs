@@ -6,5 +6,6 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod store;
 pub mod table;
 pub mod wire;

@@ -26,7 +26,7 @@ use crate::wire::{EthernetAddress, Subnet};
 /// First delay before retrying etcd after a failure; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest delay between etcd retries.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How often a missing or invalid network config is read again.
 const CONFIG_RETRY: Duration = Duration::from_secs(1);
 /// How soon a failed renewal is tried again.

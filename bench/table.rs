@@ -1,4 +1,5 @@
-//! Lease-table costs: lookup at 10, 1,000 and 65,000 leases (hits and misses), and applying
+//! Lease-table costs: lookup at 10, 1,000 and 65,000 leases (hits over 1,024 destinations,
+//! hits spread over every lease, misses, underlay lookups), and applying
 //! 1,000 etcd events to a 65,000-lease table then building and publishing the new snapshot.
 
 use std::hint::black_box;
@@ -55,6 +56,20 @@ fn lookup(c: &mut Criterion) {
             b.iter(|| {
                 k = (k + 1) & 1023;
                 black_box(table.lookup(black_box(dsts[k])))
+            })
+        });
+        // Every lease in a scattered order: shows the cost once the table outgrows the cache.
+        let spread: Vec<Ipv4Addr> = (0..65_536u32)
+            .map(|k| {
+                let i = k.wrapping_mul(2_654_435_761) % n;
+                Ipv4Addr::from(0x0a00_0000 | (i << 8) | 7)
+            })
+            .collect();
+        let mut j = 0usize;
+        g.bench_function(format!("hit_spread/{n}"), |b| {
+            b.iter(|| {
+                j = (j + 1) & 65_535;
+                black_box(table.lookup(black_box(spread[j])))
             })
         });
         let miss = Ipv4Addr::new(11, 0, 0, 1);

@@ -218,6 +218,15 @@ pub enum StoreError {
 impl StoreError {
     /// Whether retrying later can help (etcd unreachable) as opposed to a setup problem.
     pub fn is_transient(&self) -> bool {
+        if let StoreError::EtcdConnect { source, .. } = self {
+            // With a user name, connecting authenticates at once: etcd may just be down.
+            return matches!(
+                source,
+                etcd_client::Error::GRpcStatus(_)
+                    | etcd_client::Error::TransportError(_)
+                    | etcd_client::Error::IoError(_)
+            );
+        }
         matches!(
             self,
             StoreError::ConfigRead { .. }
@@ -249,7 +258,10 @@ pub async fn connect(opts: &EtcdOptions) -> Result<Client, StoreError> {
         .with_require_leader(true);
     if let (Some(u), Some(p)) = (&opts.username, &opts.password) {
         if !u.is_empty() {
-            co = co.with_user(u.clone(), p.clone());
+            // etcd tokens expire; re-authenticate instead of failing every request after.
+            co = co
+                .with_user(u.clone(), p.clone())
+                .with_auto_token_refresh(true);
         }
     }
     let any_https = opts.endpoints.iter().any(|e| e.starts_with("https://"));

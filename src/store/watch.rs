@@ -165,10 +165,24 @@ impl Store {
     ///
     /// Fails only on problems retrying cannot fix: bad TLS/endpoint setup, no free subnet.
     pub async fn start(opts: StoreOptions, shared: SharedTable) -> Result<StoreHandle, StoreError> {
-        let mut client = connect(&opts.etcd).await?;
-        let keys = Keys::new(&opts.etcd.prefix);
-
         let mut log = RepeatLog::default();
+        let mut backoff = MIN_BACKOFF;
+        let mut client = loop {
+            match connect(&opts.etcd).await {
+                Ok(c) => break c,
+                Err(e) if e.is_transient() => {
+                    let msg = e.to_string();
+                    if log.should_log(&msg) {
+                        tracing::warn!(error = %msg, "cannot reach etcd yet; retrying");
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let keys = Keys::new(&opts.etcd.prefix);
+        log.clear();
         let config = loop {
             match read_config(&mut client, &keys).await {
                 Ok(c) => break c,
@@ -190,7 +204,7 @@ impl Store {
             ttl: opts.lease_ttl,
             vtep_mac: opts.vtep_mac,
         };
-        let mut backoff = MIN_BACKOFF;
+        backoff = MIN_BACKOFF;
         log.clear();
         let own = loop {
             match acquire_lease(&mut client, &keys, &config, &req).await {
@@ -233,6 +247,7 @@ impl Store {
             own_missing: false,
             etcd_log: RepeatLog::default(),
             published_once: false,
+            revision: 0,
         };
         let task = tokio::spawn(runner.run(stop_rx));
         Ok(StoreHandle {
@@ -296,6 +311,8 @@ struct Runner {
     own_missing: bool,
     etcd_log: RepeatLog,
     published_once: bool,
+    /// The etcd revision the published table reflects.
+    revision: i64,
 }
 
 impl Runner {
@@ -414,11 +431,14 @@ impl Runner {
     }
 
     fn publish(&mut self, revision: i64, changes: crate::table::Changes) {
+        if revision > 0 {
+            self.revision = revision;
+        }
         if changes.is_empty() && self.published_once {
             return;
         }
         self.published_once = true;
-        self.shared.publish(self.peers.snapshot(revision));
+        self.shared.publish(self.peers.snapshot(self.revision));
         tracing::info!(
             added = changes.added,
             updated = changes.updated,
@@ -560,7 +580,7 @@ impl Runner {
                                 tracing::error!(error = %e, "writing subnet.env failed");
                             }
                             let changes = self.peers.apply([PeerEvent::Remove(own.subnet)]);
-                            self.publish(0, changes);
+                            self.publish(self.revision, changes);
                         }
                         self.set_own(own);
                     }

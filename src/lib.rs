@@ -6,6 +6,10 @@
 #![warn(missing_docs)]
 
 pub mod buf;
+pub mod cli;
+pub mod config;
 pub mod encap;
+pub mod store;
 pub mod sys;
+pub mod table;
 pub mod wire;

@@ -1,0 +1,854 @@
+//! flannel's network config (`<prefix>/config` in etcd): parsing, defaults and validation.
+//!
+//! The rules follow flanneld's `subnet.ParseConfig` + `CheckNetworkConfig`, including Go's
+//! `encoding/json` habits: object keys match field names case-insensitively, unknown keys are
+//! ignored, a later duplicate key wins and `null` leaves a field as it was. Error messages
+//! start with flannel's wording and then say how to fix the config.
+
+use std::net::Ipv4Addr;
+
+use crate::wire::vxlan::{Vni, VniRangeError, LINUX_DEFAULT_PORT};
+use crate::wire::Subnet;
+
+pub(crate) mod gojson;
+
+use gojson::{GoObject, GoValue};
+
+/// flannel's default port for the udp backend.
+pub const UDP_DEFAULT_PORT: u16 = 8285;
+
+/// The default VNI of the vxlan backend.
+pub const VXLAN_DEFAULT_VNI: u32 = 1;
+
+/// Which backend the network uses (`Backend.Type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendType {
+    /// VXLAN encapsulation (`"vxlan"`), flannel's usual choice.
+    Vxlan,
+    /// flannel's own UDP encapsulation (`"udp"`), the default when no Backend is given.
+    Udp,
+    /// Plain routes via the peer's public IP (`"host-gw"`).
+    HostGw,
+}
+
+impl BackendType {
+    /// The name flannel uses in the config and in lease records.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            BackendType::Vxlan => "vxlan",
+            BackendType::Udp => "udp",
+            BackendType::HostGw => "host-gw",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, ConfigError> {
+        // flanneld looks backends up by exact name.
+        match s {
+            "vxlan" => Ok(BackendType::Vxlan),
+            "udp" => Ok(BackendType::Udp),
+            "host-gw" => Ok(BackendType::HostGw),
+            other => Err(ConfigError::UnsupportedBackend(other.to_string())),
+        }
+    }
+}
+
+/// The `Backend` section, with flannel's defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backend {
+    /// `Backend.Type`.
+    pub kind: BackendType,
+    /// `Backend.VNI` (vxlan only; default 1).
+    pub vni: Vni,
+    /// `Backend.Port`: UDP port of the encapsulation (vxlan 8472, udp 8285; 0 for host-gw).
+    pub port: u16,
+    /// `Backend.MTU`, if set: overrides the MTU derived from the underlay interface.
+    pub mtu: Option<u32>,
+    /// `Backend.DirectRouting` (vxlan): route directly to peers on the same L2 segment.
+    pub direct_routing: bool,
+    /// `Backend.GBP` (vxlan): VXLAN Group Based Policy extension.
+    pub gbp: bool,
+}
+
+/// A validated flannel network config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkConfig {
+    /// `Network`: the whole overlay, e.g. `10.1.0.0/16`.
+    pub network: Subnet,
+    /// `SubnetLen`: the prefix length of every node's lease.
+    pub subnet_len: u8,
+    /// `SubnetMin`: network address of the lowest subnet handed out.
+    pub subnet_min: Ipv4Addr,
+    /// `SubnetMax`: network address of the highest subnet handed out.
+    pub subnet_max: Ipv4Addr,
+    /// `EnableIPv4` (default true; weft requires it).
+    pub enable_ipv4: bool,
+    /// `EnableIPv6` (weft supports IPv4 only, so this must be false).
+    pub enable_ipv6: bool,
+    /// `IPv6Network`, kept verbatim for reporting.
+    pub ipv6_network: Option<String>,
+    /// The `Backend` section.
+    pub backend: Backend,
+}
+
+/// Why a network config was rejected. Each message names the field and the fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The text is not JSON, or not a JSON object.
+    #[error("network config is not a JSON object: {0}; write it like {{\"Network\": \"10.1.0.0/16\", \"Backend\": {{\"Type\": \"vxlan\"}}}}")]
+    Json(String),
+    /// A field holds a value of the wrong type or outside its range.
+    #[error("network config field {field}: {problem}")]
+    Field {
+        /// The field, e.g. `Backend.Port`.
+        field: &'static str,
+        /// What is wrong and what is expected.
+        problem: String,
+    },
+    /// `Network` is missing or is `0.0.0.0/0`.
+    #[error("please define a correct Network parameter in the flannel config: set \"Network\" to the overlay CIDR, e.g. \"10.1.0.0/16\"")]
+    MissingNetwork,
+    /// `SubnetLen` is 31 or 32.
+    #[error(
+        "SubnetLen must be less than /31: got /{0}; set \"SubnetLen\" to 30 or less (24 is usual)"
+    )]
+    SubnetLenTooLong(u64),
+    /// `SubnetLen` leaves fewer than four subnets in `Network`.
+    #[error("network must be able to accommodate at least four subnets: {network} with SubnetLen /{subnet_len} does not; set \"SubnetLen\" to at least {min} or use a larger Network")]
+    TooFewSubnets {
+        /// The Network.
+        network: Subnet,
+        /// The SubnetLen given.
+        subnet_len: u64,
+        /// The smallest SubnetLen that works.
+        min: u8,
+    },
+    /// `Network` is smaller than /28 and no SubnetLen was given.
+    #[error("network is too small. Minimum useful network prefix is /28: {0} is smaller; use a /28 or larger Network")]
+    NetworkTooSmall(Subnet),
+    /// `SubnetMin` lies outside `Network`.
+    #[error("SubnetMin is not in the range of the Network: {addr} is outside {network}; pick an address inside it or drop SubnetMin")]
+    SubnetMinOutside {
+        /// The SubnetMin given.
+        addr: Ipv4Addr,
+        /// The Network.
+        network: Subnet,
+    },
+    /// `SubnetMax` lies outside `Network`.
+    #[error("SubnetMax is not in the range of the Network: {addr} is outside {network}; pick an address inside it or drop SubnetMax")]
+    SubnetMaxOutside {
+        /// The SubnetMax given.
+        addr: Ipv4Addr,
+        /// The Network.
+        network: Subnet,
+    },
+    /// `SubnetMin` is not a network address of a SubnetLen subnet.
+    #[error("SubnetMin is not on a SubnetLen boundary: {addr}; with SubnetLen /{subnet_len} use {aligned}")]
+    SubnetMinUnaligned {
+        /// The SubnetMin given.
+        addr: Ipv4Addr,
+        /// The SubnetLen in force.
+        subnet_len: u8,
+        /// The boundary at or below it.
+        aligned: Ipv4Addr,
+    },
+    /// `SubnetMax` is not a network address of a SubnetLen subnet.
+    #[error("SubnetMax is not on a SubnetLen boundary: {addr}; with SubnetLen /{subnet_len} use {aligned}")]
+    SubnetMaxUnaligned {
+        /// The SubnetMax given.
+        addr: Ipv4Addr,
+        /// The SubnetLen in force.
+        subnet_len: u8,
+        /// The boundary at or below it.
+        aligned: Ipv4Addr,
+    },
+    /// `Backend.Type` names a backend weft does not implement.
+    #[error("Backend.Type {0:?} is not supported; use \"vxlan\", \"udp\" or \"host-gw\"")]
+    UnsupportedBackend(String),
+    /// `Backend.VNI` does not fit in 24 bits.
+    #[error("Backend.VNI: {0}; use a VNI from 0 to 16777215 (flannel's default is 1)")]
+    Vni(#[source] VniRangeError),
+    /// `EnableIPv6` is true.
+    #[error("EnableIPv6 is true but weft routes IPv4 only; set \"EnableIPv6\": false")]
+    Ipv6Unsupported,
+    /// `EnableIPv4` is false.
+    #[error("EnableIPv4 is false but weft routes IPv4 only; set \"EnableIPv4\": true or drop it")]
+    Ipv4Disabled,
+}
+
+impl NetworkConfig {
+    /// Parses and validates the JSON text stored at `<prefix>/config`.
+    pub fn parse(text: &str) -> Result<NetworkConfig, ConfigError> {
+        let root = GoObject::parse(text).map_err(ConfigError::Json)?;
+        Raw::from_object(&root)?.validate()
+    }
+
+    /// The number of subnets between SubnetMin and SubnetMax, inclusive.
+    pub fn subnet_count(&self) -> u64 {
+        let (min, max) = (u32::from(self.subnet_min), u32::from(self.subnet_max));
+        if max < min {
+            return 0;
+        }
+        (u64::from(max - min) >> (32 - u32::from(self.subnet_len))) + 1
+    }
+
+    /// The leasable subnets from SubnetMin to SubnetMax, in address order.
+    pub fn subnets(&self) -> impl Iterator<Item = Subnet> + '_ {
+        let step = 1u64 << (32 - u32::from(self.subnet_len));
+        let min = u64::from(u32::from(self.subnet_min));
+        (0..self.subnet_count()).filter_map(move |i| {
+            let addr = u32::try_from(min + i * step).ok()?;
+            Subnet::new(Ipv4Addr::from(addr), self.subnet_len).ok()
+        })
+    }
+
+    /// The MTU pods get (`FLANNEL_MTU`): `Backend.MTU` or the underlay MTU, less the
+    /// encapsulation overhead (vxlan 50, udp 28, host-gw 0), as flanneld computes it.
+    pub fn overlay_mtu(&self, underlay_mtu: u32) -> u32 {
+        let overhead = match self.backend.kind {
+            BackendType::Vxlan => 50,
+            BackendType::Udp => 28,
+            BackendType::HostGw => 0,
+        };
+        self.backend
+            .mtu
+            .unwrap_or(underlay_mtu)
+            .saturating_sub(overhead)
+    }
+
+    /// Whether `subnet` is one this config may hand out: in Network, of SubnetLen, in range.
+    pub fn is_leasable(&self, subnet: &Subnet) -> bool {
+        subnet.prefix_len() == self.subnet_len
+            && self.network.contains_subnet(subnet)
+            && subnet.addr() >= self.subnet_min
+            && subnet.addr() <= self.subnet_max
+    }
+}
+
+/// The config as Go would decode it, before defaults and checks.
+#[derive(Debug, Default)]
+struct Raw {
+    network: Option<Subnet>,
+    subnet_len: u64,
+    subnet_min: Option<Ipv4Addr>,
+    subnet_max: Option<Ipv4Addr>,
+    enable_ipv4: bool,
+    enable_ipv6: bool,
+    ipv6_network: Option<String>,
+    backend: Option<GoObject>,
+}
+
+fn field_err(field: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Field {
+        field,
+        problem: problem.into(),
+    }
+}
+
+fn want_bool(field: &'static str, v: &GoValue) -> Result<bool, ConfigError> {
+    v.as_bool()
+        .ok_or_else(|| field_err(field, format!("expected true or false, got {}", v.kind())))
+}
+
+fn want_uint(field: &'static str, v: &GoValue) -> Result<u64, ConfigError> {
+    v.as_u64().ok_or_else(|| {
+        field_err(
+            field,
+            format!("expected a whole number >= 0, got {}", v.describe()),
+        )
+    })
+}
+
+fn want_ipv4(field: &'static str, v: &GoValue) -> Result<Ipv4Addr, ConfigError> {
+    let s = v.as_str().ok_or_else(|| {
+        field_err(
+            field,
+            format!("expected an IPv4 address string, got {}", v.kind()),
+        )
+    })?;
+    s.parse()
+        .map_err(|_| field_err(field, format!("{s:?} is not an IPv4 address like 10.1.5.0")))
+}
+
+impl Raw {
+    fn from_object(o: &GoObject) -> Result<Raw, ConfigError> {
+        let mut raw = Raw {
+            enable_ipv4: true,
+            ..Raw::default()
+        };
+        if let Some(v) = o.get("Network") {
+            let s = v.as_str().ok_or_else(|| {
+                field_err(
+                    "Network",
+                    format!(
+                        "expected a CIDR string like \"10.1.0.0/16\", got {}",
+                        v.kind()
+                    ),
+                )
+            })?;
+            raw.network = Some(parse_cidr(s).ok_or_else(|| {
+                field_err(
+                    "Network",
+                    format!("{s:?} is not an IPv4 CIDR like \"10.1.0.0/16\""),
+                )
+            })?);
+        }
+        if let Some(v) = o.get("SubnetLen") {
+            raw.subnet_len = want_uint("SubnetLen", v)?;
+        }
+        if let Some(v) = o.get("SubnetMin") {
+            raw.subnet_min = Some(want_ipv4("SubnetMin", v)?);
+        }
+        if let Some(v) = o.get("SubnetMax") {
+            raw.subnet_max = Some(want_ipv4("SubnetMax", v)?);
+        }
+        if let Some(v) = o.get("EnableIPv4") {
+            raw.enable_ipv4 = want_bool("EnableIPv4", v)?;
+        }
+        if let Some(v) = o.get("EnableIPv6") {
+            raw.enable_ipv6 = want_bool("EnableIPv6", v)?;
+        }
+        if let Some(v) = o.get("IPv6Network") {
+            raw.ipv6_network = Some(
+                v.as_str()
+                    .ok_or_else(|| {
+                        field_err(
+                            "IPv6Network",
+                            format!("expected a string, got {}", v.kind()),
+                        )
+                    })?
+                    .to_string(),
+            );
+        }
+        if let Some(v) = o.get("Backend") {
+            raw.backend = Some(
+                v.as_object()
+                    .ok_or_else(|| {
+                        field_err(
+                            "Backend",
+                            format!(
+                                "expected an object like {{\"Type\": \"vxlan\"}}, got {}",
+                                v.kind()
+                            ),
+                        )
+                    })?
+                    .clone(),
+            );
+        }
+        Ok(raw)
+    }
+
+    fn validate(self) -> Result<NetworkConfig, ConfigError> {
+        if self.enable_ipv6 {
+            return Err(ConfigError::Ipv6Unsupported);
+        }
+        if !self.enable_ipv4 {
+            return Err(ConfigError::Ipv4Disabled);
+        }
+        let network = match self.network {
+            Some(n) if !(n.prefix_len() == 0 && n.addr() == Ipv4Addr::UNSPECIFIED) => n,
+            _ => return Err(ConfigError::MissingNetwork),
+        };
+        let plen = network.prefix_len();
+        let subnet_len = if self.subnet_len > 0 {
+            if self.subnet_len > 30 {
+                return Err(ConfigError::SubnetLenTooLong(self.subnet_len));
+            }
+            if self.subnet_len < u64::from(plen) + 2 {
+                return Err(ConfigError::TooFewSubnets {
+                    network,
+                    subnet_len: self.subnet_len,
+                    min: plen + 2,
+                });
+            }
+            // Checked above: 1..=30.
+            self.subnet_len as u8
+        } else if plen > 28 {
+            return Err(ConfigError::NetworkTooSmall(network));
+        } else if plen <= 22 {
+            24
+        } else {
+            plen + 2
+        };
+        let size = 1u32 << (32 - u32::from(subnet_len));
+        let net = u32::from(network.addr());
+        let mask = Subnet::mask_bits(subnet_len);
+
+        // Go treats 0.0.0.0 as "not set".
+        let subnet_min = match self.subnet_min.filter(|a| !a.is_unspecified()) {
+            None => Ipv4Addr::from(net.wrapping_add(size)),
+            Some(a) if !network.contains(a) => {
+                return Err(ConfigError::SubnetMinOutside { addr: a, network })
+            }
+            Some(a) => a,
+        };
+        let subnet_max = match self.subnet_max.filter(|a| !a.is_unspecified()) {
+            None => Ipv4Addr::from(u32::from(network.last_addr()) & mask),
+            Some(a) if !network.contains(a) => {
+                return Err(ConfigError::SubnetMaxOutside { addr: a, network })
+            }
+            Some(a) => a,
+        };
+        if u32::from(subnet_min) & mask != u32::from(subnet_min) {
+            return Err(ConfigError::SubnetMinUnaligned {
+                addr: subnet_min,
+                subnet_len,
+                aligned: Ipv4Addr::from(u32::from(subnet_min) & mask),
+            });
+        }
+        if u32::from(subnet_max) & mask != u32::from(subnet_max) {
+            return Err(ConfigError::SubnetMaxUnaligned {
+                addr: subnet_max,
+                subnet_len,
+                aligned: Ipv4Addr::from(u32::from(subnet_max) & mask),
+            });
+        }
+        let backend = parse_backend(self.backend.as_ref())?;
+        Ok(NetworkConfig {
+            network,
+            subnet_len,
+            subnet_min,
+            subnet_max,
+            enable_ipv4: self.enable_ipv4,
+            enable_ipv6: self.enable_ipv6,
+            ipv6_network: self.ipv6_network,
+            backend,
+        })
+    }
+}
+
+/// Parses `a.b.c.d/len` the way Go's `net.ParseCIDR` + flannel do: host bits are dropped.
+fn parse_cidr(s: &str) -> Option<Subnet> {
+    let (a, l) = s.split_once('/')?;
+    let addr: Ipv4Addr = a.parse().ok()?;
+    if l.is_empty() || l.len() > 2 || !l.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let len: u8 = l.parse().ok()?;
+    Subnet::containing(addr, len).ok()
+}
+
+fn parse_backend(o: Option<&GoObject>) -> Result<Backend, ConfigError> {
+    let Some(o) = o else {
+        return Ok(Backend {
+            kind: BackendType::Udp,
+            vni: Vni::new(VXLAN_DEFAULT_VNI).map_err(ConfigError::Vni)?,
+            port: UDP_DEFAULT_PORT,
+            mtu: None,
+            direct_routing: false,
+            gbp: false,
+        });
+    };
+    let kind_name = match o.get("Type") {
+        Some(v) => v
+            .as_str()
+            .ok_or_else(|| {
+                field_err(
+                    "Backend.Type",
+                    format!("expected a string like \"vxlan\", got {}", v.kind()),
+                )
+            })?
+            .to_string(),
+        None => String::new(),
+    };
+    let kind = BackendType::parse(&kind_name)?;
+    let vni = match o.get("VNI") {
+        Some(v) => want_uint("Backend.VNI", v)?,
+        None => u64::from(VXLAN_DEFAULT_VNI),
+    };
+    let vni = Vni::new(u32::try_from(vni).unwrap_or(u32::MAX)).map_err(ConfigError::Vni)?;
+    let port = match o.get("Port") {
+        Some(v) => {
+            let p = want_uint("Backend.Port", v)?;
+            u16::try_from(p).map_err(|_| {
+                field_err(
+                    "Backend.Port",
+                    format!("{p} is not a UDP port; use 1 to 65535 or drop it"),
+                )
+            })?
+        }
+        None => 0,
+    };
+    let port = match (kind, port) {
+        (BackendType::Vxlan, 0) => LINUX_DEFAULT_PORT,
+        (BackendType::Udp, 0) => UDP_DEFAULT_PORT,
+        (BackendType::HostGw, _) => 0,
+        (_, p) => p,
+    };
+    let mtu = match o.get("MTU") {
+        Some(v) => {
+            let m = want_uint("Backend.MTU", v)?;
+            match u32::try_from(m) {
+                Ok(0) => None,
+                Ok(m) if (576..=65535).contains(&m) => Some(m),
+                _ => {
+                    return Err(field_err(
+                        "Backend.MTU",
+                        format!("{m} is not a usable MTU; use 576 to 65535, or drop it to follow the interface"),
+                    ))
+                }
+            }
+        }
+        None => None,
+    };
+    let direct_routing = match o.get("DirectRouting") {
+        Some(v) => want_bool("Backend.DirectRouting", v)?,
+        None => false,
+    };
+    let gbp = match o.get("GBP") {
+        Some(v) => want_bool("Backend.GBP", v)?,
+        None => false,
+    };
+    Ok(Backend {
+        kind,
+        vni,
+        port,
+        mtu,
+        direct_routing,
+        gbp,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> NetworkConfig {
+        NetworkConfig::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    fn err(s: &str) -> ConfigError {
+        NetworkConfig::parse(s).expect_err(s)
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn defaults_for_a_slash_16() {
+        let c = parse(r#"{"Network":"10.1.0.0/16"}"#);
+        assert_eq!(c.network.to_string(), "10.1.0.0/16");
+        assert_eq!(c.subnet_len, 24);
+        assert_eq!(c.subnet_min, ip("10.1.1.0"));
+        assert_eq!(c.subnet_max, ip("10.1.255.0"));
+        assert!(c.enable_ipv4 && !c.enable_ipv6);
+        assert_eq!(c.backend.kind, BackendType::Udp);
+        assert_eq!(c.backend.port, 8285);
+        assert_eq!(c.backend.mtu, None);
+        assert_eq!(c.overlay_mtu(1500), 1472);
+        assert_eq!(c.subnet_count(), 255);
+        assert_eq!(c.subnets().count(), 255);
+        assert_eq!(c.subnets().next().unwrap().to_string(), "10.1.1.0/24");
+        assert_eq!(c.subnets().last().unwrap().to_string(), "10.1.255.0/24");
+    }
+
+    #[test]
+    fn subnet_len_defaults_by_prefix() {
+        assert_eq!(parse(r#"{"Network":"10.0.0.0/8"}"#).subnet_len, 24);
+        assert_eq!(parse(r#"{"Network":"10.0.0.0/22"}"#).subnet_len, 24);
+        let c = parse(r#"{"Network":"10.0.0.0/23"}"#);
+        assert_eq!(c.subnet_len, 25);
+        assert_eq!(c.subnet_min, ip("10.0.0.128"));
+        assert_eq!(c.subnet_max, ip("10.0.1.128"));
+        let c = parse(r#"{"Network":"10.0.0.0/28"}"#);
+        assert_eq!(c.subnet_len, 30);
+        assert_eq!(c.subnet_min, ip("10.0.0.4"));
+        assert_eq!(c.subnet_max, ip("10.0.0.12"));
+        assert_eq!(c.subnet_count(), 3);
+    }
+
+    #[test]
+    fn explicit_range_and_len() {
+        let c = parse(
+            r#"{"Network":"10.0.0.0/8","SubnetLen":20,"SubnetMin":"10.10.0.0","SubnetMax":"10.99.0.0"}"#,
+        );
+        assert_eq!(c.subnet_len, 20);
+        assert_eq!(c.subnet_min, ip("10.10.0.0"));
+        assert_eq!(c.subnet_max, ip("10.99.0.0"));
+        assert!(c.is_leasable(&"10.10.16.0/20".parse().unwrap()));
+        assert!(!c.is_leasable(&"10.9.0.0/20".parse().unwrap()));
+        assert!(!c.is_leasable(&"10.10.0.0/24".parse().unwrap()));
+    }
+
+    #[test]
+    fn backend_defaults() {
+        let c = parse(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan"}}"#);
+        assert_eq!(c.backend.kind, BackendType::Vxlan);
+        assert_eq!(c.backend.vni.get(), 1);
+        assert_eq!(c.backend.port, 8472);
+        assert!(!c.backend.direct_routing && !c.backend.gbp);
+        assert_eq!(c.overlay_mtu(1500), 1450);
+        let c = parse(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"udp"}}"#);
+        assert_eq!(c.backend.port, 8285);
+        let c = parse(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"host-gw"}}"#);
+        assert_eq!(c.backend.kind, BackendType::HostGw);
+        assert_eq!(c.backend.port, 0);
+        assert_eq!(c.overlay_mtu(1500), 1500);
+        // Go's json decodes `null` as "leave as is": a null Backend is no Backend.
+        let c = parse(r#"{"Network":"10.1.0.0/16","Backend":null}"#);
+        assert_eq!(c.backend.kind, BackendType::Udp);
+    }
+
+    #[test]
+    fn backend_fields() {
+        let c = parse(
+            r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan","VNI":42,"Port":4789,"MTU":1400,"DirectRouting":true,"GBP":true}}"#,
+        );
+        assert_eq!(c.backend.vni.get(), 42);
+        assert_eq!(c.backend.port, 4789);
+        assert_eq!(c.backend.mtu, Some(1400));
+        assert_eq!(c.overlay_mtu(9000), 1350);
+        assert!(c.backend.direct_routing && c.backend.gbp);
+        let c = parse(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan","MTU":0}}"#);
+        assert_eq!(c.backend.mtu, None);
+    }
+
+    #[test]
+    fn keys_are_case_insensitive_and_unknown_keys_ignored() {
+        let c = parse(
+            r#"{"network":"10.5.0.0/16","SUBNETLEN":26,"subnetmin":"10.5.1.0","Flavour":"mint",
+                "backend":{"type":"vxlan","vni":7,"port":9000,"directrouting":true,"Extra":[1,2]}}"#,
+        );
+        assert_eq!(c.network.to_string(), "10.5.0.0/16");
+        assert_eq!(c.subnet_len, 26);
+        assert_eq!(c.subnet_min, ip("10.5.1.0"));
+        assert_eq!(c.backend.kind, BackendType::Vxlan);
+        assert_eq!(c.backend.vni.get(), 7);
+        assert_eq!(c.backend.port, 9000);
+        assert!(c.backend.direct_routing);
+    }
+
+    #[test]
+    fn later_duplicate_wins_and_null_keeps() {
+        let c = parse(r#"{"Network":"10.1.0.0/16","network":"10.2.0.0/16"}"#);
+        assert_eq!(c.network.to_string(), "10.2.0.0/16");
+        let c = parse(r#"{"Network":"10.1.0.0/16","network":null}"#);
+        assert_eq!(c.network.to_string(), "10.1.0.0/16");
+    }
+
+    #[test]
+    fn network_host_bits_are_dropped_like_go() {
+        let c = parse(r#"{"Network":"10.1.2.3/16"}"#);
+        assert_eq!(c.network.to_string(), "10.1.0.0/16");
+    }
+
+    #[test]
+    fn missing_or_bad_network() {
+        assert_eq!(err(r#"{}"#), ConfigError::MissingNetwork);
+        assert_eq!(
+            err(r#"{"Network":"0.0.0.0/0"}"#),
+            ConfigError::MissingNetwork
+        );
+        let e = err(r#"{"Network":"10.1.0.0"}"#);
+        assert!(
+            matches!(
+                e,
+                ConfigError::Field {
+                    field: "Network",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = err(r#"{"Network":"10.1.0.0/33"}"#);
+        assert!(
+            matches!(
+                e,
+                ConfigError::Field {
+                    field: "Network",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = err(r#"{"Network":16}"#);
+        assert!(e.to_string().contains("Network"), "{e}");
+        assert!(e.to_string().contains("10.1.0.0/16"), "{e}");
+        assert!(err(r#"{"Network":"#)
+            .to_string()
+            .contains("not a JSON object"));
+        assert!(matches!(err(r#"[1]"#), ConfigError::Json(_)));
+        assert!(err("{}")
+            .to_string()
+            .contains("please define a correct Network"));
+    }
+
+    #[test]
+    fn subnet_len_too_long() {
+        let e = err(r#"{"Network":"10.1.0.0/16","SubnetLen":31}"#);
+        assert_eq!(e, ConfigError::SubnetLenTooLong(31));
+        assert!(e.to_string().starts_with("SubnetLen must be less than /31"));
+        assert!(e.to_string().contains("30 or less"));
+        let e = err(r#"{"Network":"10.1.0.0/16","SubnetLen":-1}"#);
+        assert!(
+            matches!(
+                e,
+                ConfigError::Field {
+                    field: "SubnetLen",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = err(r#"{"Network":"10.1.0.0/16","SubnetLen":"24"}"#);
+        assert!(
+            matches!(
+                e,
+                ConfigError::Field {
+                    field: "SubnetLen",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn too_few_subnets() {
+        let e = err(r#"{"Network":"10.1.0.0/16","SubnetLen":17}"#);
+        assert!(
+            matches!(
+                e,
+                ConfigError::TooFewSubnets {
+                    subnet_len: 17,
+                    min: 18,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e
+            .to_string()
+            .starts_with("network must be able to accommodate at least four subnets"));
+        assert!(e.to_string().contains("at least 18"));
+        // Exactly four is enough.
+        assert_eq!(
+            parse(r#"{"Network":"10.1.0.0/16","SubnetLen":18}"#).subnet_count(),
+            3
+        );
+    }
+
+    #[test]
+    fn network_too_small() {
+        let e = err(r#"{"Network":"10.1.0.0/29"}"#);
+        assert_eq!(
+            e,
+            ConfigError::NetworkTooSmall("10.1.0.0/29".parse().unwrap())
+        );
+        assert!(e
+            .to_string()
+            .contains("Minimum useful network prefix is /28"));
+    }
+
+    #[test]
+    fn subnet_min_max_outside() {
+        let e = err(r#"{"Network":"10.1.0.0/16","SubnetMin":"10.2.0.0"}"#);
+        assert!(matches!(e, ConfigError::SubnetMinOutside { .. }), "{e}");
+        assert!(e
+            .to_string()
+            .starts_with("SubnetMin is not in the range of the Network"));
+        let e = err(r#"{"Network":"10.1.0.0/16","SubnetMax":"11.0.0.0"}"#);
+        assert!(matches!(e, ConfigError::SubnetMaxOutside { .. }), "{e}");
+        let e = err(r#"{"Network":"10.1.0.0/16","SubnetMin":"ten"}"#);
+        assert!(
+            matches!(
+                e,
+                ConfigError::Field {
+                    field: "SubnetMin",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn subnet_min_max_unaligned() {
+        let e = err(r#"{"Network":"10.1.0.0/16","SubnetMin":"10.1.1.5"}"#);
+        assert_eq!(
+            e,
+            ConfigError::SubnetMinUnaligned {
+                addr: ip("10.1.1.5"),
+                subnet_len: 24,
+                aligned: ip("10.1.1.0")
+            }
+        );
+        assert!(e.to_string().contains("use 10.1.1.0"));
+        let e = err(r#"{"Network":"10.1.0.0/16","SubnetMax":"10.1.9.128"}"#);
+        assert!(matches!(e, ConfigError::SubnetMaxUnaligned { .. }), "{e}");
+        assert!(e
+            .to_string()
+            .starts_with("SubnetMax is not on a SubnetLen boundary: 10.1.9.128"));
+    }
+
+    #[test]
+    fn backend_errors() {
+        let e = err(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"wireguard"}}"#);
+        assert_eq!(e, ConfigError::UnsupportedBackend("wireguard".into()));
+        // flanneld matches backend names exactly.
+        let e = err(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"VXLAN"}}"#);
+        assert!(matches!(e, ConfigError::UnsupportedBackend(_)));
+        let e = err(r#"{"Network":"10.1.0.0/16","Backend":{}}"#);
+        assert_eq!(e, ConfigError::UnsupportedBackend(String::new()));
+        let e = err(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#);
+        assert!(matches!(e, ConfigError::Vni(_)), "{e}");
+        let e = err(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan","Port":70000}}"#);
+        assert!(
+            matches!(
+                e,
+                ConfigError::Field {
+                    field: "Backend.Port",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = err(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan","MTU":100}}"#);
+        assert!(
+            matches!(
+                e,
+                ConfigError::Field {
+                    field: "Backend.MTU",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = err(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan","GBP":"yes"}}"#);
+        assert!(
+            matches!(
+                e,
+                ConfigError::Field {
+                    field: "Backend.GBP",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = err(r#"{"Network":"10.1.0.0/16","Backend":"vxlan"}"#);
+        assert!(
+            matches!(
+                e,
+                ConfigError::Field {
+                    field: "Backend",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn ip_families() {
+        assert_eq!(
+            err(r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}"#),
+            ConfigError::Ipv6Unsupported
+        );
+        assert_eq!(
+            err(r#"{"Network":"10.1.0.0/16","EnableIPv4":false}"#),
+            ConfigError::Ipv4Disabled
+        );
+        let c = parse(r#"{"Network":"10.1.0.0/16","EnableIPv6":false,"IPv6Network":"fc00::/48"}"#);
+        assert_eq!(c.ipv6_network.as_deref(), Some("fc00::/48"));
+    }
+}

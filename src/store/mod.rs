@@ -1,0 +1,314 @@
+//! The etcd subnet store: flannel's etcd contract (v3 API) on tokio.
+//!
+//! It owns everything weft keeps in etcd: reading the network config at `<prefix>/config`,
+//! acquiring and renewing this node's lease at `<prefix>/subnets/<net>-<len>`, and watching
+//! every other node's lease. Remote leases flow one way: watch events -> [`PeerSet`] ->
+//! an immutable [`LeaseTable`] published into the [`SharedTable`] the data plane reads.
+//!
+//! [`PeerSet`]: crate::table::PeerSet
+//! [`LeaseTable`]: crate::table::LeaseTable
+//! [`SharedTable`]: crate::table::SharedTable
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+
+use crate::config::ConfigError;
+use crate::wire::Subnet;
+
+mod lease;
+pub mod record;
+pub mod subnet_env;
+pub mod vtep;
+mod watch;
+
+pub use lease::{acquire_lease, read_config, AcquireRequest, OwnLease};
+pub use record::{BackendRecord, LeaseRecord, RecordError};
+pub use subnet_env::{read_previous_subnet, SubnetEnv, SubnetEnvError};
+pub use vtep::derive_vtep_mac;
+pub use watch::{Store, StoreHandle, StoreOptions};
+
+/// flanneld's default etcd prefix.
+pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
+
+/// How long a lease lives in etcd before it must be renewed (flannel: 24 h).
+pub const LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The etcd keys of one flannel network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Keys under `prefix` (a trailing `/` is ignored, like Go's `path.Join`).
+    pub fn new(prefix: &str) -> Keys {
+        let p = prefix.trim_end_matches('/');
+        Keys {
+            prefix: if p.is_empty() {
+                String::new()
+            } else {
+                p.to_string()
+            },
+        }
+    }
+
+    /// `<prefix>/config`.
+    pub fn config(&self) -> String {
+        format!("{}/config", self.prefix)
+    }
+
+    /// `<prefix>/subnets/`: the prefix every lease key starts with.
+    pub fn subnets_dir(&self) -> String {
+        format!("{}/subnets/", self.prefix)
+    }
+
+    /// `<prefix>/subnets/10.1.2.0-24`.
+    pub fn subnet(&self, s: &Subnet) -> String {
+        format!("{}/subnets/{}", self.prefix, s.key_string())
+    }
+
+    /// The subnet a lease key names; dual-stack keys (`10.1.2.0-24&fc00::-64`) give their
+    /// IPv4 part. `None` for keys that are not leases of this prefix.
+    pub fn parse_subnet_key(&self, key: &[u8]) -> Option<Subnet> {
+        let key = std::str::from_utf8(key).ok()?;
+        let rest = key.strip_prefix(&self.subnets_dir())?;
+        let v4 = rest.split('&').next()?;
+        Subnet::from_key_str(v4).ok()
+    }
+}
+
+/// How to reach etcd: flanneld's `--etcd-*` flags.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EtcdOptions {
+    /// Endpoint URLs (`http://127.0.0.1:2379`, `https://...`).
+    pub endpoints: Vec<String>,
+    /// The key prefix (`--etcd-prefix`).
+    pub prefix: String,
+    /// Client key file (PEM) for TLS.
+    pub keyfile: Option<PathBuf>,
+    /// Client certificate file (PEM) for TLS.
+    pub certfile: Option<PathBuf>,
+    /// CA certificate file (PEM) that signed etcd's server certificate.
+    pub cafile: Option<PathBuf>,
+    /// User name for etcd authentication.
+    pub username: Option<String>,
+    /// Password for etcd authentication.
+    pub password: Option<String>,
+}
+
+/// Everything that can go wrong in the store, named after what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Building the etcd client failed (bad endpoint URL, TLS setup, authentication).
+    #[error("connecting to etcd at {endpoints}: {source}")]
+    EtcdConnect {
+        /// The endpoints tried.
+        endpoints: String,
+        /// The client's error.
+        #[source]
+        source: etcd_client::Error,
+    },
+    /// A TLS file given on the command line could not be read.
+    #[error("reading etcd TLS file {path}: {source}")]
+    TlsFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Only one of `--etcd-certfile` and `--etcd-keyfile` was given.
+    #[error("--etcd-certfile and --etcd-keyfile must be given together")]
+    TlsIncomplete,
+    /// Reading `<prefix>/config` failed.
+    #[error("reading network config {key}: {source}")]
+    ConfigRead {
+        /// The key.
+        key: String,
+        /// The client's error.
+        #[source]
+        source: etcd_client::Error,
+    },
+    /// `<prefix>/config` does not exist.
+    #[error("network config not found at {key}; create it, e.g. etcdctl put {key} '{{\"Network\": \"10.1.0.0/16\", \"Backend\": {{\"Type\": \"vxlan\"}}}}'")]
+    ConfigMissing {
+        /// The key.
+        key: String,
+    },
+    /// `<prefix>/config` exists but is not a valid flannel config.
+    #[error("network config at {key} is invalid: {source}")]
+    ConfigInvalid {
+        /// The key.
+        key: String,
+        /// What is wrong with it.
+        #[source]
+        source: ConfigError,
+    },
+    /// Listing the leases failed.
+    #[error("listing leases under {prefix}: {source}")]
+    LeaseList {
+        /// The key prefix.
+        prefix: String,
+        /// The client's error.
+        #[source]
+        source: etcd_client::Error,
+    },
+    /// Granting an etcd lease (the TTL behind a subnet lease) failed.
+    #[error("granting an etcd lease of {ttl_secs} s: {source}")]
+    LeaseGrant {
+        /// The TTL asked for.
+        ttl_secs: i64,
+        /// The client's error.
+        #[source]
+        source: etcd_client::Error,
+    },
+    /// Creating this node's lease key failed.
+    #[error("creating lease {subnet}: {source}")]
+    LeaseCreate {
+        /// The subnet.
+        subnet: Subnet,
+        /// The client's error.
+        #[source]
+        source: etcd_client::Error,
+    },
+    /// Re-writing this node's lease (reuse or renewal) failed.
+    #[error("renewing lease {subnet}: {source}")]
+    LeaseRenew {
+        /// The subnet.
+        subnet: Subnet,
+        /// The client's error.
+        #[source]
+        source: etcd_client::Error,
+    },
+    /// Deleting a stale lease of this node failed.
+    #[error("deleting stale lease {subnet}: {source}")]
+    LeaseDelete {
+        /// The subnet.
+        subnet: Subnet,
+        /// The client's error.
+        #[source]
+        source: etcd_client::Error,
+    },
+    /// Every subnet between SubnetMin and SubnetMax is leased.
+    #[error("out of subnets: all {count} subnets of {network} from {min} to {max} are leased; widen SubnetMin/SubnetMax or the Network, or delete stale leases")]
+    OutOfSubnets {
+        /// The Network.
+        network: Subnet,
+        /// SubnetMin.
+        min: Ipv4Addr,
+        /// SubnetMax.
+        max: Ipv4Addr,
+        /// How many subnets the range holds.
+        count: u64,
+    },
+    /// Other nodes kept winning the race for the chosen subnets.
+    #[error("lost the race for a free subnet {attempts} times in a row; try again")]
+    AcquireRaces {
+        /// How many attempts were made.
+        attempts: u32,
+    },
+    /// Writing subnet.env failed.
+    #[error(transparent)]
+    SubnetFile(#[from] SubnetEnvError),
+}
+
+impl StoreError {
+    /// Whether retrying later can help (etcd unreachable) as opposed to a setup problem.
+    pub fn is_transient(&self) -> bool {
+        if let StoreError::EtcdConnect { source, .. } = self {
+            // With a user name, connecting authenticates at once: etcd may just be down.
+            return matches!(
+                source,
+                etcd_client::Error::GRpcStatus(_)
+                    | etcd_client::Error::TransportError(_)
+                    | etcd_client::Error::IoError(_)
+            );
+        }
+        matches!(
+            self,
+            StoreError::ConfigRead { .. }
+                | StoreError::LeaseList { .. }
+                | StoreError::LeaseGrant { .. }
+                | StoreError::LeaseCreate { .. }
+                | StoreError::LeaseRenew { .. }
+                | StoreError::LeaseDelete { .. }
+                | StoreError::AcquireRaces { .. }
+        )
+    }
+}
+
+fn read_tls_file(path: &PathBuf) -> Result<Vec<u8>, StoreError> {
+    std::fs::read(path).map_err(|source| StoreError::TlsFile {
+        path: path.clone(),
+        source,
+    })
+}
+
+/// Connects to etcd. TLS is used for `https://` endpoints, with the CA and the client
+/// certificate from the options; the connection itself is made lazily, so this succeeds
+/// while etcd is down and requests fail (and are retried) until it is back.
+pub async fn connect(opts: &EtcdOptions) -> Result<Client, StoreError> {
+    let mut co = ConnectOptions::new()
+        .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5))
+        .with_connect_timeout(Duration::from_secs(3))
+        .with_timeout(Duration::from_secs(10))
+        .with_require_leader(true);
+    if let (Some(u), Some(p)) = (&opts.username, &opts.password) {
+        if !u.is_empty() {
+            // etcd tokens expire; re-authenticate instead of failing every request after.
+            co = co
+                .with_user(u.clone(), p.clone())
+                .with_auto_token_refresh(true);
+        }
+    }
+    let any_https = opts.endpoints.iter().any(|e| e.starts_with("https://"));
+    let (cert, key) = (&opts.certfile, &opts.keyfile);
+    if cert.is_some() != key.is_some() {
+        return Err(StoreError::TlsIncomplete);
+    }
+    if any_https {
+        let mut tls = TlsOptions::new();
+        if let Some(ca) = &opts.cafile {
+            tls = tls.ca_certificate(Certificate::from_pem(read_tls_file(ca)?));
+        }
+        if let (Some(c), Some(k)) = (cert, key) {
+            tls = tls.identity(Identity::from_pem(read_tls_file(c)?, read_tls_file(k)?));
+        }
+        co = co.with_tls(tls);
+    } else if opts.cafile.is_some() || cert.is_some() {
+        tracing::warn!("etcd TLS files given but no https:// endpoint; connecting without TLS");
+    }
+    Client::connect(&opts.endpoints, Some(co))
+        .await
+        .map_err(|source| StoreError::EtcdConnect {
+            endpoints: opts.endpoints.join(","),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys() {
+        let k = Keys::new("/coreos.com/network/");
+        assert_eq!(k.config(), "/coreos.com/network/config");
+        let s: Subnet = "10.1.2.0/24".parse().unwrap();
+        assert_eq!(k.subnet(&s), "/coreos.com/network/subnets/10.1.2.0-24");
+        assert_eq!(k.parse_subnet_key(k.subnet(&s).as_bytes()), Some(s));
+        assert_eq!(
+            k.parse_subnet_key(b"/coreos.com/network/subnets/10.1.2.0-24&fc00::-64"),
+            Some(s)
+        );
+        assert_eq!(
+            k.parse_subnet_key(b"/coreos.com/network/subnets/junk"),
+            None
+        );
+        assert_eq!(k.parse_subnet_key(b"/other/subnets/10.1.2.0-24"), None);
+        assert_eq!(k.parse_subnet_key(b"/coreos.com/network/config"), None);
+    }
+}

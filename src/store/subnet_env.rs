@@ -1,0 +1,227 @@
+//! `subnet.env`: the file flanneld writes for the CNI plugin and for its own next start.
+//!
+//! ```text
+//! FLANNEL_NETWORK=10.1.0.0/16
+//! FLANNEL_SUBNET=10.1.2.1/24
+//! FLANNEL_MTU=1450
+//! FLANNEL_IPMASQ=false
+//! ```
+//! It is written atomically (temporary file in the same directory, then rename), so a reader
+//! never sees half a file.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use crate::wire::Subnet;
+
+/// The contents of a subnet.env file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubnetEnv {
+    /// `FLANNEL_NETWORK`: the whole overlay.
+    pub network: Subnet,
+    /// The node's lease; written as its first host address, `FLANNEL_SUBNET=10.1.2.1/24`.
+    pub subnet: Subnet,
+    /// `FLANNEL_MTU`: the MTU pods should use.
+    pub mtu: u32,
+    /// `FLANNEL_IPMASQ`: whether the node masquerades traffic leaving the overlay.
+    pub ip_masq: bool,
+}
+
+/// Why subnet.env could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum SubnetEnvError {
+    /// Reading, writing or renaming the file failed.
+    #[error("subnet file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A required variable is missing or malformed.
+    #[error("subnet file {path}: {var} is missing or malformed")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The variable.
+        var: &'static str,
+    },
+}
+
+impl SubnetEnv {
+    /// The file's text, variables in flanneld's order.
+    pub fn render(&self) -> String {
+        format!(
+            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\nFLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
+            self.network,
+            self.subnet.first_host(),
+            self.subnet.prefix_len(),
+            self.mtu,
+            self.ip_masq
+        )
+    }
+
+    /// Writes the file atomically, creating its directory if needed.
+    pub fn write(&self, path: &Path) -> Result<(), SubnetEnvError> {
+        let io = |source| SubnetEnvError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let mut tmp = tempfile_in(dir, path).map_err(io)?;
+        let res = (|| {
+            tmp.1.write_all(self.render().as_bytes())?;
+            tmp.1.sync_all()?;
+            std::fs::rename(&tmp.0, path)
+        })();
+        if res.is_err() {
+            let _ = std::fs::remove_file(&tmp.0);
+        }
+        res.map_err(io)
+    }
+
+    /// Reads a subnet.env file (as written by flanneld or weft).
+    pub fn read(path: &Path) -> Result<SubnetEnv, SubnetEnvError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SubnetEnvError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|var| SubnetEnvError::Parse {
+            path: path.to_path_buf(),
+            var,
+        })
+    }
+
+    /// Parses the file's text; on failure names the bad variable.
+    pub fn parse(text: &str) -> Result<SubnetEnv, &'static str> {
+        let var = |name: &str| {
+            text.lines()
+                .rev()
+                .filter_map(|l| l.trim().split_once('='))
+                .find(|(k, _)| k.trim() == name)
+                .map(|(_, v)| v.trim().trim_matches('"'))
+        };
+        let network = var("FLANNEL_NETWORK")
+            .and_then(|v| v.parse::<Subnet>().ok())
+            .ok_or("FLANNEL_NETWORK")?;
+        let subnet = var("FLANNEL_SUBNET")
+            .and_then(parse_host_cidr)
+            .ok_or("FLANNEL_SUBNET")?;
+        let mtu = var("FLANNEL_MTU")
+            .and_then(|v| v.parse().ok())
+            .ok_or("FLANNEL_MTU")?;
+        let ip_masq = var("FLANNEL_IPMASQ")
+            .and_then(|v| v.parse().ok())
+            .ok_or("FLANNEL_IPMASQ")?;
+        Ok(SubnetEnv {
+            network,
+            subnet,
+            mtu,
+            ip_masq,
+        })
+    }
+}
+
+/// Reads only the lease from a subnet.env (what flanneld does at start); `None` if the file
+/// is missing or has no usable `FLANNEL_SUBNET`.
+pub fn read_previous_subnet(path: &Path) -> Option<Subnet> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .rev()
+        .filter_map(|l| l.trim().split_once('='))
+        .find(|(k, _)| k.trim() == "FLANNEL_SUBNET")
+        .and_then(|(_, v)| parse_host_cidr(v.trim().trim_matches('"')))
+}
+
+/// `10.1.2.1/24` -> `10.1.2.0/24`.
+fn parse_host_cidr(v: &str) -> Option<Subnet> {
+    let (a, l) = v.split_once('/')?;
+    Subnet::containing(a.parse::<Ipv4Addr>().ok()?, l.parse().ok()?).ok()
+}
+
+/// Creates a uniquely named temporary file next to `target`.
+fn tempfile_in(dir: &Path, target: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+    let base = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "subnet.env".into());
+    for attempt in 0..100u32 {
+        let p = dir.join(format!(".{base}.{}.{attempt}.tmp", std::process::id()));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&p)
+        {
+            Ok(f) => return Ok((p, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        "no free temporary file name",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> SubnetEnv {
+        SubnetEnv {
+            network: "10.1.0.0/16".parse().unwrap(),
+            subnet: "10.1.2.0/24".parse().unwrap(),
+            mtu: 1450,
+            ip_masq: true,
+        }
+    }
+
+    #[test]
+    fn render_is_flannels_format() {
+        assert_eq!(
+            env().render(),
+            "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.2.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+        );
+    }
+
+    #[test]
+    fn write_read_round_trip_and_replace() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/flannel/subnet.env");
+        env().write(&path).unwrap();
+        assert_eq!(SubnetEnv::read(&path).unwrap(), env());
+        let mut e2 = env();
+        e2.subnet = "10.1.9.0/24".parse().unwrap();
+        e2.ip_masq = false;
+        e2.write(&path).unwrap();
+        assert_eq!(SubnetEnv::read(&path).unwrap(), e2);
+        assert_eq!(read_previous_subnet(&path), Some(e2.subnet));
+        // No temporary files left behind.
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn parse_errors_name_the_variable() {
+        assert_eq!(SubnetEnv::parse(""), Err("FLANNEL_NETWORK"));
+        assert_eq!(
+            SubnetEnv::parse("FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=x\n"),
+            Err("FLANNEL_SUBNET")
+        );
+        assert_eq!(
+            read_previous_subnet(Path::new("/nonexistent/subnet.env")),
+            None
+        );
+        let e = SubnetEnv::read(Path::new("/nonexistent/subnet.env")).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/subnet.env"));
+    }
+}

@@ -1,0 +1,3 @@
+//! Test harness: real components for integration tests.
+
+pub mod etcd;

@@ -1,0 +1,730 @@
+//! The store against a real etcd: acquiring, renewing and re-creating leases, watching them
+//! through malformed records, outages and compaction, and TLS.
+
+mod harness;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use etcd_client::{CompactionOptions, GetOptions};
+use harness::etcd::Etcd;
+use weft::config::NetworkConfig;
+use weft::store::{
+    self, acquire_lease, AcquireRequest, BackendRecord, EtcdOptions, Keys, LeaseRecord, Store,
+    StoreError, StoreHandle, StoreOptions, SubnetEnv,
+};
+use weft::table::{LeaseTable, SharedTable};
+use weft::wire::{EthernetAddress, Subnet};
+
+const PREFIX: &str = "/coreos.com/network";
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "weft=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+fn etcd_opts(etcd: &Etcd) -> EtcdOptions {
+    let tls = etcd.tls();
+    EtcdOptions {
+        endpoints: vec![etcd.endpoint()],
+        prefix: PREFIX.into(),
+        keyfile: tls.map(|t| t.key.clone()),
+        certfile: tls.map(|t| t.cert.clone()),
+        cafile: tls.map(|t| t.ca.clone()),
+        username: None,
+        password: None,
+    }
+}
+
+fn store_opts(etcd: &Etcd, ip: Ipv4Addr, dir: &Path) -> StoreOptions {
+    let mut o = StoreOptions::new(etcd_opts(etcd), ip);
+    o.subnet_file = dir.join(format!("subnet-{ip}.env"));
+    o
+}
+
+async fn put(etcd: &Etcd, key: &str, value: &str) {
+    let mut c = etcd.client().await.expect("client");
+    c.put(key, value, None).await.expect("put");
+}
+
+async fn delete(etcd: &Etcd, key: &str) {
+    let mut c = etcd.client().await.expect("client");
+    c.delete(key, None).await.expect("delete");
+}
+
+async fn get(etcd: &Etcd, key: &str) -> Option<String> {
+    let mut c = etcd.client().await.expect("client");
+    let r = c.get(key, None).await.expect("get");
+    r.kvs()
+        .first()
+        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+}
+
+async fn put_config(etcd: &Etcd, json: &str) -> NetworkConfig {
+    put(etcd, &format!("{PREFIX}/config"), json).await;
+    NetworkConfig::parse(json).expect("test config is valid")
+}
+
+fn subnet(s: &str) -> Subnet {
+    s.parse().expect("subnet")
+}
+
+fn vxlan_record(ip: Ipv4Addr, mac: &str) -> String {
+    LeaseRecord {
+        public_ip: ip,
+        public_ipv6: None,
+        backend: BackendRecord::Vxlan {
+            vni: 1,
+            vtep_mac: mac.parse().expect("mac"),
+        },
+    }
+    .to_json()
+}
+
+async fn put_peer(etcd: &Etcd, s: &str, ip: [u8; 4]) {
+    let mac = format!("0e:00:00:00:{:02x}:{:02x}", ip[2], ip[3]);
+    put(
+        etcd,
+        &Keys::new(PREFIX).subnet(&subnet(s)),
+        &vxlan_record(Ipv4Addr::from(ip), &mac),
+    )
+    .await;
+}
+
+/// The table as `subnet -> public IP`.
+fn view(t: &LeaseTable) -> BTreeMap<String, Ipv4Addr> {
+    t.iter()
+        .map(|p| (p.subnet.to_string(), p.public_ip))
+        .collect()
+}
+
+/// Polls `f` every 20 ms until it holds or `limit` passes; returns how long it took.
+async fn within(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn start_store(opts: StoreOptions) -> (StoreHandle, SharedTable) {
+    let shared = SharedTable::new(LeaseTable::empty(24));
+    let h = tokio::time::timeout(Duration::from_secs(15), Store::start(opts, shared.clone()))
+        .await
+        .expect("store started in time")
+        .expect("store started");
+    (h, shared)
+}
+
+async fn acquire(
+    etcd: &Etcd,
+    cfg: &NetworkConfig,
+    ip: Ipv4Addr,
+) -> Result<store::OwnLease, StoreError> {
+    let mut c = store::connect(&etcd_opts(etcd)).await?;
+    let req = AcquireRequest {
+        public_ip: ip,
+        previous_subnet: None,
+        ttl: store::LEASE_TTL,
+        vtep_mac: None,
+    };
+    acquire_lease(&mut c, &Keys::new(PREFIX), cfg, &req).await
+}
+
+async fn lease_keys(etcd: &Etcd) -> Vec<(Subnet, String)> {
+    let mut c = etcd.client().await.expect("client");
+    let keys = Keys::new(PREFIX);
+    let r = c
+        .get(keys.subnets_dir(), Some(GetOptions::new().with_prefix()))
+        .await
+        .expect("list");
+    r.kvs()
+        .iter()
+        .map(|kv| {
+            (
+                keys.parse_subnet_key(kv.key()).expect("lease key"),
+                String::from_utf8_lossy(kv.value()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_then_ten_nodes_acquire_distinct_subnets() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    // 15 leasable subnets: twelve nodes collide often, so lost races must be retried.
+    let cfg = put_config(
+        &etcd,
+        r#"{"Network":"10.5.0.0/20","Backend":{"Type":"vxlan"}}"#,
+    )
+    .await;
+    assert_eq!(cfg.subnet_count(), 15);
+
+    let mut all = Vec::new();
+    for round in [2u8, 10] {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..round {
+            let ip = Ipv4Addr::new(192, 168, round, i + 1);
+            let (endpoint_cfg, etcd_o) = (cfg.clone(), etcd_opts(&etcd));
+            tasks.spawn(async move {
+                let mut c = store::connect(&etcd_o).await.expect("connect");
+                let req = AcquireRequest {
+                    public_ip: ip,
+                    previous_subnet: None,
+                    ttl: store::LEASE_TTL,
+                    vtep_mac: None,
+                };
+                let own = acquire_lease(&mut c, &Keys::new(PREFIX), &endpoint_cfg, &req)
+                    .await
+                    .expect("acquire");
+                (ip, own)
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            all.push(r.expect("task"));
+        }
+        let distinct: HashSet<Subnet> = all.iter().map(|(_, o)| o.subnet).collect();
+        assert_eq!(
+            distinct.len(),
+            all.len(),
+            "two nodes share a subnet: {all:?}"
+        );
+    }
+    assert_eq!(all.len(), 12);
+
+    // etcd holds exactly those twelve, each with its own node's record.
+    let stored = lease_keys(&etcd).await;
+    assert_eq!(stored.len(), 12);
+    let mut macs = HashSet::new();
+    for (ip, own) in &all {
+        assert!(cfg.is_leasable(&own.subnet), "{}", own.subnet);
+        let (_, value) = stored
+            .iter()
+            .find(|(s, _)| *s == own.subnet)
+            .expect("lease stored");
+        let rec = LeaseRecord::parse(value.as_bytes()).expect("our record parses");
+        assert_eq!(rec.public_ip, *ip);
+        assert_eq!(value, &own.record.to_json());
+        let mac = own.vtep_mac().expect("vxlan record has a MAC");
+        assert!(mac.is_local() && mac.is_unicast());
+        macs.insert(mac);
+    }
+    assert_eq!(macs.len(), 12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_node_gets_its_old_subnet_back() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    put_config(
+        &etcd,
+        r#"{"Network":"10.6.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    )
+    .await;
+    let ip = Ipv4Addr::new(192, 168, 6, 1);
+    let keys = Keys::new(PREFIX);
+
+    // A lease left by an earlier run carries our IP and a MAC: both are reused.
+    let old_mac: EthernetAddress = "0e:11:22:33:44:55".parse().expect("mac");
+    put(
+        &etcd,
+        &keys.subnet(&subnet("10.6.77.0/24")),
+        &vxlan_record(ip, "0e:11:22:33:44:55"),
+    )
+    .await;
+    let (h, _) = start_store(store_opts(&etcd, ip, dir.path())).await;
+    assert_eq!(h.own_lease().subnet, subnet("10.6.77.0/24"));
+    assert_eq!(h.own_lease().vtep_mac(), Some(old_mac));
+    let env = SubnetEnv::read(&dir.path().join(format!("subnet-{ip}.env"))).expect("subnet.env");
+    assert_eq!(env.network, subnet("10.6.0.0/16"));
+    assert_eq!(env.subnet, subnet("10.6.77.0/24"));
+    assert_eq!(env.mtu, 1450);
+    assert!(!env.ip_masq);
+    h.shutdown().await;
+
+    // Plain restart: same subnet, same MAC.
+    let (h, _) = start_store(store_opts(&etcd, ip, dir.path())).await;
+    assert_eq!(h.own_lease().subnet, subnet("10.6.77.0/24"));
+    assert_eq!(h.own_lease().vtep_mac(), Some(old_mac));
+    h.shutdown().await;
+
+    // The lease expired while the node was down: subnet.env names the subnet to ask for.
+    delete(&etcd, &keys.subnet(&subnet("10.6.77.0/24"))).await;
+    let (h, _) = start_store(store_opts(&etcd, ip, dir.path())).await;
+    assert_eq!(h.own_lease().subnet, subnet("10.6.77.0/24"));
+    h.shutdown().await;
+
+    // Another node took it meanwhile: we get a different one, and subnet.env follows.
+    delete(&etcd, &keys.subnet(&subnet("10.6.77.0/24"))).await;
+    put_peer(&etcd, "10.6.77.0/24", [192, 168, 6, 2]).await;
+    let (h, _) = start_store(store_opts(&etcd, ip, dir.path())).await;
+    let now = h.own_lease().subnet;
+    assert_ne!(now, subnet("10.6.77.0/24"));
+    let env = SubnetEnv::read(&dir.path().join(format!("subnet-{ip}.env"))).expect("subnet.env");
+    assert_eq!(env.subnet, now);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_network_is_out_of_subnets() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    // A /28 splits into four /30s; the first is never handed out: three leases in all.
+    let cfg = put_config(
+        &etcd,
+        r#"{"Network":"10.9.0.0/28","Backend":{"Type":"vxlan"}}"#,
+    )
+    .await;
+    let mut got = HashSet::new();
+    for i in 1..=3 {
+        let own = acquire(&etcd, &cfg, Ipv4Addr::new(192, 168, 9, i))
+            .await
+            .expect("a free subnet");
+        got.insert(own.subnet.to_string());
+    }
+    let want: HashSet<String> = ["10.9.0.4/30", "10.9.0.8/30", "10.9.0.12/30"]
+        .map(String::from)
+        .into();
+    assert_eq!(got, want);
+    let err = acquire(&etcd, &cfg, Ipv4Addr::new(192, 168, 9, 4))
+        .await
+        .expect_err("the network is full");
+    assert!(
+        matches!(err, StoreError::OutOfSubnets { count: 3, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().starts_with("out of subnets"), "{err}");
+
+    // The running service reports the same, rather than retrying forever.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = Store::start(
+        store_opts(&etcd, Ipv4Addr::new(192, 168, 9, 5), dir.path()),
+        SharedTable::new(LeaseTable::empty(30)),
+    )
+    .await;
+    assert!(matches!(r, Err(StoreError::OutOfSubnets { .. })), "{r:?}");
+    assert_eq!(lease_keys(&etcd).await.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_own_lease_is_recreated_within_two_seconds() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    put_config(
+        &etcd,
+        r#"{"Network":"10.7.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    )
+    .await;
+    put_peer(&etcd, "10.7.200.0/24", [192, 168, 7, 200]).await;
+    let ip = Ipv4Addr::new(192, 168, 7, 1);
+    let (h, shared) = start_store(store_opts(&etcd, ip, dir.path())).await;
+    assert!(
+        within(Duration::from_secs(5), || shared.load_full().len() == 1)
+            .await
+            .is_some()
+    );
+    let own = h.own_lease();
+    let key = Keys::new(PREFIX).subnet(&own.subnet);
+    let value = get(&etcd, &key).await.expect("our lease is stored");
+
+    for _ in 0..2 {
+        delete(&etcd, &key).await;
+        let start = Instant::now();
+        let mut back = None;
+        while start.elapsed() < Duration::from_secs(2) {
+            if let Some(v) = get(&etcd, &key).await {
+                back = Some(v);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            back.as_deref(),
+            Some(value.as_str()),
+            "lease not back within 2 s"
+        );
+    }
+    // The new grant replaced the old one, and the peer table never noticed.
+    let mut own_rx = h.subscribe_own_lease();
+    let _ = tokio::time::timeout(Duration::from_secs(1), own_rx.changed()).await;
+    assert_eq!(h.own_lease().subnet, own.subnet);
+    assert_ne!(h.own_lease().etcd_lease, own.etcd_lease);
+    assert_eq!(shared.load_full().len(), 1);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_record_leaves_every_other_entry_intact() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    put_config(
+        &etcd,
+        r#"{"Network":"10.8.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    )
+    .await;
+    for i in 1..=5u8 {
+        put_peer(
+            &etcd,
+            &format!("10.8.{}.0/24", 20 + i),
+            [192, 168, 8, 20 + i],
+        )
+        .await;
+    }
+    // Present before the first list, too.
+    put(
+        &etcd,
+        &format!("{PREFIX}/subnets/10.8.40.0-24"),
+        "{not json",
+    )
+    .await;
+    let (h, shared) =
+        start_store(store_opts(&etcd, Ipv4Addr::new(192, 168, 8, 1), dir.path())).await;
+    assert!(
+        within(Duration::from_secs(5), || shared.load_full().len() == 5)
+            .await
+            .is_some()
+    );
+    let before = view(&shared.load_full());
+
+    // Garbage at a new key, garbage over a known key, a record with a bad MAC, a foreign
+    // backend, and a key that is not a subnet at all. Then one good record as a marker.
+    let keys = Keys::new(PREFIX);
+    put(&etcd, &keys.subnet(&subnet("10.8.50.0/24")), "][").await;
+    put(
+        &etcd,
+        &keys.subnet(&subnet("10.8.21.0/24")),
+        r#"{"PublicIP":"nope"}"#,
+    )
+    .await;
+    put(
+        &etcd,
+        &keys.subnet(&subnet("10.8.51.0/24")),
+        r#"{"PublicIP":"192.168.8.51","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"xx"}}"#,
+    )
+    .await;
+    put(
+        &etcd,
+        &keys.subnet(&subnet("10.8.52.0/24")),
+        r#"{"PublicIP":"192.168.8.52","PublicIPv6":null,"BackendType":"host-gw"}"#,
+    )
+    .await;
+    put(
+        &etcd,
+        &format!("{PREFIX}/subnets/garbage-key"),
+        r#"{"PublicIP":"192.168.8.53"}"#,
+    )
+    .await;
+    put_peer(&etcd, "10.8.60.0/24", [192, 168, 8, 60]).await;
+
+    assert!(
+        within(Duration::from_secs(2), || shared.load_full().len() == 6)
+            .await
+            .is_some(),
+        "{:?}",
+        view(&shared.load_full())
+    );
+    let mut want = before.clone();
+    want.insert("10.8.60.0/24".into(), Ipv4Addr::new(192, 168, 8, 60));
+    assert_eq!(view(&shared.load_full()), want);
+    // 10.8.21.0/24 still routes to its last good record.
+    assert_eq!(
+        shared
+            .load_full()
+            .lookup(Ipv4Addr::new(10, 8, 21, 9))
+            .map(|p| p.public_ip),
+        Some(Ipv4Addr::new(192, 168, 8, 21))
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_outage_keeps_the_table_and_catches_up() {
+    init_tracing();
+    let mut etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    put_config(
+        &etcd,
+        r#"{"Network":"10.10.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    )
+    .await;
+    for i in 1..=3u8 {
+        put_peer(&etcd, &format!("10.10.{i}0.0/24"), [192, 168, 10, i]).await;
+    }
+    put(&etcd, &format!("{PREFIX}/subnets/10.10.99.0-24"), "garbage").await;
+    let (h, shared) = start_store(store_opts(
+        &etcd,
+        Ipv4Addr::new(192, 168, 10, 100),
+        dir.path(),
+    ))
+    .await;
+    assert!(
+        within(Duration::from_secs(5), || shared.load_full().len() == 3)
+            .await
+            .is_some()
+    );
+    let before = view(&shared.load_full());
+    let mut reader = shared.reader();
+
+    etcd.stop();
+    let outage = Instant::now();
+    let mut saw_down = false;
+    while outage.elapsed() < Duration::from_secs(10) {
+        assert_eq!(
+            view(reader.load()),
+            before,
+            "table changed during the outage"
+        );
+        saw_down |= !h.etcd_reachable();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(saw_down, "the store never noticed etcd was gone");
+
+    // Changes made while the store cannot see etcd: it must learn them by re-listing.
+    etcd.start_hidden().await;
+    put_peer(&etcd, "10.10.40.0/24", [192, 168, 10, 4]).await;
+    delete(&etcd, &format!("{PREFIX}/subnets/10.10.10.0-24")).await;
+    put_peer(&etcd, "10.10.20.0/24", [192, 168, 10, 22]).await;
+    assert_eq!(
+        view(reader.load()),
+        before,
+        "table changed during the outage"
+    );
+    etcd.restart().await;
+    let back = Instant::now();
+    let mut want = before.clone();
+    want.remove("10.10.10.0/24");
+    want.insert("10.10.20.0/24".into(), Ipv4Addr::new(192, 168, 10, 22));
+    want.insert("10.10.40.0/24".into(), Ipv4Addr::new(192, 168, 10, 4));
+    let took = within(Duration::from_secs(2), || view(&shared.load_full()) == want).await;
+    assert!(
+        took.is_some(),
+        "not caught up 2 s after etcd returned: {:?}",
+        view(&shared.load_full())
+    );
+    eprintln!("caught up {:?} after etcd returned", back.elapsed());
+    assert!(h.etcd_reachable());
+    // Our own lease survived the outage.
+    assert!(get(&etcd, &Keys::new(PREFIX).subnet(&h.own_lease().subnet))
+        .await
+        .is_some());
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_past_the_watch_revision_recovers() {
+    init_tracing();
+    let mut etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    put_config(
+        &etcd,
+        r#"{"Network":"10.11.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    )
+    .await;
+    put_peer(&etcd, "10.11.1.0/24", [192, 168, 11, 1]).await;
+    let (h, shared) = start_store(store_opts(
+        &etcd,
+        Ipv4Addr::new(192, 168, 11, 100),
+        dir.path(),
+    ))
+    .await;
+    assert!(
+        within(Duration::from_secs(5), || shared.load_full().len() == 1)
+            .await
+            .is_some()
+    );
+    let watched_rev = shared.load_full().revision();
+
+    // Cut the store off, then change and compact history past the revision it watched from.
+    etcd.start_hidden().await;
+    let mut c = etcd.client().await.expect("client");
+    for i in 2..=6u8 {
+        put_peer(&etcd, &format!("10.11.{i}.0/24"), [192, 168, 11, i]).await;
+    }
+    delete(&etcd, &format!("{PREFIX}/subnets/10.11.1.0-24")).await;
+    let rev = c
+        .get("x", None)
+        .await
+        .expect("get")
+        .header()
+        .map(|h| h.revision())
+        .expect("revision");
+    c.compact(rev, Some(CompactionOptions::new().with_physical()))
+        .await
+        .expect("compact");
+    assert!(rev > watched_rev + 5);
+    assert_eq!(
+        view(&shared.load_full()).len(),
+        1,
+        "the store saw the hidden etcd"
+    );
+    etcd.restart().await;
+
+    let want: BTreeMap<String, Ipv4Addr> = (2..=6u8)
+        .map(|i| (format!("10.11.{i}.0/24"), Ipv4Addr::new(192, 168, 11, i)))
+        .collect();
+    assert!(
+        within(Duration::from_secs(3), || view(&shared.load_full()) == want)
+            .await
+            .is_some(),
+        "{:?}",
+        view(&shared.load_full())
+    );
+    assert!(shared.load_full().revision() >= rev);
+    // And the new watch works after the compaction.
+    put_peer(&etcd, "10.11.7.0/24", [192, 168, 11, 7]).await;
+    assert!(
+        within(Duration::from_secs(2), || shared.load_full().len() == 6)
+            .await
+            .is_some()
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_is_renewed_before_it_expires() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    put_config(
+        &etcd,
+        r#"{"Network":"10.12.0.0/16","Backend":{"Type":"udp"}}"#,
+    )
+    .await;
+    let mut opts = store_opts(&etcd, Ipv4Addr::new(192, 168, 12, 1), dir.path());
+    // A 3 s lease with the default 60 min margin: renewed half-way, every 1.5 s.
+    opts.lease_ttl = Duration::from_secs(3);
+    let (h, _) = start_store(opts).await;
+    let first = h.own_lease();
+    assert_eq!(first.vtep_mac(), None);
+    let key = Keys::new(PREFIX).subnet(&first.subnet);
+    assert_eq!(
+        get(&etcd, &key).await.as_deref(),
+        Some(r#"{"PublicIP":"192.168.12.1","PublicIPv6":null}"#)
+    );
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert!(
+        get(&etcd, &key).await.is_some(),
+        "lease expired: not renewed"
+    );
+    assert_ne!(h.own_lease().etcd_lease, first.etcd_lease);
+    // Once the store stops renewing, etcd expires the key: the TTL is real.
+    h.shutdown().await;
+    let gone = {
+        let start = Instant::now();
+        loop {
+            if get(&etcd, &key).await.is_none() {
+                break true;
+            }
+            if start.elapsed() > Duration::from_secs(8) {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    assert!(gone, "lease outlived its TTL");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_only_etcd_works() {
+    init_tracing();
+    let etcd = Etcd::start_tls().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    put_config(
+        &etcd,
+        r#"{"Network":"10.13.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    )
+    .await;
+    put_peer(&etcd, "10.13.5.0/24", [192, 168, 13, 5]).await;
+    let (h, shared) = start_store(store_opts(
+        &etcd,
+        Ipv4Addr::new(192, 168, 13, 1),
+        dir.path(),
+    ))
+    .await;
+    assert!(h.config().network == subnet("10.13.0.0/16"));
+    assert!(
+        within(Duration::from_secs(5), || shared.load_full().len() == 1)
+            .await
+            .is_some()
+    );
+    put_peer(&etcd, "10.13.6.0/24", [192, 168, 13, 6]).await;
+    assert!(
+        within(Duration::from_secs(2), || shared.load_full().len() == 2)
+            .await
+            .is_some()
+    );
+    h.shutdown().await;
+
+    // The server really insists on TLS with a client certificate.
+    let keys = Keys::new(PREFIX);
+    let mut no_cert = etcd_opts(&etcd);
+    no_cert.certfile = None;
+    no_cert.keyfile = None;
+    let mut plain = etcd_opts(&etcd);
+    plain.endpoints = vec![etcd.endpoint().replace("https://", "http://")];
+    for (what, o) in [("no client certificate", no_cert), ("plain http", plain)] {
+        let r = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut c = store::connect(&o).await?;
+            store::read_config(&mut c, &keys).await
+        })
+        .await;
+        assert!(matches!(r, Ok(Err(_)) | Err(_)), "{what}: {r:?}");
+    }
+    // Half a client identity is a setup error, not a retry.
+    let mut half = etcd_opts(&etcd);
+    half.keyfile = None;
+    assert!(matches!(
+        store::connect(&half).await,
+        Err(StoreError::TlsIncomplete)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_config_is_retried_until_fixed() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    put(
+        &etcd,
+        &format!("{PREFIX}/config"),
+        r#"{"Network":"10.14.0.0/16","SubnetLen":31}"#,
+    )
+    .await;
+    let shared = SharedTable::new(LeaseTable::empty(24));
+    let start = tokio::spawn(Store::start(
+        store_opts(&etcd, Ipv4Addr::new(192, 168, 14, 1), dir.path()),
+        shared,
+    ));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!start.is_finished(), "gave up on an invalid config");
+    assert!(lease_keys(&etcd).await.is_empty());
+    put(
+        &etcd,
+        &format!("{PREFIX}/config"),
+        r#"{"Network":"10.14.0.0/16","SubnetLen":26}"#,
+    )
+    .await;
+    let h = tokio::time::timeout(Duration::from_secs(3), start)
+        .await
+        .expect("started within 3 s of the fix")
+        .expect("task")
+        .expect("store");
+    assert_eq!(h.own_lease().subnet.prefix_len(), 26);
+    h.shutdown().await;
+}

@@ -95,7 +95,7 @@ fn packet_layer(c: &mut Criterion) {
         g.bench_function("receive_path", |bench| {
             bench.iter(|| {
                 let i = encap::decap_vxlan(black_box(d.as_slice()), &rx).unwrap();
-                encap::check_inner_route(&i, sender, ours).unwrap();
+                encap::check_inner_route(i.src, i.dst, sender, ours).unwrap();
                 encap::decap_vxlan_in_place(&mut d, &rx).unwrap();
                 d.prepend(VXLAN_ENCAP_LEN).unwrap();
             })

@@ -223,14 +223,15 @@ pub fn decap_udp(datagram: &[u8]) -> Result<Inner<'_>, DropReason> {
 /// sender's leased subnet and the inner destination in ours.
 #[inline]
 pub fn check_inner_route(
-    inner: &Inner<'_>,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
     sender_subnet: Subnet,
     local_subnet: Subnet,
 ) -> Result<(), DropReason> {
-    if !sender_subnet.contains(inner.src) {
+    if !sender_subnet.contains(src) {
         return Err(DropReason::SpoofedSource);
     }
-    if !local_subnet.contains(inner.dst) {
+    if !local_subnet.contains(dst) {
         return Err(DropReason::NotForUs);
     }
     Ok(())
@@ -518,17 +519,17 @@ mod tests {
         let local: Subnet = "10.1.2.0/24".parse().unwrap();
         let good = inner();
         let i = decap_udp(&good).unwrap();
-        assert_eq!(check_inner_route(&i, sender, local), Ok(()));
+        assert_eq!(check_inner_route(i.src, i.dst, sender, local), Ok(()));
         let spoofed = ipv4_packet([10, 1, 3, 2], [10, 1, 2, 2], &[]);
         let i = decap_udp(&spoofed).unwrap();
         assert_eq!(
-            check_inner_route(&i, sender, local),
+            check_inner_route(i.src, i.dst, sender, local),
             Err(DropReason::SpoofedSource)
         );
         let elsewhere = ipv4_packet([10, 1, 1, 2], [10, 1, 4, 2], &[]);
         let i = decap_udp(&elsewhere).unwrap();
         assert_eq!(
-            check_inner_route(&i, sender, local),
+            check_inner_route(i.src, i.dst, sender, local),
             Err(DropReason::NotForUs)
         );
     }

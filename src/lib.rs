@@ -8,7 +8,12 @@
 pub mod buf;
 pub mod cli;
 pub mod config;
+pub mod dataplane;
 pub mod encap;
+pub mod host;
+pub mod node;
+pub mod offload;
+pub mod ops;
 pub mod store;
 pub mod sys;
 pub mod table;

@@ -1,9 +1,13 @@
 //! The `weft` binary: parse flags, set up logging, dispatch the subcommand.
 
+use std::net::{IpAddr, SocketAddr};
+
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
+use weft::cli::{normalize_go_flags, EtcdArgs, NodeArgs};
 use weft::encap::{self, VxlanRx};
+use weft::node::{self, NodeOptions};
 use weft::wire::{EthernetAddress, EthernetFrame, Ipv4Packet, Vni, VxlanPacket};
 
 /// weft: a userspace VXLAN overlay router, compatible with flannel.
@@ -16,9 +20,44 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Runs the node service: takes a subnet lease in etcd, configures the TUN device and
+    /// carries pod traffic to and from the other nodes until SIGTERM. Takes flanneld's flags.
+    Run(Box<RunArgs>),
     /// Decodes one tunnel payload (hex, e.g. from `tcpdump -x`) and says whether weft's
     /// receive checks would accept it, and if not, the drop reason.
     Inspect(InspectArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    etcd: EtcdArgs,
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Name of the TUN device weft creates.
+    #[arg(long = "tun-name", env = "WEFT_TUN_NAME", default_value = "weft0")]
+    tun_name: String,
+    /// Address to serve /healthz on (with --healthz-port).
+    #[arg(
+        long = "healthz-ip",
+        env = "FLANNELD_HEALTHZ_IP",
+        default_value = "0.0.0.0"
+    )]
+    healthz_ip: IpAddr,
+    /// Port to serve /healthz on; 0 disables it (flanneld's default).
+    #[arg(
+        long = "healthz-port",
+        env = "FLANNELD_HEALTHZ_PORT",
+        default_value_t = 0
+    )]
+    healthz_port: u16,
+    /// Packets per I/O batch (recvmmsg/sendmmsg, TUN reads per wake-up).
+    #[arg(long = "batch-size", env = "WEFT_BATCH_SIZE", default_value_t = weft::buf::BATCH_SIZE as u16,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    batch_size: u16,
+    /// Log verbosity like flanneld's -v: 0 info, 1-2 debug, 3+ trace (RUST_LOG overrides).
+    #[arg(short = 'v', long = "v", env = "FLANNELD_V", default_value_t = 0)]
+    verbosity: u8,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -114,9 +153,67 @@ fn inspect(a: &InspectArgs) -> Result<()> {
     }
 }
 
+fn init_tracing(verbosity: u8) {
+    let level = match verbosity {
+        0 => "info",
+        1 | 2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}
+
+fn run(a: &RunArgs) -> Result<()> {
+    init_tracing(a.verbosity);
+    let opts = NodeOptions {
+        etcd: a.etcd.to_options(),
+        public_ip: a.node.public_ip,
+        ifaces: a.node.iface.clone(),
+        subnet_file: a.node.subnet_file.clone(),
+        renew_margin: a.node.renew_margin(),
+        ip_masq: a.node.ip_masq,
+        tun_name: a.tun_name.clone(),
+        batch_size: usize::from(a.batch_size),
+        healthz: (a.healthz_port != 0).then(|| SocketAddr::new(a.healthz_ip, a.healthz_port)),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("weft-ctl")
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(node::run(opts, shutdown_signal()))
+        .map_err(|e| anyhow::Error::new(e).context("weft run"))
+}
+
 fn main() -> Result<()> {
-    let cli = Cli::parse();
+    let args = normalize_go_flags(
+        std::env::args_os(),
+        &["tun-name", "healthz-ip", "healthz-port", "batch-size", "v"],
+    );
+    let cli = Cli::parse_from(args);
     match &cli.command {
+        Command::Run(a) => run(a),
         Command::Inspect(a) => inspect(a),
     }
 }

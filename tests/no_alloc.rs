@@ -80,7 +80,7 @@ fn per_packet_path_allocates_nothing() {
         let _port = encap::flow_src_port(encap::flow_hash(b.as_slice()), 32768, 60999);
         encap::encap_vxlan(&mut b, &header).unwrap();
         let i = encap::decap_vxlan(b.as_slice(), &rx).unwrap();
-        encap::check_inner_route(&i, sender, ours).unwrap();
+        encap::check_inner_route(i.src, i.dst, sender, ours).unwrap();
         encap::decap_vxlan_in_place(&mut b, &rx).unwrap();
         pool.give(b);
     }

@@ -1,0 +1,377 @@
+//! The data path: two dedicated threads per node moving packets between the TUN device and
+//! the UDP socket, in batches, with buffers allocated once.
+//!
+//! * send (TUN -> UDP): read up to a batch of packets, look each destination up in the lease
+//!   table snapshot (loaded once per batch), encapsulate in place, `sendmmsg` the batch. A
+//!   destination inside the Network without a lease gets an ICMP net-unreachable back.
+//! * receive (UDP -> TUN): `recvmmsg` a batch; per datagram, in DESIGN.md's order: the sender
+//!   holds a lease, the VXLAN header and inner Ethernet are ours, the inner IPv4 header is
+//!   sane, the inner source lies in the sender's subnet, the inner destination in ours; then
+//!   write it to the TUN with a virtio-net header (partial checksums, TCP super-packets).
+//!
+//! The outer UDP source port is the socket's bound port (8472 for vxlan) for every flow: one
+//! socket per node, as flannel's udp backend does. Linux receivers do not care; per-flow
+//! source ports need several sockets and come with the multi-queue work.
+
+pub mod counters;
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use tracing::{info, warn};
+
+use crate::buf::{Batch, DEFAULT_HEADROOM};
+use crate::encap::{self, DropReason, VxlanRx};
+use crate::offload::{self, VNET_HDR_LEN};
+use crate::sys::mmsg::Mmsg;
+use crate::sys::tun::Tun;
+use crate::sys::{wait_readable, EventFd, Wake};
+use crate::table::SharedTable;
+use crate::wire::icmpv4::{self, Unreachable};
+use crate::wire::Subnet;
+
+pub use counters::{Counters, LocalCounters};
+
+/// Largest datagram or TUN read a buffer holds (a kernel peer's GSO super-datagram).
+const MAX_PACKET: usize = 65535;
+
+/// How the node encapsulates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// VXLAN (RFC 7348) with this node's VNI and VTEP MAC.
+    Vxlan(VxlanRx),
+    /// flannel's udp backend: bare IPv4 packets in UDP.
+    Udp,
+}
+
+/// Everything the workers need besides the devices and the table.
+#[derive(Debug, Clone, Copy)]
+pub struct DatapathConfig {
+    /// Encapsulation.
+    pub backend: Backend,
+    /// This node's pod subnet (inner destinations must lie in it).
+    pub local_subnet: Subnet,
+    /// The whole overlay network (no lease inside it -> ICMP unreachable).
+    pub network: Subnet,
+    /// The TUN's address, source of the ICMP errors weft writes.
+    pub gateway: Ipv4Addr,
+    /// The TUN's MTU (segment size for TCP super-packets written to it).
+    pub tun_mtu: usize,
+    /// Packets per batch.
+    pub batch_size: usize,
+}
+
+/// Why the data path could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    /// Creating the stop eventfd or a worker thread failed.
+    #[error("starting the data path: {what}")]
+    Start {
+        /// What failed.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A device read or poll failed in a way that ends the worker.
+    #[error("{worker} worker: {what}")]
+    Io {
+        /// Which worker.
+        worker: &'static str,
+        /// What failed.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A worker thread panicked.
+    #[error("{0} worker panicked")]
+    Panicked(&'static str),
+}
+
+/// The running workers. Dropping it without [`Datapath::stop`] leaves them running.
+#[derive(Debug)]
+pub struct Datapath {
+    stop: Arc<EventFd>,
+    workers: Vec<(&'static str, JoinHandle<Result<(), DatapathError>>)>,
+    counters: Arc<Counters>,
+}
+
+impl Datapath {
+    /// Starts the send and receive workers.
+    pub fn start(
+        tun: Arc<Tun>,
+        sock: Arc<UdpSocket>,
+        table: SharedTable,
+        cfg: DatapathConfig,
+    ) -> Result<Datapath, DatapathError> {
+        let stop = Arc::new(EventFd::new().map_err(|source| DatapathError::Start {
+            what: "eventfd",
+            source,
+        })?);
+        crate::sys::set_nonblocking(tun.as_raw_fd(), true).map_err(|source| {
+            DatapathError::Start {
+                what: "TUN O_NONBLOCK",
+                source,
+            }
+        })?;
+        let counters = Arc::new(Counters::default());
+        let mut workers = Vec::new();
+        {
+            let (tun, sock, table, stop, counters) = (
+                tun.clone(),
+                sock.clone(),
+                table.clone(),
+                stop.clone(),
+                counters.clone(),
+            );
+            let h = std::thread::Builder::new()
+                .name("weft-send".into())
+                .spawn(move || send_loop(&tun, &sock, &table, &cfg, &stop, &counters))
+                .map_err(|source| DatapathError::Start {
+                    what: "send thread",
+                    source,
+                })?;
+            workers.push(("send", h));
+        }
+        {
+            let (stop2, counters2) = (stop.clone(), counters.clone());
+            let h = std::thread::Builder::new()
+                .name("weft-recv".into())
+                .spawn(move || recv_loop(&tun, &sock, &table, &cfg, &stop2, &counters2))
+                .map_err(|source| DatapathError::Start {
+                    what: "receive thread",
+                    source,
+                })?;
+            workers.push(("receive", h));
+        }
+        info!(
+            batch = cfg.batch_size,
+            mtu = cfg.tun_mtu,
+            "data path running"
+        );
+        Ok(Datapath {
+            stop,
+            workers,
+            counters,
+        })
+    }
+
+    /// The packet counters.
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
+    /// Whether every worker is still running.
+    pub fn is_running(&self) -> bool {
+        self.workers.iter().all(|(_, h)| !h.is_finished())
+    }
+
+    /// Stops the workers and waits for them; returns the first worker error.
+    pub fn stop(self) -> Result<(), DatapathError> {
+        let _ = self.stop.signal();
+        let mut first = Ok(());
+        for (name, h) in self.workers {
+            let r = h.join().unwrap_or(Err(DatapathError::Panicked(name)));
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+}
+
+fn io_err(worker: &'static str, what: &'static str) -> impl FnOnce(io::Error) -> DatapathError {
+    move |source| DatapathError::Io {
+        worker,
+        what,
+        source,
+    }
+}
+
+/// TUN -> lookup -> encapsulate -> sendmmsg.
+fn send_loop(
+    tun: &Tun,
+    sock: &UdpSocket,
+    table: &SharedTable,
+    cfg: &DatapathConfig,
+    stop: &EventFd,
+    counters: &Counters,
+) -> Result<(), DatapathError> {
+    let n_max = cfg.batch_size.max(1);
+    let mut batch = Batch::new(n_max, MAX_PACKET + DEFAULT_HEADROOM, DEFAULT_HEADROOM);
+    let mut dsts = vec![None::<SocketAddrV4>; n_max];
+    let mut mmsg = Mmsg::new(n_max);
+    let mut reader = table.reader();
+    let mut local = LocalCounters::default();
+    let mut icmp_buf = [0u8; VNET_HDR_LEN + icmpv4::MAX_ERROR_LEN];
+    let vnet = tun.has_vnet_hdr();
+    let hdr_len = if vnet { VNET_HDR_LEN } else { 0 };
+    let mut send_errors_logged = 0u32;
+    loop {
+        match wait_readable(tun.as_raw_fd(), stop, -1).map_err(io_err("send", "poll TUN"))? {
+            Wake::Stop => return Ok(()),
+            Wake::Timeout => continue,
+            Wake::Ready => {}
+        }
+        let (bufs, _) = batch.slots_mut();
+        let mut n = 0;
+        while n < n_max {
+            let b = &mut bufs[n];
+            b.reset();
+            match tun.read(b.recv_space()) {
+                Ok(len) => {
+                    b.set_len(len);
+                    n += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(io_err("send", "read TUN")(e)),
+            }
+        }
+        if n == 0 {
+            continue;
+        }
+        let snapshot = reader.load();
+        for i in 0..n {
+            dsts[i] = None;
+            let b = &mut bufs[i];
+            if b.advance(hdr_len).is_err() {
+                local.drop(DropReason::OutboundMalformed);
+                continue;
+            }
+            let dst = match encap::outbound_dst(b.as_slice()) {
+                Ok(d) => d,
+                Err(r) => {
+                    local.drop(r);
+                    continue;
+                }
+            };
+            let Some(peer) = snapshot.lookup(dst) else {
+                local.drop(DropReason::NoLease);
+                if cfg.network.contains(dst) && !cfg.local_subnet.contains(dst) {
+                    let out = &mut icmp_buf[hdr_len..];
+                    if let Ok(len) =
+                        icmpv4::write_unreachable(b.as_slice(), cfg.gateway, Unreachable::Net, out)
+                    {
+                        // The vnet header stays zero: no offload for the reply.
+                        if tun.write(&icmp_buf[..hdr_len + len]).is_ok() {
+                            local.icmp += 1;
+                        }
+                    }
+                }
+                continue;
+            };
+            let len = b.len();
+            let ok = match cfg.backend {
+                Backend::Vxlan(_) => encap::encap_vxlan(b, &peer.vxlan_header).is_ok(),
+                Backend::Udp => true,
+            };
+            if ok {
+                dsts[i] = Some(peer.underlay);
+                local.packets += 1;
+                local.bytes += len as u64;
+            }
+        }
+        let out = mmsg.send(
+            sock.as_raw_fd(),
+            bufs[..n]
+                .iter()
+                .zip(&dsts[..n])
+                .filter_map(|(b, d)| d.map(|d| (b.as_slice(), d))),
+        );
+        if out.failed > 0 {
+            local.errors += out.failed as u64;
+            local.packets -= out.failed as u64;
+            if send_errors_logged < 10 {
+                send_errors_logged += 1;
+                warn!(
+                    failed = out.failed,
+                    errno = out.last_errno,
+                    "sendmmsg refused datagrams (logged at most 10 times)"
+                );
+            }
+        }
+        local.flush_tx(counters, n);
+    }
+}
+
+/// recvmmsg -> receive checks -> TUN.
+fn recv_loop(
+    tun: &Tun,
+    sock: &UdpSocket,
+    table: &SharedTable,
+    cfg: &DatapathConfig,
+    stop: &EventFd,
+    counters: &Counters,
+) -> Result<(), DatapathError> {
+    let n_max = cfg.batch_size.max(1);
+    let mut batch = Batch::new(n_max, MAX_PACKET + DEFAULT_HEADROOM, DEFAULT_HEADROOM);
+    let mut mmsg = Mmsg::new(n_max);
+    let mut reader = table.reader();
+    let mut local = LocalCounters::default();
+    let vnet = tun.has_vnet_hdr();
+    loop {
+        match wait_readable(sock.as_raw_fd(), stop, -1).map_err(io_err("receive", "poll UDP"))? {
+            Wake::Stop => return Ok(()),
+            Wake::Timeout => continue,
+            Wake::Ready => {}
+        }
+        batch.clear();
+        let (bufs, meta) = batch.slots_mut();
+        let n = mmsg
+            .recv(sock.as_raw_fd(), bufs, meta)
+            .map_err(io_err("receive", "recvmmsg"))?;
+        if n == 0 {
+            continue;
+        }
+        let snapshot = reader.load();
+        for i in 0..n {
+            let b = &mut bufs[i];
+            let IpAddr::V4(sender) = meta[i].addr.ip() else {
+                local.drop(DropReason::UnknownSender);
+                continue;
+            };
+            let Some(peer) = snapshot.lookup_underlay(sender) else {
+                local.drop(DropReason::UnknownSender);
+                continue;
+            };
+            let decapped = match &cfg.backend {
+                Backend::Vxlan(rx) => encap::decap_vxlan_in_place(b, rx),
+                Backend::Udp => encap::decap_udp_in_place(b),
+            };
+            let (src, dst) = match decapped {
+                Ok(a) => a,
+                Err(r) => {
+                    local.drop(r);
+                    continue;
+                }
+            };
+            if let Err(r) = encap::check_inner_route(src, dst, peer.subnet, cfg.local_subnet) {
+                local.drop(r);
+                continue;
+            }
+            let len = b.len();
+            if vnet {
+                let hdr = offload::tun_write_hdr(b.as_mut_slice(), cfg.tun_mtu);
+                match b.prepend(VNET_HDR_LEN) {
+                    Ok(room) => room.copy_from_slice(&hdr.to_bytes()),
+                    Err(_) => {
+                        local.errors += 1;
+                        continue;
+                    }
+                }
+            }
+            match tun.write(b.as_slice()) {
+                Ok(_) => {
+                    local.packets += 1;
+                    local.bytes += len as u64;
+                }
+                Err(_) => local.errors += 1,
+            }
+        }
+        local.flush_rx(counters, n);
+    }
+}

@@ -1,0 +1,251 @@
+//! The node service (`weft run`): choose the underlay, take a lease, configure the TUN,
+//! bind the UDP socket, run the data path until told to stop, then stop cleanly.
+
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{error, info, warn};
+
+use crate::config::BackendType;
+use crate::dataplane::{Backend, Datapath, DatapathConfig, DatapathError};
+use crate::encap::VxlanRx;
+use crate::host::{self, Underlay, UnderlayError};
+use crate::store::{EtcdOptions, Store, StoreError, StoreOptions};
+use crate::sys::iface;
+use crate::sys::tun::{Tun, TunError};
+use crate::table::{LeaseTable, SharedTable};
+
+/// Socket buffer size asked for on the underlay UDP socket.
+const SOCKET_BUFFER: i32 = 4 << 20;
+
+/// Everything `weft run` needs, resolved from flags.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// etcd endpoints, prefix and credentials.
+    pub etcd: EtcdOptions,
+    /// `--public-ip`.
+    pub public_ip: Option<Ipv4Addr>,
+    /// `--iface` (names or addresses, first match wins).
+    pub ifaces: Vec<String>,
+    /// `--subnet-file`.
+    pub subnet_file: PathBuf,
+    /// `--subnet-lease-renew-margin`.
+    pub renew_margin: Duration,
+    /// `--ip-masq` (written to subnet.env).
+    pub ip_masq: bool,
+    /// `--tun-name`.
+    pub tun_name: String,
+    /// Packets per I/O batch.
+    pub batch_size: usize,
+    /// Where to serve /healthz, if anywhere.
+    pub healthz: Option<SocketAddr>,
+}
+
+/// Why the node could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// No underlay interface or address.
+    #[error("choosing the underlay interface")]
+    Underlay(#[from] UnderlayError),
+    /// The store (etcd, lease) failed in a way retrying does not fix.
+    #[error("subnet lease")]
+    Store(#[from] StoreError),
+    /// The network config asks for a backend weft does not run yet.
+    #[error("backend {0:?} is not supported by weft yet (use \"vxlan\" or \"udp\")")]
+    UnsupportedBackend(&'static str),
+    /// The vxlan lease carries no VTEP MAC.
+    #[error("our vxlan lease has no VtepMAC")]
+    NoVtepMac,
+    /// Opening the TUN device failed.
+    #[error("TUN device")]
+    Tun(#[from] TunError),
+    /// Configuring the TUN interface failed.
+    #[error("configuring {iface}: {what}")]
+    Iface {
+        /// Interface.
+        iface: String,
+        /// What was being set.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Binding the underlay UDP socket failed.
+    #[error("binding UDP {addr} (is another flanneld or weft running on it?)")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Serving /healthz failed.
+    #[error("binding /healthz on {addr}")]
+    Healthz {
+        /// Address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The data path failed.
+    #[error("data path")]
+    Datapath(#[from] DatapathError),
+    /// Our subnet changed under us (someone else took it while we were away).
+    #[error("our subnet changed from {old} to {new}; restarting is required")]
+    SubnetChanged {
+        /// The subnet configured on the TUN.
+        old: String,
+        /// The subnet now leased.
+        new: String,
+    },
+    /// Asked to stop before the lease was acquired.
+    #[error("stopped before the node was up")]
+    StoppedEarly,
+}
+
+fn iface_err(iface: &str, what: &'static str) -> impl FnOnce(std::io::Error) -> NodeError {
+    let iface = iface.to_string();
+    move |source| NodeError::Iface {
+        iface,
+        what,
+        source,
+    }
+}
+
+fn bind_udp(underlay: &Underlay, port: u16) -> Result<UdpSocket, NodeError> {
+    let addr = SocketAddr::from((underlay.local_ip, port));
+    let sock = UdpSocket::bind(addr).map_err(|source| NodeError::Bind { addr, source })?;
+    let fd = sock.as_raw_fd();
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        if crate::sys::setsockopt_int(fd, libc::SOL_SOCKET, force, SOCKET_BUFFER).is_err() {
+            let _ = crate::sys::setsockopt_int(fd, libc::SOL_SOCKET, plain, SOCKET_BUFFER);
+        }
+    }
+    Ok(sock)
+}
+
+/// Runs the node until `shutdown` completes or something fails for good.
+pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    tokio::pin!(shutdown);
+    let underlay = host::choose_underlay(&opts.ifaces, opts.public_ip)?;
+    info!(iface = %underlay.iface, local_ip = %underlay.local_ip, public_ip = %underlay.public_ip, mtu = underlay.mtu, "underlay chosen");
+
+    let shared = SharedTable::new(LeaseTable::empty(32));
+    let mut sopts = StoreOptions::new(opts.etcd.clone(), underlay.public_ip);
+    sopts.subnet_file = opts.subnet_file.clone();
+    sopts.renew_margin = opts.renew_margin;
+    sopts.underlay_mtu = underlay.mtu;
+    sopts.ip_masq = opts.ip_masq;
+    let store = tokio::select! {
+        s = Store::start(sopts, shared.clone()) => s?,
+        _ = &mut shutdown => return Err(NodeError::StoppedEarly),
+    };
+    let config = store.config().clone();
+    let own = store.own_lease();
+    info!(subnet = %own.subnet, network = %config.network, backend = config.backend.kind.as_str(), "lease acquired");
+
+    let backend = match config.backend.kind {
+        BackendType::Vxlan => Backend::Vxlan(VxlanRx {
+            vni: config.backend.vni,
+            vtep_mac: own.vtep_mac().ok_or(NodeError::NoVtepMac)?,
+        }),
+        BackendType::Udp => Backend::Udp,
+        BackendType::HostGw => {
+            store.shutdown().await;
+            return Err(NodeError::UnsupportedBackend("host-gw"));
+        }
+    };
+    let tun_mtu = config.overlay_mtu(underlay.mtu);
+
+    let tun = Tun::open(&opts.tun_name, true)?;
+    let name = tun.name().to_string();
+    iface::set_mtu(&name, tun_mtu).map_err(iface_err(&name, "MTU"))?;
+    // Our subnet's network address with the Network's prefix: the kernel adds the route
+    // for the whole Network via the TUN (flannel's udp backend configures its TUN the same).
+    iface::set_ipv4(&name, own.subnet.addr(), config.network.prefix_len())
+        .map_err(iface_err(&name, "IPv4 address"))?;
+    iface::set_up(&name).map_err(iface_err(&name, "link up"))?;
+    info!(tun = %name, mtu = tun_mtu, addr = %own.subnet.addr(), route = %config.network, "TUN configured");
+
+    let sock = bind_udp(&underlay, config.backend.port)?;
+    info!(addr = %SocketAddr::from((underlay.local_ip, config.backend.port)), "underlay socket bound");
+
+    let healthz = match opts.healthz {
+        Some(addr) => {
+            let l = crate::ops::bind_healthz(addr)
+                .await
+                .map_err(|source| NodeError::Healthz { addr, source })?;
+            Some(tokio::spawn(crate::ops::serve_healthz(l)))
+        }
+        None => None,
+    };
+
+    let dp = Datapath::start(
+        Arc::new(tun),
+        Arc::new(sock),
+        shared.clone(),
+        DatapathConfig {
+            backend,
+            local_subnet: own.subnet,
+            network: config.network,
+            gateway: own.subnet.addr(),
+            tun_mtu: tun_mtu as usize,
+            batch_size: opts.batch_size,
+        },
+    )?;
+    info!("node ready");
+
+    let mut own_rx = store.subscribe_own_lease();
+    let mut store_alive = true;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let outcome = loop {
+        tokio::select! {
+            _ = &mut shutdown => break Ok(()),
+            _ = tick.tick() => {
+                if !dp.is_running() {
+                    break Err(None);
+                }
+            }
+            changed = own_rx.changed(), if store_alive => {
+                if changed.is_err() {
+                    warn!("store task ended; the data path keeps forwarding on the last table");
+                    store_alive = false;
+                    continue;
+                }
+                let now = own_rx.borrow().subnet;
+                if now != own.subnet {
+                    break Err(Some(NodeError::SubnetChanged { old: own.subnet.to_string(), new: now.to_string() }));
+                }
+            }
+        }
+    };
+    info!("stopping");
+    if let Some(h) = healthz {
+        h.abort();
+    }
+    let dp_result = dp.stop();
+    store.shutdown().await;
+    match outcome {
+        Ok(()) => {
+            dp_result?;
+            info!("stopped");
+            Ok(())
+        }
+        Err(Some(e)) => Err(e),
+        Err(None) => {
+            let e = dp_result
+                .err()
+                .unwrap_or(DatapathError::Panicked("unknown"));
+            error!(error = %e, "data path stopped");
+            Err(e.into())
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! Offload metadata for packets weft writes into the TUN: the virtio-net header
+//! (IFF_VNET_HDR) that lets the kernel finish a partial checksum or segment a TCP
+//! super-packet, so kernel VXLAN peers whose offloads cross a veth unsegmented still work
+//! (DESIGN.md, "Kernel VXLAN peers over veth").
+
+use crate::wire::checksum;
+use crate::wire::ipv4::Protocol;
+use crate::wire::Ipv4Packet;
+
+/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the kernel must complete the checksum at csum_start +
+/// csum_offset, whose field holds the pseudo-header sum.
+pub const F_NEEDS_CSUM: u8 = 1;
+/// `VIRTIO_NET_HDR_GSO_NONE`.
+pub const GSO_NONE: u8 = 0;
+/// `VIRTIO_NET_HDR_GSO_TCPV4`.
+pub const GSO_TCPV4: u8 = 1;
+/// `VIRTIO_NET_HDR_GSO_ECN`: the TCP super-packet carries CWR.
+pub const GSO_ECN: u8 = 0x80;
+
+/// Length of the header as the TUN exchanges it (no mergeable-buffer count).
+pub const VNET_HDR_LEN: usize = 10;
+
+/// The virtio-net header (legacy layout, native byte order as the TUN uses by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VnetHdr {
+    /// `F_NEEDS_CSUM` or 0.
+    pub flags: u8,
+    /// `GSO_*`.
+    pub gso_type: u8,
+    /// Length of the headers (IP + TCP) copied in front of each segment.
+    pub hdr_len: u16,
+    /// Payload bytes per segment.
+    pub gso_size: u16,
+    /// Where checksumming starts (the L4 header).
+    pub csum_start: u16,
+    /// Offset of the checksum field from `csum_start`.
+    pub csum_offset: u16,
+}
+
+impl VnetHdr {
+    /// The header as the TUN expects it in front of a packet.
+    pub fn to_bytes(&self) -> [u8; VNET_HDR_LEN] {
+        let mut b = [0u8; VNET_HDR_LEN];
+        b[0] = self.flags;
+        b[1] = self.gso_type;
+        b[2..4].copy_from_slice(&self.hdr_len.to_ne_bytes());
+        b[4..6].copy_from_slice(&self.gso_size.to_ne_bytes());
+        b[6..8].copy_from_slice(&self.csum_start.to_ne_bytes());
+        b[8..10].copy_from_slice(&self.csum_offset.to_ne_bytes());
+        b
+    }
+
+    /// Reads a header the TUN handed over; `None` when `b` is shorter than the header.
+    pub fn from_bytes(b: &[u8]) -> Option<VnetHdr> {
+        let b = b.get(..VNET_HDR_LEN)?;
+        let u = |i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
+        Some(VnetHdr {
+            flags: b[0],
+            gso_type: b[1],
+            hdr_len: u(2),
+            gso_size: u(4),
+            csum_start: u(6),
+            csum_offset: u(8),
+        })
+    }
+}
+
+/// Chooses the virtio-net header for an inner IPv4 packet about to be written to the TUN,
+/// whose MTU is `mtu`:
+/// * a TCP or UDP packet whose checksum field holds the partial value (the folded
+///   pseudo-header sum, as a kernel peer leaves it) gets `F_NEEDS_CSUM`;
+/// * a TCP packet larger than `mtu` becomes a `GSO_TCPV4` super-packet the kernel segments
+///   (its checksum field is set to the partial value first if it held a full checksum);
+/// * anything else gets the empty header.
+///
+/// May rewrite the TCP checksum field of `packet`; never panics on any input.
+pub fn tun_write_hdr(packet: &mut [u8], mtu: usize) -> VnetHdr {
+    let none = VnetHdr::default();
+    let Ok(ip) = Ipv4Packet::new_checked(&*packet) else {
+        return none;
+    };
+    if ip.more_frags() || ip.frag_offset() != 0 {
+        return none;
+    }
+    let hl = usize::from(ip.header_len());
+    let total = usize::from(ip.total_len());
+    let l4_len = total - hl;
+    let (csum_offset, min_l4) = match ip.protocol() {
+        Protocol::Tcp => (16usize, 20usize),
+        Protocol::Udp => (6, 8),
+        _ => return none,
+    };
+    if l4_len < min_l4 {
+        return none;
+    }
+    let partial = checksum::fold(checksum::pseudo_header(
+        ip.src_addr(),
+        ip.dst_addr(),
+        u8::from(ip.protocol()),
+        l4_len as u16,
+    ));
+    let is_tcp = ip.protocol() == Protocol::Tcp;
+    let field_at = hl + csum_offset;
+    let field = u16::from_be_bytes([packet[field_at], packet[field_at + 1]]);
+    let needs_csum = VnetHdr {
+        flags: F_NEEDS_CSUM,
+        gso_type: GSO_NONE,
+        hdr_len: 0,
+        gso_size: 0,
+        csum_start: hl as u16,
+        csum_offset: csum_offset as u16,
+    };
+    if is_tcp && total > mtu {
+        let tcp_hl = usize::from(packet[hl + 12] >> 4) * 4;
+        if tcp_hl < 20 || tcp_hl > l4_len || hl + tcp_hl >= mtu {
+            return none;
+        }
+        if field != partial {
+            packet[field_at..field_at + 2].copy_from_slice(&partial.to_be_bytes());
+        }
+        let cwr = packet[hl + 13] & 0x80 != 0;
+        return VnetHdr {
+            gso_type: GSO_TCPV4 | if cwr { GSO_ECN } else { 0 },
+            hdr_len: (hl + tcp_hl) as u16,
+            gso_size: (mtu - hl - tcp_hl) as u16,
+            ..needs_csum
+        };
+    }
+    // A UDP checksum of zero means "none" (RFC 768), never a partial value.
+    if field == partial && (is_tcp || field != 0) {
+        return needs_csum;
+    }
+    none
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::ipv4::Ipv4Repr;
+    use std::net::Ipv4Addr;
+
+    fn packet(proto: Protocol, l4: &[u8]) -> Vec<u8> {
+        let mut b = vec![0u8; 20 + l4.len()];
+        Ipv4Repr {
+            src: Ipv4Addr::new(10, 1, 15, 0),
+            dst: Ipv4Addr::new(10, 1, 16, 2),
+            protocol: proto,
+            payload_len: l4.len() as u16,
+            ttl: 64,
+            dscp_ecn: 0,
+            ident: 1,
+            dont_frag: true,
+        }
+        .emit(&mut Ipv4Packet::new_unchecked(&mut b[..]));
+        b[20..].copy_from_slice(l4);
+        b
+    }
+
+    fn partial_of(p: &[u8]) -> u16 {
+        let ip = Ipv4Packet::new_checked(p).unwrap();
+        checksum::fold(checksum::pseudo_header(
+            ip.src_addr(),
+            ip.dst_addr(),
+            u8::from(ip.protocol()),
+            ip.payload().len() as u16,
+        ))
+    }
+
+    fn tcp(payload: usize, csum: Option<u16>) -> Vec<u8> {
+        let mut l4 = vec![0u8; 20 + payload];
+        l4[12] = 5 << 4;
+        l4[13] = 0x18; // PSH ACK
+        let mut p = packet(Protocol::Tcp, &l4);
+        let c = csum.unwrap_or_else(|| partial_of(&p));
+        p[36..38].copy_from_slice(&c.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn header_bytes_round_trip() {
+        let h = VnetHdr {
+            flags: 1,
+            gso_type: 1,
+            hdr_len: 52,
+            gso_size: 1398,
+            csum_start: 20,
+            csum_offset: 16,
+        };
+        assert_eq!(VnetHdr::from_bytes(&h.to_bytes()), Some(h));
+        assert_eq!(VnetHdr::from_bytes(&[0; 9]), None);
+    }
+
+    #[test]
+    fn partial_udp_gets_needs_csum() {
+        // The kernel-captured UDP datagram from proto/golden (offloads on): field = 0x3330.
+        let mut p = packet(Protocol::Udp, &[0x9c, 0x41, 0x13, 0x88, 0, 0x1b, 0, 0]);
+        p.extend_from_slice(b"weft golden vector\n");
+        let total = p.len() as u16;
+        p[2..4].copy_from_slice(&total.to_be_bytes());
+        Ipv4Packet::new_unchecked(&mut p[..]).fill_checksum();
+        let partial = partial_of(&p);
+        assert_eq!(partial, 0x3330);
+        p[26..28].copy_from_slice(&partial.to_be_bytes());
+        let h = tun_write_hdr(&mut p, 1450);
+        assert_eq!(
+            (h.flags, h.gso_type, h.csum_start, h.csum_offset),
+            (1, 0, 20, 6)
+        );
+    }
+
+    #[test]
+    fn complete_checksums_get_empty_header() {
+        let mut p = tcp(100, Some(0x1234));
+        assert_eq!(tun_write_hdr(&mut p, 1450), VnetHdr::default());
+        let mut u = packet(Protocol::Udp, &[0, 1, 0, 2, 0, 8, 0, 0]); // zero = no checksum
+        assert_eq!(tun_write_hdr(&mut u, 1450), VnetHdr::default());
+        let mut icmp = packet(Protocol::Icmp, &[8, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(tun_write_hdr(&mut icmp, 1450), VnetHdr::default());
+    }
+
+    #[test]
+    fn partial_tcp_within_mtu_gets_needs_csum() {
+        let mut p = tcp(100, None);
+        let h = tun_write_hdr(&mut p, 1450);
+        assert_eq!((h.flags, h.gso_type, h.csum_offset), (1, 0, 16));
+    }
+
+    #[test]
+    fn tcp_super_packet_becomes_gso() {
+        let mut p = tcp(7000, None);
+        let h = tun_write_hdr(&mut p, 1450);
+        assert_eq!(h.gso_type, GSO_TCPV4);
+        assert_eq!((h.hdr_len, h.gso_size), (40, 1410));
+        assert_eq!(h.flags, F_NEEDS_CSUM);
+        // A full checksum is replaced by the partial value the kernel needs for GSO.
+        let mut q = tcp(7000, Some(0xbeef));
+        let h2 = tun_write_hdr(&mut q, 1450);
+        assert_eq!(h2, h);
+        assert_eq!(u16::from_be_bytes([q[36], q[37]]), partial_of(&q));
+        // CWR set: the ECN GSO bit follows.
+        let mut e = tcp(7000, None);
+        e[33] |= 0x80;
+        assert_eq!(tun_write_hdr(&mut e, 1450).gso_type, GSO_TCPV4 | GSO_ECN);
+    }
+
+    #[test]
+    fn malformed_input_gets_empty_header() {
+        assert_eq!(tun_write_hdr(&mut [], 1450), VnetHdr::default());
+        let mut p = tcp(7000, None);
+        p[32] = 0x10; // TCP header length 4
+        assert_eq!(tun_write_hdr(&mut p, 1450), VnetHdr::default());
+        let mut short = packet(Protocol::Tcp, &[0u8; 10]);
+        assert_eq!(tun_write_hdr(&mut short, 1450), VnetHdr::default());
+        let mut frag = tcp(100, None);
+        frag[6] = 0x20;
+        assert_eq!(tun_write_hdr(&mut frag, 1450), VnetHdr::default());
+    }
+}

@@ -319,7 +319,6 @@ fn recv_loop(
             Wake::Timeout => continue,
             Wake::Ready => {}
         }
-        batch.clear();
         let (bufs, meta) = batch.slots_mut();
         let n = mmsg
             .recv(sock.as_raw_fd(), bufs, meta)

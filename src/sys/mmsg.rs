@@ -73,8 +73,9 @@ impl Mmsg {
     }
 
     /// Receives up to `bufs.len()` datagrams without blocking; returns how many arrived
-    /// (0 when none is waiting). A datagram larger than its buffer is cut to length 0, so
-    /// the decapsulator drops it as truncated.
+    /// (0 when none is waiting). Each buffer is reset first (full headroom, whatever an
+    /// earlier decapsulation left), so a datagram always lands at the same offset. A datagram
+    /// larger than its buffer is cut to length 0, so the decapsulator drops it as truncated.
     pub fn recv(
         &mut self,
         fd: RawFd,
@@ -83,6 +84,7 @@ impl Mmsg {
     ) -> io::Result<usize> {
         let n = bufs.len().min(meta.len()).min(self.hdrs.len());
         for (i, b) in bufs.iter_mut().enumerate().take(n) {
+            b.reset();
             let space = b.recv_space();
             self.point(i, space.as_mut_ptr().cast(), space.len());
         }
@@ -226,5 +228,25 @@ mod tests {
             .unwrap(),
             0
         );
+
+        // A slot left advanced by a decapsulation is reset by the next receive: the space
+        // does not shrink however often the slot is reused.
+        let mut b = [PacketBuf::new(256, 64)];
+        let mut meta = [Meta::default()];
+        for round in 0..50u8 {
+            m.send(tx.as_raw_fd(), [(&[round; 150][..], dst)]);
+            let mut got = 0;
+            for _ in 0..100 {
+                got = r.recv(rx.as_raw_fd(), &mut b, &mut meta).unwrap();
+                if got == 1 {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            assert_eq!(got, 1);
+            assert_eq!(b[0].len(), 150, "round {round}");
+            b[0].advance(22).unwrap();
+            b[0].prepend(10).unwrap();
+        }
     }
 }

@@ -428,6 +428,12 @@ impl Runner {
 
     /// Turns a record into a table entry, if it suits our backend.
     fn peer_for(&mut self, subnet: Subnet, rec: &LeaseRecord, rev: i64) -> Option<Peer> {
+        if subnet.prefix_len() != self.config.subnet_len {
+            if self.warned.insert((subnet, rev)) {
+                tracing::warn!(%subnet, subnet_len = self.config.subnet_len, "ignoring a lease whose prefix length differs from the network's SubnetLen");
+            }
+            return None;
+        }
         let mac = match (self.config.backend.kind, &rec.backend) {
             (BackendType::Vxlan, BackendRecord::Vxlan { vtep_mac, .. }) => Some(*vtep_mac),
             (BackendType::HostGw, BackendRecord::HostGw) | (BackendType::Udp, _) => None,

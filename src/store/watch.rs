@@ -35,6 +35,8 @@ const RENEW_RETRY: Duration = Duration::from_secs(60);
 const RECREATE_RETRY: Duration = Duration::from_millis(500);
 /// A repeated, unchanged warning is logged again after this long.
 const REPEAT_LOG: Duration = Duration::from_secs(30);
+/// How many reported-bad records to remember before starting afresh.
+const MAX_WARNED: usize = 10_000;
 /// At most one "lease table updated" line per this interval; changes in between are summed.
 const TABLE_LOG_EVERY: Duration = Duration::from_secs(1);
 
@@ -428,6 +430,10 @@ impl Runner {
 
     /// Turns a record into a table entry, if it suits our backend.
     fn peer_for(&mut self, subnet: Subnet, rec: &LeaseRecord, rev: i64) -> Option<Peer> {
+        if self.warned.len() > MAX_WARNED {
+            // Forgetting only means a bad record may be reported once more.
+            self.warned.clear();
+        }
         if subnet.prefix_len() != self.config.subnet_len {
             if self.warned.insert((subnet, rev)) {
                 tracing::warn!(%subnet, subnet_len = self.config.subnet_len, "ignoring a lease whose prefix length differs from the network's SubnetLen");

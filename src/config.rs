@@ -511,6 +511,44 @@ fn parse_backend(o: Option<&GoObject>) -> Result<Backend, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn parsing_never_panics(text in "\\PC{0,120}") {
+            let _ = NetworkConfig::parse(&text);
+        }
+
+        #[test]
+        fn valid_configs_keep_their_invariants(
+            addr in any::<u32>(),
+            plen in 1u8..=28,
+            extra in 0u8..=8,
+            set_len in any::<bool>(),
+        ) {
+            let network = Subnet::containing(Ipv4Addr::from(addr), plen).unwrap();
+            let len = (plen + 2 + extra).min(30);
+            let text = if set_len {
+                format!(r#"{{"Network":"{network}","SubnetLen":{len}}}"#)
+            } else {
+                format!(r#"{{"Network":"{network}"}}"#)
+            };
+            match NetworkConfig::parse(&text) {
+                Ok(c) => {
+                    prop_assert!(c.subnet_len >= plen + 2 && c.subnet_len <= 30);
+                    prop_assert!(c.subnet_count() >= 3);
+                    let first = c.subnets().next().unwrap();
+                    prop_assert!(c.is_leasable(&first));
+                    prop_assert_ne!(first.addr(), network.addr());
+                    let last = Subnet::new(c.subnet_max, c.subnet_len).unwrap();
+                    prop_assert!(c.is_leasable(&last));
+                    prop_assert_eq!(last.last_addr(), network.last_addr());
+                }
+                // Only the all-zero network is refused here.
+                Err(e) => prop_assert_eq!(e, ConfigError::MissingNetwork),
+            }
+        }
+    }
 
     fn parse(s: &str) -> NetworkConfig {
         NetworkConfig::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))

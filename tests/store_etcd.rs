@@ -728,3 +728,92 @@ async fn invalid_config_is_retried_until_fixed() {
     assert_eq!(h.own_lease().subnet.prefix_len(), 26);
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_weft_nodes_see_each_other_with_ready_headers() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    put_config(
+        &etcd,
+        r#"{"Network":"10.15.0.0/16","Backend":{"Type":"vxlan","VNI":7}}"#,
+    )
+    .await;
+    let (a_ip, b_ip) = (
+        Ipv4Addr::new(192, 168, 15, 1),
+        Ipv4Addr::new(192, 168, 15, 2),
+    );
+    let (a, a_table) = start_store(store_opts(&etcd, a_ip, dir.path())).await;
+    let (b, b_table) = start_store(store_opts(&etcd, b_ip, dir.path())).await;
+    assert!(
+        within(Duration::from_secs(2), || a_table.load_full().len() == 1)
+            .await
+            .is_some()
+    );
+    assert!(
+        within(Duration::from_secs(2), || b_table.load_full().len() == 1)
+            .await
+            .is_some()
+    );
+    for (me, mine, other, other_ip) in [(&a, &a_table, &b, b_ip), (&b, &b_table, &a, a_ip)] {
+        let t = mine.load_full();
+        let theirs = other.own_lease();
+        let p = t
+            .lookup(theirs.subnet.first_host())
+            .expect("the other node's subnet routes to it");
+        assert_eq!(p.subnet, theirs.subnet);
+        assert_eq!(p.public_ip, other_ip);
+        assert_eq!(p.underlay.to_string(), format!("{other_ip}:8472"));
+        let their_mac = theirs.vtep_mac().expect("vxlan MAC");
+        let my_mac = me.own_lease().vtep_mac().expect("vxlan MAC");
+        assert_eq!(p.vtep_mac, Some(their_mac));
+        assert_eq!(&p.vxlan_header[..8], &[0x08, 0, 0, 0, 0, 0, 7, 0]);
+        assert_eq!(&p.vxlan_header[8..14], &their_mac.0);
+        assert_eq!(&p.vxlan_header[14..20], &my_mac.0);
+        assert_eq!(&p.vxlan_header[20..], &[0x08, 0x00]);
+        assert_eq!(
+            t.lookup_underlay(other_ip).map(|p| p.subnet),
+            Some(theirs.subnet)
+        );
+        // A node never routes its own subnet through the table.
+        assert!(t.lookup(me.own_lease().subnet.first_host()).is_none());
+    }
+    // One node leaves for good (its lease deleted): the other drops it within 2 s.
+    let b_key = Keys::new(PREFIX).subnet(&b.own_lease().subnet);
+    b.shutdown().await;
+    delete(&etcd, &b_key).await;
+    assert!(
+        within(Duration::from_secs(2), || a_table.load_full().is_empty())
+            .await
+            .is_some()
+    );
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_waits_for_etcd_at_startup() {
+    init_tracing();
+    let mut etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    put_config(
+        &etcd,
+        r#"{"Network":"10.16.0.0/16","Backend":{"Type":"udp"}}"#,
+    )
+    .await;
+    etcd.stop();
+    let start = tokio::spawn(Store::start(
+        store_opts(&etcd, Ipv4Addr::new(192, 168, 16, 1), dir.path()),
+        SharedTable::new(LeaseTable::empty(24)),
+    ));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!start.is_finished(), "gave up while etcd was down");
+    etcd.restart().await;
+    let h = tokio::time::timeout(Duration::from_secs(5), start)
+        .await
+        .expect("started within 5 s of etcd's return")
+        .expect("task")
+        .expect("store");
+    assert_eq!(h.config().network, subnet("10.16.0.0/16"));
+    assert_eq!(lease_keys(&etcd).await.len(), 1);
+    h.shutdown().await;
+}

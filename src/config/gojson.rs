@@ -33,14 +33,28 @@ impl GoObject {
     }
 
     /// The value Go would store in field `name`: the last member whose key equals `name`
-    /// ignoring ASCII case, skipping `null` (which Go treats as "leave the field alone").
+    /// under Go's case folding, skipping `null` (which Go treats as "leave the field alone").
     pub(crate) fn get(&self, name: &str) -> Option<&GoValue> {
         self.0
             .iter()
             .rev()
-            .find(|(k, v)| k.eq_ignore_ascii_case(name) && *v != GoValue::Null)
+            .find(|(k, v)| go_fold_eq(k, name) && *v != GoValue::Null)
             .map(|(_, v)| v)
     }
+}
+
+/// Whether two keys match as Go's `encoding/json` matches a key to a field name: Unicode
+/// simple case folding, under which the only non-ASCII letters equal to ASCII ones are the
+/// Kelvin sign (K, U+212A) and the long s (ſ, U+017F).
+fn go_fold_eq(a: &str, b: &str) -> bool {
+    fn fold(c: char) -> char {
+        match c {
+            '\u{212A}' => 'k',
+            '\u{017F}' => 's',
+            c => c.to_ascii_lowercase(),
+        }
+    }
+    a.chars().map(fold).eq(b.chars().map(fold))
 }
 
 impl GoValue {
@@ -182,6 +196,10 @@ mod tests {
             ]))
         );
         assert_eq!(o.get("missing"), None);
+        // Go folds the Kelvin sign to k and the long s to s.
+        let o = GoObject::parse("{\"\u{212A}ey\":1,\"\u{017F}ubnet\":2}").unwrap();
+        assert_eq!(o.get("key"), Some(&GoValue::Uint(1)));
+        assert_eq!(o.get("Subnet"), Some(&GoValue::Uint(2)));
         assert!(GoObject::parse("[]").is_err());
         assert!(GoObject::parse("{").is_err());
     }

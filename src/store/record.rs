@@ -152,6 +152,37 @@ impl LeaseRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_record_round_trips(
+            ip in any::<u32>().prop_filter("not 0.0.0.0", |ip| *ip != 0),
+            kind in 0u8..4,
+            vni in 0u32..=0x00ff_ffff,
+            mac in any::<[u8; 6]>(),
+            other in "[a-z][a-z0-9-]{0,10}",
+        ) {
+            let backend = match kind {
+                0 => BackendRecord::None,
+                1 => BackendRecord::Vxlan { vni, vtep_mac: EthernetAddress(mac) },
+                2 => BackendRecord::HostGw,
+                _ if other == "vxlan" || other == "host-gw" => BackendRecord::HostGw,
+                _ => BackendRecord::Other(other),
+            };
+            let r = LeaseRecord { public_ip: Ipv4Addr::from(ip), public_ipv6: None, backend };
+            let text = r.to_json();
+            prop_assert_eq!(LeaseRecord::parse(text.as_bytes()), Ok(r));
+            // And it is the JSON Go would produce: valid, with the same members.
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            prop_assert!(v.get("PublicIPv6").is_some_and(|x| x.is_null()));
+        }
+
+        #[test]
+        fn parsing_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = LeaseRecord::parse(&bytes);
+        }
+    }
 
     const VXLAN: &str = r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#;
 

@@ -20,7 +20,7 @@ use super::record::{BackendRecord, LeaseRecord};
 use super::subnet_env::{read_previous_subnet, SubnetEnv};
 use super::{connect, EtcdOptions, Keys, StoreError, LEASE_TTL};
 use crate::config::{BackendType, NetworkConfig};
-use crate::table::{LeaseTable, LocalVtep, Peer, PeerEvent, PeerSet, SharedTable};
+use crate::table::{Changes, LeaseTable, LocalVtep, Peer, PeerEvent, PeerSet, SharedTable};
 use crate::wire::{EthernetAddress, Subnet};
 
 /// First delay before retrying etcd after a failure; doubles up to [`MAX_BACKOFF`].
@@ -35,6 +35,10 @@ const RENEW_RETRY: Duration = Duration::from_secs(60);
 const RECREATE_RETRY: Duration = Duration::from_millis(500);
 /// A repeated, unchanged warning is logged again after this long.
 const REPEAT_LOG: Duration = Duration::from_secs(30);
+/// How many reported-bad records to remember before starting afresh.
+const MAX_WARNED: usize = 10_000;
+/// At most one "lease table updated" line per this interval; changes in between are summed.
+const TABLE_LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// What the store needs to run: flanneld's flags, resolved.
 #[derive(Debug, Clone)]
@@ -248,6 +252,8 @@ impl Store {
             etcd_log: RepeatLog::default(),
             published_once: false,
             revision: 0,
+            unlogged: Changes::default(),
+            logged_at: None,
         };
         let task = tokio::spawn(runner.run(stop_rx));
         Ok(StoreHandle {
@@ -313,6 +319,10 @@ struct Runner {
     published_once: bool,
     /// The etcd revision the published table reflects.
     revision: i64,
+    /// Table changes not yet reported in a log line.
+    unlogged: Changes,
+    /// When the last "lease table updated" line was written.
+    logged_at: Option<Instant>,
 }
 
 impl Runner {
@@ -390,11 +400,14 @@ impl Runner {
     }
 
     fn next_deadline(&self) -> Instant {
+        let mut at = self.renew_at;
         if self.own_missing {
-            self.renew_at.min(Instant::now() + RECREATE_RETRY)
-        } else {
-            self.renew_at
+            at = at.min(Instant::now() + RECREATE_RETRY);
         }
+        if let (false, Some(logged)) = (self.unlogged.is_empty(), self.logged_at) {
+            at = at.min(logged + TABLE_LOG_EVERY);
+        }
+        at
     }
 
     fn etcd_lost(&mut self, why: &str) {
@@ -417,6 +430,16 @@ impl Runner {
 
     /// Turns a record into a table entry, if it suits our backend.
     fn peer_for(&mut self, subnet: Subnet, rec: &LeaseRecord, rev: i64) -> Option<Peer> {
+        if self.warned.len() > MAX_WARNED {
+            // Forgetting only means a bad record may be reported once more.
+            self.warned.clear();
+        }
+        if subnet.prefix_len() != self.config.subnet_len {
+            if self.warned.insert((subnet, rev)) {
+                tracing::warn!(%subnet, subnet_len = self.config.subnet_len, "ignoring a lease whose prefix length differs from the network's SubnetLen");
+            }
+            return None;
+        }
         let mac = match (self.config.backend.kind, &rec.backend) {
             (BackendType::Vxlan, BackendRecord::Vxlan { vtep_mac, .. }) => Some(*vtep_mac),
             (BackendType::HostGw, BackendRecord::HostGw) | (BackendType::Udp, _) => None,
@@ -430,7 +453,7 @@ impl Runner {
         Some(Peer::new(subnet, rec.public_ip, mac, &self.local))
     }
 
-    fn publish(&mut self, revision: i64, changes: crate::table::Changes) {
+    fn publish(&mut self, revision: i64, changes: Changes) {
         if revision > 0 {
             self.revision = revision;
         }
@@ -439,12 +462,29 @@ impl Runner {
         }
         self.published_once = true;
         self.shared.publish(self.peers.snapshot(self.revision));
+        self.unlogged.added += changes.added;
+        self.unlogged.updated += changes.updated;
+        self.unlogged.removed += changes.removed;
+        self.flush_table_log();
+    }
+
+    /// Writes the summed table changes as one line, at most once per [`TABLE_LOG_EVERY`], so
+    /// a burst of events gives one line, not one per event.
+    fn flush_table_log(&mut self) {
+        let due = self
+            .logged_at
+            .map_or(true, |at| at.elapsed() >= TABLE_LOG_EVERY);
+        if !due || (self.unlogged.is_empty() && self.logged_at.is_some()) {
+            return;
+        }
+        let c = std::mem::take(&mut self.unlogged);
+        self.logged_at = Some(Instant::now());
         tracing::info!(
-            added = changes.added,
-            updated = changes.updated,
-            removed = changes.removed,
+            added = c.added,
+            updated = c.updated,
+            removed = c.removed,
             peers = self.peers.len(),
-            revision,
+            revision = self.revision,
             "lease table updated"
         );
     }
@@ -524,6 +564,7 @@ impl Runner {
     }
 
     async fn on_timer(&mut self) {
+        self.flush_table_log();
         if self.own_missing {
             self.recreate_own().await;
         }

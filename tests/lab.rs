@@ -9,8 +9,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use harness::netns::{
-    iperf3_tcp, iperf3_udp, lease_json, netns_list, require_root, tcp_transfer,
-    KernelFlannelNode, Lab, Mac, Subnet,
+    iperf3_tcp, iperf3_udp, lease_json, netns_list, require_root, tcp_transfer, KernelFlannelNode,
+    Lab, Mac, Subnet,
 };
 
 const TRANSFER_BYTES: u64 = 100 << 20;
@@ -73,8 +73,15 @@ fn kernel_nodes_carry_pod_traffic(offloads: bool) {
     assert!(ping.all_replied(), "pod1 -> pod0:\n{}", ping.output);
 
     let before = lab.host(0).link_stats("flannel.1");
-    let t = tcp_transfer(p0, p1, p1.addr(), 5001, TRANSFER_BYTES, Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let t = tcp_transfer(
+        p0,
+        p1,
+        p1.addr(),
+        5001,
+        TRANSFER_BYTES,
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     assert!(t.intact(), "transfer corrupted: {t:?}");
     assert_eq!(t.received, TRANSFER_BYTES);
     assert_eq!(t.peer, p0.addr().to_string(), "no NAT between pods");
@@ -125,10 +132,18 @@ fn remove_peer_makes_pod_unreachable() {
     let left = n0.peer_state(n1.subnet(), n1.vtep_mac());
     assert!(left.is_empty(), "remove_peer left {left:?}");
     let ping = p0.ping(p1.addr(), 2);
-    assert!(ping.none_replied(), "pod0 -> pod1 after removal:\n{}", ping.output);
+    assert!(
+        ping.none_replied(),
+        "pod0 -> pod1 after removal:\n{}",
+        ping.output
+    );
     // Requests from pod1 still arrive, but host0 has no way back.
     let ping = p1.ping(p0.addr(), 2);
-    assert!(ping.none_replied(), "pod1 -> pod0 after removal:\n{}", ping.output);
+    assert!(
+        ping.none_replied(),
+        "pod1 -> pod0 after removal:\n{}",
+        ping.output
+    );
 
     // Adding it again restores the path: the failure above came from the removal.
     n0.peer_with(&n1);
@@ -175,28 +190,48 @@ fn lab_drop_removes_everything_even_on_panic() {
     );
 
     assert_eq!(names.len(), 7, "h0, h0p0, h1, o, r, u, v: {names:?}");
-    assert!(existed, "the lab's namespaces were not all listed while it lived");
+    assert!(
+        existed,
+        "the lab's namespaces were not all listed while it lived"
+    );
     let listed = netns_list();
     let left: Vec<&String> = listed.iter().filter(|n| n.starts_with(&prefix)).collect();
     assert!(left.is_empty(), "namespaces left behind: {left:?}");
     for n in &names {
         assert!(!listed.contains(n), "{n} left behind");
     }
+    // Dead means gone from /proc, or a zombie waiting for init to reap it.
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{stray_pid}/stat"))
+            .map(|st| {
+                st.rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().next())
+                    != Some("Z")
+            })
+            .unwrap_or(false)
+    };
     let gone_by = Instant::now() + Duration::from_secs(2);
-    while std::path::Path::new(&format!("/proc/{stray_pid}")).exists() && Instant::now() < gone_by
-    {
+    while alive() && Instant::now() < gone_by {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(
-        !std::path::Path::new(&format!("/proc/{stray_pid}")).exists(),
+        !alive(),
         "process {stray_pid} started in a pod outlived the lab"
     );
 
     let (to_a, to_outside, route) = router_hop.expect("router checks ran");
     assert!(to_a.all_replied(), "segment B -> A:\n{}", to_a.output);
-    assert!(to_outside.all_replied(), "segment B -> outside:\n{}", to_outside.output);
+    assert!(
+        to_outside.all_replied(),
+        "segment B -> outside:\n{}",
+        to_outside.output
+    );
     let route = String::from_utf8_lossy(&route.stdout);
-    assert!(route.contains("via 192.168.65.1 "), "not through the router: {route}");
+    assert!(
+        route.contains("via 192.168.65.1 "),
+        "not through the router: {route}"
+    );
 }
 
 #[test]
@@ -213,5 +248,8 @@ fn lease_record_is_flannels_json() {
     assert_eq!(s.host(1), Ipv4Addr::new(10, 1, 2, 1));
     assert!(s.contains(Ipv4Addr::new(10, 1, 2, 255)));
     assert!(!s.contains(Ipv4Addr::new(10, 1, 3, 0)));
-    assert_eq!(Mac::for_ip(Ipv4Addr::new(192, 168, 64, 10)).to_string(), "0e:77:66:a8:40:0a");
+    assert_eq!(
+        Mac::for_ip(Ipv4Addr::new(192, 168, 64, 10)).to_string(),
+        "0e:77:66:a8:40:0a"
+    );
 }

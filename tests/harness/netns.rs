@@ -43,11 +43,16 @@ pub fn require_root() {
         "this test needs root (it creates network namespaces, veth pairs and VXLAN devices): \
          run it as root, e.g. `sudo -E cargo test --test lab`"
     );
-    for tool in ["ip", "bridge", "ethtool", "sysctl", "ping", "python3", "iperf3"] {
+    for tool in [
+        "ip", "bridge", "ethtool", "sysctl", "ping", "python3", "iperf3",
+    ] {
         let found = std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
             .unwrap_or(false);
-        assert!(found, "`{tool}` is not installed: run scripts/deps.sh (as root)");
+        assert!(
+            found,
+            "`{tool}` is not installed: run scripts/deps.sh (as root)"
+        );
     }
 }
 
@@ -563,8 +568,10 @@ impl Netns {
         let give_up = Instant::now() + Duration::from_secs(5);
         loop {
             let out = self.exec_within(&args, Duration::from_secs(secs as u64 + 20));
-            let json: serde_json::Value = serde_json::from_slice(&out.stdout)
-                .unwrap_or_else(|_| panic!("[netns {}] {}", self.name, describe(&args.join(" "), &out)));
+            let json: serde_json::Value =
+                serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+                    panic!("[netns {}] {}", self.name, describe(&args.join(" "), &out))
+                });
             match json.get("error").and_then(|e| e.as_str()) {
                 None => return json,
                 Some(e) if e.contains("unable to connect") && Instant::now() < give_up => {
@@ -585,7 +592,10 @@ impl Drop for Netns {
                 return;
             }
             if attempt == 4 {
-                eprintln!("harness: {}", describe(&format!("ip netns del {}", self.name), &out));
+                eprintln!(
+                    "harness: {}",
+                    describe(&format!("ip netns del {}", self.name), &out)
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -627,7 +637,11 @@ impl PingStats {
         );
         let number_before = |line: &str, word: &str| -> Option<u32> {
             let i = line.find(word)?;
-            line[..i].split([' ', ',']).rfind(|s| !s.is_empty())?.parse().ok()
+            line[..i]
+                .split([' ', ','])
+                .rfind(|s| !s.is_empty())?
+                .parse()
+                .ok()
         };
         let mut s = PingStats {
             transmitted: 0,
@@ -790,7 +804,9 @@ pub fn tcp_transfer(
     let c: Vec<&str> = c.split_whitespace().collect();
     let s: Vec<&str> = s.split_whitespace().collect();
     if c.len() != 2 || s.len() != 4 {
-        return Err(format!("unexpected transfer reports: client {c:?}, server {s:?}"));
+        return Err(format!(
+            "unexpected transfer reports: client {c:?}, server {s:?}"
+        ));
     }
     Ok(Transfer {
         sent: c[0].parse().map_err(|e| format!("client count: {e}"))?,
@@ -842,30 +858,27 @@ pub struct UdpRate {
 
 /// Sends `len`-byte UDP datagrams as fast as iperf3 can from `client` to `server` (reached
 /// at `dst`) for `secs`, and reports packets per second on both ends.
-pub fn iperf3_udp(
-    client: &Netns,
-    server: &Netns,
-    dst: Ipv4Addr,
-    secs: u32,
-    len: u32,
-) -> UdpRate {
+pub fn iperf3_udp(client: &Netns, server: &Netns, dst: Ipv4Addr, secs: u32, len: u32) -> UdpRate {
     let port = 5202;
     let srv = server.iperf3_server(port);
     let json = client.iperf3_client(dst, port, secs, &["-u", "-b", "0", "-l", &len.to_string()]);
     drop(srv.output_within(Duration::from_secs(5)));
-    let sum = &json["end"]["sum"];
-    let field = |k: &str| {
-        sum[k]
+    // iperf3 >= 3.8 reports both ends: sum_sent (the client's count) and sum_received (the
+    // server's; its "packets" is the highest sequence number seen, its bytes what arrived).
+    let end = &json["end"];
+    let field = |sum: &str, k: &str| {
+        end[sum][k]
             .as_f64()
-            .unwrap_or_else(|| panic!("iperf3 UDP report without end.sum.{k}: {sum}"))
+            .unwrap_or_else(|| panic!("iperf3 UDP report without end.{sum}.{k}: {end}"))
     };
-    let (packets, lost, seconds) = (field("packets"), field("lost_packets"), field("seconds"));
-    let seconds = seconds.max(1e-9);
+    let sent = field("sum_sent", "packets") / field("sum_sent", "seconds").max(1e-9);
+    let received =
+        field("sum_received", "bytes") / len as f64 / field("sum_received", "seconds").max(1e-9);
     UdpRate {
         len,
-        sent_pps: packets / seconds,
-        received_pps: (packets - lost) / seconds,
-        lost_percent: field("lost_percent"),
+        sent_pps: sent,
+        received_pps: received,
+        lost_percent: field("sum_received", "lost_percent"),
     }
 }
 
@@ -971,23 +984,46 @@ impl Host {
         match self.pod_subnet {
             None => {
                 self.ns.ip(&["link", "add", "cni0", "type", "bridge"]);
-                self.ns.ip(&["addr", "add", &subnet.host_cidr(1), "dev", "cni0"]);
+                self.ns
+                    .ip(&["addr", "add", &subnet.host_cidr(1), "dev", "cni0"]);
                 self.ns.ip(&["link", "set", "cni0", "up"]);
                 self.pod_subnet = Some(subnet);
             }
-            Some(s) => assert_eq!(s, subnet, "{}: pods of one host share one subnet", self.ns.name),
+            Some(s) => assert_eq!(
+                s, subnet,
+                "{}: pods of one host share one subnet",
+                self.ns.name
+            ),
         }
         let k = self.pods.len();
         let ns = Netns::new(&format!("{}p{k}", self.ns.name));
         let port = format!("veth{k}");
         let mtu = mtu.to_string();
         ns.ip(&[
-            "link", "add", "eth0", "mtu", &mtu, "type", "veth", "peer", "name", &port, "mtu", &mtu,
-            "netns", &self.ns.name,
+            "link",
+            "add",
+            "eth0",
+            "mtu",
+            &mtu,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "mtu",
+            &mtu,
+            "netns",
+            &self.ns.name,
         ]);
         self.ns.ip(&["link", "set", &port, "master", "cni0", "up"]);
         let ip = subnet.host(k as u32 + 2);
-        ns.ip(&["addr", "add", &subnet.host_cidr(k as u32 + 2), "dev", "eth0"]);
+        ns.ip(&[
+            "addr",
+            "add",
+            &subnet.host_cidr(k as u32 + 2),
+            "dev",
+            "eth0",
+        ]);
         ns.ip(&["link", "set", "eth0", "up"]);
         ns.ip(&["route", "add", "default", "via", &gateway.to_string()]);
         self.pods.push(Pod { ns, ip, gateway });
@@ -1057,18 +1093,32 @@ impl LabBuilder {
             segments: Vec::new(),
             prefix: prefix.clone(),
         };
-        lab.segments.push(segment_ns(&format!("{prefix}u"), self.mtu));
+        lab.segments
+            .push(segment_ns(&format!("{prefix}u"), self.mtu));
         for i in 0..self.hosts {
             let ip = SEGMENT_A.host(10 + i as u32);
-            let h = host_ns(&format!("{prefix}h{i}"), &lab.segments[0], SEGMENT_A, ip, self.mtu);
+            let h = host_ns(
+                &format!("{prefix}h{i}"),
+                &lab.segments[0],
+                SEGMENT_A,
+                ip,
+                self.mtu,
+            );
             lab.hosts.push(h);
         }
         if self.outside {
             let ip = SEGMENT_A.host(200);
-            lab.outside = Some(host_ns(&format!("{prefix}o"), &lab.segments[0], SEGMENT_A, ip, self.mtu));
+            lab.outside = Some(host_ns(
+                &format!("{prefix}o"),
+                &lab.segments[0],
+                SEGMENT_A,
+                ip,
+                self.mtu,
+            ));
         }
         if self.segment_b_hosts > 0 {
-            lab.segments.push(segment_ns(&format!("{prefix}v"), self.mtu));
+            lab.segments
+                .push(segment_ns(&format!("{prefix}v"), self.mtu));
             let r = Netns::new(&format!("{prefix}r"));
             r.sysctl("net.ipv4.ip_forward", "1");
             for (seg_ns, seg, dev) in [
@@ -1083,8 +1133,20 @@ impl LabBuilder {
             for j in 0..self.segment_b_hosts {
                 let i = self.hosts + j;
                 let ip = SEGMENT_B.host(10 + j as u32);
-                let h = host_ns(&format!("{prefix}h{i}"), &lab.segments[1], SEGMENT_B, ip, self.mtu);
-                h.ip(&["route", "add", &SEGMENT_A.to_string(), "via", &SEGMENT_B.host(1).to_string()]);
+                let h = host_ns(
+                    &format!("{prefix}h{i}"),
+                    &lab.segments[1],
+                    SEGMENT_B,
+                    ip,
+                    self.mtu,
+                );
+                h.ip(&[
+                    "route",
+                    "add",
+                    &SEGMENT_A.to_string(),
+                    "via",
+                    &SEGMENT_B.host(1).to_string(),
+                ]);
                 lab.hosts.push(h);
             }
             let via = SEGMENT_A.host(1).to_string();
@@ -1101,7 +1163,15 @@ impl LabBuilder {
 /// An underlay segment: a namespace holding the bridge `br0`.
 fn segment_ns(name: &str, mtu: u32) -> Netns {
     let ns = Netns::new(name);
-    ns.ip(&["link", "add", "br0", "mtu", &mtu.to_string(), "type", "bridge"]);
+    ns.ip(&[
+        "link",
+        "add",
+        "br0",
+        "mtu",
+        &mtu.to_string(),
+        "type",
+        "bridge",
+    ]);
     ns.ip(&["link", "set", "br0", "up"]);
     ns
 }
@@ -1109,11 +1179,30 @@ fn segment_ns(name: &str, mtu: u32) -> Netns {
 /// Creates `dev` in `ns` as a veth whose peer is a port of `segment`'s `br0`, named
 /// `<port>` there plus a short suffix from `ns`'s name so ports never clash.
 fn join_segment(ns: &Netns, dev: &str, segment: &Netns, port: &str, mtu: u32) {
-    let tail: String = ns.name().rsplit('-').next().unwrap_or("x").chars().take(8).collect();
+    let tail: String = ns
+        .name()
+        .rsplit('-')
+        .next()
+        .unwrap_or("x")
+        .chars()
+        .take(8)
+        .collect();
     let port = format!("{port}{tail}");
     let mtu = mtu.to_string();
     ns.ip(&[
-        "link", "add", dev, "mtu", &mtu, "type", "veth", "peer", "name", &port, "mtu", &mtu, "netns",
+        "link",
+        "add",
+        dev,
+        "mtu",
+        &mtu,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &port,
+        "mtu",
+        &mtu,
+        "netns",
         segment.name(),
     ]);
     segment.ip(&["link", "set", &port, "master", "br0", "up"]);
@@ -1123,7 +1212,10 @@ fn join_segment(ns: &Netns, dev: &str, segment: &Netns, port: &str, mtu: u32) {
 fn host_ns(name: &str, segment: &Netns, seg: Subnet, ip: Ipv4Addr, mtu: u32) -> Host {
     let ns = Netns::new(name);
     // Before any interface exists, so new ones inherit "default".
-    for key in ["net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter"] {
+    for key in [
+        "net.ipv4.conf.all.rp_filter",
+        "net.ipv4.conf.default.rp_filter",
+    ] {
         ns.sysctl(key, "0");
     }
     ns.sysctl("net.ipv4.ip_forward", "1");
@@ -1194,7 +1286,9 @@ impl Lab {
 
     /// The router between the segments; panics unless the builder asked for segment B.
     pub fn router(&self) -> &Netns {
-        self.router.as_ref().expect("lab built without .segment_b(n)")
+        self.router
+            .as_ref()
+            .expect("lab built without .segment_b(n)")
     }
 
     /// Segment `i`'s namespace (holding `br0`): 0 is A, 1 is B.
@@ -1292,7 +1386,13 @@ impl KernelFlannelBuilder {
             &format!("net/ipv6/conf/{dev}/accept_ra=0"),
         ]);
         // A /32 so no subnet or broadcast route appears; only a source for host traffic.
-        ns.ip(&["addr", "add", &format!("{}/32", node.subnet.network()), "dev", &dev]);
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("{}/32", node.subnet.network()),
+            "dev",
+            &dev,
+        ]);
         ns.ip(&["link", "set", &dev, "up"]);
         if !self.offloads {
             node.set_offloads(false);
@@ -1394,7 +1494,17 @@ impl KernelFlannelNode {
         let dev = self.device();
         let (net, mac) = (subnet.network().to_string(), vtep_mac.to_string());
         // netlink NeighSet (create or replace), NUD_PERMANENT.
-        self.ip(&["neigh", "replace", &net, "lladdr", &mac, "dev", &dev, "nud", "permanent"]);
+        self.ip(&[
+            "neigh",
+            "replace",
+            &net,
+            "lladdr",
+            &mac,
+            "dev",
+            &dev,
+            "nud",
+            "permanent",
+        ]);
         // netlink NeighSet with AF_BRIDGE, NTF_SELF, NUD_PERMANENT: a replace, not an append.
         self.bridge(&[
             "fdb",
@@ -1408,7 +1518,16 @@ impl KernelFlannelNode {
             "permanent",
         ]);
         // netlink RouteReplace, scope universe, RTNH_F_ONLINK; last, so the kernel never ARPs.
-        self.ip(&["route", "replace", &subnet.to_string(), "via", &net, "dev", &dev, "onlink"]);
+        self.ip(&[
+            "route",
+            "replace",
+            &subnet.to_string(),
+            "via",
+            &net,
+            "dev",
+            &dev,
+            "onlink",
+        ]);
     }
 
     /// What flanneld does when a remote lease goes: deletes the neighbour, the FDB entry and
@@ -1424,8 +1543,12 @@ impl KernelFlannelNode {
         let ns = self.ns.as_str();
         let cmds: [Vec<&str>; 3] = [
             vec!["ip", "-n", ns, "neigh", "del", &net, "dev", &dev],
-            vec!["bridge", "-n", ns, "fdb", "del", &mac, "dev", &dev, "dst", &pip, "self"],
-            vec!["ip", "-n", ns, "route", "del", &prefix, "via", &net, "dev", &dev, "onlink"],
+            vec![
+                "bridge", "-n", ns, "fdb", "del", &mac, "dev", &dev, "dst", &pip, "self",
+            ],
+            vec![
+                "ip", "-n", ns, "route", "del", &prefix, "via", &net, "dev", &dev, "onlink",
+            ],
         ];
         let failures: Vec<String> = cmds
             .iter()
@@ -1476,7 +1599,15 @@ impl KernelFlannelNode {
         let mut lines = Vec::new();
         let neigh = self.ip(&["neigh", "show", "dev", &dev]);
         let fdb = {
-            let argv = ["bridge", "-n", self.ns.as_str(), "fdb", "show", "dev", dev.as_str()];
+            let argv = [
+                "bridge",
+                "-n",
+                self.ns.as_str(),
+                "fdb",
+                "show",
+                "dev",
+                dev.as_str(),
+            ];
             String::from_utf8_lossy(&run(&argv).stdout).into_owned()
         };
         let routes = self.ip(&["route", "show", "dev", &dev]);

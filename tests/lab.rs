@@ -9,8 +9,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use harness::netns::{
-    iperf3_tcp, iperf3_udp, lease_json, netns_list, require_root, tcp_transfer, KernelFlannelNode,
-    Lab, Mac, Subnet,
+    iperf3_tcp, iperf3_udp, lease_json, netns_list, require_root, run, sweep_stale_labs,
+    tcp_transfer, KernelFlannelNode, Lab, Mac, Subnet,
 };
 
 const TRANSFER_BYTES: u64 = 100 << 20;
@@ -232,6 +232,51 @@ fn lab_drop_removes_everything_even_on_panic() {
         route.contains("via 192.168.65.1 "),
         "not through the router: {route}"
     );
+}
+
+#[test]
+fn kernel_nodes_one_router_hop_apart() {
+    require_root();
+    let mut lab = Lab::builder().hosts(1).segment_b(1).build();
+    let (s0, s1) = (Lab::default_pod_subnet(0), Lab::default_pod_subnet(1));
+    lab.host_mut(0).add_pod(s0);
+    lab.host_mut(1).add_pod(s1);
+    assert_eq!(lab.host(1).addr(), Ipv4Addr::new(192, 168, 65, 10));
+    let n0 = KernelFlannelNode::install(lab.host(0), s0);
+    let n1 = KernelFlannelNode::install(lab.host(1), s1);
+    n0.peer_with(&n1);
+    n1.peer_with(&n0);
+    let (p0, p1) = (lab.host(0).pod(0), lab.host(1).pod(0));
+    let ping = p0.ping(p1.addr(), 3);
+    assert!(ping.all_replied(), "pod A -> pod B:\n{}", ping.output);
+    let ping = p1.ping(p0.addr(), 3);
+    assert!(ping.all_replied(), "pod B -> pod A:\n{}", ping.output);
+    // The encapsulated packets crossed the router: it forwarded both ways.
+    let r = lab.router().link_stats("eth1");
+    assert!(r.tx_packets >= 6 && r.rx_packets >= 6, "router eth1: {r:?}");
+}
+
+#[test]
+fn stale_lab_namespaces_are_swept() {
+    require_root();
+    // pid 0x7fffffff exceeds any pid_max, so its "owner" is certainly gone.
+    let name = format!("wt7fffffff-{}-x", std::process::id());
+    run(&["ip", "netns", "add", &name]);
+    let swept = sweep_stale_labs();
+    let listed = netns_list();
+    if listed.contains(&name) {
+        run(&["ip", "netns", "del", &name]);
+        panic!("{name} survived the sweep");
+    }
+    // A concurrent lab build may have swept it first.
+    assert!(swept.contains(&name) || !listed.contains(&name));
+    // Our own (live) labs are never swept.
+    let lab = Lab::builder().hosts(1).build();
+    assert!(sweep_stale_labs()
+        .iter()
+        .all(|n| !n.starts_with(lab.prefix())));
+    let listed = netns_list();
+    assert!(lab.namespaces().iter().all(|n| listed.contains(n)));
 }
 
 #[test]

@@ -366,6 +366,33 @@ pub fn unique_prefix() -> String {
     }
 }
 
+/// The pid encoded in a lab namespace name (`wt<pid in hex>-<counter>-...`), if it is one.
+fn lab_owner(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("wt")?;
+    let (pid, rest) = rest.split_once('-')?;
+    let (n, _) = rest.split_once('-')?;
+    n.parse::<u32>().ok()?;
+    u32::from_str_radix(pid, 16).ok()
+}
+
+/// Deletes lab namespaces whose creating test process is gone (killed by a runner's timeout
+/// or a signal, so no `Drop` ran), stopping what still runs inside them; returns their
+/// names. Namespaces of live processes are left alone.
+pub fn sweep_stale_labs() -> Vec<String> {
+    let mut swept = Vec::new();
+    for name in netns_list() {
+        let Some(pid) = lab_owner(&name) else {
+            continue;
+        };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        drop(Netns { name: name.clone() });
+        swept.push(name);
+    }
+    swept
+}
+
 /// A network namespace this test created; `Drop` stops every process inside it and
 /// deletes it.
 pub struct Netns {
@@ -546,6 +573,26 @@ impl Netns {
             Duration::from_secs(deadline + 5),
         );
         PingStats::parse(&out)
+    }
+
+    /// Pings `dst` once every 0.2 s until a reply comes or `timeout` passes (for paths that
+    /// take a while to appear, e.g. while a node learns leases); true if a reply came.
+    pub fn wait_for_ping(&self, dst: Ipv4Addr, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        loop {
+            let dst_s = dst.to_string();
+            let out = self.exec_within(
+                &["ping", "-n", "-q", "-c", "1", "-W", "1", &dst_s],
+                Duration::from_secs(3),
+            );
+            if out.status.success() {
+                return true;
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Starts an `iperf3` server for one test on `port`.
@@ -1085,6 +1132,10 @@ impl LabBuilder {
 
     /// Creates every namespace and link; on a panic half way, what exists is deleted.
     pub fn build(self) -> Lab {
+        let swept = sweep_stale_labs();
+        if !swept.is_empty() {
+            eprintln!("harness: deleted namespaces of dead test runs: {swept:?}");
+        }
         let prefix = unique_prefix();
         let mut lab = Lab {
             hosts: Vec::new(),

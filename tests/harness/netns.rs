@@ -12,6 +12,7 @@ use std::fmt;
 use std::io::Read;
 use std::net::Ipv4Addr;
 use std::ops::Deref;
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -202,25 +203,30 @@ fn signal(pid: u32, sig: libc::c_int) {
 }
 
 impl Proc {
-    /// Starts `argv` with stdin closed and stdout/stderr captured.
+    /// Starts `argv` with stdin closed and stdout/stderr captured; panics if it cannot start.
     pub fn spawn(argv: &[&str]) -> Proc {
-        assert!(!argv.is_empty(), "empty command");
-        let cmd = argv.join(" ");
-        let mut child = Command::new(argv[0])
-            .args(&argv[1..])
+        Proc::try_spawn(argv).unwrap_or_else(|e| panic!("cannot start `{}`: {e}", argv.join(" ")))
+    }
+
+    /// Starts `argv` with stdin closed and stdout/stderr captured.
+    pub fn try_spawn(argv: &[&str]) -> std::io::Result<Proc> {
+        let (prog, args) = argv
+            .split_first()
+            .ok_or_else(|| std::io::Error::other("empty command"))?;
+        let mut child = Command::new(prog)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start `{cmd}`: {e}"));
+            .spawn()?;
         let stdout = reader(child.stdout.take());
         let stderr = reader(child.stderr.take());
-        Proc {
+        Ok(Proc {
             child: Some(child),
-            cmd,
+            cmd: argv.join(" "),
             stdout,
             stderr,
-        }
+        })
     }
 
     /// The process id.
@@ -241,16 +247,16 @@ impl Proc {
         }
     }
 
-    /// Waits up to `timeout` for the process to exit; `None` if it is still running.
+    /// Waits up to `timeout` for the process to exit; `None` if it is still running (or was
+    /// reaped already).
     pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let child = self.child.as_mut()?;
         let end = Instant::now() + timeout;
         loop {
             match child.try_wait() {
                 Ok(Some(st)) => return Some(st),
-                Ok(None) if Instant::now() >= end => return None,
-                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-                Err(e) => panic!("waiting for `{}`: {e}", self.cmd),
+                Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(10)),
+                Ok(None) | Err(_) => return None,
             }
         }
     }
@@ -259,32 +265,34 @@ impl Proc {
     /// stopped and the returned status says so (not success).
     pub fn output_within(mut self, timeout: Duration) -> Output {
         let status = match self.wait_timeout(timeout) {
-            Some(st) => st,
+            Some(st) => Some(st),
             None => self.terminate(),
         };
-        self.collect(status)
+        // Unreapable (never seen): report it as killed rather than panic.
+        self.collect(status.unwrap_or(ExitStatus::from_raw(libc::SIGKILL)))
     }
 
     /// Stops the process (SIGTERM, SIGKILL after [`STOP_GRACE`]) and returns its output.
     pub fn stop(mut self) -> Output {
-        let status = self.terminate();
+        let status = self
+            .terminate()
+            .unwrap_or_else(|| panic!("cannot reap `{}`", self.cmd));
         self.collect(status)
     }
 
-    fn terminate(&mut self) -> ExitStatus {
-        let Some(child) = self.child.as_mut() else {
-            panic!("`{}` already reaped", self.cmd);
-        };
+    /// SIGTERM, SIGKILL after [`STOP_GRACE`], reap. Never panics: `Drop` uses it.
+    fn terminate(&mut self) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
         if let Ok(Some(st)) = child.try_wait() {
-            return st;
+            return Some(st);
         }
         signal(child.id(), libc::SIGTERM);
         if let Some(st) = self.wait_timeout(STOP_GRACE) {
-            return st;
+            return Some(st);
         }
-        let child = self.child.as_mut().expect("child");
+        let child = self.child.as_mut()?;
         let _ = child.kill();
-        child.wait().expect("wait after SIGKILL")
+        child.wait().ok()
     }
 
     fn collect(&mut self, status: ExitStatus) -> Output {
@@ -312,9 +320,7 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        if self.child.is_some() {
-            let _ = self.terminate();
-        }
+        let _ = self.terminate();
     }
 }
 
@@ -328,9 +334,17 @@ pub fn describe(cmd: &str, out: &Output) -> String {
     )
 }
 
-/// Runs `argv` (in the current namespace) for at most `timeout`; never panics on failure.
+/// Runs `argv` (in the current namespace) for at most `timeout`; never panics: a command
+/// that cannot start reports exit status 127, as a shell would.
 pub fn run_unchecked(argv: &[&str], timeout: Duration) -> Output {
-    Proc::spawn(argv).output_within(timeout)
+    match Proc::try_spawn(argv) {
+        Ok(p) => p.output_within(timeout),
+        Err(e) => Output {
+            status: ExitStatus::from_raw(127 << 8),
+            stdout: Vec::new(),
+            stderr: format!("cannot start `{}`: {e}", argv.join(" ")).into_bytes(),
+        },
+    }
 }
 
 /// Runs `argv` (in the current namespace); panics with its output unless it succeeds.

@@ -555,6 +555,28 @@ impl Netns {
         }
     }
 
+    /// Starts counting UDP datagrams that arrive for local port `port`, split by IP total
+    /// length at `limit` (e.g. the underlay MTU: larger ones are GSO super-packets that
+    /// crossed a veth unsegmented). The iptables rules live as long as the namespace.
+    pub fn count_udp_sizes(&self, port: u16, limit: u32) -> UdpSizeCounter<'_> {
+        let chain = format!("WT_UDP_{port}");
+        let (port_s, small, large) = (
+            port.to_string(),
+            format!("0:{limit}"),
+            format!("{}:65535", limit + 1),
+        );
+        self.exec(&["iptables", "-w", "-N", &chain]);
+        for len in [&small, &large] {
+            self.exec(&[
+                "iptables", "-w", "-A", &chain, "-m", "length", "--length", len, "-j", "RETURN",
+            ]);
+        }
+        self.exec(&[
+            "iptables", "-w", "-I", "INPUT", "-p", "udp", "--dport", &port_s, "-j", &chain,
+        ]);
+        UdpSizeCounter { ns: self, chain }
+    }
+
     // -- traffic helpers; meant to run in pod namespaces, work in any ---------------------
 
     /// Pings `dst` `count` times (0.2 s apart, 1 s per reply at most).
@@ -674,6 +696,27 @@ pub struct LinkStats {
     pub tx_bytes: u64,
     /// Packets sent.
     pub tx_packets: u64,
+}
+
+/// iptables counters of UDP datagrams by size; see [`Netns::count_udp_sizes`].
+pub struct UdpSizeCounter<'a> {
+    ns: &'a Netns,
+    chain: String,
+}
+
+impl UdpSizeCounter<'_> {
+    /// Datagrams counted so far: (at most the limit, above the limit).
+    pub fn read(&self) -> (u64, u64) {
+        let out = self.ns.exec(&["iptables", "-w", "-nvxL", &self.chain]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let pkts: Vec<u64> = text
+            .lines()
+            .filter(|l| l.contains("length"))
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect();
+        assert_eq!(pkts.len(), 2, "unexpected iptables listing:\n{text}");
+        (pkts[0], pkts[1])
+    }
 }
 
 /// The summary of one `ping` run.

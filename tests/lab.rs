@@ -51,6 +51,13 @@ fn kernel_nodes_carry_pod_traffic(offloads: bool) {
     ] {
         assert!(link.contains(want), "flannel.1 lacks {want:?}:\n{link}");
     }
+    let lease: serde_json::Value = serde_json::from_str(&n0.lease_json()).unwrap();
+    assert_eq!(lease["PublicIP"], "192.168.64.10");
+    assert_eq!(lease["BackendData"]["VtepMAC"], "0e:77:66:a8:40:0a");
+    assert_eq!(
+        n0.lease_key("/coreos.com/network"),
+        "/coreos.com/network/subnets/10.1.1.0-24"
+    );
     let addr = lab.host(0).ip(&["-4", "addr", "show", "dev", "flannel.1"]);
     assert!(addr.contains("inet 10.1.1.0/32 "), "{addr}");
     assert_eq!(

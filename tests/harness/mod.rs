@@ -2,4 +2,5 @@
 //! Each test binary uses a subset, hence `dead_code` is allowed here.
 #![allow(dead_code)]
 
+/// Network namespaces, lab topologies, kernel flannel nodes and traffic helpers.
 pub mod netns;

@@ -12,6 +12,8 @@ want bridge iproute2
 want iptables iptables
 want iperf3 iperf3
 want ethtool ethtool
+want ping iputils-ping
+want sysctl procps
 want python3 python3
 want pkg-config pkg-config
 want cc build-essential

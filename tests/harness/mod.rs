@@ -1,3 +1,8 @@
-//! Test harness: real components for integration tests.
+//! Shared test harness: a real etcd server and real network namespaces (labs, pods, kernel
+//! flannel nodes, traffic helpers). Each test binary uses a subset, hence `dead_code`.
+#![allow(dead_code)]
 
+/// A real etcd server on a free loopback port with a temporary data dir.
 pub mod etcd;
+/// Network namespaces, lab topologies, kernel flannel nodes and traffic helpers.
+pub mod netns;

@@ -178,16 +178,6 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
     let sock = bind_udp(&underlay, config.backend.port)?;
     info!(addr = %SocketAddr::from((underlay.local_ip, config.backend.port)), "underlay socket bound");
 
-    let healthz = match opts.healthz {
-        Some(addr) => {
-            let l = crate::ops::bind_healthz(addr)
-                .await
-                .map_err(|source| NodeError::Healthz { addr, source })?;
-            Some(tokio::spawn(crate::ops::serve_healthz(l)))
-        }
-        None => None,
-    };
-
     let dp = Datapath::start(
         Arc::new(tun),
         Arc::new(sock),
@@ -196,11 +186,23 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
             backend,
             local_subnet: own.subnet,
             network: config.network,
-            gateway: own.subnet.addr(),
             tun_mtu: tun_mtu as usize,
             batch_size: opts.batch_size,
         },
     )?;
+    let ops = match opts.healthz {
+        Some(addr) => {
+            let l = crate::ops::bind(addr)
+                .await
+                .map_err(|source| NodeError::Healthz { addr, source })?;
+            let state = crate::ops::OpsState {
+                counters: dp.counters().clone(),
+                table: shared.clone(),
+            };
+            Some(tokio::spawn(crate::ops::serve(l, state)))
+        }
+        None => None,
+    };
     info!("node ready");
 
     let mut own_rx = store.subscribe_own_lease();
@@ -228,7 +230,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
         }
     };
     info!("stopping");
-    if let Some(h) = healthz {
+    if let Some(h) = ops {
         h.abort();
     }
     let dp_result = dp.stop();

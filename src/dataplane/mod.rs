@@ -16,7 +16,7 @@
 pub mod counters;
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -56,8 +56,6 @@ pub struct DatapathConfig {
     pub local_subnet: Subnet,
     /// The whole overlay network (no lease inside it -> ICMP unreachable).
     pub network: Subnet,
-    /// The TUN's address, source of the ICMP errors weft writes.
-    pub gateway: Ipv4Addr,
     /// The TUN's MTU (segment size for TCP super-packets written to it).
     pub tun_mtu: usize,
     /// Packets per batch.
@@ -252,9 +250,15 @@ fn send_loop(
             let Some(peer) = snapshot.lookup(dst) else {
                 local.drop(DropReason::NoLease);
                 if cfg.network.contains(dst) && !cfg.local_subnet.contains(dst) {
+                    // The reply comes from the missing subnet's network address (where its
+                    // node's VTEP would be): never one of this host's own addresses, which
+                    // the kernel would drop as a martian arriving on the TUN.
+                    let from = Subnet::containing(dst, snapshot.prefix_len())
+                        .map(|s| s.addr())
+                        .unwrap_or(dst);
                     let out = &mut icmp_buf[hdr_len..];
                     if let Ok(len) =
-                        icmpv4::write_unreachable(b.as_slice(), cfg.gateway, Unreachable::Net, out)
+                        icmpv4::write_unreachable(b.as_slice(), from, Unreachable::Net, out)
                     {
                         // The vnet header stays zero: no offload for the reply.
                         if tun.write(&icmp_buf[..hdr_len + len]).is_ok() {

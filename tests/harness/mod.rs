@@ -6,3 +6,5 @@
 pub mod etcd;
 /// Network namespaces, lab topologies, kernel flannel nodes and traffic helpers.
 pub mod netns;
+/// The real weft binary in a lab: etcd in the underlay namespace, weft nodes, metrics.
+pub mod weft;

@@ -1,0 +1,278 @@
+//! End-to-end: the real `weft` binary on real namespaces with a real etcd. Three-node
+//! clusters for both backends, a mixed cluster with a Linux-kernel VXLAN node configured as
+//! flanneld does (its offloads off and on), spoofed and malformed datagrams, nodes joining and
+//! leaving under traffic, and SIGTERM leaving nothing behind. Needs root.
+
+mod harness;
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use harness::netns::{require_root, tcp_transfer, KernelFlannelNode, Lab, Mac, Subnet};
+use harness::weft::{NsEtcd, WeftNode};
+
+const VXLAN: &str = r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan"}}"#;
+const UDP: &str = r#"{"Network":"10.1.0.0/16","Backend":{"Type":"udp"}}"#;
+const MB: u64 = 1 << 20;
+
+fn vtep_mac_of(etcd: &NsEtcd, subnet: Subnet) -> Mac {
+    let rec = etcd.lease(subnet).expect("lease record");
+    let v: serde_json::Value = serde_json::from_str(&rec).expect("lease JSON");
+    v["BackendData"]["VtepMAC"]
+        .as_str()
+        .expect("VtepMAC")
+        .parse()
+        .expect("MAC")
+}
+
+fn ping_all_pairs(lab: &Lab) {
+    let pods: Vec<_> = lab
+        .hosts()
+        .iter()
+        .filter(|h| !h.pods().is_empty())
+        .map(|h| h.pod(0))
+        .collect();
+    for (i, a) in pods.iter().enumerate() {
+        for (j, b) in pods.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            assert!(
+                a.wait_for_ping(b.addr(), Duration::from_secs(5)),
+                "pod {i} cannot reach pod {j}"
+            );
+            let p = a.ping(b.addr(), 3);
+            assert!(p.all_replied(), "pod {i} -> pod {j}:\n{}", p.output);
+        }
+    }
+}
+
+fn transfer(lab: &Lab, from: usize, to: usize, bytes: u64) {
+    let (a, b) = (lab.host(from).pod(0), lab.host(to).pod(0));
+    let t = tcp_transfer(a, b, b.addr(), 5201, bytes, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("transfer host {from} -> host {to}: {e}"));
+    assert!(t.intact(), "transfer {from} -> {to} corrupted: {t:?}");
+    assert_eq!(t.peer.split(':').next(), Some(&*a.addr().to_string()));
+    eprintln!(
+        "transfer {from} -> {to}: {} MB at {:.2} Gbit/s",
+        bytes / MB,
+        t.gbit_per_s()
+    );
+}
+
+fn three_weft_nodes(config: &str) {
+    require_root();
+    let mut lab = Lab::builder().hosts(3).build();
+    let etcd = NsEtcd::start(lab.segment(0));
+    etcd.put_config(config);
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let n = WeftNode::start(lab.host(i), &etcd, &[]);
+        lab.host_mut(i).add_pod_with_mtu(n.subnet, n.mtu);
+        nodes.push(n);
+    }
+    let subnets: Vec<_> = nodes.iter().map(|n| n.subnet).collect();
+    assert!(subnets[0] != subnets[1] && subnets[1] != subnets[2] && subnets[0] != subnets[2]);
+    ping_all_pairs(&lab);
+    transfer(&lab, 0, 2, 100 * MB);
+    transfer(&lab, 1, 0, 100 * MB);
+    assert!(nodes[2].metric("weft_packets_total{direction=\"rx\"}") > 1000);
+    assert_eq!(nodes[0].metric("weft_leases"), 2);
+
+    // SIGTERM: exits cleanly and leaves no device or route behind.
+    let host = lab.host(2);
+    let node = nodes.pop().expect("three nodes");
+    let (status, log) = node.stop();
+    assert!(status.success(), "weft exited with {status}:\n{log}");
+    assert!(log.contains("stopped"), "{log}");
+    assert!(
+        !host.ip_ok(&["link", "show", "weft0"]),
+        "weft0 left behind after SIGTERM"
+    );
+    let routes = host.ip(&["route", "show"]);
+    assert!(
+        !routes.contains("10.1.0.0/16"),
+        "route left behind: {routes}"
+    );
+}
+
+#[test]
+fn three_weft_nodes_vxlan() {
+    three_weft_nodes(VXLAN);
+}
+
+#[test]
+fn three_weft_nodes_udp_backend() {
+    three_weft_nodes(UDP);
+}
+
+/// A weft node and a kernel VXLAN node configured as flanneld does, both directions.
+fn mixed_cluster(kernel_offloads: bool) {
+    require_root();
+    let mut lab = Lab::builder().hosts(2).build();
+    let etcd = NsEtcd::start(lab.segment(0));
+    etcd.put_config(VXLAN);
+    let ksub = Subnet::new(Ipv4Addr::new(10, 1, 200, 0), 24);
+    let kernel = KernelFlannelNode::builder(ksub)
+        .offloads(kernel_offloads)
+        .install(lab.host(1));
+    etcd.put_lease(ksub, &kernel.lease_json(), 3600);
+    let node = WeftNode::start(lab.host(0), &etcd, &[]);
+    kernel.add_peer(
+        node.subnet,
+        lab.host(0).addr(),
+        vtep_mac_of(&etcd, node.subnet),
+    );
+    lab.host_mut(0).add_pod_with_mtu(node.subnet, node.mtu);
+    lab.host_mut(1).add_pod_with_mtu(ksub, kernel.mtu());
+    ping_all_pairs(&lab);
+    transfer(&lab, 0, 1, 50 * MB);
+    transfer(&lab, 1, 0, 50 * MB);
+    assert_eq!(node.drops("inner_bad_checksum"), 0);
+    assert_eq!(node.metric("weft_tun_write_errors_total"), 0);
+}
+
+#[test]
+fn mixed_cluster_kernel_offloads_off() {
+    mixed_cluster(false);
+}
+
+#[test]
+fn mixed_cluster_kernel_offloads_on() {
+    mixed_cluster(true);
+}
+
+/// Sends hand-made VXLAN datagrams from `from` (a namespace) to `dst:8472`.
+const SEND_VXLAN: &str = r#"
+import socket, struct, sys
+src_ip, dst, vni, mac, inner_src, inner_dst, count = sys.argv[1:8]
+def csum(b):
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+payload = b"spoof-test"
+udp = struct.pack("!HHHH", 40000, 7000, 8 + len(payload), 0) + payload
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0x4000, 64, 17, 0,
+                 socket.inet_aton(inner_src), socket.inet_aton(inner_dst))
+ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+eth = bytes.fromhex(mac.replace(":", "")) + bytes.fromhex("020000000001") + b"\x08\x00"
+vx = struct.pack("!BBBB", 0x08, 0, 0, 0) + struct.pack("!I", int(vni) << 8)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((src_ip, 0))
+for _ in range(int(count)):
+    s.sendto(vx + eth + ip + udp, (dst, 8472))
+"#;
+
+/// Counts UDP datagrams arriving on port 7000 for `secs` seconds; prints the count.
+const COUNT_UDP: &str = r#"
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 7000))
+s.settimeout(0.1)
+n, end = 0, time.time() + float(sys.argv[1])
+while time.time() < end:
+    try:
+        s.recv(2048); n += 1
+    except socket.timeout:
+        pass
+print(n)
+"#;
+
+#[test]
+fn spoofed_and_malformed_vxlan_is_dropped_and_counted() {
+    require_root();
+    let mut lab = Lab::builder().hosts(2).outside().build();
+    let etcd = NsEtcd::start(lab.segment(0));
+    etcd.put_config(VXLAN);
+    let a = WeftNode::start(lab.host(0), &etcd, &[]);
+    let b = WeftNode::start(lab.host(1), &etcd, &[]);
+    lab.host_mut(0).add_pod_with_mtu(a.subnet, a.mtu);
+    let pod = lab.host(0).pod(0).addr();
+    let a_ip = lab.host(0).addr().to_string();
+    let b_ip = lab.host(1).addr().to_string();
+    let out_ip = lab.outside().addr().to_string();
+    let mac = vtep_mac_of(&etcd, a.subnet).to_string();
+    let pod_s = pod.to_string();
+    let b_pod = b.subnet.host(2).to_string();
+    let counter = lab.host(0).pod(0).spawn(&["python3", "-c", COUNT_UDP, "6"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let send =
+        |ns: &harness::netns::Netns, src: &str, vni: &str, mac: &str, isrc: &str, n: &str| {
+            ns.exec(&[
+                "python3", "-c", SEND_VXLAN, src, &a_ip, vni, mac, isrc, &pod_s, n,
+            ]);
+        };
+    // A sender that holds no lease.
+    send(lab.outside(), &out_ip, "1", &mac, &b_pod, "20");
+    // A lease holder with the wrong VNI, the wrong inner MAC, a spoofed inner source.
+    send(lab.host(1), &b_ip, "2", &mac, &b_pod, "20");
+    send(lab.host(1), &b_ip, "1", "02:de:ad:be:ef:00", &b_pod, "20");
+    send(lab.host(1), &b_ip, "1", &mac, "10.1.250.9", "20");
+    // And, as the control, 5 valid datagrams that must arrive.
+    send(lab.host(1), &b_ip, "1", &mac, &b_pod, "5");
+    let got = counter.output_within(Duration::from_secs(15));
+    let received: u32 = String::from_utf8_lossy(&got.stdout)
+        .trim()
+        .parse()
+        .expect("count");
+    assert_eq!(received, 5, "only the valid datagrams reach the pod");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(a.drops("unknown_sender"), 20);
+    assert_eq!(a.drops("wrong_vni"), 20);
+    assert_eq!(a.drops("wrong_inner_mac"), 20);
+    assert_eq!(a.drops("spoofed_source"), 20);
+}
+
+#[test]
+fn nodes_join_and_leave_under_traffic() {
+    require_root();
+    let mut lab = Lab::builder().hosts(3).build();
+    let etcd = NsEtcd::start(lab.segment(0));
+    etcd.put_config(VXLAN);
+    let a = WeftNode::start(lab.host(0), &etcd, &[]);
+    lab.host_mut(0).add_pod_with_mtu(a.subnet, a.mtu);
+    let b = WeftNode::start(lab.host(1), &etcd, &[]);
+    lab.host_mut(1).add_pod_with_mtu(b.subnet, b.mtu);
+    ping_all_pairs(&lab);
+
+    // Join: C's lease reaches A's table within 1 s of C holding it.
+    let c = WeftNode::start(lab.host(2), &etcd, &[]);
+    let held = Instant::now();
+    while a.metric("weft_leases") < 2 {
+        assert!(
+            held.elapsed() < Duration::from_secs(1),
+            "A did not see C within 1 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("join visible on A after {:?}", held.elapsed());
+    lab.host_mut(2).add_pod_with_mtu(c.subnet, c.mtu);
+    let c_pod = lab.host(2).pod(0).addr();
+    let a_pod = lab.host(0).pod(0);
+    assert!(a_pod.wait_for_ping(c_pod, Duration::from_secs(2)));
+
+    // Leave: C stops and its lease is deleted; A answers with ICMP unreachable within 1 s.
+    let traffic = a_pod.spawn(&["ping", "-i", "0.05", "-c", "120", &c_pod.to_string()]);
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, _) = c.stop();
+    assert!(status.success());
+    let icmp_before = a.metric("weft_icmp_unreachable_total");
+    etcd.delete_lease(Subnet::new(lab.host(2).pod(0).gateway(), 24));
+    let deleted = Instant::now();
+    while a.metric("weft_icmp_unreachable_total") == icmp_before {
+        assert!(
+            deleted.elapsed() < Duration::from_secs(1),
+            "no ICMP unreachable within 1 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("leave answered by ICMP after {:?}", deleted.elapsed());
+    let out = traffic.output_within(Duration::from_secs(15));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Destination Net Unreachable"), "{text}");
+    assert_eq!(a.metric("weft_leases"), 1);
+    assert!(a.drops("no_lease") > 0);
+    // The cluster that remains still works.
+    let b_pod = lab.host(1).pod(0).addr();
+    assert!(a_pod.ping(b_pod, 3).all_replied());
+}

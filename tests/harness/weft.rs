@@ -1,0 +1,280 @@
+//! Running the real `weft` binary in a lab: an etcd inside the underlay namespace (so every
+//! host namespace reaches it), weft nodes started with flanneld's flags, and readers for their
+//! subnet.env and /metrics.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Output};
+use std::time::{Duration, Instant};
+
+use super::netns::{Host, Netns, Proc, Subnet};
+
+/// The address etcd listens on, on the underlay bridge.
+pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 2);
+/// The port each weft node serves /metrics and /healthz on (inside its own namespace).
+pub const OPS_PORT: u16 = 9474;
+/// flannel's etcd prefix.
+pub const PREFIX: &str = "/coreos.com/network";
+
+/// An etcd server running inside a lab namespace (the underlay segment), with its data dir.
+pub struct NsEtcd {
+    proc: Option<Proc>,
+    ns: String,
+    endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+impl NsEtcd {
+    /// Starts etcd in `segment` (the underlay bridge's namespace), giving `br0` [`ETCD_IP`].
+    pub fn start(segment: &Netns) -> NsEtcd {
+        segment.ip(&["addr", "add", &format!("{ETCD_IP}/24"), "dev", "br0"]);
+        let dir = tempfile::tempdir().expect("etcd tempdir");
+        let endpoint = format!("http://{ETCD_IP}:2379");
+        let data = format!("--data-dir={}", dir.path().join("data").display());
+        let client = format!("--listen-client-urls={endpoint}");
+        let adv = format!("--advertise-client-urls={endpoint}");
+        let proc = segment.spawn(&[
+            "etcd",
+            "--name=lab",
+            &data,
+            &client,
+            &adv,
+            "--listen-peer-urls=http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+            "--initial-cluster=lab=http://127.0.0.1:2380",
+            "--log-level=warn",
+            "--logger=zap",
+        ]);
+        let e = NsEtcd {
+            proc: Some(proc),
+            ns: segment.name().to_string(),
+            endpoint,
+            _dir: dir,
+        };
+        let end = Instant::now() + Duration::from_secs(20);
+        while !e.ctl_unchecked(&["endpoint", "health"]).status.success() {
+            assert!(
+                Instant::now() < end,
+                "etcd in {} did not become healthy",
+                e.ns
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        e
+    }
+
+    /// The client URL the weft nodes use.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    fn ctl_unchecked(&self, args: &[&str]) -> Output {
+        let mut argv = vec![
+            "ip",
+            "netns",
+            "exec",
+            &self.ns,
+            "env",
+            "ETCDCTL_API=3",
+            "etcdctl",
+            "--endpoints",
+            &self.endpoint,
+        ];
+        argv.extend_from_slice(args);
+        Proc::spawn(&argv).output_within(Duration::from_secs(20))
+    }
+
+    /// Runs `etcdctl` (v3) against this etcd; panics on failure; returns stdout.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let out = self.ctl_unchecked(args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Writes the network config.
+    pub fn put_config(&self, json: &str) {
+        self.ctl(&["put", &format!("{PREFIX}/config"), json]);
+    }
+
+    /// Writes a lease record under a fresh etcd lease of `ttl_secs`.
+    pub fn put_lease(&self, subnet: Subnet, record: &str, ttl_secs: u32) {
+        let grant = self.ctl(&["lease", "grant", &ttl_secs.to_string()]);
+        let id = grant
+            .split_whitespace()
+            .nth(1)
+            .expect("lease id")
+            .to_string();
+        self.ctl(&[
+            "put",
+            &format!("--lease={id}"),
+            &format!("{PREFIX}/subnets/{}", subnet.lease_key()),
+            record,
+        ]);
+    }
+
+    /// Deletes a subnet's lease record.
+    pub fn delete_lease(&self, subnet: Subnet) {
+        self.ctl(&["del", &format!("{PREFIX}/subnets/{}", subnet.lease_key())]);
+    }
+
+    /// The record stored for a subnet, if any.
+    pub fn lease(&self, subnet: Subnet) -> Option<String> {
+        let v = self.ctl(&[
+            "get",
+            "--print-value-only",
+            &format!("{PREFIX}/subnets/{}", subnet.lease_key()),
+        ]);
+        let v = v.trim();
+        (!v.is_empty()).then(|| v.to_string())
+    }
+}
+
+impl Drop for NsEtcd {
+    fn drop(&mut self) {
+        drop(self.proc.take());
+    }
+}
+
+/// The `weft` binary under test.
+pub fn weft_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_weft")
+}
+
+/// A `weft run` process in a host namespace.
+pub struct WeftNode {
+    proc: Option<Proc>,
+    ns: String,
+    subnet_file: PathBuf,
+    /// The subnet it leased.
+    pub subnet: Subnet,
+    /// FLANNEL_MTU from its subnet.env.
+    pub mtu: u32,
+    _dir: tempfile::TempDir,
+}
+
+/// Reads `FLANNEL_SUBNET` and `FLANNEL_MTU` from a subnet.env.
+pub fn read_subnet_env(text: &str) -> Option<(Subnet, u32)> {
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
+            .map(str::to_string)
+    };
+    let subnet = get("FLANNEL_SUBNET")?;
+    let (addr, len) = subnet.split_once('/')?;
+    let mtu = get("FLANNEL_MTU")?.parse().ok()?;
+    Some((Subnet::new(addr.parse().ok()?, len.parse().ok()?), mtu))
+}
+
+impl WeftNode {
+    /// Starts `weft run` in `host` with flanneld-style flags plus `extra`, waits for its
+    /// subnet.env (the lease is held and the TUN is about to come up), and returns.
+    pub fn start(host: &Host, etcd: &NsEtcd, extra: &[&str]) -> WeftNode {
+        let dir = tempfile::tempdir().expect("weft tempdir");
+        let subnet_file = dir.path().join("subnet.env");
+        let endpoints = format!("-etcd-endpoints={}", etcd.endpoint());
+        let sf = format!("-subnet-file={}", subnet_file.display());
+        let port = format!("--healthz-port={OPS_PORT}");
+        let mut argv = vec![
+            "env",
+            "RUST_LOG=weft=debug",
+            weft_bin(),
+            "run",
+            &endpoints,
+            "-iface=eth0",
+            &sf,
+            "--healthz-ip=127.0.0.1",
+            &port,
+        ];
+        argv.extend_from_slice(extra);
+        let mut proc = host.spawn(&argv);
+        let end = Instant::now() + Duration::from_secs(20);
+        let (subnet, mtu) = loop {
+            if let Some(v) = std::fs::read_to_string(&subnet_file)
+                .ok()
+                .and_then(|t| read_subnet_env(&t))
+            {
+                break v;
+            }
+            if !proc.is_running() || Instant::now() > end {
+                let out = proc.stop();
+                panic!(
+                    "weft in {} did not come up:\n{}",
+                    host.name(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let node = WeftNode {
+            proc: Some(proc),
+            ns: host.name().to_string(),
+            subnet_file,
+            subnet,
+            mtu,
+            _dir: dir,
+        };
+        // Ready once /healthz answers (the data path starts before the ops server).
+        let end = Instant::now() + Duration::from_secs(10);
+        while node.http("/healthz").is_none() {
+            assert!(
+                Instant::now() < end,
+                "weft in {} never served /healthz",
+                node.ns
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        node
+    }
+
+    /// The subnet.env path.
+    pub fn subnet_file(&self) -> &PathBuf {
+        &self.subnet_file
+    }
+
+    /// GET `path` from the node's ops server, `None` when it does not answer 200.
+    pub fn http(&self, path: &str) -> Option<String> {
+        let script = format!(
+            "import urllib.request,sys\ntry:\n print(urllib.request.urlopen('http://127.0.0.1:{OPS_PORT}{path}', timeout=2).read().decode(), end='')\nexcept Exception as e:\n sys.exit(1)"
+        );
+        let out = Proc::spawn(&["ip", "netns", "exec", &self.ns, "python3", "-c", &script])
+            .output_within(Duration::from_secs(10));
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// One sample from /metrics (`weft_drops_total{reason="wrong_vni"}`), 0 when absent.
+    pub fn metric(&self, series: &str) -> u64 {
+        let text = self.http("/metrics").unwrap_or_default();
+        weft::ops::metrics::sample(&text, series).unwrap_or(0)
+    }
+
+    /// Drops counted for `reason`.
+    pub fn drops(&self, reason: &str) -> u64 {
+        self.metric(&format!("weft_drops_total{{reason=\"{reason}\"}}"))
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.proc.as_mut().is_some_and(|p| p.is_running())
+    }
+
+    /// Sends SIGTERM, waits (SIGKILL after a grace period) and returns status and stderr.
+    pub fn stop(mut self) -> (ExitStatus, String) {
+        let out = self.proc.take().expect("running").stop();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for WeftNode {
+    fn drop(&mut self) {
+        drop(self.proc.take());
+    }
+}

@@ -37,7 +37,10 @@ fn tcp_streams(client: &Netns, server: &Netns, dst: Ipv4Addr, secs: u32, streams
 
 fn measure(lab: &Lab, secs: u32) -> Numbers {
     let (a, b) = (lab.host(0).pod(0), lab.host(1).pod(0));
-    assert!(a.wait_for_ping(b.addr(), Duration::from_secs(5)), "pods cannot reach each other");
+    assert!(
+        a.wait_for_ping(b.addr(), Duration::from_secs(5)),
+        "pods cannot reach each other"
+    );
     let tcp1 = tcp_streams(a, b, b.addr(), secs, 1);
     let tcp4 = tcp_streams(a, b, b.addr(), secs, 4);
     let udp = iperf3_udp(a, b, b.addr(), secs.min(5), 64);
@@ -54,8 +57,12 @@ fn kernel(offloads: bool, secs: u32) -> Numbers {
     let mut lab = Lab::builder().hosts(2).build();
     let s0 = Subnet::new(Ipv4Addr::new(10, 1, 1, 0), 24);
     let s1 = Subnet::new(Ipv4Addr::new(10, 1, 2, 0), 24);
-    let k0 = KernelFlannelNode::builder(s0).offloads(offloads).install(lab.host(0));
-    let k1 = KernelFlannelNode::builder(s1).offloads(offloads).install(lab.host(1));
+    let k0 = KernelFlannelNode::builder(s0)
+        .offloads(offloads)
+        .install(lab.host(0));
+    let k1 = KernelFlannelNode::builder(s1)
+        .offloads(offloads)
+        .install(lab.host(1));
     k0.peer_with(&k1);
     k1.peer_with(&k0);
     lab.host_mut(0).add_pod_with_mtu(s0, k0.mtu());
@@ -108,6 +115,18 @@ fn main() {
     };
     row("TCP, 1 stream (Gbit/s)", k.tcp1, w.tcp1, kw.tcp1, "");
     row("TCP, 4 streams (Gbit/s)", k.tcp4, w.tcp4, kw.tcp4, "");
-    row("UDP 64 B (kpps received)", k.udp64_pps / 1e3, w.udp64_pps / 1e3, kw.udp64_pps / 1e3, "");
-    row("ping RTT (ms, lower wins)", k.ping_ms, w.ping_ms, kw.ping_ms, "");
+    row(
+        "UDP 64 B (kpps received)",
+        k.udp64_pps / 1e3,
+        w.udp64_pps / 1e3,
+        kw.udp64_pps / 1e3,
+        "",
+    );
+    row(
+        "ping RTT (ms, lower wins)",
+        k.ping_ms,
+        w.ping_ms,
+        kw.ping_ms,
+        "",
+    );
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use weft::buf::PacketBuf;
 use weft::encap::{self, VxlanRx, VXLAN_ENCAP_LEN};
+use weft::table::{LeaseTable, LocalVtep, Peer};
 use weft::wire::ipv4::{Ipv4Repr, Protocol};
 use weft::wire::{EthernetAddress, Ipv4Packet, Subnet, Vni};
 
@@ -31,6 +32,29 @@ fn inner(len: usize) -> Vec<u8> {
     b
 }
 
+/// A table of 1,001 leases (/24 each): 1,000 in 10.2.0.0-10.5.231.0 and the sender 10.1.1.0/24.
+fn table(vni: Vni) -> LeaseTable {
+    let local = LocalVtep {
+        vni,
+        mac: LOCAL,
+        port: 8472,
+    };
+    let peers = (0..1000u32)
+        .map(|i| {
+            let subnet = Subnet::new(Ipv4Addr::from(0x0a02_0000 + (i << 8)), 24).unwrap();
+            let ip = Ipv4Addr::from(0xc0a8_0000 + i);
+            Peer::new(subnet, ip, Some(PEER), &local)
+        })
+        .chain(std::iter::once(Peer::new(
+            "10.1.1.0/24".parse().unwrap(),
+            Ipv4Addr::new(192, 168, 64, 11),
+            Some(PEER),
+            &local,
+        )))
+        .collect();
+    LeaseTable::from_peers(24, peers, 1)
+}
+
 fn packet_layer(c: &mut Criterion) {
     let vni = Vni::new(1).unwrap();
     let header = encap::vxlan_header(vni, LOCAL, PEER);
@@ -38,8 +62,9 @@ fn packet_layer(c: &mut Criterion) {
         vni,
         vtep_mac: PEER,
     };
-    let sender: Subnet = "10.1.1.0/24".parse().unwrap();
     let ours: Subnet = "10.1.2.0/24".parse().unwrap();
+    let leases = table(vni);
+    let sender_ip = Ipv4Addr::new(192, 168, 64, 11);
 
     for size in [64usize, 1400] {
         let pkt = inner(size);
@@ -79,24 +104,30 @@ fn packet_layer(c: &mut Criterion) {
             bench.iter(|| encap::decap_udp(black_box(&pkt)).unwrap())
         });
 
-        // Send path minus the table lookup and syscall: classify, flow port, encap.
-        g.bench_function("send_path", |bench| {
+        // The whole send path of one packet as the worker runs it (minus the syscall):
+        // classify, look the destination up among 1,000 leases, encapsulate with its header.
+        let mut tx = PacketBuf::new(2048, 64);
+        let mut out_pkt = pkt.clone();
+        out_pkt[16..20].copy_from_slice(&[10, 2, 7, 9]); // a destination that has a lease
+        Ipv4Packet::new_unchecked(&mut out_pkt[..]).fill_checksum();
+        tx.fill_from(&out_pkt).unwrap();
+        g.bench_function("full_send_path", |bench| {
             bench.iter(|| {
-                let dst = encap::outbound_dst(black_box(b.as_slice())).unwrap();
-                let port = encap::flow_src_port(encap::flow_hash(b.as_slice()), 32768, 60999);
-                encap::encap_vxlan(&mut b, &header).unwrap();
-                b.advance(VXLAN_ENCAP_LEN).unwrap();
-                black_box((dst, port))
+                let dst = encap::outbound_dst(black_box(tx.as_slice())).unwrap();
+                let peer = leases.lookup(dst).unwrap();
+                encap::encap_vxlan(&mut tx, &peer.vxlan_header).unwrap();
+                tx.advance(VXLAN_ENCAP_LEN).unwrap();
+                black_box(peer.underlay)
             })
         });
 
-        // Receive path minus the table lookup and syscall: decap in place, source and
-        // destination subnet checks.
-        g.bench_function("receive_path", |bench| {
+        // The whole receive path of one datagram: the sender's lease by underlay address,
+        // decapsulation in place, the inner source and destination checks.
+        g.bench_function("full_receive_path", |bench| {
             bench.iter(|| {
-                let i = encap::decap_vxlan(black_box(d.as_slice()), &rx).unwrap();
-                encap::check_inner_route(i.src, i.dst, sender, ours).unwrap();
-                encap::decap_vxlan_in_place(&mut d, &rx).unwrap();
+                let peer = leases.lookup_underlay(black_box(sender_ip)).unwrap();
+                let (src, dst) = encap::decap_vxlan_in_place(&mut d, &rx).unwrap();
+                encap::check_inner_route(src, dst, peer.subnet, ours).unwrap();
                 d.prepend(VXLAN_ENCAP_LEN).unwrap();
             })
         });

@@ -16,12 +16,12 @@ use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Cache};
 
-use crate::wire::ethernet::{EtherType, EthernetRepr, HEADER_LEN as ETH_HEADER_LEN};
-use crate::wire::vxlan::{self, Vni, HEADER_LEN as VXLAN_HEADER_LEN};
+use crate::encap::{self, VxlanHeader, VXLAN_ENCAP_LEN};
+use crate::wire::vxlan::Vni;
 use crate::wire::{EthernetAddress, Subnet};
 
 /// Length of the precomputed VXLAN + inner Ethernet header (8 + 14 bytes).
-pub const ENCAP_HEADER_LEN: usize = VXLAN_HEADER_LEN + ETH_HEADER_LEN;
+pub const ENCAP_HEADER_LEN: usize = VXLAN_ENCAP_LEN;
 
 /// What this node contributes to every encapsulated frame: VNI, our VTEP MAC, UDP port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +47,7 @@ pub struct Peer {
     pub vtep_mac: Option<EthernetAddress>,
     /// VXLAN header + inner Ethernet header (dst = peer VTEP MAC, src = ours, IPv4), ready to
     /// copy in front of the inner IP packet. All zeros when `vtep_mac` is `None`.
-    pub vxlan_header: [u8; ENCAP_HEADER_LEN],
+    pub vxlan_header: VxlanHeader,
 }
 
 impl Peer {
@@ -58,16 +58,10 @@ impl Peer {
         vtep_mac: Option<EthernetAddress>,
         local: &LocalVtep,
     ) -> Peer {
-        let mut vxlan_header = [0u8; ENCAP_HEADER_LEN];
-        if let Some(mac) = vtep_mac {
-            vxlan_header[..VXLAN_HEADER_LEN].copy_from_slice(&vxlan::header_bytes(local.vni));
-            let eth = EthernetRepr {
-                dst: mac,
-                src: local.mac,
-                ethertype: EtherType::Ipv4,
-            };
-            vxlan_header[VXLAN_HEADER_LEN..].copy_from_slice(&eth.to_bytes());
-        }
+        let vxlan_header = match vtep_mac {
+            Some(mac) => encap::vxlan_header(local.vni, local.mac, mac),
+            None => [0u8; ENCAP_HEADER_LEN],
+        };
         Peer {
             subnet,
             public_ip,

@@ -105,7 +105,8 @@ pub struct NodeArgs {
     )]
     pub subnet_lease_renew_margin: u32,
 
-    /// Setup IP masquerade rule for traffic destined outside of overlay network.
+    /// Whether to masquerade traffic leaving the overlay (flanneld's flag); written to subnet.env
+    /// as FLANNEL_IPMASQ. weft does not install the iptables rules yet.
     #[arg(
         long = "ip-masq",
         env = "FLANNELD_IP_MASQ",

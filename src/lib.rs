@@ -10,6 +10,8 @@ pub mod cli;
 pub mod config;
 pub mod dataplane;
 pub mod encap;
+pub mod gro;
+pub mod gso;
 pub mod host;
 pub mod node;
 pub mod offload;

@@ -55,6 +55,15 @@ struct RunArgs {
     #[arg(long = "batch-size", env = "WEFT_BATCH_SIZE", default_value_t = weft::buf::BATCH_SIZE as u16,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     batch_size: u16,
+    /// Let the TUN hand over 64 KiB TCP super-packets, segmented in userspace (TSO).
+    #[arg(long = "tun-offload", env = "WEFT_TUN_OFFLOAD", default_value_t = true, action = clap::ArgAction::Set)]
+    tun_offload: bool,
+    /// Send each segmented super-packet as one UDP_SEGMENT message (UDP GSO).
+    #[arg(long = "udp-gso", env = "WEFT_UDP_GSO", default_value_t = true, action = clap::ArgAction::Set)]
+    udp_gso: bool,
+    /// Receive datagram trains (UDP_GRO) and coalesce TCP segments for the TUN.
+    #[arg(long = "udp-gro", env = "WEFT_UDP_GRO", default_value_t = true, action = clap::ArgAction::Set)]
+    udp_gro: bool,
     /// Log verbosity like flanneld's -v: 0 info, 1-2 debug, 3+ trace (RUST_LOG overrides).
     #[arg(short = 'v', long = "v", env = "FLANNELD_V", default_value_t = 0)]
     verbosity: u8,
@@ -195,6 +204,9 @@ fn run(a: &RunArgs) -> Result<()> {
         tun_name: a.tun_name.clone(),
         batch_size: usize::from(a.batch_size),
         healthz: (a.healthz_port != 0).then(|| SocketAddr::new(a.healthz_ip, a.healthz_port)),
+        tun_offload: a.tun_offload,
+        udp_gso: a.udp_gso,
+        udp_gro: a.udp_gro,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -209,7 +221,16 @@ fn run(a: &RunArgs) -> Result<()> {
 fn main() -> Result<()> {
     let args = normalize_go_flags(
         std::env::args_os(),
-        &["tun-name", "healthz-ip", "healthz-port", "batch-size", "v"],
+        &[
+            "tun-name",
+            "healthz-ip",
+            "healthz-port",
+            "batch-size",
+            "tun-offload",
+            "udp-gso",
+            "udp-gro",
+            "v",
+        ],
     );
     let cli = Cli::parse_from(args);
     match &cli.command {

@@ -43,6 +43,12 @@ pub struct NodeOptions {
     pub batch_size: usize,
     /// Where to serve /healthz, if anywhere.
     pub healthz: Option<SocketAddr>,
+    /// Let the TUN hand over TCP super-packets (TSO4) and unfinished checksums.
+    pub tun_offload: bool,
+    /// Send segment trains as one UDP_SEGMENT message.
+    pub udp_gso: bool,
+    /// Receive trains (UDP_GRO) and coalesce TCP segments for the TUN.
+    pub udp_gro: bool,
 }
 
 /// Why the node could not start or had to stop.
@@ -175,7 +181,30 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
     iface::set_up(&name).map_err(iface_err(&name, "link up"))?;
     info!(tun = %name, mtu = tun_mtu, addr = %own.subnet.addr(), route = %config.network, "TUN configured");
 
+    let tso = opts.tun_offload
+        && match tun.set_offload(libc::TUN_F_CSUM | libc::TUN_F_TSO4) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(error = %e, "TUN segmentation offload refused; reading packets one by one");
+                false
+            }
+        };
+
     let sock = bind_udp(&underlay, config.backend.port)?;
+    let gro = opts.udp_gro
+        && match crate::sys::mmsg::enable_udp_gro(sock.as_raw_fd()) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(error = %e, "UDP_GRO refused; receiving datagrams one by one");
+                false
+            }
+        };
+    info!(
+        tun_tso = tso,
+        udp_gso = opts.udp_gso,
+        udp_gro = gro,
+        "offloads"
+    );
     info!(addr = %SocketAddr::from((underlay.local_ip, config.backend.port)), "underlay socket bound");
 
     let dp = Datapath::start(
@@ -188,6 +217,9 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
             network: config.network,
             tun_mtu: tun_mtu as usize,
             batch_size: opts.batch_size,
+            tso,
+            udp_gso: opts.udp_gso,
+            coalesce: opts.udp_gro,
         },
     )?;
     let ops = match opts.healthz {

@@ -60,14 +60,17 @@ fn transfer(lab: &Lab, from: usize, to: usize, bytes: u64) {
     );
 }
 
-fn three_weft_nodes(config: &str) {
+/// Flags that turn every offload off (TUN TSO, UDP GSO, UDP GRO + coalescing).
+const NO_OFFLOADS: &[&str] = &["--tun-offload=false", "--udp-gso=false", "--udp-gro=false"];
+
+fn three_weft_nodes(config: &str, flags: &[&str]) {
     require_root();
     let mut lab = Lab::builder().hosts(3).build();
     let etcd = NsEtcd::start(lab.segment(0));
     etcd.put_config(config);
     let mut nodes = Vec::new();
     for i in 0..3 {
-        let n = WeftNode::start(lab.host(i), &etcd, &[]);
+        let n = WeftNode::start(lab.host(i), &etcd, flags);
         lab.host_mut(i).add_pod_with_mtu(n.subnet, n.mtu);
         nodes.push(n);
     }
@@ -98,16 +101,21 @@ fn three_weft_nodes(config: &str) {
 
 #[test]
 fn three_weft_nodes_vxlan() {
-    three_weft_nodes(VXLAN);
+    three_weft_nodes(VXLAN, &[]);
+}
+
+#[test]
+fn three_weft_nodes_vxlan_offloads_off() {
+    three_weft_nodes(VXLAN, NO_OFFLOADS);
 }
 
 #[test]
 fn three_weft_nodes_udp_backend() {
-    three_weft_nodes(UDP);
+    three_weft_nodes(UDP, &[]);
 }
 
 /// A weft node and a kernel VXLAN node configured as flanneld does, both directions.
-fn mixed_cluster(kernel_offloads: bool) {
+fn mixed_cluster(kernel_offloads: bool, weft_flags: &[&str]) {
     require_root();
     let mut lab = Lab::builder().hosts(2).build();
     let etcd = NsEtcd::start(lab.segment(0));
@@ -117,7 +125,7 @@ fn mixed_cluster(kernel_offloads: bool) {
         .offloads(kernel_offloads)
         .install(lab.host(1));
     etcd.put_lease(ksub, &kernel.lease_json(), 3600);
-    let node = WeftNode::start(lab.host(0), &etcd, &[]);
+    let node = WeftNode::start(lab.host(0), &etcd, weft_flags);
     kernel.add_peer(
         node.subnet,
         lab.host(0).addr(),
@@ -134,12 +142,17 @@ fn mixed_cluster(kernel_offloads: bool) {
 
 #[test]
 fn mixed_cluster_kernel_offloads_off() {
-    mixed_cluster(false);
+    mixed_cluster(false, &[]);
 }
 
 #[test]
 fn mixed_cluster_kernel_offloads_on() {
-    mixed_cluster(true);
+    mixed_cluster(true, &[]);
+}
+
+#[test]
+fn mixed_cluster_kernel_offloads_on_weft_offloads_off() {
+    mixed_cluster(true, NO_OFFLOADS);
 }
 
 /// Sends hand-made VXLAN datagrams from `from` (a namespace) to `dst:8472`.

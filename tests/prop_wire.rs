@@ -119,3 +119,70 @@ proptest! {
         prop_assert!(v.verify_checksum());
     }
 }
+
+mod tcp_offload {
+    use super::*;
+    use weft::gro::{Coalescer, Offer};
+    use weft::gso::segment_tcp4;
+    use weft::offload::{VnetHdr, GSO_TCPV4, VNET_HDR_LEN};
+
+    fn tcp_super(payload: &[u8], flags: u8, seq: u32) -> Vec<u8> {
+        let thl = 20;
+        let mut l4 = vec![0u8; thl + payload.len()];
+        l4[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        l4[2..4].copy_from_slice(&80u16.to_be_bytes());
+        l4[4..8].copy_from_slice(&seq.to_be_bytes());
+        l4[12] = 5 << 4;
+        l4[13] = flags;
+        l4[thl..].copy_from_slice(payload);
+        ipv4_packet(0x0a01_0102, 0x0a01_0202, 6, 64, &l4)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Segmenting a super-packet and coalescing the segments gives back its payload,
+        /// headers and a GSO header whose segment size is the MSS.
+        #[test]
+        fn segment_then_coalesce(
+            payload in proptest::collection::vec(any::<u8>(), 1..20_000),
+            mss in 500usize..1500, seq in any::<u32>(), psh in any::<bool>(),
+        ) {
+            let flags = 0x10 | if psh { 0x08 } else { 0 };
+            let p = tcp_super(&payload, flags, seq);
+            let mut out = vec![0u8; 40_000];
+            let t = segment_tcp4(&p, mss, &[], &mut out).unwrap();
+            prop_assert_eq!(t.count, payload.len().div_ceil(mss));
+            let mut c = Coalescer::new();
+            for s in out[..t.total].chunks(t.seg_len) {
+                prop_assert_eq!(c.offer(s), Offer::Taken);
+            }
+            let merged = c.flush(1450).unwrap().to_vec();
+            let hdr = VnetHdr::from_bytes(&merged).unwrap();
+            let pkt = &merged[VNET_HDR_LEN..];
+            prop_assert_eq!(pkt.len(), p.len());
+            prop_assert_eq!(&pkt[40..], &p[40..]);
+            prop_assert_eq!(&pkt[20..36], &p[20..36]);
+            if t.count > 1 {
+                prop_assert_eq!(hdr.gso_type, GSO_TCPV4);
+                prop_assert_eq!(usize::from(hdr.gso_size), mss);
+            }
+        }
+
+        /// Neither offload function panics on any input.
+        #[test]
+        fn offload_functions_never_panic(
+            data in proptest::collection::vec(any::<u8>(), 0..3000), mss in 0usize..2000,
+        ) {
+            let mut out = vec![0u8; 8000];
+            let _ = segment_tcp4(&data, mss, &[0; 22], &mut out);
+            let mut c = Coalescer::new();
+            let _ = c.offer(&data);
+            let _ = c.offer(&data);
+            let _ = c.flush(1450);
+            let mut d = data.clone();
+            let _ = weft::gso::complete_csum(&mut d, mss, 16);
+            let _ = weft::offload::tun_write_hdr(&mut d, 1450);
+        }
+    }
+}

@@ -232,7 +232,7 @@ async fn restarted_node_gets_its_old_subnet_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     put_config(
         &etcd,
-        r#"{"Network":"10.6.0.0/16","Backend":{"Type":"vxlan"}}"#,
+        r#"{"Network":"10.6.0.0/16","SubnetMin":"10.6.210.0","Backend":{"Type":"vxlan"}}"#,
     )
     .await;
     let ip = Ipv4Addr::new(192, 168, 6, 1);
@@ -327,7 +327,7 @@ async fn deleted_own_lease_is_recreated_within_two_seconds() {
     let dir = tempfile::tempdir().expect("tempdir");
     put_config(
         &etcd,
-        r#"{"Network":"10.7.0.0/16","Backend":{"Type":"vxlan"}}"#,
+        r#"{"Network":"10.7.0.0/16","SubnetMin":"10.7.210.0","Backend":{"Type":"vxlan"}}"#,
     )
     .await;
     put_peer(&etcd, "10.7.200.0/24", [192, 168, 7, 200]).await;
@@ -375,7 +375,7 @@ async fn malformed_record_leaves_every_other_entry_intact() {
     let dir = tempfile::tempdir().expect("tempdir");
     put_config(
         &etcd,
-        r#"{"Network":"10.8.0.0/16","Backend":{"Type":"vxlan"}}"#,
+        r#"{"Network":"10.8.0.0/16","SubnetMin":"10.8.210.0","Backend":{"Type":"vxlan"}}"#,
     )
     .await;
     for i in 1..=5u8 {
@@ -460,7 +460,7 @@ async fn etcd_outage_keeps_the_table_and_catches_up() {
     let dir = tempfile::tempdir().expect("tempdir");
     put_config(
         &etcd,
-        r#"{"Network":"10.10.0.0/16","Backend":{"Type":"vxlan"}}"#,
+        r#"{"Network":"10.10.0.0/16","SubnetMin":"10.10.210.0","Backend":{"Type":"vxlan"}}"#,
     )
     .await;
     for i in 1..=3u8 {
@@ -533,7 +533,7 @@ async fn compaction_past_the_watch_revision_recovers() {
     let dir = tempfile::tempdir().expect("tempdir");
     put_config(
         &etcd,
-        r#"{"Network":"10.11.0.0/16","Backend":{"Type":"vxlan"}}"#,
+        r#"{"Network":"10.11.0.0/16","SubnetMin":"10.11.210.0","Backend":{"Type":"vxlan"}}"#,
     )
     .await;
     put_peer(&etcd, "10.11.1.0/24", [192, 168, 11, 1]).await;
@@ -647,7 +647,7 @@ async fn tls_only_etcd_works() {
     let dir = tempfile::tempdir().expect("tempdir");
     put_config(
         &etcd,
-        r#"{"Network":"10.13.0.0/16","Backend":{"Type":"vxlan"}}"#,
+        r#"{"Network":"10.13.0.0/16","SubnetMin":"10.13.210.0","Backend":{"Type":"vxlan"}}"#,
     )
     .await;
     put_peer(&etcd, "10.13.5.0/24", [192, 168, 13, 5]).await;

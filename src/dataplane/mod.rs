@@ -25,7 +25,9 @@ use tracing::{info, warn};
 
 use crate::buf::{Batch, DEFAULT_HEADROOM};
 use crate::encap::{self, DropReason, VxlanRx};
-use crate::offload::{self, VNET_HDR_LEN};
+use crate::gro::{Coalescer, Offer};
+use crate::gso;
+use crate::offload::{self, VnetHdr, VNET_HDR_LEN};
 use crate::sys::mmsg::Mmsg;
 use crate::sys::tun::Tun;
 use crate::sys::{wait_readable, EventFd, Wake};
@@ -60,6 +62,12 @@ pub struct DatapathConfig {
     pub tun_mtu: usize,
     /// Packets per batch.
     pub batch_size: usize,
+    /// The TUN hands over TCP super-packets (TUNSETOFFLOAD TSO4 took): segment them.
+    pub tso: bool,
+    /// Send segment trains with one UDP_SEGMENT message each (turned off on the first refusal).
+    pub udp_gso: bool,
+    /// Coalesce received TCP segments into super-packets for the TUN.
+    pub coalesce: bool,
 }
 
 /// Why the data path could not start or stopped.
@@ -190,7 +198,25 @@ fn io_err(worker: &'static str, what: &'static str) -> impl FnOnce(io::Error) ->
     }
 }
 
-/// TUN -> lookup -> encapsulate -> sendmmsg.
+/// Most datagrams one UDP_SEGMENT send may carry (the kernel's UDP_MAX_SEGMENTS).
+const MAX_GSO_SEGMENTS: usize = 64;
+/// Most bytes one UDP_SEGMENT send may carry (a UDP length must fit 16 bits).
+const MAX_GSO_BYTES: usize = 65000;
+/// Room for a segmented 64 KiB super-packet: payload plus per-segment headers.
+const TRAIN_CAPACITY: usize = 128 * 1024;
+
+/// Where one outgoing message's bytes are: an in-place slot or a segment train.
+#[derive(Debug, Clone, Copy)]
+struct Out {
+    train: bool,
+    slot: usize,
+    start: usize,
+    len: usize,
+    seg: u16,
+    dst: SocketAddrV4,
+}
+
+/// TUN -> lookup -> (segment) -> encapsulate -> sendmmsg.
 fn send_loop(
     tun: &Tun,
     sock: &UdpSocket,
@@ -201,13 +227,23 @@ fn send_loop(
 ) -> Result<(), DatapathError> {
     let n_max = cfg.batch_size.max(1);
     let mut batch = Batch::new(n_max, MAX_PACKET + DEFAULT_HEADROOM, DEFAULT_HEADROOM);
-    let mut dsts = vec![None::<SocketAddrV4>; n_max];
+    // Segment trains exist only when the TUN hands over TCP super-packets.
+    let mut trains: Vec<Box<[u8]>> = if cfg.tso {
+        (0..n_max)
+            .map(|_| vec![0u8; TRAIN_CAPACITY].into_boxed_slice())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    // At most two messages per super-packet (MAX_GSO_BYTES), or one per segment without GSO.
+    let mut outs: Vec<Out> = Vec::with_capacity(n_max * 64);
     let mut mmsg = Mmsg::new(n_max);
     let mut reader = table.reader();
     let mut local = LocalCounters::default();
     let mut icmp_buf = [0u8; VNET_HDR_LEN + icmpv4::MAX_ERROR_LEN];
     let vnet = tun.has_vnet_hdr();
     let hdr_len = if vnet { VNET_HDR_LEN } else { 0 };
+    let mut udp_gso = cfg.udp_gso;
     let mut send_errors_logged = 0u32;
     loop {
         match wait_readable(tun.as_raw_fd(), stop, -1).map_err(io_err("send", "poll TUN"))? {
@@ -233,9 +269,14 @@ fn send_loop(
             continue;
         }
         let snapshot = reader.load();
+        outs.clear();
         for i in 0..n {
-            dsts[i] = None;
             let b = &mut bufs[i];
+            let vhdr = if vnet {
+                VnetHdr::from_bytes(b.as_slice()).unwrap_or_default()
+            } else {
+                VnetHdr::default()
+            };
             if b.advance(hdr_len).is_err() {
                 local.drop(DropReason::OutboundMalformed);
                 continue;
@@ -268,28 +309,106 @@ fn send_loop(
                 }
                 continue;
             };
+            let prefix: &[u8] = match cfg.backend {
+                Backend::Vxlan(_) => &peer.vxlan_header,
+                Backend::Udp => &[],
+            };
+            if vhdr.gso_type & !offload::GSO_ECN == offload::GSO_TCPV4 && !trains.is_empty() {
+                // A TCP super-packet: segment it into the slot's train, prefix each segment.
+                let train = &mut trains[i];
+                let t = match gso::segment_tcp4(
+                    b.as_slice(),
+                    usize::from(vhdr.gso_size),
+                    prefix,
+                    train,
+                ) {
+                    Ok(t) => t,
+                    Err(_) => {
+                        local.drop(DropReason::OutboundMalformed);
+                        continue;
+                    }
+                };
+                local.packets += t.count as u64;
+                local.bytes += (t.total - t.count * prefix.len()) as u64;
+                let per_msg = if udp_gso {
+                    (MAX_GSO_BYTES / t.seg_len).clamp(1, MAX_GSO_SEGMENTS)
+                } else {
+                    1
+                };
+                let mut off = 0;
+                while off < t.total {
+                    let len = (per_msg * t.seg_len).min(t.total - off);
+                    let seg = if per_msg > 1 && len > t.seg_len {
+                        t.seg_len as u16
+                    } else {
+                        0
+                    };
+                    outs.push(Out {
+                        train: true,
+                        slot: i,
+                        start: off,
+                        len,
+                        seg,
+                        dst: peer.underlay,
+                    });
+                    off += len;
+                }
+                continue;
+            }
+            if vhdr.gso_type != offload::GSO_NONE {
+                local.drop(DropReason::OutboundMalformed);
+                continue;
+            }
+            if vhdr.flags & offload::F_NEEDS_CSUM != 0
+                && gso::complete_csum(
+                    b.as_mut_slice(),
+                    usize::from(vhdr.csum_start),
+                    usize::from(vhdr.csum_offset),
+                )
+                .is_err()
+            {
+                local.drop(DropReason::OutboundMalformed);
+                continue;
+            }
             let len = b.len();
             let ok = match cfg.backend {
                 Backend::Vxlan(_) => encap::encap_vxlan(b, &peer.vxlan_header).is_ok(),
                 Backend::Udp => true,
             };
             if ok {
-                dsts[i] = Some(peer.underlay);
                 local.packets += 1;
                 local.bytes += len as u64;
+                outs.push(Out {
+                    train: false,
+                    slot: i,
+                    start: 0,
+                    len: b.len(),
+                    seg: 0,
+                    dst: peer.underlay,
+                });
             }
         }
+        let gso_used = outs.iter().any(|o| o.seg > 0);
         let out = mmsg.send(
             sock.as_raw_fd(),
-            bufs[..n]
-                .iter()
-                .zip(&dsts[..n])
-                .filter_map(|(b, d)| d.map(|d| (b.as_slice(), d))),
+            outs.iter().map(|o| {
+                let bytes: &[u8] = if o.train {
+                    &trains[o.slot][o.start..o.start + o.len]
+                } else {
+                    bufs[o.slot].as_slice()
+                };
+                (bytes, o.dst, o.seg)
+            }),
         );
         if out.failed > 0 {
             local.errors += out.failed as u64;
-            local.packets -= out.failed as u64;
-            if send_errors_logged < 10 {
+            if gso_used && matches!(out.last_errno, libc::EIO | libc::EINVAL) && udp_gso {
+                udp_gso = false;
+                warn!(
+                    errno = out.last_errno,
+                    "UDP GSO refused by the kernel; sending segments one by one from now on"
+                );
+            } else if send_errors_logged < 10 {
                 send_errors_logged += 1;
                 warn!(
                     failed = out.failed,
@@ -302,7 +421,18 @@ fn send_loop(
     }
 }
 
-/// recvmmsg -> receive checks -> TUN.
+/// Writes one packet (already prefixed with its virtio-net header when the TUN has one).
+fn tun_write(tun: &Tun, bytes: &[u8], inner_len: usize, local: &mut LocalCounters) {
+    match tun.write(bytes) {
+        Ok(_) => {
+            local.packets += 1;
+            local.bytes += inner_len as u64;
+        }
+        Err(_) => local.errors += 1,
+    }
+}
+
+/// recvmmsg (trains with UDP_GRO) -> receive checks per datagram -> coalesce -> TUN.
 fn recv_loop(
     tun: &Tun,
     sock: &UdpSocket,
@@ -317,6 +447,9 @@ fn recv_loop(
     let mut reader = table.reader();
     let mut local = LocalCounters::default();
     let vnet = tun.has_vnet_hdr();
+    // Coalescing needs the virtio-net header to hand super-packets to the TUN.
+    let mut gro = (vnet && cfg.coalesce).then(Coalescer::new);
+    let mut single = vec![0u8; VNET_HDR_LEN + MAX_PACKET];
     loop {
         match wait_readable(sock.as_raw_fd(), stop, -1).map_err(io_err("receive", "poll UDP"))? {
             Wake::Stop => return Ok(()),
@@ -332,47 +465,70 @@ fn recv_loop(
         }
         let snapshot = reader.load();
         for i in 0..n {
-            let b = &mut bufs[i];
             let IpAddr::V4(sender) = meta[i].addr.ip() else {
                 local.drop(DropReason::UnknownSender);
                 continue;
             };
+            let data = bufs[i].as_slice();
+            let seg = match usize::from(meta[i].segment_size) {
+                0 => data.len().max(1),
+                s => s,
+            };
             let Some(peer) = snapshot.lookup_underlay(sender) else {
-                local.drop(DropReason::UnknownSender);
+                for _ in data.chunks(seg) {
+                    local.drop(DropReason::UnknownSender);
+                }
                 continue;
             };
-            let decapped = match &cfg.backend {
-                Backend::Vxlan(rx) => encap::decap_vxlan_in_place(b, rx),
-                Backend::Udp => encap::decap_udp_in_place(b),
-            };
-            let (src, dst) = match decapped {
-                Ok(a) => a,
-                Err(r) => {
+            for datagram in data.chunks(seg) {
+                let inner = match &cfg.backend {
+                    Backend::Vxlan(rx) => encap::decap_vxlan(datagram, rx),
+                    Backend::Udp => encap::decap_udp(datagram),
+                };
+                let inner = match inner {
+                    Ok(x) => x,
+                    Err(r) => {
+                        local.drop(r);
+                        continue;
+                    }
+                };
+                if let Err(r) =
+                    encap::check_inner_route(inner.src, inner.dst, peer.subnet, cfg.local_subnet)
+                {
                     local.drop(r);
                     continue;
                 }
-            };
-            if let Err(r) = encap::check_inner_route(src, dst, peer.subnet, cfg.local_subnet) {
-                local.drop(r);
-                continue;
-            }
-            let len = b.len();
-            if vnet {
-                let hdr = offload::tun_write_hdr(b.as_mut_slice(), cfg.tun_mtu);
-                match b.prepend(VNET_HDR_LEN) {
-                    Ok(room) => room.copy_from_slice(&hdr.to_bytes()),
-                    Err(_) => {
-                        local.errors += 1;
+                let p = inner.packet;
+                if let Some(c) = gro.as_mut() {
+                    let mut offer = c.offer(p);
+                    if offer == Offer::FlushFirst {
+                        if let Some(out) = c.flush(cfg.tun_mtu) {
+                            tun_write(tun, out, out.len() - VNET_HDR_LEN, &mut local);
+                        }
+                        offer = c.offer(p);
+                    }
+                    if offer == Offer::Taken {
                         continue;
                     }
+                    if let Some(out) = c.flush(cfg.tun_mtu) {
+                        tun_write(tun, out, out.len() - VNET_HDR_LEN, &mut local);
+                    }
+                }
+                // Alone: copy behind a virtio-net header (or write as is without one).
+                if vnet {
+                    let buf = &mut single[..VNET_HDR_LEN + p.len()];
+                    buf[VNET_HDR_LEN..].copy_from_slice(p);
+                    let hdr = offload::tun_write_hdr(&mut buf[VNET_HDR_LEN..], cfg.tun_mtu);
+                    buf[..VNET_HDR_LEN].copy_from_slice(&hdr.to_bytes());
+                    tun_write(tun, buf, p.len(), &mut local);
+                } else {
+                    tun_write(tun, p, p.len(), &mut local);
                 }
             }
-            match tun.write(b.as_slice()) {
-                Ok(_) => {
-                    local.packets += 1;
-                    local.bytes += len as u64;
-                }
-                Err(_) => local.errors += 1,
+        }
+        if let Some(c) = gro.as_mut() {
+            if let Some(out) = c.flush(cfg.tun_mtu) {
+                tun_write(tun, out, out.len() - VNET_HDR_LEN, &mut local);
             }
         }
         local.flush_rx(counters, n);

@@ -1,5 +1,8 @@
 //! Batched UDP I/O: recvmmsg into a batch of packet buffers, sendmmsg from any list of
-//! (payload, destination). The message headers are allocated once per worker and reused.
+//! (payload, destination, segment size). The message headers are allocated once per worker
+//! and reused. A segment size sends the payload as a train of equal datagrams in one message
+//! (UDP_SEGMENT, "UDP GSO"); with UDP_GRO on the socket, one received buffer may hold a train
+//! of datagrams from one sender, whose size comes back in the batch metadata.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -7,11 +10,25 @@ use std::os::fd::RawFd;
 
 use crate::buf::{Meta, PacketBuf};
 
+/// `UDP_SEGMENT` from <linux/udp.h>: the segment size of a GSO send (u16 control message).
+pub const UDP_SEGMENT: libc::c_int = 103;
+/// `UDP_GRO` from <linux/udp.h>: receive coalesced trains; the segment size comes as an int.
+pub const UDP_GRO: libc::c_int = 104;
+
+/// Room for one control message carrying an int, 8-byte aligned.
+type Ctrl = [u64; 4];
+
+/// Asks the kernel to hand over trains of datagrams (UDP_GRO) on this socket.
+pub fn enable_udp_gro(fd: RawFd) -> io::Result<()> {
+    super::setsockopt_int(fd, libc::SOL_UDP, UDP_GRO, 1)
+}
+
 /// Reusable message headers for one worker thread (holds raw pointers, so it stays there).
 pub struct Mmsg {
     hdrs: Vec<libc::mmsghdr>,
     iovs: Vec<libc::iovec>,
     names: Vec<libc::sockaddr_in>,
+    ctrl: Vec<Ctrl>,
 }
 
 /// What one [`Mmsg::send`] achieved.
@@ -53,6 +70,7 @@ impl Mmsg {
                 n
             ],
             names: vec![zero_name; n],
+            ctrl: vec![[0u64; 4]; n],
         }
     }
 
@@ -72,6 +90,51 @@ impl Mmsg {
         h.msg_hdr.msg_flags = 0;
     }
 
+    /// Gives message `i` room for one control message (received UDP_GRO size).
+    fn room_for_cmsg(&mut self, i: usize) {
+        let h = &mut self.hdrs[i];
+        h.msg_hdr.msg_control = self.ctrl[i].as_mut_ptr().cast();
+        h.msg_hdr.msg_controllen = std::mem::size_of::<Ctrl>();
+    }
+
+    /// Attaches a UDP_SEGMENT control message with `size` to message `i`.
+    fn set_segment(&mut self, i: usize, size: u16) {
+        self.room_for_cmsg(i);
+        let h = &mut self.hdrs[i];
+        // SAFETY: msg_control points at ctrl[i], 32 aligned bytes, which hold one cmsghdr
+        // (16 bytes) and a u16; CMSG_* compute offsets inside that buffer only.
+        unsafe {
+            let space = libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) as usize;
+            h.msg_hdr.msg_controllen = space;
+            let c = libc::CMSG_FIRSTHDR(&h.msg_hdr);
+            (*c).cmsg_level = libc::SOL_UDP;
+            (*c).cmsg_type = UDP_SEGMENT;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), size);
+        }
+    }
+
+    /// The UDP_GRO segment size message `i` carries, if any.
+    fn gro_size(&self, i: usize) -> u16 {
+        let h = &self.hdrs[i];
+        if h.msg_hdr.msg_control.is_null() {
+            return 0;
+        }
+        // SAFETY: the kernel wrote at most msg_controllen bytes of control messages into
+        // ctrl[i]; CMSG_FIRSTHDR/NXTHDR stay within msg_controllen and return null past it.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&h.msg_hdr);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                    let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                    return u16::try_from(v).unwrap_or(0);
+                }
+                c = libc::CMSG_NXTHDR(&h.msg_hdr, c);
+            }
+        }
+        0
+    }
+
     /// Receives up to `bufs.len()` datagrams without blocking; returns how many arrived
     /// (0 when none is waiting). Each buffer is reset first (full headroom, whatever an
     /// earlier decapsulation left), so a datagram always lands at the same offset. A datagram
@@ -87,6 +150,7 @@ impl Mmsg {
             b.reset();
             let space = b.recv_space();
             self.point(i, space.as_mut_ptr().cast(), space.len());
+            self.room_for_cmsg(i);
         }
         // SAFETY: hdrs[..n] point at live iovecs, names and buffers that outlive the call.
         let r = unsafe {
@@ -119,28 +183,34 @@ impl Mmsg {
                 Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
                 u16::from_be(sin.sin_port),
             ));
-            meta[i].segment_size = 0;
+            let seg = self.gro_size(i);
+            meta[i].segment_size = if usize::from(seg) < len { seg } else { 0 };
         }
         Ok(got)
     }
 
-    /// Sends every (payload, destination) pair, as many per syscall as the kernel takes; a
-    /// datagram the kernel refuses is skipped and counted, the rest still go out.
+    /// Sends every (payload, destination, segment size) item, as many per syscall as the
+    /// kernel takes; a segment size above 0 sends the payload as a train of datagrams of that
+    /// size (the last may be shorter). A message the kernel refuses is skipped and counted,
+    /// the rest still go out.
     pub fn send<'a>(
         &mut self,
         fd: RawFd,
-        items: impl IntoIterator<Item = (&'a [u8], SocketAddrV4)>,
+        items: impl IntoIterator<Item = (&'a [u8], SocketAddrV4, u16)>,
     ) -> SendOutcome {
         let mut out = SendOutcome::default();
         let mut items = items.into_iter().peekable();
         while items.peek().is_some() {
             let mut count = 0;
             while count < self.hdrs.len() {
-                let Some((data, dst)) = items.next() else {
+                let Some((data, dst, seg)) = items.next() else {
                     break;
                 };
                 self.names[count] = sockaddr_in(dst);
                 self.point(count, data.as_ptr() as *mut libc::c_void, data.len());
+                if seg > 0 && usize::from(seg) < data.len() {
+                    self.set_segment(count, seg);
+                }
                 count += 1;
             }
             let mut start = 0;
@@ -190,7 +260,7 @@ mod tests {
         };
         let payloads: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 10 + i as usize]).collect();
         let mut m = Mmsg::new(4); // fewer headers than datagrams: two syscalls
-        let out = m.send(tx.as_raw_fd(), payloads.iter().map(|p| (&p[..], dst)));
+        let out = m.send(tx.as_raw_fd(), payloads.iter().map(|p| (&p[..], dst, 0)));
         assert_eq!(
             out,
             SendOutcome {
@@ -234,7 +304,7 @@ mod tests {
         let mut b = [PacketBuf::new(256, 64)];
         let mut meta = [Meta::default()];
         for round in 0..50u8 {
-            m.send(tx.as_raw_fd(), [(&[round; 150][..], dst)]);
+            m.send(tx.as_raw_fd(), [(&[round; 150][..], dst, 0)]);
             let mut got = 0;
             for _ in 0..100 {
                 got = r.recv(rx.as_raw_fd(), &mut b, &mut meta).unwrap();
@@ -247,6 +317,61 @@ mod tests {
             assert_eq!(b[0].len(), 150, "round {round}");
             b[0].advance(22).unwrap();
             b[0].prepend(10).unwrap();
+        }
+    }
+
+    #[test]
+    fn gso_train_and_gro_receive() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let dst = match rx.local_addr().unwrap() {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => unreachable!("bound to IPv4"),
+        };
+        let mut train = Vec::new();
+        for i in 0..5u8 {
+            train.extend_from_slice(&[i; 100]);
+        }
+        train.extend_from_slice(&[9; 40]); // a shorter last segment
+        let mut m = Mmsg::new(4);
+        let out = m.send(tx.as_raw_fd(), [(&train[..], dst, 100)]);
+        assert_eq!(out.sent, 1, "one message: {out:?}");
+        // Without UDP_GRO the receiver sees six datagrams.
+        let mut r = Mmsg::new(8);
+        let mut bufs: Vec<PacketBuf> = (0..8).map(|_| PacketBuf::new(4096, 64)).collect();
+        let mut meta = [Meta::default(); 8];
+        let mut got = 0;
+        for _ in 0..100 {
+            got += r
+                .recv(rx.as_raw_fd(), &mut bufs[got..], &mut meta[got..])
+                .unwrap();
+            if got >= 6 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(got, 6);
+        assert_eq!(bufs[5].as_slice(), &[9; 40]);
+        assert!(meta[..6].iter().all(|m| m.segment_size == 0));
+        // With UDP_GRO one receive may carry the whole train and its segment size.
+        enable_udp_gro(rx.as_raw_fd()).unwrap();
+        m.send(tx.as_raw_fd(), [(&train[..], dst, 100)]);
+        let mut total = 0;
+        let mut seen = Vec::new();
+        for _ in 0..100 {
+            let n = r.recv(rx.as_raw_fd(), &mut bufs, &mut meta).unwrap();
+            for i in 0..n {
+                total += bufs[i].len();
+                seen.push((bufs[i].len(), meta[i].segment_size));
+            }
+            if total >= train.len() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(total, train.len(), "{seen:?}");
+        for (len, seg) in seen {
+            assert!(seg == 0 && len <= 100 || seg == 100, "len {len} seg {seg}");
         }
     }
 }

@@ -1,0 +1,308 @@
+//! TCP coalescing in userspace (GRO): consecutive in-order segments of one TCP/IPv4 flow,
+//! decapsulated from a received train, are merged into one super-packet that the TUN takes
+//! with a virtio-net GSO header, so the kernel handles one packet where it would handle forty.
+//! Pure code over caller-owned buffers; the flow table is one open super-packet (segments of
+//! a train arrive back to back).
+
+use crate::offload::{VnetHdr, F_NEEDS_CSUM, GSO_TCPV4, VNET_HDR_LEN};
+use crate::wire::checksum;
+use crate::wire::ipv4::Protocol;
+use crate::wire::Ipv4Packet;
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_PSH: u8 = 0x08;
+const TCP_ACK: u8 = 0x10;
+const TCP_URG: u8 = 0x20;
+const TCP_CWR: u8 = 0x80;
+
+/// Largest IPv4 packet (the total-length field).
+const MAX_IP: usize = 65535;
+
+/// What the caller must do with a packet offered to the coalescer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Merged into the open super-packet (or opened a new one): nothing else to do.
+    Taken,
+    /// Not mergeable: flush the open super-packet first, then write this packet alone.
+    Alone,
+    /// Mergeable but not with the open one: flush it, then offer the packet again.
+    FlushFirst,
+}
+
+/// One open super-packet being built: `[virtio-net header | IPv4 | TCP | payload...]`.
+#[derive(Debug)]
+pub struct Coalescer {
+    buf: Box<[u8]>,
+    /// Bytes of the open packet after the virtio-net header; 0 when none is open.
+    len: usize,
+    /// IPv4 + TCP header length of the open packet.
+    headers: usize,
+    /// Payload size of its first segment (the GSO segment size).
+    seg: usize,
+    /// Segments merged.
+    count: usize,
+    /// The sequence number the next segment must carry.
+    next_seq: u32,
+    /// Whether the open packet may take more (a short segment or PSH closes it).
+    closed: bool,
+}
+
+impl Default for Coalescer {
+    fn default() -> Self {
+        Coalescer::new()
+    }
+}
+
+/// Flow identity and the header fields that must match for two segments to merge.
+fn tcp_view(p: &[u8]) -> Option<(usize, usize, u8)> {
+    let ip = Ipv4Packet::new_checked(p).ok()?;
+    if ip.protocol() != Protocol::Tcp || ip.more_frags() || ip.frag_offset() != 0 {
+        return None;
+    }
+    let hl = usize::from(ip.header_len());
+    let total = usize::from(ip.total_len());
+    let l4 = p.get(hl..total)?;
+    let thl = usize::from(*l4.get(12)? >> 4) * 4;
+    if thl < 20 || thl > l4.len() {
+        return None;
+    }
+    Some((hl, hl + thl, l4[13]))
+}
+
+impl Coalescer {
+    /// A coalescer with room for one 64 KiB super-packet and its virtio-net header.
+    pub fn new() -> Coalescer {
+        Coalescer {
+            buf: vec![0u8; VNET_HDR_LEN + MAX_IP].into_boxed_slice(),
+            len: 0,
+            headers: 0,
+            seg: 0,
+            count: 0,
+            next_seq: 0,
+            closed: false,
+        }
+    }
+
+    /// Whether a super-packet is open.
+    pub fn is_open(&self) -> bool {
+        self.len > 0
+    }
+
+    /// Offers one validated inner IPv4 packet (exactly its total length).
+    pub fn offer(&mut self, p: &[u8]) -> Offer {
+        let Some((hl, headers, flags)) = tcp_view(p) else {
+            return Offer::Alone;
+        };
+        let payload = p.len() - headers;
+        // Only plain data segments merge; control segments go alone.
+        if payload == 0
+            || flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_URG) != 0
+            || flags & TCP_ACK == 0
+        {
+            return Offer::Alone;
+        }
+        if self.len == 0 {
+            self.open(p, headers, payload, flags);
+            return Offer::Taken;
+        }
+        if !self.matches(p, hl, headers, payload, flags) {
+            return Offer::FlushFirst;
+        }
+        let at = VNET_HDR_LEN + self.len;
+        self.buf[at..at + payload].copy_from_slice(&p[headers..]);
+        self.len += payload;
+        self.count += 1;
+        self.next_seq = self.next_seq.wrapping_add(payload as u32);
+        if flags & TCP_PSH != 0 {
+            self.buf[VNET_HDR_LEN + hl + 13] |= TCP_PSH;
+        }
+        if payload < self.seg || flags & TCP_PSH != 0 {
+            self.closed = true;
+        }
+        Offer::Taken
+    }
+
+    fn open(&mut self, p: &[u8], headers: usize, payload: usize, flags: u8) {
+        self.buf[VNET_HDR_LEN..VNET_HDR_LEN + p.len()].copy_from_slice(p);
+        self.len = p.len();
+        self.headers = headers;
+        self.seg = payload;
+        self.count = 1;
+        let hl = usize::from(p[0] & 0x0f) * 4;
+        self.next_seq = u32::from_be_bytes([p[hl + 4], p[hl + 5], p[hl + 6], p[hl + 7]])
+            .wrapping_add(payload as u32);
+        self.closed = flags & TCP_PSH != 0;
+    }
+
+    fn matches(&self, p: &[u8], hl: usize, headers: usize, payload: usize, flags: u8) -> bool {
+        let open = &self.buf[VNET_HDR_LEN..VNET_HDR_LEN + self.headers];
+        if self.closed
+            || headers != self.headers
+            || payload > self.seg
+            || self.len + payload > MAX_IP
+            || flags & TCP_CWR != 0
+        {
+            return false;
+        }
+        // IPv4: version/IHL, DSCP/ECN, DF, TTL, protocol, addresses and options equal.
+        let ip_same = open[0..2] == p[0..2]
+            && open[6] & 0x40 == p[6] & 0x40
+            && open[8..10] == p[8..10]
+            && open[12..hl] == p[12..hl];
+        // TCP: ports, then seq must continue, and ack, window and options equal.
+        let t = hl;
+        let seq = u32::from_be_bytes([p[t + 4], p[t + 5], p[t + 6], p[t + 7]]);
+        ip_same
+            && open[t..t + 4] == p[t..t + 4]
+            && seq == self.next_seq
+            && open[t + 8..t + 12] == p[t + 8..t + 12]
+            && open[t + 14..t + 16] == p[t + 14..t + 16]
+            && open[t + 20..headers] == p[t + 20..headers]
+    }
+
+    /// Closes the open super-packet and returns it with its virtio-net header in front,
+    /// ready for one TUN write; `None` when nothing is open. A single segment is returned
+    /// unchanged (with the header [`crate::offload::tun_write_hdr`] chooses).
+    pub fn flush(&mut self, tun_mtu: usize) -> Option<&[u8]> {
+        if self.len == 0 {
+            return None;
+        }
+        let len = std::mem::take(&mut self.len);
+        let pkt = &mut self.buf[VNET_HDR_LEN..VNET_HDR_LEN + len];
+        let hdr = if self.count == 1 {
+            crate::offload::tun_write_hdr(pkt, tun_mtu)
+        } else {
+            let hl = usize::from(pkt[0] & 0x0f) * 4;
+            let (src, dst) = {
+                let mut ip = Ipv4Packet::new_unchecked(&mut pkt[..]);
+                ip.set_total_len(len as u16);
+                ip.fill_checksum();
+                (ip.src_addr(), ip.dst_addr())
+            };
+            let partial = checksum::fold(checksum::pseudo_header(src, dst, 6, (len - hl) as u16));
+            pkt[hl + 16..hl + 18].copy_from_slice(&partial.to_be_bytes());
+            VnetHdr {
+                flags: F_NEEDS_CSUM,
+                // CWR segments never merge, so the ECN flag is never needed.
+                gso_type: GSO_TCPV4,
+                hdr_len: self.headers as u16,
+                gso_size: self.seg as u16,
+                csum_start: hl as u16,
+                csum_offset: 16,
+            }
+        };
+        self.buf[..VNET_HDR_LEN].copy_from_slice(&hdr.to_bytes());
+        Some(&self.buf[..VNET_HDR_LEN + len])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gso::segment_tcp4;
+    use crate::offload::GSO_NONE;
+
+    fn tcp_packet(payload: usize, flags: u8, seq: u32) -> Vec<u8> {
+        crate::gso::tests::tcp_packet(payload, flags, seq)
+    }
+
+    fn segments(p: &[u8], mss: usize) -> Vec<Vec<u8>> {
+        let mut out = vec![0u8; 70000];
+        let t = segment_tcp4(p, mss, &[], &mut out).unwrap();
+        out[..t.total]
+            .chunks(t.seg_len)
+            .map(|c| c.to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn segment_then_coalesce_restores_the_super_packet() {
+        let original = tcp_packet(20_000, TCP_ACK | TCP_PSH, 77);
+        let segs = segments(&original, 1398);
+        assert_eq!(segs.len(), 15);
+        let mut c = Coalescer::new();
+        for s in &segs {
+            assert_eq!(c.offer(s), Offer::Taken);
+        }
+        let out = c.flush(1450).unwrap().to_vec();
+        let hdr = VnetHdr::from_bytes(&out).unwrap();
+        assert_eq!(hdr.gso_type, GSO_TCPV4);
+        assert_eq!((hdr.gso_size, hdr.hdr_len, hdr.csum_start), (1398, 52, 20));
+        let pkt = &out[VNET_HDR_LEN..];
+        assert_eq!(pkt.len(), original.len());
+        // Everything but the IP ID/checksum and the TCP checksum (now partial) is the original.
+        assert_eq!(&pkt[20 + 20..], &original[20 + 20..]);
+        assert_eq!(&pkt[..4], &original[..4]);
+        assert!(Ipv4Packet::new_checked(pkt).unwrap().verify_checksum());
+        assert_eq!(&pkt[20..36], &original[20..36]);
+        assert!(!c.is_open());
+        assert!(c.flush(1450).is_none());
+    }
+
+    #[test]
+    fn gaps_other_flows_and_control_segments_split() {
+        let p = tcp_packet(5000, TCP_ACK, 1000);
+        let segs = segments(&p, 1000);
+        let mut c = Coalescer::new();
+        assert_eq!(c.offer(&segs[0]), Offer::Taken);
+        // A gap (segment 2 before 1) cannot merge.
+        assert_eq!(c.offer(&segs[2]), Offer::FlushFirst);
+        assert_eq!(c.offer(&segs[1]), Offer::Taken);
+        // Another flow (other port) cannot merge.
+        let mut other = segs[2].clone();
+        other[20] ^= 1;
+        assert_eq!(c.offer(&other), Offer::FlushFirst);
+        // SYN, FIN, RST and pure ACKs go alone.
+        for f in [TCP_SYN | TCP_ACK, TCP_FIN | TCP_ACK, TCP_RST | TCP_ACK] {
+            assert_eq!(c.offer(&tcp_packet(10, f, 0)), Offer::Alone);
+        }
+        assert_eq!(c.offer(&tcp_packet(0, TCP_ACK, 6000)), Offer::Alone);
+        // Non-TCP goes alone.
+        let mut udp = segs[2].clone();
+        udp[9] = 17;
+        assert_eq!(c.offer(&udp), Offer::Alone);
+        let out = c.flush(1450).unwrap();
+        let hdr = VnetHdr::from_bytes(out).unwrap();
+        assert_eq!(out.len() - VNET_HDR_LEN, 52 + 2000);
+        assert_eq!((hdr.gso_type, hdr.gso_size), (GSO_TCPV4, 1000));
+    }
+
+    #[test]
+    fn short_segment_or_psh_closes() {
+        let p = tcp_packet(2500, TCP_ACK | TCP_PSH, 0);
+        let segs = segments(&p, 1000); // 1000, 1000, 500 (PSH on the last)
+        let mut c = Coalescer::new();
+        for s in &segs {
+            assert_eq!(c.offer(s), Offer::Taken);
+        }
+        let next = tcp_packet(1000, TCP_ACK, 2500);
+        assert_eq!(c.offer(&next), Offer::FlushFirst);
+        let out = c.flush(1450).unwrap();
+        assert_eq!(out[VNET_HDR_LEN + 20 + 13] & TCP_PSH, TCP_PSH);
+    }
+
+    #[test]
+    fn single_segment_flushes_as_itself() {
+        let p = tcp_packet(100, TCP_ACK, 5);
+        let mut c = Coalescer::new();
+        assert_eq!(c.offer(&p), Offer::Taken);
+        let out = c.flush(1450).unwrap();
+        assert_eq!(&out[VNET_HDR_LEN..], &p[..]);
+        assert_eq!(VnetHdr::from_bytes(out).unwrap().gso_type, GSO_NONE);
+    }
+
+    #[test]
+    fn different_options_or_ack_split() {
+        let a = tcp_packet(1000, TCP_ACK, 0);
+        let mut b = tcp_packet(1000, TCP_ACK, 1000);
+        b[20 + 31] ^= 1; // timestamp echo differs
+        let mut c = Coalescer::new();
+        assert_eq!(c.offer(&a), Offer::Taken);
+        assert_eq!(c.offer(&b), Offer::FlushFirst);
+        let mut d = tcp_packet(1000, TCP_ACK, 1000);
+        d[20 + 11] ^= 1; // ack differs
+        assert_eq!(c.offer(&d), Offer::FlushFirst);
+    }
+}

@@ -161,6 +161,14 @@ pub enum ConfigError {
         /// The boundary at or below it.
         aligned: Ipv4Addr,
     },
+    /// `SubnetMin` lies above `SubnetMax`, so no subnet can ever be leased.
+    #[error("SubnetMin {min} is above SubnetMax {max}: no subnet could be leased; swap them or drop one")]
+    SubnetRangeEmpty {
+        /// The SubnetMin in force.
+        min: Ipv4Addr,
+        /// The SubnetMax in force.
+        max: Ipv4Addr,
+    },
     /// `Backend.Type` names a backend weft does not implement.
     #[error("Backend.Type {0:?} is not supported; use \"vxlan\", \"udp\" or \"host-gw\"")]
     UnsupportedBackend(String),
@@ -400,6 +408,12 @@ impl Raw {
                 addr: subnet_max,
                 subnet_len,
                 aligned: Ipv4Addr::from(u32::from(subnet_max) & mask),
+            });
+        }
+        if u32::from(subnet_min) > u32::from(subnet_max) {
+            return Err(ConfigError::SubnetRangeEmpty {
+                min: subnet_min,
+                max: subnet_max,
             });
         }
         let backend = parse_backend(self.backend.as_ref())?;
@@ -817,6 +831,15 @@ mod tests {
         assert!(e
             .to_string()
             .starts_with("SubnetMax is not on a SubnetLen boundary: 10.1.9.128"));
+    }
+
+    #[test]
+    fn subnet_min_above_max_is_rejected() {
+        // Found by fuzz/network_config (unknown keys ignored, udp by default).
+        let crash = r#"{"Network": "10.244.0.0/16", "Subn": 26, "SubnetMin": "10.244.1.0", "SubnetMax": "10.244.0.0", "Enabckend": {"Type": "e\b\b",  "GBP": false}}"#;
+        let e = NetworkConfig::parse(crash).unwrap_err();
+        assert!(matches!(e, ConfigError::SubnetRangeEmpty { .. }), "{e:?}");
+        assert!(e.to_string().contains("swap them"), "{e}");
     }
 
     #[test]

@@ -432,6 +432,13 @@ fn tun_write(tun: &Tun, bytes: &[u8], inner_len: usize, local: &mut LocalCounter
     }
 }
 
+/// Writes the coalescer's open super-packet, if any, to the TUN.
+fn flush_to_tun(c: &mut Coalescer, tun: &Tun, mtu: usize, local: &mut LocalCounters) {
+    if let Some(out) = c.flush(mtu) {
+        tun_write(tun, out, out.len() - VNET_HDR_LEN, local);
+    }
+}
+
 /// recvmmsg (trains with UDP_GRO) -> receive checks per datagram -> coalesce -> TUN.
 fn recv_loop(
     tun: &Tun,
@@ -502,17 +509,13 @@ fn recv_loop(
                 if let Some(c) = gro.as_mut() {
                     let mut offer = c.offer(p);
                     if offer == Offer::FlushFirst {
-                        if let Some(out) = c.flush(cfg.tun_mtu) {
-                            tun_write(tun, out, out.len() - VNET_HDR_LEN, &mut local);
-                        }
+                        flush_to_tun(c, tun, cfg.tun_mtu, &mut local);
                         offer = c.offer(p);
                     }
                     if offer == Offer::Taken {
                         continue;
                     }
-                    if let Some(out) = c.flush(cfg.tun_mtu) {
-                        tun_write(tun, out, out.len() - VNET_HDR_LEN, &mut local);
-                    }
+                    flush_to_tun(c, tun, cfg.tun_mtu, &mut local);
                 }
                 // Alone: copy behind a virtio-net header (or write as is without one).
                 if vnet {
@@ -527,9 +530,7 @@ fn recv_loop(
             }
         }
         if let Some(c) = gro.as_mut() {
-            if let Some(out) = c.flush(cfg.tun_mtu) {
-                tun_write(tun, out, out.len() - VNET_HDR_LEN, &mut local);
-            }
+            flush_to_tun(c, tun, cfg.tun_mtu, &mut local);
         }
         local.flush_rx(counters, n);
     }

@@ -90,6 +90,25 @@ impl Coalescer {
         self.len > 0
     }
 
+    /// Inner bytes of the open super-packet as its segments carried them (headers counted
+    /// once per segment), 0 when none is open.
+    pub fn wire_bytes(&self) -> usize {
+        if self.len > 0 {
+            self.len + (self.count - 1) * self.headers
+        } else {
+            0
+        }
+    }
+
+    /// Segments in the open super-packet (0 when none is open).
+    pub fn segments(&self) -> usize {
+        if self.len > 0 {
+            self.count
+        } else {
+            0
+        }
+    }
+
     /// Offers one validated inner IPv4 packet (exactly its total length).
     pub fn offer(&mut self, p: &[u8]) -> Offer {
         let Some((hl, headers, flags)) = tcp_view(p) else {
@@ -226,6 +245,8 @@ mod tests {
         for s in &segs {
             assert_eq!(c.offer(s), Offer::Taken);
         }
+        assert_eq!(c.segments(), 15);
+        assert_eq!(c.wire_bytes(), segs.iter().map(Vec::len).sum::<usize>());
         let out = c.flush(1450).unwrap().to_vec();
         let hdr = VnetHdr::from_bytes(&out).unwrap();
         assert_eq!(hdr.gso_type, GSO_TCPV4);
@@ -238,6 +259,7 @@ mod tests {
         assert!(Ipv4Packet::new_checked(pkt).unwrap().verify_checksum());
         assert_eq!(&pkt[20..36], &original[20..36]);
         assert!(!c.is_open());
+        assert_eq!((c.segments(), c.wire_bytes()), (0, 0));
         assert!(c.flush(1450).is_none());
     }
 

@@ -421,11 +421,18 @@ fn send_loop(
     }
 }
 
-/// Writes one packet (already prefixed with its virtio-net header when the TUN has one).
-fn tun_write(tun: &Tun, bytes: &[u8], inner_len: usize, local: &mut LocalCounters) {
+/// Writes one packet (already prefixed with its virtio-net header when the TUN has one)
+/// that carries `segments` wire packets and `inner_len` inner bytes.
+fn tun_write(
+    tun: &Tun,
+    bytes: &[u8],
+    segments: usize,
+    inner_len: usize,
+    local: &mut LocalCounters,
+) {
     match tun.write(bytes) {
         Ok(_) => {
-            local.packets += 1;
+            local.packets += segments as u64;
             local.bytes += inner_len as u64;
         }
         Err(_) => local.errors += 1,
@@ -434,8 +441,9 @@ fn tun_write(tun: &Tun, bytes: &[u8], inner_len: usize, local: &mut LocalCounter
 
 /// Writes the coalescer's open super-packet, if any, to the TUN.
 fn flush_to_tun(c: &mut Coalescer, tun: &Tun, mtu: usize, local: &mut LocalCounters) {
+    let (segments, bytes) = (c.segments(), c.wire_bytes());
     if let Some(out) = c.flush(mtu) {
-        tun_write(tun, out, out.len() - VNET_HDR_LEN, local);
+        tun_write(tun, out, segments, bytes, local);
     }
 }
 
@@ -523,9 +531,9 @@ fn recv_loop(
                     buf[VNET_HDR_LEN..].copy_from_slice(p);
                     let hdr = offload::tun_write_hdr(&mut buf[VNET_HDR_LEN..], cfg.tun_mtu);
                     buf[..VNET_HDR_LEN].copy_from_slice(&hdr.to_bytes());
-                    tun_write(tun, buf, p.len(), &mut local);
+                    tun_write(tun, buf, 1, p.len(), &mut local);
                 } else {
-                    tun_write(tun, p, p.len(), &mut local);
+                    tun_write(tun, p, 1, p.len(), &mut local);
                 }
             }
         }

@@ -224,9 +224,15 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
     )?;
     let ops = match opts.healthz {
         Some(addr) => {
-            let l = crate::ops::bind(addr)
-                .await
-                .map_err(|source| NodeError::Healthz { addr, source })?;
+            let l = match crate::ops::bind(addr).await {
+                Ok(l) => l,
+                Err(source) => {
+                    // Stop what already runs before reporting.
+                    let _ = dp.stop();
+                    store.shutdown().await;
+                    return Err(NodeError::Healthz { addr, source });
+                }
+            };
             let state = crate::ops::OpsState {
                 counters: dp.counters().clone(),
                 table: shared.clone(),

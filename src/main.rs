@@ -23,6 +23,9 @@ enum Command {
     /// Runs the node service: takes a subnet lease in etcd, configures the TUN device and
     /// carries pod traffic to and from the other nodes until SIGTERM. Takes flanneld's flags.
     Run(Box<RunArgs>),
+    /// Shows the running node's lease, its lease table, etcd and data-path state, read from
+    /// the node's /status endpoint (the same --healthz-ip/--healthz-port as `weft run`).
+    Status(StatusArgs),
     /// Decodes one tunnel payload (hex, e.g. from `tcpdump -x`) and says whether weft's
     /// receive checks would accept it, and if not, the drop reason.
     Inspect(InspectArgs),
@@ -67,6 +70,23 @@ struct RunArgs {
     /// Log verbosity like flanneld's -v: 0 info, 1-2 debug, 3+ trace (RUST_LOG overrides).
     #[arg(short = 'v', long = "v", env = "FLANNELD_V", default_value_t = 0)]
     verbosity: u8,
+}
+
+#[derive(Debug, clap::Args)]
+struct StatusArgs {
+    /// The node's ops address (0.0.0.0 means this host: 127.0.0.1 is asked).
+    #[arg(
+        long = "healthz-ip",
+        env = "FLANNELD_HEALTHZ_IP",
+        default_value = "127.0.0.1"
+    )]
+    healthz_ip: IpAddr,
+    /// The node's ops port (`weft run --healthz-port`).
+    #[arg(long = "healthz-port", env = "FLANNELD_HEALTHZ_PORT")]
+    healthz_port: u16,
+    /// Print the raw JSON document instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -218,6 +238,45 @@ fn run(a: &RunArgs) -> Result<()> {
         .map_err(|e| anyhow::Error::new(e).context("weft run"))
 }
 
+/// GETs `path` from a node's ops server; returns the body of a 200 answer.
+fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3))
+        .with_context(|| {
+        format!("connecting to the node at {addr} (is `weft run --healthz-port` set?)")
+    })?;
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    // One write: the server answers as soon as the request head is complete.
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    conn.write_all(req.as_bytes())?;
+    let mut resp = String::new();
+    conn.read_to_string(&mut resp)?;
+    let (head, body) = resp
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP answer")?;
+    let status = head.lines().next().unwrap_or_default();
+    if !status.contains(" 200 ") {
+        bail!("{path}: {status}: {}", body.trim());
+    }
+    Ok(body.to_string())
+}
+
+fn status(a: &StatusArgs) -> Result<()> {
+    let ip = match a.healthz_ip {
+        IpAddr::V4(v) if v.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        other => other,
+    };
+    let body = http_get(SocketAddr::new(ip, a.healthz_port), "/status")?;
+    if a.json {
+        println!("{body}");
+        return Ok(());
+    }
+    let doc: weft::ops::status::StatusDoc =
+        serde_json::from_str(&body).context("parsing the node's /status")?;
+    print!("{}", doc.render());
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = normalize_go_flags(
         std::env::args_os(),
@@ -235,6 +294,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse_from(args);
     match &cli.command {
         Command::Run(a) => run(a),
+        Command::Status(a) => status(a),
         Command::Inspect(a) => inspect(a),
     }
 }

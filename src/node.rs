@@ -6,7 +6,9 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
 
 use tracing::{error, info, warn};
 
@@ -14,6 +16,8 @@ use crate::config::BackendType;
 use crate::dataplane::{Backend, Datapath, DatapathConfig, DatapathError};
 use crate::encap::VxlanRx;
 use crate::host::{self, Underlay, UnderlayError};
+use crate::ops::NodeStatus;
+use crate::store::subnet_env::read_previous_subnet;
 use crate::store::{EtcdOptions, Store, StoreError, StoreOptions};
 use crate::sys::iface;
 use crate::sys::tun::{Tun, TunError};
@@ -222,6 +226,31 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
             coalesce: opts.udp_gro,
         },
     )?;
+    let status_cell: Arc<ArcSwapOption<NodeStatus>> = Arc::new(ArcSwapOption::empty());
+    let started = Instant::now();
+    let snapshot_status = |dp: &Datapath, store: &crate::store::StoreHandle| {
+        let own = store.own_lease();
+        Arc::new(NodeStatus {
+            subnet: own.subnet.to_string(),
+            network: config.network.to_string(),
+            backend: config.backend.kind.as_str().to_string(),
+            iface: underlay.iface.clone(),
+            public_ip: underlay.public_ip,
+            vtep_mac: own.vtep_mac().map(|m| m.to_string()),
+            tun: name.clone(),
+            mtu: tun_mtu,
+            etcd_up: store.etcd_reachable(),
+            lease_expires_in_secs: own
+                .expires_at
+                .saturating_duration_since(tokio::time::Instant::now())
+                .as_secs(),
+            datapath_running: dp.is_running(),
+            subnet_env_written: read_previous_subnet(&opts.subnet_file) == Some(own.subnet),
+            offloads: [tso, opts.udp_gso, gro],
+            uptime_secs: started.elapsed().as_secs(),
+        })
+    };
+    status_cell.store(Some(snapshot_status(&dp, &store)));
     let ops = match opts.healthz {
         Some(addr) => {
             let l = match crate::ops::bind(addr).await {
@@ -236,12 +265,14 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
             let state = crate::ops::OpsState {
                 counters: dp.counters().clone(),
                 table: shared.clone(),
+                status: status_cell.clone(),
             };
             Some(tokio::spawn(crate::ops::serve(l, state)))
         }
         None => None,
     };
     info!("node ready");
+    crate::ops::sd_notify(&format!("READY=1\nSTATUS=forwarding for {}", own.subnet));
 
     let mut own_rx = store.subscribe_own_lease();
     let mut store_alive = true;
@@ -250,6 +281,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
         tokio::select! {
             _ = &mut shutdown => break Ok(()),
             _ = tick.tick() => {
+                status_cell.store(Some(snapshot_status(&dp, &store)));
                 if !dp.is_running() {
                     break Err(None);
                 }
@@ -268,6 +300,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
         }
     };
     info!("stopping");
+    crate::ops::sd_notify("STOPPING=1");
     if let Some(h) = ops {
         h.abort();
     }

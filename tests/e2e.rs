@@ -81,6 +81,56 @@ fn three_weft_nodes(config: &str, flags: &[&str]) {
     transfer(&lab, 1, 0, 100 * MB);
     assert!(nodes[2].metric("weft_packets_total{direction=\"rx\"}") > 1000);
     assert_eq!(nodes[0].metric("weft_leases"), 2);
+    assert_eq!(nodes[0].metric("weft_etcd_connected"), 1);
+    assert_eq!(nodes[0].metric("weft_datapath_running"), 1);
+    assert!(nodes[0].metric("weft_lease_expiry_seconds") > 80_000);
+
+    // `weft status` reads the running node: its subnet and every peer, aligned.
+    assert_eq!(nodes[0].http("/readyz").as_deref(), Some("ready\n"));
+    let out = nodes[0].weft(&[
+        "status",
+        "--healthz-port",
+        &harness::weft::OPS_PORT.to_string(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "weft status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("node      {}", subnets[0])),
+        "{text}"
+    );
+    assert!(text.contains("2 remote leases"), "{text}");
+    for (i, s) in subnets.iter().enumerate().skip(1) {
+        let row = text
+            .lines()
+            .find(|l| l.starts_with(&s.to_string()))
+            .unwrap_or_else(|| panic!("no row for {s}:\n{text}"));
+        assert!(row.contains(&lab.host(i).addr().to_string()), "{row}");
+    }
+
+    // Not ready once subnet.env no longer holds our subnet; ready again when restored.
+    let env_text = std::fs::read_to_string(nodes[1].subnet_file()).expect("subnet.env");
+    std::fs::remove_file(nodes[1].subnet_file()).expect("rm subnet.env");
+    let until = Instant::now() + Duration::from_secs(3);
+    while nodes[1].http("/readyz").is_some() {
+        assert!(
+            Instant::now() < until,
+            "/readyz stayed ready without subnet.env"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::write(nodes[1].subnet_file(), env_text).expect("restore subnet.env");
+    let until = Instant::now() + Duration::from_secs(3);
+    while nodes[1].http("/readyz").is_none() {
+        assert!(
+            Instant::now() < until,
+            "/readyz not ready after restoring subnet.env"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // SIGTERM: exits cleanly and leaves no device or route behind.
     let host = lab.host(2);

@@ -4,14 +4,16 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
 use crate::dataplane::Counters;
+use crate::ops::NodeStatus;
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-/// Renders every counter, and the number of leases known, in the text format (0.0.4).
-pub fn render(c: &Counters, leases: usize) -> String {
+/// Renders every counter, the number of leases known and the node's state (when known) in
+/// the text format (0.0.4).
+pub fn render(c: &Counters, leases: usize, node: Option<&NodeStatus>) -> String {
     let mut o = String::with_capacity(4096);
     let v = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     family(
@@ -102,6 +104,29 @@ pub fn render(c: &Counters, leases: usize) -> String {
         "Remote leases in the table.",
     );
     let _ = writeln!(o, "weft_leases {leases}");
+    if let Some(n) = node {
+        family(
+            &mut o,
+            "weft_etcd_connected",
+            "gauge",
+            "1 when the last etcd request succeeded.",
+        );
+        let _ = writeln!(o, "weft_etcd_connected {}", u8::from(n.etcd_up));
+        family(
+            &mut o,
+            "weft_lease_expiry_seconds",
+            "gauge",
+            "Seconds until this node's lease expires unless renewed.",
+        );
+        let _ = writeln!(o, "weft_lease_expiry_seconds {}", n.lease_expires_in_secs);
+        family(
+            &mut o,
+            "weft_datapath_running",
+            "gauge",
+            "1 while the data-path workers run.",
+        );
+        let _ = writeln!(o, "weft_datapath_running {}", u8::from(n.datapath_running));
+    }
     o
 }
 
@@ -133,7 +158,7 @@ mod tests {
         l.drop(DropReason::WrongVni);
         l.drop(DropReason::WrongVni);
         l.flush_rx(&c, 7);
-        let text = render(&c, 3);
+        let text = render(&c, 3, None);
         assert_eq!(
             sample(&text, "weft_packets_total{direction=\"rx\"}"),
             Some(5)

@@ -173,14 +173,19 @@ impl WeftNode {
     /// Starts `weft run` in `host` with flanneld-style flags plus `extra`, waits for its
     /// subnet.env (the lease is held and the TUN is about to come up), and returns.
     pub fn start(host: &Host, etcd: &NsEtcd, extra: &[&str]) -> WeftNode {
+        Self::start_with_env(host, etcd, &[], extra)
+    }
+
+    /// [`WeftNode::start`] with extra `NAME=value` environment entries for the process.
+    pub fn start_with_env(host: &Host, etcd: &NsEtcd, env: &[&str], extra: &[&str]) -> WeftNode {
         let dir = tempfile::tempdir().expect("weft tempdir");
         let subnet_file = dir.path().join("subnet.env");
         let endpoints = format!("-etcd-endpoints={}", etcd.endpoint());
         let sf = format!("-subnet-file={}", subnet_file.display());
         let port = format!("--healthz-port={OPS_PORT}");
-        let mut argv = vec![
-            "env",
-            "RUST_LOG=weft=debug",
+        let mut argv = vec!["env", "RUST_LOG=weft=debug"];
+        argv.extend_from_slice(env);
+        argv.extend_from_slice(&[
             weft_bin(),
             "run",
             &endpoints,
@@ -188,7 +193,7 @@ impl WeftNode {
             &sf,
             "--healthz-ip=127.0.0.1",
             &port,
-        ];
+        ]);
         argv.extend_from_slice(extra);
         let mut proc = host.spawn(&argv);
         let end = Instant::now() + Duration::from_secs(20);
@@ -233,6 +238,13 @@ impl WeftNode {
     /// The subnet.env path.
     pub fn subnet_file(&self) -> &PathBuf {
         &self.subnet_file
+    }
+
+    /// Runs `weft <args>` in the node's namespace (e.g. `status`); returns the output.
+    pub fn weft(&self, args: &[&str]) -> Output {
+        let mut argv = vec!["ip", "netns", "exec", &self.ns, weft_bin()];
+        argv.extend_from_slice(args);
+        Proc::spawn(&argv).output_within(Duration::from_secs(10))
     }
 
     /// GET `path` from the node's ops server, `None` when it does not answer 200.

@@ -1,0 +1,267 @@
+//! The node's status as the ops endpoints report it, and its JSON form for `weft status`.
+
+use std::fmt::Write;
+use std::net::Ipv4Addr;
+use std::sync::atomic::Ordering;
+
+use serde::{Deserialize, Serialize};
+
+use crate::dataplane::Counters;
+use crate::table::LeaseTable;
+
+/// A snapshot of what the node is and does, refreshed once a second.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// This node's leased subnet.
+    pub subnet: String,
+    /// The overlay network.
+    pub network: String,
+    /// The backend type (`vxlan`, `udp`).
+    pub backend: String,
+    /// The underlay interface.
+    pub iface: String,
+    /// The address other nodes send to.
+    pub public_ip: Ipv4Addr,
+    /// This node's VTEP MAC (vxlan).
+    pub vtep_mac: Option<String>,
+    /// The TUN device and its MTU.
+    pub tun: String,
+    /// The TUN's MTU.
+    pub mtu: u32,
+    /// Whether the last etcd request succeeded.
+    pub etcd_up: bool,
+    /// Seconds until the lease expires unless renewed.
+    pub lease_expires_in_secs: u64,
+    /// Whether the data-path workers run.
+    pub datapath_running: bool,
+    /// Whether subnet.env holds our subnet.
+    pub subnet_env_written: bool,
+    /// Offloads in force: TUN TSO, UDP GSO, UDP GRO.
+    pub offloads: [bool; 3],
+    /// Seconds since the node came up.
+    pub uptime_secs: u64,
+}
+
+/// One lease as `/status` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// The peer's subnet.
+    pub subnet: String,
+    /// Its underlay address.
+    pub public_ip: Ipv4Addr,
+    /// Its VTEP MAC (vxlan).
+    pub vtep_mac: Option<String>,
+}
+
+/// The whole `/status` document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusDoc {
+    /// The node.
+    pub node: NodeStatus,
+    /// Every remote lease in the table.
+    pub peers: Vec<PeerStatus>,
+    /// Packets forwarded: sent, received.
+    pub packets: [u64; 2],
+    /// Drops by reason (only reasons with drops).
+    pub drops: Vec<(String, u64)>,
+}
+
+impl NodeStatus {
+    /// Why the node is not ready to carry traffic (empty when it is).
+    pub fn not_ready(&self) -> Vec<String> {
+        let mut r = Vec::new();
+        if !self.datapath_running {
+            r.push("data path not running".to_string());
+        }
+        if !self.subnet_env_written {
+            r.push("subnet.env does not hold our subnet".to_string());
+        }
+        if self.lease_expires_in_secs == 0 {
+            r.push("lease expired".to_string());
+        }
+        r
+    }
+
+    /// The `/status` JSON: this status, the lease table and the counters.
+    pub fn to_json(&self, table: &LeaseTable, counters: &Counters) -> String {
+        let mut peers: Vec<PeerStatus> = table
+            .iter()
+            .map(|p| PeerStatus {
+                subnet: p.subnet.to_string(),
+                public_ip: p.public_ip,
+                vtep_mac: p.vtep_mac.map(|m| m.to_string()),
+            })
+            .collect();
+        peers.sort_by_key(|p| p.subnet.parse::<crate::wire::Subnet>().ok());
+        let doc = StatusDoc {
+            node: self.clone(),
+            peers,
+            packets: [
+                counters.tx_packets.load(Ordering::Relaxed),
+                counters.rx_packets.load(Ordering::Relaxed),
+            ],
+            drops: counters
+                .drops_by_reason()
+                .filter(|(_, n)| *n > 0)
+                .map(|(r, n)| (r.as_str().to_string(), n))
+                .collect(),
+        };
+        serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+}
+
+fn yes(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "NO"
+    }
+}
+
+impl StatusDoc {
+    /// Renders the document for a terminal: the node, then the lease table aligned.
+    pub fn render(&self) -> String {
+        let n = &self.node;
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "node      {} ({} backend) in {}",
+            n.subnet, n.backend, n.network
+        );
+        let _ = writeln!(
+            o,
+            "underlay  {} on {}, VTEP MAC {}",
+            n.public_ip,
+            n.iface,
+            n.vtep_mac.as_deref().unwrap_or("-")
+        );
+        let _ = writeln!(o, "tun       {} mtu {}", n.tun, n.mtu);
+        let _ = writeln!(
+            o,
+            "etcd      {}   lease expires in {}s   subnet.env {}   data path {}",
+            if n.etcd_up {
+                "connected"
+            } else {
+                "UNREACHABLE (forwarding on the last table)"
+            },
+            n.lease_expires_in_secs,
+            if n.subnet_env_written { "ok" } else { "STALE" },
+            if n.datapath_running {
+                "running"
+            } else {
+                "STOPPED"
+            }
+        );
+        let _ = writeln!(
+            o,
+            "offloads  tun-tso {}  udp-gso {}  udp-gro {}   up {}s",
+            yes(n.offloads[0]),
+            yes(n.offloads[1]),
+            yes(n.offloads[2]),
+            n.uptime_secs
+        );
+        let _ = writeln!(
+            o,
+            "packets   sent {}  received {}",
+            self.packets[0], self.packets[1]
+        );
+        if self.drops.is_empty() {
+            let _ = writeln!(o, "drops     none");
+        } else {
+            let d: Vec<String> = self.drops.iter().map(|(r, c)| format!("{r}={c}")).collect();
+            let _ = writeln!(o, "drops     {}", d.join(" "));
+        }
+        let _ = writeln!(o, "\n{} remote leases", self.peers.len());
+        let w = self
+            .peers
+            .iter()
+            .map(|p| p.subnet.len())
+            .max()
+            .unwrap_or(6)
+            .max(6);
+        let _ = writeln!(o, "{:<w$}  {:<15}  VTEP MAC", "SUBNET", "PUBLIC IP");
+        for p in &self.peers {
+            let _ = writeln!(
+                o,
+                "{:<w$}  {:<15}  {}",
+                p.subnet,
+                p.public_ip.to_string(),
+                p.vtep_mac.as_deref().unwrap_or("-")
+            );
+        }
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::{LocalVtep, Peer};
+    use crate::wire::{EthernetAddress, Vni};
+
+    fn status() -> NodeStatus {
+        NodeStatus {
+            subnet: "10.1.2.0/24".into(),
+            network: "10.1.0.0/16".into(),
+            backend: "vxlan".into(),
+            iface: "eth0".into(),
+            public_ip: Ipv4Addr::new(192, 168, 64, 10),
+            vtep_mac: Some("02:00:00:00:00:01".into()),
+            tun: "weft0".into(),
+            mtu: 1450,
+            etcd_up: true,
+            lease_expires_in_secs: 86000,
+            datapath_running: true,
+            subnet_env_written: true,
+            offloads: [true, true, true],
+            uptime_secs: 5,
+        }
+    }
+
+    #[test]
+    fn readiness_reasons() {
+        let mut s = status();
+        assert!(s.not_ready().is_empty());
+        s.datapath_running = false;
+        s.subnet_env_written = false;
+        assert_eq!(s.not_ready().len(), 2);
+    }
+
+    #[test]
+    fn json_round_trips_and_renders_aligned() {
+        let local = LocalVtep {
+            vni: Vni::new(1).unwrap(),
+            mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
+            port: 8472,
+        };
+        let peers = vec![
+            Peer::new(
+                "10.1.30.0/24".parse().unwrap(),
+                Ipv4Addr::new(192, 168, 64, 12),
+                Some(EthernetAddress([2, 0, 0, 0, 0, 3])),
+                &local,
+            ),
+            Peer::new(
+                "10.1.4.0/24".parse().unwrap(),
+                Ipv4Addr::new(192, 168, 64, 11),
+                Some(EthernetAddress([2, 0, 0, 0, 0, 2])),
+                &local,
+            ),
+        ];
+        let table = LeaseTable::from_peers(24, peers, 7);
+        let c = Counters::default();
+        let json = status().to_json(&table, &c);
+        let doc: StatusDoc = serde_json::from_str(&json).unwrap();
+        assert_eq!(doc.node, status());
+        assert_eq!(doc.peers[0].subnet, "10.1.4.0/24", "sorted by address");
+        let text = doc.render();
+        assert!(text.contains("2 remote leases"), "{text}");
+        let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("10.1.")).collect();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            rows[0].find("192.168"),
+            rows[1].find("192.168"),
+            "aligned:\n{text}"
+        );
+    }
+}

@@ -15,6 +15,7 @@ want ethtool ethtool
 want ping iputils-ping
 want sysctl procps
 want python3 python3
+want systemd-analyze systemd
 want pkg-config pkg-config
 want cc build-essential
 if [ ${#need[@]} -gt 0 ]; then

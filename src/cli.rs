@@ -105,8 +105,8 @@ pub struct NodeArgs {
     )]
     pub subnet_lease_renew_margin: u32,
 
-    /// Whether to masquerade traffic leaving the overlay (flanneld's flag); written to subnet.env
-    /// as FLANNEL_IPMASQ. weft does not install the iptables rules yet.
+    /// Masquerade pod traffic leaving the overlay (flannel's FLANNEL-POSTRTG/FLANNEL-FWD
+    /// iptables rules, resynced every 10 s); also written to subnet.env as FLANNEL_IPMASQ.
     #[arg(
         long = "ip-masq",
         env = "FLANNELD_IP_MASQ",

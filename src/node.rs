@@ -23,6 +23,10 @@ use crate::sys::iface;
 use crate::sys::tun::{Tun, TunError};
 use crate::table::{LeaseTable, SharedTable};
 
+/// Masquerade rules are rewritten every this many one-second ticks (a flushed or edited
+/// chain comes back).
+const MASQ_RESYNC_TICKS: u64 = 10;
+
 /// Socket buffer size asked for on the underlay UDP socket.
 const SOCKET_BUFFER: i32 = 4 << 20;
 
@@ -105,6 +109,9 @@ pub enum NodeError {
     /// The data path failed.
     #[error("data path")]
     Datapath(#[from] DatapathError),
+    /// The masquerade rules could not be written.
+    #[error("writing the masquerade rules (--ip-masq)")]
+    Masq(#[from] crate::host::masq::MasqError),
     /// Our subnet changed under us (someone else took it while we were away).
     #[error("our subnet changed from {old} to {new}; restarting is required")]
     SubnetChanged {
@@ -174,6 +181,13 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
         }
     };
     let tun_mtu = config.overlay_mtu(underlay.mtu);
+    if opts.ip_masq {
+        if let Err(e) = crate::host::masq::apply(config.network, own.subnet) {
+            store.shutdown().await;
+            return Err(e.into());
+        }
+        info!(network = %config.network, subnet = %own.subnet, "masquerade rules written");
+    }
 
     let tun = Tun::open(&opts.tun_name, true)?;
     let name = tun.name().to_string();
@@ -227,6 +241,8 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
         },
     )?;
     let status_cell: Arc<ArcSwapOption<NodeStatus>> = Arc::new(ArcSwapOption::empty());
+    // None: --ip-masq off; Some(ok): the last resync's outcome.
+    let masq_ok = std::sync::atomic::AtomicU8::new(if opts.ip_masq { 1 } else { 2 });
     let started = Instant::now();
     let snapshot_status = |dp: &Datapath, store: &crate::store::StoreHandle| {
         let own = store.own_lease();
@@ -247,6 +263,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
             datapath_running: dp.is_running(),
             subnet_env_written: read_previous_subnet(&opts.subnet_file) == Some(own.subnet),
             offloads: [tso, opts.udp_gso, gro],
+            masq_ok: masq_ok.load(std::sync::atomic::Ordering::Relaxed),
             uptime_secs: started.elapsed().as_secs(),
         })
     };
@@ -276,11 +293,26 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
 
     let mut own_rx = store.subscribe_own_lease();
     let mut store_alive = true;
+    let mut ticks: u64 = 0;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let outcome = loop {
         tokio::select! {
             _ = &mut shutdown => break Ok(()),
             _ = tick.tick() => {
+                ticks += 1;
+                if opts.ip_masq && ticks % MASQ_RESYNC_TICKS == 0 {
+                    let subnet = store.own_lease().subnet;
+                    let ok = match crate::host::masq::apply(config.network, subnet) {
+                        Ok(()) => 1,
+                        Err(e) => {
+                            if masq_ok.load(std::sync::atomic::Ordering::Relaxed) == 1 {
+                                warn!(error = %e, "masquerade rules could not be resynced");
+                            }
+                            0
+                        }
+                    };
+                    masq_ok.store(ok, std::sync::atomic::Ordering::Relaxed);
+                }
                 status_cell.store(Some(snapshot_status(&dp, &store)));
                 if !dp.is_running() {
                     break Err(None);

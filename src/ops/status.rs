@@ -40,6 +40,8 @@ pub struct NodeStatus {
     pub offloads: [bool; 3],
     /// Seconds since the node came up.
     pub uptime_secs: u64,
+    /// Masquerade rules: 2 = not asked for (--ip-masq off), 1 = written, 0 = last write failed.
+    pub masq_ok: u8,
 }
 
 /// One lease as `/status` lists it.
@@ -78,6 +80,9 @@ impl NodeStatus {
         }
         if self.lease_expires_in_secs == 0 {
             r.push("lease expired".to_string());
+        }
+        if self.masq_ok == 0 {
+            r.push("masquerade rules could not be written".to_string());
         }
         r
     }
@@ -154,10 +159,15 @@ impl StatusDoc {
         );
         let _ = writeln!(
             o,
-            "offloads  tun-tso {}  udp-gso {}  udp-gro {}   up {}s",
+            "offloads  tun-tso {}  udp-gso {}  udp-gro {}   ip-masq {}   up {}s",
             yes(n.offloads[0]),
             yes(n.offloads[1]),
             yes(n.offloads[2]),
+            match n.masq_ok {
+                2 => "off",
+                1 => "rules ok",
+                _ => "RULES FAILED",
+            },
             n.uptime_secs
         );
         let _ = writeln!(
@@ -215,6 +225,7 @@ mod tests {
             subnet_env_written: true,
             offloads: [true, true, true],
             uptime_secs: 5,
+            masq_ok: 2,
         }
     }
 

@@ -224,12 +224,16 @@ impl WeftNode {
         };
         // Ready once /healthz answers (the data path starts before the ops server).
         let end = Instant::now() + Duration::from_secs(10);
+        let mut node = node;
         while node.http("/healthz").is_none() {
-            assert!(
-                Instant::now() < end,
-                "weft in {} never served /healthz",
-                node.ns
-            );
+            if Instant::now() > end || !node.is_running() {
+                let out = node.proc.take().expect("running").stop();
+                panic!(
+                    "weft in {} never served /healthz:\n{}",
+                    node.ns,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         node

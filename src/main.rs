@@ -26,6 +26,10 @@ enum Command {
     /// Shows the running node's lease, its lease table, etcd and data-path state, read from
     /// the node's /status endpoint (the same --healthz-ip/--healthz-port as `weft run`).
     Status(StatusArgs),
+    /// Checks this host for what breaks an overlay (ip_forward, rp_filter, FORWARD policy, the
+    /// docker masquerade pitfall, bridge netfilter, MTUs) and prints each finding with its fix.
+    /// Exits 1 when something is broken.
+    Doctor(DoctorArgs),
     /// Decodes one tunnel payload (hex, e.g. from `tcpdump -x`) and says whether weft's
     /// receive checks would accept it, and if not, the drop reason.
     Inspect(InspectArgs),
@@ -58,6 +62,10 @@ struct RunArgs {
     #[arg(long = "batch-size", env = "WEFT_BATCH_SIZE", default_value_t = weft::buf::BATCH_SIZE as u16,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     batch_size: u16,
+    /// Rewrite docker-style `-s <pod subnet> -j MASQUERADE` rules so they spare the overlay
+    /// (`! -d <Network>`); without it weft only warns about them.
+    #[arg(long = "fix-masquerade", env = "WEFT_FIX_MASQUERADE", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    fix_masquerade: bool,
     /// Let the TUN hand over 64 KiB TCP super-packets, segmented in userspace (TSO).
     #[arg(long = "tun-offload", env = "WEFT_TUN_OFFLOAD", default_value_t = true, action = clap::ArgAction::Set)]
     tun_offload: bool,
@@ -87,6 +95,26 @@ struct StatusArgs {
     /// Print the raw JSON document instead of the table.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct DoctorArgs {
+    /// The node's subnet.env (network, subnet, pod MTU).
+    #[arg(
+        long = "subnet-file",
+        env = "FLANNELD_SUBNET_FILE",
+        default_value = "/run/flannel/subnet.env"
+    )]
+    subnet_file: std::path::PathBuf,
+    /// The TUN device weft runs.
+    #[arg(long = "tun-name", env = "WEFT_TUN_NAME", default_value = "weft0")]
+    tun_name: String,
+    /// The underlay interface (name or address); default: the default route's.
+    #[arg(long = "iface", env = "FLANNELD_IFACE", value_delimiter = ',')]
+    iface: Vec<String>,
+    /// The backend, for its encapsulation overhead.
+    #[arg(long, value_enum, default_value = "vxlan")]
+    backend: Backend,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -224,6 +252,7 @@ fn run(a: &RunArgs) -> Result<()> {
         tun_name: a.tun_name.clone(),
         batch_size: usize::from(a.batch_size),
         healthz: (a.healthz_port != 0).then(|| SocketAddr::new(a.healthz_ip, a.healthz_port)),
+        fix_masquerade: a.fix_masquerade,
         tun_offload: a.tun_offload,
         udp_gso: a.udp_gso,
         udp_gro: a.udp_gro,
@@ -277,6 +306,30 @@ fn status(a: &StatusArgs) -> Result<()> {
     Ok(())
 }
 
+fn doctor(a: &DoctorArgs) -> Result<()> {
+    use weft::host::doctor::{self, DoctorInput, Severity};
+    let env = weft::store::subnet_env::SubnetEnv::read(&a.subnet_file)
+        .with_context(|| format!("reading {} (is weft running?)", a.subnet_file.display()))?;
+    let underlay = weft::host::choose_underlay(&a.iface, None).ok();
+    let input = DoctorInput {
+        network: env.network,
+        subnet: env.subnet,
+        pod_mtu: env.mtu,
+        tun: a.tun_name.clone(),
+        underlay_mtu: underlay.map(|u| u.mtu),
+        overhead: match a.backend {
+            Backend::Vxlan => encap::VXLAN_OVERHEAD as u32,
+            Backend::Udp => encap::UDP_OVERHEAD as u32,
+        },
+    };
+    let findings = doctor::run_checks(&input);
+    print!("{}", doctor::render(&findings));
+    if findings.iter().any(|f| f.severity == Severity::Fail) {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = normalize_go_flags(
         std::env::args_os(),
@@ -285,6 +338,7 @@ fn main() -> Result<()> {
             "healthz-ip",
             "healthz-port",
             "batch-size",
+            "fix-masquerade",
             "tun-offload",
             "udp-gso",
             "udp-gro",
@@ -295,6 +349,7 @@ fn main() -> Result<()> {
     match &cli.command {
         Command::Run(a) => run(a),
         Command::Status(a) => status(a),
+        Command::Doctor(a) => doctor(a),
         Command::Inspect(a) => inspect(a),
     }
 }

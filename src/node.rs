@@ -51,6 +51,8 @@ pub struct NodeOptions {
     pub batch_size: usize,
     /// Where to serve /healthz, if anywhere.
     pub healthz: Option<SocketAddr>,
+    /// Rewrite docker-style masquerade rules that catch pod-to-pod traffic.
+    pub fix_masquerade: bool,
     /// Let the TUN hand over TCP super-packets (TSO4) and unfinished checksums.
     pub tun_offload: bool,
     /// Send segment trains as one UDP_SEGMENT message.
@@ -149,6 +151,37 @@ fn bind_udp(underlay: &Underlay, port: u16) -> Result<UdpSocket, NodeError> {
     Ok(sock)
 }
 
+/// Warns about rules that masquerade pod-to-pod traffic (docker's default), with the fix;
+/// rewrites them when asked to.
+fn check_masquerade_pitfall(network: crate::wire::Subnet, subnet: crate::wire::Subnet, fix: bool) {
+    use crate::host::doctor;
+    let Ok(out) = std::process::Command::new("iptables")
+        .args(["-w", "5", "-t", "nat", "-S", "POSTROUTING"])
+        .output()
+    else {
+        return;
+    };
+    let post = String::from_utf8_lossy(&out.stdout);
+    let bad = doctor::masquerade_pitfalls(&post, subnet, network);
+    if bad.is_empty() {
+        return;
+    }
+    if fix {
+        match doctor::fix_masquerade(subnet, network) {
+            Ok(fixed) => {
+                for r in fixed {
+                    info!(rule = %r, "masquerade rule rewritten to spare the overlay");
+                }
+            }
+            Err(e) => warn!(error = %e, "could not rewrite the masquerade rules"),
+        }
+        return;
+    }
+    for r in bad {
+        warn!(rule = %r, fix = %doctor::fixed_rule(&r, network), "this rule masquerades pod-to-pod traffic: remote pods will see the node's address; add `! -d {network}` or run with --fix-masquerade");
+    }
+}
+
 /// Runs the node until `shutdown` completes or something fails for good.
 pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
     tokio::pin!(shutdown);
@@ -181,6 +214,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
         }
     };
     let tun_mtu = config.overlay_mtu(underlay.mtu);
+    check_masquerade_pitfall(config.network, own.subnet, opts.fix_masquerade);
     if opts.ip_masq {
         if let Err(e) = crate::host::masq::apply(config.network, own.subnet) {
             store.shutdown().await;

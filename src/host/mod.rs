@@ -1,6 +1,7 @@
 //! Everything about the host the node runs on: which interface and address carry the
 //! underlay, and (later) routes, masquerade rules and sysctls.
 
+pub mod doctor;
 pub mod masq;
 
 use std::net::Ipv4Addr;

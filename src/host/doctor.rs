@@ -1,0 +1,352 @@
+//! `weft doctor`: checks the host for the misconfigurations that break an overlay and says
+//! how to fix each. Also the docker-style masquerade pitfall, which `weft run` warns about at
+//! start and can rewrite with `--fix-masquerade`.
+
+use std::process::Command;
+
+use crate::wire::Subnet;
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// Fine.
+    Ok,
+    /// Works, but something is off.
+    Warn,
+    /// Breaks traffic.
+    Fail,
+}
+
+/// One check's outcome: what was checked, what was found, and the fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// Short name of the check.
+    pub check: &'static str,
+    /// The verdict.
+    pub severity: Severity,
+    /// What was found.
+    pub detail: String,
+    /// What to do about it (empty when fine).
+    pub fix: String,
+}
+
+fn finding(check: &'static str, severity: Severity, detail: String, fix: String) -> Finding {
+    Finding {
+        check,
+        severity,
+        detail,
+        fix,
+    }
+}
+
+fn sysctl(path: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/sys/{path}"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+fn iptables_s(table: &str, chain: &str) -> Option<String> {
+    let out = Command::new("iptables")
+        .args(["-w", "5", "-t", table, "-S", chain])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A POSTROUTING rule that masquerades everything from the pod subnet that leaves through
+/// another interface than the bridge (docker's default) also rewrites pod-to-remote-pod
+/// traffic. Returns the offending rules (`-A POSTROUTING ...` lines).
+pub fn masquerade_pitfalls(postrouting: &str, subnet: Subnet, network: Subnet) -> Vec<String> {
+    let src = format!("-s {subnet}");
+    let src_net = format!("-s {network}");
+    let excl = format!("! -d {network}");
+    postrouting
+        .lines()
+        .filter(|l| l.starts_with("-A POSTROUTING"))
+        .filter(|l| l.contains("-j MASQUERADE"))
+        .filter(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let has = |pat: &str| {
+                let p: Vec<&str> = pat.split_whitespace().collect();
+                words.windows(p.len()).any(|w| w == p.as_slice())
+            };
+            (has(&src) || has(&src_net)) && !has(&excl) && !l.contains("-d ")
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// The same rule, restricted to traffic leaving the overlay (`! -d <Network>`).
+pub fn fixed_rule(rule: &str, network: Subnet) -> String {
+    match rule.find(" -j MASQUERADE") {
+        Some(at) => format!("{} ! -d {network}{}", &rule[..at], &rule[at..]),
+        None => rule.to_string(),
+    }
+}
+
+/// Rewrites every pitfall rule in the nat POSTROUTING chain (delete, append the fixed one).
+/// Returns the rules rewritten.
+pub fn fix_masquerade(subnet: Subnet, network: Subnet) -> std::io::Result<Vec<String>> {
+    let Some(post) = iptables_s("nat", "POSTROUTING") else {
+        return Ok(Vec::new());
+    };
+    let mut fixed = Vec::new();
+    for rule in masquerade_pitfalls(&post, subnet, network) {
+        let new = fixed_rule(&rule, network);
+        let args = |r: &str, op: &str| -> Vec<String> {
+            let mut v = vec![
+                "-w".into(),
+                "5".into(),
+                "-t".into(),
+                "nat".into(),
+                op.into(),
+            ];
+            v.extend(
+                r.trim_start_matches("-A ")
+                    .split_whitespace()
+                    .map(str::to_string),
+            );
+            v
+        };
+        let ok = |a: Vec<String>| -> std::io::Result<bool> {
+            Ok(Command::new("iptables").args(a).status()?.success())
+        };
+        // Add the fixed rule before removing the old one: never a moment without either.
+        if ok(args(&new, "-A"))? && ok(args(&rule, "-D"))? {
+            fixed.push(new);
+        }
+    }
+    Ok(fixed)
+}
+
+/// What `weft doctor` looks at.
+#[derive(Debug, Clone)]
+pub struct DoctorInput {
+    /// The overlay network.
+    pub network: Subnet,
+    /// This node's subnet.
+    pub subnet: Subnet,
+    /// FLANNEL_MTU (the pods' MTU).
+    pub pod_mtu: u32,
+    /// The TUN device name.
+    pub tun: String,
+    /// The underlay interface's MTU, if known.
+    pub underlay_mtu: Option<u32>,
+    /// The encapsulation overhead of the backend (vxlan 50, udp 28).
+    pub overhead: u32,
+}
+
+/// Runs every check against this host (network namespace).
+pub fn run_checks(i: &DoctorInput) -> Vec<Finding> {
+    let mut out = Vec::new();
+    match sysctl("net/ipv4/ip_forward").as_deref() {
+        Some("1") => out.push(finding(
+            "ip_forward",
+            Severity::Ok,
+            "on".into(),
+            String::new(),
+        )),
+        v => out.push(finding(
+            "ip_forward",
+            Severity::Fail,
+            format!("net.ipv4.ip_forward is {}", v.unwrap_or("unreadable")),
+            "sysctl -w net.ipv4.ip_forward=1 (and persist it in /etc/sysctl.d/)".into(),
+        )),
+    }
+    let rp = |dev: &str| sysctl(&format!("net/ipv4/conf/{dev}/rp_filter"));
+    let strict = [("all", rp("all")), (i.tun.as_str(), rp(&i.tun))]
+        .into_iter()
+        .filter(|(_, v)| v.as_deref() == Some("1"))
+        .map(|(d, _)| d.to_string())
+        .collect::<Vec<_>>();
+    if strict.is_empty() {
+        out.push(finding(
+            "rp_filter",
+            Severity::Ok,
+            "not strict".into(),
+            String::new(),
+        ));
+    } else {
+        out.push(finding(
+            "rp_filter",
+            Severity::Warn,
+            format!("strict reverse-path filtering on {}", strict.join(", ")),
+            format!(
+                "sysctl -w net.ipv4.conf.all.rp_filter=2 net.ipv4.conf.{}.rp_filter=2 (loose)",
+                i.tun
+            ),
+        ));
+    }
+    match iptables_s("filter", "FORWARD") {
+        Some(fwd) => {
+            let drops = fwd.lines().any(|l| l == "-P FORWARD DROP");
+            let accepts = fwd.contains("-j FLANNEL-FWD")
+                || fwd.contains(&format!("-s {} -j ACCEPT", i.network));
+            if drops && !accepts {
+                out.push(finding(
+                    "forward_policy",
+                    Severity::Fail,
+                    "FORWARD policy is DROP and nothing accepts the overlay".into(),
+                    format!("run weft with --ip-masq (adds FLANNEL-FWD) or: iptables -A FORWARD -s {0} -j ACCEPT; iptables -A FORWARD -d {0} -j ACCEPT", i.network),
+                ));
+            } else {
+                out.push(finding(
+                    "forward_policy",
+                    Severity::Ok,
+                    if drops {
+                        "DROP, overlay accepted".into()
+                    } else {
+                        "ACCEPT".into()
+                    },
+                    String::new(),
+                ));
+            }
+        }
+        None => out.push(finding(
+            "forward_policy",
+            Severity::Warn,
+            "iptables not readable".into(),
+            "install iptables, run as root".into(),
+        )),
+    }
+    match iptables_s("nat", "POSTROUTING") {
+        Some(post) => {
+            let bad = masquerade_pitfalls(&post, i.subnet, i.network);
+            if bad.is_empty() {
+                out.push(finding(
+                    "masquerade",
+                    Severity::Ok,
+                    "no rule masquerades pod-to-pod traffic".into(),
+                    String::new(),
+                ));
+            } else {
+                let fixes: Vec<String> = bad.iter().map(|r| fixed_rule(r, i.network)).collect();
+                out.push(finding(
+                    "masquerade",
+                    Severity::Fail,
+                    format!(
+                        "pods reach remote pods with the node's address because of: {}",
+                        bad.join(" | ")
+                    ),
+                    format!(
+                        "add `! -d {}`: {} (or run weft with --fix-masquerade)",
+                        i.network,
+                        fixes.join(" | ")
+                    ),
+                ));
+            }
+        }
+        None => out.push(finding(
+            "masquerade",
+            Severity::Warn,
+            "iptables not readable".into(),
+            "install iptables, run as root".into(),
+        )),
+    }
+    match sysctl("net/bridge/bridge-nf-call-iptables").as_deref() {
+        Some("1") | None => out.push(finding("bridge_nf_call_iptables", Severity::Ok, "on or bridge netfilter not loaded".into(), String::new())),
+        Some(v) => out.push(finding(
+            "bridge_nf_call_iptables",
+            Severity::Warn,
+            format!("net.bridge.bridge-nf-call-iptables is {v}: kube-proxy rules skip bridged pod traffic"),
+            "modprobe br_netfilter; sysctl -w net.bridge.bridge-nf-call-iptables=1".into(),
+        )),
+    }
+    let tun_mtu = crate::sys::iface::mtu(&i.tun).ok();
+    match (tun_mtu, i.underlay_mtu) {
+        (None, _) => out.push(finding(
+            "tun",
+            Severity::Fail,
+            format!("{} does not exist", i.tun),
+            "start weft run (is it running in this namespace?)".into(),
+        )),
+        (Some(t), Some(u)) if t + i.overhead > u => out.push(finding(
+            "mtu",
+            Severity::Fail,
+            format!(
+                "{} MTU {t} + {} overhead exceeds the underlay MTU {u}",
+                i.tun, i.overhead
+            ),
+            format!(
+                "set Backend.MTU or the underlay MTU so that the overlay MTU is at most {}",
+                u.saturating_sub(i.overhead)
+            ),
+        )),
+        (Some(t), _) if i.pod_mtu > t => out.push(finding(
+            "mtu",
+            Severity::Fail,
+            format!("pods use MTU {} but {} carries {t}", i.pod_mtu, i.tun),
+            format!("give pods MTU {t} (FLANNEL_MTU)"),
+        )),
+        (Some(t), _) => out.push(finding(
+            "mtu",
+            Severity::Ok,
+            format!("{} MTU {t}, pods {}", i.tun, i.pod_mtu),
+            String::new(),
+        )),
+    }
+    out
+}
+
+/// Renders findings for a terminal, worst first within the original order.
+pub fn render(findings: &[Finding]) -> String {
+    let mut s = String::new();
+    for f in findings {
+        let tag = match f.severity {
+            Severity::Ok => "ok  ",
+            Severity::Warn => "WARN",
+            Severity::Fail => "FAIL",
+        };
+        s.push_str(&format!("{tag}  {:<24} {}\n", f.check, f.detail));
+        if !f.fix.is_empty() {
+            s.push_str(&format!("      {:<24} fix: {}\n", "", f.fix));
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n() -> Subnet {
+        "10.1.0.0/16".parse().unwrap()
+    }
+    fn s() -> Subnet {
+        "10.1.2.0/24".parse().unwrap()
+    }
+
+    #[test]
+    fn finds_the_docker_rule_and_fixes_it() {
+        let post = "-P POSTROUTING ACCEPT\n\
+-A POSTROUTING -s 10.1.2.0/24 ! -o docker0 -j MASQUERADE\n\
+-A POSTROUTING -s 10.1.2.0/24 ! -d 10.1.0.0/16 -j MASQUERADE\n\
+-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE\n\
+-A POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG\n";
+        let bad = masquerade_pitfalls(post, s(), n());
+        assert_eq!(
+            bad,
+            ["-A POSTROUTING -s 10.1.2.0/24 ! -o docker0 -j MASQUERADE"]
+        );
+        assert_eq!(
+            fixed_rule(&bad[0], n()),
+            "-A POSTROUTING -s 10.1.2.0/24 ! -o docker0 ! -d 10.1.0.0/16 -j MASQUERADE"
+        );
+        assert!(masquerade_pitfalls(&fixed_rule(&bad[0], n()), s(), n()).is_empty());
+    }
+
+    #[test]
+    fn renders_fixes() {
+        let f = [finding(
+            "ip_forward",
+            Severity::Fail,
+            "off".into(),
+            "turn it on".into(),
+        )];
+        let t = render(&f);
+        assert!(t.starts_with("FAIL  ip_forward"), "{t}");
+        assert!(t.contains("fix: turn it on"), "{t}");
+    }
+}

@@ -1,0 +1,137 @@
+//! `weft doctor` finds each fault it claims to, each created in a namespace, and says the fix;
+//! `weft run --fix-masquerade` rewrites a docker-style rule so pods keep their source address.
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::netns::{require_root, tcp_transfer, Lab};
+use harness::weft::{NsEtcd, WeftNode};
+
+fn doctor(node: &WeftNode) -> (bool, String) {
+    let sf = format!("--subnet-file={}", node.subnet_file().display());
+    let out = node.weft(&["doctor", &sf, "--iface=eth0"]);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn line<'a>(report: &'a str, check: &str) -> &'a str {
+    report
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(check))
+        .unwrap_or_else(|| panic!("no {check} line:\n{report}"))
+}
+
+#[test]
+fn doctor_finds_each_fault_and_its_fix() {
+    require_root();
+    let mut lab = Lab::builder().hosts(2).build();
+    let etcd = NsEtcd::start(lab.segment(0));
+    etcd.put_config(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan"}}"#);
+    let a = WeftNode::start(lab.host(0), &etcd, &[]);
+    lab.host_mut(0).add_pod_with_mtu(a.subnet, a.mtu);
+    let host = lab.host(0);
+
+    let (ok, report) = doctor(&a);
+    assert!(ok, "a healthy node:\n{report}");
+    for check in ["ip_forward", "forward_policy", "masquerade", "mtu"] {
+        assert!(line(&report, check).starts_with("ok"), "{report}");
+    }
+
+    // Three faults at once: forwarding off, FORWARD dropping, docker's masquerade rule.
+    host.sysctl("net.ipv4.ip_forward", "0");
+    host.exec(&["iptables", "-P", "FORWARD", "DROP"]);
+    let rule = [
+        "-s",
+        &a.subnet.to_string(),
+        "!",
+        "-o",
+        "cni0",
+        "-j",
+        "MASQUERADE",
+    ];
+    let mut add = vec!["iptables", "-t", "nat", "-A", "POSTROUTING"];
+    add.extend_from_slice(&rule);
+    host.exec(&add);
+    let (ok, report) = doctor(&a);
+    assert!(!ok, "doctor must exit 1:\n{report}");
+    assert!(line(&report, "ip_forward").starts_with("FAIL"), "{report}");
+    assert!(
+        report.contains("sysctl -w net.ipv4.ip_forward=1"),
+        "{report}"
+    );
+    assert!(
+        line(&report, "forward_policy").starts_with("FAIL"),
+        "{report}"
+    );
+    assert!(line(&report, "masquerade").starts_with("FAIL"), "{report}");
+    assert!(
+        report.contains("! -d 10.1.0.0/16"),
+        "the exact fix:\n{report}"
+    );
+
+    // Strict rp_filter is a warning, not a failure.
+    host.sysctl("net.ipv4.ip_forward", "1");
+    host.exec(&["iptables", "-P", "FORWARD", "ACCEPT"]);
+    let mut del = vec!["iptables", "-t", "nat", "-D", "POSTROUTING"];
+    del.extend_from_slice(&rule);
+    host.exec(&del);
+    host.sysctl("net.ipv4.conf.all.rp_filter", "1");
+    let (ok, report) = doctor(&a);
+    assert!(ok, "{report}");
+    assert!(line(&report, "rp_filter").starts_with("WARN"), "{report}");
+}
+
+#[test]
+fn fix_masquerade_keeps_pod_source_addresses() {
+    require_root();
+    let mut lab = Lab::builder().hosts(2).build();
+    let etcd = NsEtcd::start(lab.segment(0));
+    etcd.put_config(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan"}}"#);
+    // Node A's subnet is known only once it runs: start, add the rule, restart with the fix.
+    let a = WeftNode::start(lab.host(0), &etcd, &[]);
+    let subnet = a.subnet;
+    let (status, _) = a.stop();
+    assert!(status.success());
+    let host = lab.host(0);
+    host.exec(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-s",
+        &subnet.to_string(),
+        "!",
+        "-o",
+        "cni0",
+        "-j",
+        "MASQUERADE",
+    ]);
+    let a = WeftNode::start(lab.host(0), &etcd, &["--fix-masquerade"]);
+    assert_eq!(a.subnet, subnet, "a restarted node keeps its subnet");
+    let b = WeftNode::start(lab.host(1), &etcd, &[]);
+    lab.host_mut(0).add_pod_with_mtu(a.subnet, a.mtu);
+    lab.host_mut(1).add_pod_with_mtu(b.subnet, b.mtu);
+    let post = lab
+        .host(0)
+        .exec(&["iptables", "-t", "nat", "-S", "POSTROUTING"]);
+    let post = String::from_utf8_lossy(&post.stdout);
+    // iptables prints the matches in its own order; the rule must now spare the overlay.
+    let masq: Vec<&str> = post.lines().filter(|l| l.contains("MASQUERADE")).collect();
+    assert_eq!(masq.len(), 1, "{post}");
+    for part in [
+        &format!("-s {subnet}") as &str,
+        "! -o cni0",
+        "! -d 10.1.0.0/16",
+    ] {
+        assert!(masq[0].contains(part), "{part} missing: {post}");
+    }
+    let (pa, pb) = (lab.host(0).pod(0), lab.host(1).pod(0));
+    assert!(pa.wait_for_ping(pb.addr(), Duration::from_secs(5)));
+    let t = tcp_transfer(pa, pb, pb.addr(), 5401, 1 << 20, Duration::from_secs(30)).unwrap();
+    assert!(t.intact());
+    assert_eq!(t.peer.split(':').next(), Some(&*pa.addr().to_string()));
+}

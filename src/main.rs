@@ -62,6 +62,10 @@ struct RunArgs {
     #[arg(long = "batch-size", env = "WEFT_BATCH_SIZE", default_value_t = weft::buf::BATCH_SIZE as u16,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     batch_size: u16,
+    /// Keep the TUN device and its route when weft exits, so a restart does not let pod
+    /// traffic leak to the default route meanwhile (the next start takes the device back).
+    #[arg(long = "persist-tun", env = "WEFT_PERSIST_TUN", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    persist_tun: bool,
     /// Rewrite docker-style `-s <pod subnet> -j MASQUERADE` rules so they spare the overlay
     /// (`! -d <Network>`); without it weft only warns about them.
     #[arg(long = "fix-masquerade", env = "WEFT_FIX_MASQUERADE", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
@@ -253,6 +257,7 @@ fn run(a: &RunArgs) -> Result<()> {
         batch_size: usize::from(a.batch_size),
         healthz: (a.healthz_port != 0).then(|| SocketAddr::new(a.healthz_ip, a.healthz_port)),
         fix_masquerade: a.fix_masquerade,
+        persist_tun: a.persist_tun,
         tun_offload: a.tun_offload,
         udp_gso: a.udp_gso,
         udp_gro: a.udp_gro,
@@ -339,6 +344,7 @@ fn main() -> Result<()> {
             "healthz-port",
             "batch-size",
             "fix-masquerade",
+            "persist-tun",
             "tun-offload",
             "udp-gso",
             "udp-gro",

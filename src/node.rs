@@ -51,6 +51,8 @@ pub struct NodeOptions {
     pub batch_size: usize,
     /// Where to serve /healthz, if anywhere.
     pub healthz: Option<SocketAddr>,
+    /// Keep the TUN device (and its route) when weft exits, for restarts without a leak.
+    pub persist_tun: bool,
     /// Rewrite docker-style masquerade rules that catch pod-to-pod traffic.
     pub fix_masquerade: bool,
     /// Let the TUN hand over TCP super-packets (TSO4) and unfinished checksums.
@@ -225,6 +227,9 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
 
     let tun = Tun::open(&opts.tun_name, true)?;
     let name = tun.name().to_string();
+    // A persistent device keeps its address and the Network route while weft restarts, so
+    // pod packets wait in (or drop at) the TUN instead of leaking to the default route.
+    tun.set_persist(opts.persist_tun)?;
     iface::set_mtu(&name, tun_mtu).map_err(iface_err(&name, "MTU"))?;
     // Our subnet's network address with the Network's prefix: the kernel adds the route
     // for the whole Network via the TUN (flannel's udp backend configures its TUN the same).
@@ -375,7 +380,11 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
     match outcome {
         Ok(()) => {
             dp_result?;
-            info!("stopped");
+            if opts.persist_tun {
+                info!(tun = %opts.tun_name, "stopped; the TUN device and its route stay for the next start (--persist-tun)");
+            } else {
+                info!("stopped");
+            }
             Ok(())
         }
         Err(Some(e)) => Err(e),

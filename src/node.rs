@@ -1,5 +1,7 @@
 //! The node service (`weft run`): choose the underlay, take a lease, configure the TUN,
-//! bind the UDP socket, run the data path until told to stop, then stop cleanly.
+//! bind the UDP socket, run the data path until told to stop, then stop cleanly. host-gw
+//! runs no data path: the kernel forwards along the direct routes weft keeps in step with the
+//! leases ([`crate::host::routes`]); vxlan with `DirectRouting` runs both.
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -13,8 +15,9 @@ use tracing::{error, info, warn};
 use crate::config::BackendType;
 use crate::dataplane::{Backend, Datapath, DatapathConfig, DatapathError};
 use crate::encap::VxlanRx;
+use crate::host::routes::{self, RouteError, RouteOptions, RouteTable};
 use crate::host::{self, Underlay, UnderlayError};
-use crate::store::{EtcdOptions, Store, StoreError, StoreOptions};
+use crate::store::{EtcdOptions, OwnLease, Store, StoreError, StoreOptions};
 use crate::sys::iface;
 use crate::sys::tun::{Tun, TunError};
 use crate::table::{LeaseTable, SharedTable};
@@ -49,6 +52,8 @@ pub struct NodeOptions {
     pub udp_gso: bool,
     /// Receive trains (UDP_GRO) and coalesce TCP segments for the TUN.
     pub udp_gro: bool,
+    /// Full reconcile period of the direct routes (host-gw, DirectRouting).
+    pub route_resync: Duration,
 }
 
 /// Why the node could not start or had to stop.
@@ -60,9 +65,9 @@ pub enum NodeError {
     /// The store (etcd, lease) failed in a way retrying does not fix.
     #[error("subnet lease")]
     Store(#[from] StoreError),
-    /// The network config asks for a backend weft does not run yet.
-    #[error("backend {0:?} is not supported by weft yet (use \"vxlan\" or \"udp\")")]
-    UnsupportedBackend(&'static str),
+    /// The direct routes (host-gw, DirectRouting) could not be managed.
+    #[error("direct routes")]
+    Routes(#[from] RouteError),
     /// The vxlan lease carries no VTEP MAC.
     #[error("our vxlan lease has no VtepMAC")]
     NoVtepMac,
@@ -138,37 +143,15 @@ fn bind_udp(underlay: &Underlay, port: u16) -> Result<UdpSocket, NodeError> {
     Ok(sock)
 }
 
-/// Runs the node until `shutdown` completes or something fails for good.
-pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
-    tokio::pin!(shutdown);
-    let underlay = host::choose_underlay(&opts.ifaces, opts.public_ip)?;
-    info!(iface = %underlay.iface, local_ip = %underlay.local_ip, public_ip = %underlay.public_ip, mtu = underlay.mtu, "underlay chosen");
-
-    let shared = SharedTable::new(LeaseTable::empty(32));
-    let mut sopts = StoreOptions::new(opts.etcd.clone(), underlay.public_ip);
-    sopts.subnet_file = opts.subnet_file.clone();
-    sopts.renew_margin = opts.renew_margin;
-    sopts.underlay_mtu = underlay.mtu;
-    sopts.ip_masq = opts.ip_masq;
-    let store = tokio::select! {
-        s = Store::start(sopts, shared.clone()) => s?,
-        _ = &mut shutdown => return Err(NodeError::StoppedEarly),
-    };
-    let config = store.config().clone();
-    let own = store.own_lease();
-    info!(subnet = %own.subnet, network = %config.network, backend = config.backend.kind.as_str(), "lease acquired");
-
-    let backend = match config.backend.kind {
-        BackendType::Vxlan => Backend::Vxlan(VxlanRx {
-            vni: config.backend.vni,
-            vtep_mac: own.vtep_mac().ok_or(NodeError::NoVtepMac)?,
-        }),
-        BackendType::Udp => Backend::Udp,
-        BackendType::HostGw => {
-            store.shutdown().await;
-            return Err(NodeError::UnsupportedBackend("host-gw"));
-        }
-    };
+/// Opens the TUN, binds the UDP socket and starts the forwarding threads.
+fn start_datapath(
+    opts: &NodeOptions,
+    underlay: &Underlay,
+    config: &crate::config::NetworkConfig,
+    own: &OwnLease,
+    backend: Backend,
+    shared: &SharedTable,
+) -> Result<Datapath, NodeError> {
     let tun_mtu = config.overlay_mtu(underlay.mtu);
 
     let tun = Tun::open(&opts.tun_name, true)?;
@@ -190,7 +173,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
             }
         };
 
-    let sock = bind_udp(&underlay, config.backend.port)?;
+    let sock = bind_udp(underlay, config.backend.port)?;
     let gro = opts.udp_gro
         && match crate::sys::mmsg::enable_udp_gro(sock.as_raw_fd()) {
             Ok(()) => true,
@@ -207,7 +190,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
     );
     info!(addr = %SocketAddr::from((underlay.local_ip, config.backend.port)), "underlay socket bound");
 
-    let dp = Datapath::start(
+    Ok(Datapath::start(
         Arc::new(tun),
         Arc::new(sock),
         shared.clone(),
@@ -221,20 +204,108 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
             udp_gso: opts.udp_gso,
             coalesce: opts.udp_gro,
         },
-    )?;
+    )?)
+}
+
+/// Runs the node until `shutdown` completes or something fails for good.
+pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    tokio::pin!(shutdown);
+    let underlay = host::choose_underlay(&opts.ifaces, opts.public_ip)?;
+    info!(iface = %underlay.iface, local_ip = %underlay.local_ip, public_ip = %underlay.public_ip, mtu = underlay.mtu, "underlay chosen");
+
+    let shared = SharedTable::new(LeaseTable::empty(32));
+    let mut sopts = StoreOptions::new(opts.etcd.clone(), underlay.public_ip);
+    sopts.subnet_file = opts.subnet_file.clone();
+    sopts.renew_margin = opts.renew_margin;
+    sopts.underlay_mtu = underlay.mtu;
+    sopts.ip_masq = opts.ip_masq;
+    let store = tokio::select! {
+        s = Store::start(sopts, shared.clone()) => s?,
+        _ = &mut shutdown => return Err(NodeError::StoppedEarly),
+    };
+    let config = store.config().clone();
+    let own = store.own_lease();
+    info!(subnet = %own.subnet, network = %config.network, backend = config.backend.kind.as_str(), "lease acquired");
+
+    // host-gw: direct routes to every peer and no data path; vxlan + DirectRouting: direct
+    // routes to peers on our segment (more specific than the TUN's Network route) and the
+    // tunnel for the rest.
+    let backend = match config.backend.kind {
+        BackendType::Vxlan => Some(Backend::Vxlan(VxlanRx {
+            vni: config.backend.vni,
+            vtep_mac: own.vtep_mac().ok_or(NodeError::NoVtepMac)?,
+        })),
+        BackendType::Udp => Some(Backend::Udp),
+        BackendType::HostGw => None,
+    };
+    let direct = match config.backend.kind {
+        BackendType::HostGw => Some(false),
+        BackendType::Vxlan if config.backend.direct_routing => Some(true),
+        _ => None,
+    };
+
+    let dp = match backend {
+        Some(b) => Some(start_datapath(&opts, &underlay, &config, &own, b, &shared)?),
+        None => None,
+    };
+    let (route_stop, route_stop_rx) = tokio::sync::watch::channel(false);
+    let route_task = match direct {
+        Some(only_connected) => {
+            let table = match RouteTable::open() {
+                Ok(t) => t,
+                Err(e) => {
+                    if let Some(dp) = dp {
+                        let _ = dp.stop();
+                    }
+                    store.shutdown().await;
+                    return Err(e.into());
+                }
+            };
+            info!(
+                protocol = routes::RTPROT_WEFT,
+                resync_secs = opts.route_resync.as_secs(),
+                same_segment_only = only_connected,
+                "managing direct routes"
+            );
+            Some(tokio::spawn(routes::run(
+                table,
+                shared.clone(),
+                RouteOptions {
+                    direct_only_connected: only_connected,
+                    underlay_iface: underlay.iface.clone(),
+                    own_subnet: own.subnet,
+                    own_ip: underlay.public_ip,
+                    resync: opts.route_resync,
+                },
+                route_stop_rx,
+            )))
+        }
+        None => None,
+    };
+    let counters = dp
+        .as_ref()
+        .map(|d| d.counters().clone())
+        .unwrap_or_default();
+    let stop_all = |dp: Option<Datapath>| {
+        let _ = route_stop.send(true);
+        dp.map(|d| d.stop())
+    };
     let ops = match opts.healthz {
         Some(addr) => {
             let l = match crate::ops::bind(addr).await {
                 Ok(l) => l,
                 Err(source) => {
                     // Stop what already runs before reporting.
-                    let _ = dp.stop();
+                    let _ = stop_all(dp);
+                    if let Some(t) = route_task {
+                        let _ = t.await;
+                    }
                     store.shutdown().await;
                     return Err(NodeError::Healthz { addr, source });
                 }
             };
             let state = crate::ops::OpsState {
-                counters: dp.counters().clone(),
+                counters,
                 table: shared.clone(),
             };
             Some(tokio::spawn(crate::ops::serve(l, state)))
@@ -250,13 +321,13 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
         tokio::select! {
             _ = &mut shutdown => break Ok(()),
             _ = tick.tick() => {
-                if !dp.is_running() {
+                if dp.as_ref().is_some_and(|d| !d.is_running()) {
                     break Err(None);
                 }
             }
             changed = own_rx.changed(), if store_alive => {
                 if changed.is_err() {
-                    warn!("store task ended; the data path keeps forwarding on the last table");
+                    warn!("store task ended; forwarding continues on the last table");
                     store_alive = false;
                     continue;
                 }
@@ -271,7 +342,12 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
     if let Some(h) = ops {
         h.abort();
     }
-    let dp_result = dp.stop();
+    // Direct routes stay in place (as flanneld leaves them): pod traffic keeps flowing
+    // across a restart, and the next start reconciles whatever changed meanwhile.
+    let dp_result = stop_all(dp).unwrap_or(Ok(()));
+    if let Some(t) = route_task {
+        let _ = t.await;
+    }
     store.shutdown().await;
     match outcome {
         Ok(()) => {

@@ -170,11 +170,10 @@ fn host_gw_three_nodes() {
     let node2 = nodes.pop().expect("three nodes");
     let (status, log) = node2.stop();
     assert!(status.success(), "weft exited with {status}:\n{log}");
-    for j in 0..2 {
+    for s in &subnets[..2] {
         assert!(
-            has_route(host2, subnets[j]),
-            "route to {} removed on SIGTERM:\n{log}",
-            subnets[j]
+            has_route(host2, *s),
+            "route to {s} removed on SIGTERM:\n{log}"
         );
     }
     // ... and once its lease is deleted, the others drop its route within 1 s.

@@ -1,8 +1,10 @@
-//! End-to-end benchmark: the same two-host namespace topology built twice (three times with
-//! the wire-like kernel setting), once with Linux kernel VXLAN configured as flanneld does and
-//! once with weft, measured with the same tools in the same run and printed side by side.
+//! End-to-end benchmark: the same two-host namespace topology built four times: Linux kernel
+//! VXLAN configured as flanneld does (with its default offloads, and with them off as a
+//! wire-like reference), weft vxlan, and weft host-gw (no overlay: kernel routes via the peer),
+//! measured with the same tools in the same run and printed side by side, with the underlay
+//! itself (host to host, in the host-gw lab) as the ceiling.
 //!
-//! Run: `cargo bench --bench e2e` (root; about two minutes). Set `WEFT_E2E_SECS` to change
+//! Run: `cargo bench --bench e2e` (root; about three minutes). Set `WEFT_E2E_SECS` to change
 //! the length of each iperf3 run (default 10).
 
 #[path = "../tests/harness/mod.rs"]
@@ -36,15 +38,22 @@ fn tcp_streams(client: &Netns, server: &Netns, dst: Ipv4Addr, secs: u32, streams
 }
 
 fn measure(lab: &Lab, secs: u32) -> Numbers {
-    let (a, b) = (lab.host(0).pod(0), lab.host(1).pod(0));
+    measure_between(lab.host(0).pod(0), lab.host(1).pod(0), b_addr(lab), secs)
+}
+
+fn b_addr(lab: &Lab) -> Ipv4Addr {
+    lab.host(1).pod(0).addr()
+}
+
+fn measure_between(a: &Netns, b: &Netns, dst: Ipv4Addr, secs: u32) -> Numbers {
     assert!(
-        a.wait_for_ping(b.addr(), Duration::from_secs(5)),
-        "pods cannot reach each other"
+        a.wait_for_ping(dst, Duration::from_secs(5)),
+        "{dst} unreachable"
     );
-    let tcp1 = tcp_streams(a, b, b.addr(), secs, 1);
-    let tcp4 = tcp_streams(a, b, b.addr(), secs, 4);
-    let udp = iperf3_udp(a, b, b.addr(), secs.min(5), 64);
-    let ping = a.ping(b.addr(), 50);
+    let tcp1 = tcp_streams(a, b, dst, secs, 1);
+    let tcp4 = tcp_streams(a, b, dst, secs, 4);
+    let udp = iperf3_udp(a, b, dst, secs.min(5), 64);
+    let ping = a.ping(dst, 50);
     Numbers {
         tcp1,
         tcp4,
@@ -81,6 +90,21 @@ fn weft(secs: u32) -> Numbers {
     measure(&lab, secs)
 }
 
+/// weft host-gw pod to pod, then host to host over the same underlay (the ceiling).
+fn weft_host_gw(secs: u32) -> (Numbers, Numbers) {
+    let mut lab = Lab::builder().hosts(2).build();
+    let etcd = NsEtcd::start(lab.segment(0));
+    etcd.put_config(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"host-gw"}}"#);
+    let n0 = WeftNode::start(lab.host(0), &etcd, &[]);
+    let n1 = WeftNode::start(lab.host(1), &etcd, &[]);
+    lab.host_mut(0).add_pod_with_mtu(n0.subnet, n0.mtu);
+    lab.host_mut(1).add_pod_with_mtu(n1.subnet, n1.mtu);
+    let pods = measure(&lab, secs);
+    let (h0, h1) = (lab.host(0), lab.host(1));
+    let underlay = measure_between(h0, h1, h1.addr(), secs);
+    (pods, underlay)
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` would pass nothing: skip then.
     if !std::env::args().any(|a| a == "--bench") {
@@ -97,36 +121,28 @@ fn main() {
     let kw = kernel(false, secs);
     eprintln!("e2e: weft ...");
     let w = weft(secs);
+    eprintln!("e2e: weft host-gw, then the bare underlay ...");
+    let (hg, u) = weft_host_gw(secs);
     println!();
     println!("end-to-end, two hosts on one bridge, pod to pod, {secs} s per TCP run");
     println!(
-        "{:<28} {:>14} {:>14} {:>10} {:>18}",
-        "", "kernel VXLAN", "weft", "weft/kernel", "kernel, offl. off"
+        "{:<28} {:>12} {:>12} {:>11} {:>17} {:>13} {:>13}",
+        "", "kernel VXLAN", "weft", "weft/kernel", "kernel, offl. off", "weft host-gw", "underlay"
     );
-    let row = |name: &str, k: f64, w: f64, kw: f64, unit: &str| {
+    let row = |name: &str, f: fn(&Numbers) -> f64| {
         println!(
-            "{:<28} {:>10.2} {unit:<3} {:>10.2} {unit:<3} {:>9.2}x {:>14.2} {unit:<3}",
+            "{:<28} {:>12.2} {:>12.2} {:>10.2}x {:>17.2} {:>13.2} {:>13.2}",
             name,
-            k,
-            w,
-            w / k,
-            kw
+            f(&k),
+            f(&w),
+            f(&w) / f(&k),
+            f(&kw),
+            f(&hg),
+            f(&u)
         );
     };
-    row("TCP, 1 stream (Gbit/s)", k.tcp1, w.tcp1, kw.tcp1, "");
-    row("TCP, 4 streams (Gbit/s)", k.tcp4, w.tcp4, kw.tcp4, "");
-    row(
-        "UDP 64 B (kpps received)",
-        k.udp64_pps / 1e3,
-        w.udp64_pps / 1e3,
-        kw.udp64_pps / 1e3,
-        "",
-    );
-    row(
-        "ping RTT (ms, lower wins)",
-        k.ping_ms,
-        w.ping_ms,
-        kw.ping_ms,
-        "",
-    );
+    row("TCP, 1 stream (Gbit/s)", |n| n.tcp1);
+    row("TCP, 4 streams (Gbit/s)", |n| n.tcp4);
+    row("UDP 64 B (kpps received)", |n| n.udp64_pps / 1e3);
+    row("ping RTT (ms, lower wins)", |n| n.ping_ms);
 }

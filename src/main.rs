@@ -79,6 +79,11 @@ struct RunArgs {
     /// Receive datagram trains (UDP_GRO) and coalesce TCP segments for the TUN.
     #[arg(long = "udp-gro", env = "WEFT_UDP_GRO", default_value_t = true, action = clap::ArgAction::Set)]
     udp_gro: bool,
+    /// Seconds between full reconciles of the direct routes (host-gw, vxlan DirectRouting), so
+    /// a route removed by hand comes back.
+    #[arg(long = "route-resync-secs", env = "WEFT_ROUTE_RESYNC_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=86400))]
+    route_resync_secs: u32,
     /// Log verbosity like flanneld's -v: 0 info, 1-2 debug, 3+ trace (RUST_LOG overrides).
     #[arg(short = 'v', long = "v", env = "FLANNELD_V", default_value_t = 0)]
     verbosity: u8,
@@ -261,6 +266,7 @@ fn run(a: &RunArgs) -> Result<()> {
         tun_offload: a.tun_offload,
         udp_gso: a.udp_gso,
         udp_gro: a.udp_gro,
+        route_resync: std::time::Duration::from_secs(u64::from(a.route_resync_secs)),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -345,6 +351,7 @@ fn main() -> Result<()> {
             "batch-size",
             "fix-masquerade",
             "persist-tun",
+            "route-resync-secs",
             "tun-offload",
             "udp-gso",
             "udp-gro",

@@ -1,5 +1,7 @@
 //! The node service (`weft run`): choose the underlay, take a lease, configure the TUN,
-//! bind the UDP socket, run the data path until told to stop, then stop cleanly.
+//! bind the UDP socket, run the data path until told to stop, then stop cleanly. host-gw
+//! runs no data path: the kernel forwards along the direct routes weft keeps in step with the
+//! leases ([`crate::host::routes`]); vxlan with `DirectRouting` runs both.
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -15,10 +17,11 @@ use tracing::{error, info, warn};
 use crate::config::BackendType;
 use crate::dataplane::{Backend, Datapath, DatapathConfig, DatapathError};
 use crate::encap::VxlanRx;
+use crate::host::routes::{self, RouteError, RouteOptions, RouteTable};
 use crate::host::{self, Underlay, UnderlayError};
 use crate::ops::NodeStatus;
 use crate::store::subnet_env::read_previous_subnet;
-use crate::store::{EtcdOptions, Store, StoreError, StoreOptions};
+use crate::store::{EtcdOptions, OwnLease, Store, StoreError, StoreOptions};
 use crate::sys::iface;
 use crate::sys::tun::{Tun, TunError};
 use crate::table::{LeaseTable, SharedTable};
@@ -61,6 +64,8 @@ pub struct NodeOptions {
     pub udp_gso: bool,
     /// Receive trains (UDP_GRO) and coalesce TCP segments for the TUN.
     pub udp_gro: bool,
+    /// Full reconcile period of the direct routes (host-gw, DirectRouting).
+    pub route_resync: Duration,
 }
 
 /// Why the node could not start or had to stop.
@@ -72,9 +77,9 @@ pub enum NodeError {
     /// The store (etcd, lease) failed in a way retrying does not fix.
     #[error("subnet lease")]
     Store(#[from] StoreError),
-    /// The network config asks for a backend weft does not run yet.
-    #[error("backend {0:?} is not supported by weft yet (use \"vxlan\" or \"udp\")")]
-    UnsupportedBackend(&'static str),
+    /// The direct routes (host-gw, DirectRouting) could not be managed.
+    #[error("direct routes")]
+    Routes(#[from] RouteError),
     /// The vxlan lease carries no VTEP MAC.
     #[error("our vxlan lease has no VtepMAC")]
     NoVtepMac,
@@ -184,46 +189,23 @@ fn check_masquerade_pitfall(network: crate::wire::Subnet, subnet: crate::wire::S
     }
 }
 
-/// Runs the node until `shutdown` completes or something fails for good.
-pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
-    tokio::pin!(shutdown);
-    let underlay = host::choose_underlay(&opts.ifaces, opts.public_ip)?;
-    info!(iface = %underlay.iface, local_ip = %underlay.local_ip, public_ip = %underlay.public_ip, mtu = underlay.mtu, "underlay chosen");
+/// What the data path runs with, for status reports.
+struct DpInfo {
+    tun: String,
+    mtu: u32,
+    offloads: [bool; 3],
+}
 
-    let shared = SharedTable::new(LeaseTable::empty(32));
-    let mut sopts = StoreOptions::new(opts.etcd.clone(), underlay.public_ip);
-    sopts.subnet_file = opts.subnet_file.clone();
-    sopts.renew_margin = opts.renew_margin;
-    sopts.underlay_mtu = underlay.mtu;
-    sopts.ip_masq = opts.ip_masq;
-    let store = tokio::select! {
-        s = Store::start(sopts, shared.clone()) => s?,
-        _ = &mut shutdown => return Err(NodeError::StoppedEarly),
-    };
-    let config = store.config().clone();
-    let own = store.own_lease();
-    info!(subnet = %own.subnet, network = %config.network, backend = config.backend.kind.as_str(), "lease acquired");
-
-    let backend = match config.backend.kind {
-        BackendType::Vxlan => Backend::Vxlan(VxlanRx {
-            vni: config.backend.vni,
-            vtep_mac: own.vtep_mac().ok_or(NodeError::NoVtepMac)?,
-        }),
-        BackendType::Udp => Backend::Udp,
-        BackendType::HostGw => {
-            store.shutdown().await;
-            return Err(NodeError::UnsupportedBackend("host-gw"));
-        }
-    };
+/// Opens the TUN, binds the UDP socket and starts the forwarding threads.
+fn start_datapath(
+    opts: &NodeOptions,
+    underlay: &Underlay,
+    config: &crate::config::NetworkConfig,
+    own: &OwnLease,
+    backend: Backend,
+    shared: &SharedTable,
+) -> Result<(Datapath, DpInfo), NodeError> {
     let tun_mtu = config.overlay_mtu(underlay.mtu);
-    check_masquerade_pitfall(config.network, own.subnet, opts.fix_masquerade);
-    if opts.ip_masq {
-        if let Err(e) = crate::host::masq::apply(config.network, own.subnet) {
-            store.shutdown().await;
-            return Err(e.into());
-        }
-        info!(network = %config.network, subnet = %own.subnet, "masquerade rules written");
-    }
 
     let tun = Tun::open(&opts.tun_name, true)?;
     let name = tun.name().to_string();
@@ -247,7 +229,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
             }
         };
 
-    let sock = bind_udp(&underlay, config.backend.port)?;
+    let sock = bind_udp(underlay, config.backend.port)?;
     let gro = opts.udp_gro
         && match crate::sys::mmsg::enable_udp_gro(sock.as_raw_fd()) {
             Ok(()) => true,
@@ -264,6 +246,11 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
     );
     info!(addr = %SocketAddr::from((underlay.local_ip, config.backend.port)), "underlay socket bound");
 
+    let info = DpInfo {
+        tun: name,
+        mtu: tun_mtu,
+        offloads: [tso, opts.udp_gso, gro],
+    };
     let dp = Datapath::start(
         Arc::new(tun),
         Arc::new(sock),
@@ -279,11 +266,109 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
             coalesce: opts.udp_gro,
         },
     )?;
+    Ok((dp, info))
+}
+
+/// Runs the node until `shutdown` completes or something fails for good.
+pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    tokio::pin!(shutdown);
+    let underlay = host::choose_underlay(&opts.ifaces, opts.public_ip)?;
+    info!(iface = %underlay.iface, local_ip = %underlay.local_ip, public_ip = %underlay.public_ip, mtu = underlay.mtu, "underlay chosen");
+
+    let shared = SharedTable::new(LeaseTable::empty(32));
+    let mut sopts = StoreOptions::new(opts.etcd.clone(), underlay.public_ip);
+    sopts.subnet_file = opts.subnet_file.clone();
+    sopts.renew_margin = opts.renew_margin;
+    sopts.underlay_mtu = underlay.mtu;
+    sopts.ip_masq = opts.ip_masq;
+    let store = tokio::select! {
+        s = Store::start(sopts, shared.clone()) => s?,
+        _ = &mut shutdown => return Err(NodeError::StoppedEarly),
+    };
+    let config = store.config().clone();
+    let own = store.own_lease();
+    info!(subnet = %own.subnet, network = %config.network, backend = config.backend.kind.as_str(), "lease acquired");
+
+    // host-gw: direct routes to every peer and no data path; vxlan + DirectRouting: direct
+    // routes to peers on our segment (more specific than the TUN's Network route) and the
+    // tunnel for the rest.
+    let backend = match config.backend.kind {
+        BackendType::Vxlan => Some(Backend::Vxlan(VxlanRx {
+            vni: config.backend.vni,
+            vtep_mac: own.vtep_mac().ok_or(NodeError::NoVtepMac)?,
+        })),
+        BackendType::Udp => Some(Backend::Udp),
+        BackendType::HostGw => None,
+    };
+    let direct = match config.backend.kind {
+        BackendType::HostGw => Some(false),
+        BackendType::Vxlan if config.backend.direct_routing => Some(true),
+        _ => None,
+    };
+
+    check_masquerade_pitfall(config.network, own.subnet, opts.fix_masquerade);
+    if opts.ip_masq {
+        if let Err(e) = crate::host::masq::apply(config.network, own.subnet) {
+            store.shutdown().await;
+            return Err(e.into());
+        }
+        info!(network = %config.network, subnet = %own.subnet, "masquerade rules written");
+    }
+
+    let (dp, dp_info) = match backend {
+        Some(b) => {
+            let (dp, info) = start_datapath(&opts, &underlay, &config, &own, b, &shared)?;
+            (Some(dp), Some(info))
+        }
+        None => (None, None),
+    };
+    let (route_stop, route_stop_rx) = tokio::sync::watch::channel(false);
+    let route_task = match direct {
+        Some(only_connected) => {
+            let table = match RouteTable::open() {
+                Ok(t) => t,
+                Err(e) => {
+                    if let Some(dp) = dp {
+                        let _ = dp.stop();
+                    }
+                    store.shutdown().await;
+                    return Err(e.into());
+                }
+            };
+            info!(
+                protocol = routes::RTPROT_WEFT,
+                resync_secs = opts.route_resync.as_secs(),
+                same_segment_only = only_connected,
+                "managing direct routes"
+            );
+            Some(tokio::spawn(routes::run(
+                table,
+                shared.clone(),
+                RouteOptions {
+                    direct_only_connected: only_connected,
+                    underlay_iface: underlay.iface.clone(),
+                    own_subnet: own.subnet,
+                    own_ip: underlay.public_ip,
+                    resync: opts.route_resync,
+                },
+                route_stop_rx,
+            )))
+        }
+        None => None,
+    };
+    let counters = dp
+        .as_ref()
+        .map(|d| d.counters().clone())
+        .unwrap_or_default();
+    let stop_all = |dp: Option<Datapath>| {
+        let _ = route_stop.send(true);
+        dp.map(|d| d.stop())
+    };
     let status_cell: Arc<ArcSwapOption<NodeStatus>> = Arc::new(ArcSwapOption::empty());
-    // None: --ip-masq off; Some(ok): the last resync's outcome.
+    // 2: --ip-masq off; 1: rules written by the last resync; 0: the last resync failed.
     let masq_ok = std::sync::atomic::AtomicU8::new(if opts.ip_masq { 1 } else { 2 });
     let started = Instant::now();
-    let snapshot_status = |dp: &Datapath, store: &crate::store::StoreHandle| {
+    let snapshot_status = |dp: Option<&Datapath>, store: &crate::store::StoreHandle| {
         let own = store.own_lease();
         Arc::new(NodeStatus {
             subnet: own.subnet.to_string(),
@@ -292,34 +377,40 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
             iface: underlay.iface.clone(),
             public_ip: underlay.public_ip,
             vtep_mac: own.vtep_mac().map(|m| m.to_string()),
-            tun: name.clone(),
-            mtu: tun_mtu,
+            tun: dp_info
+                .as_ref()
+                .map_or_else(|| "-".to_string(), |i| i.tun.clone()),
+            mtu: dp_info.as_ref().map_or(underlay.mtu, |i| i.mtu),
             etcd_up: store.etcd_reachable(),
             lease_expires_in_secs: own
                 .expires_at
                 .saturating_duration_since(tokio::time::Instant::now())
                 .as_secs(),
-            datapath_running: dp.is_running(),
+            // host-gw has no data path: the kernel forwards.
+            datapath_running: dp.is_none_or(|d| d.is_running()),
             subnet_env_written: read_previous_subnet(&opts.subnet_file) == Some(own.subnet),
-            offloads: [tso, opts.udp_gso, gro],
+            offloads: dp_info.as_ref().map_or([false; 3], |i| i.offloads),
             masq_ok: masq_ok.load(std::sync::atomic::Ordering::Relaxed),
             uptime_secs: started.elapsed().as_secs(),
         })
     };
-    status_cell.store(Some(snapshot_status(&dp, &store)));
+    status_cell.store(Some(snapshot_status(dp.as_ref(), &store)));
     let ops = match opts.healthz {
         Some(addr) => {
             let l = match crate::ops::bind(addr).await {
                 Ok(l) => l,
                 Err(source) => {
                     // Stop what already runs before reporting.
-                    let _ = dp.stop();
+                    let _ = stop_all(dp);
+                    if let Some(t) = route_task {
+                        let _ = t.await;
+                    }
                     store.shutdown().await;
                     return Err(NodeError::Healthz { addr, source });
                 }
             };
             let state = crate::ops::OpsState {
-                counters: dp.counters().clone(),
+                counters,
                 table: shared.clone(),
                 status: status_cell.clone(),
             };
@@ -352,14 +443,14 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
                     };
                     masq_ok.store(ok, std::sync::atomic::Ordering::Relaxed);
                 }
-                status_cell.store(Some(snapshot_status(&dp, &store)));
-                if !dp.is_running() {
+                status_cell.store(Some(snapshot_status(dp.as_ref(), &store)));
+                if dp.as_ref().is_some_and(|d| !d.is_running()) {
                     break Err(None);
                 }
             }
             changed = own_rx.changed(), if store_alive => {
                 if changed.is_err() {
-                    warn!("store task ended; the data path keeps forwarding on the last table");
+                    warn!("store task ended; forwarding continues on the last table");
                     store_alive = false;
                     continue;
                 }
@@ -375,12 +466,17 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
     if let Some(h) = ops {
         h.abort();
     }
-    let dp_result = dp.stop();
+    // Direct routes stay in place (as flanneld leaves them): pod traffic keeps flowing
+    // across a restart, and the next start reconciles whatever changed meanwhile.
+    let dp_result = stop_all(dp).unwrap_or(Ok(()));
+    if let Some(t) = route_task {
+        let _ = t.await;
+    }
     store.shutdown().await;
     match outcome {
         Ok(()) => {
             dp_result?;
-            if opts.persist_tun {
+            if opts.persist_tun && dp_info.is_some() {
                 info!(tun = %opts.tun_name, "stopped; the TUN device and its route stay for the next start (--persist-tun)");
             } else {
                 info!("stopped");

@@ -1,10 +1,13 @@
 //! Everything about the host the node runs on: which interface and address carry the
-//! underlay, and (later) routes, masquerade rules and sysctls.
+//! underlay, the direct routes of host-gw and DirectRouting ([`routes`]), and (later) masquerade
+//! rules and sysctls.
 
 pub mod doctor;
 pub mod masq;
 
 use std::net::Ipv4Addr;
+
+pub mod routes;
 
 use crate::sys::iface::{self, IfAddr};
 

@@ -473,7 +473,7 @@ impl Runner {
     fn flush_table_log(&mut self) {
         let due = self
             .logged_at
-            .map_or(true, |at| at.elapsed() >= TABLE_LOG_EVERY);
+            .is_none_or(|at| at.elapsed() >= TABLE_LOG_EVERY);
         if !due || (self.unlogged.is_empty() && self.logged_at.is_some()) {
             return;
         }

@@ -8,8 +8,8 @@ mod harness;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use harness::netns::{require_root, tcp_transfer, KernelFlannelNode, Lab, Mac, Subnet};
-use harness::weft::{NsEtcd, WeftNode};
+use harness::netns::{require_root, KernelFlannelNode, Lab, Mac, Subnet};
+use harness::weft::{ping_all_pairs, transfer, NsEtcd, WeftNode};
 
 const VXLAN: &str = r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan"}}"#;
 const UDP: &str = r#"{"Network":"10.1.0.0/16","Backend":{"Type":"udp"}}"#;
@@ -23,41 +23,6 @@ fn vtep_mac_of(etcd: &NsEtcd, subnet: Subnet) -> Mac {
         .expect("VtepMAC")
         .parse()
         .expect("MAC")
-}
-
-fn ping_all_pairs(lab: &Lab) {
-    let pods: Vec<_> = lab
-        .hosts()
-        .iter()
-        .filter(|h| !h.pods().is_empty())
-        .map(|h| h.pod(0))
-        .collect();
-    for (i, a) in pods.iter().enumerate() {
-        for (j, b) in pods.iter().enumerate() {
-            if i == j {
-                continue;
-            }
-            assert!(
-                a.wait_for_ping(b.addr(), Duration::from_secs(5)),
-                "pod {i} cannot reach pod {j}"
-            );
-            let p = a.ping(b.addr(), 3);
-            assert!(p.all_replied(), "pod {i} -> pod {j}:\n{}", p.output);
-        }
-    }
-}
-
-fn transfer(lab: &Lab, from: usize, to: usize, bytes: u64) {
-    let (a, b) = (lab.host(from).pod(0), lab.host(to).pod(0));
-    let t = tcp_transfer(a, b, b.addr(), 5201, bytes, Duration::from_secs(120))
-        .unwrap_or_else(|e| panic!("transfer host {from} -> host {to}: {e}"));
-    assert!(t.intact(), "transfer {from} -> {to} corrupted: {t:?}");
-    assert_eq!(t.peer.split(':').next(), Some(&*a.addr().to_string()));
-    eprintln!(
-        "transfer {from} -> {to}: {} MB at {:.2} Gbit/s",
-        bytes / MB,
-        t.gbit_per_s()
-    );
 }
 
 /// Flags that turn every offload off (TUN TSO, UDP GSO, UDP GRO + coalescing).

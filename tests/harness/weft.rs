@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{ExitStatus, Output};
 use std::time::{Duration, Instant};
 
-use super::netns::{Host, Netns, Proc, Subnet};
+use super::netns::{tcp_transfer, Host, Lab, Netns, Proc, Subnet};
 
 /// The address etcd listens on, on the underlay bridge.
 pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 2);
@@ -293,4 +293,46 @@ impl Drop for WeftNode {
     fn drop(&mut self) {
         drop(self.proc.take());
     }
+}
+
+/// Every pod 0 of a host that has pods pings every other one (after waiting for the path).
+pub fn ping_all_pairs(lab: &Lab) {
+    let pods: Vec<_> = lab
+        .hosts()
+        .iter()
+        .filter(|h| !h.pods().is_empty())
+        .map(|h| h.pod(0))
+        .collect();
+    for (i, a) in pods.iter().enumerate() {
+        for (j, b) in pods.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            assert!(
+                a.wait_for_ping(b.addr(), Duration::from_secs(5)),
+                "pod {i} cannot reach pod {j}"
+            );
+            let p = a.ping(b.addr(), 3);
+            assert!(p.all_replied(), "pod {i} -> pod {j}:\n{}", p.output);
+        }
+    }
+}
+
+/// A checksummed transfer pod(from) -> pod(to); the server must see the client pod's own
+/// address (no masquerading between pods).
+pub fn transfer(lab: &Lab, from: usize, to: usize, bytes: u64) {
+    let (a, b) = (lab.host(from).pod(0), lab.host(to).pod(0));
+    let t = tcp_transfer(a, b, b.addr(), 5201, bytes, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("transfer host {from} -> host {to}: {e}"));
+    assert!(t.intact(), "transfer {from} -> {to} corrupted: {t:?}");
+    assert_eq!(
+        t.peer.split(':').next(),
+        Some(&*a.addr().to_string()),
+        "the server saw another source than the client pod"
+    );
+    eprintln!(
+        "transfer {from} -> {to}: {} MB at {:.2} Gbit/s",
+        bytes >> 20,
+        t.gbit_per_s()
+    );
 }

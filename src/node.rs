@@ -395,6 +395,19 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
         })
     };
     status_cell.store(Some(snapshot_status(dp.as_ref(), &store)));
+    // When each current lease was first seen, for `weft status`'s AGE column.
+    let peer_seen: Arc<std::sync::Mutex<std::collections::HashMap<crate::wire::Subnet, Instant>>> =
+        Arc::default();
+    let note_peers =
+        |seen: &std::sync::Mutex<std::collections::HashMap<crate::wire::Subnet, Instant>>| {
+            let table = shared.load_full();
+            let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+            seen.retain(|s, _| table.lookup(s.addr()).is_some_and(|p| p.subnet == *s));
+            for p in table.iter() {
+                seen.entry(p.subnet).or_insert_with(Instant::now);
+            }
+        };
+    note_peers(&peer_seen);
     let ops = match opts.healthz {
         Some(addr) => {
             let l = match crate::ops::bind(addr).await {
@@ -413,6 +426,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
                 counters,
                 table: shared.clone(),
                 status: status_cell.clone(),
+                peer_seen: peer_seen.clone(),
             };
             Some(tokio::spawn(crate::ops::serve(l, state)))
         }
@@ -444,6 +458,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
                     masq_ok.store(ok, std::sync::atomic::Ordering::Relaxed);
                 }
                 status_cell.store(Some(snapshot_status(dp.as_ref(), &store)));
+                note_peers(&peer_seen);
                 if dp.as_ref().is_some_and(|d| !d.is_running()) {
                     break Err(None);
                 }

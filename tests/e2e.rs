@@ -46,6 +46,16 @@ fn three_weft_nodes(config: &str, flags: &[&str]) {
     transfer(&lab, 1, 0, 100 * MB);
     assert!(nodes[2].metric("weft_packets_total{direction=\"rx\"}") > 1000);
     assert_eq!(nodes[0].metric("weft_leases"), 2);
+    // Per-peer counters: node 0 sent 100 MB to node 2 and received 100 MB from node 1.
+    let peer = |i: usize, dir: &str| {
+        format!(
+            "weft_peer_packets_total{{subnet=\"{}\",public_ip=\"{}\",direction=\"{dir}\"}}",
+            subnets[i],
+            lab.host(i).addr()
+        )
+    };
+    assert!(nodes[0].metric(&peer(2, "tx")) > 1000);
+    assert!(nodes[0].metric(&peer(1, "rx")) > 1000);
     assert_eq!(nodes[0].metric("weft_etcd_connected"), 1);
     assert_eq!(nodes[0].metric("weft_datapath_running"), 1);
     assert!(nodes[0].metric("weft_lease_expiry_seconds") > 80_000);
@@ -74,6 +84,11 @@ fn three_weft_nodes(config: &str, flags: &[&str]) {
             .find(|l| l.starts_with(&s.to_string()))
             .unwrap_or_else(|| panic!("no row for {s}:\n{text}"));
         assert!(row.contains(&lab.host(i).addr().to_string()), "{row}");
+        // SUBNET, PUBLIC IP, VTEP MAC, AGE, SENT, RECEIVED
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cols.len(), 6, "{row}");
+        let (sent, received): (u64, u64) = (cols[4].parse().unwrap(), cols[5].parse().unwrap());
+        assert!(sent + received > 0, "{row}");
     }
 
     // Not ready once subnet.env no longer holds our subnet; ready again when restored.

@@ -328,8 +328,10 @@ fn send_loop(
                         continue;
                     }
                 };
+                let inner = (t.total - t.count * prefix.len()) as u64;
                 local.packets += t.count as u64;
-                local.bytes += (t.total - t.count * prefix.len()) as u64;
+                local.bytes += inner;
+                local.peer(peer.public_ip, t.count as u64, inner, counters, true);
                 let per_msg = if udp_gso {
                     (MAX_GSO_BYTES / t.seg_len).clamp(1, MAX_GSO_SEGMENTS)
                 } else {
@@ -378,6 +380,7 @@ fn send_loop(
             if ok {
                 local.packets += 1;
                 local.bytes += len as u64;
+                local.peer(peer.public_ip, 1, len as u64, counters, true);
                 outs.push(Out {
                     train: false,
                     slot: i,
@@ -514,6 +517,7 @@ fn recv_loop(
                     continue;
                 }
                 let p = inner.packet;
+                local.peer(peer.public_ip, 1, p.len() as u64, counters, false);
                 if let Some(c) = gro.as_mut() {
                     let mut offer = c.offer(p);
                     if offer == Offer::FlushFirst {

@@ -5,15 +5,18 @@ use std::sync::atomic::Ordering;
 
 use crate::dataplane::Counters;
 use crate::ops::NodeStatus;
+use crate::table::LeaseTable;
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-/// Renders every counter, the number of leases known and the node's state (when known) in
-/// the text format (0.0.4).
-pub fn render(c: &Counters, leases: usize, node: Option<&NodeStatus>) -> String {
+/// Renders every counter, the leases known with their per-peer counts, and the node's state
+/// (when known) in the text format (0.0.4). Per-peer series exist only for current leases
+/// (at most [`crate::dataplane::counters::PEER_SLOTS`] of them), so cardinality is bounded.
+pub fn render(c: &Counters, table: &LeaseTable, node: Option<&NodeStatus>) -> String {
+    let leases = table.len();
     let mut o = String::with_capacity(4096);
     let v = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     family(
@@ -104,6 +107,34 @@ pub fn render(c: &Counters, leases: usize, node: Option<&NodeStatus>) -> String 
         "Remote leases in the table.",
     );
     let _ = writeln!(o, "weft_leases {leases}");
+    let mut peers: Vec<_> = table.iter().collect();
+    peers.sort_by_key(|p| p.subnet);
+    family(
+        &mut o,
+        "weft_peer_packets_total",
+        "counter",
+        "Packets to and from each remote lease, by direction.",
+    );
+    for p in &peers {
+        if let Some(s) = c.peers.get(p.public_ip) {
+            for (dir, a) in [("tx", &s.tx_packets), ("rx", &s.rx_packets)] {
+                let _ = writeln!(o, "weft_peer_packets_total{{subnet=\"{}\",public_ip=\"{}\",direction=\"{dir}\"}} {}", p.subnet, p.public_ip, v(a));
+            }
+        }
+    }
+    family(
+        &mut o,
+        "weft_peer_bytes_total",
+        "counter",
+        "Inner bytes to and from each remote lease, by direction.",
+    );
+    for p in &peers {
+        if let Some(s) = c.peers.get(p.public_ip) {
+            for (dir, a) in [("tx", &s.tx_bytes), ("rx", &s.rx_bytes)] {
+                let _ = writeln!(o, "weft_peer_bytes_total{{subnet=\"{}\",public_ip=\"{}\",direction=\"{dir}\"}} {}", p.subnet, p.public_ip, v(a));
+            }
+        }
+    }
     if let Some(n) = node {
         family(
             &mut o,
@@ -150,15 +181,39 @@ mod tests {
     #[test]
     fn renders_every_reason_and_parses_back() {
         let c = Counters::default();
-        let mut l = LocalCounters {
-            packets: 5,
-            bytes: 500,
-            ..Default::default()
-        };
+        let mut l = LocalCounters::default();
+        l.packets += 5;
+        l.bytes += 500;
         l.drop(DropReason::WrongVni);
         l.drop(DropReason::WrongVni);
         l.flush_rx(&c, 7);
-        let text = render(&c, 3, None);
+        let local = crate::table::LocalVtep {
+            vni: crate::wire::Vni::new(1).unwrap(),
+            mac: crate::wire::EthernetAddress([2, 0, 0, 0, 0, 1]),
+            port: 8472,
+        };
+        let peers = (1..=3u8)
+            .map(|i| {
+                crate::table::Peer::new(
+                    format!("10.1.{i}.0/24").parse().unwrap(),
+                    std::net::Ipv4Addr::new(192, 168, 64, i),
+                    None,
+                    &local,
+                )
+            })
+            .collect();
+        let table = LeaseTable::from_peers(24, peers, 1);
+        l.peer(std::net::Ipv4Addr::new(192, 168, 64, 2), 4, 40, &c, false);
+        l.flush_rx(&c, 1);
+        let text = render(&c, &table, None);
+        assert_eq!(
+            sample(&text, "weft_peer_packets_total{subnet=\"10.1.2.0/24\",public_ip=\"192.168.64.2\",direction=\"rx\"}"),
+            Some(4)
+        );
+        assert_eq!(
+            sample(&text, "weft_peer_bytes_total{subnet=\"10.1.2.0/24\",public_ip=\"192.168.64.2\",direction=\"rx\"}"),
+            Some(40)
+        );
         assert_eq!(
             sample(&text, "weft_packets_total{direction=\"rx\"}"),
             Some(5)
@@ -171,9 +226,14 @@ mod tests {
             sample(&text, "weft_drops_total{reason=\"wrong_vni\"}"),
             Some(2)
         );
+        // Two receive batches were flushed: 7 packets, then 1.
         assert_eq!(
             sample(&text, "weft_batch_packets_total{direction=\"rx\"}"),
-            Some(7)
+            Some(8)
+        );
+        assert_eq!(
+            sample(&text, "weft_batches_total{direction=\"rx\"}"),
+            Some(2)
         );
         assert_eq!(sample(&text, "weft_leases"), Some(3));
         for r in DropReason::ALL {

@@ -31,6 +31,9 @@ pub struct OpsState {
     pub table: SharedTable,
     /// The node's latest status, `None` until the node is up.
     pub status: Arc<ArcSwapOption<NodeStatus>>,
+    /// When each current lease was first seen (for its age), kept by the node.
+    pub peer_seen:
+        Arc<std::sync::Mutex<std::collections::HashMap<crate::wire::Subnet, std::time::Instant>>>,
 }
 
 fn respond(path: &str, state: &OpsState) -> (&'static str, &'static str, String) {
@@ -53,17 +56,17 @@ fn respond(path: &str, state: &OpsState) -> (&'static str, &'static str, String)
         "/metrics" => (
             "200 OK",
             "text/plain; version=0.0.4",
-            metrics::render(
-                &state.counters,
-                state.table.load_full().len(),
-                status.as_deref(),
-            ),
+            metrics::render(&state.counters, &state.table.load_full(), status.as_deref()),
         ),
         "/status" => match status.as_deref() {
             Some(s) => (
                 "200 OK",
                 "application/json",
-                s.to_json(&state.table.load_full(), &state.counters),
+                s.to_json(
+                    &state.table.load_full(),
+                    &state.counters,
+                    &state.peer_seen.lock().unwrap_or_else(|e| e.into_inner()),
+                ),
             ),
             None => (
                 "503 Service Unavailable",

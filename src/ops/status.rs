@@ -1,13 +1,16 @@
 //! The node's status as the ops endpoints report it, and its JSON form for `weft status`.
 
+use std::collections::HashMap;
 use std::fmt::Write;
 use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use crate::dataplane::Counters;
 use crate::table::LeaseTable;
+use crate::wire::Subnet;
 
 /// A snapshot of what the node is and does, refreshed once a second.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,6 +56,12 @@ pub struct PeerStatus {
     pub public_ip: Ipv4Addr,
     /// Its VTEP MAC (vxlan).
     pub vtep_mac: Option<String>,
+    /// Seconds since this node first saw the lease.
+    pub age_secs: u64,
+    /// Packets sent to it.
+    pub tx_packets: u64,
+    /// Packets received from it.
+    pub rx_packets: u64,
 }
 
 /// The whole `/status` document.
@@ -87,14 +96,31 @@ impl NodeStatus {
         r
     }
 
-    /// The `/status` JSON: this status, the lease table and the counters.
-    pub fn to_json(&self, table: &LeaseTable, counters: &Counters) -> String {
+    /// The `/status` JSON: this status, the lease table with per-peer counts and ages, and
+    /// the counters.
+    pub fn to_json(
+        &self,
+        table: &LeaseTable,
+        counters: &Counters,
+        seen: &HashMap<Subnet, Instant>,
+    ) -> String {
         let mut peers: Vec<PeerStatus> = table
             .iter()
-            .map(|p| PeerStatus {
-                subnet: p.subnet.to_string(),
-                public_ip: p.public_ip,
-                vtep_mac: p.vtep_mac.map(|m| m.to_string()),
+            .map(|p| {
+                let slot = counters.peers.get(p.public_ip);
+                let n = |f: fn(
+                    &crate::dataplane::counters::PeerSlot,
+                ) -> &std::sync::atomic::AtomicU64| {
+                    slot.map_or(0, |s| f(s).load(Ordering::Relaxed))
+                };
+                PeerStatus {
+                    subnet: p.subnet.to_string(),
+                    public_ip: p.public_ip,
+                    vtep_mac: p.vtep_mac.map(|m| m.to_string()),
+                    age_secs: seen.get(&p.subnet).map_or(0, |t| t.elapsed().as_secs()),
+                    tx_packets: n(|s| &s.tx_packets),
+                    rx_packets: n(|s| &s.rx_packets),
+                }
             })
             .collect();
         peers.sort_by_key(|p| p.subnet.parse::<crate::wire::Subnet>().ok());
@@ -189,14 +215,21 @@ impl StatusDoc {
             .max()
             .unwrap_or(6)
             .max(6);
-        let _ = writeln!(o, "{:<w$}  {:<15}  VTEP MAC", "SUBNET", "PUBLIC IP");
+        let _ = writeln!(
+            o,
+            "{:<w$}  {:<15}  {:<17}  {:>8}  {:>12}  {:>12}",
+            "SUBNET", "PUBLIC IP", "VTEP MAC", "AGE", "SENT", "RECEIVED"
+        );
         for p in &self.peers {
             let _ = writeln!(
                 o,
-                "{:<w$}  {:<15}  {}",
+                "{:<w$}  {:<15}  {:<17}  {:>7}s  {:>12}  {:>12}",
                 p.subnet,
                 p.public_ip.to_string(),
-                p.vtep_mac.as_deref().unwrap_or("-")
+                p.vtep_mac.as_deref().unwrap_or("-"),
+                p.age_secs,
+                p.tx_packets,
+                p.rx_packets
             );
         }
         o
@@ -261,7 +294,7 @@ mod tests {
         ];
         let table = LeaseTable::from_peers(24, peers, 7);
         let c = Counters::default();
-        let json = status().to_json(&table, &c);
+        let json = status().to_json(&table, &c, &HashMap::new());
         let doc: StatusDoc = serde_json::from_str(&json).unwrap();
         assert_eq!(doc.node, status());
         assert_eq!(doc.peers[0].subnet, "10.1.4.0/24", "sorted by address");

@@ -108,6 +108,8 @@ struct StatusArgs {
 
 #[derive(Debug, clap::Args)]
 struct DoctorArgs {
+    #[command(flatten)]
+    etcd: EtcdArgs,
     /// The node's subnet.env (network, subnet, pod MTU).
     #[arg(
         long = "subnet-file",
@@ -121,9 +123,38 @@ struct DoctorArgs {
     /// The underlay interface (name or address); default: the default route's.
     #[arg(long = "iface", env = "FLANNELD_IFACE", value_delimiter = ',')]
     iface: Vec<String>,
-    /// The backend, for its encapsulation overhead.
+    /// The backend when etcd cannot say (its config's Backend.Type wins).
     #[arg(long, value_enum, default_value = "vxlan")]
     backend: Backend,
+}
+
+/// What etcd says for the doctor: the network config and every lease (subnet, PublicIP).
+async fn doctor_etcd(
+    args: &EtcdArgs,
+) -> Result<(
+    weft::config::NetworkConfig,
+    Vec<(weft::wire::Subnet, std::net::Ipv4Addr)>,
+)> {
+    let opts = args.to_options();
+    let keys = weft::store::Keys::new(&opts.prefix);
+    let mut client = weft::store::connect(&opts).await?;
+    let config = weft::store::read_config(&mut client, &keys).await?;
+    let resp = client
+        .get(
+            keys.subnets_dir(),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await?;
+    let leases = resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            let subnet = keys.parse_subnet_key(kv.key())?;
+            let rec = weft::store::LeaseRecord::parse(kv.value()).ok()?;
+            Some((subnet, rec.public_ip))
+        })
+        .collect();
+    Ok((config, leases))
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -322,16 +353,41 @@ fn doctor(a: &DoctorArgs) -> Result<()> {
     let env = weft::store::subnet_env::SubnetEnv::read(&a.subnet_file)
         .with_context(|| format!("reading {} (is weft running?)", a.subnet_file.display()))?;
     let underlay = weft::host::choose_underlay(&a.iface, None).ok();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let etcd = rt.block_on(async {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), doctor_etcd(&a.etcd)).await {
+            Ok(r) => r.map_err(|e| format!("{e:#}")),
+            Err(_) => Err(format!(
+                "no answer within 5 s from {}",
+                a.etcd.etcd_endpoints.join(",")
+            )),
+        }
+    });
+    use weft::config::BackendType;
+    let (kind, port) = match &etcd {
+        Ok((c, _)) => (c.backend.kind, c.backend.port),
+        Err(_) => match a.backend {
+            Backend::Vxlan => (BackendType::Vxlan, 8472),
+            Backend::Udp => (BackendType::Udp, 8285),
+        },
+    };
     let input = DoctorInput {
         network: env.network,
         subnet: env.subnet,
         pod_mtu: env.mtu,
         tun: a.tun_name.clone(),
         underlay_mtu: underlay.map(|u| u.mtu),
-        overhead: match a.backend {
-            Backend::Vxlan => encap::VXLAN_OVERHEAD as u32,
-            Backend::Udp => encap::UDP_OVERHEAD as u32,
+        overhead: match kind {
+            BackendType::Vxlan => encap::VXLAN_OVERHEAD as u32,
+            BackendType::Udp => encap::UDP_OVERHEAD as u32,
+            BackendType::HostGw => 0,
         },
+        tunnel: kind != BackendType::HostGw,
+        port,
+        etcd: etcd.map(|(_, leases)| leases),
     };
     let findings = doctor::run_checks(&input);
     print!("{}", doctor::render(&findings));

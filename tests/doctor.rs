@@ -8,13 +8,18 @@ use std::time::Duration;
 use harness::netns::{require_root, tcp_transfer, Lab};
 use harness::weft::{NsEtcd, WeftNode};
 
-fn doctor(node: &WeftNode) -> (bool, String) {
+fn doctor_with(node: &WeftNode, endpoint: &str) -> (bool, String) {
     let sf = format!("--subnet-file={}", node.subnet_file().display());
-    let out = node.weft(&["doctor", &sf, "--iface=eth0"]);
+    let ep = format!("--etcd-endpoints={endpoint}");
+    let out = node.weft(&["doctor", &sf, "--iface=eth0", &ep]);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
+}
+
+fn doctor(node: &WeftNode) -> (bool, String) {
+    doctor_with(node, "http://192.168.64.2:2379")
 }
 
 fn line<'a>(report: &'a str, check: &str) -> &'a str {
@@ -31,14 +36,41 @@ fn doctor_finds_each_fault_and_its_fix() {
     let etcd = NsEtcd::start(lab.segment(0));
     etcd.put_config(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan"}}"#);
     let a = WeftNode::start(lab.host(0), &etcd, &[]);
+    let b = WeftNode::start(lab.host(1), &etcd, &[]);
     lab.host_mut(0).add_pod_with_mtu(a.subnet, a.mtu);
     let host = lab.host(0);
 
     let (ok, report) = doctor(&a);
     assert!(ok, "a healthy node:\n{report}");
-    for check in ["ip_forward", "forward_policy", "masquerade", "mtu"] {
+    for check in [
+        "etcd",
+        "udp_port",
+        "routes",
+        "ip_forward",
+        "forward_policy",
+        "masquerade",
+        "mtu",
+    ] {
         assert!(line(&report, check).starts_with("ok"), "{report}");
     }
+
+    // etcd out of reach.
+    let (ok, report) = doctor_with(&a, "http://192.168.64.2:1");
+    assert!(!ok, "{report}");
+    assert!(line(&report, "etcd").starts_with("FAIL"), "{report}");
+
+    // The Network route through the TUN is gone: B's lease has no route.
+    let route = format!("{} dev weft0", "10.1.0.0/16");
+    host.ip(&["route", "del", "10.1.0.0/16", "dev", "weft0"]);
+    let (ok, report) = doctor(&a);
+    assert!(!ok, "{report}");
+    assert!(line(&report, "routes").starts_with("FAIL"), "{report}");
+    assert!(
+        report.contains(&b.subnet.to_string()),
+        "names the lease:\n{report}"
+    );
+    host.ip(&["route", "add", "10.1.0.0/16", "dev", "weft0"]);
+    assert!(host.ip(&["route", "show"]).contains(&route));
 
     // Three faults at once: forwarding off, FORWARD dropping, docker's masquerade rule.
     host.sysctl("net.ipv4.ip_forward", "0");
@@ -82,6 +114,35 @@ fn doctor_finds_each_fault_and_its_fix() {
     let (ok, report) = doctor(&a);
     assert!(ok, "{report}");
     assert!(line(&report, "rp_filter").starts_with("WARN"), "{report}");
+
+    // weft stopped and something else holds its UDP port.
+    // The node's subnet.env goes with its temporary dir: keep a copy for the doctor.
+    let keep = std::fs::read_to_string(a.subnet_file()).expect("subnet.env");
+    let (status, _) = a.stop();
+    assert!(status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let sf = dir.path().join("subnet.env");
+    std::fs::write(&sf, keep).expect("subnet.env");
+    let squatter = host.spawn(&[
+        "python3",
+        "-c",
+        "import socket,time; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 8472)); time.sleep(30)",
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    let sfa = format!("--subnet-file={}", sf.display());
+    let out = host.exec_unchecked(&[
+        harness::weft::weft_bin(),
+        "doctor",
+        &sfa,
+        "--iface=eth0",
+        "--etcd-endpoints=http://192.168.64.2:2379",
+    ]);
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success(), "{report}");
+    assert!(line(&report, "udp_port").starts_with("FAIL"), "{report}");
+    assert!(report.contains("held by another process"), "{report}");
+    assert!(line(&report, "tun").starts_with("FAIL"), "{report}");
+    drop(squatter);
 }
 
 #[test]

@@ -121,6 +121,49 @@ pub fn fix_masquerade(subnet: Subnet, network: Subnet) -> std::io::Result<Vec<St
     Ok(fixed)
 }
 
+/// Whether some socket on this host is bound to UDP `port` (from /proc/net/udp).
+pub fn udp_port_bound(port: u16) -> bool {
+    let Ok(text) = std::fs::read_to_string("/proc/net/udp") else {
+        return false;
+    };
+    udp_port_in(&text, port)
+}
+
+fn udp_port_in(proc_net_udp: &str, port: u16) -> bool {
+    proc_net_udp.lines().skip(1).any(|l| {
+        l.split_whitespace()
+            .nth(1)
+            .and_then(|local| local.split_once(':'))
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+            == Some(port)
+    })
+}
+
+/// The IPv4 route the kernel's main table holds for `dst` (longest prefix, lowest metric):
+/// `(interface, gateway or None)`, from /proc/net/route.
+pub fn route_for(dst: std::net::Ipv4Addr) -> Option<(String, Option<std::net::Ipv4Addr>)> {
+    let text = std::fs::read_to_string("/proc/net/route").ok()?;
+    route_in(&text, dst)
+}
+
+fn route_in(text: &str, dst: std::net::Ipv4Addr) -> Option<(String, Option<std::net::Ipv4Addr>)> {
+    let d = u32::from(dst);
+    let hex = |s: &str| u32::from_str_radix(s, 16).ok().map(u32::from_be);
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (dest, gw, mask) = (hex(f.get(1)?)?, hex(f.get(2)?)?, hex(f.get(7)?)?);
+            let metric: u32 = f.get(6)?.parse().ok()?;
+            (d & mask == dest).then(|| (mask.count_ones(), std::cmp::Reverse(metric), f[0], gw))
+        })
+        .max_by_key(|(len, metric, _, _)| (*len, *metric))
+        .map(|(_, _, dev, gw)| {
+            let gw = (gw != 0).then(|| std::net::Ipv4Addr::from(gw));
+            (dev.to_string(), gw)
+        })
+}
+
 /// What `weft doctor` looks at.
 #[derive(Debug, Clone)]
 pub struct DoctorInput {
@@ -134,8 +177,14 @@ pub struct DoctorInput {
     pub tun: String,
     /// The underlay interface's MTU, if known.
     pub underlay_mtu: Option<u32>,
-    /// The encapsulation overhead of the backend (vxlan 50, udp 28).
+    /// The encapsulation overhead of the backend (vxlan 50, udp 28, host-gw 0).
     pub overhead: u32,
+    /// Whether the backend runs a TUN data path (vxlan, udp) rather than routes only.
+    pub tunnel: bool,
+    /// The backend's UDP port.
+    pub port: u16,
+    /// What etcd said: every lease (subnet, PublicIP), or why it could not be asked.
+    pub etcd: Result<Vec<(Subnet, std::net::Ipv4Addr)>, String>,
 }
 
 /// Runs every check against this host (network namespace).
@@ -254,8 +303,91 @@ pub fn run_checks(i: &DoctorInput) -> Vec<Finding> {
             "modprobe br_netfilter; sysctl -w net.bridge.bridge-nf-call-iptables=1".into(),
         )),
     }
+    match &i.etcd {
+        Ok(leases) => out.push(finding("etcd", Severity::Ok, format!("reachable, {} leases", leases.len()), String::new())),
+        Err(e) => out.push(finding(
+            "etcd",
+            Severity::Fail,
+            format!("unreachable: {e}"),
+            "check --etcd-endpoints and the TLS files; weft keeps forwarding on its last table meanwhile".into(),
+        )),
+    }
+    let tun_up = crate::sys::iface::mtu(&i.tun).is_ok();
+    if i.tunnel {
+        let bound = udp_port_bound(i.port);
+        match (tun_up, bound) {
+            (true, true) | (false, false) => out.push(finding(
+                "udp_port",
+                Severity::Ok,
+                format!(
+                    "UDP {} {}",
+                    i.port,
+                    if bound { "bound by weft" } else { "free" }
+                ),
+                String::new(),
+            )),
+            (false, true) => out.push(finding(
+                "udp_port",
+                Severity::Fail,
+                format!(
+                    "UDP {} is held by another process while weft is not running",
+                    i.port
+                ),
+                format!(
+                    "stop whatever holds it (another weft or flanneld?): ss -ulpn 'sport = :{}'",
+                    i.port
+                ),
+            )),
+            (true, false) => out.push(finding(
+                "udp_port",
+                Severity::Fail,
+                format!(
+                    "{} exists but nothing listens on UDP {}: the data path is down",
+                    i.tun, i.port
+                ),
+                "restart weft; see its log".into(),
+            )),
+        }
+    }
+    if let Ok(leases) = &i.etcd {
+        let missing: Vec<String> = leases
+            .iter()
+            .filter(|(s, _)| *s != i.subnet)
+            .filter(|(s, ip)| match route_for(s.first_host()) {
+                Some((dev, gw)) => !(dev == i.tun || gw == Some(*ip)),
+                None => true,
+            })
+            .map(|(s, _)| s.to_string())
+            .collect();
+        if missing.is_empty() {
+            out.push(finding(
+                "routes",
+                Severity::Ok,
+                format!(
+                    "a route to each of {} remote leases",
+                    leases.len().saturating_sub(1)
+                ),
+                String::new(),
+            ));
+        } else {
+            out.push(finding(
+                "routes",
+                Severity::Fail,
+                format!("no route through weft to {}", missing.join(", ")),
+                if i.tunnel {
+                    format!(
+                        "restart weft (it routes {} into {}), or remove the route that hides it",
+                        i.network, i.tun
+                    )
+                } else {
+                    "wait for the next route resync (--route-resync-secs) or restart weft".into()
+                },
+            ));
+        }
+    }
     let tun_mtu = crate::sys::iface::mtu(&i.tun).ok();
     match (tun_mtu, i.underlay_mtu) {
+        (None, _) if !i.tunnel => {}
         (None, _) => out.push(finding(
             "tun",
             Severity::Fail,
@@ -335,6 +467,30 @@ mod tests {
             "-A POSTROUTING -s 10.1.2.0/24 ! -o docker0 ! -d 10.1.0.0/16 -j MASQUERADE"
         );
         assert!(masquerade_pitfalls(&fixed_rule(&bad[0], n()), s(), n()).is_empty());
+    }
+
+    #[test]
+    fn proc_parsers() {
+        let udp = "  sl  local_address rem_address   st\n   0: 0B40A8C0:2118 00000000:0000 07\n";
+        assert!(udp_port_in(udp, 8472));
+        assert!(!udp_port_in(udp, 8285));
+        let routes = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\n\
+eth0\t00000000\t0140A8C0\t0003\t0\t0\t0\t00000000\n\
+weft0\t0000010A\t00000000\t0001\t0\t0\t0\t0000FFFF\n\
+eth0\t0003010A\t0B40A8C0\t0003\t0\t0\t0\t00FFFFFF\n";
+        let ip = |s: &str| s.parse::<std::net::Ipv4Addr>().unwrap();
+        assert_eq!(
+            route_in(routes, ip("10.1.2.7")),
+            Some(("weft0".into(), None))
+        );
+        assert_eq!(
+            route_in(routes, ip("10.1.3.7")),
+            Some(("eth0".into(), Some(ip("192.168.64.11"))))
+        );
+        assert_eq!(
+            route_in(routes, ip("8.8.8.8")),
+            Some(("eth0".into(), Some(ip("192.168.64.1"))))
+        );
     }
 
     #[test]

@@ -29,7 +29,7 @@ enum Command {
     /// Checks this host for what breaks an overlay (ip_forward, rp_filter, FORWARD policy, the
     /// docker masquerade pitfall, bridge netfilter, MTUs) and prints each finding with its fix.
     /// Exits 1 when something is broken.
-    Doctor(DoctorArgs),
+    Doctor(Box<DoctorArgs>),
     /// Decodes one tunnel payload (hex, e.g. from `tcpdump -x`) and says whether weft's
     /// receive checks would accept it, and if not, the drop reason.
     Inspect(InspectArgs),

@@ -104,6 +104,29 @@ fn doctor_finds_each_fault_and_its_fix() {
         "the exact fix:\n{report}"
     );
 
+    // The TUN's MTU below what pods were told (FLANNEL_MTU).
+    host.ip(&["link", "set", "weft0", "mtu", "1400"]);
+    let (ok, report) = doctor(&a);
+    assert!(!ok, "{report}");
+    assert!(line(&report, "mtu").starts_with("FAIL"), "{report}");
+    assert!(report.contains("give pods MTU 1400"), "{report}");
+    host.ip(&["link", "set", "weft0", "mtu", &a.mtu.to_string()]);
+
+    // Bridge netfilter off, where the kernel has it (br_netfilter loaded): a warning.
+    if std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists() {
+        host.sysctl("net.bridge.bridge-nf-call-iptables", "0");
+        let (_, report) = doctor(&a);
+        assert!(
+            line(&report, "bridge_nf_call_iptables").starts_with("WARN"),
+            "{report}"
+        );
+        host.sysctl("net.bridge.bridge-nf-call-iptables", "1");
+    } else {
+        eprintln!(
+            "br_netfilter not loaded on this kernel: the bridge-nf fault cannot be made here"
+        );
+    }
+
     // Strict rp_filter is a warning, not a failure.
     host.sysctl("net.ipv4.ip_forward", "1");
     host.exec(&["iptables", "-P", "FORWARD", "ACCEPT"]);

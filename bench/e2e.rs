@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use harness::netns::{iperf3_tcp, iperf3_udp, require_root, KernelFlannelNode, Lab, Netns, Subnet};
-use harness::weft::{NsEtcd, WeftNode};
+use harness::weft::{NsEtcd, WeftNode, VXLAN_CONFIG};
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Numbers {
@@ -82,7 +82,7 @@ fn kernel(offloads: bool, secs: u32) -> Numbers {
 fn weft(secs: u32) -> Numbers {
     let mut lab = Lab::builder().hosts(2).build();
     let etcd = NsEtcd::start(lab.segment(0));
-    etcd.put_config(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan"}}"#);
+    etcd.put_config(VXLAN_CONFIG);
     let n0 = WeftNode::start(lab.host(0), &etcd, &[]);
     let n1 = WeftNode::start(lab.host(1), &etcd, &[]);
     lab.host_mut(0).add_pod_with_mtu(n0.subnet, n0.mtu);

@@ -6,7 +6,7 @@ mod harness;
 use std::time::Duration;
 
 use harness::netns::{require_root, tcp_transfer, Lab};
-use harness::weft::{NsEtcd, WeftNode};
+use harness::weft::{NsEtcd, WeftNode, VXLAN_CONFIG};
 
 fn doctor_with(node: &WeftNode, endpoint: &str) -> (bool, String) {
     let sf = format!("--subnet-file={}", node.subnet_file().display());
@@ -34,7 +34,7 @@ fn doctor_finds_each_fault_and_its_fix() {
     require_root();
     let mut lab = Lab::builder().hosts(2).build();
     let etcd = NsEtcd::start(lab.segment(0));
-    etcd.put_config(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan"}}"#);
+    etcd.put_config(VXLAN_CONFIG);
     let a = WeftNode::start(lab.host(0), &etcd, &[]);
     let b = WeftNode::start(lab.host(1), &etcd, &[]);
     lab.host_mut(0).add_pod_with_mtu(a.subnet, a.mtu);
@@ -173,7 +173,7 @@ fn fix_masquerade_keeps_pod_source_addresses() {
     require_root();
     let mut lab = Lab::builder().hosts(2).build();
     let etcd = NsEtcd::start(lab.segment(0));
-    etcd.put_config(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan"}}"#);
+    etcd.put_config(VXLAN_CONFIG);
     // Node A's subnet is known only once it runs: start, add the rule, restart with the fix.
     let a = WeftNode::start(lab.host(0), &etcd, &[]);
     let subnet = a.subnet;

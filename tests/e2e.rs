@@ -9,9 +9,9 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use harness::netns::{require_root, KernelFlannelNode, Lab, Mac, Subnet};
-use harness::weft::{ping_all_pairs, transfer, NsEtcd, WeftNode};
+use harness::weft::{ping_all_pairs, transfer, NsEtcd, WeftNode, VXLAN_CONFIG};
 
-const VXLAN: &str = r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan"}}"#;
+const VXLAN: &str = VXLAN_CONFIG;
 const UDP: &str = r#"{"Network":"10.1.0.0/16","Backend":{"Type":"udp"}}"#;
 const MB: u64 = 1 << 20;
 

@@ -7,14 +7,14 @@ mod harness;
 use std::time::{Duration, Instant};
 
 use harness::netns::{require_root, tcp_transfer, Lab};
-use harness::weft::{NsEtcd, WeftNode};
+use harness::weft::{NsEtcd, WeftNode, VXLAN_CONFIG};
 
 #[test]
 fn pod_ip_kept_across_nodes_and_masqueraded_outside() {
     require_root();
     let mut lab = Lab::builder().hosts(2).outside().build();
     let etcd = NsEtcd::start(lab.segment(0));
-    etcd.put_config(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan"}}"#);
+    etcd.put_config(VXLAN_CONFIG);
     let a = WeftNode::start(lab.host(0), &etcd, &["--ip-masq"]);
     let b = WeftNode::start(lab.host(1), &etcd, &["--ip-masq"]);
     lab.host_mut(0).add_pod_with_mtu(a.subnet, a.mtu);

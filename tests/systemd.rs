@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use harness::netns::{require_root, Lab};
-use harness::weft::{weft_bin, NsEtcd, WeftNode};
+use harness::weft::{weft_bin, NsEtcd, WeftNode, VXLAN_CONFIG};
 
 #[test]
 fn unit_file_verifies() {
@@ -47,7 +47,7 @@ fn ready_and_stopping_are_notified() {
     require_root();
     let lab = Lab::builder().hosts(1).build();
     let etcd = NsEtcd::start(lab.segment(0));
-    etcd.put_config(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan"}}"#);
+    etcd.put_config(VXLAN_CONFIG);
     let dir = tempfile::tempdir().unwrap();
     let sock_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();

@@ -1102,24 +1102,7 @@ impl Host {
         let k = self.pods.len();
         let ns = Netns::new(&format!("{}p{k}", self.ns.name));
         let port = format!("veth{k}");
-        let mtu = mtu.to_string();
-        ns.ip(&[
-            "link",
-            "add",
-            "eth0",
-            "mtu",
-            &mtu,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &port,
-            "mtu",
-            &mtu,
-            "netns",
-            &self.ns.name,
-        ]);
-        self.ns.ip(&["link", "set", &port, "master", "cni0", "up"]);
+        veth_to_bridge(&ns, "eth0", &self.ns, &port, "cni0", mtu);
         let ip = subnet.host(k as u32 + 2);
         ns.ip(&[
             "addr",
@@ -1284,6 +1267,29 @@ fn segment_ns(name: &str, mtu: u32) -> Netns {
     ns
 }
 
+/// Creates `dev` in `ns` as a veth of `mtu` whose peer `port` lives in `peer_ns`, enslaved to
+/// its bridge `bridge` and up.
+fn veth_to_bridge(ns: &Netns, dev: &str, peer_ns: &Netns, port: &str, bridge: &str, mtu: u32) {
+    let mtu = mtu.to_string();
+    ns.ip(&[
+        "link",
+        "add",
+        dev,
+        "mtu",
+        &mtu,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        port,
+        "mtu",
+        &mtu,
+        "netns",
+        peer_ns.name(),
+    ]);
+    peer_ns.ip(&["link", "set", port, "master", bridge, "up"]);
+}
+
 /// Creates `dev` in `ns` as a veth whose peer is a port of `segment`'s `br0`, named
 /// `<port>` there plus a short suffix from `ns`'s name so ports never clash.
 fn join_segment(ns: &Netns, dev: &str, segment: &Netns, port: &str, mtu: u32) {
@@ -1296,24 +1302,7 @@ fn join_segment(ns: &Netns, dev: &str, segment: &Netns, port: &str, mtu: u32) {
         .take(8)
         .collect();
     let port = format!("{port}{tail}");
-    let mtu = mtu.to_string();
-    ns.ip(&[
-        "link",
-        "add",
-        dev,
-        "mtu",
-        &mtu,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &port,
-        "mtu",
-        &mtu,
-        "netns",
-        segment.name(),
-    ]);
-    segment.ip(&["link", "set", &port, "master", "br0", "up"]);
+    veth_to_bridge(ns, dev, segment, &port, "br0", mtu);
 }
 
 /// A host namespace on a segment: forwarding on, rp_filter off, `eth0` at `ip`.

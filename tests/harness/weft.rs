@@ -15,6 +15,8 @@ pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 2);
 pub const OPS_PORT: u16 = 9474;
 /// flannel's etcd prefix.
 pub const PREFIX: &str = "/coreos.com/network";
+/// The network config most tests use: 10.1.0.0/16 over vxlan.
+pub const VXLAN_CONFIG: &str = r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan"}}"#;
 
 /// An etcd server running inside a lab namespace (the underlay segment), with its data dir.
 pub struct NsEtcd {

@@ -4,8 +4,18 @@
 //! measured with the same tools in the same run and printed side by side, with the underlay
 //! itself (host to host, in the host-gw lab) as the ceiling.
 //!
-//! Run: `cargo bench --bench e2e` (root; about three minutes). Set `WEFT_E2E_SECS` to change
-//! the length of each iperf3 run (default 10).
+//! CPU cost: around each TCP run the bench samples the whole machine's busy time from
+//! /proc/stat (user, system, irq, softirq: everything but idle and iowait) and, for weft, the
+//! weft processes' own utime + stime from /proc/<pid>/stat; it prints CPU-milliseconds per
+//! Gbit delivered. The kernel VXLAN data path runs in softirq and in the iperf3 processes, so
+//! the machine total is the comparable figure; the weft column also says how much of it was
+//! weft's own threads.
+//!
+//! Run: `cargo bench --bench e2e` (root; about three minutes). Environment:
+//! * `WEFT_E2E_SECS`: length of each iperf3 run (default 10);
+//! * `WEFT_E2E_ONLY=weft`: measure weft alone (the other columns print NaN);
+//! * `WEFT_E2E_ARGS`: extra flags for the weft nodes (e.g. `--workers=1`);
+//! * `WEFT_BIN`: another weft build (e.g. the previous commit's) for a before/after pair.
 
 #[path = "../tests/harness/mod.rs"]
 mod harness;
@@ -22,6 +32,70 @@ struct Numbers {
     tcp4: f64,
     udp64_pps: f64,
     ping_ms: f64,
+    /// Machine CPU-ms per Gbit delivered, 1 and 4 TCP streams.
+    cpu1: f64,
+    cpu4: f64,
+    /// Of that, the weft processes' own CPU-ms per Gbit (0 for the kernel).
+    weft_cpu1: f64,
+    weft_cpu4: f64,
+}
+
+/// Clock ticks per second for /proc times.
+fn clk_tck() -> f64 {
+    // SAFETY: sysconf takes no pointers.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// Busy (non-idle, non-iowait) CPU seconds of the whole machine since boot.
+fn machine_busy_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let line = stat.lines().next().expect("cpu line");
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest is inside user already)
+    let busy: u64 = v
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, x)| x)
+        .sum();
+    busy as f64 / clk_tck()
+}
+
+/// utime + stime of a process (all its threads) in seconds; 0 when it is gone.
+fn process_cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the ")" closing the command name: state is field 3, utime 14, stime 15.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let get = |i: usize| {
+        f.get(i - 3)
+            .and_then(|x| x.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (get(14) + get(15)) as f64 / clk_tck()
+}
+
+/// CPU seconds spent by the machine and by `pids` while `f` ran, and `f`'s result.
+fn with_cpu<T>(pids: &[u32], f: impl FnOnce() -> T) -> (T, f64, f64) {
+    let procs = |pids: &[u32]| pids.iter().map(|&p| process_cpu_secs(p)).sum::<f64>();
+    let (m0, p0) = (machine_busy_secs(), procs(pids));
+    let t = f();
+    let (m1, p1) = (machine_busy_secs(), procs(pids));
+    (t, m1 - m0, p1 - p0)
 }
 
 fn tcp_streams(client: &Netns, server: &Netns, dst: Ipv4Addr, secs: u32, streams: u32) -> f64 {
@@ -37,21 +111,29 @@ fn tcp_streams(client: &Netns, server: &Netns, dst: Ipv4Addr, secs: u32, streams
         / 1e9
 }
 
-fn measure(lab: &Lab, secs: u32) -> Numbers {
-    measure_between(lab.host(0).pod(0), lab.host(1).pod(0), b_addr(lab), secs)
+fn measure(lab: &Lab, secs: u32, pids: &[u32]) -> Numbers {
+    measure_between(
+        lab.host(0).pod(0),
+        lab.host(1).pod(0),
+        b_addr(lab),
+        secs,
+        pids,
+    )
 }
 
 fn b_addr(lab: &Lab) -> Ipv4Addr {
     lab.host(1).pod(0).addr()
 }
 
-fn measure_between(a: &Netns, b: &Netns, dst: Ipv4Addr, secs: u32) -> Numbers {
+fn measure_between(a: &Netns, b: &Netns, dst: Ipv4Addr, secs: u32, pids: &[u32]) -> Numbers {
     assert!(
         a.wait_for_ping(dst, Duration::from_secs(5)),
         "{dst} unreachable"
     );
-    let tcp1 = tcp_streams(a, b, dst, secs, 1);
-    let tcp4 = tcp_streams(a, b, dst, secs, 4);
+    // CPU-ms per Gbit delivered: CPU seconds * 1000 / (Gbit/s * seconds).
+    let per_gbit = |cpu: f64, gbit_s: f64| cpu * 1e3 / (gbit_s * f64::from(secs)).max(1e-9);
+    let (tcp1, m1, w1) = with_cpu(pids, || tcp_streams(a, b, dst, secs, 1));
+    let (tcp4, m4, w4) = with_cpu(pids, || tcp_streams(a, b, dst, secs, 4));
     let udp = iperf3_udp(a, b, dst, secs.min(5), 64);
     let ping = a.ping(dst, 50);
     Numbers {
@@ -59,6 +141,10 @@ fn measure_between(a: &Netns, b: &Netns, dst: Ipv4Addr, secs: u32) -> Numbers {
         tcp4,
         udp64_pps: udp.received_pps,
         ping_ms: ping.avg_rtt_ms.unwrap_or(f64::NAN),
+        cpu1: per_gbit(m1, tcp1),
+        cpu4: per_gbit(m4, tcp4),
+        weft_cpu1: per_gbit(w1, tcp1),
+        weft_cpu4: per_gbit(w4, tcp4),
     }
 }
 
@@ -76,18 +162,19 @@ fn kernel(offloads: bool, secs: u32) -> Numbers {
     k1.peer_with(&k0);
     lab.host_mut(0).add_pod_with_mtu(s0, k0.mtu());
     lab.host_mut(1).add_pod_with_mtu(s1, k1.mtu());
-    measure(&lab, secs)
+    measure(&lab, secs, &[])
 }
 
-fn weft(secs: u32) -> Numbers {
+fn weft(secs: u32, extra: &[&str]) -> Numbers {
     let mut lab = Lab::builder().hosts(2).build();
     let etcd = NsEtcd::start(lab.segment(0));
     etcd.put_config(VXLAN_CONFIG);
-    let n0 = WeftNode::start(lab.host(0), &etcd, &[]);
-    let n1 = WeftNode::start(lab.host(1), &etcd, &[]);
+    let n0 = WeftNode::start(lab.host(0), &etcd, extra);
+    let n1 = WeftNode::start(lab.host(1), &etcd, extra);
     lab.host_mut(0).add_pod_with_mtu(n0.subnet, n0.mtu);
     lab.host_mut(1).add_pod_with_mtu(n1.subnet, n1.mtu);
-    measure(&lab, secs)
+    let pids: Vec<u32> = [n0.pid(), n1.pid()].into_iter().flatten().collect();
+    measure(&lab, secs, &pids)
 }
 
 /// weft host-gw pod to pod, then host to host over the same underlay (the ceiling).
@@ -99,9 +186,9 @@ fn weft_host_gw(secs: u32) -> (Numbers, Numbers) {
     let n1 = WeftNode::start(lab.host(1), &etcd, &[]);
     lab.host_mut(0).add_pod_with_mtu(n0.subnet, n0.mtu);
     lab.host_mut(1).add_pod_with_mtu(n1.subnet, n1.mtu);
-    let pods = measure(&lab, secs);
+    let pods = measure(&lab, secs, &[]);
     let (h0, h1) = (lab.host(0), lab.host(1));
-    let underlay = measure_between(h0, h1, h1.addr(), secs);
+    let underlay = measure_between(h0, h1, h1.addr(), secs, &[]);
     (pods, underlay)
 }
 
@@ -115,16 +202,38 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
-    eprintln!("e2e: kernel VXLAN (default offloads) ...");
-    let k = kernel(true, secs);
-    eprintln!("e2e: kernel VXLAN (offloads off, wire-like) ...");
-    let kw = kernel(false, secs);
-    eprintln!("e2e: weft ...");
-    let w = weft(secs);
-    eprintln!("e2e: weft host-gw, then the bare underlay ...");
-    let (hg, u) = weft_host_gw(secs);
+    // WEFT_E2E_ONLY=weft measures weft alone (while iterating; the other columns print NaN).
+    let only_weft = std::env::var("WEFT_E2E_ONLY").is_ok_and(|v| v == "weft");
+    let skipped = Numbers {
+        tcp1: f64::NAN,
+        tcp4: f64::NAN,
+        udp64_pps: f64::NAN,
+        ping_ms: f64::NAN,
+        cpu1: f64::NAN,
+        cpu4: f64::NAN,
+        weft_cpu1: f64::NAN,
+        weft_cpu4: f64::NAN,
+    };
+    let (k, kw) = if only_weft {
+        (skipped, skipped)
+    } else {
+        eprintln!("e2e: kernel VXLAN (default offloads) ...");
+        let k = kernel(true, secs);
+        eprintln!("e2e: kernel VXLAN (offloads off, wire-like) ...");
+        (k, kernel(false, secs))
+    };
+    let extra_s = std::env::var("WEFT_E2E_ARGS").unwrap_or_default();
+    let extra: Vec<&str> = extra_s.split_whitespace().collect();
+    eprintln!("e2e: weft {extra_s} ...");
+    let w = weft(secs, &extra);
+    let (hg, u) = if only_weft {
+        (skipped, skipped)
+    } else {
+        eprintln!("e2e: weft host-gw, then the bare underlay ...");
+        weft_host_gw(secs)
+    };
     println!();
-    println!("end-to-end, two hosts on one bridge, pod to pod, {secs} s per TCP run");
+    println!("end-to-end, two hosts on one bridge, pod to pod, {secs} s per TCP run; weft flags: [{extra_s}]");
     println!(
         "{:<28} {:>12} {:>12} {:>11} {:>17} {:>13} {:>13}",
         "", "kernel VXLAN", "weft", "weft/kernel", "kernel, offl. off", "weft host-gw", "underlay"
@@ -145,4 +254,10 @@ fn main() {
     row("TCP, 4 streams (Gbit/s)", |n| n.tcp4);
     row("UDP 64 B (kpps received)", |n| n.udp64_pps / 1e3);
     row("ping RTT (ms, lower wins)", |n| n.ping_ms);
+    row("CPU-ms/Gbit, 1 stream", |n| n.cpu1);
+    row("CPU-ms/Gbit, 4 streams", |n| n.cpu4);
+    println!(
+        "of which weft's own threads: {:.1} CPU-ms/Gbit (1 stream), {:.1} (4 streams)",
+        w.weft_cpu1, w.weft_cpu4
+    );
 }

@@ -1,5 +1,7 @@
 //! Per-packet costs of the packet layer: vxlan encap and decap, udp decap, and the send and
-//! receive paths around them, on 64-byte and 1400-byte inner packets.
+//! receive paths around them, on 64-byte and 1400-byte inner packets; and the offload work
+//! per 64 KB TCP super-packet: the Internet checksum, userspace segmentation (GSO) and
+//! coalescing (GRO).
 //! Run: `cargo bench --bench packet`. Criterion reports time per packet and packets/s.
 
 use std::hint::black_box;
@@ -9,7 +11,10 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use weft::buf::PacketBuf;
 use weft::encap::{self, VxlanRx, VXLAN_ENCAP_LEN};
+use weft::gro::{Coalescer, Offer};
+use weft::gso;
 use weft::table::{LeaseTable, LocalVtep, Peer};
+use weft::wire::checksum;
 use weft::wire::ipv4::{Ipv4Repr, Protocol};
 use weft::wire::{EthernetAddress, Ipv4Packet, Subnet, Vni};
 
@@ -135,5 +140,68 @@ fn packet_layer(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, packet_layer);
+/// A TCP/IPv4 packet with `payload` bytes, ACK set, a timestamp option block.
+fn tcp_super_packet(payload: usize, seq: u32) -> Vec<u8> {
+    let thl = 32;
+    let mut b = vec![0u8; 20 + thl + payload];
+    Ipv4Repr {
+        src: Ipv4Addr::new(10, 1, 1, 2),
+        dst: Ipv4Addr::new(10, 1, 2, 2),
+        protocol: Protocol::Tcp,
+        payload_len: (thl + payload) as u16,
+        ttl: 64,
+        dscp_ecn: 0,
+        ident: 1,
+        dont_frag: true,
+    }
+    .emit(&mut Ipv4Packet::new_unchecked(&mut b[..]));
+    let t = &mut b[20..];
+    t[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    t[2..4].copy_from_slice(&5201u16.to_be_bytes());
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    t[12] = ((thl / 4) as u8) << 4;
+    t[13] = 0x10;
+    t[14..16].copy_from_slice(&512u16.to_be_bytes());
+    t[20..32].copy_from_slice(&[1, 1, 8, 10, 0, 0, 0, 9, 0, 0, 0, 3]);
+    for (i, byte) in t[thl..].iter_mut().enumerate() {
+        *byte = (i % 251) as u8;
+    }
+    b
+}
+
+fn offload(c: &mut Criterion) {
+    const MSS: usize = 1398;
+    let mut g = c.benchmark_group("offload");
+    for len in [1448usize, 65000] {
+        let data = vec![0xa7u8; len];
+        g.throughput(Throughput::Bytes(len as u64));
+        g.bench_function(format!("checksum_{len}B"), |bench| {
+            bench.iter(|| checksum::checksum(black_box(&data)))
+        });
+    }
+    let sp = tcp_super_packet(46 * MSS, 1);
+    let prefix = [0x11u8; 50];
+    let mut train = vec![0u8; 128 * 1024];
+    g.throughput(Throughput::Bytes(sp.len() as u64));
+    g.bench_function("gso_segment_64KB", |bench| {
+        bench.iter(|| gso::segment_tcp4(black_box(&sp), MSS, &prefix, &mut train).unwrap())
+    });
+    let t = gso::segment_tcp4(&sp, MSS, &[], &mut train).unwrap();
+    let segs: Vec<Vec<u8>> = train[..t.total]
+        .chunks(t.seg_len)
+        .map(<[u8]>::to_vec)
+        .collect();
+    let mut co = Coalescer::new();
+    g.bench_function("gro_coalesce_64KB", |bench| {
+        bench.iter(|| {
+            for s in &segs {
+                assert_eq!(co.offer(black_box(s)), Offer::Taken);
+            }
+            co.flush(1450).map(<[u8]>::len)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, packet_layer, offload);
 criterion_main!(benches);

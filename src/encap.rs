@@ -76,6 +76,9 @@ pub enum DropReason {
     SpoofedSource,
     /// Receive: the inner destination lies outside our subnet.
     NotForUs,
+    /// Receive: a TCP segment about to be coalesced fails its checksum (coalescing would
+    /// hand the kernel a fresh partial checksum and launder the corruption).
+    InnerTcpChecksum,
     /// Send: no lease covers the destination.
     NoLease,
     /// Send: the TUN handed over an IPv6 packet.
@@ -86,7 +89,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, for registering counters up front.
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::Truncated,
         DropReason::BadFlags,
         DropReason::WrongVni,
@@ -99,6 +102,7 @@ impl DropReason {
         DropReason::UnknownSender,
         DropReason::SpoofedSource,
         DropReason::NotForUs,
+        DropReason::InnerTcpChecksum,
         DropReason::NoLease,
         DropReason::OutboundIpv6,
         DropReason::OutboundMalformed,
@@ -119,6 +123,7 @@ impl DropReason {
             DropReason::UnknownSender => "unknown_sender",
             DropReason::SpoofedSource => "spoofed_source",
             DropReason::NotForUs => "not_for_us",
+            DropReason::InnerTcpChecksum => "inner_tcp_checksum",
             DropReason::NoLease => "no_lease",
             DropReason::OutboundIpv6 => "outbound_ipv6",
             DropReason::OutboundMalformed => "outbound_malformed",

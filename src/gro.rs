@@ -29,6 +29,9 @@ pub enum Offer {
     Alone,
     /// Mergeable but not with the open one: flush it, then offer the packet again.
     FlushFirst,
+    /// A data segment whose TCP checksum is wrong: drop it. (Merged, it would reach the
+    /// kernel under a fresh partial checksum and its corruption would go unnoticed.)
+    BadChecksum,
 }
 
 /// One open super-packet being built: `[virtio-net header | IPv4 | TCP | payload...]`.
@@ -69,6 +72,20 @@ fn tcp_view(p: &[u8]) -> Option<(usize, usize, u8)> {
         return None;
     }
     Some((hl, hl + thl, l4[13]))
+}
+
+/// Whether the TCP checksum of a whole TCP/IPv4 packet (IPv4 header `hl` bytes) verifies,
+/// or holds the partial value (the folded pseudo-header sum) that a Linux sender leaves when
+/// the packet never met a device that completes checksums: a kernel VXLAN peer over veth or
+/// another virtual link. The kernel itself accepts such packets on those links, so rejecting
+/// them would break those peers; anything else must verify.
+fn tcp_checksum_ok(p: &[u8], hl: usize) -> bool {
+    let l4 = &p[hl..];
+    let src = [p[12], p[13], p[14], p[15]].into();
+    let dst = [p[16], p[17], p[18], p[19]].into();
+    let pseudo = checksum::pseudo_header(src, dst, 6, l4.len() as u16);
+    let field = u16::from_be_bytes([l4[16], l4[17]]);
+    field == checksum::fold(pseudo) || checksum::fold(pseudo + checksum::sum(l4)) == 0xffff
 }
 
 impl Coalescer {
@@ -121,6 +138,9 @@ impl Coalescer {
             || flags & TCP_ACK == 0
         {
             return Offer::Alone;
+        }
+        if !tcp_checksum_ok(p, hl) {
+            return Offer::BadChecksum;
         }
         if self.len == 0 {
             self.open(p, headers, payload, flags);
@@ -223,8 +243,25 @@ mod tests {
     use crate::gso::segment_tcp4;
     use crate::offload::GSO_NONE;
 
+    /// A TCP/IPv4 packet with a valid checksum, as one would arrive from a peer.
     fn tcp_packet(payload: usize, flags: u8, seq: u32) -> Vec<u8> {
-        crate::gso::tests::tcp_packet(payload, flags, seq)
+        let mut p = crate::gso::tests::tcp_packet(payload, flags, seq);
+        fix_csum(&mut p);
+        p
+    }
+
+    /// Recomputes the TCP checksum after a test edited the packet.
+    fn fix_csum(p: &mut [u8]) {
+        let hl = usize::from(p[0] & 0x0f) * 4;
+        p[hl + 16] = 0;
+        p[hl + 17] = 0;
+        let ip = Ipv4Packet::new_unchecked(&p[..]);
+        let (src, dst) = (ip.src_addr(), ip.dst_addr());
+        let l4 = &p[hl..];
+        let c = !checksum::fold(
+            checksum::pseudo_header(src, dst, 6, l4.len() as u16) + checksum::sum(l4),
+        );
+        p[hl + 16..hl + 18].copy_from_slice(&c.to_be_bytes());
     }
 
     fn segments(p: &[u8], mss: usize) -> Vec<Vec<u8>> {
@@ -275,6 +312,7 @@ mod tests {
         // Another flow (other port) cannot merge.
         let mut other = segs[2].clone();
         other[20] ^= 1;
+        fix_csum(&mut other);
         assert_eq!(c.offer(&other), Offer::FlushFirst);
         // SYN, FIN, RST and pure ACKs go alone.
         for f in [TCP_SYN | TCP_ACK, TCP_FIN | TCP_ACK, TCP_RST | TCP_ACK] {
@@ -316,15 +354,49 @@ mod tests {
     }
 
     #[test]
+    fn corrupt_segments_are_refused_not_merged() {
+        let p = tcp_packet(3000, TCP_ACK, 0);
+        let mut segs = segments(&p, 1000);
+        let mut c = Coalescer::new();
+        assert_eq!(c.offer(&segs[0]), Offer::Taken);
+        // One flipped payload bit: the segment's own checksum no longer verifies.
+        segs[1][60] ^= 0x04;
+        assert_eq!(c.offer(&segs[1]), Offer::BadChecksum);
+        // The open packet is untouched, and the next segment leaves a gap.
+        assert_eq!(c.segments(), 1);
+        assert_eq!(c.offer(&segs[2]), Offer::FlushFirst);
+        // A partial checksum (a kernel peer over a virtual link) is accepted.
+        let mut partial = segs[2].clone();
+        let (src, dst) = ([10, 1, 1, 2].into(), [10, 1, 2, 2].into());
+        let pseudo = checksum::fold(checksum::pseudo_header(
+            src,
+            dst,
+            6,
+            (partial.len() - 20) as u16,
+        ));
+        partial[36..38].copy_from_slice(&pseudo.to_be_bytes());
+        let mut c2 = Coalescer::new();
+        assert_eq!(c2.offer(&partial), Offer::Taken);
+        // A bad checksum on the first segment is refused too.
+        let mut c = Coalescer::new();
+        let mut first = segs[0].clone();
+        first[20 + 16] ^= 0xff;
+        assert_eq!(c.offer(&first), Offer::BadChecksum);
+        assert!(!c.is_open());
+    }
+
+    #[test]
     fn different_options_or_ack_split() {
         let a = tcp_packet(1000, TCP_ACK, 0);
         let mut b = tcp_packet(1000, TCP_ACK, 1000);
         b[20 + 31] ^= 1; // timestamp echo differs
+        fix_csum(&mut b);
         let mut c = Coalescer::new();
         assert_eq!(c.offer(&a), Offer::Taken);
         assert_eq!(c.offer(&b), Offer::FlushFirst);
         let mut d = tcp_packet(1000, TCP_ACK, 1000);
         d[20 + 11] ^= 1; // ack differs
+        fix_csum(&mut d);
         assert_eq!(c.offer(&d), Offer::FlushFirst);
     }
 }

@@ -84,6 +84,21 @@ struct RunArgs {
     #[arg(long = "route-resync-secs", env = "WEFT_ROUTE_RESYNC_SECS", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..=86400))]
     route_resync_secs: u32,
+    /// Data-path workers, each with its own TUN queue (IFF_MULTI_QUEUE) and tunnel socket
+    /// (SO_REUSEPORT); 0 runs one per CPU (at most 16).
+    #[arg(long = "workers", env = "WEFT_WORKERS", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=16))]
+    workers: u16,
+    /// Outer UDP source ports (send sockets) that flows are hashed over; 0 picks four per
+    /// worker.
+    #[arg(long = "source-ports", env = "WEFT_SOURCE_PORTS", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=64))]
+    source_ports: u16,
+    /// Threads per worker: 2 (a send and a receive thread: more throughput) or 1 (both
+    /// directions on one thread: a wake-up less per request and reply, lower latency).
+    #[arg(long = "threads-per-worker", env = "WEFT_THREADS_PER_WORKER", default_value_t = 2,
+          value_parser = clap::value_parser!(u8).range(1..=2))]
+    threads_per_worker: u8,
     /// Log verbosity like flanneld's -v: 0 info, 1-2 debug, 3+ trace (RUST_LOG overrides).
     #[arg(short = 'v', long = "v", env = "FLANNELD_V", default_value_t = 0)]
     verbosity: u8,
@@ -298,6 +313,9 @@ fn run(a: &RunArgs) -> Result<()> {
         udp_gso: a.udp_gso,
         udp_gro: a.udp_gro,
         route_resync: std::time::Duration::from_secs(u64::from(a.route_resync_secs)),
+        workers: usize::from(a.workers),
+        source_ports: usize::from(a.source_ports),
+        split_threads: a.threads_per_worker == 2,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -411,6 +429,9 @@ fn main() -> Result<()> {
             "tun-offload",
             "udp-gso",
             "udp-gro",
+            "workers",
+            "source-ports",
+            "threads-per-worker",
             "v",
         ],
     );

@@ -4,7 +4,7 @@
 //! leases ([`crate::host::routes`]); vxlan with `DirectRouting` runs both.
 
 use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use arc_swap::ArcSwapOption;
 use tracing::{error, info, warn};
 
 use crate::config::BackendType;
-use crate::dataplane::{Backend, Datapath, DatapathConfig, DatapathError};
+use crate::dataplane::{Backend, Datapath, DatapathConfig, DatapathError, WorkerIo, MAX_WORKERS};
 use crate::encap::VxlanRx;
 use crate::host::routes::{self, RouteError, RouteOptions, RouteTable};
 use crate::host::{self, Underlay, UnderlayError};
@@ -66,6 +66,12 @@ pub struct NodeOptions {
     pub udp_gro: bool,
     /// Full reconcile period of the direct routes (host-gw, DirectRouting).
     pub route_resync: Duration,
+    /// Data-path workers (TUN queues and tunnel sockets); 0 picks one per CPU.
+    pub workers: usize,
+    /// Send sockets (outer UDP source ports) the workers share; 0 picks four per worker.
+    pub source_ports: usize,
+    /// A thread per direction in each worker instead of one for both.
+    pub split_threads: bool,
 }
 
 /// Why the node could not start or had to stop.
@@ -143,9 +149,46 @@ fn iface_err(iface: &str, what: &'static str) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
-fn bind_udp(underlay: &Underlay, port: u16) -> Result<UdpSocket, NodeError> {
+/// Workers to run: `asked`, or one per CPU this process may use (at most 16) for 0.
+fn worker_count(asked: usize) -> usize {
+    if asked > 0 {
+        return asked.min(MAX_WORKERS);
+    }
+    std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(1)
+        .min(MAX_WORKERS)
+}
+
+/// Binds one tunnel-port socket per TUN queue (a SO_REUSEPORT group when there are several)
+/// and the shared send sockets on ephemeral ports (the outer source ports).
+fn open_workers(
+    opts: &NodeOptions,
+    underlay: &Underlay,
+    port: u16,
+    tuns: Vec<Tun>,
+) -> Result<(Vec<WorkerIo>, Vec<UdpSocket>), NodeError> {
+    let n = tuns.len();
+    let mut workers = Vec::with_capacity(n);
+    for tun in tuns {
+        let rx = bind_udp(underlay, port, n > 1)?;
+        workers.push(WorkerIo { tun, rx });
+    }
+    let ports = match opts.source_ports {
+        0 => 4 * n,
+        k => k,
+    }
+    .clamp(1, crate::dataplane::MAX_SEND_SOCKETS);
+    let tx = (0..ports)
+        .map(|_| bind_udp(underlay, 0, false))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((workers, tx))
+}
+
+fn bind_udp(underlay: &Underlay, port: u16, reuse_port: bool) -> Result<UdpSocket, NodeError> {
     let addr = SocketAddr::from((underlay.local_ip, port));
-    let sock = UdpSocket::bind(addr).map_err(|source| NodeError::Bind { addr, source })?;
+    let sock = crate::sys::bind_udp4(SocketAddrV4::new(underlay.local_ip, port), reuse_port)
+        .map_err(|source| NodeError::Bind { addr, source })?;
     let fd = sock.as_raw_fd();
     for (force, plain) in [
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
@@ -207,7 +250,21 @@ fn start_datapath(
 ) -> Result<(Datapath, DpInfo), NodeError> {
     let tun_mtu = config.overlay_mtu(underlay.mtu);
 
-    let tun = Tun::open(&opts.tun_name, true)?;
+    let queues = worker_count(opts.workers);
+    let tuns = match Tun::open_queues(&opts.tun_name, true, queues) {
+        Ok(t) => t,
+        // A device left persistent by a run in the other queue mode refuses this one
+        // (EINVAL): take it as it is.
+        Err(e) if queues > 1 => {
+            warn!(error = %e, queues, "multi-queue TUN refused; running one worker");
+            Tun::open_queues(&opts.tun_name, true, 1)?
+        }
+        Err(e) => match Tun::open_multi(&opts.tun_name, true, 1) {
+            Ok(t) => t,
+            Err(_) => return Err(e.into()),
+        },
+    };
+    let tun = &tuns[0];
     let name = tun.name().to_string();
     // A persistent device keeps its address and the Network route while weft restarts, so
     // pod packets wait in (or drop at) the TUN instead of leaking to the default route.
@@ -229,22 +286,29 @@ fn start_datapath(
             }
         };
 
-    let sock = bind_udp(underlay, config.backend.port)?;
+    let (workers, tx) = open_workers(opts, underlay, config.backend.port, tuns)?;
     let gro = opts.udp_gro
-        && match crate::sys::mmsg::enable_udp_gro(sock.as_raw_fd()) {
-            Ok(()) => true,
-            Err(e) => {
-                warn!(error = %e, "UDP_GRO refused; receiving datagrams one by one");
-                false
-            }
-        };
+        && workers.iter().all(
+            |w| match crate::sys::mmsg::enable_udp_gro(w.rx.as_raw_fd()) {
+                Ok(()) => true,
+                Err(e) => {
+                    warn!(error = %e, "UDP_GRO refused; receiving datagrams one by one");
+                    false
+                }
+            },
+        );
     info!(
         tun_tso = tso,
         udp_gso = opts.udp_gso,
         udp_gro = gro,
         "offloads"
     );
-    info!(addr = %SocketAddr::from((underlay.local_ip, config.backend.port)), "underlay socket bound");
+    info!(
+        addr = %SocketAddr::from((underlay.local_ip, config.backend.port)),
+        workers = workers.len(),
+        source_ports = tx.len(),
+        "underlay sockets bound"
+    );
 
     let info = DpInfo {
         tun: name,
@@ -252,8 +316,8 @@ fn start_datapath(
         offloads: [tso, opts.udp_gso, gro],
     };
     let dp = Datapath::start(
-        Arc::new(tun),
-        Arc::new(sock),
+        workers,
+        tx,
         shared.clone(),
         DatapathConfig {
             backend,
@@ -264,6 +328,7 @@ fn start_datapath(
             tso,
             udp_gso: opts.udp_gso,
             coalesce: opts.udp_gro,
+            split: opts.split_threads,
         },
     )?;
     Ok((dp, info))
@@ -502,7 +567,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
         Err(None) => {
             let e = dp_result
                 .err()
-                .unwrap_or(DatapathError::Panicked("unknown"));
+                .unwrap_or(DatapathError::Panicked("unknown".into()));
             error!(error = %e, "data path stopped");
             Err(e.into())
         }

@@ -2,7 +2,7 @@
 //! Workers count into a plain local copy and flush it once per batch (no atomics per packet).
 
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::encap::DropReason;
 
@@ -109,7 +109,23 @@ pub struct Counters {
     pub rx_batches: AtomicU64,
     /// Per-peer counts.
     pub peers: PeerCounters,
+    /// Per-worker packet counts (how evenly flows spread), the first `workers` in use.
+    pub per_worker: [WorkerSlot; MAX_WORKERS],
+    /// Workers running.
+    pub workers: AtomicUsize,
     drops: [AtomicU64; REASONS],
+}
+
+/// Most data-path workers.
+pub const MAX_WORKERS: usize = 16;
+
+/// Packets one worker forwarded each way.
+#[derive(Debug, Default)]
+pub struct WorkerSlot {
+    /// Packets read from its TUN queue and sent.
+    pub tx_packets: AtomicU64,
+    /// Packets received on its socket and written to the TUN.
+    pub rx_packets: AtomicU64,
 }
 
 impl Counters {
@@ -139,6 +155,7 @@ pub struct LocalCounters {
     pub drops: [u64; REASONS],
     peers: [(Ipv4Addr, u64, u64); LOCAL_PEERS],
     n_peers: usize,
+    worker: usize,
 }
 
 impl Default for LocalCounters {
@@ -151,11 +168,20 @@ impl Default for LocalCounters {
             drops: [0; REASONS],
             peers: [(Ipv4Addr::UNSPECIFIED, 0, 0); LOCAL_PEERS],
             n_peers: 0,
+            worker: 0,
         }
     }
 }
 
 impl LocalCounters {
+    /// Counts for worker `worker` (below [`MAX_WORKERS`]; larger numbers count as the last).
+    pub fn for_worker(worker: usize) -> LocalCounters {
+        LocalCounters {
+            worker: worker.min(MAX_WORKERS - 1),
+            ..LocalCounters::default()
+        }
+    }
+
     /// Counts one drop.
     #[inline]
     pub fn drop(&mut self, r: DropReason) {
@@ -204,6 +230,9 @@ impl LocalCounters {
     /// Adds the send side's counts to `c` and zeroes them; `batch` is the batch size.
     pub fn flush_tx(&mut self, c: &Counters, batch: usize) {
         c.tx_packets.fetch_add(self.packets, Ordering::Relaxed);
+        c.per_worker[self.worker]
+            .tx_packets
+            .fetch_add(self.packets, Ordering::Relaxed);
         c.tx_bytes.fetch_add(self.bytes, Ordering::Relaxed);
         c.tx_errors.fetch_add(self.errors, Ordering::Relaxed);
         c.icmp_unreachable.fetch_add(self.icmp, Ordering::Relaxed);
@@ -221,6 +250,9 @@ impl LocalCounters {
     /// Adds the receive side's counts to `c` and zeroes them; `batch` is the batch size.
     pub fn flush_rx(&mut self, c: &Counters, batch: usize) {
         c.rx_packets.fetch_add(self.packets, Ordering::Relaxed);
+        c.per_worker[self.worker]
+            .rx_packets
+            .fetch_add(self.packets, Ordering::Relaxed);
         c.rx_bytes.fetch_add(self.bytes, Ordering::Relaxed);
         c.tun_write_errors.fetch_add(self.errors, Ordering::Relaxed);
         c.rx_batch_packets

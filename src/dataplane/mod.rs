@@ -1,23 +1,37 @@
-//! The data path: two dedicated threads per node moving packets between the TUN device and
-//! the UDP socket, in batches, with buffers allocated once.
+//! The data path: worker threads moving packets between the TUN device and the underlay, in
+//! batches, with buffers allocated once.
+//!
+//! Each worker owns one TUN queue (IFF_MULTI_QUEUE when there are several workers) and one
+//! receive socket on the tunnel port (SO_REUSEPORT when there are several). The kernel
+//! spreads flows over the TUN queues by flow hash (and keeps a flow on the queue its packets
+//! were last written to), and over the sockets by the outer 4-tuple's hash. A worker runs
+//! its two directions on two threads (the default: the most throughput) or on one, which
+//! sleeps in `poll` on both and drains them turn about: a reply the local stack produces
+//! while the worker writes a request to the TUN is then sent without another wake-up, for
+//! lower latency and less single-stream throughput (see the README's performance section).
 //!
 //! * send (TUN -> UDP): read up to a batch of packets, look each destination up in the lease
-//!   table snapshot (loaded once per batch), encapsulate in place, `sendmmsg` the batch. A
-//!   destination inside the Network without a lease gets an ICMP net-unreachable back.
+//!   table snapshot (loaded once per batch), encapsulate in place (or segment a TCP
+//!   super-packet into a train), `sendmmsg` the batch. A destination inside the Network
+//!   without a lease gets an ICMP net-unreachable back.
 //! * receive (UDP -> TUN): `recvmmsg` a batch; per datagram, in DESIGN.md's order: the sender
 //!   holds a lease, the VXLAN header and inner Ethernet are ours, the inner IPv4 header is
 //!   sane, the inner source lies in the sender's subnet, the inner destination in ours; then
-//!   write it to the TUN with a virtio-net header (partial checksums, TCP super-packets).
+//!   coalesce TCP segments (each one's checksum verified first) and write to the TUN with a
+//!   virtio-net header.
 //!
-//! The outer UDP source port is the socket's bound port (8472 for vxlan) for every flow: one
-//! socket per node, as flannel's udp backend does. Linux receivers do not care; per-flow
-//! source ports need several sockets and come with the multi-queue work.
+//! Outer source ports: the workers share a few send sockets bound to ephemeral ports, and a
+//! hash of the inner flow picks one, as Linux VXLAN picks a source port per flow (RFC 7348
+//! section 5): the underlay's ECMP and the receivers' SO_REUSEPORT spread flows, and one flow
+//! always leaves from one port, so spreading never reorders it.
 
 pub mod counters;
 
 use std::io;
 use std::net::{IpAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -30,15 +44,18 @@ use crate::gso;
 use crate::offload::{self, VnetHdr, VNET_HDR_LEN};
 use crate::sys::mmsg::Mmsg;
 use crate::sys::tun::Tun;
-use crate::sys::{wait_readable, EventFd, Wake};
-use crate::table::SharedTable;
+use crate::sys::{wait_any_readable, EventFd, Wake};
+use crate::table::{SharedTable, TableReader};
 use crate::wire::icmpv4::{self, Unreachable};
 use crate::wire::Subnet;
 
-pub use counters::{Counters, LocalCounters};
+pub use counters::{Counters, LocalCounters, MAX_WORKERS};
 
 /// Largest datagram or TUN read a buffer holds (a kernel peer's GSO super-datagram).
 const MAX_PACKET: usize = 65535;
+
+/// Most send sockets (outer source ports) the workers share.
+pub const MAX_SEND_SOCKETS: usize = 64;
 
 /// How the node encapsulates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +85,17 @@ pub struct DatapathConfig {
     pub udp_gso: bool,
     /// Coalesce received TCP segments into super-packets for the TUN.
     pub coalesce: bool,
+    /// Run each direction of a worker on a thread of its own instead of one thread for both.
+    pub split: bool,
+}
+
+/// One worker's own devices.
+#[derive(Debug)]
+pub struct WorkerIo {
+    /// Its TUN queue (the device itself when there is one worker).
+    pub tun: Tun,
+    /// Its socket on the tunnel port (one of a SO_REUSEPORT group when there are several).
+    pub rx: UdpSocket,
 }
 
 /// Why the data path could not start or stopped.
@@ -82,11 +110,14 @@ pub enum DatapathError {
         #[source]
         source: io::Error,
     },
+    /// No worker or no send socket was given, or too many send sockets.
+    #[error("starting the data path: {0}")]
+    Setup(&'static str),
     /// A device read or poll failed in a way that ends the worker.
     #[error("{worker} worker: {what}")]
     Io {
         /// Which worker.
-        worker: &'static str,
+        worker: String,
         /// What failed.
         what: &'static str,
         /// The OS error.
@@ -95,73 +126,106 @@ pub enum DatapathError {
     },
     /// A worker thread panicked.
     #[error("{0} worker panicked")]
-    Panicked(&'static str),
+    Panicked(String),
+}
+
+/// What a worker thread returns.
+type WorkerResult = Result<(), DatapathError>;
+
+/// Tells workers to stop: a flag they check between batches and an eventfd that wakes them.
+#[derive(Debug)]
+struct Stop {
+    flag: AtomicBool,
+    fd: EventFd,
 }
 
 /// The running workers. Dropping it without [`Datapath::stop`] leaves them running.
 #[derive(Debug)]
 pub struct Datapath {
-    stop: Arc<EventFd>,
-    workers: Vec<(&'static str, JoinHandle<Result<(), DatapathError>>)>,
+    stop: Arc<Stop>,
+    workers: Vec<(String, JoinHandle<Result<(), DatapathError>>)>,
     counters: Arc<Counters>,
 }
 
 impl Datapath {
-    /// Starts the send and receive workers.
+    /// Starts one worker per [`WorkerIo`]; all of them send through `tx` (the inner flow's
+    /// hash picks the socket, hence the outer source port).
     pub fn start(
-        tun: Arc<Tun>,
-        sock: Arc<UdpSocket>,
+        workers: Vec<WorkerIo>,
+        tx: Vec<UdpSocket>,
         table: SharedTable,
         cfg: DatapathConfig,
     ) -> Result<Datapath, DatapathError> {
-        let stop = Arc::new(EventFd::new().map_err(|source| DatapathError::Start {
-            what: "eventfd",
-            source,
-        })?);
-        crate::sys::set_nonblocking(tun.as_raw_fd(), true).map_err(|source| {
-            DatapathError::Start {
-                what: "TUN O_NONBLOCK",
+        if workers.is_empty() || workers.len() > MAX_WORKERS {
+            return Err(DatapathError::Setup("1 to 16 workers are needed"));
+        }
+        if tx.is_empty() || tx.len() > MAX_SEND_SOCKETS {
+            return Err(DatapathError::Setup("1 to 64 send sockets are needed"));
+        }
+        let stop = Arc::new(Stop {
+            flag: AtomicBool::new(false),
+            fd: EventFd::new().map_err(|source| DatapathError::Start {
+                what: "eventfd",
                 source,
-            }
-        })?;
+            })?,
+        });
+        let tx: Arc<[UdpSocket]> = tx.into();
         let counters = Arc::new(Counters::default());
-        let mut workers = Vec::new();
-        {
-            let (tun, sock, table, stop, counters) = (
-                tun.clone(),
-                sock.clone(),
-                table.clone(),
-                stop.clone(),
-                counters.clone(),
-            );
-            let h = std::thread::Builder::new()
-                .name("weft-send".into())
-                .spawn(move || send_loop(&tun, &sock, &table, &cfg, &stop, &counters))
-                .map_err(|source| DatapathError::Start {
-                    what: "send thread",
+        let n = workers.len();
+        let mut handles = Vec::with_capacity(n);
+        for (i, io) in workers.into_iter().enumerate() {
+            crate::sys::set_nonblocking(io.tun.as_raw_fd(), true).map_err(|source| {
+                DatapathError::Start {
+                    what: "TUN O_NONBLOCK",
                     source,
-                })?;
-            workers.push(("send", h));
+                }
+            })?;
+            let send = SendSide::new(i, &io, &cfg, table.reader());
+            let recv = RecvSide::new(i, &io, &cfg, table.reader());
+            let io = Arc::new(io);
+            let spawn = |name: String,
+                         f: Box<dyn FnOnce(&str) -> WorkerResult + Send>|
+             -> Result<(String, JoinHandle<_>), DatapathError> {
+                let n2 = name.clone();
+                let h = std::thread::Builder::new()
+                    .name(name.clone())
+                    .spawn(move || f(&n2))
+                    .map_err(|source| DatapathError::Start {
+                        what: "worker thread",
+                        source,
+                    })?;
+                Ok((name, h))
+            };
+            let (io2, tx2, stop2, c2) = (io.clone(), tx.clone(), stop.clone(), counters.clone());
+            if cfg.split {
+                handles.push(spawn(
+                    format!("weft-dp{i}tx"),
+                    Box::new(move |name| run_send(name, &io2, send, &tx2, &stop2, &c2)),
+                )?);
+                let (io2, stop2, c2) = (io.clone(), stop.clone(), counters.clone());
+                handles.push(spawn(
+                    format!("weft-dp{i}rx"),
+                    Box::new(move |name| run_receive(name, &io2, recv, &stop2, &c2)),
+                )?);
+            } else {
+                handles.push(spawn(
+                    format!("weft-dp{i}"),
+                    Box::new(move |name| run_both(name, &io2, send, recv, &tx2, &stop2, &c2)),
+                )?);
+            }
         }
-        {
-            let (stop2, counters2) = (stop.clone(), counters.clone());
-            let h = std::thread::Builder::new()
-                .name("weft-recv".into())
-                .spawn(move || recv_loop(&tun, &sock, &table, &cfg, &stop2, &counters2))
-                .map_err(|source| DatapathError::Start {
-                    what: "receive thread",
-                    source,
-                })?;
-            workers.push(("receive", h));
-        }
+        counters.workers.store(n, Ordering::Relaxed);
         info!(
+            workers = n,
+            send_sockets = tx.len(),
             batch = cfg.batch_size,
             mtu = cfg.tun_mtu,
+            threads_per_worker = if cfg.split { 2 } else { 1 },
             "data path running"
         );
         Ok(Datapath {
             stop,
-            workers,
+            workers: handles,
             counters,
         })
     }
@@ -171,6 +235,11 @@ impl Datapath {
         &self.counters
     }
 
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
     /// Whether every worker is still running.
     pub fn is_running(&self) -> bool {
         self.workers.iter().all(|(_, h)| !h.is_finished())
@@ -178,7 +247,8 @@ impl Datapath {
 
     /// Stops the workers and waits for them; returns the first worker error.
     pub fn stop(self) -> Result<(), DatapathError> {
-        let _ = self.stop.signal();
+        self.stop.flag.store(true, Ordering::Release);
+        let _ = self.stop.fd.signal();
         let mut first = Ok(());
         for (name, h) in self.workers {
             let r = h.join().unwrap_or(Err(DatapathError::Panicked(name)));
@@ -187,14 +257,6 @@ impl Datapath {
             }
         }
         first
-    }
-}
-
-fn io_err(worker: &'static str, what: &'static str) -> impl FnOnce(io::Error) -> DatapathError {
-    move |source| DatapathError::Io {
-        worker,
-        what,
-        source,
     }
 }
 
@@ -214,44 +276,160 @@ struct Out {
     len: usize,
     seg: u16,
     dst: SocketAddrV4,
+    /// Index of the send socket (outer source port) of the packet's flow.
+    sock: u8,
 }
 
-/// TUN -> lookup -> (segment) -> encapsulate -> sendmmsg.
-fn send_loop(
-    tun: &Tun,
-    sock: &UdpSocket,
-    table: &SharedTable,
-    cfg: &DatapathConfig,
-    stop: &EventFd,
+/// The send socket for a flow hash: the hash scaled onto `0..n` (n <= 64).
+fn pick_socket(hash: u32, n: usize) -> u8 {
+    ((u64::from(hash) * n as u64) >> 32) as u8
+}
+
+/// The send side of a worker: TUN queue -> underlay, with its buffers (allocated once).
+struct SendSide {
+    name: String,
+    cfg: DatapathConfig,
+    vnet: bool,
+    reader: TableReader,
+    tx_batch: Batch,
+    trains: Vec<Box<[u8]>>,
+    outs: Vec<Out>,
+    tx_mmsg: Mmsg,
+    icmp_buf: [u8; VNET_HDR_LEN + icmpv4::MAX_ERROR_LEN],
+    udp_gso: bool,
+    send_errors_logged: u32,
+    tx_local: LocalCounters,
+}
+
+/// The receive side of a worker: underlay socket -> TUN queue, with its buffers.
+struct RecvSide {
+    name: String,
+    cfg: DatapathConfig,
+    vnet: bool,
+    reader: TableReader,
+    rx_batch: Batch,
+    rx_mmsg: Mmsg,
+    gro: Option<Coalescer>,
+    single: Vec<u8>,
+    rx_local: LocalCounters,
+}
+
+/// Sleeps until one of `fds` is readable or the data path stops (true: stop).
+fn sleep_on(name: &str, fds: &[RawFd], stop: &Stop) -> Result<bool, DatapathError> {
+    match wait_any_readable(fds, &stop.fd, -1) {
+        Ok(w) => Ok(w == Wake::Stop || stop.flag.load(Ordering::Acquire)),
+        Err(source) => Err(DatapathError::Io {
+            worker: name.to_string(),
+            what: "poll",
+            source,
+        }),
+    }
+}
+
+/// One thread for both directions: a batch each way, turn about, until both are empty.
+fn run_both(
+    name: &str,
+    io: &WorkerIo,
+    mut send: SendSide,
+    mut recv: RecvSide,
+    tx: &[UdpSocket],
+    stop: &Stop,
     counters: &Counters,
 ) -> Result<(), DatapathError> {
-    let n_max = cfg.batch_size.max(1);
-    let mut batch = Batch::new(n_max, MAX_PACKET + DEFAULT_HEADROOM, DEFAULT_HEADROOM);
-    // Segment trains exist only when the TUN hands over TCP super-packets.
-    let mut trains: Vec<Box<[u8]>> = if cfg.tso {
-        (0..n_max)
-            .map(|_| vec![0u8; TRAIN_CAPACITY].into_boxed_slice())
-            .collect()
-    } else {
-        Vec::new()
-    };
-    // At most two messages per super-packet (MAX_GSO_BYTES), or one per segment without GSO.
-    let mut outs: Vec<Out> = Vec::with_capacity(n_max * 64);
-    let mut mmsg = Mmsg::new(n_max);
-    let mut reader = table.reader();
-    let mut local = LocalCounters::default();
-    let mut icmp_buf = [0u8; VNET_HDR_LEN + icmpv4::MAX_ERROR_LEN];
-    let vnet = tun.has_vnet_hdr();
-    let hdr_len = if vnet { VNET_HDR_LEN } else { 0 };
-    let mut udp_gso = cfg.udp_gso;
-    let mut send_errors_logged = 0u32;
-    loop {
-        match wait_readable(tun.as_raw_fd(), stop, -1).map_err(io_err("send", "poll TUN"))? {
-            Wake::Stop => return Ok(()),
-            Wake::Timeout => continue,
-            Wake::Ready => {}
+    let fds = [io.tun.as_raw_fd(), io.rx.as_raw_fd()];
+    while !stop.flag.load(Ordering::Acquire) {
+        let got =
+            recv.run_once(&io.tun, &io.rx, counters)? + send.run_once(&io.tun, tx, counters)?;
+        if got == 0 && sleep_on(name, &fds, stop)? {
+            break;
         }
-        let (bufs, _) = batch.slots_mut();
+    }
+    Ok(())
+}
+
+/// The send thread of a split worker: drains the TUN queue, then sleeps on it.
+fn run_send(
+    name: &str,
+    io: &WorkerIo,
+    mut send: SendSide,
+    tx: &[UdpSocket],
+    stop: &Stop,
+    counters: &Counters,
+) -> Result<(), DatapathError> {
+    let fds = [io.tun.as_raw_fd()];
+    while !stop.flag.load(Ordering::Acquire) {
+        let got = send.run_once(&io.tun, tx, counters)?;
+        if got == 0 && sleep_on(name, &fds, stop)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The receive thread of a split worker: drains the socket, then sleeps on it.
+///
+/// (Measured and left out: letting this thread also take a turn at the send side after it
+/// wrote to the TUN, so replies leave without waking the send thread. Single-stream TCP fell
+/// from about 12 to under 10 Gbit/s, the same loss as the one-thread mode, and ping did not
+/// improve reliably.)
+fn run_receive(
+    name: &str,
+    io: &WorkerIo,
+    mut recv: RecvSide,
+    stop: &Stop,
+    counters: &Counters,
+) -> Result<(), DatapathError> {
+    let fds = [io.rx.as_raw_fd()];
+    while !stop.flag.load(Ordering::Acquire) {
+        let got = recv.run_once(&io.tun, &io.rx, counters)?;
+        if got == 0 && sleep_on(name, &fds, stop)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+impl SendSide {
+    fn new(worker: usize, io: &WorkerIo, cfg: &DatapathConfig, reader: TableReader) -> SendSide {
+        let n_max = cfg.batch_size.max(1);
+        SendSide {
+            name: format!("weft-dp{worker}"),
+            cfg: *cfg,
+            vnet: io.tun.has_vnet_hdr(),
+            reader,
+            tx_batch: Batch::new(n_max, MAX_PACKET + DEFAULT_HEADROOM, DEFAULT_HEADROOM),
+            // Segment trains exist only when the TUN hands over TCP super-packets.
+            trains: if cfg.tso {
+                (0..n_max)
+                    .map(|_| vec![0u8; TRAIN_CAPACITY].into_boxed_slice())
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            // At most two messages per super-packet (MAX_GSO_BYTES), or one per segment
+            // without GSO.
+            outs: Vec::with_capacity(n_max * 64),
+            tx_mmsg: Mmsg::new(n_max),
+            icmp_buf: [0u8; VNET_HDR_LEN + icmpv4::MAX_ERROR_LEN],
+            udp_gso: cfg.udp_gso,
+            send_errors_logged: 0,
+            tx_local: LocalCounters::for_worker(worker),
+        }
+    }
+
+    /// TUN -> lookup -> (segment) -> encapsulate -> sendmmsg, one batch; returns the
+    /// number of packets read.
+    fn run_once(
+        &mut self,
+        tun: &Tun,
+        tx: &[UdpSocket],
+        counters: &Counters,
+    ) -> Result<usize, DatapathError> {
+        let cfg = self.cfg;
+        let n_max = cfg.batch_size.max(1);
+        let vnet = self.vnet;
+        let hdr_len = if vnet { VNET_HDR_LEN } else { 0 };
+        let (bufs, _) = self.tx_batch.slots_mut();
         let mut n = 0;
         while n < n_max {
             let b = &mut bufs[n];
@@ -262,13 +440,25 @@ fn send_loop(
                     n += 1;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(io_err("send", "read TUN")(e)),
+                Err(e) => {
+                    return Err(DatapathError::Io {
+                        worker: self.name.clone(),
+                        what: "read TUN",
+                        source: e,
+                    })
+                }
             }
         }
         if n == 0 {
-            continue;
+            return Ok(0);
         }
-        let snapshot = reader.load();
+        let local = &mut self.tx_local;
+        let trains = &mut self.trains;
+        let outs = &mut self.outs;
+        let icmp_buf = &mut self.icmp_buf;
+        let snapshot = self.reader.load();
+        let ntx = tx.len();
+        let mut used: u64 = 0;
         outs.clear();
         for i in 0..n {
             let b = &mut bufs[i];
@@ -309,6 +499,7 @@ fn send_loop(
                 }
                 continue;
             };
+            let sock = pick_socket(encap::flow_hash(b.as_slice()), ntx);
             let prefix: &[u8] = match cfg.backend {
                 Backend::Vxlan(_) => &peer.vxlan_header,
                 Backend::Udp => &[],
@@ -332,7 +523,7 @@ fn send_loop(
                 local.packets += t.count as u64;
                 local.bytes += inner;
                 local.peer(peer.public_ip, t.count as u64, inner, counters, true);
-                let per_msg = if udp_gso {
+                let per_msg = if self.udp_gso {
                     (MAX_GSO_BYTES / t.seg_len).clamp(1, MAX_GSO_SEGMENTS)
                 } else {
                     1
@@ -352,9 +543,11 @@ fn send_loop(
                         len,
                         seg,
                         dst: peer.underlay,
+                        sock,
                     });
                     off += len;
                 }
+                used |= 1 << sock;
                 continue;
             }
             if vhdr.gso_type != offload::GSO_NONE {
@@ -388,100 +581,98 @@ fn send_loop(
                     len: b.len(),
                     seg: 0,
                     dst: peer.underlay,
+                    sock,
                 });
+                used |= 1 << sock;
             }
         }
         let gso_used = outs.iter().any(|o| o.seg > 0);
-        let out = mmsg.send(
-            sock.as_raw_fd(),
-            outs.iter().map(|o| {
-                let bytes: &[u8] = if o.train {
-                    &trains[o.slot][o.start..o.start + o.len]
-                } else {
-                    bufs[o.slot].as_slice()
-                };
-                (bytes, o.dst, o.seg)
-            }),
-        );
-        if out.failed > 0 {
-            local.errors += out.failed as u64;
-            if gso_used && matches!(out.last_errno, libc::EIO | libc::EINVAL) && udp_gso {
-                udp_gso = false;
-                warn!(
-                    errno = out.last_errno,
-                    "UDP GSO refused by the kernel; sending segments one by one from now on"
-                );
-            } else if send_errors_logged < 10 {
-                send_errors_logged += 1;
-                warn!(
-                    failed = out.failed,
-                    errno = out.last_errno,
-                    "sendmmsg refused datagrams (logged at most 10 times)"
-                );
+        // One sendmmsg per send socket that has packets (usually one: a batch is mostly
+        // one flow).
+        for (s, sock) in tx.iter().enumerate() {
+            if used & (1 << s) == 0 {
+                continue;
+            }
+            let out = self.tx_mmsg.send(
+                sock.as_raw_fd(),
+                outs.iter().filter(|o| usize::from(o.sock) == s).map(|o| {
+                    let bytes: &[u8] = if o.train {
+                        &trains[o.slot][o.start..o.start + o.len]
+                    } else {
+                        bufs[o.slot].as_slice()
+                    };
+                    (bytes, o.dst, o.seg)
+                }),
+            );
+            if out.failed > 0 {
+                local.errors += out.failed as u64;
+                if gso_used && matches!(out.last_errno, libc::EIO | libc::EINVAL) && self.udp_gso {
+                    self.udp_gso = false;
+                    warn!(
+                        errno = out.last_errno,
+                        "UDP GSO refused by the kernel; sending segments one by one from now on"
+                    );
+                } else if self.send_errors_logged < 10 {
+                    self.send_errors_logged += 1;
+                    warn!(
+                        failed = out.failed,
+                        errno = out.last_errno,
+                        "sendmmsg refused datagrams (logged at most 10 times per worker)"
+                    );
+                }
             }
         }
         local.flush_tx(counters, n);
+        Ok(n)
     }
 }
 
-/// Writes one packet (already prefixed with its virtio-net header when the TUN has one)
-/// that carries `segments` wire packets and `inner_len` inner bytes.
-fn tun_write(
-    tun: &Tun,
-    bytes: &[u8],
-    segments: usize,
-    inner_len: usize,
-    local: &mut LocalCounters,
-) {
-    match tun.write(bytes) {
-        Ok(_) => {
-            local.packets += segments as u64;
-            local.bytes += inner_len as u64;
+impl RecvSide {
+    fn new(worker: usize, io: &WorkerIo, cfg: &DatapathConfig, reader: TableReader) -> RecvSide {
+        let n_max = cfg.batch_size.max(1);
+        let vnet = io.tun.has_vnet_hdr();
+        RecvSide {
+            name: format!("weft-dp{worker}"),
+            cfg: *cfg,
+            vnet,
+            reader,
+            rx_batch: Batch::new(n_max, MAX_PACKET + DEFAULT_HEADROOM, DEFAULT_HEADROOM),
+            rx_mmsg: Mmsg::new(n_max),
+            // Coalescing needs the virtio-net header to hand super-packets to the TUN.
+            gro: (vnet && cfg.coalesce).then(Coalescer::new),
+            single: vec![0u8; VNET_HDR_LEN + MAX_PACKET],
+            rx_local: LocalCounters::for_worker(worker),
         }
-        Err(_) => local.errors += 1,
     }
-}
 
-/// Writes the coalescer's open super-packet, if any, to the TUN.
-fn flush_to_tun(c: &mut Coalescer, tun: &Tun, mtu: usize, local: &mut LocalCounters) {
-    let (segments, bytes) = (c.segments(), c.wire_bytes());
-    if let Some(out) = c.flush(mtu) {
-        tun_write(tun, out, segments, bytes, local);
-    }
-}
-
-/// recvmmsg (trains with UDP_GRO) -> receive checks per datagram -> coalesce -> TUN.
-fn recv_loop(
-    tun: &Tun,
-    sock: &UdpSocket,
-    table: &SharedTable,
-    cfg: &DatapathConfig,
-    stop: &EventFd,
-    counters: &Counters,
-) -> Result<(), DatapathError> {
-    let n_max = cfg.batch_size.max(1);
-    let mut batch = Batch::new(n_max, MAX_PACKET + DEFAULT_HEADROOM, DEFAULT_HEADROOM);
-    let mut mmsg = Mmsg::new(n_max);
-    let mut reader = table.reader();
-    let mut local = LocalCounters::default();
-    let vnet = tun.has_vnet_hdr();
-    // Coalescing needs the virtio-net header to hand super-packets to the TUN.
-    let mut gro = (vnet && cfg.coalesce).then(Coalescer::new);
-    let mut single = vec![0u8; VNET_HDR_LEN + MAX_PACKET];
-    loop {
-        match wait_readable(sock.as_raw_fd(), stop, -1).map_err(io_err("receive", "poll UDP"))? {
-            Wake::Stop => return Ok(()),
-            Wake::Timeout => continue,
-            Wake::Ready => {}
-        }
-        let (bufs, meta) = batch.slots_mut();
-        let n = mmsg
-            .recv(sock.as_raw_fd(), bufs, meta)
-            .map_err(io_err("receive", "recvmmsg"))?;
+    /// recvmmsg (trains with UDP_GRO) -> receive checks per datagram -> coalesce -> TUN, one
+    /// batch; returns the number of buffers received.
+    fn run_once(
+        &mut self,
+        tun: &Tun,
+        sock: &UdpSocket,
+        counters: &Counters,
+    ) -> Result<usize, DatapathError> {
+        let cfg = self.cfg;
+        let vnet = self.vnet;
+        let (bufs, meta) = self.rx_batch.slots_mut();
+        let n = match self.rx_mmsg.recv(sock.as_raw_fd(), bufs, meta) {
+            Ok(n) => n,
+            Err(e) => {
+                return Err(DatapathError::Io {
+                    worker: self.name.clone(),
+                    what: "recvmmsg",
+                    source: e,
+                })
+            }
+        };
         if n == 0 {
-            continue;
+            return Ok(0);
         }
-        let snapshot = reader.load();
+        let local = &mut self.rx_local;
+        let gro = &mut self.gro;
+        let single = &mut self.single;
+        let snapshot = self.reader.load();
         for i in 0..n {
             let IpAddr::V4(sender) = meta[i].addr.ip() else {
                 local.drop(DropReason::UnknownSender);
@@ -517,33 +708,89 @@ fn recv_loop(
                     continue;
                 }
                 let p = inner.packet;
-                local.peer(peer.public_ip, 1, p.len() as u64, counters, false);
                 if let Some(c) = gro.as_mut() {
                     let mut offer = c.offer(p);
                     if offer == Offer::FlushFirst {
-                        flush_to_tun(c, tun, cfg.tun_mtu, &mut local);
+                        flush_to_tun(c, tun, cfg.tun_mtu, local);
                         offer = c.offer(p);
                     }
-                    if offer == Offer::Taken {
-                        continue;
+                    match offer {
+                        Offer::Taken => {
+                            local.peer(peer.public_ip, 1, p.len() as u64, counters, false);
+                            continue;
+                        }
+                        Offer::BadChecksum => {
+                            local.drop(DropReason::InnerTcpChecksum);
+                            continue;
+                        }
+                        Offer::Alone | Offer::FlushFirst => {
+                            flush_to_tun(c, tun, cfg.tun_mtu, local)
+                        }
                     }
-                    flush_to_tun(c, tun, cfg.tun_mtu, &mut local);
                 }
+                local.peer(peer.public_ip, 1, p.len() as u64, counters, false);
                 // Alone: copy behind a virtio-net header (or write as is without one).
                 if vnet {
                     let buf = &mut single[..VNET_HDR_LEN + p.len()];
                     buf[VNET_HDR_LEN..].copy_from_slice(p);
                     let hdr = offload::tun_write_hdr(&mut buf[VNET_HDR_LEN..], cfg.tun_mtu);
                     buf[..VNET_HDR_LEN].copy_from_slice(&hdr.to_bytes());
-                    tun_write(tun, buf, 1, p.len(), &mut local);
+                    tun_write(tun, buf, 1, p.len(), local);
                 } else {
-                    tun_write(tun, p, 1, p.len(), &mut local);
+                    tun_write(tun, p, 1, p.len(), local);
                 }
             }
         }
         if let Some(c) = gro.as_mut() {
-            flush_to_tun(c, tun, cfg.tun_mtu, &mut local);
+            flush_to_tun(c, tun, cfg.tun_mtu, local);
         }
         local.flush_rx(counters, n);
+        Ok(n)
+    }
+}
+
+/// Writes one packet (already prefixed with its virtio-net header when the TUN has one)
+/// that carries `segments` wire packets and `inner_len` inner bytes.
+fn tun_write(
+    tun: &Tun,
+    bytes: &[u8],
+    segments: usize,
+    inner_len: usize,
+    local: &mut LocalCounters,
+) {
+    match tun.write(bytes) {
+        Ok(_) => {
+            local.packets += segments as u64;
+            local.bytes += inner_len as u64;
+        }
+        Err(_) => local.errors += 1,
+    }
+}
+
+/// Writes the coalescer's open super-packet, if any, to the TUN.
+fn flush_to_tun(c: &mut Coalescer, tun: &Tun, mtu: usize, local: &mut LocalCounters) {
+    let (segments, bytes) = (c.segments(), c.wire_bytes());
+    if let Some(out) = c.flush(mtu) {
+        tun_write(tun, out, segments, bytes, local);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_pick_covers_the_range_and_is_stable() {
+        for n in [1usize, 2, 3, 8, 64] {
+            let mut seen = vec![false; n];
+            for h in (0..4096u32).map(|i| i.wrapping_mul(0x9E37_79B9)) {
+                let s = usize::from(pick_socket(h, n));
+                assert!(s < n);
+                assert_eq!(pick_socket(h, n), s as u8);
+                seen[s] = true;
+            }
+            assert!(seen.iter().all(|&x| x), "every socket used for n={n}");
+        }
+        assert_eq!(pick_socket(u32::MAX, 64), 63);
     }
 }

@@ -37,6 +37,22 @@ pub fn render(c: &Counters, table: &LeaseTable, node: Option<&NodeStatus>) -> St
     );
     family(
         &mut o,
+        "weft_worker_packets_total",
+        "counter",
+        "Inner packets forwarded by each data-path worker (TUN queue and socket), by direction.",
+    );
+    let workers = c.workers.load(Ordering::Relaxed).min(c.per_worker.len());
+    for (i, w) in c.per_worker[..workers].iter().enumerate() {
+        for (dir, n) in [("tx", &w.tx_packets), ("rx", &w.rx_packets)] {
+            let _ = writeln!(
+                o,
+                "weft_worker_packets_total{{worker=\"{i}\",direction=\"{dir}\"}} {}",
+                v(n)
+            );
+        }
+    }
+    family(
+        &mut o,
         "weft_bytes_total",
         "counter",
         "Inner bytes forwarded, by direction.",
@@ -205,7 +221,32 @@ mod tests {
         let table = LeaseTable::from_peers(24, peers, 1);
         l.peer(std::net::Ipv4Addr::new(192, 168, 64, 2), 4, 40, &c, false);
         l.flush_rx(&c, 1);
+        c.workers.store(2, std::sync::atomic::Ordering::Relaxed);
+        let mut w1 = LocalCounters::for_worker(1);
+        w1.packets += 3;
+        w1.flush_tx(&c, 3);
         let text = render(&c, &table, None);
+        assert_eq!(
+            sample(
+                &text,
+                "weft_worker_packets_total{worker=\"0\",direction=\"rx\"}"
+            ),
+            Some(5)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "weft_worker_packets_total{worker=\"1\",direction=\"tx\"}"
+            ),
+            Some(3)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "weft_worker_packets_total{worker=\"2\",direction=\"tx\"}"
+            ),
+            None
+        );
         assert_eq!(
             sample(&text, "weft_peer_packets_total{subnet=\"10.1.2.0/24\",public_ip=\"192.168.64.2\",direction=\"rx\"}"),
             Some(4)

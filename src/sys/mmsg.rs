@@ -23,13 +23,19 @@ pub fn enable_udp_gro(fd: RawFd) -> io::Result<()> {
     super::setsockopt_int(fd, libc::SOL_UDP, UDP_GRO, 1)
 }
 
-/// Reusable message headers for one worker thread (holds raw pointers, so it stays there).
+/// Reusable message headers for one worker (used by one thread at a time).
 pub struct Mmsg {
     hdrs: Vec<libc::mmsghdr>,
     iovs: Vec<libc::iovec>,
     names: Vec<libc::sockaddr_in>,
     ctrl: Vec<Ctrl>,
 }
+
+// SAFETY: the raw pointers inside the headers point only into this struct's own heap
+// vectors (which do not move when the struct does) or at caller buffers that every `send` and
+// `recv` re-points before the syscall; no pointer is dereferenced outside those `&mut self`
+// calls, so handing an `Mmsg` to another thread is sound.
+unsafe impl Send for Mmsg {}
 
 /// What one [`Mmsg::send`] achieved.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -75,29 +75,78 @@ pub enum Wake {
     Timeout,
 }
 
-/// Blocks until `fd` is readable, `stop` fires, or `timeout_ms` passes (-1: no timeout).
-pub fn wait_readable(fd: RawFd, stop: &EventFd, timeout_ms: i32) -> io::Result<Wake> {
-    let mut fds = [
-        libc::pollfd {
-            fd: stop.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
+/// Most descriptors [`wait_any_readable`] watches besides the stop eventfd.
+pub const MAX_WAIT_FDS: usize = 4;
+
+/// Blocks until one of `fds` is readable, `stop` fires, or `timeout_ms` passes (-1: no
+/// timeout). At most [`MAX_WAIT_FDS`] descriptors are watched; the rest are ignored.
+pub fn wait_any_readable(fds: &[RawFd], stop: &EventFd, timeout_ms: i32) -> io::Result<Wake> {
+    let idle = libc::pollfd {
+        fd: -1,
+        events: 0,
+        revents: 0,
+    };
+    let mut set = [idle; MAX_WAIT_FDS + 1];
+    set[0] = libc::pollfd {
+        fd: stop.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let n = fds.len().min(MAX_WAIT_FDS);
+    for (slot, &fd) in set[1..].iter_mut().zip(&fds[..n]) {
+        *slot = libc::pollfd {
             fd,
             events: libc::POLLIN,
             revents: 0,
-        },
-    ];
-    // SAFETY: fds is a live array of two pollfd structs and its length is passed with it.
-    let n = retry_eintr(|| unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) })?;
-    if n == 0 {
+        };
+    }
+    // SAFETY: set is a live array of pollfd structs; we pass its used length (<= its size).
+    let r = retry_eintr(|| unsafe {
+        libc::poll(set.as_mut_ptr(), (n + 1) as libc::nfds_t, timeout_ms)
+    })?;
+    if r == 0 {
         return Ok(Wake::Timeout);
     }
-    if fds[0].revents != 0 {
+    if set[0].revents != 0 {
         return Ok(Wake::Stop);
     }
     Ok(Wake::Ready)
+}
+
+/// Binds a close-on-exec UDP/IPv4 socket to `addr`; with `reuse_port`, SO_REUSEPORT is set
+/// first, so several sockets (of this user) can share the address and the kernel spreads
+/// incoming datagrams over them by the 4-tuple's hash.
+pub fn bind_udp4(
+    addr: std::net::SocketAddrV4,
+    reuse_port: bool,
+) -> io::Result<std::net::UdpSocket> {
+    // SAFETY: socket takes no pointers; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if reuse_port {
+        setsockopt_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    }
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*addr.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: passes a live sockaddr_in and its exact size.
+    retry_eintr(|| unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sin as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    })?;
+    Ok(std::net::UdpSocket::from(fd))
 }
 
 /// Sets or clears O_NONBLOCK on a descriptor.
@@ -144,4 +193,22 @@ pub fn getsockopt_int(fd: RawFd, level: i32, name: i32) -> io::Result<i32> {
 pub fn is_root() -> bool {
     // SAFETY: geteuid cannot fail and takes no arguments.
     unsafe { libc::geteuid() == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+    #[test]
+    fn reuse_port_shares_an_address_and_plain_bind_does_not() {
+        let a = bind_udp4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), true).unwrap();
+        let SocketAddr::V4(at) = a.local_addr().unwrap() else {
+            panic!("IPv4 socket");
+        };
+        let b = bind_udp4(at, true).unwrap();
+        assert_eq!(b.local_addr().unwrap(), SocketAddr::V4(at));
+        let e = bind_udp4(at, false).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+    }
 }

@@ -66,6 +66,31 @@ impl Tun {
     /// Opens (or creates) the TUN device `name`; with `vnet_hdr` every packet read or written
     /// starts with a [`VNET_HDR_LEN`]-byte virtio-net header.
     pub fn open(name: &str, vnet_hdr: bool) -> Result<Tun, TunError> {
+        Tun::open_flags(name, vnet_hdr, false)
+    }
+
+    /// Opens `queues` queues of the multi-queue TUN device `name` (IFF_MULTI_QUEUE; each
+    /// descriptor is one queue, and the kernel spreads flows over them). One queue opens a
+    /// plain single-queue device, as [`Tun::open`] does.
+    pub fn open_queues(name: &str, vnet_hdr: bool, queues: usize) -> Result<Vec<Tun>, TunError> {
+        if queues <= 1 {
+            return Ok(vec![Tun::open(name, vnet_hdr)?]);
+        }
+        Tun::open_multi(name, vnet_hdr, queues)
+    }
+
+    /// Opens `queues` (at least one) queues of a multi-queue TUN device, even just one.
+    pub fn open_multi(name: &str, vnet_hdr: bool, queues: usize) -> Result<Vec<Tun>, TunError> {
+        let first = Tun::open_flags(name, vnet_hdr, true)?;
+        let actual = first.name.clone();
+        let mut all = vec![first];
+        for _ in 1..queues.max(1) {
+            all.push(Tun::open_flags(&actual, vnet_hdr, true)?);
+        }
+        Ok(all)
+    }
+
+    fn open_flags(name: &str, vnet_hdr: bool, multi_queue: bool) -> Result<Tun, TunError> {
         let mut req = ifreq_for(name).ok_or_else(|| TunError::Name(name.to_string()))?;
         // SAFETY: the path is a NUL-terminated literal; the result is checked.
         let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
@@ -77,6 +102,9 @@ impl Tun {
         let mut flags = libc::IFF_TUN | libc::IFF_NO_PI;
         if vnet_hdr {
             flags |= libc::IFF_VNET_HDR;
+        }
+        if multi_queue {
+            flags |= libc::IFF_MULTI_QUEUE;
         }
         req.ifr_ifru.ifru_flags = flags as libc::c_short;
         // SAFETY: TUNSETIFF reads and writes one ifreq, which `req` is.

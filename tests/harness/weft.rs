@@ -143,7 +143,11 @@ impl Drop for NsEtcd {
 
 /// The `weft` binary under test.
 pub fn weft_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_weft")
+    // WEFT_BIN runs another build (e.g. the previous commit's, for before/after benchmarks).
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("WEFT_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_weft").to_string())
+    })
 }
 
 /// A `weft run` process in a host namespace.
@@ -239,6 +243,11 @@ impl WeftNode {
             std::thread::sleep(Duration::from_millis(20));
         }
         node
+    }
+
+    /// The weft process id (for CPU accounting from /proc), `None` once stopped.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(Proc::pid)
     }
 
     /// The subnet.env path.

@@ -384,7 +384,7 @@ fn restart_keeps_subnet_and_traffic_resumes() {
     let mut lab = Lab::builder().hosts(2).build();
     let etcd = NsEtcd::start(lab.segment(0));
     etcd.put_config(VXLAN);
-    let a = WeftNode::start(lab.host(0), &etcd, &["--persist-tun"]);
+    let a = WeftNode::start(lab.host(0), &etcd, &["--persist-tun", "--workers=2"]);
     let b = WeftNode::start(lab.host(1), &etcd, &[]);
     lab.host_mut(0).add_pod_with_mtu(a.subnet, a.mtu);
     lab.host_mut(1).add_pod_with_mtu(b.subnet, b.mtu);
@@ -415,7 +415,7 @@ fn restart_keeps_subnet_and_traffic_resumes() {
         routes.contains("10.1.0.0/16 dev weft0"),
         "and its route: {routes}"
     );
-    let a = WeftNode::start(lab.host(0), &etcd, &["--persist-tun"]);
+    let a = WeftNode::start(lab.host(0), &etcd, &["--persist-tun", "--workers=2"]);
     eprintln!("restart took {:?} (SIGTERM to ready)", restart.elapsed());
     assert_eq!(a.subnet, subnet, "a restarted node keeps its subnet");
     let out = pings.output_within(Duration::from_secs(20));
@@ -441,4 +441,15 @@ fn restart_keeps_subnet_and_traffic_resumes() {
         "restart gap: {lost} of 500 pings at 10 ms lost = about {} ms",
         lost * 10
     );
+
+    // The persistent device is multi-queue now; a one-worker run takes it as it is (a plain
+    // single-queue open of it fails with EINVAL).
+    let (status, _) = a.stop();
+    assert!(status.success());
+    let a = WeftNode::start(lab.host(0), &etcd, &["--persist-tun", "--workers=1"]);
+    assert!(
+        pa.wait_for_ping(pb.addr(), Duration::from_secs(5)),
+        "one worker on the persisted multi-queue device"
+    );
+    assert!(a.metric("weft_worker_packets_total{worker=\"0\",direction=\"tx\"}") > 0);
 }

@@ -99,6 +99,10 @@ struct RunArgs {
     #[arg(long = "threads-per-worker", env = "WEFT_THREADS_PER_WORKER", default_value_t = 2,
           value_parser = clap::value_parser!(u8).range(1..=2))]
     threads_per_worker: u8,
+    /// Pin worker i to CPU i and steer each packet (TUN queue and socket) to the worker of
+    /// the CPU handling it, so waking a worker is a local context switch (needs CAP_BPF).
+    #[arg(long = "steer-by-cpu", env = "WEFT_STEER_BY_CPU", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    steer_by_cpu: bool,
     /// Log verbosity like flanneld's -v: 0 info, 1-2 debug, 3+ trace (RUST_LOG overrides).
     #[arg(short = 'v', long = "v", env = "FLANNELD_V", default_value_t = 0)]
     verbosity: u8,
@@ -316,6 +320,7 @@ fn run(a: &RunArgs) -> Result<()> {
         workers: usize::from(a.workers),
         source_ports: usize::from(a.source_ports),
         split_threads: a.threads_per_worker == 2,
+        steer_by_cpu: a.steer_by_cpu,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -432,6 +437,7 @@ fn main() -> Result<()> {
             "workers",
             "source-ports",
             "threads-per-worker",
+            "steer-by-cpu",
             "v",
         ],
     );

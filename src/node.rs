@@ -72,6 +72,8 @@ pub struct NodeOptions {
     pub source_ports: usize,
     /// A thread per direction in each worker instead of one for both.
     pub split_threads: bool,
+    /// Pin workers to CPUs and steer packets to the worker of the CPU handling them.
+    pub steer_by_cpu: bool,
 }
 
 /// Why the node could not start or had to stop.
@@ -158,6 +160,27 @@ fn worker_count(asked: usize) -> usize {
         .map(usize::from)
         .unwrap_or(1)
         .min(MAX_WORKERS)
+}
+
+/// CPU-local steering: the TUN queue and the socket of a packet are those of the CPU that
+/// handles it (worker `i` is pinned to CPU `i`); false, with a warning, when the kernel
+/// refuses either program.
+fn steer_by_cpu(workers: &[WorkerIo]) -> bool {
+    use crate::sys::steer;
+    let n = workers.len() as u32;
+    if let Err(e) = steer::reuseport_by_cpu(workers[0].rx.as_raw_fd(), n) {
+        warn!(error = %e, "SO_ATTACH_REUSEPORT_CBPF refused; no CPU-local steering");
+        return false;
+    }
+    if let Err(e) = steer::tun_steer_by_cpu(workers[0].tun.as_raw_fd()) {
+        warn!(error = %e, "TUN steering program refused (needs CAP_BPF); no CPU-local steering");
+        return false;
+    }
+    info!(
+        workers = n,
+        "CPU-local steering: worker i pinned to CPU i, packets steered by CPU"
+    );
+    true
 }
 
 /// Binds one tunnel-port socket per TUN queue (a SO_REUSEPORT group when there are several)
@@ -287,6 +310,7 @@ fn start_datapath(
         };
 
     let (workers, tx) = open_workers(opts, underlay, config.backend.port, tuns)?;
+    let steered = opts.steer_by_cpu && workers.len() > 1 && steer_by_cpu(&workers);
     let gro = opts.udp_gro
         && workers.iter().all(
             |w| match crate::sys::mmsg::enable_udp_gro(w.rx.as_raw_fd()) {
@@ -329,6 +353,7 @@ fn start_datapath(
             udp_gso: opts.udp_gso,
             coalesce: opts.udp_gro,
             split: opts.split_threads,
+            pin: steered,
         },
     )?;
     Ok((dp, info))

@@ -185,6 +185,33 @@ fn flows_spread_over_workers() {
     assert_eq!(b.drops("inner_tcp_checksum"), 0);
 }
 
+/// CPU-local steering (`--steer-by-cpu`): both BPF programs attach, workers are pinned, and
+/// traffic flows both ways, checksummed, with one thread per worker.
+#[test]
+fn cpu_steered_workers_forward() {
+    require_root();
+    let mut lab = Lab::builder().hosts(2).build();
+    let etcd = NsEtcd::start(lab.segment(0));
+    etcd.put_config(VXLAN);
+    let flags = ["--workers=2", "--threads-per-worker=1", "--steer-by-cpu"];
+    let a = WeftNode::start(lab.host(0), &etcd, &flags);
+    let b = WeftNode::start(lab.host(1), &etcd, &flags);
+    lab.host_mut(0).add_pod_with_mtu(a.subnet, a.mtu);
+    lab.host_mut(1).add_pod_with_mtu(b.subnet, b.mtu);
+    ping_all_pairs(&lab);
+    transfer(&lab, 0, 1, 50 * MB);
+    transfer(&lab, 1, 0, 50 * MB);
+    for node in [a, b] {
+        let (status, log) = node.stop();
+        assert!(status.success(), "{log}");
+        assert!(
+            log.contains("CPU-local steering"),
+            "steering did not take:\n{log}"
+        );
+        assert!(!log.contains("could not pin"), "{log}");
+    }
+}
+
 #[test]
 fn three_weft_nodes_vxlan_offloads_off() {
     three_weft_nodes(VXLAN, NO_OFFLOADS);

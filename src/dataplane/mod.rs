@@ -87,6 +87,8 @@ pub struct DatapathConfig {
     pub coalesce: bool,
     /// Run each direction of a worker on a thread of its own instead of one thread for both.
     pub split: bool,
+    /// Pin worker `i`'s threads to the `i`-th CPU this process may use (CPU-local steering).
+    pub pin: bool,
 }
 
 /// One worker's own devices.
@@ -173,6 +175,11 @@ impl Datapath {
         let counters = Arc::new(Counters::default());
         let n = workers.len();
         let mut handles = Vec::with_capacity(n);
+        let cpus = if cfg.pin {
+            crate::sys::steer::allowed_cpus()
+        } else {
+            Vec::new()
+        };
         for (i, io) in workers.into_iter().enumerate() {
             crate::sys::set_nonblocking(io.tun.as_raw_fd(), true).map_err(|source| {
                 DatapathError::Start {
@@ -187,9 +194,20 @@ impl Datapath {
                          f: Box<dyn FnOnce(&str) -> WorkerResult + Send>|
              -> Result<(String, JoinHandle<_>), DatapathError> {
                 let n2 = name.clone();
+                let pin_to = cfg
+                    .pin
+                    .then(|| cpus.get(i % cpus.len().max(1)).copied())
+                    .flatten();
                 let h = std::thread::Builder::new()
                     .name(name.clone())
-                    .spawn(move || f(&n2))
+                    .spawn(move || {
+                        if let Some(cpu) = pin_to {
+                            if let Err(e) = crate::sys::steer::pin_current_thread(cpu) {
+                                warn!(cpu, error = %e, "could not pin the worker");
+                            }
+                        }
+                        f(&n2)
+                    })
                     .map_err(|source| DatapathError::Start {
                         what: "worker thread",
                         source,
@@ -314,10 +332,14 @@ struct RecvSide {
     rx_local: LocalCounters,
 }
 
-/// Sleeps until one of `fds` is readable or the data path stops (true: stop).
-fn sleep_on(name: &str, fds: &[RawFd], stop: &Stop) -> Result<bool, DatapathError> {
+/// Sleeps until one of `fds` is readable or the data path stops: `None` for stop, else the
+/// readable descriptors (bit `i` for `fds[i]`).
+fn sleep_on(name: &str, fds: &[RawFd], stop: &Stop) -> Result<Option<u32>, DatapathError> {
     match wait_any_readable(fds, &stop.fd, -1) {
-        Ok(w) => Ok(w == Wake::Stop || stop.flag.load(Ordering::Acquire)),
+        Ok(_) if stop.flag.load(Ordering::Acquire) => Ok(None),
+        Ok(Wake::Stop) => Ok(None),
+        Ok(Wake::Ready(mask)) => Ok(Some(mask)),
+        Ok(Wake::Timeout) => Ok(Some(0)),
         Err(source) => Err(DatapathError::Io {
             worker: name.to_string(),
             what: "poll",
@@ -326,7 +348,7 @@ fn sleep_on(name: &str, fds: &[RawFd], stop: &Stop) -> Result<bool, DatapathErro
     }
 }
 
-/// One thread for both directions: a batch each way, turn about, until both are empty.
+/// One thread for both directions: a batch each way, turn about, as `poll` reports work.
 fn run_both(
     name: &str,
     io: &WorkerIo,
@@ -336,12 +358,24 @@ fn run_both(
     stop: &Stop,
     counters: &Counters,
 ) -> Result<(), DatapathError> {
+    const TUN: u32 = 1;
+    const SOCK: u32 = 2;
     let fds = [io.tun.as_raw_fd(), io.rx.as_raw_fd()];
+    // Every turn starts with a poll that says which side has work, so no read comes back
+    // empty but the one that ends a TUN batch; after a receive that wrote to the TUN, the
+    // send side looks too (the local stack may have answered already).
+    let mut ready = TUN | SOCK;
     while !stop.flag.load(Ordering::Acquire) {
-        let got =
-            recv.run_once(&io.tun, &io.rx, counters)? + send.run_once(&io.tun, tx, counters)?;
-        if got == 0 && sleep_on(name, &fds, stop)? {
-            break;
+        let mut wrote = 0;
+        if ready & SOCK != 0 {
+            wrote = recv.run_once(&io.tun, &io.rx, counters)?;
+        }
+        if ready & TUN != 0 || wrote > 0 {
+            send.run_once(&io.tun, tx, counters)?;
+        }
+        match sleep_on(name, &fds, stop)? {
+            Some(mask) => ready = mask,
+            None => break,
         }
     }
     Ok(())
@@ -359,7 +393,7 @@ fn run_send(
     let fds = [io.tun.as_raw_fd()];
     while !stop.flag.load(Ordering::Acquire) {
         let got = send.run_once(&io.tun, tx, counters)?;
-        if got == 0 && sleep_on(name, &fds, stop)? {
+        if got == 0 && sleep_on(name, &fds, stop)?.is_none() {
             break;
         }
     }
@@ -382,7 +416,7 @@ fn run_receive(
     let fds = [io.rx.as_raw_fd()];
     while !stop.flag.load(Ordering::Acquire) {
         let got = recv.run_once(&io.tun, &io.rx, counters)?;
-        if got == 0 && sleep_on(name, &fds, stop)? {
+        if got == 0 && sleep_on(name, &fds, stop)?.is_none() {
             break;
         }
     }

@@ -1,9 +1,10 @@
 //! Every syscall that needs `unsafe`: TUN ioctls, batched UDP (recvmmsg/sendmmsg), interface
-//! ioctls, poll and eventfd. Everything else in the crate is safe code built on these.
+//! ioctls, poll and eventfd, CPU pinning and BPF steering. Everything else in the crate is safe code built on these.
 #![allow(unsafe_code)]
 
 pub mod iface;
 pub mod mmsg;
+pub mod steer;
 pub mod tun;
 
 use std::io;
@@ -67,8 +68,8 @@ impl AsRawFd for EventFd {
 /// What woke a [`wait_readable`] call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wake {
-    /// The watched descriptor is readable.
-    Ready,
+    /// Watched descriptors are readable: bit `i` set for `fds[i]`.
+    Ready(u32),
     /// The stop eventfd fired.
     Stop,
     /// The timeout passed.
@@ -110,7 +111,12 @@ pub fn wait_any_readable(fds: &[RawFd], stop: &EventFd, timeout_ms: i32) -> io::
     if set[0].revents != 0 {
         return Ok(Wake::Stop);
     }
-    Ok(Wake::Ready)
+    let mask = set[1..=n]
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.revents != 0)
+        .fold(0u32, |m, (i, _)| m | 1 << i);
+    Ok(Wake::Ready(mask))
 }
 
 /// Binds a close-on-exec UDP/IPv4 socket to `addr`; with `reuse_port`, SO_REUSEPORT is set

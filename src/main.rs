@@ -85,7 +85,8 @@ struct RunArgs {
           value_parser = clap::value_parser!(u32).range(1..=86400))]
     route_resync_secs: u32,
     /// Data-path workers, each with its own TUN queue (IFF_MULTI_QUEUE) and tunnel socket
-    /// (SO_REUSEPORT); 0 runs one per CPU (at most 16).
+    /// (SO_REUSEPORT); 0 gives every CPU one data-path thread: CPUs / threads per worker
+    /// (at least 1, at most 16).
     #[arg(long = "workers", env = "WEFT_WORKERS", default_value_t = 0,
           value_parser = clap::value_parser!(u16).range(0..=16))]
     workers: u16,

@@ -151,15 +151,16 @@ fn iface_err(iface: &str, what: &'static str) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
-/// Workers to run: `asked`, or one per CPU this process may use (at most 16) for 0.
-fn worker_count(asked: usize) -> usize {
+/// Workers to run: `asked`, or for 0 enough to give each CPU this process may use one
+/// data-path thread (CPUs / threads per worker), at least 1 and at most 16.
+fn worker_count(asked: usize, threads_per_worker: usize) -> usize {
     if asked > 0 {
         return asked.min(MAX_WORKERS);
     }
-    std::thread::available_parallelism()
+    let cpus = std::thread::available_parallelism()
         .map(usize::from)
-        .unwrap_or(1)
-        .min(MAX_WORKERS)
+        .unwrap_or(1);
+    (cpus / threads_per_worker.max(1)).clamp(1, MAX_WORKERS)
 }
 
 /// CPU-local steering: the TUN queue and the socket of a packet are those of the CPU that
@@ -273,7 +274,7 @@ fn start_datapath(
 ) -> Result<(Datapath, DpInfo), NodeError> {
     let tun_mtu = config.overlay_mtu(underlay.mtu);
 
-    let queues = worker_count(opts.workers);
+    let queues = worker_count(opts.workers, if opts.split_threads { 2 } else { 1 });
     let tuns = match Tun::open_queues(&opts.tun_name, true, queues) {
         Ok(t) => t,
         // A device left persistent by a run in the other queue mode refuses this one

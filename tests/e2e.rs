@@ -259,8 +259,9 @@ fn mixed_cluster_kernel_offloads_on() {
 }
 
 #[test]
-fn mixed_cluster_one_worker() {
-    mixed_cluster(true, &["--workers=1"]);
+fn mixed_cluster_two_workers() {
+    // The kernel node's per-flow source ports spread over weft's SO_REUSEPORT sockets.
+    mixed_cluster(true, &["--workers=2"]);
 }
 
 #[test]

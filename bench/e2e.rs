@@ -15,6 +15,7 @@
 //! * `WEFT_E2E_SECS`: length of each iperf3 run (default 10);
 //! * `WEFT_E2E_ONLY=weft`: measure weft alone (the other columns print NaN);
 //! * `WEFT_E2E_ARGS`: extra flags for the weft nodes (e.g. `--workers=1`);
+//! * `WEFT_E2E_METRICS`: print both weft nodes' non-zero metrics after the weft run;
 //! * `WEFT_BIN`: another weft build (e.g. the previous commit's) for a before/after pair.
 
 #[path = "../tests/harness/mod.rs"]
@@ -31,6 +32,8 @@ struct Numbers {
     tcp1: f64,
     tcp4: f64,
     udp64_pps: f64,
+    /// 64-byte datagrams/s the client managed to send (received < sent: loss on the path).
+    udp64_sent_pps: f64,
     ping_ms: f64,
     /// Machine CPU-ms per Gbit delivered, 1 and 4 TCP streams.
     cpu1: f64,
@@ -140,6 +143,7 @@ fn measure_between(a: &Netns, b: &Netns, dst: Ipv4Addr, secs: u32, pids: &[u32])
         tcp1,
         tcp4,
         udp64_pps: udp.received_pps,
+        udp64_sent_pps: udp.sent_pps,
         ping_ms: ping.avg_rtt_ms.unwrap_or(f64::NAN),
         cpu1: per_gbit(m1, tcp1),
         cpu4: per_gbit(m4, tcp4),
@@ -174,7 +178,19 @@ fn weft(secs: u32, extra: &[&str]) -> Numbers {
     lab.host_mut(0).add_pod_with_mtu(n0.subnet, n0.mtu);
     lab.host_mut(1).add_pod_with_mtu(n1.subnet, n1.mtu);
     let pids: Vec<u32> = [n0.pid(), n1.pid()].into_iter().flatten().collect();
-    measure(&lab, secs, &pids)
+    let numbers = measure(&lab, secs, &pids);
+    if std::env::var_os("WEFT_E2E_METRICS").is_some() {
+        for (name, n) in [("sender", &n0), ("receiver", &n1)] {
+            let text = n.http("/metrics").unwrap_or_default();
+            for l in text
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.contains(" 0"))
+            {
+                eprintln!("{name}: {l}");
+            }
+        }
+    }
+    numbers
 }
 
 /// weft host-gw pod to pod, then host to host over the same underlay (the ceiling).
@@ -208,6 +224,7 @@ fn main() {
         tcp1: f64::NAN,
         tcp4: f64::NAN,
         udp64_pps: f64::NAN,
+        udp64_sent_pps: f64::NAN,
         ping_ms: f64::NAN,
         cpu1: f64::NAN,
         cpu4: f64::NAN,
@@ -253,6 +270,7 @@ fn main() {
     row("TCP, 1 stream (Gbit/s)", |n| n.tcp1);
     row("TCP, 4 streams (Gbit/s)", |n| n.tcp4);
     row("UDP 64 B (kpps received)", |n| n.udp64_pps / 1e3);
+    row("UDP 64 B (kpps sent)", |n| n.udp64_sent_pps / 1e3);
     row("ping RTT (ms, lower wins)", |n| n.ping_ms);
     row("CPU-ms/Gbit, 1 stream", |n| n.cpu1);
     row("CPU-ms/Gbit, 4 streams", |n| n.cpu4);

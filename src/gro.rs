@@ -1,10 +1,12 @@
-//! TCP coalescing in userspace (GRO): consecutive in-order segments of one TCP/IPv4 flow,
-//! decapsulated from a received train, are merged into one super-packet that the TUN takes
-//! with a virtio-net GSO header, so the kernel handles one packet where it would handle forty.
-//! Pure code over caller-owned buffers; the flow table is one open super-packet (segments of
-//! a train arrive back to back).
+//! Coalescing in userspace (GRO): consecutive in-order segments of one TCP/IPv4 flow, and
+//! (when the kernel takes UDP super-packets, USO) consecutive equal-sized datagrams of one
+//! UDP/IPv4 flow, decapsulated from a received batch, are merged into one super-packet that
+//! the TUN takes with a virtio-net GSO header, so the kernel handles one packet where it would
+//! handle forty. Every segment's checksum is verified before it is merged. Pure code over
+//! caller-owned buffers; the flow table is one open super-packet (segments of a train arrive
+//! back to back).
 
-use crate::offload::{VnetHdr, F_NEEDS_CSUM, GSO_TCPV4, VNET_HDR_LEN};
+use crate::offload::{VnetHdr, F_NEEDS_CSUM, GSO_TCPV4, GSO_UDP_L4, VNET_HDR_LEN};
 use crate::wire::checksum;
 use crate::wire::ipv4::Protocol;
 use crate::wire::Ipv4Packet;
@@ -19,6 +21,8 @@ const TCP_CWR: u8 = 0x80;
 
 /// Largest IPv4 packet (the total-length field).
 const MAX_IP: usize = 65535;
+/// Most datagrams one UDP super-packet carries (the kernel's UDP_MAX_SEGMENTS).
+const MAX_UDP_SEGMENTS: usize = 64;
 
 /// What the caller must do with a packet offered to the coalescer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +54,10 @@ pub struct Coalescer {
     next_seq: u32,
     /// Whether the open packet may take more (a short segment or PSH closes it).
     closed: bool,
+    /// The open packet is UDP (else TCP).
+    udp: bool,
+    /// Merge UDP datagrams too (the TUN takes GSO_UDP_L4).
+    uso: bool,
 }
 
 impl Default for Coalescer {
@@ -88,6 +96,35 @@ fn tcp_checksum_ok(p: &[u8], hl: usize) -> bool {
     field == checksum::fold(pseudo) || checksum::fold(pseudo + checksum::sum(l4)) == 0xffff
 }
 
+/// The IPv4 header length of a whole, unfragmented UDP/IPv4 packet whose UDP length
+/// matches, or `None`.
+fn udp_view(p: &[u8]) -> Option<usize> {
+    let ip = Ipv4Packet::new_checked(p).ok()?;
+    if ip.protocol() != Protocol::Udp || ip.more_frags() || ip.frag_offset() != 0 {
+        return None;
+    }
+    let hl = usize::from(ip.header_len());
+    let l4 = p.get(hl..usize::from(ip.total_len()))?;
+    if l4.len() < 8 || usize::from(u16::from_be_bytes([l4[4], l4[5]])) != l4.len() {
+        return None;
+    }
+    Some(hl)
+}
+
+/// Whether a UDP/IPv4 datagram's checksum verifies, is absent (0: allowed over IPv4), or holds
+/// the partial value a Linux sender leaves on virtual links (see [`tcp_checksum_ok`]).
+fn udp_checksum_ok(p: &[u8], hl: usize) -> bool {
+    let l4 = &p[hl..];
+    let field = u16::from_be_bytes([l4[6], l4[7]]);
+    if field == 0 {
+        return true;
+    }
+    let src = [p[12], p[13], p[14], p[15]].into();
+    let dst = [p[16], p[17], p[18], p[19]].into();
+    let pseudo = checksum::pseudo_header(src, dst, 17, l4.len() as u16);
+    field == checksum::fold(pseudo) || checksum::fold(pseudo + checksum::sum(l4)) == 0xffff
+}
+
 impl Coalescer {
     /// A coalescer with room for one 64 KiB super-packet and its virtio-net header.
     pub fn new() -> Coalescer {
@@ -99,6 +136,17 @@ impl Coalescer {
             count: 0,
             next_seq: 0,
             closed: false,
+            udp: false,
+            uso: false,
+        }
+    }
+
+    /// A coalescer that also merges UDP datagrams (only when the kernel takes GSO_UDP_L4
+    /// writes, Linux 6.2+).
+    pub fn with_udp() -> Coalescer {
+        Coalescer {
+            uso: true,
+            ..Coalescer::new()
         }
     }
 
@@ -128,6 +176,9 @@ impl Coalescer {
 
     /// Offers one validated inner IPv4 packet (exactly its total length).
     pub fn offer(&mut self, p: &[u8]) -> Offer {
+        if self.uso && p.len() > 9 && p[9] == 17 {
+            return self.offer_udp(p);
+        }
         let Some((hl, headers, flags)) = tcp_view(p) else {
             return Offer::Alone;
         };
@@ -146,7 +197,7 @@ impl Coalescer {
             self.open(p, headers, payload, flags);
             return Offer::Taken;
         }
-        if !self.matches(p, hl, headers, payload, flags) {
+        if self.udp || !self.matches(p, hl, headers, payload, flags) {
             return Offer::FlushFirst;
         }
         let at = VNET_HDR_LEN + self.len;
@@ -163,12 +214,58 @@ impl Coalescer {
         Offer::Taken
     }
 
+    /// Offers a UDP/IPv4 datagram: merged when it continues the open UDP flow with the same
+    /// payload size (a shorter one is merged and closes the packet).
+    fn offer_udp(&mut self, p: &[u8]) -> Offer {
+        let Some(hl) = udp_view(p) else {
+            return Offer::Alone;
+        };
+        let headers = hl + 8;
+        let payload = p.len() - headers;
+        if payload == 0 {
+            return Offer::Alone;
+        }
+        if !udp_checksum_ok(p, hl) {
+            return Offer::BadChecksum;
+        }
+        if self.len == 0 {
+            self.open(p, headers, payload, 0);
+            self.udp = true;
+            return Offer::Taken;
+        }
+        let open = &self.buf[VNET_HDR_LEN..VNET_HDR_LEN + self.headers];
+        let same_flow = self.udp
+            && !self.closed
+            && headers == self.headers
+            && payload <= self.seg
+            && self.count < MAX_UDP_SEGMENTS
+            && self.len + payload <= MAX_IP
+            // version/IHL, DSCP/ECN, DF, TTL, protocol, addresses, options; ports
+            && open[0..2] == p[0..2]
+            && open[6] & 0x40 == p[6] & 0x40
+            && open[8..10] == p[8..10]
+            && open[12..hl] == p[12..hl]
+            && open[hl..hl + 4] == p[hl..hl + 4];
+        if !same_flow {
+            return Offer::FlushFirst;
+        }
+        let at = VNET_HDR_LEN + self.len;
+        self.buf[at..at + payload].copy_from_slice(&p[headers..]);
+        self.len += payload;
+        self.count += 1;
+        if payload < self.seg {
+            self.closed = true;
+        }
+        Offer::Taken
+    }
+
     fn open(&mut self, p: &[u8], headers: usize, payload: usize, flags: u8) {
         self.buf[VNET_HDR_LEN..VNET_HDR_LEN + p.len()].copy_from_slice(p);
         self.len = p.len();
         self.headers = headers;
         self.seg = payload;
         self.count = 1;
+        self.udp = false;
         let hl = usize::from(p[0] & 0x0f) * 4;
         self.next_seq = u32::from_be_bytes([p[hl + 4], p[hl + 5], p[hl + 6], p[hl + 7]])
             .wrapping_add(payload as u32);
@@ -212,6 +309,28 @@ impl Coalescer {
         let pkt = &mut self.buf[VNET_HDR_LEN..VNET_HDR_LEN + len];
         let hdr = if self.count == 1 {
             crate::offload::tun_write_hdr(pkt, tun_mtu)
+        } else if self.udp {
+            let hl = usize::from(pkt[0] & 0x0f) * 4;
+            let (src, dst) = {
+                let mut ip = Ipv4Packet::new_unchecked(&mut pkt[..]);
+                ip.set_total_len(len as u16);
+                ip.fill_checksum();
+                (ip.src_addr(), ip.dst_addr())
+            };
+            // The UDP length and the partial checksum cover the whole super-packet; the
+            // kernel rewrites both for each datagram it cuts.
+            let l4_len = (len - hl) as u16;
+            pkt[hl + 4..hl + 6].copy_from_slice(&l4_len.to_be_bytes());
+            let partial = checksum::fold(checksum::pseudo_header(src, dst, 17, l4_len));
+            pkt[hl + 6..hl + 8].copy_from_slice(&partial.to_be_bytes());
+            VnetHdr {
+                flags: F_NEEDS_CSUM,
+                gso_type: GSO_UDP_L4,
+                hdr_len: self.headers as u16,
+                gso_size: self.seg as u16,
+                csum_start: hl as u16,
+                csum_offset: 6,
+            }
         } else {
             let hl = usize::from(pkt[0] & 0x0f) * 4;
             let (src, dst) = {
@@ -383,6 +502,100 @@ mod tests {
         first[20 + 16] ^= 0xff;
         assert_eq!(c.offer(&first), Offer::BadChecksum);
         assert!(!c.is_open());
+    }
+
+    /// A UDP/IPv4 datagram with a valid checksum: `payload` bytes after the given ports.
+    fn udp_packet(payload: usize, sport: u16, fill: u8) -> Vec<u8> {
+        use crate::wire::ipv4::Ipv4Repr;
+        let mut b = vec![0u8; 28 + payload];
+        Ipv4Repr {
+            src: std::net::Ipv4Addr::new(10, 1, 1, 2),
+            dst: std::net::Ipv4Addr::new(10, 1, 2, 2),
+            protocol: Protocol::Udp,
+            payload_len: (8 + payload) as u16,
+            ttl: 64,
+            dscp_ecn: 0,
+            ident: 7,
+            dont_frag: true,
+        }
+        .emit(&mut Ipv4Packet::new_unchecked(&mut b[..]));
+        b[20..22].copy_from_slice(&sport.to_be_bytes());
+        b[22..24].copy_from_slice(&7100u16.to_be_bytes());
+        b[24..26].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
+        for (i, x) in b[28..].iter_mut().enumerate() {
+            *x = fill.wrapping_add(i as u8);
+        }
+        let c = !checksum::fold(
+            checksum::pseudo_header(
+                [10, 1, 1, 2].into(),
+                [10, 1, 2, 2].into(),
+                17,
+                (8 + payload) as u16,
+            ) + checksum::sum(&b[20..]),
+        );
+        b[26..28].copy_from_slice(&c.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn udp_datagrams_merge_into_a_uso_super_packet() {
+        let mut c = Coalescer::with_udp();
+        let d: Vec<Vec<u8>> = (0..5).map(|i| udp_packet(200, 40000, i)).collect();
+        for p in &d[..4] {
+            assert_eq!(c.offer(p), Offer::Taken);
+        }
+        // A shorter datagram is merged and closes the packet.
+        let short = udp_packet(50, 40000, 9);
+        assert_eq!(c.offer(&short), Offer::Taken);
+        assert_eq!(c.offer(&d[4]), Offer::FlushFirst);
+        assert_eq!(c.segments(), 5);
+        let out = c.flush(1450).unwrap().to_vec();
+        let hdr = VnetHdr::from_bytes(&out).unwrap();
+        assert_eq!(hdr.gso_type, GSO_UDP_L4);
+        assert_eq!(
+            (hdr.gso_size, hdr.hdr_len, hdr.csum_start, hdr.csum_offset),
+            (200, 28, 20, 6)
+        );
+        assert_eq!(hdr.flags, F_NEEDS_CSUM);
+        let pkt = &out[VNET_HDR_LEN..];
+        assert_eq!(pkt.len(), 28 + 4 * 200 + 50);
+        assert!(Ipv4Packet::new_checked(pkt).unwrap().verify_checksum());
+        assert_eq!(
+            usize::from(u16::from_be_bytes([pkt[24], pkt[25]])),
+            pkt.len() - 20
+        );
+        for (i, p) in d[..4].iter().enumerate() {
+            assert_eq!(&pkt[28 + i * 200..28 + (i + 1) * 200], &p[28..]);
+        }
+        assert_eq!(&pkt[28 + 800..], &short[28..]);
+    }
+
+    #[test]
+    fn udp_flows_sizes_and_checksums_split() {
+        let mut c = Coalescer::with_udp();
+        assert_eq!(c.offer(&udp_packet(200, 40000, 0)), Offer::Taken);
+        // Another source port: another flow.
+        assert_eq!(c.offer(&udp_packet(200, 40001, 0)), Offer::FlushFirst);
+        // A larger datagram cannot follow a smaller segment size.
+        assert_eq!(c.offer(&udp_packet(300, 40000, 0)), Offer::FlushFirst);
+        // TCP after UDP: flush first.
+        let tcp = tcp_packet(100, TCP_ACK, 0);
+        assert_eq!(c.offer(&tcp), Offer::FlushFirst);
+        // A corrupt datagram is refused; a zero checksum (none, IPv4) is fine.
+        let mut bad = udp_packet(200, 40000, 1);
+        bad[40] ^= 1;
+        assert_eq!(c.offer(&bad), Offer::BadChecksum);
+        let mut none = udp_packet(200, 40000, 2);
+        none[26] = 0;
+        none[27] = 0;
+        assert_eq!(c.offer(&none), Offer::Taken);
+        // Without USO, UDP goes alone.
+        assert_eq!(
+            Coalescer::new().offer(&udp_packet(200, 40000, 0)),
+            Offer::Alone
+        );
+        // Empty datagrams go alone.
+        assert_eq!(c.offer(&udp_packet(0, 40000, 0)), Offer::Alone);
     }
 
     #[test]

@@ -310,6 +310,26 @@ fn start_datapath(
             }
         };
 
+    // Linux 6.2+ knows USO (TUN_F_USO4 with TUN_F_USO6) and then takes UDP super-packets (GSO_UDP_L4) written
+    // to the TUN. Probe by asking for it, then go back to TSO only: with USO on, the TUN could
+    // also hand *us* UDP super-packets, which the send path does not segment.
+    let uso = opts.udp_gro
+        && tun
+            .set_offload(
+                libc::TUN_F_CSUM
+                    | libc::TUN_F_TSO4
+                    | crate::offload::TUN_F_USO4
+                    | crate::offload::TUN_F_USO6,
+            )
+            .is_ok();
+    if uso {
+        let back = if tso {
+            libc::TUN_F_CSUM | libc::TUN_F_TSO4
+        } else {
+            0
+        };
+        tun.set_offload(back)?;
+    }
     let (workers, tx) = open_workers(opts, underlay, config.backend.port, tuns)?;
     let steered = opts.steer_by_cpu && workers.len() > 1 && steer_by_cpu(&workers);
     let gro = opts.udp_gro
@@ -326,6 +346,7 @@ fn start_datapath(
         tun_tso = tso,
         udp_gso = opts.udp_gso,
         udp_gro = gro,
+        udp_coalescing = uso,
         "offloads"
     );
     info!(
@@ -353,6 +374,7 @@ fn start_datapath(
             tso,
             udp_gso: opts.udp_gso,
             coalesce: opts.udp_gro,
+            coalesce_udp: uso,
             split: opts.split_threads,
             pin: steered,
         },

@@ -14,6 +14,13 @@ pub const F_NEEDS_CSUM: u8 = 1;
 pub const GSO_NONE: u8 = 0;
 /// `VIRTIO_NET_HDR_GSO_TCPV4`.
 pub const GSO_TCPV4: u8 = 1;
+/// `VIRTIO_NET_HDR_GSO_UDP_L4`: a UDP super-packet (USO), split into datagrams of
+/// `gso_size` payload bytes each.
+pub const GSO_UDP_L4: u8 = 5;
+/// `TUN_F_USO4` (Linux 6.2+): the TUN may hand over UDP/IPv4 super-packets.
+pub const TUN_F_USO4: u32 = 0x20;
+/// `TUN_F_USO6`: the same for IPv6; the kernel takes USO only with both bits.
+pub const TUN_F_USO6: u32 = 0x40;
 /// `VIRTIO_NET_HDR_GSO_ECN`: the TCP super-packet carries CWR.
 pub const GSO_ECN: u8 = 0x80;
 

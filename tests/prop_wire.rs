@@ -176,10 +176,11 @@ mod tcp_offload {
         ) {
             let mut out = vec![0u8; 8000];
             let _ = segment_tcp4(&data, mss, &[0; 22], &mut out);
-            let mut c = Coalescer::new();
-            let _ = c.offer(&data);
-            let _ = c.offer(&data);
-            let _ = c.flush(1450);
+            for mut c in [Coalescer::new(), Coalescer::with_udp()] {
+                let _ = c.offer(&data);
+                let _ = c.offer(&data);
+                let _ = c.flush(1450);
+            }
             let mut d = data.clone();
             let _ = weft::gso::complete_csum(&mut d, mss, 16);
             let _ = weft::offload::tun_write_hdr(&mut d, 1450);

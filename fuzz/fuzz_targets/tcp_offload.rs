@@ -1,4 +1,4 @@
-//! Fuzzes the TCP offload functions: segmentation (GSO), coalescing (GRO), checksum
+//! Fuzzes the offload functions: TCP segmentation (GSO), TCP and UDP coalescing (GRO), checksum
 //! completion and the TUN virtio-net header choice. No input may panic; whatever segments,
 //! coalesces back to the same payload.
 #![no_main]
@@ -26,10 +26,11 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(merged.len() - 10, total);
         }
     }
-    let mut c = Coalescer::new();
-    let _ = c.offer(packet);
-    let _ = c.offer(packet);
-    let _ = c.flush(1450);
+    for mut c in [Coalescer::new(), Coalescer::with_udp()] {
+        let _ = c.offer(packet);
+        let _ = c.offer(packet);
+        let _ = c.flush(1450);
+    }
     let mut p = packet.to_vec();
     let _ = complete_csum(&mut p, mss % 64, 16);
     let _ = weft::offload::tun_write_hdr(&mut p, 1450);

@@ -97,6 +97,8 @@ pub struct Counters {
     pub tx_errors: AtomicU64,
     /// Packets the TUN refused.
     pub tun_write_errors: AtomicU64,
+    /// Writes to the TUN (a coalesced super-packet is one write for many packets).
+    pub tun_writes: AtomicU64,
     /// ICMP unreachable messages written back to the TUN.
     pub icmp_unreachable: AtomicU64,
     /// Sum of batch sizes, and batches, each way (mean batch size = sum / count).
@@ -151,6 +153,8 @@ pub struct LocalCounters {
     pub errors: u64,
     /// ICMP errors generated.
     pub icmp: u64,
+    /// Writes to the TUN (receive side).
+    pub writes: u64,
     /// Drops by reason.
     pub drops: [u64; REASONS],
     peers: [(Ipv4Addr, u64, u64); LOCAL_PEERS],
@@ -165,6 +169,7 @@ impl Default for LocalCounters {
             bytes: 0,
             errors: 0,
             icmp: 0,
+            writes: 0,
             drops: [0; REASONS],
             peers: [(Ipv4Addr::UNSPECIFIED, 0, 0); LOCAL_PEERS],
             n_peers: 0,
@@ -255,6 +260,8 @@ impl LocalCounters {
             .fetch_add(self.packets, Ordering::Relaxed);
         c.rx_bytes.fetch_add(self.bytes, Ordering::Relaxed);
         c.tun_write_errors.fetch_add(self.errors, Ordering::Relaxed);
+        c.tun_writes.fetch_add(self.writes, Ordering::Relaxed);
+        self.writes = 0;
         c.rx_batch_packets
             .fetch_add(batch as u64, Ordering::Relaxed);
         c.rx_batches.fetch_add(1, Ordering::Relaxed);

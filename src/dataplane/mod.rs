@@ -85,6 +85,8 @@ pub struct DatapathConfig {
     pub udp_gso: bool,
     /// Coalesce received TCP segments into super-packets for the TUN.
     pub coalesce: bool,
+    /// Coalesce received UDP datagrams too (the kernel takes GSO_UDP_L4 writes).
+    pub coalesce_udp: bool,
     /// Run each direction of a worker on a thread of its own instead of one thread for both.
     pub split: bool,
     /// Pin worker `i`'s threads to the `i`-th CPU this process may use (CPU-local steering).
@@ -673,7 +675,13 @@ impl RecvSide {
             rx_batch: Batch::new(n_max, MAX_PACKET + DEFAULT_HEADROOM, DEFAULT_HEADROOM),
             rx_mmsg: Mmsg::new(n_max),
             // Coalescing needs the virtio-net header to hand super-packets to the TUN.
-            gro: (vnet && cfg.coalesce).then(Coalescer::new),
+            gro: (vnet && cfg.coalesce).then(|| {
+                if cfg.coalesce_udp {
+                    Coalescer::with_udp()
+                } else {
+                    Coalescer::new()
+                }
+            }),
             single: vec![0u8; VNET_HDR_LEN + MAX_PACKET],
             rx_local: LocalCounters::for_worker(worker),
         }
@@ -792,6 +800,7 @@ fn tun_write(
     inner_len: usize,
     local: &mut LocalCounters,
 ) {
+    local.writes += 1;
     match tun.write(bytes) {
         Ok(_) => {
             local.packets += segments as u64;

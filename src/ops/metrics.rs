@@ -84,6 +84,13 @@ pub fn render(c: &Counters, table: &LeaseTable, node: Option<&NodeStatus>) -> St
     let _ = writeln!(o, "weft_tun_write_errors_total {}", v(&c.tun_write_errors));
     family(
         &mut o,
+        "weft_tun_writes_total",
+        "counter",
+        "Writes to the TUN; rx packets / writes is how many packets coalescing merged per write.",
+    );
+    let _ = writeln!(o, "weft_tun_writes_total {}", v(&c.tun_writes));
+    family(
+        &mut o,
         "weft_icmp_unreachable_total",
         "counter",
         "ICMP destination-unreachable messages sent back to pods.",

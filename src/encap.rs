@@ -76,9 +76,9 @@ pub enum DropReason {
     SpoofedSource,
     /// Receive: the inner destination lies outside our subnet.
     NotForUs,
-    /// Receive: a TCP segment about to be coalesced fails its checksum (coalescing would
-    /// hand the kernel a fresh partial checksum and launder the corruption).
-    InnerTcpChecksum,
+    /// Receive: a TCP segment or UDP datagram about to be coalesced fails its checksum
+    /// (coalescing would hand the kernel a fresh partial checksum and launder the corruption).
+    InnerL4Checksum,
     /// Send: no lease covers the destination.
     NoLease,
     /// Send: the TUN handed over an IPv6 packet.
@@ -102,7 +102,7 @@ impl DropReason {
         DropReason::UnknownSender,
         DropReason::SpoofedSource,
         DropReason::NotForUs,
-        DropReason::InnerTcpChecksum,
+        DropReason::InnerL4Checksum,
         DropReason::NoLease,
         DropReason::OutboundIpv6,
         DropReason::OutboundMalformed,
@@ -123,7 +123,7 @@ impl DropReason {
             DropReason::UnknownSender => "unknown_sender",
             DropReason::SpoofedSource => "spoofed_source",
             DropReason::NotForUs => "not_for_us",
-            DropReason::InnerTcpChecksum => "inner_tcp_checksum",
+            DropReason::InnerL4Checksum => "inner_l4_checksum",
             DropReason::NoLease => "no_lease",
             DropReason::OutboundIpv6 => "outbound_ipv6",
             DropReason::OutboundMalformed => "outbound_malformed",

@@ -762,7 +762,7 @@ impl RecvSide {
                             continue;
                         }
                         Offer::BadChecksum => {
-                            local.drop(DropReason::InnerTcpChecksum);
+                            local.drop(DropReason::InnerL4Checksum);
                             continue;
                         }
                         Offer::Alone | Offer::FlushFirst => {

@@ -309,28 +309,6 @@ impl Coalescer {
         let pkt = &mut self.buf[VNET_HDR_LEN..VNET_HDR_LEN + len];
         let hdr = if self.count == 1 {
             crate::offload::tun_write_hdr(pkt, tun_mtu)
-        } else if self.udp {
-            let hl = usize::from(pkt[0] & 0x0f) * 4;
-            let (src, dst) = {
-                let mut ip = Ipv4Packet::new_unchecked(&mut pkt[..]);
-                ip.set_total_len(len as u16);
-                ip.fill_checksum();
-                (ip.src_addr(), ip.dst_addr())
-            };
-            // The UDP length and the partial checksum cover the whole super-packet; the
-            // kernel rewrites both for each datagram it cuts.
-            let l4_len = (len - hl) as u16;
-            pkt[hl + 4..hl + 6].copy_from_slice(&l4_len.to_be_bytes());
-            let partial = checksum::fold(checksum::pseudo_header(src, dst, 17, l4_len));
-            pkt[hl + 6..hl + 8].copy_from_slice(&partial.to_be_bytes());
-            VnetHdr {
-                flags: F_NEEDS_CSUM,
-                gso_type: GSO_UDP_L4,
-                hdr_len: self.headers as u16,
-                gso_size: self.seg as u16,
-                csum_start: hl as u16,
-                csum_offset: 6,
-            }
         } else {
             let hl = usize::from(pkt[0] & 0x0f) * 4;
             let (src, dst) = {
@@ -339,16 +317,25 @@ impl Coalescer {
                 ip.fill_checksum();
                 (ip.src_addr(), ip.dst_addr())
             };
-            let partial = checksum::fold(checksum::pseudo_header(src, dst, 6, (len - hl) as u16));
-            pkt[hl + 16..hl + 18].copy_from_slice(&partial.to_be_bytes());
+            let l4_len = (len - hl) as u16;
+            let (proto, csum_offset, gso_type) = if self.udp {
+                // The UDP length covers the whole super-packet too; the kernel rewrites it
+                // (and adjusts the checksum) for each datagram it cuts.
+                pkt[hl + 4..hl + 6].copy_from_slice(&l4_len.to_be_bytes());
+                (17, 6, GSO_UDP_L4)
+            } else {
+                // CWR segments never merge, so the ECN flag is never needed.
+                (6, 16, GSO_TCPV4)
+            };
+            let partial = checksum::fold(checksum::pseudo_header(src, dst, proto, l4_len));
+            pkt[hl + csum_offset..hl + csum_offset + 2].copy_from_slice(&partial.to_be_bytes());
             VnetHdr {
                 flags: F_NEEDS_CSUM,
-                // CWR segments never merge, so the ECN flag is never needed.
-                gso_type: GSO_TCPV4,
+                gso_type,
                 hdr_len: self.headers as u16,
                 gso_size: self.seg as u16,
                 csum_start: hl as u16,
-                csum_offset: 16,
+                csum_offset: csum_offset as u16,
             }
         };
         self.buf[..VNET_HDR_LEN].copy_from_slice(&hdr.to_bytes());

@@ -261,6 +261,8 @@ struct DpInfo {
     tun: String,
     mtu: u32,
     offloads: [bool; 3],
+    workers: u32,
+    threads_per_worker: u8,
 }
 
 /// Opens the TUN, binds the UDP socket and starts the forwarding threads.
@@ -360,6 +362,8 @@ fn start_datapath(
         tun: name,
         mtu: tun_mtu,
         offloads: [tso, opts.udp_gso, gro],
+        workers: workers.len() as u32,
+        threads_per_worker: if opts.split_threads { 2 } else { 1 },
     };
     let dp = Datapath::start(
         workers,
@@ -503,6 +507,8 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
             datapath_running: dp.is_none_or(|d| d.is_running()),
             subnet_env_written: read_previous_subnet(&opts.subnet_file) == Some(own.subnet),
             offloads: dp_info.as_ref().map_or([false; 3], |i| i.offloads),
+            workers: dp_info.as_ref().map_or(0, |i| i.workers),
+            threads_per_worker: dp_info.as_ref().map_or(0, |i| i.threads_per_worker),
             masq_ok: masq_ok.load(std::sync::atomic::Ordering::Relaxed),
             uptime_secs: started.elapsed().as_secs(),
         })

@@ -78,6 +78,7 @@ fn three_weft_nodes(config: &str, flags: &[&str]) {
         "{text}"
     );
     assert!(text.contains("2 remote leases"), "{text}");
+    assert!(text.contains("workers "), "{text}");
     for (i, s) in subnets.iter().enumerate().skip(1) {
         let row = text
             .lines()

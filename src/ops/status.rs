@@ -41,6 +41,12 @@ pub struct NodeStatus {
     pub subnet_env_written: bool,
     /// Offloads in force: TUN TSO, UDP GSO, UDP GRO.
     pub offloads: [bool; 3],
+    /// Data-path workers (0 without a data path, e.g. host-gw).
+    #[serde(default)]
+    pub workers: u32,
+    /// Threads per worker (1 or 2).
+    #[serde(default)]
+    pub threads_per_worker: u8,
     /// Seconds since the node came up.
     pub uptime_secs: u64,
     /// Masquerade rules: 2 = not asked for (--ip-masq off), 1 = written, 0 = last write failed.
@@ -185,10 +191,12 @@ impl StatusDoc {
         );
         let _ = writeln!(
             o,
-            "offloads  tun-tso {}  udp-gso {}  udp-gro {}   ip-masq {}   up {}s",
+            "offloads  tun-tso {}  udp-gso {}  udp-gro {}   workers {}x{}   ip-masq {}   up {}s",
             yes(n.offloads[0]),
             yes(n.offloads[1]),
             yes(n.offloads[2]),
+            n.workers,
+            n.threads_per_worker,
             match n.masq_ok {
                 2 => "off",
                 1 => "rules ok",
@@ -257,6 +265,8 @@ mod tests {
             datapath_running: true,
             subnet_env_written: true,
             offloads: [true, true, true],
+            workers: 2,
+            threads_per_worker: 2,
             uptime_secs: 5,
             masq_ok: 2,
         }

@@ -82,18 +82,29 @@ fn tcp_view(p: &[u8]) -> Option<(usize, usize, u8)> {
     Some((hl, hl + thl, l4[13]))
 }
 
-/// Whether the TCP checksum of a whole TCP/IPv4 packet (IPv4 header `hl` bytes) verifies,
-/// or holds the partial value (the folded pseudo-header sum) that a Linux sender leaves when
-/// the packet never met a device that completes checksums: a kernel VXLAN peer over veth or
-/// another virtual link. The kernel itself accepts such packets on those links, so rejecting
-/// them would break those peers; anything else must verify.
-fn tcp_checksum_ok(p: &[u8], hl: usize) -> bool {
+/// Whether the transport checksum (field at `csum_offset` in the L4 header, protocol `proto`)
+/// of a whole IPv4 packet (IPv4 header `hl` bytes) verifies, or holds the partial value (the
+/// folded pseudo-header sum) that a Linux sender leaves when the packet never met a device
+/// that completes checksums: a kernel VXLAN peer over veth or another virtual link. The kernel
+/// itself accepts such packets on those links, so rejecting them would break those peers;
+/// anything else must verify.
+fn l4_checksum_ok(p: &[u8], hl: usize, proto: u8, csum_offset: usize) -> bool {
     let l4 = &p[hl..];
     let src = [p[12], p[13], p[14], p[15]].into();
     let dst = [p[16], p[17], p[18], p[19]].into();
-    let pseudo = checksum::pseudo_header(src, dst, 6, l4.len() as u16);
-    let field = u16::from_be_bytes([l4[16], l4[17]]);
+    let pseudo = checksum::pseudo_header(src, dst, proto, l4.len() as u16);
+    let field = u16::from_be_bytes([l4[csum_offset], l4[csum_offset + 1]]);
     field == checksum::fold(pseudo) || checksum::fold(pseudo + checksum::sum(l4)) == 0xffff
+}
+
+/// Whether two IPv4 packets of the same header length `hl` belong to one flow as far as
+/// merging goes: version/IHL, DSCP/ECN, DF, TTL, protocol, addresses and options equal, and
+/// the transport ports (the first 4 bytes after the IPv4 header).
+fn same_ip_flow(open: &[u8], p: &[u8], hl: usize) -> bool {
+    open[0..2] == p[0..2]
+        && open[6] & 0x40 == p[6] & 0x40
+        && open[8..10] == p[8..10]
+        && open[12..hl + 4] == p[12..hl + 4]
 }
 
 /// The IPv4 header length of a whole, unfragmented UDP/IPv4 packet whose UDP length
@@ -109,20 +120,6 @@ fn udp_view(p: &[u8]) -> Option<usize> {
         return None;
     }
     Some(hl)
-}
-
-/// Whether a UDP/IPv4 datagram's checksum verifies, is absent (0: allowed over IPv4), or holds
-/// the partial value a Linux sender leaves on virtual links (see [`tcp_checksum_ok`]).
-fn udp_checksum_ok(p: &[u8], hl: usize) -> bool {
-    let l4 = &p[hl..];
-    let field = u16::from_be_bytes([l4[6], l4[7]]);
-    if field == 0 {
-        return true;
-    }
-    let src = [p[12], p[13], p[14], p[15]].into();
-    let dst = [p[16], p[17], p[18], p[19]].into();
-    let pseudo = checksum::pseudo_header(src, dst, 17, l4.len() as u16);
-    field == checksum::fold(pseudo) || checksum::fold(pseudo + checksum::sum(l4)) == 0xffff
 }
 
 impl Coalescer {
@@ -190,7 +187,7 @@ impl Coalescer {
         {
             return Offer::Alone;
         }
-        if !tcp_checksum_ok(p, hl) {
+        if !l4_checksum_ok(p, hl, 6, 16) {
             return Offer::BadChecksum;
         }
         if self.len == 0 {
@@ -225,7 +222,8 @@ impl Coalescer {
         if payload == 0 {
             return Offer::Alone;
         }
-        if !udp_checksum_ok(p, hl) {
+        // A zero UDP checksum means none (allowed over IPv4).
+        if p[hl + 6..hl + 8] != [0, 0] && !l4_checksum_ok(p, hl, 17, 6) {
             return Offer::BadChecksum;
         }
         if self.len == 0 {
@@ -235,17 +233,9 @@ impl Coalescer {
         }
         let open = &self.buf[VNET_HDR_LEN..VNET_HDR_LEN + self.headers];
         let same_flow = self.udp
-            && !self.closed
-            && headers == self.headers
-            && payload <= self.seg
+            && self.has_room(headers, payload)
             && self.count < MAX_UDP_SEGMENTS
-            && self.len + payload <= MAX_IP
-            // version/IHL, DSCP/ECN, DF, TTL, protocol, addresses, options; ports
-            && open[0..2] == p[0..2]
-            && open[6] & 0x40 == p[6] & 0x40
-            && open[8..10] == p[8..10]
-            && open[12..hl] == p[12..hl]
-            && open[hl..hl + 4] == p[hl..hl + 4];
+            && same_ip_flow(open, p, hl);
         if !same_flow {
             return Offer::FlushFirst;
         }
@@ -272,26 +262,25 @@ impl Coalescer {
         self.closed = flags & TCP_PSH != 0;
     }
 
+    /// Whether the open packet may take a segment with these header and payload sizes: not
+    /// closed, same headers, no longer than the segment size, and within 64 KiB.
+    fn has_room(&self, headers: usize, payload: usize) -> bool {
+        !self.closed
+            && headers == self.headers
+            && payload <= self.seg
+            && self.len + payload <= MAX_IP
+    }
+
     fn matches(&self, p: &[u8], hl: usize, headers: usize, payload: usize, flags: u8) -> bool {
         let open = &self.buf[VNET_HDR_LEN..VNET_HDR_LEN + self.headers];
-        if self.closed
-            || headers != self.headers
-            || payload > self.seg
-            || self.len + payload > MAX_IP
-            || flags & TCP_CWR != 0
-        {
+        if !self.has_room(headers, payload) || flags & TCP_CWR != 0 {
             return false;
         }
-        // IPv4: version/IHL, DSCP/ECN, DF, TTL, protocol, addresses and options equal.
-        let ip_same = open[0..2] == p[0..2]
-            && open[6] & 0x40 == p[6] & 0x40
-            && open[8..10] == p[8..10]
-            && open[12..hl] == p[12..hl];
-        // TCP: ports, then seq must continue, and ack, window and options equal.
+        // TCP: IPv4 fields and ports, then seq must continue, and ack, window and options
+        // equal.
         let t = hl;
         let seq = u32::from_be_bytes([p[t + 4], p[t + 5], p[t + 6], p[t + 7]]);
-        ip_same
-            && open[t..t + 4] == p[t..t + 4]
+        same_ip_flow(open, p, hl)
             && seq == self.next_seq
             && open[t + 8..t + 12] == p[t + 8..t + 12]
             && open[t + 14..t + 16] == p[t + 14..t + 16]

@@ -320,7 +320,7 @@ fn run(a: &RunArgs) -> Result<()> {
         route_resync: std::time::Duration::from_secs(u64::from(a.route_resync_secs)),
         workers: usize::from(a.workers),
         source_ports: usize::from(a.source_ports),
-        split_threads: a.threads_per_worker == 2,
+        threads_per_worker: a.threads_per_worker,
         steer_by_cpu: a.steer_by_cpu,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

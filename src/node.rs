@@ -70,8 +70,8 @@ pub struct NodeOptions {
     pub workers: usize,
     /// Send sockets (outer UDP source ports) the workers share; 0 picks four per worker.
     pub source_ports: usize,
-    /// A thread per direction in each worker instead of one for both.
-    pub split_threads: bool,
+    /// Threads per worker: 2 (one per direction) or 1 (both directions).
+    pub threads_per_worker: u8,
     /// Pin workers to CPUs and steer packets to the worker of the CPU handling them.
     pub steer_by_cpu: bool,
 }
@@ -276,7 +276,7 @@ fn start_datapath(
 ) -> Result<(Datapath, DpInfo), NodeError> {
     let tun_mtu = config.overlay_mtu(underlay.mtu);
 
-    let queues = worker_count(opts.workers, if opts.split_threads { 2 } else { 1 });
+    let queues = worker_count(opts.workers, usize::from(opts.threads_per_worker));
     let tuns = match Tun::open_queues(&opts.tun_name, true, queues) {
         Ok(t) => t,
         // A device left persistent by a run in the other queue mode refuses this one
@@ -363,7 +363,7 @@ fn start_datapath(
         mtu: tun_mtu,
         offloads: [tso, opts.udp_gso, gro],
         workers: workers.len() as u32,
-        threads_per_worker: if opts.split_threads { 2 } else { 1 },
+        threads_per_worker: opts.threads_per_worker,
     };
     let dp = Datapath::start(
         workers,
@@ -379,7 +379,7 @@ fn start_datapath(
             udp_gso: opts.udp_gso,
             coalesce: opts.udp_gro,
             coalesce_udp: uso,
-            split: opts.split_threads,
+            split: opts.threads_per_worker >= 2,
             pin: steered,
         },
     )?;

@@ -147,7 +147,7 @@ struct Stop {
 #[derive(Debug)]
 pub struct Datapath {
     stop: Arc<Stop>,
-    workers: Vec<(String, JoinHandle<Result<(), DatapathError>>)>,
+    workers: Vec<(String, JoinHandle<WorkerResult>)>,
     counters: Arc<Counters>,
 }
 
@@ -220,12 +220,22 @@ impl Datapath {
             if cfg.split {
                 handles.push(spawn(
                     format!("weft-dp{i}tx"),
-                    Box::new(move |name| run_send(name, &io2, send, &tx2, &stop2, &c2)),
+                    Box::new(move |name| {
+                        let mut send = send;
+                        run_one_side(name, io2.tun.as_raw_fd(), &stop2, || {
+                            send.run_once(&io2.tun, &tx2, &c2)
+                        })
+                    }),
                 )?);
                 let (io2, stop2, c2) = (io.clone(), stop.clone(), counters.clone());
                 handles.push(spawn(
                     format!("weft-dp{i}rx"),
-                    Box::new(move |name| run_receive(name, &io2, recv, &stop2, &c2)),
+                    Box::new(move |name| {
+                        let mut recv = recv;
+                        run_one_side(name, io2.rx.as_raw_fd(), &stop2, || {
+                            recv.run_once(&io2.tun, &io2.rx, &c2)
+                        })
+                    }),
                 )?);
             } else {
                 handles.push(spawn(
@@ -300,9 +310,10 @@ struct Out {
     sock: u8,
 }
 
-/// The send socket for a flow hash: the hash scaled onto `0..n` (n <= 64).
+/// The send socket for a flow hash: the hash scaled onto `0..n` (1 <= n <= 64), as Linux
+/// scales it onto a source-port range.
 fn pick_socket(hash: u32, n: usize) -> u8 {
-    ((u64::from(hash) * n as u64) >> 32) as u8
+    encap::flow_src_port(hash, 0, (n.max(1) - 1) as u16) as u8
 }
 
 /// The send side of a worker: TUN queue -> underlay, with its buffers (allocated once).
@@ -383,42 +394,21 @@ fn run_both(
     Ok(())
 }
 
-/// The send thread of a split worker: drains the TUN queue, then sleeps on it.
-fn run_send(
-    name: &str,
-    io: &WorkerIo,
-    mut send: SendSide,
-    tx: &[UdpSocket],
-    stop: &Stop,
-    counters: &Counters,
-) -> Result<(), DatapathError> {
-    let fds = [io.tun.as_raw_fd()];
-    while !stop.flag.load(Ordering::Acquire) {
-        let got = send.run_once(&io.tun, tx, counters)?;
-        if got == 0 && sleep_on(name, &fds, stop)?.is_none() {
-            break;
-        }
-    }
-    Ok(())
-}
-
-/// The receive thread of a split worker: drains the socket, then sleeps on it.
+/// One direction of a split worker on a thread of its own: runs `batch` (one batch from
+/// `fd`; returns how many it took) until it comes back empty, then sleeps on `fd`.
 ///
-/// (Measured and left out: letting this thread also take a turn at the send side after it
-/// wrote to the TUN, so replies leave without waking the send thread. Single-stream TCP fell
-/// from about 12 to under 10 Gbit/s, the same loss as the one-thread mode, and ping did not
-/// improve reliably.)
-fn run_receive(
+/// (Measured and left out: letting the receive thread also take a turn at the send side
+/// after it wrote to the TUN, so replies leave without waking the send thread. Single-stream
+/// TCP fell from about 12 to under 10 Gbit/s, the same loss as the one-thread mode, and ping
+/// did not improve reliably.)
+fn run_one_side(
     name: &str,
-    io: &WorkerIo,
-    mut recv: RecvSide,
+    fd: RawFd,
     stop: &Stop,
-    counters: &Counters,
+    mut batch: impl FnMut() -> Result<usize, DatapathError>,
 ) -> Result<(), DatapathError> {
-    let fds = [io.rx.as_raw_fd()];
     while !stop.flag.load(Ordering::Acquire) {
-        let got = recv.run_once(&io.tun, &io.rx, counters)?;
-        if got == 0 && sleep_on(name, &fds, stop)?.is_none() {
+        if batch()? == 0 && sleep_on(name, &[fd], stop)?.is_none() {
             break;
         }
     }

@@ -48,7 +48,8 @@ pub struct SendOutcome {
     pub last_errno: i32,
 }
 
-fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
+/// The C socket address of `a`.
+pub(crate) fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: a.port().to_be(),

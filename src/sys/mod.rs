@@ -136,14 +136,7 @@ pub fn bind_udp4(
     if reuse_port {
         setsockopt_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
     }
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: addr.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*addr.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
+    let sin = mmsg::sockaddr_in(addr);
     // SAFETY: passes a live sockaddr_in and its exact size.
     retry_eintr(|| unsafe {
         libc::bind(

@@ -173,10 +173,8 @@ fn weft(secs: u32, extra: &[&str]) -> Numbers {
     let mut lab = Lab::builder().hosts(2).build();
     let etcd = NsEtcd::start(lab.segment(0));
     etcd.put_config(VXLAN_CONFIG);
-    let n0 = WeftNode::start(lab.host(0), &etcd, extra);
-    let n1 = WeftNode::start(lab.host(1), &etcd, extra);
-    lab.host_mut(0).add_pod_with_mtu(n0.subnet, n0.mtu);
-    lab.host_mut(1).add_pod_with_mtu(n1.subnet, n1.mtu);
+    let n0 = WeftNode::start_with_pod(&mut lab, 0, &etcd, extra);
+    let n1 = WeftNode::start_with_pod(&mut lab, 1, &etcd, extra);
     let pids: Vec<u32> = [n0.pid(), n1.pid()].into_iter().flatten().collect();
     let numbers = measure(&lab, secs, &pids);
     if std::env::var_os("WEFT_E2E_METRICS").is_some() {
@@ -198,10 +196,8 @@ fn weft_host_gw(secs: u32) -> (Numbers, Numbers) {
     let mut lab = Lab::builder().hosts(2).build();
     let etcd = NsEtcd::start(lab.segment(0));
     etcd.put_config(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"host-gw"}}"#);
-    let n0 = WeftNode::start(lab.host(0), &etcd, &[]);
-    let n1 = WeftNode::start(lab.host(1), &etcd, &[]);
-    lab.host_mut(0).add_pod_with_mtu(n0.subnet, n0.mtu);
-    lab.host_mut(1).add_pod_with_mtu(n1.subnet, n1.mtu);
+    let _n0 = WeftNode::start_with_pod(&mut lab, 0, &etcd, &[]);
+    let _n1 = WeftNode::start_with_pod(&mut lab, 1, &etcd, &[]);
     let pods = measure(&lab, secs, &[]);
     let (h0, h1) = (lab.host(0), lab.host(1));
     let underlay = measure_between(h0, h1, h1.addr(), secs, &[]);

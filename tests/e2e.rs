@@ -35,8 +35,7 @@ fn three_weft_nodes(config: &str, flags: &[&str]) {
     etcd.put_config(config);
     let mut nodes = Vec::new();
     for i in 0..3 {
-        let n = WeftNode::start(lab.host(i), &etcd, flags);
-        lab.host_mut(i).add_pod_with_mtu(n.subnet, n.mtu);
+        let n = WeftNode::start_with_pod(&mut lab, i, &etcd, flags);
         nodes.push(n);
     }
     let subnets: Vec<_> = nodes.iter().map(|n| n.subnet).collect();
@@ -151,10 +150,8 @@ fn flows_spread_over_workers() {
     let etcd = NsEtcd::start(lab.segment(0));
     etcd.put_config(VXLAN);
     let flags = ["--workers=2", "--source-ports=16"];
-    let a = WeftNode::start(lab.host(0), &etcd, &flags);
-    let b = WeftNode::start(lab.host(1), &etcd, &flags);
-    lab.host_mut(0).add_pod_with_mtu(a.subnet, a.mtu);
-    lab.host_mut(1).add_pod_with_mtu(b.subnet, b.mtu);
+    let a = WeftNode::start_with_pod(&mut lab, 0, &etcd, &flags);
+    let b = WeftNode::start_with_pod(&mut lab, 1, &etcd, &flags);
     let (pa, pb) = (lab.host(0).pod(0), lab.host(1).pod(0));
     assert!(pa.wait_for_ping(pb.addr(), Duration::from_secs(5)));
     let srv = pb.iperf3_server(5210);
@@ -195,10 +192,8 @@ fn cpu_steered_workers_forward() {
     let etcd = NsEtcd::start(lab.segment(0));
     etcd.put_config(VXLAN);
     let flags = ["--workers=2", "--threads-per-worker=1", "--steer-by-cpu"];
-    let a = WeftNode::start(lab.host(0), &etcd, &flags);
-    let b = WeftNode::start(lab.host(1), &etcd, &flags);
-    lab.host_mut(0).add_pod_with_mtu(a.subnet, a.mtu);
-    lab.host_mut(1).add_pod_with_mtu(b.subnet, b.mtu);
+    let a = WeftNode::start_with_pod(&mut lab, 0, &etcd, &flags);
+    let b = WeftNode::start_with_pod(&mut lab, 1, &etcd, &flags);
     ping_all_pairs(&lab);
     transfer(&lab, 0, 1, 50 * MB);
     transfer(&lab, 1, 0, 50 * MB);
@@ -266,10 +261,8 @@ fn udp_datagrams_coalesce_and_arrive_intact() {
     let mut lab = Lab::builder().hosts(2).build();
     let etcd = NsEtcd::start(lab.segment(0));
     etcd.put_config(VXLAN);
-    let a = WeftNode::start(lab.host(0), &etcd, &[]);
-    let b = WeftNode::start(lab.host(1), &etcd, &[]);
-    lab.host_mut(0).add_pod_with_mtu(a.subnet, a.mtu);
-    lab.host_mut(1).add_pod_with_mtu(b.subnet, b.mtu);
+    let a = WeftNode::start_with_pod(&mut lab, 0, &etcd, &[]);
+    let b = WeftNode::start_with_pod(&mut lab, 1, &etcd, &[]);
     let (pa, pb) = (lab.host(0).pod(0), lab.host(1).pod(0));
     assert!(pa.wait_for_ping(pb.addr(), Duration::from_secs(5)));
     let (count, size) = ("20000", "200");
@@ -501,10 +494,8 @@ fn nodes_join_and_leave_under_traffic() {
     let mut lab = Lab::builder().hosts(3).build();
     let etcd = NsEtcd::start(lab.segment(0));
     etcd.put_config(VXLAN);
-    let a = WeftNode::start(lab.host(0), &etcd, &[]);
-    lab.host_mut(0).add_pod_with_mtu(a.subnet, a.mtu);
-    let b = WeftNode::start(lab.host(1), &etcd, &[]);
-    lab.host_mut(1).add_pod_with_mtu(b.subnet, b.mtu);
+    let a = WeftNode::start_with_pod(&mut lab, 0, &etcd, &[]);
+    let _b = WeftNode::start_with_pod(&mut lab, 1, &etcd, &[]);
     ping_all_pairs(&lab);
 
     // Join: C's lease reaches A's table within 1 s of C holding it.
@@ -557,10 +548,8 @@ fn restart_keeps_subnet_and_traffic_resumes() {
     let mut lab = Lab::builder().hosts(2).build();
     let etcd = NsEtcd::start(lab.segment(0));
     etcd.put_config(VXLAN);
-    let a = WeftNode::start(lab.host(0), &etcd, &["--persist-tun", "--workers=2"]);
-    let b = WeftNode::start(lab.host(1), &etcd, &[]);
-    lab.host_mut(0).add_pod_with_mtu(a.subnet, a.mtu);
-    lab.host_mut(1).add_pod_with_mtu(b.subnet, b.mtu);
+    let a = WeftNode::start_with_pod(&mut lab, 0, &etcd, &["--persist-tun", "--workers=2"]);
+    let _b = WeftNode::start_with_pod(&mut lab, 1, &etcd, &[]);
     let (pa, pb) = (lab.host(0).pod(0), lab.host(1).pod(0));
     assert!(pa.wait_for_ping(pb.addr(), Duration::from_secs(5)));
     let subnet = a.subnet;

@@ -63,8 +63,7 @@ fn host_gw_three_nodes() {
         } else {
             &[]
         };
-        let n = WeftNode::start(lab.host(i), &etcd, flags);
-        lab.host_mut(i).add_pod_with_mtu(n.subnet, n.mtu);
+        let n = WeftNode::start_with_pod(&mut lab, i, &etcd, flags);
         nodes.push(n);
     }
     let subnets: Vec<Subnet> = nodes.iter().map(|n| n.subnet).collect();
@@ -185,8 +184,7 @@ fn direct_routing_two_segments() {
     etcd.put_config(VXLAN_DIRECT);
     let mut nodes = Vec::new();
     for i in 0..3 {
-        let n = WeftNode::start(lab.host(i), &etcd, &[]);
-        lab.host_mut(i).add_pod_with_mtu(n.subnet, n.mtu);
+        let n = WeftNode::start_with_pod(&mut lab, i, &etcd, &[]);
         nodes.push(n);
     }
     let subnets: Vec<Subnet> = nodes.iter().map(|n| n.subnet).collect();

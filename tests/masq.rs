@@ -15,10 +15,8 @@ fn pod_ip_kept_across_nodes_and_masqueraded_outside() {
     let mut lab = Lab::builder().hosts(2).outside().build();
     let etcd = NsEtcd::start(lab.segment(0));
     etcd.put_config(VXLAN_CONFIG);
-    let a = WeftNode::start(lab.host(0), &etcd, &["--ip-masq"]);
-    let b = WeftNode::start(lab.host(1), &etcd, &["--ip-masq"]);
-    lab.host_mut(0).add_pod_with_mtu(a.subnet, a.mtu);
-    lab.host_mut(1).add_pod_with_mtu(b.subnet, b.mtu);
+    let a = WeftNode::start_with_pod(&mut lab, 0, &etcd, &["--ip-masq"]);
+    let _b = WeftNode::start_with_pod(&mut lab, 1, &etcd, &["--ip-masq"]);
     let (pa, pb) = (lab.host(0).pod(0), lab.host(1).pod(0));
     assert!(pa.wait_for_ping(pb.addr(), Duration::from_secs(5)));
 

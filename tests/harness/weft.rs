@@ -182,6 +182,14 @@ impl WeftNode {
         Self::start_with_env(host, etcd, &[], extra)
     }
 
+    /// [`WeftNode::start`] on `lab`'s host `i`, then gives that host a pod in the node's
+    /// subnet with the node's MTU (the usual set-up of a cluster test).
+    pub fn start_with_pod(lab: &mut Lab, i: usize, etcd: &NsEtcd, extra: &[&str]) -> WeftNode {
+        let node = WeftNode::start(lab.host(i), etcd, extra);
+        lab.host_mut(i).add_pod_with_mtu(node.subnet, node.mtu);
+        node
+    }
+
     /// [`WeftNode::start`] with extra `NAME=value` environment entries for the process.
     pub fn start_with_env(host: &Host, etcd: &NsEtcd, env: &[&str], extra: &[&str]) -> WeftNode {
         let dir = tempfile::tempdir().expect("weft tempdir");

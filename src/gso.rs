@@ -55,16 +55,118 @@ pub fn complete_csum(packet: &mut [u8], start: usize, offset: usize) -> Result<(
     Ok(())
 }
 
-/// Segments a TCP/IPv4 super-packet into `mss`-byte payloads, each written to `out` as
-/// `prefix | IPv4 header | TCP header | payload` with its own total length, IP ID (+1 per
-/// segment), sequence number and checksums; FIN and PSH stay on the last segment only, CWR on
-/// the first only. A packet whose payload fits in one segment yields one segment.
-pub fn segment_tcp4(
-    packet: &[u8],
+/// A super-packet segmented in place ([`segment_tcp4_headers`]): each segment's headers sit
+/// in a header buffer, block after block, while its payload stays in the super-packet, so a
+/// gathering send carries `header block i | payload chunk i` for every segment without
+/// copying a payload byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segments {
+    /// Number of segments.
+    pub count: usize,
+    /// Bytes of each header block: prefix, IPv4 header and TCP header.
+    pub hdr_len: usize,
+    /// Where the payload starts in the super-packet.
+    pub payload_at: usize,
+    /// Payload bytes of the whole super-packet.
+    pub payload_len: usize,
+    /// Payload bytes per segment (the last may carry fewer).
+    pub mss: usize,
+}
+
+impl Segments {
+    /// Length on the wire of each segment but the last (header block included).
+    pub fn seg_len(&self) -> usize {
+        self.hdr_len + self.mss.min(self.payload_len)
+    }
+
+    /// Bytes of all segments together.
+    pub fn total(&self) -> usize {
+        self.count * self.hdr_len + self.payload_len
+    }
+
+    /// The payload range of segment `i` within the super-packet.
+    fn chunk(&self, i: usize) -> std::ops::Range<usize> {
+        let a = (i * self.mss).min(self.payload_len);
+        let b = (a + self.mss).min(self.payload_len);
+        self.payload_at + a..self.payload_at + b
+    }
+
+    /// The byte slices of segments `segs`, in wire order (header block, payload chunk, next
+    /// header block, ...): `hdrs` is the buffer the headers were written to and `packet` the
+    /// super-packet. Empty payload chunks are left out.
+    pub fn parts<'a>(
+        self,
+        hdrs: &'a [u8],
+        packet: &'a [u8],
+        segs: std::ops::Range<usize>,
+    ) -> SegmentParts<'a> {
+        SegmentParts {
+            s: self,
+            hdrs,
+            packet,
+            next: segs.start,
+            end: segs.end.min(self.count),
+            payload_next: false,
+        }
+    }
+}
+
+/// The slices of some segments of a [`Segments`] train, in wire order ([`Segments::parts`]).
+#[derive(Debug, Clone)]
+pub struct SegmentParts<'a> {
+    s: Segments,
+    hdrs: &'a [u8],
+    packet: &'a [u8],
+    next: usize,
+    end: usize,
+    payload_next: bool,
+}
+
+impl<'a> Iterator for SegmentParts<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        while self.next < self.end {
+            let i = self.next;
+            if self.payload_next {
+                self.payload_next = false;
+                self.next += 1;
+                let chunk = self.packet.get(self.s.chunk(i)).unwrap_or(&[]);
+                if !chunk.is_empty() {
+                    return Some(chunk);
+                }
+            } else {
+                self.payload_next = true;
+                let h = self.s.hdr_len;
+                return self.hdrs.get(i * h..(i + 1) * h);
+            }
+        }
+        None
+    }
+}
+
+/// What segmentation needs to know of a TCP/IPv4 super-packet, read once.
+struct Plan<'a> {
+    packet: &'a [u8],
+    prefix: &'a [u8],
     mss: usize,
-    prefix: &[u8],
-    out: &mut [u8],
-) -> Result<Train, GsoError> {
+    /// Number of segments.
+    count: usize,
+    /// IPv4 header length.
+    hl: usize,
+    /// IPv4 + TCP header length.
+    headers: usize,
+    /// End of the IP packet (its total length).
+    end: usize,
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    id0: u16,
+    seq0: u32,
+    flags0: u8,
+}
+
+/// Checks that `packet` is a whole, unfragmented TCP/IPv4 packet and plans its segments.
+fn plan<'a>(packet: &'a [u8], mss: usize, prefix: &'a [u8]) -> Result<Plan<'a>, GsoError> {
     if mss == 0 {
         return Err(GsoError::ZeroMss);
     }
@@ -77,8 +179,8 @@ pub fn segment_tcp4(
         return Err(GsoError::NotTcp4);
     }
     let hl = usize::from(ip.header_len());
-    let total = usize::from(ip.total_len());
-    let l4 = &packet[hl..total];
+    let end = usize::from(ip.total_len());
+    let l4 = &packet[hl..end];
     if l4.len() < 20 {
         return Err(GsoError::BadTcpHeader);
     }
@@ -86,41 +188,56 @@ pub fn segment_tcp4(
     if thl < 20 || thl > l4.len() {
         return Err(GsoError::BadTcpHeader);
     }
-    let headers = hl + thl;
-    let payload = &packet[headers..total];
-    let count = payload.len().div_ceil(mss).max(1);
-    let seg_len = prefix.len() + headers + mss.min(payload.len());
-    let needed = prefix.len() * count + headers * count + payload.len();
-    if out.len() < needed {
-        return Err(GsoError::NoRoom);
+    Ok(Plan {
+        packet,
+        prefix,
+        mss,
+        count: (end - hl - thl).div_ceil(mss).max(1),
+        hl,
+        headers: hl + thl,
+        end,
+        src: ip.src_addr(),
+        dst: ip.dst_addr(),
+        id0: ip.ident(),
+        seq0: u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]]),
+        flags0: l4[13],
+    })
+}
+
+impl Plan<'_> {
+    /// Where the segments' headers and payloads go.
+    fn segments(&self) -> Segments {
+        Segments {
+            count: self.count,
+            hdr_len: self.prefix.len() + self.headers,
+            payload_at: self.headers,
+            payload_len: self.end - self.headers,
+            mss: self.mss,
+        }
     }
-    let (src, dst) = (ip.src_addr(), ip.dst_addr());
-    let id0 = ip.ident();
-    let seq0 = u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]]);
-    let flags0 = l4[13];
-    let mut pos = 0;
-    for i in 0..count {
-        let chunk = if payload.is_empty() {
-            &payload[..0]
-        } else {
-            let a = i * mss;
-            &payload[a..(a + mss).min(payload.len())]
-        };
-        let seg = &mut out[pos..pos + prefix.len() + headers + chunk.len()];
-        seg[..prefix.len()].copy_from_slice(prefix);
-        let pkt = &mut seg[prefix.len()..];
-        pkt[..headers].copy_from_slice(&packet[..headers]);
-        pkt[headers..].copy_from_slice(chunk);
+
+    /// Writes segment `i`'s header block (`prefix | IPv4 header | TCP header`) into `block`:
+    /// total length, IP ID (+1 per segment), sequence number, flags (FIN and PSH on the last
+    /// segment only, CWR on the first only) and both checksums, the TCP one over the header
+    /// block and the payload chunk, read where it lies.
+    fn write_header(&self, i: usize, block: &mut [u8]) {
+        let p = self;
+        let chunk = &p.packet[p.segments().chunk(i)];
+        let last = i + 1 == p.count;
+        let seq_off = i * p.mss;
+        block[..p.prefix.len()].copy_from_slice(p.prefix);
+        let pkt = &mut block[p.prefix.len()..];
+        pkt.copy_from_slice(&p.packet[..p.headers]);
         {
             let mut v = Ipv4Packet::new_unchecked(&mut pkt[..]);
-            v.set_total_len((headers + chunk.len()) as u16);
-            v.set_ident(id0.wrapping_add(i as u16));
+            v.set_total_len((p.headers + chunk.len()) as u16);
+            v.set_ident(p.id0.wrapping_add(i as u16));
             v.fill_checksum();
         }
-        let tcp = &mut pkt[hl..];
-        tcp[4..8].copy_from_slice(&seq0.wrapping_add((i * mss) as u32).to_be_bytes());
-        let mut flags = flags0;
-        if i + 1 < count {
+        let tcp = &mut pkt[p.hl..];
+        tcp[4..8].copy_from_slice(&p.seq0.wrapping_add(seq_off as u32).to_be_bytes());
+        let mut flags = p.flags0;
+        if !last {
             flags &= !(TCP_FIN | TCP_PSH);
         }
         if i > 0 {
@@ -129,14 +246,66 @@ pub fn segment_tcp4(
         tcp[13] = flags;
         tcp[16] = 0;
         tcp[17] = 0;
-        let l4_len = tcp.len() as u16;
-        let acc = checksum::pseudo_header(src, dst, 6, l4_len) + checksum::sum(tcp);
+        // The TCP header length is a multiple of 4, so the chunk starts at an even offset of the
+        // segment and its sum adds to the header's as it is.
+        let l4_len = (tcp.len() + chunk.len()) as u16;
+        let acc = checksum::pseudo_header(p.src, p.dst, 6, l4_len)
+            + checksum::sum(tcp)
+            + checksum::sum(chunk);
         tcp[16..18].copy_from_slice(&(!checksum::fold(acc)).to_be_bytes());
+    }
+}
+
+/// Segments a TCP/IPv4 super-packet into `mss`-byte payloads without moving them: writes
+/// each segment's header block (`prefix | IPv4 header | TCP header`, with its own total
+/// length, IP ID, sequence number, flags and checksums, as [`segment_tcp4`] does) into
+/// `hdrs`, one after another, and says where the payload chunks are. A packet whose payload
+/// fits in one segment yields one segment.
+pub fn segment_tcp4_headers(
+    packet: &[u8],
+    mss: usize,
+    prefix: &[u8],
+    hdrs: &mut [u8],
+) -> Result<Segments, GsoError> {
+    let p = plan(packet, mss, prefix)?;
+    let s = p.segments();
+    if hdrs.len() < s.count * s.hdr_len {
+        return Err(GsoError::NoRoom);
+    }
+    for (i, block) in hdrs.chunks_exact_mut(s.hdr_len).take(s.count).enumerate() {
+        p.write_header(i, block);
+    }
+    Ok(s)
+}
+
+/// Segments a TCP/IPv4 super-packet into `mss`-byte payloads, each written to `out` as
+/// `prefix | IPv4 header | TCP header | payload` with its own total length, IP ID (+1 per
+/// segment), sequence number and checksums; FIN and PSH stay on the last segment only, CWR on
+/// the first only. A packet whose payload fits in one segment yields one segment. (The data
+/// path sends from [`segment_tcp4_headers`] instead, without this copy of the payload.)
+pub fn segment_tcp4(
+    packet: &[u8],
+    mss: usize,
+    prefix: &[u8],
+    out: &mut [u8],
+) -> Result<Train, GsoError> {
+    let p = plan(packet, mss, prefix)?;
+    let s = p.segments();
+    if out.len() < s.total() {
+        return Err(GsoError::NoRoom);
+    }
+    let mut pos = 0;
+    for i in 0..s.count {
+        let chunk = &packet[s.chunk(i)];
+        let seg = &mut out[pos..pos + s.hdr_len + chunk.len()];
+        let (block, body) = seg.split_at_mut(s.hdr_len);
+        p.write_header(i, block);
+        body.copy_from_slice(chunk);
         pos += seg.len();
     }
     Ok(Train {
-        count,
-        seg_len,
+        count: s.count,
+        seg_len: s.seg_len(),
         total: pos,
     })
 }
@@ -213,6 +382,53 @@ pub(crate) mod tests {
             payload.extend_from_slice(&tcp[32..]);
         }
         assert_eq!(payload, &p[52..]);
+    }
+
+    #[test]
+    fn headers_and_parts_gather_the_copied_train() {
+        let prefix = [0x5a; 22];
+        for (payload, mss) in [
+            (3000, 1400),
+            (2800, 1400),
+            (100, 1400),
+            (0, 1400),
+            (65483, 1448),
+        ] {
+            let p = tcp_packet(payload, 0x18 | TCP_FIN, 77);
+            let mut copied = vec![0u8; 140_000];
+            let t = segment_tcp4(&p, mss, &prefix, &mut copied).unwrap();
+            let mut hdrs = vec![0u8; 64 * 1024];
+            let s = segment_tcp4_headers(&p, mss, &prefix, &mut hdrs).unwrap();
+            assert_eq!(
+                (s.count, s.seg_len(), s.total()),
+                (t.count, t.seg_len, t.total)
+            );
+            let gathered: Vec<u8> = s.parts(&hdrs, &p, 0..s.count).flatten().copied().collect();
+            assert_eq!(gathered, &copied[..t.total], "payload {payload} mss {mss}");
+            // Any run of segments gathers to the same bytes as its stretch of the train.
+            if s.count > 2 {
+                let mid: Vec<u8> = s
+                    .parts(&hdrs, &p, 1..s.count - 1)
+                    .flatten()
+                    .copied()
+                    .collect();
+                assert_eq!(mid, &copied[t.seg_len..(s.count - 1) * t.seg_len]);
+                assert!(s.parts(&hdrs, &p, 1..s.count - 1).all(|x| !x.is_empty()));
+            }
+        }
+        let p = tcp_packet(3000, 0x10, 0);
+        assert_eq!(
+            segment_tcp4_headers(&p, 1400, &prefix, &mut [0; 100]),
+            Err(GsoError::NoRoom)
+        );
+        assert_eq!(
+            segment_tcp4_headers(&p, 0, &prefix, &mut [0; 1000]),
+            Err(GsoError::ZeroMss)
+        );
+        assert_eq!(
+            segment_tcp4_headers(&p[..30], 1400, &prefix, &mut [0; 1000]),
+            Err(GsoError::NotTcp4)
+        );
     }
 
     #[test]

@@ -169,6 +169,32 @@ mod tcp_offload {
             }
         }
 
+        /// The data path's header-only segmentation, its parts gathered in order, is byte
+        /// for byte the copied train.
+        #[test]
+        fn header_segments_gather_to_the_train(
+            payload in proptest::collection::vec(any::<u8>(), 0..20_000),
+            mss in 1usize..3000, seq in any::<u32>(), prefix_len in 0usize..60,
+        ) {
+            let p = tcp_super(&payload, 0x18, seq);
+            let prefix = vec![0x42u8; prefix_len];
+            let mut out = vec![0u8; 200_000];
+            let mut hdrs = vec![0u8; 64 * 1024];
+            let copied = segment_tcp4(&p, mss, &prefix, &mut out);
+            let gathered = weft::gso::segment_tcp4_headers(&p, mss, &prefix, &mut hdrs);
+            match (copied, gathered) {
+                (Ok(t), Ok(s)) => {
+                    prop_assert_eq!((t.count, t.seg_len, t.total), (s.count, s.seg_len(), s.total()));
+                    let bytes: Vec<u8> = s.parts(&hdrs, &p, 0..s.count).flatten().copied().collect();
+                    prop_assert_eq!(&bytes[..], &out[..t.total]);
+                }
+                // Only room may differ: the header buffer is smaller than the train's.
+                (Ok(_), Err(e)) => prop_assert_eq!(e, weft::gso::GsoError::NoRoom),
+                (Err(a), Err(b)) => prop_assert!(a == b || b == weft::gso::GsoError::NoRoom),
+                (Err(e), Ok(_)) => prop_assert!(false, "copy failed ({e}) where headers did not"),
+            }
+        }
+
         /// Neither offload function panics on any input.
         #[test]
         fn offload_functions_never_panic(
@@ -176,6 +202,9 @@ mod tcp_offload {
         ) {
             let mut out = vec![0u8; 8000];
             let _ = segment_tcp4(&data, mss, &[0; 22], &mut out);
+            if let Ok(s) = weft::gso::segment_tcp4_headers(&data, mss, &[0; 22], &mut out) {
+                let _ = s.parts(&out, &data, 0..s.count + 1).count();
+            }
             for mut c in [Coalescer::new(), Coalescer::with_udp()] {
                 let _ = c.offer(&data);
                 let _ = c.offer(&data);

@@ -12,7 +12,8 @@
 //!
 //! * send (TUN -> UDP): read up to a batch of packets, look each destination up in the lease
 //!   table snapshot (loaded once per batch), encapsulate in place (or segment a TCP
-//!   super-packet into a train), `sendmmsg` the batch. A destination inside the Network
+//!   super-packet: headers written per segment, payload sent from where the TUN read put it,
+//!   gathered by the iovecs of one UDP_SEGMENT message), `sendmmsg` the batch. A destination inside the Network
 //!   without a lease gets an ICMP net-unreachable back.
 //! * receive (UDP -> TUN): `recvmmsg` a batch; per datagram, in DESIGN.md's order: the sender
 //!   holds a lease, the VXLAN header and inner Ethernet are ours, the inner IPv4 header is
@@ -294,16 +295,54 @@ impl Datapath {
 const MAX_GSO_SEGMENTS: usize = 64;
 /// Most bytes one UDP_SEGMENT send may carry (a UDP length must fit 16 bits).
 const MAX_GSO_BYTES: usize = 65000;
-/// Room for a segmented 64 KiB super-packet: payload plus per-segment headers.
-const TRAIN_CAPACITY: usize = 128 * 1024;
+/// Room for the per-segment headers of one super-packet: 64 KiB holds 885 header blocks of
+/// 74 bytes (VXLAN + Ethernet, IPv4 and TCP with timestamps), enough for any MSS above 74.
+const HEADERS_CAPACITY: usize = 64 * 1024;
 
-/// Where one outgoing message's bytes are: an in-place slot or a segment train.
+/// What one batch turn of a side did.
+#[derive(Debug, Clone, Copy)]
+struct Turn {
+    /// Packets (send side) or buffers (receive side) taken from the queue.
+    taken: usize,
+    /// The queue was found empty: the side may sleep without another read.
+    drained: bool,
+}
+
+/// Where one outgoing message's bytes are: a slot encapsulated in place, or some segments
+/// of a slot's super-packet (headers in the slot's header buffer, payload left in the slot).
+#[derive(Debug, Clone, Copy)]
+enum Body {
+    Slot,
+    Segments {
+        segs: gso::Segments,
+        first: usize,
+        n: usize,
+    },
+}
+
+/// The slices of one outgoing message, in order.
+enum Parts<'a> {
+    Slot(Option<&'a [u8]>),
+    Segments(gso::SegmentParts<'a>),
+}
+
+impl<'a> Iterator for Parts<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        match self {
+            Parts::Slot(s) => s.take(),
+            Parts::Segments(p) => p.next(),
+        }
+    }
+}
+
+/// One outgoing message.
 #[derive(Debug, Clone, Copy)]
 struct Out {
-    train: bool,
     slot: usize,
-    start: usize,
-    len: usize,
+    body: Body,
+    /// UDP_SEGMENT size (0: one datagram).
     seg: u16,
     dst: SocketAddrV4,
     /// Index of the send socket (outer source port) of the packet's flow.
@@ -323,7 +362,8 @@ struct SendSide {
     vnet: bool,
     reader: TableReader,
     tx_batch: Batch,
-    trains: Vec<Box<[u8]>>,
+    /// Per slot, the segment headers of its super-packet (TSO only).
+    headers: Vec<Box<[u8]>>,
     outs: Vec<Out>,
     tx_mmsg: Mmsg,
     icmp_buf: [u8; VNET_HDR_LEN + icmpv4::MAX_ERROR_LEN],
@@ -381,7 +421,7 @@ fn run_both(
     while !stop.flag.load(Ordering::Acquire) {
         let mut wrote = 0;
         if ready & SOCK != 0 {
-            wrote = recv.run_once(&io.tun, &io.rx, counters)?;
+            wrote = recv.run_once(&io.tun, &io.rx, counters)?.taken;
         }
         if ready & TUN != 0 || wrote > 0 {
             send.run_once(&io.tun, tx, counters)?;
@@ -395,7 +435,7 @@ fn run_both(
 }
 
 /// One direction of a split worker on a thread of its own: runs `batch` (one batch from
-/// `fd`; returns how many it took) until it comes back empty, then sleeps on `fd`.
+/// `fd`) until it finds the queue empty, then sleeps on `fd`.
 ///
 /// (Measured and left out: letting the receive thread also take a turn at the send side
 /// after it wrote to the TUN, so replies leave without waking the send thread. Single-stream
@@ -405,10 +445,10 @@ fn run_one_side(
     name: &str,
     fd: RawFd,
     stop: &Stop,
-    mut batch: impl FnMut() -> Result<usize, DatapathError>,
+    mut batch: impl FnMut() -> Result<Turn, DatapathError>,
 ) -> Result<(), DatapathError> {
     while !stop.flag.load(Ordering::Acquire) {
-        if batch()? == 0 && sleep_on(name, &[fd], stop)?.is_none() {
+        if batch()?.drained && sleep_on(name, &[fd], stop)?.is_none() {
             break;
         }
     }
@@ -424,10 +464,10 @@ impl SendSide {
             vnet: io.tun.has_vnet_hdr(),
             reader,
             tx_batch: Batch::new(n_max, MAX_PACKET + DEFAULT_HEADROOM, DEFAULT_HEADROOM),
-            // Segment trains exist only when the TUN hands over TCP super-packets.
-            trains: if cfg.tso {
+            // Segment headers exist only when the TUN hands over TCP super-packets.
+            headers: if cfg.tso {
                 (0..n_max)
-                    .map(|_| vec![0u8; TRAIN_CAPACITY].into_boxed_slice())
+                    .map(|_| vec![0u8; HEADERS_CAPACITY].into_boxed_slice())
                     .collect()
             } else {
                 Vec::new()
@@ -443,213 +483,226 @@ impl SendSide {
         }
     }
 
-    /// TUN -> lookup -> (segment) -> encapsulate -> sendmmsg, one batch; returns the
-    /// number of packets read.
+    /// TUN -> lookup -> (segment) -> encapsulate -> sendmmsg, one batch.
     fn run_once(
         &mut self,
         tun: &Tun,
         tx: &[UdpSocket],
         counters: &Counters,
-    ) -> Result<usize, DatapathError> {
+    ) -> Result<Turn, DatapathError> {
         let cfg = self.cfg;
         let n_max = cfg.batch_size.max(1);
         let vnet = self.vnet;
         let hdr_len = if vnet { VNET_HDR_LEN } else { 0 };
         let (bufs, _) = self.tx_batch.slots_mut();
-        let mut n = 0;
-        while n < n_max {
-            let b = &mut bufs[n];
-            b.reset();
-            match tun.read(b.recv_space()) {
-                Ok(len) => {
-                    b.set_len(len);
-                    n += 1;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    return Err(DatapathError::Io {
-                        worker: self.name.clone(),
-                        what: "read TUN",
-                        source: e,
-                    })
-                }
-            }
-        }
-        if n == 0 {
-            return Ok(0);
-        }
-        let local = &mut self.tx_local;
-        let trains = &mut self.trains;
-        let outs = &mut self.outs;
-        let icmp_buf = &mut self.icmp_buf;
         let snapshot = self.reader.load();
         let ntx = tx.len();
-        let mut used: u64 = 0;
-        outs.clear();
-        for i in 0..n {
-            let b = &mut bufs[i];
-            let vhdr = if vnet {
-                VnetHdr::from_bytes(b.as_slice()).unwrap_or_default()
-            } else {
-                VnetHdr::default()
-            };
-            if b.advance(hdr_len).is_err() {
-                local.drop(DropReason::OutboundMalformed);
-                continue;
-            }
-            let dst = match encap::outbound_dst(b.as_slice()) {
-                Ok(d) => d,
-                Err(r) => {
-                    local.drop(r);
-                    continue;
-                }
-            };
-            let Some(peer) = snapshot.lookup(dst) else {
-                local.drop(DropReason::NoLease);
-                if cfg.network.contains(dst) && !cfg.local_subnet.contains(dst) {
-                    // The reply comes from the missing subnet's network address (where its
-                    // node's VTEP would be): never one of this host's own addresses, which
-                    // the kernel would drop as a martian arriving on the TUN.
-                    let from = Subnet::containing(dst, snapshot.prefix_len())
-                        .map(|s| s.addr())
-                        .unwrap_or(dst);
-                    let out = &mut icmp_buf[hdr_len..];
-                    if let Ok(len) =
-                        icmpv4::write_unreachable(b.as_slice(), from, Unreachable::Net, out)
-                    {
-                        // The vnet header stays zero: no offload for the reply.
-                        if tun.write(&icmp_buf[..hdr_len + len]).is_ok() {
-                            local.icmp += 1;
-                        }
+        // The first packet leaves on its own before the batch is read on: a lone packet
+        // (a ping, an ACK, a request) does not wait for the read that finds the queue empty;
+        // under load the rest of the batch still goes out together.
+        let mut start = 0;
+        let mut drained = false;
+        while start < n_max && !drained {
+            let want = if start == 0 { 1 } else { n_max };
+            let mut n = start;
+            while n < want {
+                let b = &mut bufs[n];
+                b.reset();
+                match tun.read(b.recv_space()) {
+                    Ok(len) => {
+                        b.set_len(len);
+                        n += 1;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        drained = true;
+                        break;
+                    }
+                    Err(e) => {
+                        return Err(DatapathError::Io {
+                            worker: self.name.clone(),
+                            what: "read TUN",
+                            source: e,
+                        })
                     }
                 }
-                continue;
-            };
-            let sock = pick_socket(encap::flow_hash(b.as_slice()), ntx);
-            let prefix: &[u8] = match cfg.backend {
-                Backend::Vxlan(_) => &peer.vxlan_header,
-                Backend::Udp => &[],
-            };
-            if vhdr.gso_type & !offload::GSO_ECN == offload::GSO_TCPV4 && !trains.is_empty() {
-                // A TCP super-packet: segment it into the slot's train, prefix each segment.
-                let train = &mut trains[i];
-                let t = match gso::segment_tcp4(
-                    b.as_slice(),
-                    usize::from(vhdr.gso_size),
-                    prefix,
-                    train,
-                ) {
-                    Ok(t) => t,
-                    Err(_) => {
-                        local.drop(DropReason::OutboundMalformed);
+            }
+            if n == start {
+                break;
+            }
+            let local = &mut self.tx_local;
+            let headers = &mut self.headers;
+            let outs = &mut self.outs;
+            let icmp_buf = &mut self.icmp_buf;
+            let mut used: u64 = 0;
+            outs.clear();
+            for i in start..n {
+                let b = &mut bufs[i];
+                let vhdr = if vnet {
+                    VnetHdr::from_bytes(b.as_slice()).unwrap_or_default()
+                } else {
+                    VnetHdr::default()
+                };
+                if b.advance(hdr_len).is_err() {
+                    local.drop(DropReason::OutboundMalformed);
+                    continue;
+                }
+                let dst = match encap::outbound_dst(b.as_slice()) {
+                    Ok(d) => d,
+                    Err(r) => {
+                        local.drop(r);
                         continue;
                     }
                 };
-                let inner = (t.total - t.count * prefix.len()) as u64;
-                local.packets += t.count as u64;
-                local.bytes += inner;
-                local.peer(peer.public_ip, t.count as u64, inner, counters, true);
-                let per_msg = if self.udp_gso {
-                    (MAX_GSO_BYTES / t.seg_len).clamp(1, MAX_GSO_SEGMENTS)
-                } else {
-                    1
+                let Some(peer) = snapshot.lookup(dst) else {
+                    local.drop(DropReason::NoLease);
+                    if cfg.network.contains(dst) && !cfg.local_subnet.contains(dst) {
+                        // The reply comes from the missing subnet's network address (where its
+                        // node's VTEP would be): never one of this host's own addresses, which
+                        // the kernel would drop as a martian arriving on the TUN.
+                        let from = Subnet::containing(dst, snapshot.prefix_len())
+                            .map(|s| s.addr())
+                            .unwrap_or(dst);
+                        let out = &mut icmp_buf[hdr_len..];
+                        if let Ok(len) =
+                            icmpv4::write_unreachable(b.as_slice(), from, Unreachable::Net, out)
+                        {
+                            // The vnet header stays zero: no offload for the reply.
+                            if tun.write(&icmp_buf[..hdr_len + len]).is_ok() {
+                                local.icmp += 1;
+                            }
+                        }
+                    }
+                    continue;
                 };
-                let mut off = 0;
-                while off < t.total {
-                    let len = (per_msg * t.seg_len).min(t.total - off);
-                    let seg = if per_msg > 1 && len > t.seg_len {
-                        t.seg_len as u16
-                    } else {
-                        0
+                let sock = pick_socket(encap::flow_hash(b.as_slice()), ntx);
+                let prefix: &[u8] = match cfg.backend {
+                    Backend::Vxlan(_) => &peer.vxlan_header,
+                    Backend::Udp => &[],
+                };
+                if vhdr.gso_type & !offload::GSO_ECN == offload::GSO_TCPV4 && !headers.is_empty() {
+                    // A TCP super-packet: write each segment's headers (prefix included) to
+                    // the slot's header buffer; the payload is sent from where it lies.
+                    let segs = match gso::segment_tcp4_headers(
+                        b.as_slice(),
+                        usize::from(vhdr.gso_size),
+                        prefix,
+                        &mut headers[i],
+                    ) {
+                        Ok(t) => t,
+                        Err(_) => {
+                            local.drop(DropReason::OutboundMalformed);
+                            continue;
+                        }
                     };
+                    let inner = (segs.total() - segs.count * prefix.len()) as u64;
+                    local.packets += segs.count as u64;
+                    local.bytes += inner;
+                    local.peer(peer.public_ip, segs.count as u64, inner, counters, true);
+                    let seg_len = segs.seg_len();
+                    let per_msg = if self.udp_gso {
+                        (MAX_GSO_BYTES / seg_len).clamp(1, MAX_GSO_SEGMENTS)
+                    } else {
+                        1
+                    };
+                    let mut first = 0;
+                    while first < segs.count {
+                        let n = per_msg.min(segs.count - first);
+                        outs.push(Out {
+                            slot: i,
+                            body: Body::Segments { segs, first, n },
+                            seg: if n > 1 { seg_len as u16 } else { 0 },
+                            dst: peer.underlay,
+                            sock,
+                        });
+                        first += n;
+                    }
+                    used |= 1 << sock;
+                    continue;
+                }
+                if vhdr.gso_type != offload::GSO_NONE {
+                    local.drop(DropReason::OutboundMalformed);
+                    continue;
+                }
+                if vhdr.flags & offload::F_NEEDS_CSUM != 0
+                    && gso::complete_csum(
+                        b.as_mut_slice(),
+                        usize::from(vhdr.csum_start),
+                        usize::from(vhdr.csum_offset),
+                    )
+                    .is_err()
+                {
+                    local.drop(DropReason::OutboundMalformed);
+                    continue;
+                }
+                let len = b.len();
+                let ok = match cfg.backend {
+                    Backend::Vxlan(_) => encap::encap_vxlan(b, &peer.vxlan_header).is_ok(),
+                    Backend::Udp => true,
+                };
+                if ok {
+                    local.packets += 1;
+                    local.bytes += len as u64;
+                    local.peer(peer.public_ip, 1, len as u64, counters, true);
                     outs.push(Out {
-                        train: true,
                         slot: i,
-                        start: off,
-                        len,
-                        seg,
+                        body: Body::Slot,
+                        seg: 0,
                         dst: peer.underlay,
                         sock,
                     });
-                    off += len;
+                    used |= 1 << sock;
                 }
-                used |= 1 << sock;
-                continue;
             }
-            if vhdr.gso_type != offload::GSO_NONE {
-                local.drop(DropReason::OutboundMalformed);
-                continue;
-            }
-            if vhdr.flags & offload::F_NEEDS_CSUM != 0
-                && gso::complete_csum(
-                    b.as_mut_slice(),
-                    usize::from(vhdr.csum_start),
-                    usize::from(vhdr.csum_offset),
-                )
-                .is_err()
-            {
-                local.drop(DropReason::OutboundMalformed);
-                continue;
-            }
-            let len = b.len();
-            let ok = match cfg.backend {
-                Backend::Vxlan(_) => encap::encap_vxlan(b, &peer.vxlan_header).is_ok(),
-                Backend::Udp => true,
-            };
-            if ok {
-                local.packets += 1;
-                local.bytes += len as u64;
-                local.peer(peer.public_ip, 1, len as u64, counters, true);
-                outs.push(Out {
-                    train: false,
-                    slot: i,
-                    start: 0,
-                    len: b.len(),
-                    seg: 0,
-                    dst: peer.underlay,
-                    sock,
-                });
-                used |= 1 << sock;
-            }
-        }
-        let gso_used = outs.iter().any(|o| o.seg > 0);
-        // One sendmmsg per send socket that has packets (usually one: a batch is mostly
-        // one flow).
-        for (s, sock) in tx.iter().enumerate() {
-            if used & (1 << s) == 0 {
-                continue;
-            }
-            let out = self.tx_mmsg.send(
-                sock.as_raw_fd(),
-                outs.iter().filter(|o| usize::from(o.sock) == s).map(|o| {
-                    let bytes: &[u8] = if o.train {
-                        &trains[o.slot][o.start..o.start + o.len]
-                    } else {
-                        bufs[o.slot].as_slice()
-                    };
-                    (bytes, o.dst, o.seg)
-                }),
-            );
-            if out.failed > 0 {
-                local.errors += out.failed as u64;
-                if gso_used && matches!(out.last_errno, libc::EIO | libc::EINVAL) && self.udp_gso {
-                    self.udp_gso = false;
-                    warn!(
+            let gso_used = outs.iter().any(|o| o.seg > 0);
+            // One sendmmsg per send socket that has packets (usually one: a batch is mostly
+            // one flow).
+            for (s, sock) in tx.iter().enumerate() {
+                if used & (1 << s) == 0 {
+                    continue;
+                }
+                let out = self.tx_mmsg.send_gather(
+                    sock.as_raw_fd(),
+                    outs.iter().filter(|o| usize::from(o.sock) == s).map(|o| {
+                        let packet = bufs[o.slot].as_slice();
+                        let parts = match o.body {
+                            Body::Slot => Parts::Slot(Some(packet)),
+                            Body::Segments { segs, first, n } => Parts::Segments(segs.parts(
+                                &headers[o.slot],
+                                packet,
+                                first..first + n,
+                            )),
+                        };
+                        (parts, o.dst, o.seg)
+                    }),
+                );
+                if out.failed > 0 {
+                    local.errors += out.failed as u64;
+                    if gso_used
+                        && matches!(out.last_errno, libc::EIO | libc::EINVAL)
+                        && self.udp_gso
+                    {
+                        self.udp_gso = false;
+                        warn!(
                         errno = out.last_errno,
                         "UDP GSO refused by the kernel; sending segments one by one from now on"
                     );
-                } else if self.send_errors_logged < 10 {
-                    self.send_errors_logged += 1;
-                    warn!(
-                        failed = out.failed,
-                        errno = out.last_errno,
-                        "sendmmsg refused datagrams (logged at most 10 times per worker)"
-                    );
+                    } else if self.send_errors_logged < 10 {
+                        self.send_errors_logged += 1;
+                        warn!(
+                            failed = out.failed,
+                            errno = out.last_errno,
+                            "sendmmsg refused datagrams (logged at most 10 times per worker)"
+                        );
+                    }
                 }
             }
+            start = n;
         }
-        local.flush_tx(counters, n);
-        Ok(n)
+        self.tx_local.flush_tx(counters, start);
+        Ok(Turn {
+            taken: start,
+            drained,
+        })
     }
 }
 
@@ -678,16 +731,17 @@ impl RecvSide {
     }
 
     /// recvmmsg (trains with UDP_GRO) -> receive checks per datagram -> coalesce -> TUN, one
-    /// batch; returns the number of buffers received.
+    /// batch.
     fn run_once(
         &mut self,
         tun: &Tun,
         sock: &UdpSocket,
         counters: &Counters,
-    ) -> Result<usize, DatapathError> {
+    ) -> Result<Turn, DatapathError> {
         let cfg = self.cfg;
         let vnet = self.vnet;
         let (bufs, meta) = self.rx_batch.slots_mut();
+        let cap = bufs.len().min(meta.len());
         let n = match self.rx_mmsg.recv(sock.as_raw_fd(), bufs, meta) {
             Ok(n) => n,
             Err(e) => {
@@ -699,7 +753,10 @@ impl RecvSide {
             }
         };
         if n == 0 {
-            return Ok(0);
+            return Ok(Turn {
+                taken: 0,
+                drained: true,
+            });
         }
         let local = &mut self.rx_local;
         let gro = &mut self.gro;
@@ -777,7 +834,11 @@ impl RecvSide {
             flush_to_tun(c, tun, cfg.tun_mtu, local);
         }
         local.flush_rx(counters, n);
-        Ok(n)
+        // A non-blocking recvmmsg returns fewer than it may only when the queue ran dry.
+        Ok(Turn {
+            taken: n,
+            drained: n < cap,
+        })
     }
 }
 

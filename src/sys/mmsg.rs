@@ -26,9 +26,13 @@ pub fn enable_udp_gro(fd: RawFd) -> io::Result<()> {
 /// Reusable message headers for one worker (used by one thread at a time).
 pub struct Mmsg {
     hdrs: Vec<libc::mmsghdr>,
+    /// One iovec per message (receive); on send, the gathered parts of every message of one
+    /// sendmmsg, message after message (grown to the largest batch once, then reused).
     iovs: Vec<libc::iovec>,
     names: Vec<libc::sockaddr_in>,
     ctrl: Vec<Ctrl>,
+    /// Per message of a send: its first iovec, how many, and its segment size (0: none).
+    spans: Vec<(usize, usize, u16)>,
 }
 
 // SAFETY: the raw pointers inside the headers point only into this struct's own heap
@@ -78,20 +82,23 @@ impl Mmsg {
             ],
             names: vec![zero_name; n],
             ctrl: vec![[0u64; 4]; n],
+            spans: vec![(0, 0, 0); n],
         }
     }
 
-    fn point(&mut self, i: usize, base: *mut libc::c_void, len: usize) {
-        self.iovs[i] = libc::iovec {
-            iov_base: base,
-            iov_len: len,
-        };
+    /// Points message `i` at `n` iovecs from index `first` of `iovs` (which must not grow
+    /// again before the syscall) and at `names[i]`, without control messages.
+    fn point(&mut self, i: usize, first: usize, n: usize) {
+        assert!(first + n <= self.iovs.len(), "iovecs out of range");
+        // SAFETY: first + n <= iovs.len() (asserted), so the pointer and the n entries after
+        // it lie inside the vector.
+        let iov = unsafe { self.iovs.as_mut_ptr().add(first) };
         let h = &mut self.hdrs[i];
         h.msg_len = 0;
         h.msg_hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_in).cast();
         h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        h.msg_hdr.msg_iov = &mut self.iovs[i];
-        h.msg_hdr.msg_iovlen = 1;
+        h.msg_hdr.msg_iov = iov;
+        h.msg_hdr.msg_iovlen = n;
         h.msg_hdr.msg_control = std::ptr::null_mut();
         h.msg_hdr.msg_controllen = 0;
         h.msg_hdr.msg_flags = 0;
@@ -153,10 +160,17 @@ impl Mmsg {
         meta: &mut [Meta],
     ) -> io::Result<usize> {
         let n = bufs.len().min(meta.len()).min(self.hdrs.len());
-        for (i, b) in bufs.iter_mut().enumerate().take(n) {
+        self.iovs.clear();
+        for b in bufs.iter_mut().take(n) {
             b.reset();
             let space = b.recv_space();
-            self.point(i, space.as_mut_ptr().cast(), space.len());
+            self.iovs.push(libc::iovec {
+                iov_base: space.as_mut_ptr().cast(),
+                iov_len: space.len(),
+            });
+        }
+        for i in 0..n {
+            self.point(i, i, 1);
             self.room_for_cmsg(i);
         }
         // SAFETY: hdrs[..n] point at live iovecs, names and buffers that outlive the call.
@@ -205,20 +219,56 @@ impl Mmsg {
         fd: RawFd,
         items: impl IntoIterator<Item = (&'a [u8], SocketAddrV4, u16)>,
     ) -> SendOutcome {
+        self.send_gather(
+            fd,
+            items
+                .into_iter()
+                .map(|(data, dst, seg)| (std::iter::once(data), dst, seg)),
+        )
+    }
+
+    /// Like [`Mmsg::send`], but each message's payload is gathered from several slices, in
+    /// order (at most `UIO_MAXIOV`, 1024, per message): headers and payloads that lie apart
+    /// leave in one datagram, or one train, without being copied together first.
+    pub fn send_gather<'a, P: IntoIterator<Item = &'a [u8]>>(
+        &mut self,
+        fd: RawFd,
+        items: impl IntoIterator<Item = (P, SocketAddrV4, u16)>,
+    ) -> SendOutcome {
         let mut out = SendOutcome::default();
         let mut items = items.into_iter().peekable();
         while items.peek().is_some() {
             let mut count = 0;
+            self.iovs.clear();
             while count < self.hdrs.len() {
-                let Some((data, dst, seg)) = items.next() else {
+                let Some((parts, dst, seg)) = items.next() else {
                     break;
                 };
-                self.names[count] = sockaddr_in(dst);
-                self.point(count, data.as_ptr() as *mut libc::c_void, data.len());
-                if seg > 0 && usize::from(seg) < data.len() {
-                    self.set_segment(count, seg);
+                let first = self.iovs.len();
+                let mut len = 0;
+                for part in parts {
+                    self.iovs.push(libc::iovec {
+                        iov_base: part.as_ptr() as *mut libc::c_void,
+                        iov_len: part.len(),
+                    });
+                    len += part.len();
                 }
+                self.names[count] = sockaddr_in(dst);
+                let seg = if seg > 0 && usize::from(seg) < len {
+                    seg
+                } else {
+                    0
+                };
+                self.spans[count] = (first, self.iovs.len() - first, seg);
                 count += 1;
+            }
+            // Only now that the iovecs stopped growing may the headers point at them.
+            for i in 0..count {
+                let (first, n, seg) = self.spans[i];
+                self.point(i, first, n);
+                if seg > 0 {
+                    self.set_segment(i, seg);
+                }
             }
             let mut start = 0;
             while start < count {
@@ -325,6 +375,67 @@ mod tests {
             b[0].advance(22).unwrap();
             b[0].prepend(10).unwrap();
         }
+    }
+
+    #[test]
+    fn gathered_parts_leave_as_one_datagram_or_one_train() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let dst = match rx.local_addr().unwrap() {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => unreachable!("bound to IPv4"),
+        };
+        // Headers and payloads in separate buffers: three datagrams of 10 + 90 bytes and a
+        // last one of 10 + 30, gathered into one UDP_SEGMENT train of 100-byte segments,
+        // then a plain two-part datagram.
+        let hdrs: Vec<[u8; 10]> = (0..4u8).map(|i| [0xe0 + i; 10]).collect();
+        let pay: Vec<u8> = (0..300u16).map(|i| (i % 251) as u8).collect();
+        let mut parts: Vec<&[u8]> = Vec::new();
+        for (i, h) in hdrs.iter().enumerate() {
+            parts.push(h);
+            parts.push(&pay[i * 90..((i + 1) * 90).min(300)]);
+        }
+        let mut m = Mmsg::new(2);
+        let out = m.send_gather(
+            tx.as_raw_fd(),
+            [
+                (parts.clone(), dst, 100),
+                (vec![&hdrs[0][..], &pay[..5]], dst, 0),
+            ],
+        );
+        assert_eq!(
+            out,
+            SendOutcome {
+                sent: 2,
+                failed: 0,
+                last_errno: 0
+            }
+        );
+        let mut r = Mmsg::new(8);
+        let mut bufs: Vec<PacketBuf> = (0..8).map(|_| PacketBuf::new(4096, 64)).collect();
+        let mut meta = [Meta::default(); 8];
+        let mut got = 0;
+        for _ in 0..100 {
+            got += r
+                .recv(rx.as_raw_fd(), &mut bufs[got..], &mut meta[got..])
+                .unwrap();
+            if got >= 5 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(got, 5);
+        let expect: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+        let train: Vec<u8> = bufs[..4]
+            .iter()
+            .flat_map(|b| b.as_slice().to_vec())
+            .collect();
+        assert_eq!(train, expect);
+        assert_eq!(
+            bufs[..4].iter().map(|b| b.len()).collect::<Vec<_>>(),
+            [100, 100, 100, 40]
+        );
+        assert_eq!(bufs[4].as_slice(), [&hdrs[0][..], &pay[..5]].concat());
     }
 
     #[test]

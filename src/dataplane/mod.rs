@@ -38,7 +38,7 @@ use std::thread::JoinHandle;
 
 use tracing::{info, warn};
 
-use crate::buf::{Batch, DEFAULT_HEADROOM};
+use crate::buf::{Batch, PacketBuf, DEFAULT_HEADROOM};
 use crate::encap::{self, DropReason, VxlanRx};
 use crate::gro::{Coalescer, Offer};
 use crate::gso;
@@ -293,6 +293,9 @@ impl Datapath {
 
 /// Most datagrams one UDP_SEGMENT send may carry (the kernel's UDP_MAX_SEGMENTS).
 const MAX_GSO_SEGMENTS: usize = 64;
+/// Super-packets read before their trains are sent: 4 x 46 segments pack into 5 messages
+/// instead of 8, and the peer still gets the first train after 4 TUN reads, not a batch's.
+const SUPER_PACKETS_PER_SEND: usize = 4;
 /// Most bytes one UDP_SEGMENT send may carry (a UDP length must fit 16 bits).
 const MAX_GSO_BYTES: usize = 65000;
 /// Room for the per-segment headers of one super-packet: 64 KiB holds 885 header blocks of
@@ -308,22 +311,48 @@ struct Turn {
     drained: bool,
 }
 
-/// Where one outgoing message's bytes are: a slot encapsulated in place, or some segments
-/// of a slot's super-packet (headers in the slot's header buffer, payload left in the slot).
+/// Consecutive segments of one slot's super-packet (headers in the slot's header buffer,
+/// payload left in the slot): a link in the chain of pieces one message carries.
+#[derive(Debug, Clone, Copy)]
+struct Piece {
+    slot: usize,
+    segs: gso::Segments,
+    first: usize,
+    n: usize,
+    /// The message's next piece.
+    next: Option<usize>,
+}
+
+/// Where one outgoing message's bytes are.
 #[derive(Debug, Clone, Copy)]
 enum Body {
+    /// The slot, encapsulated in place.
     Slot,
-    Segments {
-        segs: gso::Segments,
-        first: usize,
-        n: usize,
+    /// A train of segments, from `pieces[head]` along `next` to `pieces[tail]`: every
+    /// segment `seg_len` bytes but the last, so one UDP_SEGMENT message carries them even
+    /// when they come from several super-packets (of one or several flows to one peer).
+    Pieces {
+        head: usize,
+        tail: usize,
+        /// Segments so far.
+        count: usize,
+        /// Bytes of a full segment (the UDP_SEGMENT size).
+        seg_len: usize,
+        /// May take more: no short segment yet.
+        open: bool,
     },
 }
 
 /// The slices of one outgoing message, in order.
 enum Parts<'a> {
     Slot(Option<&'a [u8]>),
-    Segments(gso::SegmentParts<'a>),
+    Pieces {
+        pieces: &'a [Piece],
+        bufs: &'a [PacketBuf],
+        headers: &'a [Box<[u8]>],
+        next: Option<usize>,
+        cur: Option<gso::SegmentParts<'a>>,
+    },
 }
 
 impl<'a> Iterator for Parts<'a> {
@@ -332,7 +361,24 @@ impl<'a> Iterator for Parts<'a> {
     fn next(&mut self) -> Option<&'a [u8]> {
         match self {
             Parts::Slot(s) => s.take(),
-            Parts::Segments(p) => p.next(),
+            Parts::Pieces {
+                pieces,
+                bufs,
+                headers,
+                next,
+                cur,
+            } => loop {
+                if let Some(part) = cur.as_mut().and_then(Iterator::next) {
+                    return Some(part);
+                }
+                let p = pieces.get((*next)?)?;
+                *next = p.next;
+                *cur = Some(p.segs.parts(
+                    &headers[p.slot],
+                    bufs[p.slot].as_slice(),
+                    p.first..p.first + p.n,
+                ));
+            },
         }
     }
 }
@@ -347,6 +393,128 @@ struct Out {
     dst: SocketAddrV4,
     /// Index of the send socket (outer source port) of the packet's flow.
     sock: u8,
+}
+
+/// A batch's outgoing messages and the pieces of their segment trains.
+#[derive(Debug)]
+struct Outgoing {
+    msgs: Vec<Out>,
+    pieces: Vec<Piece>,
+    /// Per send socket, its last message while that one may take more segments.
+    open: [Option<usize>; MAX_SEND_SOCKETS],
+}
+
+impl Outgoing {
+    fn with_capacity(msgs: usize, pieces: usize) -> Outgoing {
+        Outgoing {
+            msgs: Vec::with_capacity(msgs),
+            pieces: Vec::with_capacity(pieces),
+            open: [None; MAX_SEND_SOCKETS],
+        }
+    }
+
+    fn clear(&mut self) {
+        self.msgs.clear();
+        self.pieces.clear();
+        self.open = [None; MAX_SEND_SOCKETS];
+    }
+
+    /// Queues the slot's packet, encapsulated in place, as one datagram.
+    fn push_slot(&mut self, slot: usize, dst: SocketAddrV4, sock: u8) {
+        self.msgs.push(Out {
+            slot,
+            body: Body::Slot,
+            seg: 0,
+            dst,
+            sock,
+        });
+        // Later segments must not overtake this packet in an earlier message.
+        self.open[usize::from(sock)] = None;
+    }
+
+    /// Queues the segments of the super-packet in `slot` for `dst` on send socket `sock`:
+    /// they join the socket's open message while it goes to the same peer with the same
+    /// segment size and has room (up to 64 segments or [`MAX_GSO_BYTES`]), then fill new
+    /// messages; a short last segment closes its message. A batch of super-packets so goes
+    /// out in full trains, not in one full and one short message each (a 64 KiB
+    /// super-packet is more than one UDP datagram can carry once every segment has its
+    /// headers). One segment per message without UDP GSO.
+    fn push_segments(
+        &mut self,
+        slot: usize,
+        segs: gso::Segments,
+        dst: SocketAddrV4,
+        sock: u8,
+        udp_gso: bool,
+    ) {
+        let full = segs.hdr_len + segs.mss;
+        let per_msg = if udp_gso {
+            (MAX_GSO_BYTES / full).clamp(1, MAX_GSO_SEGMENTS)
+        } else {
+            1
+        };
+        let short_tail = segs.payload_len % segs.mss != 0 || segs.payload_len == 0;
+        let open = &mut self.open[usize::from(sock)];
+        let mut first = 0;
+        while first < segs.count {
+            let joinable = open.filter(|&o| {
+                let m = &self.msgs[o];
+                m.dst == dst
+                    && matches!(m.body, Body::Pieces { seg_len, count, open: true, .. }
+                        if seg_len == full && count < per_msg)
+            });
+            let at = self.pieces.len();
+            let o = joinable.unwrap_or_else(|| {
+                self.msgs.push(Out {
+                    slot,
+                    body: Body::Pieces {
+                        head: at,
+                        tail: at,
+                        count: 0,
+                        seg_len: full,
+                        open: true,
+                    },
+                    seg: 0,
+                    dst,
+                    sock,
+                });
+                self.msgs.len() - 1
+            });
+            let Body::Pieces {
+                head,
+                tail,
+                count,
+                open: may_take,
+                ..
+            } = &mut self.msgs[o].body
+            else {
+                // Not reached: `o` is a segment message, found or made above.
+                break;
+            };
+            let n = (per_msg - *count).min(segs.count - first);
+            self.pieces.push(Piece {
+                slot,
+                segs,
+                first,
+                n,
+                next: None,
+            });
+            if *count > 0 {
+                self.pieces[*tail].next = Some(at);
+            } else {
+                *head = at;
+            }
+            *tail = at;
+            *count += n;
+            first += n;
+            if first == segs.count && short_tail {
+                *may_take = false;
+            }
+            let (count, may_take) = (*count, *may_take);
+            self.msgs[o].seg = if count > 1 { full as u16 } else { 0 };
+            *open = (may_take && count < per_msg).then_some(o);
+        }
+    }
 }
 
 /// The send socket for a flow hash: the hash scaled onto `0..n` (1 <= n <= 64), as Linux
@@ -364,7 +532,7 @@ struct SendSide {
     tx_batch: Batch,
     /// Per slot, the segment headers of its super-packet (TSO only).
     headers: Vec<Box<[u8]>>,
-    outs: Vec<Out>,
+    outs: Outgoing,
     tx_mmsg: Mmsg,
     icmp_buf: [u8; VNET_HDR_LEN + icmpv4::MAX_ERROR_LEN],
     udp_gso: bool,
@@ -474,7 +642,7 @@ impl SendSide {
             },
             // At most two messages per super-packet (MAX_GSO_BYTES), or one per segment
             // without GSO.
-            outs: Vec::with_capacity(n_max * 64),
+            outs: Outgoing::with_capacity(n_max * 2, n_max * 4),
             tx_mmsg: Mmsg::new(n_max),
             icmp_buf: [0u8; VNET_HDR_LEN + icmpv4::MAX_ERROR_LEN],
             udp_gso: cfg.udp_gso,
@@ -497,13 +665,14 @@ impl SendSide {
         let (bufs, _) = self.tx_batch.slots_mut();
         let snapshot = self.reader.load();
         let ntx = tx.len();
-        // The first packet leaves on its own before the batch is read on: a lone packet
-        // (a ping, an ACK, a request) does not wait for the read that finds the queue empty;
-        // under load the rest of the batch still goes out together.
+        // A first packet that is not a super-packet leaves on its own before the batch is
+        // read on: a lone packet (a ping, an ACK, a request) does not wait for the read that
+        // finds the queue empty; under load the rest of the batch still goes out together.
         let mut start = 0;
         let mut drained = false;
         while start < n_max && !drained {
-            let want = if start == 0 { 1 } else { n_max };
+            let mut want = if start == 0 { 1 } else { n_max };
+            let mut supers = 0;
             let mut n = start;
             while n < want {
                 let b = &mut bufs[n];
@@ -512,6 +681,19 @@ impl SendSide {
                     Ok(len) => {
                         b.set_len(len);
                         n += 1;
+                        // Super-packets are bulk: a few are read before any is sent, so
+                        // their segments pack into full trains, but no more, so the peer
+                        // starts on them while this side reads on.
+                        let gso = VnetHdr::from_bytes(b.as_slice())
+                            .is_some_and(|h| h.gso_type != offload::GSO_NONE);
+                        if vnet && gso {
+                            supers += 1;
+                            want = if supers >= SUPER_PACKETS_PER_SEND {
+                                n
+                            } else {
+                                n_max
+                            };
+                        }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         drained = true;
@@ -598,24 +780,7 @@ impl SendSide {
                     local.packets += segs.count as u64;
                     local.bytes += inner;
                     local.peer(peer.public_ip, segs.count as u64, inner, counters, true);
-                    let seg_len = segs.seg_len();
-                    let per_msg = if self.udp_gso {
-                        (MAX_GSO_BYTES / seg_len).clamp(1, MAX_GSO_SEGMENTS)
-                    } else {
-                        1
-                    };
-                    let mut first = 0;
-                    while first < segs.count {
-                        let n = per_msg.min(segs.count - first);
-                        outs.push(Out {
-                            slot: i,
-                            body: Body::Segments { segs, first, n },
-                            seg: if n > 1 { seg_len as u16 } else { 0 },
-                            dst: peer.underlay,
-                            sock,
-                        });
-                        first += n;
-                    }
+                    outs.push_segments(i, segs, peer.underlay, sock, self.udp_gso);
                     used |= 1 << sock;
                     continue;
                 }
@@ -643,17 +808,11 @@ impl SendSide {
                     local.packets += 1;
                     local.bytes += len as u64;
                     local.peer(peer.public_ip, 1, len as u64, counters, true);
-                    outs.push(Out {
-                        slot: i,
-                        body: Body::Slot,
-                        seg: 0,
-                        dst: peer.underlay,
-                        sock,
-                    });
+                    outs.push_slot(i, peer.underlay, sock);
                     used |= 1 << sock;
                 }
             }
-            let gso_used = outs.iter().any(|o| o.seg > 0);
+            let gso_used = outs.msgs.iter().any(|o| o.seg > 0);
             // One sendmmsg per send socket that has packets (usually one: a batch is mostly
             // one flow).
             for (s, sock) in tx.iter().enumerate() {
@@ -662,18 +821,22 @@ impl SendSide {
                 }
                 let out = self.tx_mmsg.send_gather(
                     sock.as_raw_fd(),
-                    outs.iter().filter(|o| usize::from(o.sock) == s).map(|o| {
-                        let packet = bufs[o.slot].as_slice();
-                        let parts = match o.body {
-                            Body::Slot => Parts::Slot(Some(packet)),
-                            Body::Segments { segs, first, n } => Parts::Segments(segs.parts(
-                                &headers[o.slot],
-                                packet,
-                                first..first + n,
-                            )),
-                        };
-                        (parts, o.dst, o.seg)
-                    }),
+                    outs.msgs
+                        .iter()
+                        .filter(|o| usize::from(o.sock) == s)
+                        .map(|o| {
+                            let parts = match o.body {
+                                Body::Slot => Parts::Slot(Some(bufs[o.slot].as_slice())),
+                                Body::Pieces { head, .. } => Parts::Pieces {
+                                    pieces: &outs.pieces,
+                                    bufs,
+                                    headers,
+                                    next: Some(head),
+                                    cur: None,
+                                },
+                            };
+                            (parts, o.dst, o.seg)
+                        }),
                 );
                 if out.failed > 0 {
                     local.errors += out.failed as u64;
@@ -872,6 +1035,126 @@ fn flush_to_tun(c: &mut Coalescer, tun: &Tun, mtu: usize, local: &mut LocalCount
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gso::tests::tcp_packet;
+    use std::net::Ipv4Addr;
+
+    /// Super-packets with `payloads` bytes each (MSS 1398), their slots and header buffers.
+    fn super_packets(payloads: &[usize]) -> (Vec<PacketBuf>, Vec<Box<[u8]>>, Vec<gso::Segments>) {
+        let mut bufs = Vec::new();
+        let mut headers = Vec::new();
+        let mut segs = Vec::new();
+        for (i, &len) in payloads.iter().enumerate() {
+            let mut b = PacketBuf::new(70_000, 0);
+            b.fill_from(&tcp_packet(len, 0x10, 1000 * i as u32))
+                .unwrap();
+            let mut h = vec![0u8; HEADERS_CAPACITY].into_boxed_slice();
+            segs.push(gso::segment_tcp4_headers(b.as_slice(), 1398, &[0x77; 22], &mut h).unwrap());
+            bufs.push(b);
+            headers.push(h);
+        }
+        (bufs, headers, segs)
+    }
+
+    /// The bytes message `m` carries.
+    fn bytes(o: &Outgoing, m: usize, bufs: &[PacketBuf], headers: &[Box<[u8]>]) -> Vec<u8> {
+        let Body::Pieces { head, .. } = o.msgs[m].body else {
+            return bufs[o.msgs[m].slot].as_slice().to_vec();
+        };
+        let parts = Parts::Pieces {
+            pieces: &o.pieces,
+            bufs,
+            headers,
+            next: Some(head),
+            cur: None,
+        };
+        parts.flatten().copied().collect()
+    }
+
+    /// The copied train of every segment of `slot`.
+    fn train(
+        bufs: &[PacketBuf],
+        headers: &[Box<[u8]>],
+        segs: &[gso::Segments],
+        slot: usize,
+    ) -> Vec<u8> {
+        let s = segs[slot];
+        s.parts(&headers[slot], bufs[slot].as_slice(), 0..s.count)
+            .flatten()
+            .copied()
+            .collect()
+    }
+
+    #[test]
+    fn super_packets_pack_into_full_trains() {
+        let peer = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 2), 8472);
+        // 46 full segments each: alone, each would need a message of 44 and one of 2.
+        let (bufs, headers, segs) = super_packets(&[46 * 1398, 46 * 1398, 46 * 1398]);
+        let full = segs[0].hdr_len + 1398;
+        assert_eq!(MAX_GSO_BYTES / full, 44);
+        let mut o = Outgoing::with_capacity(4, 4);
+        for (slot, s) in segs.iter().enumerate() {
+            o.push_segments(slot, *s, peer, 0, true);
+        }
+        let counts: Vec<usize> = o
+            .msgs
+            .iter()
+            .map(|m| match m.body {
+                Body::Pieces { count, .. } => count,
+                Body::Slot => 0,
+            })
+            .collect();
+        assert_eq!(counts, [44, 44, 44, 6], "138 segments in 4 messages, not 6");
+        assert!(o
+            .msgs
+            .iter()
+            .all(|m| usize::from(m.seg) == full && m.sock == 0));
+        // In order, byte for byte, the three trains one after another.
+        let sent: Vec<u8> = (0..o.msgs.len())
+            .flat_map(|m| bytes(&o, m, &bufs, &headers))
+            .collect();
+        let expect: Vec<u8> = (0..3)
+            .flat_map(|s| train(&bufs, &headers, &segs, s))
+            .collect();
+        assert_eq!(sent, expect);
+        // Every message but the last is exactly 44 full segments.
+        assert_eq!(bytes(&o, 1, &bufs, &headers).len(), 44 * full);
+    }
+
+    #[test]
+    fn short_tails_slots_and_peers_end_a_train() {
+        let a = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 2), 8472);
+        let b = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 3), 8472);
+        let (bufs, headers, segs) =
+            super_packets(&[3 * 1398 - 100, 2 * 1398, 2 * 1398, 1398, 4000]);
+        let mut o = Outgoing::with_capacity(8, 8);
+        o.push_segments(0, segs[0], a, 0, true); // short tail: closed
+        o.push_segments(1, segs[1], a, 0, true); // new message
+        o.push_slot(3, a, 1); // another socket: does not close socket 0's message
+        o.push_segments(3, segs[3], a, 0, true); // joins slot 1's message
+        o.push_segments(2, segs[2], b, 0, true); // other peer: new message
+        o.push_slot(4, a, 0); // closes socket 0's message
+        o.push_segments(4, segs[4], a, 0, true); // new message after the slot
+        let shape: Vec<(usize, usize)> = o
+            .msgs
+            .iter()
+            .map(|m| match m.body {
+                Body::Pieces { count, .. } => (m.slot, count),
+                Body::Slot => (m.slot, 0),
+            })
+            .collect();
+        assert_eq!(shape, [(0, 3), (1, 3), (3, 0), (2, 2), (4, 0), (4, 3)]);
+        let joined: Vec<u8> = [1, 3]
+            .iter()
+            .flat_map(|&s| train(&bufs, &headers, &segs, s))
+            .collect();
+        assert_eq!(bytes(&o, 1, &bufs, &headers), joined);
+        // Without UDP GSO every segment is a message of its own.
+        let mut o = Outgoing::with_capacity(8, 8);
+        o.push_segments(0, segs[0], a, 0, false);
+        o.push_segments(1, segs[1], a, 0, false);
+        assert_eq!(o.msgs.len(), 5);
+        assert!(o.msgs.iter().all(|m| m.seg == 0));
+    }
 
     #[test]
     fn socket_pick_covers_the_range_and_is_stable() {

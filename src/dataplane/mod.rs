@@ -311,96 +311,113 @@ struct Turn {
     drained: bool,
 }
 
-/// Consecutive segments of one slot's super-packet (headers in the slot's header buffer,
-/// payload left in the slot): a link in the chain of pieces one message carries.
+/// What a piece of a message is.
+#[derive(Debug, Clone, Copy)]
+enum What {
+    /// The slot's packet, encapsulated in place: one datagram.
+    Whole,
+    /// Segments `first..first + n` of the slot's super-packet (headers in the slot's header
+    /// buffer, payload left in the slot).
+    Segments {
+        segs: gso::Segments,
+        first: usize,
+        n: usize,
+    },
+}
+
+/// One link in the chain of pieces a message carries.
 #[derive(Debug, Clone, Copy)]
 struct Piece {
     slot: usize,
-    segs: gso::Segments,
-    first: usize,
-    n: usize,
+    what: What,
     /// The message's next piece.
     next: Option<usize>,
 }
 
-/// Where one outgoing message's bytes are.
+/// One outgoing message: a train of datagrams, every one `seg_len` bytes but the last, from
+/// `pieces[head]` along `next` to `pieces[tail]`; so one UDP_SEGMENT message carries them even
+/// when they come from several packets or super-packets (of one or several flows to one
+/// peer). A train of one is a plain datagram.
 #[derive(Debug, Clone, Copy)]
-enum Body {
-    /// The slot, encapsulated in place.
-    Slot,
-    /// A train of segments, from `pieces[head]` along `next` to `pieces[tail]`: every
-    /// segment `seg_len` bytes but the last, so one UDP_SEGMENT message carries them even
-    /// when they come from several super-packets (of one or several flows to one peer).
-    Pieces {
-        head: usize,
-        tail: usize,
-        /// Segments so far.
-        count: usize,
-        /// Bytes of a full segment (the UDP_SEGMENT size).
-        seg_len: usize,
-        /// May take more: no short segment yet.
-        open: bool,
-    },
+struct Out {
+    head: usize,
+    tail: usize,
+    /// Datagrams so far.
+    count: usize,
+    /// Bytes of a full datagram (the UDP_SEGMENT size).
+    seg_len: usize,
+    /// May take more: no short datagram yet, and room left.
+    open: bool,
+    dst: SocketAddrV4,
+    /// Index of the send socket (outer source port) of the packets' flows.
+    sock: u8,
+}
+
+impl Out {
+    /// The UDP_SEGMENT size to send with (0: one datagram).
+    fn gso_size(&self) -> u16 {
+        if self.count > 1 {
+            self.seg_len as u16
+        } else {
+            0
+        }
+    }
 }
 
 /// The slices of one outgoing message, in order.
-enum Parts<'a> {
-    Slot(Option<&'a [u8]>),
-    Pieces {
-        pieces: &'a [Piece],
-        bufs: &'a [PacketBuf],
-        headers: &'a [Box<[u8]>],
-        next: Option<usize>,
-        cur: Option<gso::SegmentParts<'a>>,
-    },
+struct Parts<'a> {
+    pieces: &'a [Piece],
+    bufs: &'a [PacketBuf],
+    headers: &'a [Box<[u8]>],
+    next: Option<usize>,
+    whole: Option<&'a [u8]>,
+    segments: Option<gso::SegmentParts<'a>>,
+}
+
+impl<'a> Parts<'a> {
+    fn new(o: &Out, pieces: &'a [Piece], bufs: &'a [PacketBuf], headers: &'a [Box<[u8]>]) -> Self {
+        Parts {
+            pieces,
+            bufs,
+            headers,
+            next: Some(o.head),
+            whole: None,
+            segments: None,
+        }
+    }
 }
 
 impl<'a> Iterator for Parts<'a> {
     type Item = &'a [u8];
 
     fn next(&mut self) -> Option<&'a [u8]> {
-        match self {
-            Parts::Slot(s) => s.take(),
-            Parts::Pieces {
-                pieces,
-                bufs,
-                headers,
-                next,
-                cur,
-            } => loop {
-                if let Some(part) = cur.as_mut().and_then(Iterator::next) {
-                    return Some(part);
+        loop {
+            if let Some(part) = self.whole.take() {
+                return Some(part);
+            }
+            if let Some(part) = self.segments.as_mut().and_then(Iterator::next) {
+                return Some(part);
+            }
+            let p = self.pieces.get(self.next?)?;
+            self.next = p.next;
+            let packet = self.bufs.get(p.slot)?.as_slice();
+            match p.what {
+                What::Whole => self.whole = Some(packet),
+                What::Segments { segs, first, n } => {
+                    self.segments =
+                        Some(segs.parts(self.headers.get(p.slot)?, packet, first..first + n))
                 }
-                let p = pieces.get((*next)?)?;
-                *next = p.next;
-                *cur = Some(p.segs.parts(
-                    &headers[p.slot],
-                    bufs[p.slot].as_slice(),
-                    p.first..p.first + p.n,
-                ));
-            },
+            }
         }
     }
 }
 
-/// One outgoing message.
-#[derive(Debug, Clone, Copy)]
-struct Out {
-    slot: usize,
-    body: Body,
-    /// UDP_SEGMENT size (0: one datagram).
-    seg: u16,
-    dst: SocketAddrV4,
-    /// Index of the send socket (outer source port) of the packet's flow.
-    sock: u8,
-}
-
-/// A batch's outgoing messages and the pieces of their segment trains.
+/// A batch's outgoing messages and the pieces of their trains.
 #[derive(Debug)]
 struct Outgoing {
     msgs: Vec<Out>,
     pieces: Vec<Piece>,
-    /// Per send socket, its last message while that one may take more segments.
+    /// Per send socket, its last message while that one may take more.
     open: [Option<usize>; MAX_SEND_SOCKETS],
 }
 
@@ -419,26 +436,27 @@ impl Outgoing {
         self.open = [None; MAX_SEND_SOCKETS];
     }
 
-    /// Queues the slot's packet, encapsulated in place, as one datagram.
-    fn push_slot(&mut self, slot: usize, dst: SocketAddrV4, sock: u8) {
-        self.msgs.push(Out {
-            slot,
-            body: Body::Slot,
-            seg: 0,
-            dst,
-            sock,
-        });
-        // Later segments must not overtake this packet in an earlier message.
-        self.open[usize::from(sock)] = None;
+    /// Queues the slot's packet (`len` bytes, encapsulated in place) for `dst` on send socket
+    /// `sock`: it joins the socket's open train when that goes to the same peer with
+    /// datagrams of the same size (a shorter one joins as the last), else starts one.
+    fn push_whole(&mut self, slot: usize, len: usize, dst: SocketAddrV4, sock: u8, udp_gso: bool) {
+        let per_msg = if udp_gso {
+            (MAX_GSO_BYTES / len.max(1)).clamp(1, MAX_GSO_SEGMENTS)
+        } else {
+            1
+        };
+        let o = self.train_for(dst, sock, per_msg, len, |seg_len| len <= seg_len);
+        let short = len < self.msgs[o].seg_len;
+        self.append(o, slot, What::Whole, 1, per_msg, short);
     }
 
     /// Queues the segments of the super-packet in `slot` for `dst` on send socket `sock`:
-    /// they join the socket's open message while it goes to the same peer with the same
-    /// segment size and has room (up to 64 segments or [`MAX_GSO_BYTES`]), then fill new
-    /// messages; a short last segment closes its message. A batch of super-packets so goes
-    /// out in full trains, not in one full and one short message each (a 64 KiB
-    /// super-packet is more than one UDP datagram can carry once every segment has its
-    /// headers). One segment per message without UDP GSO.
+    /// they join the socket's open train while it goes to the same peer with the same
+    /// segment size and has room (up to 64 datagrams or [`MAX_GSO_BYTES`]), then fill new
+    /// trains; a short last segment closes its train. A batch of super-packets so goes out
+    /// in full trains, not in one full and one short message each (a 64 KiB super-packet is
+    /// more than one UDP datagram can carry once every segment has its headers). One
+    /// segment per message without UDP GSO.
     fn push_segments(
         &mut self,
         slot: usize,
@@ -454,66 +472,64 @@ impl Outgoing {
             1
         };
         let short_tail = segs.payload_len % segs.mss != 0 || segs.payload_len == 0;
-        let open = &mut self.open[usize::from(sock)];
         let mut first = 0;
         while first < segs.count {
-            let joinable = open.filter(|&o| {
-                let m = &self.msgs[o];
-                m.dst == dst
-                    && matches!(m.body, Body::Pieces { seg_len, count, open: true, .. }
-                        if seg_len == full && count < per_msg)
-            });
-            let at = self.pieces.len();
-            let o = joinable.unwrap_or_else(|| {
-                self.msgs.push(Out {
-                    slot,
-                    body: Body::Pieces {
-                        head: at,
-                        tail: at,
-                        count: 0,
-                        seg_len: full,
-                        open: true,
-                    },
-                    seg: 0,
-                    dst,
-                    sock,
-                });
-                self.msgs.len() - 1
-            });
-            let Body::Pieces {
-                head,
-                tail,
-                count,
-                open: may_take,
-                ..
-            } = &mut self.msgs[o].body
-            else {
-                // Not reached: `o` is a segment message, found or made above.
-                break;
-            };
-            let n = (per_msg - *count).min(segs.count - first);
-            self.pieces.push(Piece {
-                slot,
-                segs,
-                first,
-                n,
-                next: None,
-            });
-            if *count > 0 {
-                self.pieces[*tail].next = Some(at);
-            } else {
-                *head = at;
-            }
-            *tail = at;
-            *count += n;
+            let o = self.train_for(dst, sock, per_msg, full, |seg_len| seg_len == full);
+            let n = (per_msg - self.msgs[o].count).min(segs.count - first);
+            let what = What::Segments { segs, first, n };
             first += n;
-            if first == segs.count && short_tail {
-                *may_take = false;
-            }
-            let (count, may_take) = (*count, *may_take);
-            self.msgs[o].seg = if count > 1 { full as u16 } else { 0 };
-            *open = (may_take && count < per_msg).then_some(o);
+            self.append(o, slot, what, n, per_msg, first == segs.count && short_tail);
         }
+    }
+
+    /// The socket's open train when it goes to `dst`, has room and `fits` its datagram
+    /// size; else a new train of `seg_len`-byte datagrams.
+    fn train_for(
+        &mut self,
+        dst: SocketAddrV4,
+        sock: u8,
+        per_msg: usize,
+        seg_len: usize,
+        fits: impl Fn(usize) -> bool,
+    ) -> usize {
+        let open = self.open[usize::from(sock)].filter(|&o| {
+            let m = &self.msgs[o];
+            m.open && m.dst == dst && m.count < per_msg && fits(m.seg_len)
+        });
+        open.unwrap_or_else(|| {
+            let at = self.pieces.len();
+            self.msgs.push(Out {
+                head: at,
+                tail: at,
+                count: 0,
+                seg_len,
+                open: true,
+                dst,
+                sock,
+            });
+            self.msgs.len() - 1
+        })
+    }
+
+    /// Appends a piece of `n` datagrams to train `o`; `short` (a datagram below the train's
+    /// size) or a full train closes it.
+    fn append(&mut self, o: usize, slot: usize, what: What, n: usize, per_msg: usize, short: bool) {
+        let at = self.pieces.len();
+        self.pieces.push(Piece {
+            slot,
+            what,
+            next: None,
+        });
+        let m = &mut self.msgs[o];
+        if m.count > 0 {
+            self.pieces[m.tail].next = Some(at);
+        } else {
+            m.head = at;
+        }
+        m.tail = at;
+        m.count += n;
+        m.open = m.open && !short && m.count < per_msg;
+        self.open[usize::from(m.sock)] = m.open.then_some(o);
     }
 }
 
@@ -808,11 +824,11 @@ impl SendSide {
                     local.packets += 1;
                     local.bytes += len as u64;
                     local.peer(peer.public_ip, 1, len as u64, counters, true);
-                    outs.push_slot(i, peer.underlay, sock);
+                    outs.push_whole(i, b.len(), peer.underlay, sock, self.udp_gso);
                     used |= 1 << sock;
                 }
             }
-            let gso_used = outs.msgs.iter().any(|o| o.seg > 0);
+            let gso_used = outs.msgs.iter().any(|o| o.count > 1);
             // One sendmmsg per send socket that has packets (usually one: a batch is mostly
             // one flow).
             for (s, sock) in tx.iter().enumerate() {
@@ -825,17 +841,11 @@ impl SendSide {
                         .iter()
                         .filter(|o| usize::from(o.sock) == s)
                         .map(|o| {
-                            let parts = match o.body {
-                                Body::Slot => Parts::Slot(Some(bufs[o.slot].as_slice())),
-                                Body::Pieces { head, .. } => Parts::Pieces {
-                                    pieces: &outs.pieces,
-                                    bufs,
-                                    headers,
-                                    next: Some(head),
-                                    cur: None,
-                                },
-                            };
-                            (parts, o.dst, o.seg)
+                            (
+                                Parts::new(o, &outs.pieces, bufs, headers),
+                                o.dst,
+                                o.gso_size(),
+                            )
                         }),
                 );
                 if out.failed > 0 {
@@ -1057,17 +1067,10 @@ mod tests {
 
     /// The bytes message `m` carries.
     fn bytes(o: &Outgoing, m: usize, bufs: &[PacketBuf], headers: &[Box<[u8]>]) -> Vec<u8> {
-        let Body::Pieces { head, .. } = o.msgs[m].body else {
-            return bufs[o.msgs[m].slot].as_slice().to_vec();
-        };
-        let parts = Parts::Pieces {
-            pieces: &o.pieces,
-            bufs,
-            headers,
-            next: Some(head),
-            cur: None,
-        };
-        parts.flatten().copied().collect()
+        Parts::new(&o.msgs[m], &o.pieces, bufs, headers)
+            .flatten()
+            .copied()
+            .collect()
     }
 
     /// The copied train of every segment of `slot`.
@@ -1095,19 +1098,12 @@ mod tests {
         for (slot, s) in segs.iter().enumerate() {
             o.push_segments(slot, *s, peer, 0, true);
         }
-        let counts: Vec<usize> = o
-            .msgs
-            .iter()
-            .map(|m| match m.body {
-                Body::Pieces { count, .. } => count,
-                Body::Slot => 0,
-            })
-            .collect();
+        let counts: Vec<usize> = o.msgs.iter().map(|m| m.count).collect();
         assert_eq!(counts, [44, 44, 44, 6], "138 segments in 4 messages, not 6");
         assert!(o
             .msgs
             .iter()
-            .all(|m| usize::from(m.seg) == full && m.sock == 0));
+            .all(|m| usize::from(m.gso_size()) == full && m.sock == 0));
         // In order, byte for byte, the three trains one after another.
         let sent: Vec<u8> = (0..o.msgs.len())
             .flat_map(|m| bytes(&o, m, &bufs, &headers))
@@ -1126,34 +1122,91 @@ mod tests {
         let b = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 3), 8472);
         let (bufs, headers, segs) =
             super_packets(&[3 * 1398 - 100, 2 * 1398, 2 * 1398, 1398, 4000]);
+        let full = segs[0].hdr_len + 1398;
         let mut o = Outgoing::with_capacity(8, 8);
         o.push_segments(0, segs[0], a, 0, true); // short tail: closed
-        o.push_segments(1, segs[1], a, 0, true); // new message
-        o.push_slot(3, a, 1); // another socket: does not close socket 0's message
-        o.push_segments(3, segs[3], a, 0, true); // joins slot 1's message
-        o.push_segments(2, segs[2], b, 0, true); // other peer: new message
-        o.push_slot(4, a, 0); // closes socket 0's message
-        o.push_segments(4, segs[4], a, 0, true); // new message after the slot
-        let shape: Vec<(usize, usize)> = o
+        o.push_segments(1, segs[1], a, 0, true); // new train
+        o.push_whole(3, 100, a, 1, true); // another socket: socket 0's train stays open
+        o.push_segments(3, segs[3], a, 0, true); // joins slot 1's train
+        o.push_segments(2, segs[2], b, 0, true); // other peer: new train
+        o.push_whole(4, 100, a, 0, true); // a smaller packet: a train of its own
+        o.push_segments(4, segs[4], a, 0, true); // may not overtake it: new train
+        let shape: Vec<(usize, usize, u8)> = o
             .msgs
             .iter()
-            .map(|m| match m.body {
-                Body::Pieces { count, .. } => (m.slot, count),
-                Body::Slot => (m.slot, 0),
-            })
+            .map(|m| (m.count, m.seg_len, m.sock))
             .collect();
-        assert_eq!(shape, [(0, 3), (1, 3), (3, 0), (2, 2), (4, 0), (4, 3)]);
+        assert_eq!(
+            shape,
+            [
+                (3, full, 0),
+                (3, full, 0),
+                (1, 100, 1),
+                (2, full, 0),
+                (1, 100, 0),
+                (3, full, 0)
+            ]
+        );
         let joined: Vec<u8> = [1, 3]
             .iter()
             .flat_map(|&s| train(&bufs, &headers, &segs, s))
             .collect();
         assert_eq!(bytes(&o, 1, &bufs, &headers), joined);
+        assert_eq!(bytes(&o, 2, &bufs, &headers), bufs[3].as_slice());
         // Without UDP GSO every segment is a message of its own.
         let mut o = Outgoing::with_capacity(8, 8);
         o.push_segments(0, segs[0], a, 0, false);
         o.push_segments(1, segs[1], a, 0, false);
         assert_eq!(o.msgs.len(), 5);
-        assert!(o.msgs.iter().all(|m| m.seg == 0));
+        assert!(o.msgs.iter().all(|m| m.gso_size() == 0));
+    }
+
+    #[test]
+    fn equal_packets_to_one_peer_form_trains() {
+        let a = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 2), 8472);
+        let b = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 3), 8472);
+        let bufs: Vec<PacketBuf> = (0..8u8)
+            .map(|i| {
+                let mut p = PacketBuf::new(256, 0);
+                p.fill_from(&vec![i; if i == 5 { 60 } else { 114 }])
+                    .unwrap();
+                p
+            })
+            .collect();
+        let mut o = Outgoing::with_capacity(8, 8);
+        for (i, p) in bufs.iter().enumerate() {
+            // Packet 6 goes to another peer; packet 5 is shorter: it ends its train.
+            let dst = if i == 6 { b } else { a };
+            o.push_whole(i, p.len(), dst, 0, true);
+        }
+        let shape: Vec<(usize, usize, u16)> = o
+            .msgs
+            .iter()
+            .map(|m| (m.count, m.seg_len, m.gso_size()))
+            .collect();
+        assert_eq!(shape, [(6, 114, 114), (1, 114, 0), (1, 114, 0)]);
+        let first: Vec<u8> = (0..6).flat_map(|i| bufs[i].as_slice().to_vec()).collect();
+        assert_eq!(bytes(&o, 0, &bufs, &[]), first);
+        // At most 64 datagrams per train, fewer when they are large.
+        let big: Vec<PacketBuf> = (0..100)
+            .map(|_| {
+                let mut p = PacketBuf::new(2048, 0);
+                p.fill_from(&[7u8; 1472]).unwrap();
+                p
+            })
+            .collect();
+        let mut o = Outgoing::with_capacity(8, 8);
+        for i in 0..100 {
+            o.push_whole(i, 1472, a, 0, true);
+        }
+        let counts: Vec<usize> = o.msgs.iter().map(|m| m.count).collect();
+        assert_eq!(counts, [44, 44, 12]);
+        assert_eq!(bytes(&o, 2, &big, &[]).len(), 12 * 1472);
+        let mut o = Outgoing::with_capacity(8, 8);
+        for i in 0..100 {
+            o.push_whole(i, 114, a, 0, true);
+        }
+        assert_eq!(o.msgs.iter().map(|m| m.count).collect::<Vec<_>>(), [64, 36]);
     }
 
     #[test]

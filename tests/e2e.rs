@@ -304,7 +304,9 @@ fn udp_datagrams_coalesce_and_arrive_intact() {
     let writes = b.metric("weft_tun_writes_total") - writes_before;
     let rx = b.metric("weft_packets_total{direction=\"rx\"}") - rx_before;
     eprintln!(
-        "{rx} datagrams in {writes} TUN writes; sender batches {}/{}, receiver batches {}/{}",
+        "{rx} datagrams in {writes} TUN writes; sender: {} packets in {} messages, batches {}/{}, receiver batches {}/{}",
+        a.metric("weft_packets_total{direction=\"tx\"}"),
+        a.metric("weft_tx_messages_total"),
         a.metric("weft_batch_packets_total{direction=\"tx\"}"),
         a.metric("weft_batches_total{direction=\"tx\"}"),
         b.metric("weft_batch_packets_total{direction=\"rx\"}"),

@@ -99,6 +99,8 @@ pub struct Counters {
     pub tun_write_errors: AtomicU64,
     /// Writes to the TUN (a coalesced super-packet is one write for many packets).
     pub tun_writes: AtomicU64,
+    /// Messages sent to the underlay (a train of datagrams is one message).
+    pub tx_messages: AtomicU64,
     /// ICMP unreachable messages written back to the TUN.
     pub icmp_unreachable: AtomicU64,
     /// Sum of batch sizes, and batches, each way (mean batch size = sum / count).
@@ -153,7 +155,7 @@ pub struct LocalCounters {
     pub errors: u64,
     /// ICMP errors generated.
     pub icmp: u64,
-    /// Writes to the TUN (receive side).
+    /// Writes to the TUN (receive side) or messages to the underlay (send side).
     pub writes: u64,
     /// Drops by reason.
     pub drops: [u64; REASONS],
@@ -241,6 +243,8 @@ impl LocalCounters {
         c.tx_bytes.fetch_add(self.bytes, Ordering::Relaxed);
         c.tx_errors.fetch_add(self.errors, Ordering::Relaxed);
         c.icmp_unreachable.fetch_add(self.icmp, Ordering::Relaxed);
+        c.tx_messages.fetch_add(self.writes, Ordering::Relaxed);
+        self.writes = 0;
         c.tx_batch_packets
             .fetch_add(batch as u64, Ordering::Relaxed);
         c.tx_batches.fetch_add(1, Ordering::Relaxed);

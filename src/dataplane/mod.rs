@@ -848,6 +848,7 @@ impl SendSide {
                             )
                         }),
                 );
+                local.writes += out.sent as u64;
                 if out.failed > 0 {
                     local.errors += out.failed as u64;
                     if gso_used

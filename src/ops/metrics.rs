@@ -91,6 +91,13 @@ pub fn render(c: &Counters, table: &LeaseTable, node: Option<&NodeStatus>) -> St
     let _ = writeln!(o, "weft_tun_writes_total {}", v(&c.tun_writes));
     family(
         &mut o,
+        "weft_tx_messages_total",
+        "counter",
+        "Messages sent to the underlay; tx packets / messages is how many datagrams a train carried.",
+    );
+    let _ = writeln!(o, "weft_tx_messages_total {}", v(&c.tx_messages));
+    family(
+        &mut o,
         "weft_icmp_unreachable_total",
         "counter",
         "ICMP destination-unreachable messages sent back to pods.",
@@ -231,8 +238,10 @@ mod tests {
         c.workers.store(2, std::sync::atomic::Ordering::Relaxed);
         let mut w1 = LocalCounters::for_worker(1);
         w1.packets += 3;
+        w1.writes += 2;
         w1.flush_tx(&c, 3);
         let text = render(&c, &table, None);
+        assert_eq!(sample(&text, "weft_tx_messages_total"), Some(2));
         assert_eq!(
             sample(
                 &text,

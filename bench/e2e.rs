@@ -13,6 +13,8 @@
 //!
 //! Run: `cargo bench --bench e2e` (root; about three minutes). Environment:
 //! * `WEFT_E2E_SECS`: length of each iperf3 run (default 10);
+//! * `WEFT_E2E_ROUNDS`: measure every column this many times, in turn, and print each round
+//!   and the median per cell (default 1; this VM's runs vary by about 10%);
 //! * `WEFT_E2E_ONLY=weft`: measure weft alone (the other columns print NaN);
 //! * `WEFT_E2E_ARGS`: extra flags for the weft nodes (e.g. `--workers=1`);
 //! * `WEFT_E2E_METRICS`: print both weft nodes' non-zero metrics after the weft run;
@@ -128,11 +130,35 @@ fn b_addr(lab: &Lab) -> Ipv4Addr {
     lab.host(1).pod(0).addr()
 }
 
+/// Waits (at most 20 s) until the whole machine is less than 15% busy over 300 ms. The
+/// previous lab's namespaces are torn down by kernel workers after they are deleted, and that
+/// work would otherwise land in this lab's first measurement.
+fn settle() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let b0 = machine_busy_secs();
+        std::thread::sleep(Duration::from_millis(300));
+        let share = (machine_busy_secs() - b0) / (0.3 * cpus);
+        if share < 0.15 {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            eprintln!(
+                "e2e: the machine is still {:.0}% busy; measuring anyway",
+                share * 100.0
+            );
+            return;
+        }
+    }
+}
+
 fn measure_between(a: &Netns, b: &Netns, dst: Ipv4Addr, secs: u32, pids: &[u32]) -> Numbers {
     assert!(
         a.wait_for_ping(dst, Duration::from_secs(5)),
         "{dst} unreachable"
     );
+    settle();
     // CPU-ms per Gbit delivered: CPU seconds * 1000 / (Gbit/s * seconds).
     let per_gbit = |cpu: f64, gbit_s: f64| cpu * 1e3 / (gbit_s * f64::from(secs)).max(1e-9);
     let (tcp1, m1, w1) = with_cpu(pids, || tcp_streams(a, b, dst, secs, 1));
@@ -227,40 +253,79 @@ fn main() {
         weft_cpu1: f64::NAN,
         weft_cpu4: f64::NAN,
     };
-    let (k, kw) = if only_weft {
-        (skipped, skipped)
-    } else {
-        eprintln!("e2e: kernel VXLAN (default offloads) ...");
-        let k = kernel(true, secs);
-        eprintln!("e2e: kernel VXLAN (offloads off, wire-like) ...");
-        (k, kernel(false, secs))
-    };
+    let rounds: usize = std::env::var("WEFT_E2E_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     let extra_s = std::env::var("WEFT_E2E_ARGS").unwrap_or_default();
     let extra: Vec<&str> = extra_s.split_whitespace().collect();
-    eprintln!("e2e: weft {extra_s} ...");
-    let w = weft(secs, &extra);
-    let (hg, u) = if only_weft {
-        (skipped, skipped)
+    // Each round measures every column once, in turn, so slow drifts of the VM touch all.
+    let mut all: Vec<[Numbers; 5]> = Vec::new();
+    for round in 1..=rounds {
+        let (k, kw) = if only_weft {
+            (skipped, skipped)
+        } else {
+            eprintln!("e2e round {round}/{rounds}: kernel VXLAN (default offloads) ...");
+            let k = kernel(true, secs);
+            eprintln!("e2e round {round}/{rounds}: kernel VXLAN (offloads off, wire-like) ...");
+            (k, kernel(false, secs))
+        };
+        eprintln!("e2e round {round}/{rounds}: weft {extra_s} ...");
+        let w = weft(secs, &extra);
+        let (hg, u) = if only_weft {
+            (skipped, skipped)
+        } else {
+            eprintln!("e2e round {round}/{rounds}: weft host-gw, then the bare underlay ...");
+            weft_host_gw(secs)
+        };
+        all.push([k, w, kw, hg, u]);
+        if rounds > 1 {
+            print_table(
+                &format!("round {round}"),
+                secs,
+                &extra_s,
+                &all[all.len() - 1..],
+            );
+        }
+    }
+    let title = if rounds > 1 {
+        format!("median of {rounds} rounds")
     } else {
-        eprintln!("e2e: weft host-gw, then the bare underlay ...");
-        weft_host_gw(secs)
+        "one round".to_string()
+    };
+    print_table(&title, secs, &extra_s, &all);
+}
+
+/// Prints the comparison table of the median, per cell, over `rounds`.
+fn print_table(title: &str, secs: u32, extra_s: &str, rounds: &[[Numbers; 5]]) {
+    let median = |col: usize, f: fn(&Numbers) -> f64| {
+        let mut v: Vec<f64> = rounds.iter().map(|r| f(&r[col])).collect();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
     };
     println!();
-    println!("end-to-end, two hosts on one bridge, pod to pod, {secs} s per TCP run; weft flags: [{extra_s}]");
+    println!("end-to-end ({title}), two hosts on one bridge, pod to pod, {secs} s per TCP run; weft flags: [{extra_s}]");
     println!(
         "{:<28} {:>12} {:>12} {:>11} {:>17} {:>13} {:>13}",
         "", "kernel VXLAN", "weft", "weft/kernel", "kernel, offl. off", "weft host-gw", "underlay"
     );
     let row = |name: &str, f: fn(&Numbers) -> f64| {
+        let (k, w) = (median(0, f), median(1, f));
         println!(
             "{:<28} {:>12.2} {:>12.2} {:>10.2}x {:>17.2} {:>13.2} {:>13.2}",
             name,
-            f(&k),
-            f(&w),
-            f(&w) / f(&k),
-            f(&kw),
-            f(&hg),
-            f(&u)
+            k,
+            w,
+            w / k,
+            median(2, f),
+            median(3, f),
+            median(4, f)
         );
     };
     row("TCP, 1 stream (Gbit/s)", |n| n.tcp1);
@@ -272,6 +337,7 @@ fn main() {
     row("CPU-ms/Gbit, 4 streams", |n| n.cpu4);
     println!(
         "of which weft's own threads: {:.1} CPU-ms/Gbit (1 stream), {:.1} (4 streams)",
-        w.weft_cpu1, w.weft_cpu4
+        median(1, |n| n.weft_cpu1),
+        median(1, |n| n.weft_cpu4)
     );
 }

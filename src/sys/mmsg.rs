@@ -307,14 +307,39 @@ mod tests {
     use std::net::UdpSocket;
     use std::os::fd::AsRawFd;
 
-    #[test]
-    fn loopback_batch_round_trip() {
+    /// A receiving and a sending socket on loopback, and the receiver's address.
+    fn loopback_pair() -> (UdpSocket, UdpSocket, SocketAddrV4) {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
         let dst = match rx.local_addr().unwrap() {
             SocketAddr::V4(a) => a,
             SocketAddr::V6(_) => unreachable!("bound to IPv4"),
         };
+        (rx, tx, dst)
+    }
+
+    /// Receives into 8 fresh buffers until `want` buffers are filled or half a second passed;
+    /// returns them, their metadata and how many were filled.
+    fn recv_at_least(rx: &UdpSocket, want: usize) -> (Vec<PacketBuf>, [Meta; 8], usize) {
+        let mut r = Mmsg::new(8);
+        let mut bufs: Vec<PacketBuf> = (0..8).map(|_| PacketBuf::new(4096, 64)).collect();
+        let mut meta = [Meta::default(); 8];
+        let mut got = 0;
+        for _ in 0..100 {
+            got += r
+                .recv(rx.as_raw_fd(), &mut bufs[got..], &mut meta[got..])
+                .unwrap();
+            if got >= want {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        (bufs, meta, got)
+    }
+
+    #[test]
+    fn loopback_batch_round_trip() {
+        let (rx, tx, dst) = loopback_pair();
         let payloads: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 10 + i as usize]).collect();
         let mut m = Mmsg::new(4); // fewer headers than datagrams: two syscalls
         let out = m.send(tx.as_raw_fd(), payloads.iter().map(|p| (&p[..], dst, 0)));
@@ -379,12 +404,7 @@ mod tests {
 
     #[test]
     fn gathered_parts_leave_as_one_datagram_or_one_train() {
-        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let dst = match rx.local_addr().unwrap() {
-            SocketAddr::V4(a) => a,
-            SocketAddr::V6(_) => unreachable!("bound to IPv4"),
-        };
+        let (rx, tx, dst) = loopback_pair();
         // Headers and payloads in separate buffers: three datagrams of 10 + 90 bytes and a
         // last one of 10 + 30, gathered into one UDP_SEGMENT train of 100-byte segments,
         // then a plain two-part datagram.
@@ -411,19 +431,7 @@ mod tests {
                 last_errno: 0
             }
         );
-        let mut r = Mmsg::new(8);
-        let mut bufs: Vec<PacketBuf> = (0..8).map(|_| PacketBuf::new(4096, 64)).collect();
-        let mut meta = [Meta::default(); 8];
-        let mut got = 0;
-        for _ in 0..100 {
-            got += r
-                .recv(rx.as_raw_fd(), &mut bufs[got..], &mut meta[got..])
-                .unwrap();
-            if got >= 5 {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        let (bufs, _, got) = recv_at_least(&rx, 5);
         assert_eq!(got, 5);
         let expect: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
         let train: Vec<u8> = bufs[..4]
@@ -440,12 +448,7 @@ mod tests {
 
     #[test]
     fn gso_train_and_gro_receive() {
-        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let dst = match rx.local_addr().unwrap() {
-            SocketAddr::V4(a) => a,
-            SocketAddr::V6(_) => unreachable!("bound to IPv4"),
-        };
+        let (rx, tx, dst) = loopback_pair();
         let mut train = Vec::new();
         for i in 0..5u8 {
             train.extend_from_slice(&[i; 100]);
@@ -455,20 +458,9 @@ mod tests {
         let out = m.send(tx.as_raw_fd(), [(&train[..], dst, 100)]);
         assert_eq!(out.sent, 1, "one message: {out:?}");
         // Without UDP_GRO the receiver sees six datagrams.
-        let mut r = Mmsg::new(8);
-        let mut bufs: Vec<PacketBuf> = (0..8).map(|_| PacketBuf::new(4096, 64)).collect();
-        let mut meta = [Meta::default(); 8];
-        let mut got = 0;
-        for _ in 0..100 {
-            got += r
-                .recv(rx.as_raw_fd(), &mut bufs[got..], &mut meta[got..])
-                .unwrap();
-            if got >= 6 {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        let (mut bufs, mut meta, got) = recv_at_least(&rx, 6);
         assert_eq!(got, 6);
+        let mut r = Mmsg::new(8);
         assert_eq!(bufs[5].as_slice(), &[9; 40]);
         assert!(meta[..6].iter().all(|m| m.segment_size == 0));
         // With UDP_GRO one receive may carry the whole train and its segment size.

@@ -12,9 +12,10 @@
 //!
 //! * send (TUN -> UDP): read up to a batch of packets, look each destination up in the lease
 //!   table snapshot (loaded once per batch), encapsulate in place (or segment a TCP
-//!   super-packet: headers written per segment, payload sent from where the TUN read put it,
-//!   gathered by the iovecs of one UDP_SEGMENT message), `sendmmsg` the batch. A destination inside the Network
-//!   without a lease gets an ICMP net-unreachable back.
+//!   super-packet: headers written per segment, the payload left where the TUN read put it),
+//!   chain what goes to one peer into UDP_SEGMENT trains of equal datagrams gathered by
+//!   iovecs, `sendmmsg` the trains. A destination inside the Network without a lease gets an
+//!   ICMP net-unreachable back.
 //! * receive (UDP -> TUN): `recvmmsg` a batch; per datagram, in DESIGN.md's order: the sender
 //!   holds a lease, the VXLAN header and inner Ethernet are ours, the inner IPv4 header is
 //!   sane, the inner source lies in the sender's subnet, the inner destination in ours; then
@@ -656,9 +657,11 @@ impl SendSide {
             } else {
                 Vec::new()
             },
-            // At most two messages per super-packet (MAX_GSO_BYTES), or one per segment
-            // without GSO.
-            outs: Outgoing::with_capacity(n_max * 2, n_max * 4),
+            // Room enough that the hot path does not grow them: without GSO one message per
+            // segment (46 for a 64 KiB super-packet at MTU 1450; only a tiny MSS needs more,
+            // and then they grow once), and a piece per message plus one per slot where a
+            // train spans two super-packets.
+            outs: Outgoing::with_capacity(n_max * 64, n_max * 65),
             tx_mmsg: Mmsg::new(n_max),
             icmp_buf: [0u8; VNET_HDR_LEN + icmpv4::MAX_ERROR_LEN],
             udp_gso: cfg.udp_gso,

@@ -312,9 +312,10 @@ fn start_datapath(
             }
         };
 
-    // Linux 6.2+ knows USO (TUN_F_USO4 with TUN_F_USO6) and then takes UDP super-packets (GSO_UDP_L4) written
-    // to the TUN. Probe by asking for it, then go back to TSO only: with USO on, the TUN could
-    // also hand *us* UDP super-packets, which the send path does not segment.
+    // Linux 6.2+ knows USO (TUN_F_USO4 with TUN_F_USO6) and then takes UDP super-packets
+    // (GSO_UDP_L4) written to the TUN. Probe by asking for it, then go back to TSO only:
+    // with USO on, the TUN could also hand *us* UDP super-packets, which the send path does
+    // not segment.
     let uso = opts.udp_gro
         && tun
             .set_offload(

@@ -420,6 +420,8 @@ struct Outgoing {
     pieces: Vec<Piece>,
     /// Per send socket, its last message while that one may take more.
     open: [Option<usize>; MAX_SEND_SOCKETS],
+    /// Bit `s` set when socket `s` has a message.
+    used: u64,
 }
 
 impl Outgoing {
@@ -428,6 +430,7 @@ impl Outgoing {
             msgs: Vec::with_capacity(msgs),
             pieces: Vec::with_capacity(pieces),
             open: [None; MAX_SEND_SOCKETS],
+            used: 0,
         }
     }
 
@@ -435,6 +438,7 @@ impl Outgoing {
         self.msgs.clear();
         self.pieces.clear();
         self.open = [None; MAX_SEND_SOCKETS];
+        self.used = 0;
     }
 
     /// Queues the slot's packet (`len` bytes, encapsulated in place) for `dst` on send socket
@@ -498,6 +502,7 @@ impl Outgoing {
             m.open && m.dst == dst && m.count < per_msg && fits(m.seg_len)
         });
         open.unwrap_or_else(|| {
+            self.used |= 1 << sock;
             let at = self.pieces.len();
             self.msgs.push(Out {
                 head: at,
@@ -532,6 +537,46 @@ impl Outgoing {
         m.open = m.open && !short && m.count < per_msg;
         self.open[usize::from(m.sock)] = m.open.then_some(o);
     }
+}
+
+/// Reads TUN packets into `bufs[start..]` for one send phase; returns the end of what was
+/// read and whether the queue was found empty. The first phase (`start` 0) takes one packet
+/// unless it is a super-packet; super-packets are bulk: up to [`SUPER_PACKETS_PER_SEND`] are
+/// read before any is sent, so their segments pack into full trains, but no more, so the peer
+/// starts on them while this side reads on.
+fn read_phase(
+    tun: &Tun,
+    bufs: &mut [PacketBuf],
+    start: usize,
+    n_max: usize,
+    vnet: bool,
+) -> io::Result<(usize, bool)> {
+    let mut want = if start == 0 { 1 } else { n_max };
+    let mut supers = 0;
+    let mut n = start;
+    while n < want {
+        let b = &mut bufs[n];
+        b.reset();
+        match tun.read(b.recv_space()) {
+            Ok(len) => {
+                b.set_len(len);
+                n += 1;
+                let gso = VnetHdr::from_bytes(b.as_slice())
+                    .is_some_and(|h| h.gso_type != offload::GSO_NONE);
+                if vnet && gso {
+                    supers += 1;
+                    want = if supers >= SUPER_PACKETS_PER_SEND {
+                        n
+                    } else {
+                        n_max
+                    };
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((n, true)),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((n, false))
 }
 
 /// The send socket for a flow hash: the hash scaled onto `0..n` (1 <= n <= 64), as Linux
@@ -690,43 +735,13 @@ impl SendSide {
         let mut start = 0;
         let mut drained = false;
         while start < n_max && !drained {
-            let mut want = if start == 0 { 1 } else { n_max };
-            let mut supers = 0;
-            let mut n = start;
-            while n < want {
-                let b = &mut bufs[n];
-                b.reset();
-                match tun.read(b.recv_space()) {
-                    Ok(len) => {
-                        b.set_len(len);
-                        n += 1;
-                        // Super-packets are bulk: a few are read before any is sent, so
-                        // their segments pack into full trains, but no more, so the peer
-                        // starts on them while this side reads on.
-                        let gso = VnetHdr::from_bytes(b.as_slice())
-                            .is_some_and(|h| h.gso_type != offload::GSO_NONE);
-                        if vnet && gso {
-                            supers += 1;
-                            want = if supers >= SUPER_PACKETS_PER_SEND {
-                                n
-                            } else {
-                                n_max
-                            };
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        drained = true;
-                        break;
-                    }
-                    Err(e) => {
-                        return Err(DatapathError::Io {
-                            worker: self.name.clone(),
-                            what: "read TUN",
-                            source: e,
-                        })
-                    }
-                }
-            }
+            let (n, empty) =
+                read_phase(tun, bufs, start, n_max, vnet).map_err(|source| DatapathError::Io {
+                    worker: self.name.clone(),
+                    what: "read TUN",
+                    source,
+                })?;
+            drained = empty;
             if n == start {
                 break;
             }
@@ -734,7 +749,6 @@ impl SendSide {
             let headers = &mut self.headers;
             let outs = &mut self.outs;
             let icmp_buf = &mut self.icmp_buf;
-            let mut used: u64 = 0;
             outs.clear();
             for i in start..n {
                 let b = &mut bufs[i];
@@ -800,7 +814,6 @@ impl SendSide {
                     local.bytes += inner;
                     local.peer(peer.public_ip, segs.count as u64, inner, counters, true);
                     outs.push_segments(i, segs, peer.underlay, sock, self.udp_gso);
-                    used |= 1 << sock;
                     continue;
                 }
                 if vhdr.gso_type != offload::GSO_NONE {
@@ -828,14 +841,13 @@ impl SendSide {
                     local.bytes += len as u64;
                     local.peer(peer.public_ip, 1, len as u64, counters, true);
                     outs.push_whole(i, b.len(), peer.underlay, sock, self.udp_gso);
-                    used |= 1 << sock;
                 }
             }
             let gso_used = outs.msgs.iter().any(|o| o.count > 1);
             // One sendmmsg per send socket that has packets (usually one: a batch is mostly
             // one flow).
             for (s, sock) in tx.iter().enumerate() {
-                if used & (1 << s) == 0 {
+                if outs.used & (1 << s) == 0 {
                     continue;
                 }
                 let out = self.tx_mmsg.send_gather(

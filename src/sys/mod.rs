@@ -1,5 +1,6 @@
 //! Every syscall that needs `unsafe`: TUN ioctls, batched UDP (recvmmsg/sendmmsg), interface
-//! ioctls, poll and eventfd, CPU pinning and BPF steering. Everything else in the crate is safe code built on these.
+//! ioctls, poll and eventfd, CPU pinning and BPF steering. Everything else in the crate is
+//! safe code built on these.
 #![allow(unsafe_code)]
 
 pub mod iface;

@@ -7,6 +7,9 @@ want() { command -v "$1" >/dev/null 2>&1 || need+=("$2"); }
 want etcd etcd-server
 want etcdctl etcd-client
 want protoc protobuf-compiler
+# protoc's well-known types (google/protobuf/descriptor.proto ...): the etcd-client build imports
+# them, and --no-install-recommends leaves them out of protobuf-compiler.
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 want ip iproute2
 want bridge iproute2
 want iptables iptables

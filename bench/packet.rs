@@ -132,7 +132,8 @@ fn packet_layer(c: &mut Criterion) {
             bench.iter(|| {
                 let peer = leases.lookup_underlay(black_box(sender_ip)).unwrap();
                 let (src, dst) = encap::decap_vxlan_in_place(&mut d, &rx).unwrap();
-                encap::check_inner_route(src, dst, peer.subnet, ours).unwrap();
+                let owner = leases.lookup(src).map(|p| p.public_ip);
+                encap::check_inner_route(owner, peer.public_ip, dst, ours).unwrap();
                 d.prepend(VXLAN_ENCAP_LEN).unwrap();
             })
         });

@@ -224,16 +224,19 @@ pub fn decap_udp(datagram: &[u8]) -> Result<Inner<'_>, DropReason> {
     inner_at(datagram, 0)
 }
 
-/// The last receive checks, which need the lease table: the inner source must lie in the
-/// sender's leased subnet and the inner destination in ours.
+/// The last receive checks, which need the lease table: the inner source must lie in a
+/// subnet leased to the sender and the inner destination in ours. `src_owner` is the
+/// PublicIP of the lease that holds the inner source (`None`: no lease does). Any lease that
+/// names the sender counts, so a second lease with the same PublicIP (a stale record, a typo)
+/// never locks the genuine node out.
 #[inline]
 pub fn check_inner_route(
-    src: Ipv4Addr,
+    src_owner: Option<Ipv4Addr>,
+    sender: Ipv4Addr,
     dst: Ipv4Addr,
-    sender_subnet: Subnet,
     local_subnet: Subnet,
 ) -> Result<(), DropReason> {
-    if !sender_subnet.contains(src) {
+    if src_owner != Some(sender) {
         return Err(DropReason::SpoofedSource);
     }
     if !local_subnet.contains(dst) {
@@ -520,21 +523,26 @@ mod tests {
 
     #[test]
     fn drop_spoofed_source_and_not_for_us() {
-        let sender: Subnet = "10.1.1.0/24".parse().unwrap();
+        let sender = Ipv4Addr::new(192, 168, 64, 1);
         let local: Subnet = "10.1.2.0/24".parse().unwrap();
         let good = inner();
         let i = decap_udp(&good).unwrap();
-        assert_eq!(check_inner_route(i.src, i.dst, sender, local), Ok(()));
-        let spoofed = ipv4_packet([10, 1, 3, 2], [10, 1, 2, 2], &[]);
-        let i = decap_udp(&spoofed).unwrap();
         assert_eq!(
-            check_inner_route(i.src, i.dst, sender, local),
-            Err(DropReason::SpoofedSource)
+            check_inner_route(Some(sender), sender, i.dst, local),
+            Ok(())
         );
+        // The source's lease names another node, or no lease holds it.
+        let other = Ipv4Addr::new(192, 168, 64, 3);
+        for owner in [Some(other), None] {
+            assert_eq!(
+                check_inner_route(owner, sender, i.dst, local),
+                Err(DropReason::SpoofedSource)
+            );
+        }
         let elsewhere = ipv4_packet([10, 1, 1, 2], [10, 1, 4, 2], &[]);
         let i = decap_udp(&elsewhere).unwrap();
         assert_eq!(
-            check_inner_route(i.src, i.dst, sender, local),
+            check_inner_route(Some(sender), sender, i.dst, local),
             Err(DropReason::NotForUs)
         );
     }

@@ -148,13 +148,11 @@ struct DoctorArgs {
     backend: Backend,
 }
 
-/// What etcd says for the doctor: the network config and every lease (subnet, PublicIP).
+/// What etcd says for the doctor: the network config and every lease, judged as the node
+/// judges them.
 async fn doctor_etcd(
     args: &EtcdArgs,
-) -> Result<(
-    weft::config::NetworkConfig,
-    Vec<(weft::wire::Subnet, std::net::Ipv4Addr)>,
-)> {
+) -> Result<(weft::config::NetworkConfig, weft::store::LeaseView)> {
     let opts = args.to_options();
     let keys = weft::store::Keys::new(&opts.prefix);
     let mut client = weft::store::connect(&opts).await?;
@@ -165,16 +163,12 @@ async fn doctor_etcd(
             Some(etcd_client::GetOptions::new().with_prefix()),
         )
         .await?;
-    let leases = resp
-        .kvs()
-        .iter()
-        .filter_map(|kv| {
-            let subnet = keys.parse_subnet_key(kv.key())?;
-            let rec = weft::store::LeaseRecord::parse(kv.value()).ok()?;
-            Some((subnet, rec.public_ip))
-        })
-        .collect();
-    Ok((config, leases))
+    let view = weft::store::judge_all(
+        &keys,
+        &config,
+        resp.kvs().iter().map(|kv| (kv.key(), kv.value())),
+    );
+    Ok((config, view))
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -411,7 +405,7 @@ fn doctor(a: &DoctorArgs) -> Result<()> {
         },
         tunnel: kind != BackendType::HostGw,
         port,
-        etcd: etcd.map(|(_, leases)| leases),
+        etcd: etcd.map(|(_, view)| view),
     };
     let findings = doctor::run_checks(&input);
     print!("{}", doctor::render(&findings));

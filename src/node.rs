@@ -464,6 +464,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
                 shared.clone(),
                 RouteOptions {
                     direct_only_connected: only_connected,
+                    network: config.network,
                     underlay_iface: underlay.iface.clone(),
                     own_subnet: own.subnet,
                     own_ip: underlay.public_ip,

@@ -135,6 +135,27 @@ impl Index {
     }
 }
 
+/// A lease record the store does not use, as the views (`/status`, metrics) list it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedLease {
+    /// The etcd key.
+    pub key: String,
+    /// The metric label of the reason (`outside_network`, `public_ip`, ...).
+    pub reason: &'static str,
+    /// The reason in words.
+    pub detail: String,
+}
+
+/// What the store skipped or found doubtful when it built a snapshot. The data path never
+/// reads it; the views do.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaseReport {
+    /// Records under the subnets prefix that are not used, in key order.
+    pub rejected: Vec<RejectedLease>,
+    /// PublicIPs that several leases name (this node's own included), with their subnets.
+    pub conflicts: Vec<(Ipv4Addr, Vec<Subnet>)>,
+}
+
 /// An immutable snapshot of the remote leases, indexed by subnet and by underlay address.
 #[derive(Debug, Clone)]
 pub struct LeaseTable {
@@ -148,6 +169,7 @@ pub struct LeaseTable {
     by_subnet: Index,
     by_underlay: Index,
     revision: i64,
+    report: Arc<LeaseReport>,
 }
 
 impl LeaseTable {
@@ -188,7 +210,19 @@ impl LeaseTable {
             by_subnet,
             by_underlay,
             revision,
+            report: Arc::default(),
         }
+    }
+
+    /// This snapshot with the store's report of skipped and conflicting leases attached.
+    pub fn with_report(mut self, report: Arc<LeaseReport>) -> LeaseTable {
+        self.report = report;
+        self
+    }
+
+    /// What the store skipped or found doubtful when it built this snapshot.
+    pub fn report(&self) -> &LeaseReport {
+        &self.report
     }
 
     /// The peer whose subnet holds `dst` (send path). O(1), no allocation.
@@ -201,8 +235,9 @@ impl LeaseTable {
         self.peers.get(pos as usize)
     }
 
-    /// The peer whose lease has `src` as its public IP (receive path). If several leases
-    /// carry the same public IP, the one with the lowest subnet answers.
+    /// A peer whose lease has `src` as its public IP (receive path). If several leases
+    /// carry the same public IP, the one with the lowest subnet answers; which inner sources
+    /// that sender may use is answered by [`LeaseTable::lookup`] of the source.
     #[inline]
     pub fn lookup_underlay(&self, src: Ipv4Addr) -> Option<&Peer> {
         let key = u32::from(src);

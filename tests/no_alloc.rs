@@ -48,7 +48,22 @@ fn per_packet_path_allocates_nothing() {
         vni,
         vtep_mac: peer,
     };
-    let sender: Subnet = "10.1.1.0/24".parse().unwrap();
+    let sender_ip = Ipv4Addr::new(192, 168, 64, 1);
+    let local_vtep = weft::table::LocalVtep {
+        vni,
+        mac: local,
+        port: 8472,
+    };
+    let leases = weft::table::LeaseTable::from_peers(
+        24,
+        vec![weft::table::Peer::new(
+            "10.1.1.0/24".parse().unwrap(),
+            sender_ip,
+            Some(peer),
+            &local_vtep,
+        )],
+        1,
+    );
     let ours: Subnet = "10.1.2.0/24".parse().unwrap();
     let mut inner = vec![0u8; 1400];
     Ipv4Repr {
@@ -80,7 +95,9 @@ fn per_packet_path_allocates_nothing() {
         let _port = encap::flow_src_port(encap::flow_hash(b.as_slice()), 32768, 60999);
         encap::encap_vxlan(&mut b, &header).unwrap();
         let i = encap::decap_vxlan(b.as_slice(), &rx).unwrap();
-        encap::check_inner_route(i.src, i.dst, sender, ours).unwrap();
+        let sender = leases.lookup_underlay(sender_ip).unwrap();
+        let owner = leases.lookup(i.src).map(|p| p.public_ip);
+        encap::check_inner_route(owner, sender.public_ip, i.dst, ours).unwrap();
         encap::decap_vxlan_in_place(&mut b, &rx).unwrap();
         pool.give(b);
     }

@@ -979,8 +979,9 @@ impl RecvSide {
                         continue;
                     }
                 };
+                let src_owner = snapshot.lookup(inner.src).map(|p| p.public_ip);
                 if let Err(r) =
-                    encap::check_inner_route(inner.src, inner.dst, peer.subnet, cfg.local_subnet)
+                    encap::check_inner_route(src_owner, sender, inner.dst, cfg.local_subnet)
                 {
                     local.drop(r);
                     continue;

@@ -183,8 +183,9 @@ pub struct DoctorInput {
     pub tunnel: bool,
     /// The backend's UDP port.
     pub port: u16,
-    /// What etcd said: every lease (subnet, PublicIP), or why it could not be asked.
-    pub etcd: Result<Vec<(Subnet, std::net::Ipv4Addr)>, String>,
+    /// What etcd said: every lease, judged as the node judges them, or why it could not be
+    /// asked.
+    pub etcd: Result<crate::store::LeaseView, String>,
 }
 
 /// Runs every check against this host (network namespace).
@@ -304,7 +305,7 @@ pub fn run_checks(i: &DoctorInput) -> Vec<Finding> {
         )),
     }
     match &i.etcd {
-        Ok(leases) => out.push(finding("etcd", Severity::Ok, format!("reachable, {} leases", leases.len()), String::new())),
+        Ok(view) => out.push(finding("etcd", Severity::Ok, format!("reachable, {} leases", view.usable.len()), String::new())),
         Err(e) => out.push(finding(
             "etcd",
             Severity::Fail,
@@ -349,7 +350,9 @@ pub fn run_checks(i: &DoctorInput) -> Vec<Finding> {
             )),
         }
     }
-    if let Ok(leases) = &i.etcd {
+    if let Ok(view) = &i.etcd {
+        lease_findings(view, &mut out);
+        let leases = &view.usable;
         let missing: Vec<String> = leases
             .iter()
             .filter(|(s, _)| *s != i.subnet)
@@ -420,6 +423,44 @@ pub fn run_checks(i: &DoctorInput) -> Vec<Finding> {
         )),
     }
     out
+}
+
+/// Findings about the records themselves: the ones the node skips, and PublicIPs that several
+/// leases name.
+fn lease_findings(view: &crate::store::LeaseView, out: &mut Vec<Finding>) {
+    if view.rejected.is_empty() {
+        out.push(finding(
+            "lease_records",
+            Severity::Ok,
+            "every record under subnets/ is usable".into(),
+            String::new(),
+        ));
+    } else {
+        let list: Vec<String> = view
+            .rejected
+            .iter()
+            .map(|(k, p)| format!("{k} ({p})"))
+            .collect();
+        let keys: Vec<&str> = view.rejected.iter().map(|(k, _)| k.as_str()).collect();
+        out.push(finding(
+            "lease_records",
+            Severity::Warn,
+            format!(
+                "{} record(s) skipped by every weft node: {}",
+                view.rejected.len(),
+                list.join("; ")
+            ),
+            format!("correct or delete them: etcdctl del {}", keys.join(" ")),
+        ));
+    }
+    for (ip, keys) in &view.conflicts {
+        out.push(finding(
+            "public_ip_conflict",
+            Severity::Warn,
+            format!("PublicIP {ip} is named by {}", keys.join(" and ")),
+            "delete the stale record (the node at that address rewrites its own): etcdctl del <stale key>".into(),
+        ));
+    }
 }
 
 /// Renders findings for a terminal, worst first within the original order.

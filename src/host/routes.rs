@@ -4,7 +4,9 @@
 //!
 //! Every route weft installs carries the protocol number [`RTPROT_WEFT`] (87, shown by
 //! `ip route` as `proto 87`), so a reconcile only ever lists, replaces and deletes routes with
-//! that number and leaves every other route alone. Reconciling is "dump ours, diff against
+//! that number, and only inside the Network; it leaves every other route alone and never
+//! replaces a route it did not create (a connected route, the default route, the underlay's),
+//! whatever a lease in etcd asks for. Reconciling is "dump ours, diff against
 //! the wanted set, replace what is missing or wrong, delete what is no longer wanted"; the
 //! pure part ([`wanted_routes`], [`plan`]) is separate from the netlink part
 //! ([`RouteTable`]) so it can be unit-tested without a kernel.
@@ -13,7 +15,7 @@
 //! blackhole pod traffic, and the first reconcile after the restart removes whatever went
 //! stale in between.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,55 +60,69 @@ impl DirectPolicy {
     }
 }
 
-/// The routes a lease table asks for: remote subnet -> its node's PublicIP. Leases that carry
-/// our own subnet or our own address are skipped (a stale lease of ours must not route our
-/// pods away).
+/// The routes a lease table asks for: remote subnet -> its node's PublicIP. Only subnets
+/// inside the Network count (the store already refuses others; this is the second line).
+/// Leases that carry our own subnet or our own address are skipped (a stale lease of ours
+/// must not route our pods away).
 pub fn wanted_routes(
     table: &LeaseTable,
     policy: &DirectPolicy,
+    network: Subnet,
     own_subnet: Subnet,
     own_ip: Ipv4Addr,
 ) -> BTreeMap<Subnet, Ipv4Addr> {
     table
         .iter()
+        .filter(|p| network.contains_subnet(&p.subnet))
         .filter(|p| p.subnet != own_subnet && p.public_ip != own_ip)
         .filter(|p| !p.public_ip.is_unspecified() && policy.admits(p.public_ip))
         .map(|p| (p.subnet, p.public_ip))
         .collect()
 }
 
+/// The main table as a reconcile sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MainRoutes {
+    /// Our routes (protocol 87) inside the Network: subnet -> gateway.
+    pub ours: BTreeMap<Subnet, Ipv4Addr>,
+    /// Destinations of every other route in the main table (never replaced or removed).
+    pub foreign: BTreeSet<Subnet>,
+}
+
 /// What a reconcile has to do.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RoutePlan {
-    /// Routes to add or replace (missing, or with another gateway).
+    /// Routes to add (missing) or replace (ours, with another gateway).
     pub install: Vec<(Subnet, Ipv4Addr)>,
     /// Routes of ours to delete (no lease wants them any more), with their current gateway.
     pub remove: Vec<(Subnet, Ipv4Addr)>,
+    /// Wanted routes not installed because a route weft does not own has that destination.
+    pub blocked: Vec<(Subnet, Ipv4Addr)>,
 }
 
 impl RoutePlan {
-    /// Whether the kernel already matches.
+    /// Whether the kernel already matches (as far as weft may change it).
     pub fn is_empty(&self) -> bool {
         self.install.is_empty() && self.remove.is_empty()
     }
 }
 
-/// Diffs the routes we have (`current`, ours only) against the routes we want.
-pub fn plan(
-    current: &BTreeMap<Subnet, Ipv4Addr>,
-    wanted: &BTreeMap<Subnet, Ipv4Addr>,
-) -> RoutePlan {
+/// Diffs the main table (`current`) against the routes we want.
+pub fn plan(current: &MainRoutes, wanted: &BTreeMap<Subnet, Ipv4Addr>) -> RoutePlan {
+    let (blocked, missing): (Vec<_>, Vec<_>) = wanted
+        .iter()
+        .filter(|(s, gw)| current.ours.get(s) != Some(gw))
+        .map(|(s, gw)| (*s, *gw))
+        .partition(|(s, _)| current.foreign.contains(s) && !current.ours.contains_key(s));
     RoutePlan {
-        install: wanted
-            .iter()
-            .filter(|(s, gw)| current.get(s) != Some(gw))
-            .map(|(s, gw)| (*s, *gw))
-            .collect(),
+        install: missing,
         remove: current
+            .ours
             .iter()
             .filter(|(s, _)| !wanted.contains_key(s))
             .map(|(s, gw)| (*s, *gw))
             .collect(),
+        blocked,
     }
 }
 
@@ -160,14 +176,19 @@ fn route_message(subnet: Subnet, gateway: Ipv4Addr) -> RouteMessage {
         .build()
 }
 
-/// `(subnet, gateway)` of a dumped route if it is one of ours: IPv4 unicast in the main table
-/// with our protocol number and a gateway.
-fn ours(msg: &RouteMessage) -> Option<(Subnet, Ipv4Addr)> {
+/// How a dumped route counts for a reconcile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// One of ours: IPv4 unicast in the main table, protocol 87, with a gateway.
+    Ours(Subnet, Ipv4Addr),
+    /// Any other IPv4 route in the main table, by destination.
+    Foreign(Subnet),
+}
+
+/// Classifies a dumped route; `None` for routes outside the main table or not IPv4.
+fn classify(msg: &RouteMessage) -> Option<Kind> {
     let h = &msg.header;
-    if h.address_family != AddressFamily::Inet
-        || u8::from(h.protocol) != RTPROT_WEFT
-        || h.kind != RouteType::Unicast
-    {
+    if h.address_family != AddressFamily::Inet {
         return None;
     }
     let mut table = u32::from(h.table);
@@ -183,8 +204,22 @@ fn ours(msg: &RouteMessage) -> Option<(Subnet, Ipv4Addr)> {
     if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
         return None;
     }
-    let subnet = Subnet::new(dst, h.destination_prefix_length).ok()?;
-    Some((subnet, gw?))
+    let subnet = Subnet::containing(dst, h.destination_prefix_length).ok()?;
+    match gw {
+        Some(gw) if u8::from(h.protocol) == RTPROT_WEFT && h.kind == RouteType::Unicast => {
+            Some(Kind::Ours(subnet, gw))
+        }
+        _ => Some(Kind::Foreign(subnet)),
+    }
+}
+
+/// `(subnet, gateway)` of a dumped route if it is one of ours.
+#[cfg(test)]
+fn ours(msg: &RouteMessage) -> Option<(Subnet, Ipv4Addr)> {
+    match classify(msg)? {
+        Kind::Ours(s, gw) => Some((s, gw)),
+        Kind::Foreign(_) => None,
+    }
 }
 
 impl RouteTable {
@@ -195,8 +230,10 @@ impl RouteTable {
         Ok(RouteTable { handle })
     }
 
-    /// Our routes in the main table: subnet -> gateway.
-    pub async fn ours(&self) -> Result<BTreeMap<Subnet, Ipv4Addr>, RouteError> {
+    /// The main table: our routes inside `network`, and every other route's destination.
+    /// A route of ours outside the Network (left by an older weft) counts as foreign: it is
+    /// never touched.
+    pub async fn main_routes(&self, network: Subnet) -> Result<MainRoutes, RouteError> {
         let req = RouteMessageBuilder::<Ipv4Addr>::new().build();
         let msgs: Vec<RouteMessage> = self
             .handle
@@ -206,22 +243,36 @@ impl RouteTable {
             .try_collect()
             .await
             .map_err(RouteError::Dump)?;
-        Ok(msgs.iter().filter_map(ours).collect())
+        let mut out = MainRoutes::default();
+        for kind in msgs.iter().filter_map(classify) {
+            match kind {
+                Kind::Ours(s, gw) if network.contains_subnet(&s) => {
+                    out.ours.insert(s, gw);
+                }
+                Kind::Ours(s, _) | Kind::Foreign(s) => {
+                    out.foreign.insert(s);
+                }
+            }
+        }
+        Ok(out)
     }
 
-    /// Adds `subnet via gateway`, replacing any route to exactly that prefix in the main table.
-    pub async fn install(&self, subnet: Subnet, gateway: Ipv4Addr) -> Result<(), RouteError> {
-        self.handle
-            .route()
-            .add(route_message(subnet, gateway))
-            .replace()
-            .execute()
-            .await
-            .map_err(|source| RouteError::Install {
-                subnet,
-                gateway,
-                source,
-            })
+    /// Adds `subnet via gateway`. `replace` replaces our own route to that prefix; without it
+    /// the kernel refuses (EEXIST) when any route to exactly that prefix exists, so a route
+    /// weft does not own is never overwritten, even one that appeared since the last dump.
+    pub async fn install(
+        &self,
+        subnet: Subnet,
+        gateway: Ipv4Addr,
+        replace: bool,
+    ) -> Result<(), RouteError> {
+        let add = self.handle.route().add(route_message(subnet, gateway));
+        let add = if replace { add.replace() } else { add };
+        add.execute().await.map_err(|source| RouteError::Install {
+            subnet,
+            gateway,
+            source,
+        })
     }
 
     /// Deletes our route `subnet via gateway`.
@@ -238,13 +289,15 @@ impl RouteTable {
             })
     }
 
-    /// Brings our routes in line with `wanted`. Every step is tried; the first failure is
-    /// returned after the rest ran, so one unreachable gateway does not hold up the others.
+    /// Brings our routes inside `network` in line with `wanted`. Every step is tried; the
+    /// first failure is returned after the rest ran, so one unreachable gateway does not hold
+    /// up the others.
     pub async fn reconcile(
         &self,
+        network: Subnet,
         wanted: &BTreeMap<Subnet, Ipv4Addr>,
     ) -> Result<RoutePlan, RouteError> {
-        let current = self.ours().await?;
+        let current = self.main_routes(network).await?;
         let p = plan(&current, wanted);
         let mut first_err = None;
         for &(subnet, gateway) in &p.remove {
@@ -256,7 +309,8 @@ impl RouteTable {
             }
         }
         for &(subnet, gateway) in &p.install {
-            match self.install(subnet, gateway).await {
+            let replace = current.ours.contains_key(&subnet);
+            match self.install(subnet, gateway, replace).await {
                 Ok(()) => info!(%subnet, %gateway, "route installed"),
                 Err(e) => {
                     first_err.get_or_insert(e);
@@ -277,6 +331,8 @@ pub struct RouteOptions {
     pub direct_only_connected: bool,
     /// The underlay interface (its prefixes decide "same segment").
     pub underlay_iface: String,
+    /// The Network: no route outside it is ever made or touched.
+    pub network: Subnet,
     /// Our own subnet (never routed away).
     pub own_subnet: Subnet,
     /// Our own PublicIP.
@@ -315,6 +371,7 @@ pub async fn run(
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seen: Option<Arc<LeaseTable>> = None;
     let mut failing = false;
+    let mut blocked = Vec::new();
     loop {
         let full = tokio::select! {
             _ = stop.changed() => return,
@@ -331,13 +388,22 @@ pub async fn run(
         seen = Some(now.clone());
         let result = match policy(&opts) {
             Ok(pol) => {
-                let wanted = wanted_routes(&now, &pol, opts.own_subnet, opts.own_ip);
-                routes.reconcile(&wanted).await.map(|p| (p, wanted.len()))
+                let wanted = wanted_routes(&now, &pol, opts.network, opts.own_subnet, opts.own_ip);
+                routes
+                    .reconcile(opts.network, &wanted)
+                    .await
+                    .map(|p| (p, wanted.len()))
             }
             Err(e) => Err(e),
         };
         match result {
             Ok((p, n)) => {
+                if p.blocked != blocked {
+                    for (subnet, gateway) in &p.blocked {
+                        warn!(%subnet, %gateway, "not routing this lease: a route weft does not own has that destination; weft never replaces it");
+                    }
+                    blocked = p.blocked.clone();
+                }
                 if failing {
                     info!(routes = n, "routes reconciled again");
                 }
@@ -415,6 +481,7 @@ mod tests {
         let w = wanted_routes(
             &t,
             &DirectPolicy::All,
+            sn([10, 1, 0, 0], 16),
             sn([10, 1, 5, 0], 24),
             Ipv4Addr::new(192, 168, 64, 12),
         );
@@ -437,6 +504,7 @@ mod tests {
         let w = wanted_routes(
             &t,
             &pol,
+            sn([10, 1, 0, 0], 16),
             sn([10, 1, 9, 0], 24),
             Ipv4Addr::new(192, 168, 64, 11),
         );
@@ -449,6 +517,7 @@ mod tests {
         assert!(wanted_routes(
             &t,
             &none,
+            sn([10, 1, 0, 0], 16),
             sn([10, 1, 9, 0], 24),
             Ipv4Addr::new(192, 168, 64, 11)
         )
@@ -458,12 +527,15 @@ mod tests {
     #[test]
     fn plan_adds_replaces_and_removes() {
         let gw = |d| Ipv4Addr::new(192, 168, 64, d);
-        let current: BTreeMap<_, _> = [
-            (sn([10, 1, 1, 0], 24), gw(10)), // kept
-            (sn([10, 1, 2, 0], 24), gw(11)), // gateway moved
-            (sn([10, 1, 3, 0], 24), gw(12)), // lease gone
-        ]
-        .into();
+        let current = MainRoutes {
+            ours: [
+                (sn([10, 1, 1, 0], 24), gw(10)), // kept
+                (sn([10, 1, 2, 0], 24), gw(11)), // gateway moved
+                (sn([10, 1, 3, 0], 24), gw(12)), // lease gone
+            ]
+            .into(),
+            foreign: BTreeSet::new(),
+        };
         let wanted: BTreeMap<_, _> = [
             (sn([10, 1, 1, 0], 24), gw(10)),
             (sn([10, 1, 2, 0], 24), gw(21)),
@@ -479,7 +551,69 @@ mod tests {
             ]
         );
         assert_eq!(p.remove, vec![(sn([10, 1, 3, 0], 24), gw(12))]);
-        assert!(plan(&wanted, &wanted).is_empty());
+        assert!(p.blocked.is_empty());
+        let settled = MainRoutes {
+            ours: wanted.clone(),
+            foreign: BTreeSet::new(),
+        };
+        assert!(plan(&settled, &wanted).is_empty());
+    }
+
+    #[test]
+    fn routes_weft_does_not_own_are_never_replaced() {
+        let gw = |d| Ipv4Addr::new(192, 168, 64, d);
+        // A connected or static route to 10.1.7.0/24 exists; a lease asks for it too.
+        let current = MainRoutes {
+            ours: BTreeMap::new(),
+            foreign: [sn([10, 1, 7, 0], 24)].into(),
+        };
+        let wanted: BTreeMap<_, _> = [
+            (sn([10, 1, 7, 0], 24), gw(10)),
+            (sn([10, 1, 8, 0], 24), gw(11)),
+        ]
+        .into();
+        let p = plan(&current, &wanted);
+        assert_eq!(p.install, vec![(sn([10, 1, 8, 0], 24), gw(11))]);
+        assert_eq!(p.blocked, vec![(sn([10, 1, 7, 0], 24), gw(10))]);
+        assert!(p.remove.is_empty());
+    }
+
+    #[test]
+    fn leases_outside_the_network_want_no_route() {
+        // The underlay's own prefix and a public prefix, as hostile leases.
+        let t = table(&[
+            ([192, 168, 77, 0], [192, 168, 77, 91]),
+            ([8, 8, 8, 0], [192, 168, 77, 92]),
+            ([10, 1, 1, 0], [192, 168, 77, 10]),
+        ]);
+        let w = wanted_routes(
+            &t,
+            &DirectPolicy::All,
+            sn([10, 1, 0, 0], 16),
+            sn([10, 1, 5, 0], 24),
+            Ipv4Addr::new(192, 168, 77, 12),
+        );
+        assert_eq!(
+            w.keys().copied().collect::<Vec<_>>(),
+            vec![sn([10, 1, 1, 0], 24)]
+        );
+    }
+
+    #[test]
+    fn other_routes_in_the_main_table_are_foreign() {
+        let mine = route_message(sn([10, 1, 2, 0], 24), Ipv4Addr::new(192, 168, 64, 11));
+        let mut kernel = mine.clone();
+        kernel.header.protocol = RouteProtocol::Kernel;
+        kernel
+            .attributes
+            .retain(|a| !matches!(a, RouteAttribute::Gateway(_)));
+        assert_eq!(
+            classify(&kernel),
+            Some(Kind::Foreign(sn([10, 1, 2, 0], 24)))
+        );
+        let mut elsewhere = mine;
+        elsewhere.header.table = 100;
+        assert_eq!(classify(&elsewhere), None);
     }
 
     #[test]

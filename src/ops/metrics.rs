@@ -137,6 +137,28 @@ pub fn render(c: &Counters, table: &LeaseTable, node: Option<&NodeStatus>) -> St
         "Remote leases in the table.",
     );
     let _ = writeln!(o, "weft_leases {leases}");
+    family(
+        &mut o,
+        "weft_leases_rejected",
+        "gauge",
+        "Lease records in etcd not used, by reason (see weft status or weft doctor).",
+    );
+    let report = table.report();
+    for reason in crate::store::LeaseProblem::LABELS {
+        let n = report
+            .rejected
+            .iter()
+            .filter(|r| r.reason == reason)
+            .count();
+        let _ = writeln!(o, "weft_leases_rejected{{reason=\"{reason}\"}} {n}");
+    }
+    family(
+        &mut o,
+        "weft_lease_conflicts",
+        "gauge",
+        "PublicIPs that more than one lease names.",
+    );
+    let _ = writeln!(o, "weft_lease_conflicts {}", report.conflicts.len());
     let mut peers: Vec<_> = table.iter().collect();
     peers.sort_by_key(|p| p.subnet);
     family(

@@ -81,6 +81,32 @@ pub struct StatusDoc {
     pub packets: [u64; 2],
     /// Drops by reason (only reasons with drops).
     pub drops: Vec<(String, u64)>,
+    /// Lease records in etcd that are not used, and why.
+    #[serde(default)]
+    pub rejected_leases: Vec<RejectedStatus>,
+    /// PublicIPs that several leases name.
+    #[serde(default)]
+    pub public_ip_conflicts: Vec<ConflictStatus>,
+}
+
+/// A lease record the node does not use, as `/status` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RejectedStatus {
+    /// The etcd key.
+    pub key: String,
+    /// The reason's metric label.
+    pub reason: String,
+    /// The reason in words.
+    pub detail: String,
+}
+
+/// A PublicIP several leases name, as `/status` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConflictStatus {
+    /// The PublicIP.
+    pub public_ip: Ipv4Addr,
+    /// The subnets whose leases name it.
+    pub subnets: Vec<String>,
 }
 
 impl NodeStatus {
@@ -141,6 +167,25 @@ impl NodeStatus {
                 .drops_by_reason()
                 .filter(|(_, n)| *n > 0)
                 .map(|(r, n)| (r.as_str().to_string(), n))
+                .collect(),
+            rejected_leases: table
+                .report()
+                .rejected
+                .iter()
+                .map(|r| RejectedStatus {
+                    key: r.key.clone(),
+                    reason: r.reason.to_string(),
+                    detail: r.detail.clone(),
+                })
+                .collect(),
+            public_ip_conflicts: table
+                .report()
+                .conflicts
+                .iter()
+                .map(|(ip, subnets)| ConflictStatus {
+                    public_ip: *ip,
+                    subnets: subnets.iter().map(Subnet::to_string).collect(),
+                })
                 .collect(),
         };
         serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
@@ -239,6 +284,24 @@ impl StatusDoc {
                 p.tx_packets,
                 p.rx_packets
             );
+        }
+        for c in &self.public_ip_conflicts {
+            let _ = writeln!(
+                o,
+                "\nCONFLICT  PublicIP {} is named by the leases of {}: delete the stale record(s)",
+                c.public_ip,
+                c.subnets.join(", ")
+            );
+        }
+        if !self.rejected_leases.is_empty() {
+            let _ = writeln!(
+                o,
+                "\n{} lease record(s) in etcd not used:",
+                self.rejected_leases.len()
+            );
+            for r in &self.rejected_leases {
+                let _ = writeln!(o, "  {}  {}", r.key, r.detail);
+            }
         }
         o
     }

@@ -38,20 +38,28 @@ pub async fn read_config(client: &mut Client, keys: &Keys) -> Result<NetworkConf
     NetworkConfig::parse(&text).map_err(|source| StoreError::ConfigInvalid { key, source })
 }
 
-/// One key under `<prefix>/subnets/` as listed.
+/// One key under `<prefix>/subnets/` as listed, unjudged.
+#[derive(Debug, Clone)]
+pub(crate) struct RawLease {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub etcd_lease: i64,
+    pub mod_revision: i64,
+}
+
+/// One lease key as listed, its subnet read from the key.
 #[derive(Debug, Clone)]
 pub(crate) struct Listed {
     pub subnet: Subnet,
     pub record: Result<LeaseRecord, RecordError>,
     pub etcd_lease: i64,
-    pub mod_revision: i64,
 }
 
-/// Lists every lease key; returns them and the store revision of the read.
-pub(crate) async fn list_leases(
+/// Lists every key under the subnets prefix; returns them and the store revision of the read.
+pub(crate) async fn list_raw(
     client: &mut Client,
     keys: &Keys,
-) -> Result<(Vec<Listed>, i64), StoreError> {
+) -> Result<(Vec<RawLease>, i64), StoreError> {
     let dir = keys.subnets_dir();
     let resp = client
         .get(dir.as_str(), Some(GetOptions::new().with_prefix()))
@@ -64,16 +72,33 @@ pub(crate) async fn list_leases(
     let listed = resp
         .kvs()
         .iter()
-        .filter_map(|kv| {
-            Some(Listed {
-                subnet: keys.parse_subnet_key(kv.key())?,
-                record: LeaseRecord::parse(kv.value()),
-                etcd_lease: kv.lease(),
-                mod_revision: kv.mod_revision(),
-            })
+        .map(|kv| RawLease {
+            key: kv.key().to_vec(),
+            value: kv.value().to_vec(),
+            etcd_lease: kv.lease(),
+            mod_revision: kv.mod_revision(),
         })
         .collect();
     Ok((listed, revision))
+}
+
+/// Lists every lease key whose name is a subnet (the acquire step's view: any key, valid
+/// record or not, holds its subnet).
+pub(crate) async fn list_leases(
+    client: &mut Client,
+    keys: &Keys,
+) -> Result<Vec<Listed>, StoreError> {
+    let (raw, _) = list_raw(client, keys).await?;
+    Ok(raw
+        .into_iter()
+        .filter_map(|kv| {
+            Some(Listed {
+                subnet: keys.parse_subnet_key(&kv.key)?,
+                record: LeaseRecord::parse(&kv.value),
+                etcd_lease: kv.etcd_lease,
+            })
+        })
+        .collect())
 }
 
 /// What this node asks for when acquiring its lease.
@@ -100,6 +125,9 @@ pub struct OwnLease {
     pub etcd_lease: i64,
     /// When the etcd lease runs out unless renewed.
     pub expires_at: Instant,
+    /// The etcd revision of our last write of the key: watch events for the key at or
+    /// before it are our own writes or older, never an overwrite to repair.
+    pub revision: i64,
 }
 
 impl OwnLease {
@@ -157,7 +185,7 @@ async fn grant(client: &mut Client, ttl: Duration) -> Result<(i64, Instant), Sto
 }
 
 /// Best effort: an etcd lease that no key uses any more would otherwise linger for its TTL.
-async fn revoke_quietly(client: &mut Client, id: i64) {
+pub(crate) async fn revoke_quietly(client: &mut Client, id: i64) {
     if id != 0 {
         if let Err(e) = client.lease_revoke(id).await {
             tracing::debug!(lease = id, error = %e, "revoking an unused etcd lease failed");
@@ -181,15 +209,19 @@ pub(crate) async fn put_with_fresh_grant(
             Some(PutOptions::new().with_lease(id)),
         )
         .await;
-    if let Err(source) = put {
-        revoke_quietly(client, id).await;
-        return Err(StoreError::LeaseRenew { subnet, source });
-    }
+    let revision = match put {
+        Ok(r) => r.header().map(|h| h.revision()).unwrap_or(0),
+        Err(source) => {
+            revoke_quietly(client, id).await;
+            return Err(StoreError::LeaseRenew { subnet, source });
+        }
+    };
     Ok(OwnLease {
         subnet,
         record,
         etcd_lease: id,
         expires_at,
+        revision,
     })
 }
 
@@ -216,6 +248,7 @@ pub(crate) async fn create_if_absent(
             record,
             etcd_lease: id,
             expires_at,
+            revision: r.header().map(|h| h.revision()).unwrap_or(0),
         })),
         Ok(_) => {
             revoke_quietly(client, id).await;
@@ -253,7 +286,7 @@ pub async fn acquire_lease(
     req: &AcquireRequest,
 ) -> Result<OwnLease, StoreError> {
     for _ in 0..RACE_RETRIES {
-        let (leases, _) = list_leases(client, keys).await?;
+        let leases = list_leases(client, keys).await?;
 
         let mine = leases
             .iter()

@@ -18,12 +18,14 @@ use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use crate::config::ConfigError;
 use crate::wire::Subnet;
 
+pub mod check;
 mod lease;
 pub mod record;
 pub mod subnet_env;
 pub mod vtep;
 mod watch;
 
+pub use check::{check_lease, judge, judge_all, Judged, LeaseProblem, LeaseView};
 pub use lease::{acquire_lease, read_config, AcquireRequest, OwnLease};
 pub use record::{BackendRecord, LeaseRecord, RecordError};
 pub use subnet_env::{read_previous_subnet, SubnetEnv, SubnetEnvError};

@@ -5,9 +5,10 @@
 //! diffs against what it had, so no event is lost and nothing is removed by mistake. While
 //! etcd is unreachable the published table stays as it was.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, EventType, WatchOptions};
@@ -15,12 +16,16 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::check::{self, LeaseProblem};
 use super::lease::{self, acquire_lease, read_config, AcquireRequest, OwnLease};
 use super::record::{BackendRecord, LeaseRecord};
 use super::subnet_env::{read_previous_subnet, SubnetEnv};
 use super::{connect, EtcdOptions, Keys, StoreError, LEASE_TTL};
-use crate::config::{BackendType, NetworkConfig};
-use crate::table::{Changes, LeaseTable, LocalVtep, Peer, PeerEvent, PeerSet, SharedTable};
+use crate::config::NetworkConfig;
+use crate::table::{
+    Changes, LeaseReport, LeaseTable, LocalVtep, Peer, PeerEvent, PeerSet, RejectedLease,
+    SharedTable,
+};
 use crate::wire::{EthernetAddress, Subnet};
 
 /// First delay before retrying etcd after a failure; doubles up to [`MAX_BACKOFF`].
@@ -248,7 +253,10 @@ impl Store {
             up_tx,
             shared,
             warned: HashSet::new(),
+            rejected: BTreeMap::new(),
+            report: Arc::default(),
             own_missing: false,
+            own_damaged: false,
             etcd_log: RepeatLog::default(),
             published_once: false,
             revision: 0,
@@ -311,10 +319,16 @@ struct Runner {
     own_tx: watch::Sender<OwnLease>,
     up_tx: watch::Sender<bool>,
     shared: SharedTable,
-    /// `(subnet, mod_revision)` of records already reported as unusable.
-    warned: HashSet<(Subnet, i64)>,
+    /// `(key, mod_revision)` of records already reported as unusable.
+    warned: HashSet<(String, i64)>,
+    /// Records under the subnets prefix that are not used, by key.
+    rejected: BTreeMap<String, LeaseProblem>,
+    /// The report attached to the last published table.
+    report: Arc<LeaseReport>,
     renew_at: Instant,
     own_missing: bool,
+    /// Our key was overwritten and writing our record back failed: retry on the timer.
+    own_damaged: bool,
     etcd_log: RepeatLog,
     published_once: bool,
     /// The etcd revision the published table reflects.
@@ -401,7 +415,7 @@ impl Runner {
 
     fn next_deadline(&self) -> Instant {
         let mut at = self.renew_at;
-        if self.own_missing {
+        if self.own_missing || self.own_damaged {
             at = at.min(Instant::now() + RECREATE_RETRY);
         }
         if let (false, Some(logged)) = (self.unlogged.is_empty(), self.logged_at) {
@@ -428,40 +442,94 @@ impl Runner {
         }
     }
 
-    /// Turns a record into a table entry, if it suits our backend.
-    fn peer_for(&mut self, subnet: Subnet, rec: &LeaseRecord, rev: i64) -> Option<Peer> {
+    /// Records that the lease under `key` is not used, logging it once per key and revision.
+    fn reject(&mut self, key: String, rev: i64, problem: LeaseProblem) {
         if self.warned.len() > MAX_WARNED {
             // Forgetting only means a bad record may be reported once more.
             self.warned.clear();
         }
-        if subnet.prefix_len() != self.config.subnet_len {
-            if self.warned.insert((subnet, rev)) {
-                tracing::warn!(%subnet, subnet_len = self.config.subnet_len, "ignoring a lease whose prefix length differs from the network's SubnetLen");
-            }
-            return None;
+        if self.warned.insert((key.clone(), rev)) {
+            tracing::warn!(%key, revision = rev, reason = problem.label(), error = %problem, "skipping a lease record from etcd");
         }
-        let mac = match (self.config.backend.kind, &rec.backend) {
-            (BackendType::Vxlan, BackendRecord::Vxlan { vtep_mac, .. }) => Some(*vtep_mac),
-            (BackendType::HostGw, BackendRecord::HostGw) | (BackendType::Udp, _) => None,
-            (kind, other) => {
-                if self.warned.insert((subnet, rev)) {
-                    tracing::warn!(%subnet, backend = other.type_name(), ours = kind.as_str(), "ignoring a lease of another backend type");
-                }
-                return None;
+        self.rejected.insert(key, problem);
+    }
+
+    /// Judges one key/value from etcd: the peer it gives, or `None` after recording why not.
+    /// `Err` carries the subnet the key names, if any, so that a bad update of a known lease
+    /// keeps what we knew (one bad record never removes a working peer).
+    fn judge(&mut self, key: &[u8], value: &[u8], rev: i64) -> Result<Peer, Option<Subnet>> {
+        let j = check::judge(&self.keys, &self.config, key, value);
+        let name = String::from_utf8_lossy(key).into_owned();
+        match (j.subnet, j.verdict) {
+            (Some(subnet), Ok(rec)) => {
+                self.rejected.remove(&name);
+                let mac = match rec.backend {
+                    BackendRecord::Vxlan { vtep_mac, .. } => Some(vtep_mac),
+                    _ => None,
+                };
+                Ok(Peer::new(subnet, rec.public_ip, mac, &self.local))
             }
-        };
-        Some(Peer::new(subnet, rec.public_ip, mac, &self.local))
+            (subnet, Err(problem)) => {
+                self.reject(name, rev, problem);
+                Err(subnet)
+            }
+            (None, Ok(_)) => Err(None),
+        }
+    }
+
+    /// The report for the next snapshot: rejected records, and PublicIPs that several usable
+    /// leases name (ours among them). A new or changed conflict is logged.
+    fn build_report(&self) -> LeaseReport {
+        let rejected = self
+            .rejected
+            .iter()
+            .map(|(key, p)| RejectedLease {
+                key: key.clone(),
+                reason: p.label(),
+                detail: p.to_string(),
+            })
+            .collect();
+        let conflicts: Vec<(Ipv4Addr, Vec<Subnet>)> = check::conflicts(
+            self.peers
+                .iter()
+                .map(|p| (p.subnet, p.public_ip))
+                .chain([(self.own.subnet, self.own.record.public_ip)]),
+        )
+        .into_iter()
+        .collect();
+        for (ip, subnets) in &conflicts {
+            if !self
+                .report
+                .conflicts
+                .iter()
+                .any(|(i, s)| i == ip && s == subnets)
+            {
+                let list: Vec<String> = subnets.iter().map(Subnet::to_string).collect();
+                let ours = *ip == self.own.record.public_ip;
+                tracing::warn!(public_ip = %ip, subnets = %list.join(","), names_this_node = ours, "several leases name one PublicIP: packets from it are accepted for any of them, packets to them all go there; delete the stale record(s)");
+            }
+        }
+        LeaseReport {
+            rejected,
+            conflicts,
+        }
     }
 
     fn publish(&mut self, revision: i64, changes: Changes) {
         if revision > 0 {
             self.revision = revision;
         }
-        if changes.is_empty() && self.published_once {
+        let report = self.build_report();
+        if changes.is_empty() && self.published_once && report == *self.report {
             return;
         }
         self.published_once = true;
-        self.shared.publish(self.peers.snapshot(self.revision));
+        self.report = Arc::new(report);
+        self.shared.publish(
+            self.peers
+                .snapshot(self.revision)
+                .with_report(self.report.clone()),
+        );
         self.unlogged.added += changes.added;
         self.unlogged.updated += changes.updated;
         self.unlogged.removed += changes.removed;
@@ -491,68 +559,75 @@ impl Runner {
 
     /// Lists every lease, diffs against the current set, publishes; returns the revision.
     async fn resync(&mut self) -> Result<i64, StoreError> {
-        let (listed, revision) = lease::list_leases(&mut self.client, &self.keys).await?;
+        let (listed, revision) = lease::list_raw(&mut self.client, &self.keys).await?;
         self.etcd_back();
-        let mut own_present = false;
+        let own_key = self.keys.subnet(&self.own.subnet);
+        let mut own_kv = None;
         let mut next = Vec::with_capacity(listed.len());
-        for l in listed {
-            if l.subnet == self.own.subnet {
-                own_present = true;
+        self.rejected.clear();
+        for kv in listed {
+            if kv.key == own_key.as_bytes() {
+                own_kv = Some(kv);
                 continue;
             }
-            match &l.record {
-                Ok(rec) => {
-                    if let Some(p) = self.peer_for(l.subnet, rec, l.mod_revision) {
-                        next.push(p);
-                    }
-                }
-                Err(e) => {
-                    if self.warned.insert((l.subnet, l.mod_revision)) {
-                        tracing::warn!(subnet = %l.subnet, error = %e, "skipping an unreadable lease record");
-                    }
-                    // An unreadable update never removes what we knew about that subnet.
-                    if let Some(p) = self.peers.get(&l.subnet) {
-                        next.push(*p);
-                    }
-                }
+            match self.judge(&kv.key, &kv.value, kv.mod_revision) {
+                Ok(p) => next.push(p),
+                // An unusable update never removes what we knew about that subnet.
+                Err(Some(subnet)) => next.extend(self.peers.get(&subnet).copied()),
+                Err(None) => {}
             }
         }
         let changes = self.peers.replace(next);
         self.publish(revision, changes);
-        if !own_present {
-            self.recreate_own().await;
+        match own_kv {
+            None => self.recreate_own().await,
+            Some(kv) if !self.is_own(&kv.value, kv.etcd_lease, kv.mod_revision) => {
+                self.restore_own(&kv.value).await
+            }
+            Some(_) => {}
         }
         Ok(revision)
+    }
+
+    /// Whether the value of our key at `rev` is ours: our record on our etcd lease, or a
+    /// write at or before our last one (so an old event never triggers a repair).
+    fn is_own(&self, value: &[u8], etcd_lease: i64, rev: i64) -> bool {
+        rev <= self.own.revision
+            || (etcd_lease == self.own.etcd_lease
+                && LeaseRecord::parse(value).is_ok_and(|r| r == self.own.record))
     }
 
     async fn on_events(&mut self, events: &[etcd_client::Event], revision: i64) {
         let mut batch = Vec::with_capacity(events.len());
         let mut own_deleted = false;
+        let mut own_overwritten: Option<Vec<u8>> = None;
+        let own_key = self.keys.subnet(&self.own.subnet);
         for ev in events {
             let Some(kv) = ev.kv() else { continue };
-            let Some(subnet) = self.keys.parse_subnet_key(kv.key()) else {
-                continue;
-            };
-            if subnet == self.own.subnet {
-                if ev.event_type() == EventType::Delete {
-                    own_deleted = true;
+            if kv.key() == own_key.as_bytes() {
+                match ev.event_type() {
+                    EventType::Delete => own_deleted = true,
+                    EventType::Put => {
+                        if !self.is_own(kv.value(), kv.lease(), kv.mod_revision()) {
+                            own_overwritten = Some(kv.value().to_vec());
+                        }
+                    }
                 }
                 continue;
             }
             match ev.event_type() {
-                EventType::Delete => batch.push(PeerEvent::Remove(subnet)),
-                EventType::Put => match LeaseRecord::parse(kv.value()) {
-                    Ok(rec) => {
-                        if let Some(p) = self.peer_for(subnet, &rec, kv.mod_revision()) {
-                            batch.push(PeerEvent::Upsert(p));
-                        }
+                EventType::Delete => {
+                    self.rejected
+                        .remove(String::from_utf8_lossy(kv.key()).as_ref());
+                    if let Some(subnet) = self.keys.parse_subnet_key(kv.key()) {
+                        batch.push(PeerEvent::Remove(subnet));
                     }
-                    Err(e) => {
-                        if self.warned.insert((subnet, kv.mod_revision())) {
-                            tracing::warn!(%subnet, error = %e, "skipping an unreadable lease record");
-                        }
+                }
+                EventType::Put => {
+                    if let Ok(p) = self.judge(kv.key(), kv.value(), kv.mod_revision()) {
+                        batch.push(PeerEvent::Upsert(p));
                     }
-                },
+                }
             }
         }
         let changes = self.peers.apply(batch);
@@ -560,6 +635,8 @@ impl Runner {
         if own_deleted {
             tracing::warn!(subnet = %self.own.subnet, "this node's lease was deleted from etcd; re-creating it");
             self.recreate_own().await;
+        } else if let Some(value) = own_overwritten {
+            self.restore_own(&value).await;
         }
     }
 
@@ -567,6 +644,9 @@ impl Runner {
         self.flush_table_log();
         if self.own_missing {
             self.recreate_own().await;
+        }
+        if self.own_damaged {
+            self.restore_own(b"").await;
         }
         if Instant::now() >= self.renew_at {
             match lease::renew(&mut self.client, &self.keys, &self.own, self.opts.lease_ttl).await {
@@ -586,7 +666,38 @@ impl Runner {
         self.renew_at = renew_deadline(&own, &self.opts);
         self.own = own.clone();
         self.own_missing = false;
+        self.own_damaged = false;
         let _ = self.own_tx.send(own);
+    }
+
+    /// Someone overwrote our key (another PublicIP, garbage, our record without our TTL): the
+    /// node owns its lease, so write our record back with a fresh grant and retire the old one.
+    /// On failure the next timer tick tries again.
+    async fn restore_own(&mut self, found: &[u8]) {
+        if !self.own_damaged {
+            let found = String::from_utf8_lossy(&found[..found.len().min(200)]).into_owned();
+            tracing::warn!(subnet = %self.own.subnet, found = %found, "this node's lease was overwritten in etcd; writing this node's record back");
+        }
+        let old = self.own.etcd_lease;
+        match lease::put_with_fresh_grant(
+            &mut self.client,
+            &self.keys,
+            self.own.subnet,
+            self.own.record.clone(),
+            self.opts.lease_ttl,
+        )
+        .await
+        {
+            Ok(own) => {
+                lease::revoke_quietly(&mut self.client, old).await;
+                tracing::info!(subnet = %own.subnet, "this node's lease record restored");
+                self.set_own(own);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "restoring this node's lease failed; retrying");
+                self.own_damaged = true;
+            }
+        }
     }
 
     /// Our key is gone (etcd data loss, expiry, an operator): take the same subnet back at

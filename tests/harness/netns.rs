@@ -229,6 +229,11 @@ impl Proc {
         })
     }
 
+    /// Sends `sig` (e.g. `libc::SIGHUP`) to the process.
+    pub fn signal(&self, sig: libc::c_int) {
+        signal(self.pid(), sig);
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)

@@ -258,6 +258,23 @@ impl WeftNode {
         self.proc.as_ref().map(Proc::pid)
     }
 
+    /// Sends `sig` to the weft process.
+    pub fn signal(&self, sig: libc::c_int) {
+        if let Some(p) = &self.proc {
+            p.signal(sig);
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; its status and stderr.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<(ExitStatus, String)> {
+        self.proc.as_mut()?.wait_timeout(timeout)?;
+        let out = self.proc.take()?.stop();
+        Some((
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
     /// The subnet.env path.
     pub fn subnet_file(&self) -> &PathBuf {
         &self.subnet_file

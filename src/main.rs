@@ -279,18 +279,36 @@ fn init_tracing(verbosity: u8) {
         .init();
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
+/// The signals `weft run` handles, registered before anything else happens so that none of
+/// them can take the default action (SIGHUP's is to terminate) at any stage.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Registers the handlers; needs a tokio runtime context.
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Completes on SIGTERM or SIGINT. SIGHUP is logged and ignored: weft has nothing to
+    /// reload (the network config is read at start; restart to apply a change), and a
+    /// terminal hang-up or a stray `kill -HUP` must not take the node's TUN down.
+    async fn shutdown(mut self) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return tracing::info!("SIGTERM: stopping"),
+                _ = self.int.recv() => return tracing::info!("SIGINT: stopping"),
+                _ = self.hup.recv() => tracing::info!("SIGHUP ignored: weft reads its configuration at start; restart it to apply a change"),
+            }
+        }
     }
 }
 
@@ -323,8 +341,17 @@ fn run(a: &RunArgs) -> Result<()> {
         .thread_name("weft-ctl")
         .build()
         .context("starting the tokio runtime")?;
-    rt.block_on(node::run(opts, shutdown_signal()))
-        .map_err(|e| anyhow::Error::new(e).context("weft run"))
+    let signals = {
+        let _ctx = rt.enter();
+        Signals::install().context("installing the signal handlers")?
+    };
+    let result = rt
+        .block_on(node::run(opts, signals.shutdown()))
+        .map_err(|e| anyhow::Error::new(e).context("weft run"));
+    // Whatever still waits in the runtime (an etcd request in flight, a DNS lookup) must not
+    // hold up the exit.
+    rt.shutdown_timeout(std::time::Duration::from_millis(100));
+    result
 }
 
 /// GETs `path` from a node's ops server; returns the body of a 200 answer.

@@ -137,9 +137,9 @@ pub enum NodeError {
         /// The subnet now leased.
         new: String,
     },
-    /// Asked to stop before the lease was acquired.
-    #[error("stopped before the node was up")]
-    StoppedEarly,
+    /// Another weft of the same network runs in this network namespace.
+    #[error("single instance")]
+    Instance(#[from] crate::host::instance::InstanceError),
 }
 
 fn iface_err(iface: &str, what: &'static str) -> impl FnOnce(std::io::Error) -> NodeError {
@@ -390,6 +390,9 @@ fn start_datapath(
 /// Runs the node until `shutdown` completes or something fails for good.
 pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
     tokio::pin!(shutdown);
+    // Before anything touches etcd, the subnet file or a device.
+    let instance = crate::host::instance::InstanceLock::acquire(&opts.etcd.prefix)?;
+    tracing::debug!(socket = instance.name(), "single-instance socket held");
     let underlay = host::choose_underlay(&opts.ifaces, opts.public_ip)?;
     info!(iface = %underlay.iface, local_ip = %underlay.local_ip, public_ip = %underlay.public_ip, mtu = underlay.mtu, "underlay chosen");
 
@@ -401,7 +404,10 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
     sopts.ip_masq = opts.ip_masq;
     let store = tokio::select! {
         s = Store::start(sopts, shared.clone()) => s?,
-        _ = &mut shutdown => return Err(NodeError::StoppedEarly),
+        _ = &mut shutdown => {
+            info!("stopped before the node was up");
+            return Ok(());
+        }
     };
     let config = store.config().clone();
     let own = store.own_lease();

@@ -3,6 +3,7 @@
 //! rules and sysctls.
 
 pub mod doctor;
+pub mod instance;
 pub mod masq;
 
 use std::net::Ipv4Addr;

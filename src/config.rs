@@ -223,6 +223,73 @@ impl NetworkConfig {
             .saturating_sub(overhead)
     }
 
+    /// What differs from `older`, one `Field old -> new` item per changed field (for the log
+    /// line when the config in etcd changes under a running node).
+    pub fn changes_since(&self, older: &NetworkConfig) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut diff = |field: &str, old: String, new: String| {
+            if old != new {
+                out.push(format!("{field} {old} -> {new}"));
+            }
+        };
+        let opt = |v: Option<u32>| v.map_or_else(|| "unset".to_string(), |m| m.to_string());
+        diff(
+            "Network",
+            older.network.to_string(),
+            self.network.to_string(),
+        );
+        diff(
+            "SubnetLen",
+            older.subnet_len.to_string(),
+            self.subnet_len.to_string(),
+        );
+        diff(
+            "SubnetMin",
+            older.subnet_min.to_string(),
+            self.subnet_min.to_string(),
+        );
+        diff(
+            "SubnetMax",
+            older.subnet_max.to_string(),
+            self.subnet_max.to_string(),
+        );
+        diff(
+            "EnableIPv4",
+            older.enable_ipv4.to_string(),
+            self.enable_ipv4.to_string(),
+        );
+        diff(
+            "EnableIPv6",
+            older.enable_ipv6.to_string(),
+            self.enable_ipv6.to_string(),
+        );
+        diff(
+            "IPv6Network",
+            format!("{:?}", older.ipv6_network),
+            format!("{:?}", self.ipv6_network),
+        );
+        let (o, n) = (&older.backend, &self.backend);
+        diff(
+            "Backend.Type",
+            o.kind.as_str().into(),
+            n.kind.as_str().into(),
+        );
+        diff(
+            "Backend.VNI",
+            o.vni.get().to_string(),
+            n.vni.get().to_string(),
+        );
+        diff("Backend.Port", o.port.to_string(), n.port.to_string());
+        diff("Backend.MTU", opt(o.mtu), opt(n.mtu));
+        diff(
+            "Backend.DirectRouting",
+            o.direct_routing.to_string(),
+            n.direct_routing.to_string(),
+        );
+        diff("Backend.GBP", o.gbp.to_string(), n.gbp.to_string());
+        out
+    }
+
     /// Whether `subnet` is one this config may hand out: in Network, of SubnetLen, in range.
     pub fn is_leasable(&self, subnet: &Subnet) -> bool {
         subnet.prefix_len() == self.subnet_len
@@ -911,5 +978,23 @@ mod tests {
         );
         let c = parse(r#"{"Network":"10.1.0.0/16","EnableIPv6":false,"IPv6Network":"fc00::/48"}"#);
         assert_eq!(c.ipv6_network.as_deref(), Some("fc00::/48"));
+    }
+
+    #[test]
+    fn changes_since_names_each_changed_field() {
+        let a = NetworkConfig::parse(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan"}}"#)
+            .unwrap();
+        let b = NetworkConfig::parse(
+            r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan","MTU":1400,"VNI":2}}"#,
+        )
+        .unwrap();
+        assert!(a.changes_since(&a).is_empty());
+        assert_eq!(
+            b.changes_since(&a),
+            vec![
+                "Backend.VNI 1 -> 2".to_string(),
+                "Backend.MTU unset -> 1400".to_string()
+            ]
+        );
     }
 }

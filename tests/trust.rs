@@ -2,7 +2,8 @@
 //! (outside the Network, the underlay's own prefix, unusable PublicIPs, odd keys) change no
 //! route and no peer while a genuine peer keeps working, with host-gw and with vxlan
 //! DirectRouting; a second lease naming a live node's PublicIP leaves both directions
-//! working; a node whose own lease is overwritten writes it back. Needs root.
+//! working; a node whose own lease is overwritten writes it back; a config change while
+//! running is logged with what changed. Needs root.
 
 mod harness;
 
@@ -48,7 +49,8 @@ fn vxlan_record(ip: &str, mac: &str) -> String {
 }
 
 /// Writes hostile records: the underlay's own prefix, a public prefix, PublicIPs no node can
-/// have, a key of the wrong length, keys that are no subnet.
+/// have, a key of the wrong length, keys that are no subnet. The subnets inside the Network
+/// lie above the 100 that nodes pick from (SubnetMin 10.1.1.0), so none is a node's own.
 fn put_hostile_leases(etcd: &NsEtcd, backend: &str) {
     let rec = |ip: &str| match backend {
         "host-gw" => format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"host-gw"}}"#),
@@ -59,14 +61,14 @@ fn put_hostile_leases(etcd: &NsEtcd, backend: &str) {
     };
     put("192.168.64.0-24", &rec("192.168.64.91"));
     put("8.8.8.0-24", &rec("192.168.64.92"));
-    put("10.1.77.0-24", &rec("127.0.0.1"));
-    put("10.1.78.0-24", &rec("255.255.255.255"));
-    put("10.1.79.0-24", &rec("224.0.0.5"));
-    put("10.1.80.0-24", &rec("169.254.3.3"));
+    put("10.1.201.0-24", &rec("127.0.0.1"));
+    put("10.1.202.0-24", &rec("255.255.255.255"));
+    put("10.1.203.0-24", &rec("224.0.0.5"));
+    put("10.1.204.0-24", &rec("169.254.3.3"));
     put("10.1.0.0-16", &rec("192.168.64.93"));
-    put("10.1.81.7-24", &rec("192.168.64.94"));
+    put("10.1.205.7-24", &rec("192.168.64.94"));
     put("junk", &rec("192.168.64.95"));
-    put("10.1.82.0-24", "{not json");
+    put("10.1.206.0-24", "{not json");
 }
 
 /// Hostile records change nothing: the main table is as before (weft's one genuine route
@@ -106,11 +108,19 @@ fn hostile_leases_change_nothing(config: &str, backend: &str) {
         "only the genuine peer is a lease"
     );
     let rejected = |reason: &str| a.metric(&format!("weft_leases_rejected{{reason=\"{reason}\"}}"));
-    assert_eq!(rejected("outside_network"), 2);
-    assert_eq!(rejected("public_ip"), 4);
-    assert_eq!(rejected("prefix_len"), 1);
-    assert_eq!(rejected("bad_key"), 2);
-    assert_eq!(rejected("unreadable"), 1);
+    let counts = [
+        rejected("outside_network"),
+        rejected("public_ip"),
+        rejected("prefix_len"),
+        rejected("bad_key"),
+        rejected("unreadable"),
+    ];
+    assert_eq!(
+        counts,
+        [2, 4, 1, 2, 1],
+        "rejected by reason (outside_network, public_ip, prefix_len, bad_key, unreadable); /status:\n{}",
+        a.http("/status").unwrap_or_default()
+    );
     // The genuine peer keeps working both ways.
     ping_all_pairs(&lab);
     transfer(&lab, 0, 1, 5 * MB);
@@ -232,9 +242,16 @@ fn overwritten_own_lease_is_written_back() {
         ping_all_pairs(&lab);
     }
     transfer(&lab, 0, 1, 5 * MB);
+    // A config change while running is logged with what changed (and not applied).
+    etcd.put_config(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan","MTU":1400}}"#);
+    std::thread::sleep(Duration::from_millis(500));
     let (_, log) = b.stop();
     assert!(
         log.contains("this node's lease was overwritten in etcd"),
+        "{log}"
+    );
+    assert!(
+        log.contains("network config changed in etcd") && log.contains("Backend.MTU unset -> 1400"),
         "{log}"
     );
     drop(a);

@@ -62,6 +62,11 @@ impl Keys {
         format!("{}/config", self.prefix)
     }
 
+    /// `<prefix>/`: every key of this network (the watch covers the config and the leases).
+    pub fn root(&self) -> String {
+        format!("{}/", self.prefix)
+    }
+
     /// `<prefix>/subnets/`: the prefix every lease key starts with.
     pub fn subnets_dir(&self) -> String {
         format!("{}/subnets/", self.prefix)

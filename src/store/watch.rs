@@ -354,7 +354,7 @@ impl Runner {
                     continue;
                 }
             };
-            let dir = self.keys.subnets_dir();
+            let dir = self.keys.root();
             let opts = WatchOptions::new().with_prefix().with_start_revision(since);
             let mut stream = match self.client.watch(dir.as_str(), Some(opts)).await {
                 Ok(s) => s,
@@ -602,8 +602,17 @@ impl Runner {
         let mut own_deleted = false;
         let mut own_overwritten: Option<Vec<u8>> = None;
         let own_key = self.keys.subnet(&self.own.subnet);
+        let config_key = self.keys.config();
+        let subnets_dir = self.keys.subnets_dir();
         for ev in events {
             let Some(kv) = ev.kv() else { continue };
+            if kv.key() == config_key.as_bytes() {
+                self.on_config_event(ev.event_type(), kv.value());
+                continue;
+            }
+            if !kv.key().starts_with(subnets_dir.as_bytes()) {
+                continue;
+            }
             if kv.key() == own_key.as_bytes() {
                 match ev.event_type() {
                     EventType::Delete => own_deleted = true,
@@ -637,6 +646,30 @@ impl Runner {
             self.recreate_own().await;
         } else if let Some(value) = own_overwritten {
             self.restore_own(&value).await;
+        }
+    }
+
+    /// The network config changed in etcd while we run: say what changed. The node keeps the
+    /// config it started with (as flanneld does); a restart applies the new one.
+    fn on_config_event(&mut self, kind: EventType, value: &[u8]) {
+        let now = match kind {
+            EventType::Delete => Err("it was deleted".to_string()),
+            EventType::Put => std::str::from_utf8(value)
+                .map_err(|e| e.to_string())
+                .and_then(|t| NetworkConfig::parse(t).map_err(|e| e.to_string())),
+        };
+        match now {
+            Ok(next) => {
+                let changes = next.changes_since(&self.config);
+                if changes.is_empty() {
+                    tracing::info!("network config rewritten in etcd without a change");
+                } else {
+                    tracing::warn!(changes = %changes.join(", "), "network config changed in etcd; this node keeps running with the config it started with: restart it to apply the change");
+                }
+            }
+            Err(why) => {
+                tracing::warn!(error = %why, "network config in etcd is no longer usable; this node keeps running with the config it started with");
+            }
         }
     }
 

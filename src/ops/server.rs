@@ -109,7 +109,10 @@ pub async fn serve(listener: TcpListener, state: OpsState) {
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_BUF_BYTES)
         .max_header_size(MAX_HEADER_BYTES)
-        .keep_alive(false);
+        .keep_alive(false)
+        // A client may shut its sending side once the request is out (`nc -N`, some probes);
+        // without this hyper takes that EOF for an abort and closes without answering.
+        .half_close(true);
     let slots = Arc::new(Slots::new(MAX_CONNECTIONS));
     let mut errors = AcceptErrors::default();
     loop {
@@ -387,6 +390,42 @@ mod tests {
         let (log, pause) = e.failed(t0 + ACCEPT_LOG_EVERY + Duration::from_millis(1));
         assert_eq!(log, None);
         assert_eq!(pause, ACCEPT_BACKOFF.0, "a success resets the back-off");
+    }
+
+    /// Sends `parts` to `addr` (pausing between them), half-closes, reads to EOF.
+    async fn exchange(addr: SocketAddr, parts: &[&[u8]]) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        for (i, p) in parts.iter().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            c.write_all(p).await.unwrap();
+        }
+        c.shutdown().await.unwrap();
+        let mut out = Vec::new();
+        c.read_to_end(&mut out).await.unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn serves_split_and_half_closed_requests_on_loopback() {
+        let server = spawn("127.0.0.1:0".parse().unwrap(), state())
+            .await
+            .unwrap();
+        let addr = server.local_addr();
+        let r = exchange(addr, &[b"GE", b"T /healthz HTTP/1.1\r\nHost: x\r\n\r\n"]).await;
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+        assert!(r.ends_with("\r\n\r\nweft is running\n"), "{r}");
+        let r = exchange(addr, &[b"HEAD /readyz HTTP/1.0\r\n\r\n"]).await;
+        assert!(r.starts_with("HTTP/1.0 503"), "{r}");
+        assert!(r.ends_with("\r\n\r\n"), "no body: {r}");
+        let big = format!(
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(MAX_HEADER_BYTES)
+        );
+        let r = exchange(addr, &[big.as_bytes()]).await;
+        assert!(r.starts_with("HTTP/1.1 431"), "{r}");
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@ mod harness;
 use std::time::{Duration, Instant};
 
 use harness::netns::{require_root, Lab, Proc};
-use harness::weft::{NsEtcd, StartingWeft, WeftNode, ETCD_IP, OPS_PORT, VXLAN_CONFIG};
+use harness::weft::{ops_get, NsEtcd, StartingWeft, WeftNode, ETCD_IP, OPS_PORT, VXLAN_CONFIG};
 
 /// A raw TCP client run inside a namespace: sends each chunk (hex) with `pause` seconds
 /// between them, optionally `pad` bytes of extra headers before the final blank line of the
@@ -397,4 +397,66 @@ fn port_taken(ns: &str) -> bool {
     let out = Proc::spawn(&["ip", "netns", "exec", ns, "ss", "-Htln"])
         .output_within(Duration::from_secs(5));
     String::from_utf8_lossy(&out.stdout).contains(&format!("127.0.0.1:{OPS_PORT}"))
+}
+
+#[test]
+fn accept_errors_at_the_open_files_limit_are_logged_rate_limited() {
+    require_root();
+    let lab = Lab::builder().hosts(1).build();
+    let etcd = NsEtcd::start(lab.segment(0));
+    etcd.put_config(VXLAN_CONFIG);
+    let node = WeftNode::start(lab.host(0), &etcd, &[]);
+    let ns = lab.host(0).name();
+    let pid = node.pid().expect("running").to_string();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc/PID/fd")
+        .count();
+    // No room for another descriptor: every accept fails with EMFILE (soft limit only).
+    let prlimit = |soft: String| {
+        let out = Proc::spawn(&["prlimit", "--pid", &pid, &format!("--nofile={soft}:")])
+            .output_within(Duration::from_secs(5));
+        assert!(out.status.success(), "prlimit: {out:?}");
+    };
+    prlimit(open.to_string());
+    // Twenty connections wait in the backlog for six seconds.
+    let out = Proc::spawn(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "python3",
+        "-c",
+        "import socket,sys,time\ncs=[socket.create_connection(('127.0.0.1',int(sys.argv[1])),timeout=5) for _ in range(20)]\ntime.sleep(6)",
+        &OPS_PORT.to_string(),
+    ])
+    .output_within(Duration::from_secs(20));
+    assert!(out.status.success(), "clients: {out:?}");
+    prlimit("1024".to_string());
+    let until = Instant::now() + Duration::from_secs(5);
+    while ops_get(ns, "/healthz").map(|r| r.0) != Some(200) {
+        assert!(
+            Instant::now() < until,
+            "/healthz gone after the limit was raised"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, log) = node.stop();
+    assert!(status.success(), "{log}");
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ops accept failed"))
+        .collect();
+    assert!(
+        (1..=3).contains(&lines.len()),
+        "{} accept-failure lines in six seconds:\n{}",
+        lines.len(),
+        lines.join("\n")
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("suppressed=") && !l.contains("suppressed=0")),
+        "the later line counts the failures not logged:\n{}",
+        lines.join("\n")
+    );
 }

@@ -262,8 +262,19 @@ fn idle_and_slow_connections_do_not_starve_probes() {
     let node = WeftNode::start(lab.host(0), &etcd, &[]);
     let ns = lab.host(0).name();
 
+    let sockets = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| {
+                d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                    .filter(|l| l.to_string_lossy().starts_with("socket:"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let pid = node.pid().expect("running");
+    let before = sockets(pid);
     // More idle connections than the server holds at once (64).
-    let out = Proc::spawn(&[
+    let clients = Proc::spawn(&[
         "ip",
         "netns",
         "exec",
@@ -273,8 +284,10 @@ fn idle_and_slow_connections_do_not_starve_probes() {
         IDLE_CLIENTS,
         &OPS_PORT.to_string(),
         "100",
-    ])
-    .output_within(Duration::from_secs(90));
+    ]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let held = sockets(pid).saturating_sub(before);
+    let out = clients.output_within(Duration::from_secs(90));
     assert!(
         out.status.success(),
         "idle clients: {}",
@@ -288,6 +301,8 @@ fn idle_and_slow_connections_do_not_starve_probes() {
     );
     let probe_secs = v["probe_secs"].as_f64().unwrap_or(f64::MAX);
     assert!(probe_secs < 3.0, "the probe waited {probe_secs:.1} s: {v}");
+    // The server held at most its limit of them at once.
+    assert!(held <= 64, "{held} ops connections open at once (limit 64)");
     // Idle connections do not stay open forever: each is closed by the server.
     let closed = v["idle_closed"].as_array().expect("idle_closed");
     assert!(

@@ -1,8 +1,9 @@
 //! Operations endpoints: what an operator, Prometheus or kubelet asks the node. Reads state,
 //! changes nothing. Served on `--healthz-ip:--healthz-port`: `/healthz` (alive, as flanneld),
 //! `/readyz` (ready to carry traffic, 503 with the reasons otherwise), `/metrics`
-//! (Prometheus text format) and `/status` (JSON for `weft status`). Also systemd's
-//! readiness notification.
+//! (Prometheus text format) and `/status` (JSON for `weft status`), by [`server`] (hyper,
+//! HTTP/1.1) from before the node reads its config, so `/healthz` answers while etcd is out of
+//! reach. Also systemd's readiness notification.
 
 pub mod metrics;
 pub mod server;

@@ -354,27 +354,47 @@ fn run(a: &RunArgs) -> Result<()> {
     result
 }
 
-/// GETs `path` from a node's ops server; returns the body of a 200 answer.
+/// GETs `path` from a node's ops server over HTTP/1.1 (hyper's client); returns the body of
+/// a 200 answer, or an error naming the status and the node's reason.
 fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3))
+    use http_body_util::{BodyExt, Empty};
+    use hyper::body::Bytes;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(async {
+        let stream = tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within 3 s"))
+        .and_then(|r| r.map_err(anyhow::Error::from))
         .with_context(|| {
-        format!("connecting to the node at {addr} (is `weft run --healthz-port` set?)")
-    })?;
-    conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-    // One write: the server answers as soon as the request head is complete.
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    conn.write_all(req.as_bytes())?;
-    let mut resp = String::new();
-    conn.read_to_string(&mut resp)?;
-    let (head, body) = resp
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP answer")?;
-    let status = head.lines().next().unwrap_or_default();
-    if !status.contains(" 200 ") {
-        bail!("{path}: {status}: {}", body.trim());
-    }
-    Ok(body.to_string())
+            format!("connecting to the node at {addr} (is `weft run --healthz-port` set?)")
+        })?;
+        let exchange = async {
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            let req = hyper::Request::get(path)
+                .header(hyper::header::HOST, addr.to_string())
+                .body(Empty::<Bytes>::new())?;
+            let resp = sender.send_request(req).await?;
+            let status = resp.status();
+            let body = resp.into_body().collect().await?.to_bytes();
+            anyhow::Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        };
+        let (status, body) = tokio::time::timeout(std::time::Duration::from_secs(5), exchange)
+            .await
+            .map_err(|_| anyhow::anyhow!("{path}: no answer from {addr} within 5 s"))?
+            .with_context(|| format!("{path} from {addr}"))?;
+        if status != hyper::StatusCode::OK {
+            bail!("{path}: {status}: {}", body.trim());
+        }
+        Ok(body)
+    })
 }
 
 fn status(a: &StatusArgs) -> Result<()> {

@@ -390,13 +390,27 @@ fn start_datapath(
 /// Runs the node until `shutdown` completes or something fails for good.
 pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
     tokio::pin!(shutdown);
-    // Before anything touches etcd, the subnet file or a device.
+    // Before anything touches etcd, the subnet file, a port or a device.
     let instance = crate::host::instance::InstanceLock::acquire(&opts.etcd.prefix)?;
     tracing::debug!(socket = instance.name(), "single-instance socket held");
+    // The ops server comes first, as flanneld serves healthz before it reads its config:
+    // /healthz answers while etcd is out of reach, /readyz says why the node is not ready,
+    // and the state is filled in as the node comes up. Dropping `_ops` stops it.
+    let shared = SharedTable::new(LeaseTable::empty(32));
+    let ops_state = crate::ops::OpsState::new(shared.clone());
+    let _ops = match opts.healthz {
+        Some(addr) => Some(
+            crate::ops::spawn(addr, ops_state.clone())
+                .await
+                .map_err(|source| NodeError::Healthz { addr, source })?,
+        ),
+        None => None,
+    };
+    ops_state.set_phase("choosing the underlay interface");
     let underlay = host::choose_underlay(&opts.ifaces, opts.public_ip)?;
     info!(iface = %underlay.iface, local_ip = %underlay.local_ip, public_ip = %underlay.public_ip, mtu = underlay.mtu, "underlay chosen");
 
-    let shared = SharedTable::new(LeaseTable::empty(32));
+    ops_state.set_phase("waiting for etcd: no network config or lease yet");
     let mut sopts = StoreOptions::new(opts.etcd.clone(), underlay.public_ip);
     sopts.subnet_file = opts.subnet_file.clone();
     sopts.renew_margin = opts.renew_margin;
@@ -412,6 +426,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
     let config = store.config().clone();
     let own = store.own_lease();
     info!(subnet = %own.subnet, network = %config.network, backend = config.backend.kind.as_str(), "lease acquired");
+    ops_state.set_phase("lease acquired; starting the data path");
 
     // host-gw: direct routes to every peer and no data path; vxlan + DirectRouting: direct
     // routes to peers on our segment (more specific than the TUN's Network route) and the
@@ -481,15 +496,14 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
         }
         None => None,
     };
-    let counters = dp
-        .as_ref()
-        .map(|d| d.counters().clone())
-        .unwrap_or_default();
+    if let Some(d) = &dp {
+        ops_state.set_counters(d.counters().clone());
+    }
     let stop_all = |dp: Option<Datapath>| {
         let _ = route_stop.send(true);
         dp.map(|d| d.stop())
     };
-    let status_cell: Arc<ArcSwapOption<NodeStatus>> = Arc::new(ArcSwapOption::empty());
+    let status_cell: Arc<ArcSwapOption<NodeStatus>> = ops_state.status.clone();
     // 2: --ip-masq off; 1: rules written by the last resync; 0: the last resync failed.
     let masq_ok = std::sync::atomic::AtomicU8::new(if opts.ip_masq { 1 } else { 2 });
     let started = Instant::now();
@@ -524,7 +538,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
     status_cell.store(Some(snapshot_status(dp.as_ref(), &store)));
     // When each current lease was first seen, for `weft status`'s AGE column.
     let peer_seen: Arc<std::sync::Mutex<std::collections::HashMap<crate::wire::Subnet, Instant>>> =
-        Arc::default();
+        ops_state.peer_seen.clone();
     let note_peers =
         |seen: &std::sync::Mutex<std::collections::HashMap<crate::wire::Subnet, Instant>>| {
             let table = shared.load_full();
@@ -535,30 +549,6 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
             }
         };
     note_peers(&peer_seen);
-    let ops = match opts.healthz {
-        Some(addr) => {
-            let l = match crate::ops::bind(addr).await {
-                Ok(l) => l,
-                Err(source) => {
-                    // Stop what already runs before reporting.
-                    let _ = stop_all(dp);
-                    if let Some(t) = route_task {
-                        let _ = t.await;
-                    }
-                    store.shutdown().await;
-                    return Err(NodeError::Healthz { addr, source });
-                }
-            };
-            let state = crate::ops::OpsState {
-                counters,
-                table: shared.clone(),
-                status: status_cell.clone(),
-                peer_seen: peer_seen.clone(),
-            };
-            Some(tokio::spawn(crate::ops::serve(l, state)))
-        }
-        None => None,
-    };
     info!("node ready");
     crate::ops::sd_notify(&format!("READY=1\nSTATUS=forwarding for {}", own.subnet));
 
@@ -605,9 +595,9 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
     };
     info!("stopping");
     crate::ops::sd_notify("STOPPING=1");
-    if let Some(h) = ops {
-        h.abort();
-    }
+    // Alive while it drains, no longer ready.
+    ops_state.set_phase("stopping");
+    status_cell.store(None);
     // Direct routes stay in place (as flanneld leaves them): pod traffic keeps flowing
     // across a restart, and the next start reconciles whatever changed meanwhile.
     let dp_result = stop_all(dp).unwrap_or(Ok(()));

@@ -151,7 +151,16 @@ fn doctor_finds_each_fault_and_its_fix() {
         "-c",
         "import socket,time; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 8472)); time.sleep(30)",
     ]);
-    std::thread::sleep(Duration::from_millis(300));
+    // Python may take longer than a fixed pause to start on a loaded machine: wait for the
+    // socket itself.
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&host.exec(&["ss", "-Huln"]).stdout).contains(":8472 ") {
+        assert!(
+            std::time::Instant::now() < until,
+            "the squatter never bound"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let sfa = format!("--subnet-file={}", sf.display());
     let out = host.exec_unchecked(&[
         harness::weft::weft_bin(),

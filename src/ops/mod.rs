@@ -1,118 +1,142 @@
 //! Operations endpoints: what an operator, Prometheus or kubelet asks the node. Reads state,
 //! changes nothing. Served on `--healthz-ip:--healthz-port`: `/healthz` (alive, as flanneld),
 //! `/readyz` (ready to carry traffic, 503 with the reasons otherwise), `/metrics`
-//! (Prometheus text format) and `/status` (JSON for `weft status`). Also systemd's
-//! readiness notification.
+//! (Prometheus text format) and `/status` (JSON for `weft status`), by [`server`] (hyper,
+//! HTTP/1.1) from before the node reads its config, so `/healthz` answers while etcd is out of
+//! reach. Also systemd's readiness notification.
 
 pub mod metrics;
+pub mod server;
 pub mod status;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use arc_swap::ArcSwapOption;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tracing::{info, warn};
+use arc_swap::{ArcSwap, ArcSwapOption};
+use hyper::{Method, StatusCode};
+use tracing::warn;
 
 use crate::dataplane::Counters;
 use crate::table::SharedTable;
+use crate::wire::Subnet;
 
+pub use server::{bind, serve, spawn, OpsServer};
 pub use status::NodeStatus;
 
-/// What the endpoints read: the data path's counters, the lease table and the node's status
-/// (published by the node once a second).
+/// What the endpoints read. The node creates it before anything else, so the endpoints answer
+/// from the first moment, and fills it in as it comes up: the counters once the data path
+/// runs, the status once a second after the lease is held.
 #[derive(Debug, Clone)]
 pub struct OpsState {
-    /// The data path's counters.
-    pub counters: Arc<Counters>,
+    /// The data path's counters (all zero until the data path starts).
+    pub counters: Arc<ArcSwap<Counters>>,
     /// The published lease table.
     pub table: SharedTable,
     /// The node's latest status, `None` until the node is up.
     pub status: Arc<ArcSwapOption<NodeStatus>>,
     /// When each current lease was first seen (for its age), kept by the node.
-    pub peer_seen:
-        Arc<std::sync::Mutex<std::collections::HashMap<crate::wire::Subnet, std::time::Instant>>>,
+    pub peer_seen: Arc<Mutex<HashMap<Subnet, Instant>>>,
+    /// What the node is doing while `status` is `None` (why it is not ready).
+    pub phase: Arc<ArcSwap<String>>,
 }
 
-fn respond(path: &str, state: &OpsState) -> (&'static str, &'static str, String) {
+impl OpsState {
+    /// State for a node that is starting: no status, zero counters, `table` as published.
+    pub fn new(table: SharedTable) -> OpsState {
+        OpsState {
+            counters: Arc::new(ArcSwap::from_pointee(Counters::default())),
+            table,
+            status: Arc::new(ArcSwapOption::empty()),
+            peer_seen: Arc::default(),
+            phase: Arc::new(ArcSwap::from_pointee("starting".to_string())),
+        }
+    }
+
+    /// Says what the node does while it is not up; /readyz and /status report it.
+    pub fn set_phase(&self, phase: &str) {
+        self.phase.store(Arc::new(phase.to_string()));
+    }
+
+    /// Points the endpoints at the data path's counters.
+    pub fn set_counters(&self, counters: Arc<Counters>) {
+        self.counters.store(counters);
+    }
+}
+
+/// One answer of the endpoints, before HTTP framing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The status code.
+    pub status: StatusCode,
+    /// The Content-Type.
+    pub content_type: &'static str,
+    /// The body (a HEAD answer announces its length and sends none).
+    pub body: String,
+}
+
+impl Reply {
+    fn text(status: StatusCode, body: impl Into<String>) -> Reply {
+        Reply {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+        }
+    }
+}
+
+/// The methods every endpoint serves (the `Allow` header of a 405).
+pub const ALLOWED_METHODS: &str = "GET, HEAD";
+
+/// The endpoints this server knows.
+const ENDPOINTS: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/status"];
+
+/// Answers `method path` (the path without its query string) from `state`. HEAD gets GET's
+/// answer (the server drops the body); other methods on a known path get 405.
+pub fn route(method: &Method, path: &str, state: &OpsState) -> Reply {
+    if !ENDPOINTS.contains(&path) {
+        return Reply::text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    if method != Method::GET && method != Method::HEAD {
+        return Reply::text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} not allowed; use {ALLOWED_METHODS}\n"),
+        );
+    }
     let status = state.status.load_full();
+    let starting = || format!("starting: {}\n", state.phase.load());
     match path {
-        "/healthz" => ("200 OK", "text/plain", "weft is running\n".to_string()),
+        "/healthz" => Reply::text(StatusCode::OK, "weft is running\n"),
         "/readyz" => match status.as_deref().map(NodeStatus::not_ready) {
-            Some(reasons) if reasons.is_empty() => ("200 OK", "text/plain", "ready\n".into()),
-            Some(reasons) => (
-                "503 Service Unavailable",
-                "text/plain",
-                reasons.join("\n") + "\n",
-            ),
-            None => (
-                "503 Service Unavailable",
-                "text/plain",
-                "starting: no lease yet\n".into(),
+            Some(reasons) if reasons.is_empty() => Reply::text(StatusCode::OK, "ready\n"),
+            Some(reasons) => {
+                Reply::text(StatusCode::SERVICE_UNAVAILABLE, reasons.join("\n") + "\n")
+            }
+            None => Reply::text(StatusCode::SERVICE_UNAVAILABLE, starting()),
+        },
+        "/metrics" => Reply {
+            status: StatusCode::OK,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            body: metrics::render(
+                &state.counters.load(),
+                &state.table.load_full(),
+                status.as_deref(),
             ),
         },
-        "/metrics" => (
-            "200 OK",
-            "text/plain; version=0.0.4",
-            metrics::render(&state.counters, &state.table.load_full(), status.as_deref()),
-        ),
         "/status" => match status.as_deref() {
-            Some(s) => (
-                "200 OK",
-                "application/json",
-                s.to_json(
+            Some(s) => Reply {
+                status: StatusCode::OK,
+                content_type: "application/json",
+                body: s.to_json(
                     &state.table.load_full(),
-                    &state.counters,
+                    &state.counters.load(),
                     &state.peer_seen.lock().unwrap_or_else(|e| e.into_inner()),
                 ),
-            ),
-            None => (
-                "503 Service Unavailable",
-                "text/plain",
-                "starting: no lease yet\n".into(),
-            ),
+            },
+            None => Reply::text(StatusCode::SERVICE_UNAVAILABLE, starting()),
         },
-        _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
+        _ => Reply::text(StatusCode::NOT_FOUND, "not found\n"),
     }
-}
-
-/// Serves the endpoints until the task is dropped.
-pub async fn serve(listener: TcpListener, state: OpsState) {
-    loop {
-        let (mut conn, _) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "ops accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let n = match tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await {
-                Ok(Ok(n)) => n,
-                _ => return,
-            };
-            let req = String::from_utf8_lossy(&buf[..n]);
-            let path = req.split_whitespace().nth(1).unwrap_or("");
-            let (status, ctype, body) = respond(path, &state);
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = conn.write_all(resp.as_bytes()).await;
-        });
-    }
-}
-
-/// Binds the ops listener; logs where it serves.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let l = TcpListener::bind(addr).await?;
-    info!(%addr, "serving /healthz, /readyz, /metrics and /status");
-    Ok(l)
 }
 
 /// Tells systemd (Type=notify) about the service's state, when `NOTIFY_SOCKET` is set:

@@ -236,14 +236,15 @@ impl WeftNode {
             mtu,
             _dir: dir,
         };
-        // Ready once /healthz answers (the data path starts before the ops server).
+        // Up once /status answers 200: the node publishes its first status after the data
+        // path starts (/healthz answers from the first moment, so it says less).
         let end = Instant::now() + Duration::from_secs(10);
         let mut node = node;
-        while node.http("/healthz").is_none() {
+        while node.http("/status").is_none() {
             if Instant::now() > end || !node.is_running() {
                 let out = node.proc.take().expect("running").stop();
                 panic!(
-                    "weft in {} never served /healthz:\n{}",
+                    "weft in {} never served /status:\n{}",
                     node.ns,
                     String::from_utf8_lossy(&out.stderr)
                 );
@@ -371,4 +372,98 @@ pub fn transfer(lab: &Lab, from: usize, to: usize, bytes: u64) {
         bytes >> 20,
         t.gbit_per_s()
     );
+}
+
+/// GETs `path` from the ops server of the weft in namespace `ns`: the status code and body,
+/// whatever the code; `None` when nothing answers.
+pub fn ops_get(ns: &str, path: &str) -> Option<(u16, String)> {
+    let script = format!(
+        "import urllib.request,urllib.error,sys\ntry:\n r=urllib.request.urlopen('http://127.0.0.1:{OPS_PORT}{path}', timeout=2)\n code,body=r.status,r.read()\nexcept urllib.error.HTTPError as e:\n code,body=e.code,e.read()\nexcept Exception:\n sys.exit(1)\nprint(code)\nprint(body.decode(), end='')"
+    );
+    let out = Proc::spawn(&["ip", "netns", "exec", ns, "python3", "-c", &script])
+        .output_within(Duration::from_secs(10));
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (code, body) = text.split_once('\n')?;
+    Some((code.trim().parse().ok()?, body.to_string()))
+}
+
+/// A `weft run` process that is not waited for: it may be waiting for etcd, or about to fail.
+pub struct StartingWeft {
+    proc: Option<Proc>,
+    ns: String,
+    subnet_file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl StartingWeft {
+    /// Starts `weft run` in `host` against `endpoint` (which need not answer yet), with the
+    /// ops server on 127.0.0.1:[`OPS_PORT`], and returns at once.
+    pub fn spawn(host: &Host, endpoint: &str, extra: &[&str]) -> StartingWeft {
+        let dir = tempfile::tempdir().expect("weft tempdir");
+        let subnet_file = dir.path().join("subnet.env");
+        let endpoints = format!("-etcd-endpoints={endpoint}");
+        let sf = format!("-subnet-file={}", subnet_file.display());
+        let port = format!("--healthz-port={OPS_PORT}");
+        let mut argv = vec![
+            "env",
+            "RUST_LOG=weft=debug",
+            weft_bin(),
+            "run",
+            &endpoints,
+            "-iface=eth0",
+            &sf,
+            "--healthz-ip=127.0.0.1",
+            &port,
+        ];
+        argv.extend_from_slice(extra);
+        StartingWeft {
+            proc: Some(host.spawn(&argv)),
+            ns: host.name().to_string(),
+            subnet_file,
+            _dir: dir,
+        }
+    }
+
+    /// The namespace it runs in.
+    pub fn ns(&self) -> &str {
+        &self.ns
+    }
+
+    /// Its subnet.env (written once it holds a lease).
+    pub fn subnet_file(&self) -> &PathBuf {
+        &self.subnet_file
+    }
+
+    /// GET `path` from its ops server: status code and body.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        ops_get(&self.ns, path)
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.proc.as_mut().is_some_and(|p| p.is_running())
+    }
+
+    /// Waits up to `timeout` for it to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.proc.as_mut()?.wait_timeout(timeout)
+    }
+
+    /// Stops it (SIGTERM, then SIGKILL) and returns status and stderr.
+    pub fn stop(mut self) -> (ExitStatus, String) {
+        let out = self.proc.take().expect("running").stop();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for StartingWeft {
+    fn drop(&mut self) {
+        drop(self.proc.take());
+    }
 }

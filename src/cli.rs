@@ -6,7 +6,7 @@
 //! existing unit files keep working. These are `clap::Args` groups; `main` flattens them.
 
 use std::ffi::OsString;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -84,9 +84,27 @@ pub struct NodeArgs {
     #[arg(long = "public-ip", env = "FLANNELD_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
 
+    /// IPv6 address accessible by other nodes (stored for dual stack; weft's overlay is IPv4).
+    #[arg(long = "public-ipv6", env = "FLANNELD_PUBLIC_IPV6")]
+    pub public_ipv6: Option<Ipv6Addr>,
+
     /// Interface to use (IP or name) for inter-host communication; repeat to try several.
     #[arg(long = "iface", env = "FLANNELD_IFACE", value_delimiter = ',')]
     pub iface: Vec<String>,
+
+    /// Regex of the interface (its IP, then its name) to use; repeat to try several in order.
+    /// Used when no -iface is given.
+    #[arg(
+        long = "iface-regex",
+        env = "FLANNELD_IFACE_REGEX",
+        value_delimiter = ','
+    )]
+    pub iface_regex: Vec<String>,
+
+    /// Use the interface that routes to this IPv4 address (when neither -iface nor
+    /// -iface-regex is given).
+    #[arg(long = "iface-can-reach", env = "FLANNELD_IFACE_CAN_REACH")]
+    pub iface_can_reach: Option<Ipv4Addr>,
 
     /// Filename where env variables (subnet, MTU, ...) will be written to.
     #[arg(
@@ -116,6 +134,119 @@ pub struct NodeArgs {
         action = clap::ArgAction::Set
     )]
     pub ip_masq: bool,
+
+    /// Seconds between rewrites of the iptables rules (masquerade and forward), so a flushed
+    /// chain comes back.
+    #[arg(
+        long = "iptables-resync",
+        env = "FLANNELD_IPTABLES_RESYNC",
+        default_value_t = 5,
+        value_parser = clap::value_parser!(u32).range(1..=86400)
+    )]
+    pub iptables_resync: u32,
+
+    /// Add FLANNEL-FWD rules accepting the Network in FORWARD (independent of -ip-masq), so
+    /// pod traffic crosses hosts whose FORWARD policy is DROP (docker's default).
+    #[arg(
+        long = "iptables-forward-rules",
+        env = "FLANNELD_IPTABLES_FORWARD_RULES",
+        num_args = 0..=1,
+        default_value_t = true,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub iptables_forward_rules: bool,
+}
+
+/// flanneld's glog flags: accepted so a flanneld command line runs unchanged. weft's log
+/// verbosity is `-v`; these have no effect (said once at start when set).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+pub struct GlogArgs {
+    /// glog's per-module verbosity (accepted, no effect: use -v or RUST_LOG).
+    #[arg(long = "vmodule", env = "FLANNELD_VMODULE")]
+    pub vmodule: Option<String>,
+    /// glog's `file:line` to log a backtrace at (accepted, no effect).
+    #[arg(long = "log_backtrace_at", env = "FLANNELD_LOG_BACKTRACE_AT")]
+    pub log_backtrace_at: Option<String>,
+}
+
+impl GlogArgs {
+    /// The glog flags that were given, by name (they have no effect in weft).
+    pub fn given(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.vmodule.as_deref().is_some_and(|s| !s.is_empty()) {
+            v.push("-vmodule");
+        }
+        if self
+            .log_backtrace_at
+            .as_deref()
+            .is_some_and(|s| !s.is_empty() && s != ":0")
+        {
+            v.push("-log_backtrace_at");
+        }
+        v
+    }
+}
+
+/// flanneld's kube-subnet-manager flags: weft keeps leases in etcd only, so any of them is
+/// refused with one clear sentence instead of a parse error.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+pub struct KubeArgs {
+    /// Kubernetes subnet manager (not supported: weft uses etcd).
+    #[arg(long = "kube-subnet-mgr", env = "FLANNELD_KUBE_SUBNET_MGR", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set, hide = true)]
+    pub kube_subnet_mgr: bool,
+    /// Kubernetes API server URL (not supported).
+    #[arg(long = "kube-api-url", env = "FLANNELD_KUBE_API_URL", hide = true)]
+    pub kube_api_url: Option<String>,
+    /// kubeconfig file (not supported).
+    #[arg(
+        long = "kubeconfig-file",
+        env = "FLANNELD_KUBECONFIG_FILE",
+        hide = true
+    )]
+    pub kubeconfig_file: Option<String>,
+    /// Node annotation prefix (not supported).
+    #[arg(
+        long = "kube-annotation-prefix",
+        env = "FLANNELD_KUBE_ANNOTATION_PREFIX",
+        hide = true
+    )]
+    pub kube_annotation_prefix: Option<String>,
+    /// Network config path for the kube subnet manager (not supported).
+    #[arg(
+        long = "net-config-path",
+        env = "FLANNELD_NET_CONFIG_PATH",
+        hide = true
+    )]
+    pub net_config_path: Option<String>,
+    /// Set the node's NetworkUnavailable condition (not supported).
+    #[arg(long = "set-node-network-unavailable", env = "FLANNELD_SET_NODE_NETWORK_UNAVAILABLE", num_args = 0..=1, default_missing_value = "true", hide = true)]
+    pub set_node_network_unavailable: Option<String>,
+}
+
+impl KubeArgs {
+    /// The kube-mode flags that were given, by name.
+    pub fn given(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.kube_subnet_mgr {
+            v.push("-kube-subnet-mgr");
+        }
+        for (name, val) in [
+            ("-kube-api-url", &self.kube_api_url),
+            ("-kubeconfig-file", &self.kubeconfig_file),
+            ("-kube-annotation-prefix", &self.kube_annotation_prefix),
+            ("-net-config-path", &self.net_config_path),
+            (
+                "-set-node-network-unavailable",
+                &self.set_node_network_unavailable,
+            ),
+        ] {
+            if val.as_deref().is_some_and(|s| !s.is_empty()) {
+                v.push(name);
+            }
+        }
+        v
+    }
 }
 
 impl NodeArgs {
@@ -125,25 +256,17 @@ impl NodeArgs {
     }
 }
 
-/// Every long flag defined here, for [`normalize_go_flags`].
-const LONG_FLAGS: &[&str] = &[
-    "etcd-endpoints",
-    "etcd-prefix",
-    "etcd-keyfile",
-    "etcd-certfile",
-    "etcd-cafile",
-    "etcd-username",
-    "etcd-password",
-    "public-ip",
-    "iface",
-    "subnet-file",
-    "subnet-lease-renew-margin",
-    "ip-masq",
-];
+/// A command-line word Go's flag package would read as a flag but weft does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown flag {0}: weft takes flanneld's etcd-mode flags (see `weft run --help`)")]
+pub struct UnknownFlag(pub String);
 
-/// Rewrites Go-style single-dash long flags (`-etcd-prefix=/x`, `-iface eth0`) into clap's
-/// `--` form, for the flags in this module and for `extra` names (other modules' flags).
-pub fn normalize_go_flags<I>(args: I, extra: &[&str]) -> Vec<OsString>
+/// Rewrites Go-style single-dash long flags (`-etcd-prefix=/x`, `-iface eth0`,
+/// `-log_backtrace_at=:0`) into clap's `--` form. `known` are the long names clap knows (take
+/// them from the command definition); a single-dash word with a longer name that is not among
+/// them is an [`UnknownFlag`], named as typed. One-letter flags (`-v=2`, `-h`) and everything
+/// after `--` pass unchanged.
+pub fn normalize_go_flags<I>(args: I, known: &[String]) -> Result<Vec<OsString>, UnknownFlag>
 where
     I: IntoIterator<Item = OsString>,
 {
@@ -159,18 +282,37 @@ where
             out.push(a);
             continue;
         }
-        let rewritten = a.to_str().and_then(|s| {
-            let body = s.strip_prefix('-')?;
-            if body.starts_with('-') {
-                return None;
-            }
-            let name = body.split('=').next()?;
-            let known = LONG_FLAGS.contains(&name) || extra.contains(&name);
-            known.then(|| OsString::from(format!("-{s}")))
-        });
-        out.push(rewritten.unwrap_or(a));
+        let Some(s) = a.to_str() else {
+            out.push(a);
+            continue;
+        };
+        let name = s
+            .strip_prefix('-')
+            .filter(|b| !b.starts_with('-'))
+            .and_then(|b| b.split('=').next())
+            .filter(|n| n.len() > 1 && n.starts_with(|c: char| c.is_ascii_alphabetic()));
+        match name {
+            Some(n) if known.iter().any(|k| k == n) => out.push(OsString::from(format!("-{s}"))),
+            Some(_) => return Err(UnknownFlag(s.split('=').next().unwrap_or(s).to_string())),
+            None => out.push(a),
+        }
     }
-    out
+    Ok(out)
+}
+
+/// Every long flag name of `cmd` and its subcommands, for [`normalize_go_flags`].
+pub fn long_flag_names(cmd: &clap::Command) -> Vec<String> {
+    let mut names: Vec<String> = cmd
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(str::to_string))
+        .chain(["help".to_string(), "version".to_string()])
+        .collect();
+    for sub in cmd.get_subcommands() {
+        names.extend(long_flag_names(sub));
+    }
+    names.sort();
+    names.dedup();
+    names
 }
 
 #[cfg(test)]
@@ -184,6 +326,10 @@ mod tests {
         etcd: EtcdArgs,
         #[command(flatten)]
         node: NodeArgs,
+        #[command(flatten)]
+        glog: GlogArgs,
+        #[command(flatten)]
+        kube: KubeArgs,
     }
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
@@ -211,6 +357,12 @@ mod tests {
         assert_eq!(c.node.public_ip, None);
         assert!(c.node.iface.is_empty());
         assert!(!c.node.ip_masq);
+        assert_eq!(c.node.iptables_resync, 5);
+        assert!(c.node.iptables_forward_rules);
+        assert!(c.node.iface_regex.is_empty());
+        assert_eq!(c.node.iface_can_reach, None);
+        assert_eq!(c.node.public_ipv6, None);
+        assert!(c.kube.given().is_empty() && c.glog.given().is_empty());
 
         let c = parse(&[
             "--etcd-endpoints=https://10.0.0.1:2379,https://10.0.0.2:2379",
@@ -228,8 +380,22 @@ mod tests {
             "--subnet-file=/tmp/s.env",
             "--subnet-lease-renew-margin=1439",
             "--ip-masq",
+            "--iface-regex=^eth",
+            "--iface-regex",
+            "^ens",
+            "--iface-can-reach=192.168.64.2",
+            "--public-ipv6=fd77::3",
+            "--iptables-resync=7",
+            "--iptables-forward-rules=false",
+            "--kube-subnet-mgr",
         ])
         .unwrap();
+        assert_eq!(c.node.iface_regex, ["^eth", "^ens"]);
+        assert_eq!(c.node.iface_can_reach, Some(Ipv4Addr::new(192, 168, 64, 2)));
+        assert_eq!(c.node.public_ipv6, Some("fd77::3".parse().unwrap()));
+        assert_eq!(c.node.iptables_resync, 7);
+        assert!(!c.node.iptables_forward_rules);
+        assert_eq!(c.kube.given(), ["-kube-subnet-mgr"]);
         let o = c.etcd.to_options();
         assert_eq!(
             o.endpoints,
@@ -264,7 +430,17 @@ mod tests {
         std::env::set_var("FLANNELD_SUBNET_LEASE_RENEW_MARGIN", "5");
         std::env::set_var("FLANNELD_ETCD_CAFILE", "/env/ca.pem");
         std::env::set_var("FLANNELD_IP_MASQ", "true");
+        std::env::set_var("FLANNELD_IFACE_REGEX", "^eth,^ens");
+        std::env::set_var("FLANNELD_IPTABLES_RESYNC", "9");
+        std::env::set_var("FLANNELD_IPTABLES_FORWARD_RULES", "false");
+        std::env::set_var("FLANNELD_IFACE_CAN_REACH", "10.9.8.1");
+        std::env::set_var("FLANNELD_PUBLIC_IPV6", "fd77::9");
         let c = parse(&[]).unwrap();
+        assert_eq!(c.node.iface_regex, ["^eth", "^ens"]);
+        assert_eq!(c.node.iptables_resync, 9);
+        assert!(!c.node.iptables_forward_rules);
+        assert_eq!(c.node.iface_can_reach, Some(Ipv4Addr::new(10, 9, 8, 1)));
+        assert_eq!(c.node.public_ipv6, Some("fd77::9".parse().unwrap()));
         assert_eq!(c.etcd.etcd_endpoints, ["http://a:1", "http://b:2"]);
         assert_eq!(c.etcd.etcd_prefix, "/env/prefix");
         assert_eq!(c.node.public_ip, Some(Ipv4Addr::new(10, 9, 8, 7)));
@@ -282,6 +458,9 @@ mod tests {
             }
         }
 
+        use clap::CommandFactory;
+        let mut known = long_flag_names(&Cli::command());
+        known.push("healthz-port".into());
         let go = normalize_go_flags(
             [
                 "weft",
@@ -295,8 +474,9 @@ mod tests {
                 "-iface",
             ]
             .map(OsString::from),
-            &["healthz-port"],
-        );
+            &known,
+        )
+        .unwrap();
         assert_eq!(
             go,
             [
@@ -312,13 +492,22 @@ mod tests {
             ]
             .map(OsString::from)
         );
-        let c = Cli::try_parse_from(normalize_go_flags(
-            ["weft", "-etcd-prefix=/go", "-ip-masq"].map(OsString::from),
-            &[],
-        ))
+        let c = Cli::try_parse_from(
+            normalize_go_flags(
+                ["weft", "-etcd-prefix=/go", "-ip-masq", "-vmodule=x=2"].map(OsString::from),
+                &known,
+            )
+            .unwrap(),
+        )
         .unwrap();
         assert_eq!(c.etcd.etcd_prefix, "/go");
         assert!(c.node.ip_masq);
+        assert_eq!(c.glog.given(), ["-vmodule"]);
+        // An unknown single-dash flag is named whole, as typed.
+        let e = normalize_go_flags(["weft", "-iface-regexp=eth"].map(OsString::from), &known)
+            .unwrap_err();
+        assert_eq!(e.0, "-iface-regexp");
+        assert!(e.to_string().contains("unknown flag -iface-regexp"));
     }
 
     #[test]

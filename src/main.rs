@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use weft::cli::{normalize_go_flags, EtcdArgs, NodeArgs};
+use weft::cli::{long_flag_names, normalize_go_flags, EtcdArgs, GlogArgs, KubeArgs, NodeArgs};
 use weft::encap::{self, VxlanRx};
 use weft::node::{self, NodeOptions};
 use weft::wire::{EthernetAddress, EthernetFrame, Ipv4Packet, Vni, VxlanPacket};
@@ -41,6 +41,13 @@ struct RunArgs {
     etcd: EtcdArgs,
     #[command(flatten)]
     node: NodeArgs,
+    #[command(flatten)]
+    glog: GlogArgs,
+    #[command(flatten)]
+    kube: KubeArgs,
+    /// Print the version and exit (flanneld's -version).
+    #[arg(long = "version")]
+    version: bool,
     /// Name of the TUN device weft creates.
     #[arg(long = "tun-name", env = "WEFT_TUN_NAME", default_value = "weft0")]
     tun_name: String,
@@ -265,13 +272,19 @@ fn inspect(a: &InspectArgs) -> Result<()> {
 }
 
 fn init_tracing(verbosity: u8) {
+    // -v raises weft's own verbosity only: the libraries under it (tonic, hyper, tower, h2)
+    // stay at warnings, or their debug lines drown weft's. RUST_LOG overrides everything.
     let level = match verbosity {
         0 => "info",
-        1 | 2 => "debug",
-        _ => "trace",
+        1 | 2 => "info,weft=debug",
+        _ => "info,weft=trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // An empty RUST_LOG (`RUST_LOG=` in an environment file) counts as unset.
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -313,11 +326,36 @@ impl Signals {
 }
 
 fn run(a: &RunArgs) -> Result<()> {
+    if a.version {
+        println!("weft {}", env!("CARGO_PKG_VERSION"));
+        return Ok(());
+    }
+    let kube = a.kube.given();
+    if !kube.is_empty() {
+        bail!(
+            "{} {}: the kube subnet manager is not supported; weft keeps leases in etcd (use -etcd-endpoints)",
+            if kube.len() == 1 { "flag" } else { "flags" },
+            kube.join(" ")
+        );
+    }
     init_tracing(a.verbosity);
+    let glog = a.glog.given();
+    if !glog.is_empty() {
+        tracing::info!(flags = %glog.join(" "), "glog flags accepted and ignored: weft's verbosity is -v (or RUST_LOG)");
+    }
+    if let Some(v6) = a.node.public_ipv6 {
+        tracing::info!(public_ipv6 = %v6, "-public-ipv6 noted; this network runs IPv4 only");
+    }
     let opts = NodeOptions {
         etcd: a.etcd.to_options(),
-        public_ip: a.node.public_ip,
-        ifaces: a.node.iface.clone(),
+        underlay: weft::host::UnderlaySpec {
+            ifaces: a.node.iface.clone(),
+            iface_regex: a.node.iface_regex.clone(),
+            iface_can_reach: a.node.iface_can_reach,
+            public_ip: a.node.public_ip,
+        },
+        iptables_resync: std::time::Duration::from_secs(u64::from(a.node.iptables_resync)),
+        forward_rules: a.node.iptables_forward_rules,
         subnet_file: a.node.subnet_file.clone(),
         renew_margin: a.node.renew_margin(),
         ip_masq: a.node.ip_masq,
@@ -417,7 +455,11 @@ fn doctor(a: &DoctorArgs) -> Result<()> {
     use weft::host::doctor::{self, DoctorInput, Severity};
     let env = weft::store::subnet_env::SubnetEnv::read(&a.subnet_file)
         .with_context(|| format!("reading {} (is weft running?)", a.subnet_file.display()))?;
-    let underlay = weft::host::choose_underlay(&a.iface, None).ok();
+    let underlay = weft::host::choose_underlay(&weft::host::UnderlaySpec {
+        ifaces: a.iface.clone(),
+        ..Default::default()
+    })
+    .ok();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -462,32 +504,29 @@ fn doctor(a: &DoctorArgs) -> Result<()> {
     Ok(())
 }
 
-fn main() -> Result<()> {
-    let args = normalize_go_flags(
-        std::env::args_os(),
-        &[
-            "tun-name",
-            "healthz-ip",
-            "healthz-port",
-            "batch-size",
-            "fix-masquerade",
-            "persist-tun",
-            "route-resync-secs",
-            "tun-offload",
-            "udp-gso",
-            "udp-gro",
-            "workers",
-            "source-ports",
-            "threads-per-worker",
-            "steer-by-cpu",
-            "v",
-        ],
-    );
+fn main() -> std::process::ExitCode {
+    use clap::CommandFactory;
+    let known = long_flag_names(&Cli::command());
+    let args = match normalize_go_flags(std::env::args_os(), &known) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let cli = Cli::parse_from(args);
-    match &cli.command {
+    let result = match &cli.command {
         Command::Run(a) => run(a),
         Command::Status(a) => status(a),
         Command::Doctor(a) => doctor(a),
         Command::Inspect(a) => inspect(a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line with the whole chain of causes, no backtrace: this is for a person.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

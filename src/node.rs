@@ -4,7 +4,7 @@
 //! leases ([`crate::host::routes`]); vxlan with `DirectRouting` runs both.
 
 use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,10 +26,6 @@ use crate::sys::iface;
 use crate::sys::tun::{Tun, TunError};
 use crate::table::{LeaseTable, SharedTable};
 
-/// Masquerade rules are rewritten every this many one-second ticks (a flushed or edited
-/// chain comes back).
-const MASQ_RESYNC_TICKS: u64 = 10;
-
 /// Socket buffer size asked for on the underlay UDP socket.
 const SOCKET_BUFFER: i32 = 4 << 20;
 
@@ -38,10 +34,13 @@ const SOCKET_BUFFER: i32 = 4 << 20;
 pub struct NodeOptions {
     /// etcd endpoints, prefix and credentials.
     pub etcd: EtcdOptions,
+    /// How to pick the underlay: `--iface`, `--iface-regex`, `--iface-can-reach`,
     /// `--public-ip`.
-    pub public_ip: Option<Ipv4Addr>,
-    /// `--iface` (names or addresses, first match wins).
-    pub ifaces: Vec<String>,
+    pub underlay: host::UnderlaySpec,
+    /// `--iptables-resync`: how often the iptables rules are rewritten.
+    pub iptables_resync: Duration,
+    /// `--iptables-forward-rules`: FLANNEL-FWD accepts the Network in FORWARD.
+    pub forward_rules: bool,
     /// `--subnet-file`.
     pub subnet_file: PathBuf,
     /// `--subnet-lease-renew-margin`.
@@ -407,7 +406,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
         None => None,
     };
     ops_state.set_phase("choosing the underlay interface");
-    let underlay = host::choose_underlay(&opts.ifaces, opts.public_ip)?;
+    let underlay = host::choose_underlay(&opts.underlay)?;
     info!(iface = %underlay.iface, local_ip = %underlay.local_ip, public_ip = %underlay.public_ip, mtu = underlay.mtu, "underlay chosen");
 
     ops_state.set_phase("waiting for etcd: no network config or lease yet");
@@ -446,12 +445,24 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
     };
 
     check_masquerade_pitfall(config.network, own.subnet, opts.fix_masquerade);
-    if opts.ip_masq {
-        if let Err(e) = crate::host::masq::apply(config.network, own.subnet) {
+    let rules = crate::host::masq::Rules {
+        masquerade: opts.ip_masq,
+        forward: opts.forward_rules,
+    };
+    match crate::host::masq::apply(config.network, own.subnet, rules) {
+        Ok(()) if rules.any() => {
+            info!(network = %config.network, subnet = %own.subnet, masquerade = rules.masquerade, forward = rules.forward, "iptables rules written")
+        }
+        Ok(()) => {}
+        // --ip-masq was asked for: without it pods leaving the overlay would carry their own
+        // addresses onto the underlay, so refuse to run.
+        Err(e) if rules.masquerade => {
             store.shutdown().await;
             return Err(e.into());
         }
-        info!(network = %config.network, subnet = %own.subnet, "masquerade rules written");
+        Err(e) => {
+            warn!(error = %e, "FLANNEL-FWD forward rules could not be written: where FORWARD's policy is DROP, pod traffic will not cross this host (--iptables-forward-rules=false turns them off)");
+        }
     }
 
     let (dp, dp_info) = match backend {
@@ -505,7 +516,8 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
     };
     let status_cell: Arc<ArcSwapOption<NodeStatus>> = ops_state.status.clone();
     // 2: --ip-masq off; 1: rules written by the last resync; 0: the last resync failed.
-    let masq_ok = std::sync::atomic::AtomicU8::new(if opts.ip_masq { 1 } else { 2 });
+    let masq_ok = std::sync::atomic::AtomicU8::new(if rules.any() { 1 } else { 2 });
+    let resync_ticks = opts.iptables_resync.as_secs().max(1);
     let started = Instant::now();
     let snapshot_status = |dp: Option<&Datapath>, store: &crate::store::StoreHandle| {
         let own = store.own_lease();
@@ -561,13 +573,13 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
             _ = &mut shutdown => break Ok(()),
             _ = tick.tick() => {
                 ticks += 1;
-                if opts.ip_masq && ticks % MASQ_RESYNC_TICKS == 0 {
+                if rules.any() && ticks % resync_ticks == 0 {
                     let subnet = store.own_lease().subnet;
-                    let ok = match crate::host::masq::apply(config.network, subnet) {
+                    let ok = match crate::host::masq::apply(config.network, subnet, rules) {
                         Ok(()) => 1,
                         Err(e) => {
                             if masq_ok.load(std::sync::atomic::Ordering::Relaxed) == 1 {
-                                warn!(error = %e, "masquerade rules could not be resynced");
+                                warn!(error = %e, "iptables rules could not be resynced");
                             }
                             0
                         }

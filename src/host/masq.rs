@@ -1,4 +1,7 @@
-//! flannel's masquerade rules (`--ip-masq`): pod traffic leaving the overlay is masqueraded
+//! flannel's iptables rules. `FLANNEL-FWD` (`--iptables-forward-rules`, on by default, as in
+//! flanneld, whether or not `--ip-masq` is set) accepts the Network in FORWARD, so pod traffic
+//! crosses hosts whose FORWARD policy is DROP (docker's default). The masquerade rules
+//! (`--ip-masq`): pod traffic leaving the overlay is masqueraded
 //! to the node's address, pod-to-pod traffic keeps its source IP (the docker-style pitfall
 //! this avoids: a plain `-s <pod subnet> -j MASQUERADE` rewrites pod-to-remote-pod traffic
 //! too). Chains `FLANNEL-POSTRTG` (nat, from POSTROUTING) and `FLANNEL-FWD` (filter, from
@@ -44,9 +47,36 @@ pub enum MasqError {
     },
 }
 
-/// The `iptables-restore` input that (re)writes both chains for `network` and this node's
-/// `subnet`; `random_fully` adds `--random-fully` to the MASQUERADE rules.
-pub fn restore_text(network: Subnet, subnet: Subnet, random_fully: bool) -> String {
+/// Which of flannel's chains weft keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    /// `FLANNEL-POSTRTG` (`--ip-masq`).
+    pub masquerade: bool,
+    /// `FLANNEL-FWD` (`--iptables-forward-rules`).
+    pub forward: bool,
+}
+
+impl Rules {
+    /// Whether there is anything to write.
+    pub fn any(&self) -> bool {
+        self.masquerade || self.forward
+    }
+}
+
+/// The `iptables-restore` input that (re)writes the chains `rules` asks for, for `network` and
+/// this node's `subnet`; `random_fully` adds `--random-fully` to the MASQUERADE rules.
+pub fn restore_text(network: Subnet, subnet: Subnet, rules: Rules, random_fully: bool) -> String {
+    let mut out = String::new();
+    if rules.masquerade {
+        out.push_str(&nat_text(network, subnet, random_fully));
+    }
+    if rules.forward {
+        out.push_str(&forward_text(network));
+    }
+    out
+}
+
+fn nat_text(network: Subnet, subnet: Subnet, random_fully: bool) -> String {
     let rf = if random_fully { " --random-fully" } else { "" };
     let (n, s) = (network.to_string(), subnet.to_string());
     format!(
@@ -58,8 +88,14 @@ pub fn restore_text(network: Subnet, subnet: Subnet, random_fully: bool) -> Stri
          -A {NAT_CHAIN} ! -s {n} -d {s} -m comment --comment \"flanneld masq\" -j RETURN\n\
          -A {NAT_CHAIN} -s {n} ! -d 224.0.0.0/4 -m comment --comment \"flanneld masq\" -j MASQUERADE{rf}\n\
          -A {NAT_CHAIN} ! -s {n} -d {n} -m comment --comment \"flanneld masq\" -j MASQUERADE{rf}\n\
-         COMMIT\n\
-         *filter\n\
+         COMMIT\n"
+    )
+}
+
+fn forward_text(network: Subnet) -> String {
+    let n = network.to_string();
+    format!(
+        "*filter\n\
          :{FWD_CHAIN} - [0:0]\n\
          -A {FWD_CHAIN} -s {n} -m comment --comment \"flanneld forward\" -j ACCEPT\n\
          -A {FWD_CHAIN} -d {n} -m comment --comment \"flanneld forward\" -j ACCEPT\n\
@@ -115,25 +151,32 @@ fn ensure_jump(table: &str, from: &str, to: &str, comment: &str) -> Result<(), M
     Ok(())
 }
 
-/// Writes both chains (atomically replacing what they held) and their jumps. Uses
-/// `--random-fully` when this iptables and kernel take it, else plain MASQUERADE.
-pub fn apply(network: Subnet, subnet: Subnet) -> Result<(), MasqError> {
+/// Writes the chains `rules` asks for (atomically replacing what they held) and their jumps.
+/// Uses `--random-fully` when this iptables and kernel take it, else plain MASQUERADE.
+pub fn apply(network: Subnet, subnet: Subnet, rules: Rules) -> Result<(), MasqError> {
+    if !rules.any() {
+        return Ok(());
+    }
     let args = ["-w", "5", "--noflush"];
     if run(
         "iptables-restore",
         &args,
-        Some(&restore_text(network, subnet, true)),
+        Some(&restore_text(network, subnet, rules, true)),
     )
     .is_err()
     {
         run(
             "iptables-restore",
             &args,
-            Some(&restore_text(network, subnet, false)),
+            Some(&restore_text(network, subnet, rules, false)),
         )?;
     }
-    ensure_jump("nat", "POSTROUTING", NAT_CHAIN, "flanneld masq")?;
-    ensure_jump("filter", "FORWARD", FWD_CHAIN, "flanneld forward")?;
+    if rules.masquerade {
+        ensure_jump("nat", "POSTROUTING", NAT_CHAIN, "flanneld masq")?;
+    }
+    if rules.forward {
+        ensure_jump("filter", "FORWARD", FWD_CHAIN, "flanneld forward")?;
+    }
     Ok(())
 }
 
@@ -143,9 +186,14 @@ mod tests {
 
     #[test]
     fn rules_follow_flannel() {
+        let both = Rules {
+            masquerade: true,
+            forward: true,
+        };
         let t = restore_text(
             "10.1.0.0/16".parse().unwrap(),
             "10.1.2.0/24".parse().unwrap(),
+            both,
             true,
         );
         let rules: Vec<&str> = t.lines().filter(|l| l.starts_with("-A")).collect();
@@ -161,8 +209,21 @@ mod tests {
         let plain = restore_text(
             "10.1.0.0/16".parse().unwrap(),
             "10.1.2.0/24".parse().unwrap(),
+            both,
             false,
         );
         assert!(!plain.contains("random-fully"));
+        // Forward rules alone (flanneld's default without -ip-masq): no nat table at all.
+        let fwd = restore_text(
+            "10.1.0.0/16".parse().unwrap(),
+            "10.1.2.0/24".parse().unwrap(),
+            Rules {
+                masquerade: false,
+                forward: true,
+            },
+            true,
+        );
+        assert!(!fwd.contains("*nat") && fwd.contains(":FLANNEL-FWD - [0:0]"));
+        assert_eq!(fwd.lines().filter(|l| l.starts_with("-A")).count(), 2);
     }
 }

@@ -35,6 +35,20 @@ pub enum UnderlayError {
     /// No `--iface` entry matches a local interface name or address.
     #[error("none of --iface {0:?} names a local interface or IPv4 address; check `ip -4 addr`")]
     NoIface(Vec<String>),
+    /// No `--iface-regex` entry matches a local interface address or name.
+    #[error("none of --iface-regex {0:?} matches a local IPv4 address or interface name; check `ip -4 addr`")]
+    NoIfaceRegex(Vec<String>),
+    /// An `--iface-regex` entry is not a regular expression.
+    #[error("--iface-regex {pattern:?} is not a valid regular expression: {problem}")]
+    BadRegex {
+        /// The pattern.
+        pattern: String,
+        /// What the regex parser said.
+        problem: String,
+    },
+    /// No route reaches the `--iface-can-reach` address.
+    #[error("no route reaches --iface-can-reach {0}; check `ip route get {0}`")]
+    Unreachable(Ipv4Addr),
     /// No default route, so no interface to pick automatically.
     #[error(
         "no --iface given and no IPv4 default route to pick one from; pass --iface=<name or IP>"
@@ -76,12 +90,45 @@ fn parse_default_route(text: &str) -> Option<String> {
         .map(|(_, name)| name)
 }
 
+/// How to pick the underlay interface: flanneld's `-iface`, `-iface-regex`,
+/// `-iface-can-reach` and `-public-ip`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnderlaySpec {
+    /// `--iface` entries (names or addresses), tried in order.
+    pub ifaces: Vec<String>,
+    /// `--iface-regex` entries, tried in order, each first against every interface address,
+    /// then against every interface name (flanneld's order).
+    pub iface_regex: Vec<String>,
+    /// `--iface-can-reach`: the interface of the route to this address.
+    pub iface_can_reach: Option<Ipv4Addr>,
+    /// `--public-ip`: the address advertised to other nodes.
+    pub public_ip: Option<Ipv4Addr>,
+}
+
+/// The first address matched by `patterns`, each tried first against addresses, then names.
+fn by_regex(addrs: &[IfAddr], patterns: &[String]) -> Result<IfAddr, UnderlayError> {
+    for pattern in patterns {
+        let re = regex::Regex::new(pattern).map_err(|e| UnderlayError::BadRegex {
+            pattern: pattern.clone(),
+            problem: e.to_string(),
+        })?;
+        let hit = addrs
+            .iter()
+            .find(|a| re.is_match(&a.addr.to_string()))
+            .or_else(|| addrs.iter().find(|a| re.is_match(&a.name)));
+        if let Some(a) = hit {
+            return Ok(a.clone());
+        }
+    }
+    Err(UnderlayError::NoIfaceRegex(patterns.to_vec()))
+}
+
 /// Picks the underlay as flanneld does: the first `--iface` entry (name or address) that
-/// matches, else the default route's interface; `public_ip` overrides the advertised address.
-pub fn choose_underlay(
-    ifaces: &[String],
-    public_ip: Option<Ipv4Addr>,
-) -> Result<Underlay, UnderlayError> {
+/// matches; else the first `--iface-regex` that matches; else the interface that routes to
+/// `--iface-can-reach`; else the interface holding `--public-ip`; else the default route's
+/// interface. `public_ip` overrides the advertised address.
+pub fn choose_underlay(spec: &UnderlaySpec) -> Result<Underlay, UnderlayError> {
+    let (ifaces, public_ip) = (&spec.ifaces, spec.public_ip);
     let addrs = iface::ipv4_addrs().map_err(UnderlayError::List)?;
     let found: IfAddr = if !ifaces.is_empty() {
         ifaces
@@ -94,6 +141,15 @@ pub fn choose_underlay(
                     .cloned()
             })
             .ok_or_else(|| UnderlayError::NoIface(ifaces.to_vec()))?
+    } else if !spec.iface_regex.is_empty() {
+        by_regex(&addrs, &spec.iface_regex)?
+    } else if let Some(dst) = spec.iface_can_reach {
+        let (name, _) = doctor::route_for(dst).ok_or(UnderlayError::Unreachable(dst))?;
+        addrs
+            .iter()
+            .find(|a| a.name == name)
+            .cloned()
+            .ok_or(UnderlayError::NoAddress(name))?
     } else if let Some(ip) = public_ip.filter(|ip| addrs.iter().any(|a| a.addr == *ip)) {
         addrs
             .iter()
@@ -137,19 +193,53 @@ eth0\t0040A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
 
     #[test]
     fn loopback_by_name_and_address() {
-        let by_name = choose_underlay(&["lo".to_string()], None).unwrap();
+        let spec = |ifaces: &[&str], public_ip| UnderlaySpec {
+            ifaces: ifaces.iter().map(|s| s.to_string()).collect(),
+            public_ip,
+            ..UnderlaySpec::default()
+        };
+        let by_name = choose_underlay(&spec(&["lo"], None)).unwrap();
         assert_eq!(by_name.local_ip, Ipv4Addr::LOCALHOST);
         assert!(by_name.mtu > 0);
-        let by_ip = choose_underlay(
-            &["127.0.0.1".to_string()],
-            Some(Ipv4Addr::new(192, 0, 2, 1)),
-        )
-        .unwrap();
+        let by_ip =
+            choose_underlay(&spec(&["127.0.0.1"], Some(Ipv4Addr::new(192, 0, 2, 1)))).unwrap();
         assert_eq!(by_ip.iface, "lo");
         assert_eq!(by_ip.public_ip, Ipv4Addr::new(192, 0, 2, 1));
         assert!(matches!(
-            choose_underlay(&["no-such-if0".to_string()], None),
+            choose_underlay(&spec(&["no-such-if0"], None)),
             Err(UnderlayError::NoIface(_))
+        ));
+    }
+
+    #[test]
+    fn regexes_match_addresses_then_names_in_order() {
+        let addrs = vec![
+            IfAddr {
+                name: "eth0".into(),
+                addr: Ipv4Addr::new(192, 168, 64, 10),
+                prefix_len: 24,
+            },
+            IfAddr {
+                name: "ens5".into(),
+                addr: Ipv4Addr::new(10, 0, 0, 7),
+                prefix_len: 16,
+            },
+        ];
+        let pats = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(by_regex(&addrs, &pats(&["^ens"])).unwrap().name, "ens5");
+        assert_eq!(by_regex(&addrs, &pats(&[r"^10\."])).unwrap().name, "ens5");
+        // The first pattern that matches anything wins.
+        assert_eq!(
+            by_regex(&addrs, &pats(&["^wlan", "^eth"])).unwrap().name,
+            "eth0"
+        );
+        assert!(matches!(
+            by_regex(&addrs, &pats(&["^wlan"])),
+            Err(UnderlayError::NoIfaceRegex(_))
+        ));
+        assert!(matches!(
+            by_regex(&addrs, &pats(&["("])),
+            Err(UnderlayError::BadRegex { .. })
         ));
     }
 }

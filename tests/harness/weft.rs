@@ -192,23 +192,30 @@ impl WeftNode {
 
     /// [`WeftNode::start`] with extra `NAME=value` environment entries for the process.
     pub fn start_with_env(host: &Host, etcd: &NsEtcd, env: &[&str], extra: &[&str]) -> WeftNode {
-        let dir = tempfile::tempdir().expect("weft tempdir");
-        let subnet_file = dir.path().join("subnet.env");
         let endpoints = format!("-etcd-endpoints={}", etcd.endpoint());
-        let sf = format!("-subnet-file={}", subnet_file.display());
         let port = format!("--healthz-port={OPS_PORT}");
-        let mut argv = vec!["env", "RUST_LOG=weft=debug"];
-        argv.extend_from_slice(env);
-        argv.extend_from_slice(&[
-            weft_bin(),
-            "run",
-            &endpoints,
+        let mut args = vec![
+            endpoints.as_str(),
             "-iface=eth0",
-            &sf,
             "--healthz-ip=127.0.0.1",
             &port,
-        ]);
-        argv.extend_from_slice(extra);
+        ];
+        args.extend_from_slice(extra);
+        Self::start_raw(host, env, &args)
+    }
+
+    /// Starts `weft run <args> -subnet-file=<temp>` in `host` with only the environment
+    /// entries `env` and only the flags given (nothing added but the subnet file), and waits
+    /// until it is up. The ops server must be on 127.0.0.1:[`OPS_PORT`] (by flag or env).
+    pub fn start_raw(host: &Host, env: &[&str], args: &[&str]) -> WeftNode {
+        let dir = tempfile::tempdir().expect("weft tempdir");
+        let subnet_file = dir.path().join("subnet.env");
+        let sf = format!("-subnet-file={}", subnet_file.display());
+        let mut argv = vec!["env", "RUST_LOG=weft=debug"];
+        argv.extend_from_slice(env);
+        argv.extend_from_slice(&[weft_bin(), "run"]);
+        argv.extend_from_slice(args);
+        argv.push(&sf);
         let mut proc = host.spawn(&argv);
         let end = Instant::now() + Duration::from_secs(20);
         let (subnet, mtu) = loop {

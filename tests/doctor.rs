@@ -35,7 +35,8 @@ fn doctor_finds_each_fault_and_its_fix() {
     let mut lab = Lab::builder().hosts(2).build();
     let etcd = NsEtcd::start(lab.segment(0));
     etcd.put_config(VXLAN_CONFIG);
-    let a = WeftNode::start(lab.host(0), &etcd, &[]);
+    // Without weft's FLANNEL-FWD rules, so that a FORWARD policy of DROP is a fault to find.
+    let a = WeftNode::start(lab.host(0), &etcd, &["-iptables-forward-rules=false"]);
     let b = WeftNode::start(lab.host(1), &etcd, &[]);
     lab.host_mut(0).add_pod_with_mtu(a.subnet, a.mtu);
     let host = lab.host(0);

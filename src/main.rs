@@ -118,16 +118,21 @@ struct RunArgs {
 
 #[derive(Debug, clap::Args)]
 struct StatusArgs {
-    /// The node's ops address (0.0.0.0 means this host: 127.0.0.1 is asked).
+    /// The node's ops address (0.0.0.0 means this host: 127.0.0.1 is asked); only with
+    /// --healthz-port.
     #[arg(
         long = "healthz-ip",
         env = "FLANNELD_HEALTHZ_IP",
         default_value = "127.0.0.1"
     )]
     healthz_ip: IpAddr,
-    /// The node's ops port (`weft run --healthz-port`).
+    /// Ask the node's ops port (`weft run --healthz-port`) instead of the weft running in
+    /// this network namespace.
     #[arg(long = "healthz-port", env = "FLANNELD_HEALTHZ_PORT")]
-    healthz_port: u16,
+    healthz_port: Option<u16>,
+    /// The etcd prefix of the node to ask (one weft per prefix runs in a namespace).
+    #[arg(long = "etcd-prefix", env = "FLANNELD_ETCD_PREFIX", default_value = weft::store::DEFAULT_PREFIX)]
+    etcd_prefix: String,
     /// Print the raw JSON document instead of the table.
     #[arg(long)]
     json: bool,
@@ -137,22 +142,19 @@ struct StatusArgs {
 struct DoctorArgs {
     #[command(flatten)]
     etcd: EtcdArgs,
-    /// The node's subnet.env (network, subnet, pod MTU).
-    #[arg(
-        long = "subnet-file",
-        env = "FLANNELD_SUBNET_FILE",
-        default_value = "/run/flannel/subnet.env"
-    )]
-    subnet_file: std::path::PathBuf,
-    /// The TUN device weft runs.
-    #[arg(long = "tun-name", env = "WEFT_TUN_NAME", default_value = "weft0")]
-    tun_name: String,
+    /// The node's subnet.env (network, subnet, pod MTU); default: the running node's, else
+    /// /run/flannel/subnet.env.
+    #[arg(long = "subnet-file", env = "FLANNELD_SUBNET_FILE")]
+    subnet_file: Option<std::path::PathBuf>,
+    /// The TUN device weft runs; default: the running node's, else weft0.
+    #[arg(long = "tun-name", env = "WEFT_TUN_NAME")]
+    tun_name: Option<String>,
     /// The underlay interface (name or address); default: the default route's.
     #[arg(long = "iface", env = "FLANNELD_IFACE", value_delimiter = ',')]
     iface: Vec<String>,
     /// The backend when etcd cannot say (its config's Backend.Type wins).
     #[arg(long, value_enum, default_value = "vxlan")]
-    backend: Backend,
+    backend: DoctorBackend,
 }
 
 /// What etcd says for the doctor: the network config and every lease, judged as the node
@@ -176,6 +178,15 @@ async fn doctor_etcd(
         resp.kvs().iter().map(|kv| (kv.key(), kv.value())),
     );
     Ok((config, view))
+}
+
+/// The backend `weft doctor` assumes when etcd cannot say.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DoctorBackend {
+    Vxlan,
+    Udp,
+    #[value(name = "host-gw")]
+    HostGw,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -440,7 +451,10 @@ fn status(a: &StatusArgs) -> Result<()> {
         IpAddr::V4(v) if v.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
         other => other,
     };
-    let body = http_get(SocketAddr::new(ip, a.healthz_port), "/status")?;
+    let body = match a.healthz_port.filter(|p| *p != 0) {
+        Some(port) => http_get(SocketAddr::new(ip, port), "/status")?,
+        None => weft::ops::local::fetch(&weft::host::instance::socket_name(&a.etcd_prefix))?,
+    };
     if a.json {
         println!("{body}");
         return Ok(());
@@ -453,8 +467,37 @@ fn status(a: &StatusArgs) -> Result<()> {
 
 fn doctor(a: &DoctorArgs) -> Result<()> {
     use weft::host::doctor::{self, DoctorInput, Severity};
-    let env = weft::store::subnet_env::SubnetEnv::read(&a.subnet_file)
-        .with_context(|| format!("reading {} (is weft running?)", a.subnet_file.display()))?;
+    // The weft running in this namespace says where its files and etcd are; flags win.
+    let local = weft::ops::local::fetch(&weft::host::instance::socket_name(&a.etcd.etcd_prefix));
+    let running = !matches!(
+        local,
+        Err(weft::ops::local::LocalStatusError::NotRunning(_))
+    );
+    let node = local
+        .ok()
+        .and_then(|body| serde_json::from_str::<weft::ops::status::StatusDoc>(&body).ok())
+        .map(|doc| doc.node);
+    let subnet_file = a
+        .subnet_file
+        .clone()
+        .or_else(|| node.as_ref().map(|n| n.subnet_file.clone().into()))
+        .unwrap_or_else(|| "/run/flannel/subnet.env".into());
+    let tun_name = a
+        .tun_name
+        .clone()
+        .or_else(|| node.as_ref().map(|n| n.tun.clone()).filter(|t| t != "-"))
+        .unwrap_or_else(|| "weft0".into());
+    let mut etcd_args = a.etcd.clone();
+    let endpoints_given = std::env::var_os("FLANNELD_ETCD_ENDPOINTS").is_some()
+        || std::env::args().any(|w| w.trim_start_matches('-').starts_with("etcd-endpoints"));
+    if let Some(n) = node
+        .as_ref()
+        .filter(|n| !endpoints_given && !n.etcd_endpoints.is_empty())
+    {
+        etcd_args.etcd_endpoints = n.etcd_endpoints.clone();
+    }
+    // Without subnet.env (weft not running, never ran) every host check still runs.
+    let env = weft::store::subnet_env::SubnetEnv::read(&subnet_file).ok();
     let underlay = weft::host::choose_underlay(&weft::host::UnderlaySpec {
         ifaces: a.iface.clone(),
         ..Default::default()
@@ -465,11 +508,12 @@ fn doctor(a: &DoctorArgs) -> Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     let etcd = rt.block_on(async {
-        match tokio::time::timeout(std::time::Duration::from_secs(5), doctor_etcd(&a.etcd)).await {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), doctor_etcd(&etcd_args)).await
+        {
             Ok(r) => r.map_err(|e| format!("{e:#}")),
             Err(_) => Err(format!(
                 "no answer within 5 s from {}",
-                a.etcd.etcd_endpoints.join(",")
+                etcd_args.etcd_endpoints.join(",")
             )),
         }
     });
@@ -477,15 +521,20 @@ fn doctor(a: &DoctorArgs) -> Result<()> {
     let (kind, port) = match &etcd {
         Ok((c, _)) => (c.backend.kind, c.backend.port),
         Err(_) => match a.backend {
-            Backend::Vxlan => (BackendType::Vxlan, 8472),
-            Backend::Udp => (BackendType::Udp, 8285),
+            DoctorBackend::Vxlan => (BackendType::Vxlan, 8472),
+            DoctorBackend::Udp => (BackendType::Udp, 8285),
+            DoctorBackend::HostGw => (BackendType::HostGw, 0),
         },
     };
     let input = DoctorInput {
-        network: env.network,
-        subnet: env.subnet,
-        pod_mtu: env.mtu,
-        tun: a.tun_name.clone(),
+        running,
+        network: env
+            .as_ref()
+            .map(|e| e.network)
+            .or_else(|| etcd.as_ref().ok().map(|(c, _)| c.network)),
+        subnet: env.as_ref().map(|e| e.subnet),
+        pod_mtu: env.as_ref().map(|e| e.mtu),
+        tun: tun_name,
         underlay_mtu: underlay.map(|u| u.mtu),
         overhead: match kind {
             BackendType::Vxlan => encap::VXLAN_OVERHEAD as u32,

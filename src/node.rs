@@ -259,7 +259,7 @@ fn check_masquerade_pitfall(network: crate::wire::Subnet, subnet: crate::wire::S
 struct DpInfo {
     tun: String,
     mtu: u32,
-    offloads: [bool; 3],
+    offloads: crate::ops::status::Offloads,
     workers: u32,
     threads_per_worker: u8,
 }
@@ -361,7 +361,11 @@ fn start_datapath(
     let info = DpInfo {
         tun: name,
         mtu: tun_mtu,
-        offloads: [tso, opts.udp_gso, gro],
+        offloads: crate::ops::status::Offloads {
+            tun_tso: tso,
+            udp_gso: opts.udp_gso,
+            udp_gro: gro,
+        },
         workers: workers.len() as u32,
         threads_per_worker: opts.threads_per_worker,
     };
@@ -386,6 +390,15 @@ fn start_datapath(
     Ok((dp, info))
 }
 
+/// A task that stops when this value goes.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Runs the node until `shutdown` completes or something fails for good.
 pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
     tokio::pin!(shutdown);
@@ -404,6 +417,17 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
                 .map_err(|source| NodeError::Healthz { addr, source })?,
         ),
         None => None,
+    };
+    // `weft status` without flags asks the instance socket.
+    let _local_status = match instance.listener() {
+        Ok(l) => Some(AbortOnDrop(tokio::spawn(crate::ops::local::serve(
+            l,
+            ops_state.clone(),
+        )))),
+        Err(e) => {
+            warn!(error = %e, "no local status socket: `weft status` needs --healthz-port");
+            None
+        }
     };
     ops_state.set_phase("choosing the underlay interface");
     let underlay = host::choose_underlay(&opts.underlay)?;
@@ -540,10 +564,16 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
             // host-gw has no data path: the kernel forwards.
             datapath_running: dp.is_none_or(|d| d.is_running()),
             subnet_env_written: read_previous_subnet(&opts.subnet_file) == Some(own.subnet),
-            offloads: dp_info.as_ref().map_or([false; 3], |i| i.offloads),
+            offloads: dp_info.as_ref().map(|i| i.offloads).unwrap_or_default(),
             workers: dp_info.as_ref().map_or(0, |i| i.workers),
             threads_per_worker: dp_info.as_ref().map_or(0, |i| i.threads_per_worker),
-            masq_ok: masq_ok.load(std::sync::atomic::Ordering::Relaxed),
+            iptables: match masq_ok.load(std::sync::atomic::Ordering::Relaxed) {
+                2 => crate::ops::status::IptablesState::Off,
+                1 => crate::ops::status::IptablesState::Ok,
+                _ => crate::ops::status::IptablesState::Failed,
+            },
+            subnet_file: opts.subnet_file.display().to_string(),
+            etcd_endpoints: opts.etcd.endpoints.clone(),
             uptime_secs: started.elapsed().as_secs(),
         })
     };

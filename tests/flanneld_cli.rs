@@ -220,3 +220,80 @@ fn forward_rules_without_ip_masq_carry_pods_across_a_drop_policy() {
         "pods reached each other through a DROP policy without forward rules"
     );
 }
+
+/// `weft status` and `weft doctor` without flags talk to the weft running in their own
+/// network namespace, with two nodes side by side; without a node, doctor still checks the
+/// host and says "weft is not running" as one finding.
+#[test]
+fn status_and_doctor_without_flags_find_their_own_node() {
+    require_root();
+    let mut lab = Lab::builder().hosts(2).build();
+    let etcd = NsEtcd::start(lab.segment(0));
+    etcd.put_config(VXLAN_CONFIG);
+    let a = WeftNode::start_with_pod(&mut lab, 0, &etcd, &[]);
+    let b = WeftNode::start_with_pod(&mut lab, 1, &etcd, &[]);
+    ping_all_pairs(&lab);
+    for (node, other) in [(&a, &b), (&b, &a)] {
+        let out = node.weft(&["status"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let first = text.lines().next().unwrap_or("");
+        assert!(first.contains(&node.subnet.to_string()), "{text}");
+        assert!(text.contains("1 remote lease\n"), "{text}");
+        assert!(text.contains(&other.subnet.to_string()), "{text}");
+        let doc = node.weft(&["doctor"]);
+        let report = String::from_utf8_lossy(&doc.stdout);
+        for check in ["node", "etcd", "routes", "mtu", "lease_records"] {
+            let line = report
+                .lines()
+                .find(|l| l.split_whitespace().nth(1) == Some(check))
+                .unwrap_or_else(|| panic!("no {check} line:\n{report}"));
+            assert!(line.starts_with("ok"), "{report}");
+        }
+    }
+    let json = a.weft(&["status", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&json.stdout).expect("status JSON");
+    assert_eq!(doc["node"]["offloads"]["tun_tso"], serde_json::json!(true));
+    assert_eq!(doc["node"]["iptables"], serde_json::json!("ok"));
+
+    let (status, _) = b.stop();
+    assert!(status.success());
+    let out = run_in(lab.host(1), &["status"]);
+    assert_eq!(out.0, Some(1));
+    assert!(
+        out.2
+            .contains("weft is not running in this network namespace"),
+        "{}",
+        out.2
+    );
+    assert!(!out.2.contains("backtrace"), "{}", out.2);
+    let out = run_in(lab.host(1), &["doctor", "--backend", "host-gw"]);
+    assert_eq!(out.0, Some(1), "{}", out.1);
+    assert!(
+        out.1.contains("FAIL  node") && out.1.contains("weft is not running"),
+        "{}",
+        out.1
+    );
+    assert!(
+        out.1.contains("ip_forward"),
+        "host checks still run:\n{}",
+        out.1
+    );
+    drop(a);
+}
+
+/// Runs `weft <args>` in `host`: exit code, stdout, stderr.
+fn run_in(host: &Host, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut argv = vec![weft_bin()];
+    argv.extend_from_slice(args);
+    let out = host.ns().exec_unchecked(&argv);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -167,12 +167,14 @@ fn route_in(text: &str, dst: std::net::Ipv4Addr) -> Option<(String, Option<std::
 /// What `weft doctor` looks at.
 #[derive(Debug, Clone)]
 pub struct DoctorInput {
-    /// The overlay network.
-    pub network: Subnet,
-    /// This node's subnet.
-    pub subnet: Subnet,
-    /// FLANNEL_MTU (the pods' MTU).
-    pub pod_mtu: u32,
+    /// Whether a weft of this network runs in this namespace (its instance socket is held).
+    pub running: bool,
+    /// The overlay network (subnet.env's, else etcd's config), if known.
+    pub network: Option<Subnet>,
+    /// This node's subnet (subnet.env), if known.
+    pub subnet: Option<Subnet>,
+    /// FLANNEL_MTU (the pods' MTU), if known.
+    pub pod_mtu: Option<u32>,
     /// The TUN device name.
     pub tun: String,
     /// The underlay interface's MTU, if known.
@@ -191,6 +193,24 @@ pub struct DoctorInput {
 /// Runs every check against this host (network namespace).
 pub fn run_checks(i: &DoctorInput) -> Vec<Finding> {
     let mut out = Vec::new();
+    if i.running {
+        out.push(finding(
+            "node",
+            Severity::Ok,
+            "weft runs in this network namespace".into(),
+            String::new(),
+        ));
+    } else {
+        out.push(finding(
+            "node",
+            Severity::Fail,
+            "weft is not running in this network namespace".into(),
+            "start it (systemctl start weft, or weft run ...) and read its log; the checks below still describe this host".into(),
+        ));
+    }
+    let network = i
+        .network
+        .map_or_else(|| "<Network>".to_string(), |n| n.to_string());
     match sysctl("net/ipv4/ip_forward").as_deref() {
         Some("1") => out.push(finding(
             "ip_forward",
@@ -232,14 +252,14 @@ pub fn run_checks(i: &DoctorInput) -> Vec<Finding> {
     match iptables_s("filter", "FORWARD") {
         Some(fwd) => {
             let drops = fwd.lines().any(|l| l == "-P FORWARD DROP");
-            let accepts = fwd.contains("-j FLANNEL-FWD")
-                || fwd.contains(&format!("-s {} -j ACCEPT", i.network));
+            let accepts =
+                fwd.contains("-j FLANNEL-FWD") || fwd.contains(&format!("-s {network} -j ACCEPT"));
             if drops && !accepts {
                 out.push(finding(
                     "forward_policy",
                     Severity::Fail,
                     "FORWARD policy is DROP and nothing accepts the overlay".into(),
-                    format!("run weft with --ip-masq (adds FLANNEL-FWD) or: iptables -A FORWARD -s {0} -j ACCEPT; iptables -A FORWARD -d {0} -j ACCEPT", i.network),
+                    format!("run weft with its default --iptables-forward-rules=true (adds FLANNEL-FWD) or: iptables -A FORWARD -s {network} -j ACCEPT; iptables -A FORWARD -d {network} -j ACCEPT"),
                 ));
             } else {
                 out.push(finding(
@@ -261,9 +281,15 @@ pub fn run_checks(i: &DoctorInput) -> Vec<Finding> {
             "install iptables, run as root".into(),
         )),
     }
-    match iptables_s("nat", "POSTROUTING") {
-        Some(post) => {
-            let bad = masquerade_pitfalls(&post, i.subnet, i.network);
+    match (iptables_s("nat", "POSTROUTING"), i.subnet.zip(i.network)) {
+        (_, None) => out.push(finding(
+            "masquerade",
+            Severity::Warn,
+            "not checked: this node's subnet is unknown (no subnet.env)".into(),
+            "start weft, or pass --subnet-file".into(),
+        )),
+        (Some(post), Some((subnet, net))) => {
+            let bad = masquerade_pitfalls(&post, subnet, net);
             if bad.is_empty() {
                 out.push(finding(
                     "masquerade",
@@ -272,7 +298,7 @@ pub fn run_checks(i: &DoctorInput) -> Vec<Finding> {
                     String::new(),
                 ));
             } else {
-                let fixes: Vec<String> = bad.iter().map(|r| fixed_rule(r, i.network)).collect();
+                let fixes: Vec<String> = bad.iter().map(|r| fixed_rule(r, net)).collect();
                 out.push(finding(
                     "masquerade",
                     Severity::Fail,
@@ -281,14 +307,13 @@ pub fn run_checks(i: &DoctorInput) -> Vec<Finding> {
                         bad.join(" | ")
                     ),
                     format!(
-                        "add `! -d {}`: {} (or run weft with --fix-masquerade)",
-                        i.network,
+                        "add `! -d {net}`: {} (or run weft with --fix-masquerade)",
                         fixes.join(" | ")
                     ),
                 ));
             }
         }
-        None => out.push(finding(
+        (None, Some(_)) => out.push(finding(
             "masquerade",
             Severity::Warn,
             "iptables not readable".into(),
@@ -352,10 +377,12 @@ pub fn run_checks(i: &DoctorInput) -> Vec<Finding> {
     }
     if let Ok(view) = &i.etcd {
         lease_findings(view, &mut out);
+    }
+    if let (Ok(view), Some(own)) = (&i.etcd, i.subnet.filter(|_| i.running)) {
         let leases = &view.usable;
         let missing: Vec<String> = leases
             .iter()
-            .filter(|(s, _)| *s != i.subnet)
+            .filter(|(s, _)| *s != own)
             .filter(|(s, ip)| match route_for(s.first_host()) {
                 Some((dev, gw)) => !(dev == i.tun || gw == Some(*ip)),
                 None => true,
@@ -379,8 +406,8 @@ pub fn run_checks(i: &DoctorInput) -> Vec<Finding> {
                 format!("no route through weft to {}", missing.join(", ")),
                 if i.tunnel {
                     format!(
-                        "restart weft (it routes {} into {}), or remove the route that hides it",
-                        i.network, i.tun
+                        "restart weft (it routes {network} into {}), or remove the route that hides it",
+                        i.tun
                     )
                 } else {
                     "wait for the next route resync (--route-resync-secs) or restart weft".into()
@@ -409,16 +436,25 @@ pub fn run_checks(i: &DoctorInput) -> Vec<Finding> {
                 u.saturating_sub(i.overhead)
             ),
         )),
-        (Some(t), _) if i.pod_mtu > t => out.push(finding(
+        (Some(t), _) if i.pod_mtu.is_some_and(|p| p > t) => out.push(finding(
             "mtu",
             Severity::Fail,
-            format!("pods use MTU {} but {} carries {t}", i.pod_mtu, i.tun),
+            format!(
+                "pods use MTU {} but {} carries {t}",
+                i.pod_mtu.unwrap_or_default(),
+                i.tun
+            ),
             format!("give pods MTU {t} (FLANNEL_MTU)"),
         )),
         (Some(t), _) => out.push(finding(
             "mtu",
             Severity::Ok,
-            format!("{} MTU {t}, pods {}", i.tun, i.pod_mtu),
+            format!(
+                "{} MTU {t}, pods {}",
+                i.tun,
+                i.pod_mtu
+                    .map_or_else(|| "unknown".to_string(), |p| p.to_string())
+            ),
             String::new(),
         )),
     }

@@ -68,6 +68,11 @@ impl InstanceLock {
         }
     }
 
+    /// Another handle on the socket, for serving on it (`weft status` asks it).
+    pub fn listener(&self) -> std::io::Result<UnixListener> {
+        self._socket.try_clone()
+    }
+
     /// The abstract socket name held.
     pub fn name(&self) -> &str {
         &self.name

@@ -5,6 +5,7 @@
 //! HTTP/1.1) from before the node reads its config, so `/healthz` answers while etcd is out of
 //! reach. Also systemd's readiness notification.
 
+pub mod local;
 pub mod metrics;
 pub mod server;
 pub mod status;

@@ -39,8 +39,8 @@ pub struct NodeStatus {
     pub datapath_running: bool,
     /// Whether subnet.env holds our subnet.
     pub subnet_env_written: bool,
-    /// Offloads in force: TUN TSO, UDP GSO, UDP GRO.
-    pub offloads: [bool; 3],
+    /// Offloads in force.
+    pub offloads: Offloads,
     /// Data-path workers (0 without a data path, e.g. host-gw).
     #[serde(default)]
     pub workers: u32,
@@ -49,8 +49,37 @@ pub struct NodeStatus {
     pub threads_per_worker: u8,
     /// Seconds since the node came up.
     pub uptime_secs: u64,
-    /// Masquerade rules: 2 = not asked for (--ip-masq off), 1 = written, 0 = last write failed.
-    pub masq_ok: u8,
+    /// flannel's iptables rules (`--ip-masq`, `--iptables-forward-rules`).
+    pub iptables: IptablesState,
+    /// Where the node writes subnet.env.
+    #[serde(default)]
+    pub subnet_file: String,
+    /// The etcd endpoints the node uses (for `weft doctor` without flags).
+    #[serde(default)]
+    pub etcd_endpoints: Vec<String>,
+}
+
+/// Offloads in force on the data path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offloads {
+    /// The TUN hands over TCP super-packets (TSO).
+    pub tun_tso: bool,
+    /// Segment trains leave as one `UDP_SEGMENT` message.
+    pub udp_gso: bool,
+    /// Trains are received whole (`UDP_GRO`) and coalesced for the TUN.
+    pub udp_gro: bool,
+}
+
+/// The state of flannel's iptables rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IptablesState {
+    /// Neither `--ip-masq` nor `--iptables-forward-rules`.
+    Off,
+    /// Written by the last resync.
+    Ok,
+    /// The last resync failed.
+    Failed,
 }
 
 /// One lease as `/status` lists it.
@@ -122,8 +151,8 @@ impl NodeStatus {
         if self.lease_expires_in_secs == 0 {
             r.push("lease expired".to_string());
         }
-        if self.masq_ok == 0 {
-            r.push("masquerade rules could not be written".to_string());
+        if self.iptables == IptablesState::Failed {
+            r.push("iptables rules could not be written".to_string());
         }
         r
     }
@@ -236,16 +265,16 @@ impl StatusDoc {
         );
         let _ = writeln!(
             o,
-            "offloads  tun-tso {}  udp-gso {}  udp-gro {}   workers {}x{}   ip-masq {}   up {}s",
-            yes(n.offloads[0]),
-            yes(n.offloads[1]),
-            yes(n.offloads[2]),
+            "offloads  tun-tso {}  udp-gso {}  udp-gro {}   workers {}x{}   iptables {}   up {}s",
+            yes(n.offloads.tun_tso),
+            yes(n.offloads.udp_gso),
+            yes(n.offloads.udp_gro),
             n.workers,
             n.threads_per_worker,
-            match n.masq_ok {
-                2 => "off",
-                1 => "rules ok",
-                _ => "RULES FAILED",
+            match n.iptables {
+                IptablesState::Off => "off",
+                IptablesState::Ok => "rules ok",
+                IptablesState::Failed => "RULES FAILED",
             },
             n.uptime_secs
         );
@@ -260,7 +289,12 @@ impl StatusDoc {
             let d: Vec<String> = self.drops.iter().map(|(r, c)| format!("{r}={c}")).collect();
             let _ = writeln!(o, "drops     {}", d.join(" "));
         }
-        let _ = writeln!(o, "\n{} remote leases", self.peers.len());
+        let n = self.peers.len();
+        let _ = writeln!(
+            o,
+            "\n{n} remote {}",
+            if n == 1 { "lease" } else { "leases" }
+        );
         let w = self
             .peers
             .iter()
@@ -327,11 +361,17 @@ mod tests {
             lease_expires_in_secs: 86000,
             datapath_running: true,
             subnet_env_written: true,
-            offloads: [true, true, true],
+            offloads: Offloads {
+                tun_tso: true,
+                udp_gso: true,
+                udp_gro: true,
+            },
             workers: 2,
             threads_per_worker: 2,
             uptime_secs: 5,
-            masq_ok: 2,
+            iptables: IptablesState::Off,
+            subnet_file: "/run/flannel/subnet.env".into(),
+            etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
         }
     }
 

@@ -85,3 +85,42 @@ fn lower_underlay_mtu_without_offloads() {
     // No trains without UDP GSO, so nothing is refused.
     assert_eq!(refused, [0, 0]);
 }
+
+/// Two weft nodes with pods on a lab whose underlay is 1400 bytes: either started at 1500
+/// and lowered (pods keep 1450, so full-size outer packets fragment) or started at 1400 (pods
+/// get 1350 and nothing fragments). Returns single-stream TCP Gbit/s pod 0 -> pod 1.
+fn tcp_on_a_1400_underlay(lowered: bool, flags: &[&str]) -> f64 {
+    require_root();
+    let mut lab = Lab::builder()
+        .hosts(2)
+        .mtu(if lowered { 1500 } else { 1400 })
+        .build();
+    let etcd = NsEtcd::start(lab.segment(0));
+    etcd.put_config(VXLAN_CONFIG);
+    let _nodes: Vec<WeftNode> = (0..2)
+        .map(|i| WeftNode::start_with_pod(&mut lab, i, &etcd, flags))
+        .collect();
+    ping_all_pairs(&lab);
+    if lowered {
+        lab.set_underlay_mtu(1400);
+    }
+    let (a, b) = (lab.host(0).pod(0), lab.host(1).pod(0));
+    harness::netns::iperf3_tcp(a, b, b.addr(), 5).gbit_per_s
+}
+
+/// Not a check: the measurement behind fragmenting rather than sending ICMP "fragmentation
+/// needed" to pods. Prints single-stream TCP over a 1400-byte underlay with pods at 1450
+/// (fragmented outer packets) beside pods at 1350 (what PMTU discovery could reach at
+/// best). `cargo nextest run --profile ci --run-ignored only -E 'binary(pmtu)' --no-capture`
+#[test]
+#[ignore = "measurement; prints numbers"]
+fn measure_fragmented_against_fitting() {
+    for (name, flags) in [("offloads on", &[][..]), ("offloads off", NO_OFFLOADS)] {
+        let frag = tcp_on_a_1400_underlay(true, flags);
+        let fit = tcp_on_a_1400_underlay(false, flags);
+        eprintln!(
+            "{name}: pods 1450 on a lowered 1400 underlay (fragmented): {frag:.2} Gbit/s; \
+             pods 1350 from the start (no fragments): {fit:.2} Gbit/s"
+        );
+    }
+}

@@ -1317,6 +1317,35 @@ mod tests {
     }
 
     #[test]
+    fn trains_stop_above_the_learned_limit_and_the_limit_expires() {
+        let a = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 2), 8472);
+        let (_bufs, _headers, segs) = super_packets(&[46 * 1398]);
+        let full = segs[0].hdr_len + 1398;
+        let mut t = TrainLimit::new();
+        assert_eq!(t.current(), usize::MAX);
+        // A refused train of full-size datagrams on a 1400-byte path: 1372 bytes fit.
+        assert_eq!(t.learn(full, Some(1400)), 1400 - OUTER_IP_UDP);
+        // An unreadable path MTU still stops trains of the refused size.
+        assert_eq!(TrainLimit::new().learn(full, None), full - 1);
+        // A path MTU that does not explain the refusal does not raise the limit above it.
+        assert_eq!(TrainLimit::new().learn(full, Some(9000)), full - 1);
+        let max = t.current();
+        let mut o = Outgoing::with_capacity(64, 64);
+        o.push_segments(0, segs[0], a, 0, max);
+        assert_eq!(o.msgs.len(), 46, "one message per segment above the limit");
+        assert!(o.msgs.iter().all(|m| m.gso_size() == 0));
+        // Small datagrams (ACKs) still ride in trains below the limit.
+        for i in 0..10 {
+            o.push_whole(i, 114, a, 0, max);
+        }
+        assert_eq!(o.msgs.last().map(|m| m.count), Some(10));
+        // Once the re-probe time has passed, the limit is gone.
+        t.since = Instant::now().checked_sub(TRAIN_LIMIT_REPROBE);
+        assert_eq!(t.current(), usize::MAX);
+        assert_eq!(t.since, None);
+    }
+
+    #[test]
     fn socket_pick_covers_the_range_and_is_stable() {
         for n in [1usize, 2, 3, 8, 64] {
             let mut seen = vec![false; n];

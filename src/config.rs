@@ -209,18 +209,39 @@ impl NetworkConfig {
         })
     }
 
-    /// The MTU pods get (`FLANNEL_MTU`): `Backend.MTU` or the underlay MTU, less the
-    /// encapsulation overhead (vxlan 50, udp 28, host-gw 0), as flanneld computes it.
-    pub fn overlay_mtu(&self, underlay_mtu: u32) -> u32 {
-        let overhead = match self.backend.kind {
+    /// Bytes the backend's encapsulation adds to an inner packet (vxlan 50: outer IPv4,
+    /// UDP, VXLAN and inner Ethernet; udp 28; host-gw 0).
+    pub fn encap_overhead(&self) -> u32 {
+        match self.backend.kind {
             BackendType::Vxlan => 50,
             BackendType::Udp => 28,
             BackendType::HostGw => 0,
-        };
+        }
+    }
+
+    /// The MTU pods get (`FLANNEL_MTU`): `Backend.MTU` or the underlay MTU, less the
+    /// encapsulation overhead (vxlan 50, udp 28, host-gw 0), as flanneld computes it.
+    pub fn overlay_mtu(&self, underlay_mtu: u32) -> u32 {
         self.backend
             .mtu
             .unwrap_or(underlay_mtu)
-            .saturating_sub(overhead)
+            .saturating_sub(self.encap_overhead())
+    }
+
+    /// A `Backend.MTU` that makes full-size packets larger than the underlay interface
+    /// carries (the pod MTU plus the encapsulation overhead exceeds the interface's MTU),
+    /// or `None` when it fits or is not set. Worth a warning, not a refusal: weft still
+    /// forwards them (outer DF off, the kernel fragments), only slower.
+    pub fn mtu_mismatch(&self, underlay_mtu: u32) -> Option<MtuMismatch> {
+        let backend_mtu = self.backend.mtu?;
+        let pod_mtu = self.overlay_mtu(underlay_mtu);
+        let outer = pod_mtu + self.encap_overhead();
+        (outer > underlay_mtu).then_some(MtuMismatch {
+            backend_mtu,
+            pod_mtu,
+            overhead: self.encap_overhead(),
+            underlay_mtu,
+        })
     }
 
     /// What differs from `older`, one `Field old -> new` item per changed field (for the log
@@ -296,6 +317,38 @@ impl NetworkConfig {
             && self.network.contains_subnet(subnet)
             && subnet.addr() >= self.subnet_min
             && subnet.addr() <= self.subnet_max
+    }
+}
+
+/// `Backend.MTU` set above what the underlay interface carries (see
+/// [`NetworkConfig::mtu_mismatch`]); its `Display` is the start-up warning with the fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MtuMismatch {
+    /// The configured `Backend.MTU`.
+    pub backend_mtu: u32,
+    /// The MTU pods and the TUN get from it.
+    pub pod_mtu: u32,
+    /// The backend's encapsulation overhead.
+    pub overhead: u32,
+    /// The underlay interface's MTU.
+    pub underlay_mtu: u32,
+}
+
+impl std::fmt::Display for MtuMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Backend.MTU {} exceeds the underlay interface MTU {}: pods get MTU {}, and a \
+             full-size packet plus {} bytes of encapsulation ({}) is larger than the underlay \
+             carries, so outer packets are fragmented (slower, and lost where fragments are \
+             dropped); fix: set Backend.MTU to at most {} or drop it to follow the interface",
+            self.backend_mtu,
+            self.underlay_mtu,
+            self.pod_mtu,
+            self.overhead,
+            self.pod_mtu + self.overhead,
+            self.underlay_mtu,
+        )
     }
 }
 
@@ -644,6 +697,45 @@ mod tests {
     }
 
     #[test]
+    fn backend_mtu_above_the_underlay_is_a_mismatch() {
+        let vx = |mtu: &str| {
+            parse(&format!(
+                r#"{{"Network":"10.1.0.0/16","Backend":{{"Type":"vxlan"{mtu}}}}}"#
+            ))
+        };
+        // The reported case: 9000 on a 1500 underlay.
+        let m = vx(r#","MTU":9000"#).mtu_mismatch(1500).expect("mismatch");
+        assert_eq!(
+            m,
+            MtuMismatch {
+                backend_mtu: 9000,
+                pod_mtu: 8950,
+                overhead: 50,
+                underlay_mtu: 1500
+            }
+        );
+        let line = m.to_string();
+        for want in [
+            "Backend.MTU 9000",
+            "underlay interface MTU 1500",
+            "at most 1500",
+        ] {
+            assert!(line.contains(want), "{want:?} in {line}");
+        }
+        // Equal or below fits; no Backend.MTU follows the interface.
+        assert_eq!(vx(r#","MTU":1500"#).mtu_mismatch(1500), None);
+        assert_eq!(vx(r#","MTU":1400"#).mtu_mismatch(1500), None);
+        assert_eq!(vx("").mtu_mismatch(1500), None);
+        assert_eq!(vx("").mtu_mismatch(1400), None);
+        assert!(vx(r#","MTU":1501"#).mtu_mismatch(1500).is_some());
+        // udp: 28 bytes of overhead, same rule.
+        let u = parse(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"udp","MTU":1600}}"#);
+        let m = u.mtu_mismatch(1500).expect("mismatch");
+        assert_eq!((m.pod_mtu, m.overhead), (1572, 28));
+        assert_eq!(u.mtu_mismatch(9000), None);
+    }
+
+    #[test]
     fn defaults_for_a_slash_16() {
         let c = parse(r#"{"Network":"10.1.0.0/16"}"#);
         assert_eq!(c.network.to_string(), "10.1.0.0/16");
@@ -720,6 +812,11 @@ mod tests {
         assert!(c.backend.direct_routing && c.backend.gbp);
         let c = parse(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan","MTU":0}}"#);
         assert_eq!(c.backend.mtu, None);
+        assert_eq!(
+            c.mtu_mismatch(1500),
+            None,
+            "no Backend.MTU: follows the interface"
+        );
     }
 
     #[test]

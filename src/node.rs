@@ -213,6 +213,12 @@ fn bind_udp(underlay: &Underlay, port: u16, reuse_port: bool) -> Result<UdpSocke
     let sock = crate::sys::bind_udp4(SocketAddrV4::new(underlay.local_ip, port), reuse_port)
         .map_err(|source| NodeError::Bind { addr, source })?;
     let fd = sock.as_raw_fd();
+    // Outer packets without DF, as Linux's VXLAN device sends them: when the underlay's path
+    // MTU falls below what the node started with, full-size packets fragment (here or on a
+    // router) instead of being refused or dropped.
+    if let Err(e) = crate::sys::set_df_off(fd) {
+        warn!(error = %e, "could not clear DF on the underlay socket (IP_PMTUDISC_DONT)");
+    }
     for (force, plain) in [
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
         (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
@@ -274,6 +280,9 @@ fn start_datapath(
     shared: &SharedTable,
 ) -> Result<(Datapath, DpInfo), NodeError> {
     let tun_mtu = config.overlay_mtu(underlay.mtu);
+    if let Some(m) = config.mtu_mismatch(underlay.mtu) {
+        warn!(iface = %underlay.iface, "{m}");
+    }
 
     let queues = worker_count(opts.workers, usize::from(opts.threads_per_worker));
     let tuns = match Tun::open_queues(&opts.tun_name, true, queues) {

@@ -103,6 +103,12 @@ pub struct Counters {
     pub tx_messages: AtomicU64,
     /// ICMP unreachable messages written back to the TUN.
     pub icmp_unreachable: AtomicU64,
+    /// UDP_SEGMENT trains the kernel refused (segment plus headers above the MTU it
+    /// fragments for, or no GSO): each was resent datagram by datagram.
+    pub tx_refused_trains: AtomicU64,
+    /// Datagrams of refused trains sent one by one (the kernel fragments those above the
+    /// path MTU).
+    pub tx_refused_train_datagrams: AtomicU64,
     /// Sum of batch sizes, and batches, each way (mean batch size = sum / count).
     pub tx_batch_packets: AtomicU64,
     /// Number of send batches.
@@ -157,6 +163,10 @@ pub struct LocalCounters {
     pub icmp: u64,
     /// Writes to the TUN (receive side) or messages to the underlay (send side).
     pub writes: u64,
+    /// Trains the kernel refused and that were resent datagram by datagram (send side).
+    pub refused_trains: u64,
+    /// Datagrams of those trains sent one by one (send side).
+    pub refused_train_datagrams: u64,
     /// Drops by reason.
     pub drops: [u64; REASONS],
     peers: [(Ipv4Addr, u64, u64); LOCAL_PEERS],
@@ -172,6 +182,8 @@ impl Default for LocalCounters {
             errors: 0,
             icmp: 0,
             writes: 0,
+            refused_trains: 0,
+            refused_train_datagrams: 0,
             drops: [0; REASONS],
             peers: [(Ipv4Addr::UNSPECIFIED, 0, 0); LOCAL_PEERS],
             n_peers: 0,
@@ -245,6 +257,14 @@ impl LocalCounters {
         c.icmp_unreachable.fetch_add(self.icmp, Ordering::Relaxed);
         c.tx_messages.fetch_add(self.writes, Ordering::Relaxed);
         self.writes = 0;
+        if self.refused_trains != 0 || self.refused_train_datagrams != 0 {
+            c.tx_refused_trains
+                .fetch_add(self.refused_trains, Ordering::Relaxed);
+            c.tx_refused_train_datagrams
+                .fetch_add(self.refused_train_datagrams, Ordering::Relaxed);
+            self.refused_trains = 0;
+            self.refused_train_datagrams = 0;
+        }
         c.tx_batch_packets
             .fetch_add(batch as u64, Ordering::Relaxed);
         c.tx_batches.fetch_add(1, Ordering::Relaxed);

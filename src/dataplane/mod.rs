@@ -36,6 +36,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
@@ -443,9 +444,17 @@ impl Outgoing {
 
     /// Queues the slot's packet (`len` bytes, encapsulated in place) for `dst` on send socket
     /// `sock`: it joins the socket's open train when that goes to the same peer with
-    /// datagrams of the same size (a shorter one joins as the last), else starts one.
-    fn push_whole(&mut self, slot: usize, len: usize, dst: SocketAddrV4, sock: u8, udp_gso: bool) {
-        let per_msg = if udp_gso {
+    /// datagrams of the same size (a shorter one joins as the last), else starts one. Only
+    /// datagrams of at most `train_max` bytes form trains (0: no UDP GSO).
+    fn push_whole(
+        &mut self,
+        slot: usize,
+        len: usize,
+        dst: SocketAddrV4,
+        sock: u8,
+        train_max: usize,
+    ) {
+        let per_msg = if len <= train_max {
             (MAX_GSO_BYTES / len.max(1)).clamp(1, MAX_GSO_SEGMENTS)
         } else {
             1
@@ -461,17 +470,17 @@ impl Outgoing {
     /// trains; a short last segment closes its train. A batch of super-packets so goes out
     /// in full trains, not in one full and one short message each (a 64 KiB super-packet is
     /// more than one UDP datagram can carry once every segment has its headers). One
-    /// segment per message without UDP GSO.
+    /// segment per message without UDP GSO or when a full segment is above `train_max`.
     fn push_segments(
         &mut self,
         slot: usize,
         segs: gso::Segments,
         dst: SocketAddrV4,
         sock: u8,
-        udp_gso: bool,
+        train_max: usize,
     ) {
         let full = segs.hdr_len + segs.mss;
-        let per_msg = if udp_gso {
+        let per_msg = if full <= train_max {
             (MAX_GSO_BYTES / full).clamp(1, MAX_GSO_SEGMENTS)
         } else {
             1
@@ -598,8 +607,63 @@ struct SendSide {
     tx_mmsg: Mmsg,
     icmp_buf: [u8; VNET_HDR_LEN + icmpv4::MAX_ERROR_LEN],
     udp_gso: bool,
+    /// What the underlay took: the largest datagram a train may carry.
+    trains: TrainLimit,
     send_errors_logged: u32,
     tx_local: LocalCounters,
+}
+
+/// After this long without a refusal, a learned train limit is dropped: the next trains
+/// probe whether the underlay took its MTU back up (a refusal costs one syscall).
+const TRAIN_LIMIT_REPROBE: Duration = Duration::from_secs(10);
+
+/// Outer IPv4 and UDP headers: a datagram of `n` bytes is an IP packet of `n + 28`.
+const OUTER_IP_UDP: usize = 28;
+
+/// The largest datagram a UDP_SEGMENT train may carry, learned from refusals. The kernel
+/// refuses a train whose segment plus headers exceeds the MTU it would fragment for (the
+/// underlay's path MTU fell below what the node started with); such datagrams then leave
+/// one by one, and the kernel fragments them.
+#[derive(Debug)]
+struct TrainLimit {
+    /// Largest datagram in a train (`usize::MAX`: no limit known).
+    max: usize,
+    /// When the limit was learned (re-probed [`TRAIN_LIMIT_REPROBE`] later).
+    since: Option<Instant>,
+    /// The path MTU last logged (`Some(None)`: logged, MTU unreadable), so a re-probe that
+    /// learns the same does not log again.
+    logged_mtu: Option<Option<u32>>,
+}
+
+impl TrainLimit {
+    fn new() -> TrainLimit {
+        TrainLimit {
+            max: usize::MAX,
+            since: None,
+            logged_mtu: None,
+        }
+    }
+
+    /// The limit to build this batch's trains with; drops a stale one first.
+    fn current(&mut self) -> usize {
+        if let Some(t) = self.since {
+            if t.elapsed() >= TRAIN_LIMIT_REPROBE {
+                self.max = usize::MAX;
+                self.since = None;
+            }
+        }
+        self.max
+    }
+
+    /// A train of `segment`-byte datagrams was refused; `path_mtu` is what the kernel's
+    /// routing knows towards its peer, if it could be read. Returns the new limit.
+    fn learn(&mut self, segment: usize, path_mtu: Option<u32>) -> usize {
+        let below = segment.saturating_sub(1);
+        let fits = path_mtu.map_or(below, |m| (m as usize).saturating_sub(OUTER_IP_UDP));
+        self.max = self.max.min(below).min(fits);
+        self.since = Some(Instant::now());
+        self.max
+    }
 }
 
 /// The receive side of a worker: underlay socket -> TUN queue, with its buffers.
@@ -710,6 +774,7 @@ impl SendSide {
             tx_mmsg: Mmsg::new(n_max),
             icmp_buf: [0u8; VNET_HDR_LEN + icmpv4::MAX_ERROR_LEN],
             udp_gso: cfg.udp_gso,
+            trains: TrainLimit::new(),
             send_errors_logged: 0,
             tx_local: LocalCounters::for_worker(worker),
         }
@@ -749,6 +814,11 @@ impl SendSide {
             let headers = &mut self.headers;
             let outs = &mut self.outs;
             let icmp_buf = &mut self.icmp_buf;
+            let train_max = if self.udp_gso {
+                self.trains.current()
+            } else {
+                0
+            };
             outs.clear();
             for i in start..n {
                 let b = &mut bufs[i];
@@ -813,7 +883,7 @@ impl SendSide {
                     local.packets += segs.count as u64;
                     local.bytes += inner;
                     local.peer(peer.public_ip, segs.count as u64, inner, counters, true);
-                    outs.push_segments(i, segs, peer.underlay, sock, self.udp_gso);
+                    outs.push_segments(i, segs, peer.underlay, sock, train_max);
                     continue;
                 }
                 if vhdr.gso_type != offload::GSO_NONE {
@@ -840,10 +910,9 @@ impl SendSide {
                     local.packets += 1;
                     local.bytes += len as u64;
                     local.peer(peer.public_ip, 1, len as u64, counters, true);
-                    outs.push_whole(i, b.len(), peer.underlay, sock, self.udp_gso);
+                    outs.push_whole(i, b.len(), peer.underlay, sock, train_max);
                 }
             }
-            let gso_used = outs.msgs.iter().any(|o| o.count > 1);
             // One sendmmsg per send socket that has packets (usually one: a batch is mostly
             // one flow).
             for (s, sock) in tx.iter().enumerate() {
@@ -864,18 +933,40 @@ impl SendSide {
                         }),
                 );
                 local.writes += out.sent as u64;
-                if out.failed > 0 {
-                    local.errors += out.failed as u64;
-                    if gso_used
-                        && matches!(out.last_errno, libc::EIO | libc::EINVAL)
-                        && self.udp_gso
-                    {
+                if out.split_trains > 0 {
+                    // Every datagram of a refused train was already resent on its own, in
+                    // its place; learn so the next batches do not pay a refusal each.
+                    local.refused_trains += out.split_trains as u64;
+                    local.refused_train_datagrams += out.split_sent as u64;
+                    if out.split_errno == libc::EIO && self.udp_gso {
                         self.udp_gso = false;
                         warn!(
-                        errno = out.last_errno,
-                        "UDP GSO refused by the kernel; sending segments one by one from now on"
-                    );
-                    } else if self.send_errors_logged < 10 {
+                            errno = out.split_errno,
+                            "UDP GSO refused by the kernel; sending segments one by one from now on"
+                        );
+                    } else {
+                        let seg = usize::from(out.refused_segment);
+                        let mtu = out.refused_to.and_then(|d| crate::sys::path_mtu(d).ok());
+                        let max = self.trains.learn(seg, mtu);
+                        if self.trains.logged_mtu != Some(mtu) {
+                            self.trains.logged_mtu = Some(mtu);
+                            warn!(
+                                worker = %self.name,
+                                errno = out.split_errno,
+                                peer = ?out.refused_to,
+                                path_mtu = ?mtu,
+                                datagram = seg,
+                                train_max = max,
+                                "underlay MTU below the datagrams: the kernel refused a UDP GSO train, \
+                                 resent one by one (fragmented, DF off); larger datagrams leave \
+                                 one by one, re-probed every 10 s (logged once per MTU)"
+                            );
+                        }
+                    }
+                }
+                if out.failed > 0 {
+                    local.errors += out.failed as u64;
+                    if self.send_errors_logged < 10 {
                         self.send_errors_logged += 1;
                         warn!(
                             failed = out.failed,
@@ -1113,7 +1204,7 @@ mod tests {
         assert_eq!(MAX_GSO_BYTES / full, 44);
         let mut o = Outgoing::with_capacity(4, 4);
         for (slot, s) in segs.iter().enumerate() {
-            o.push_segments(slot, *s, peer, 0, true);
+            o.push_segments(slot, *s, peer, 0, usize::MAX);
         }
         let counts: Vec<usize> = o.msgs.iter().map(|m| m.count).collect();
         assert_eq!(counts, [44, 44, 44, 6], "138 segments in 4 messages, not 6");
@@ -1141,13 +1232,13 @@ mod tests {
             super_packets(&[3 * 1398 - 100, 2 * 1398, 2 * 1398, 1398, 4000]);
         let full = segs[0].hdr_len + 1398;
         let mut o = Outgoing::with_capacity(8, 8);
-        o.push_segments(0, segs[0], a, 0, true); // short tail: closed
-        o.push_segments(1, segs[1], a, 0, true); // new train
-        o.push_whole(3, 100, a, 1, true); // another socket: socket 0's train stays open
-        o.push_segments(3, segs[3], a, 0, true); // joins slot 1's train
-        o.push_segments(2, segs[2], b, 0, true); // other peer: new train
-        o.push_whole(4, 100, a, 0, true); // a smaller packet: a train of its own
-        o.push_segments(4, segs[4], a, 0, true); // may not overtake it: new train
+        o.push_segments(0, segs[0], a, 0, usize::MAX); // short tail: closed
+        o.push_segments(1, segs[1], a, 0, usize::MAX); // new train
+        o.push_whole(3, 100, a, 1, usize::MAX); // another socket: socket 0's train stays open
+        o.push_segments(3, segs[3], a, 0, usize::MAX); // joins slot 1's train
+        o.push_segments(2, segs[2], b, 0, usize::MAX); // other peer: new train
+        o.push_whole(4, 100, a, 0, usize::MAX); // a smaller packet: a train of its own
+        o.push_segments(4, segs[4], a, 0, usize::MAX); // may not overtake it: new train
         let shape: Vec<(usize, usize, u8)> = o
             .msgs
             .iter()
@@ -1172,8 +1263,8 @@ mod tests {
         assert_eq!(bytes(&o, 2, &bufs, &headers), bufs[3].as_slice());
         // Without UDP GSO every segment is a message of its own.
         let mut o = Outgoing::with_capacity(8, 8);
-        o.push_segments(0, segs[0], a, 0, false);
-        o.push_segments(1, segs[1], a, 0, false);
+        o.push_segments(0, segs[0], a, 0, 0);
+        o.push_segments(1, segs[1], a, 0, 0);
         assert_eq!(o.msgs.len(), 5);
         assert!(o.msgs.iter().all(|m| m.gso_size() == 0));
     }
@@ -1194,7 +1285,7 @@ mod tests {
         for (i, p) in bufs.iter().enumerate() {
             // Packet 6 goes to another peer; packet 5 is shorter: it ends its train.
             let dst = if i == 6 { b } else { a };
-            o.push_whole(i, p.len(), dst, 0, true);
+            o.push_whole(i, p.len(), dst, 0, usize::MAX);
         }
         let shape: Vec<(usize, usize, u16)> = o
             .msgs
@@ -1214,16 +1305,45 @@ mod tests {
             .collect();
         let mut o = Outgoing::with_capacity(8, 8);
         for i in 0..100 {
-            o.push_whole(i, 1472, a, 0, true);
+            o.push_whole(i, 1472, a, 0, usize::MAX);
         }
         let counts: Vec<usize> = o.msgs.iter().map(|m| m.count).collect();
         assert_eq!(counts, [44, 44, 12]);
         assert_eq!(bytes(&o, 2, &big, &[]).len(), 12 * 1472);
         let mut o = Outgoing::with_capacity(8, 8);
         for i in 0..100 {
-            o.push_whole(i, 114, a, 0, true);
+            o.push_whole(i, 114, a, 0, usize::MAX);
         }
         assert_eq!(o.msgs.iter().map(|m| m.count).collect::<Vec<_>>(), [64, 36]);
+    }
+
+    #[test]
+    fn trains_stop_above_the_learned_limit_and_the_limit_expires() {
+        let a = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 2), 8472);
+        let (_bufs, _headers, segs) = super_packets(&[46 * 1398]);
+        let full = segs[0].hdr_len + 1398;
+        let mut t = TrainLimit::new();
+        assert_eq!(t.current(), usize::MAX);
+        // A refused train of full-size datagrams on a 1400-byte path: 1372 bytes fit.
+        assert_eq!(t.learn(full, Some(1400)), 1400 - OUTER_IP_UDP);
+        // An unreadable path MTU still stops trains of the refused size.
+        assert_eq!(TrainLimit::new().learn(full, None), full - 1);
+        // A path MTU that does not explain the refusal does not raise the limit above it.
+        assert_eq!(TrainLimit::new().learn(full, Some(9000)), full - 1);
+        let max = t.current();
+        let mut o = Outgoing::with_capacity(64, 64);
+        o.push_segments(0, segs[0], a, 0, max);
+        assert_eq!(o.msgs.len(), 46, "one message per segment above the limit");
+        assert!(o.msgs.iter().all(|m| m.gso_size() == 0));
+        // Small datagrams (ACKs) still ride in trains below the limit.
+        for i in 0..10 {
+            o.push_whole(i, 114, a, 0, max);
+        }
+        assert_eq!(o.msgs.last().map(|m| m.count), Some(10));
+        // Once the re-probe time has passed, the limit is gone.
+        t.since = Instant::now().checked_sub(TRAIN_LIMIT_REPROBE);
+        assert_eq!(t.current(), usize::MAX);
+        assert_eq!(t.since, None);
     }
 
     #[test]

@@ -98,6 +98,28 @@ pub fn render(c: &Counters, table: &LeaseTable, node: Option<&NodeStatus>) -> St
     let _ = writeln!(o, "weft_tx_messages_total {}", v(&c.tx_messages));
     family(
         &mut o,
+        "weft_tx_refused_trains_total",
+        "counter",
+        "UDP_SEGMENT trains the kernel refused (a datagram above the underlay MTU, or no GSO), each resent datagram by datagram.",
+    );
+    let _ = writeln!(
+        o,
+        "weft_tx_refused_trains_total {}",
+        v(&c.tx_refused_trains)
+    );
+    family(
+        &mut o,
+        "weft_tx_refused_train_datagrams_total",
+        "counter",
+        "Datagrams of refused trains sent one by one (the kernel fragments those above the path MTU).",
+    );
+    let _ = writeln!(
+        o,
+        "weft_tx_refused_train_datagrams_total {}",
+        v(&c.tx_refused_train_datagrams)
+    );
+    family(
+        &mut o,
         "weft_icmp_unreachable_total",
         "counter",
         "ICMP destination-unreachable messages sent back to pods.",
@@ -261,9 +283,16 @@ mod tests {
         let mut w1 = LocalCounters::for_worker(1);
         w1.packets += 3;
         w1.writes += 2;
+        w1.refused_trains += 1;
+        w1.refused_train_datagrams += 44;
         w1.flush_tx(&c, 3);
         let text = render(&c, &table, None);
         assert_eq!(sample(&text, "weft_tx_messages_total"), Some(2));
+        assert_eq!(sample(&text, "weft_tx_refused_trains_total"), Some(1));
+        assert_eq!(
+            sample(&text, "weft_tx_refused_train_datagrams_total"),
+            Some(44)
+        );
         assert_eq!(
             sample(
                 &text,

@@ -33,6 +33,10 @@ pub struct Mmsg {
     ctrl: Vec<Ctrl>,
     /// Per message of a send: its first iovec, how many, and its segment size (0: none).
     spans: Vec<(usize, usize, u16)>,
+    /// A refused train cut into its datagrams: their headers, iovecs and spans.
+    split_hdrs: Vec<libc::mmsghdr>,
+    split_iovs: Vec<libc::iovec>,
+    split_spans: Vec<(usize, usize)>,
 }
 
 // SAFETY: the raw pointers inside the headers point only into this struct's own heap
@@ -44,13 +48,35 @@ unsafe impl Send for Mmsg {}
 /// What one [`Mmsg::send`] achieved.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SendOutcome {
-    /// Datagrams the kernel took.
+    /// Messages the kernel took (a train is one message; so is each datagram of a refused
+    /// train that was resent on its own).
     pub sent: usize,
-    /// Datagrams refused (each skipped, the rest still sent).
+    /// Messages refused (each skipped, the rest still sent).
     pub failed: usize,
     /// The errno of the last refusal.
     pub last_errno: i32,
+    /// Trains the kernel refused (EINVAL, EMSGSIZE or EIO) that were resent datagram by
+    /// datagram in their place.
+    pub split_trains: usize,
+    /// Datagrams of those trains the kernel took one by one.
+    pub split_sent: usize,
+    /// The largest segment size among the refused trains (0: none refused).
+    pub refused_segment: u16,
+    /// The errno that refused the last of them.
+    pub split_errno: i32,
+    /// Where the last of them went.
+    pub refused_to: Option<SocketAddrV4>,
 }
+
+/// Whether a train refused with `errno` is worth resending datagram by datagram: EINVAL or
+/// EMSGSIZE (a segment plus headers exceeds the device or path MTU the kernel fragments
+/// for, or more segments than it takes) or EIO (no UDP GSO on this route).
+fn split_on(errno: i32) -> bool {
+    matches!(errno, libc::EINVAL | libc::EMSGSIZE | libc::EIO)
+}
+
+/// Most datagrams of a refused train handed to one sendmmsg.
+const SPLIT_BATCH: usize = 64;
 
 /// The C socket address of `a`.
 pub(crate) fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
@@ -83,6 +109,95 @@ impl Mmsg {
             names: vec![zero_name; n],
             ctrl: vec![[0u64; 4]; n],
             spans: vec![(0, 0, 0); n],
+            split_hdrs: vec![zero_hdr; SPLIT_BATCH],
+            split_iovs: Vec::with_capacity(4 * SPLIT_BATCH),
+            split_spans: Vec::with_capacity(2 * SPLIT_BATCH),
+        }
+    }
+
+    /// Resends message `i` (a train of `seg`-byte datagrams, already pointed at its iovecs
+    /// and address) as one message per datagram, in order, without UDP_SEGMENT: the kernel
+    /// then fragments each one that is larger than the path. Adds to `out`.
+    fn send_split(&mut self, fd: RawFd, i: usize, seg: u16, out: &mut SendOutcome) {
+        let (first, n, _) = self.spans[i];
+        let seg = usize::from(seg).max(1);
+        // Cut the message's iovecs at every `seg` bytes: a datagram's parts are whole iovecs
+        // or pieces of one.
+        self.split_iovs.clear();
+        self.split_spans.clear();
+        let mut start = 0;
+        let mut left = seg;
+        for k in first..first + n {
+            let (mut base, mut len) = (self.iovs[k].iov_base.cast::<u8>(), self.iovs[k].iov_len);
+            while len > 0 {
+                let take = len.min(left);
+                self.split_iovs.push(libc::iovec {
+                    iov_base: base.cast(),
+                    iov_len: take,
+                });
+                base = base.wrapping_add(take);
+                len -= take;
+                left -= take;
+                if left == 0 {
+                    self.split_spans
+                        .push((start, self.split_iovs.len() - start));
+                    start = self.split_iovs.len();
+                    left = seg;
+                }
+            }
+        }
+        if start < self.split_iovs.len() {
+            self.split_spans
+                .push((start, self.split_iovs.len() - start));
+        }
+        let name: *mut libc::sockaddr_in = &mut self.names[i];
+        let mut done = 0;
+        while done < self.split_spans.len() {
+            let count = (self.split_spans.len() - done).min(SPLIT_BATCH);
+            for (h, &(at, parts)) in self
+                .split_hdrs
+                .iter_mut()
+                .zip(&self.split_spans[done..done + count])
+            {
+                // SAFETY: at + parts <= split_iovs.len() (the spans were cut from it), so the
+                // pointer lies inside the vector, which does not grow before the syscall.
+                let iov = unsafe { self.split_iovs.as_mut_ptr().add(at) };
+                h.msg_len = 0;
+                h.msg_hdr.msg_name = name.cast();
+                h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                h.msg_hdr.msg_iov = iov;
+                h.msg_hdr.msg_iovlen = parts;
+                h.msg_hdr.msg_control = std::ptr::null_mut();
+                h.msg_hdr.msg_controllen = 0;
+                h.msg_hdr.msg_flags = 0;
+            }
+            let mut k = 0;
+            while k < count {
+                // SAFETY: split_hdrs[k..count] point at live iovecs (into the caller's
+                // payloads) and at names[i]; sendmmsg only reads through them.
+                let r = unsafe {
+                    libc::sendmmsg(
+                        fd,
+                        self.split_hdrs[k..].as_mut_ptr(),
+                        (count - k) as libc::c_uint,
+                        0,
+                    )
+                };
+                if r < 0 {
+                    let e = io::Error::last_os_error();
+                    if e.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    out.failed += 1;
+                    out.last_errno = e.raw_os_error().unwrap_or(0);
+                    k += 1;
+                } else {
+                    out.sent += r as usize;
+                    out.split_sent += r as usize;
+                    k += r as usize;
+                }
+            }
+            done += count;
         }
     }
 
@@ -212,8 +327,11 @@ impl Mmsg {
 
     /// Sends every (payload, destination, segment size) item, as many per syscall as the
     /// kernel takes; a segment size above 0 sends the payload as a train of datagrams of that
-    /// size (the last may be shorter). A message the kernel refuses is skipped and counted,
-    /// the rest still go out.
+    /// size (the last may be shorter). A train the kernel refuses as too large or unsupported
+    /// (EINVAL, EMSGSIZE, EIO: a segment plus headers exceeds the MTU it fragments for) is
+    /// resent at once as one message per datagram, before the messages after it, so nothing
+    /// overtakes it; any other refused message is skipped and counted, the rest still go
+    /// out.
     pub fn send<'a>(
         &mut self,
         fd: RawFd,
@@ -287,8 +405,23 @@ impl Mmsg {
                     if e.kind() == io::ErrorKind::Interrupted {
                         continue;
                     }
-                    out.failed += 1;
-                    out.last_errno = e.raw_os_error().unwrap_or(0);
+                    let errno = e.raw_os_error().unwrap_or(0);
+                    let seg = self.spans[start].2;
+                    if seg > 0 && split_on(errno) {
+                        // In its place, before any later message: nothing overtakes it.
+                        out.split_trains += 1;
+                        out.refused_segment = out.refused_segment.max(seg);
+                        out.split_errno = errno;
+                        let sin = &self.names[start];
+                        out.refused_to = Some(SocketAddrV4::new(
+                            Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                            u16::from_be(sin.sin_port),
+                        ));
+                        self.send_split(fd, start, seg, &mut out);
+                    } else {
+                        out.failed += 1;
+                        out.last_errno = errno;
+                    }
                     start += 1;
                 } else {
                     out.sent += r as usize;
@@ -347,8 +480,7 @@ mod tests {
             out,
             SendOutcome {
                 sent: 5,
-                failed: 0,
-                last_errno: 0
+                ..SendOutcome::default()
             }
         );
         let mut batch = Batch::new(8, 256, 64);
@@ -427,8 +559,7 @@ mod tests {
             out,
             SendOutcome {
                 sent: 2,
-                failed: 0,
-                last_errno: 0
+                ..SendOutcome::default()
             }
         );
         let (bufs, _, got) = recv_at_least(&rx, 5);
@@ -444,6 +575,49 @@ mod tests {
             [100, 100, 100, 40]
         );
         assert_eq!(bufs[4].as_slice(), [&hdrs[0][..], &pay[..5]].concat());
+    }
+
+    #[test]
+    fn refused_train_is_resent_datagram_by_datagram_in_place() {
+        let (rx, tx, dst) = loopback_pair();
+        // 200 segments of 5 bytes: more than the kernel takes in one UDP_SEGMENT send (64,
+        // 128 since Linux 6.9), so it refuses the train (EINVAL), as it refuses one whose
+        // segment exceeds the MTU.
+        // Gathered from parts that straddle datagram boundaries (7-byte parts).
+        let payload: Vec<u8> = (0..1000u16).map(|i| (i / 5) as u8).collect();
+        let parts: Vec<&[u8]> = payload.chunks(7).collect();
+        let before = [0xaa_u8; 4];
+        let after = [0xbb_u8; 4];
+        let mut m = Mmsg::new(4);
+        let out = m.send_gather(
+            tx.as_raw_fd(),
+            [
+                (vec![&before[..]], dst, 0),
+                (parts, dst, 5),
+                (vec![&after[..]], dst, 0),
+            ],
+        );
+        assert_eq!(out.split_trains, 1, "{out:?}");
+        assert_eq!(out.split_sent, 200, "{out:?}");
+        assert_eq!((out.sent, out.failed), (202, 0), "{out:?}");
+        assert_eq!(out.refused_segment, 5);
+        assert_eq!(out.split_errno, libc::EINVAL);
+        assert_eq!(out.refused_to, Some(dst));
+        // Every datagram, in order: the one before, the train's 200, the one after.
+        let mut seen: Vec<Vec<u8>> = Vec::new();
+        for _ in 0..400 {
+            let (bufs, _, got) = recv_at_least(&rx, 1);
+            seen.extend(bufs[..got].iter().map(|b| b.as_slice().to_vec()));
+            if seen.len() >= 202 {
+                break;
+            }
+        }
+        assert_eq!(seen.len(), 202);
+        assert_eq!(seen[0], before);
+        for (k, d) in seen[1..201].iter().enumerate() {
+            assert_eq!(d, &vec![k as u8; 5], "datagram {k}");
+        }
+        assert_eq!(seen[201], after);
     }
 
     #[test]

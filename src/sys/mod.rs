@@ -149,6 +149,41 @@ pub fn bind_udp4(
     Ok(std::net::UdpSocket::from(fd))
 }
 
+/// Turns path-MTU discovery off on a UDP socket (`IP_MTU_DISCOVER` = `IP_PMTUDISC_DONT`):
+/// its datagrams leave without DF, so the kernel fragments one that is larger than the
+/// device or route MTU, and so may routers on the way, as for Linux's VXLAN device.
+pub fn set_df_off(fd: RawFd) -> io::Result<()> {
+    setsockopt_int(
+        fd,
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_DONT,
+    )
+}
+
+/// The MTU the kernel's routing knows towards `dst` (device, route or learned path MTU),
+/// read with `IP_MTU` from a throwaway UDP socket connected to it (connecting sends nothing).
+pub fn path_mtu(dst: std::net::SocketAddrV4) -> io::Result<u32> {
+    // SAFETY: socket takes no pointers; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let sin = mmsg::sockaddr_in(dst);
+    // SAFETY: passes a live sockaddr_in and its exact size.
+    retry_eintr(|| unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&sin as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    })?;
+    let mtu = getsockopt_int(fd.as_raw_fd(), libc::IPPROTO_IP, libc::IP_MTU)?;
+    u32::try_from(mtu).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
+}
+
 /// Sets or clears O_NONBLOCK on a descriptor.
 pub fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
     // SAFETY: fcntl on a descriptor the caller owns, no pointers.
@@ -210,5 +245,15 @@ mod tests {
         assert_eq!(b.local_addr().unwrap(), SocketAddr::V4(at));
         let e = bind_udp4(at, false).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+    }
+
+    #[test]
+    fn df_off_sticks_and_loopback_path_mtu_is_known() {
+        let a = bind_udp4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), false).unwrap();
+        set_df_off(a.as_raw_fd()).unwrap();
+        let v = getsockopt_int(a.as_raw_fd(), libc::IPPROTO_IP, libc::IP_MTU_DISCOVER).unwrap();
+        assert_eq!(v, libc::IP_PMTUDISC_DONT);
+        let mtu = path_mtu(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9)).unwrap();
+        assert!(mtu >= 1280, "loopback MTU {mtu}");
     }
 }

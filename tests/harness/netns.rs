@@ -1409,6 +1409,36 @@ impl Lab {
         v.extend(self.segments.iter().map(|s| s.name.clone()));
         v
     }
+
+    /// Sets the MTU of every underlay link while the lab runs, as an operator lowering the
+    /// path MTU would: each host's and the router's veths, and every port of every segment
+    /// bridge (the bridge follows its ports), so the whole path carries at most `mtu`.
+    /// Pods and overlay devices are left alone.
+    pub fn set_underlay_mtu(&self, mtu: u32) {
+        let m = mtu.to_string();
+        for seg in &self.segments {
+            let ports = seg.ip(&["-o", "link", "show", "master", "br0"]);
+            for line in ports.lines() {
+                // "5: pabc@if2: <...> mtu 1500 ..." -> "pabc"
+                let Some(name) = line.split(':').nth(1) else {
+                    continue;
+                };
+                let name = name.trim().split('@').next().unwrap_or_default();
+                if !name.is_empty() {
+                    seg.ip(&["link", "set", name, "mtu", &m]);
+                }
+            }
+            seg.ip(&["link", "set", "br0", "mtu", &m]);
+        }
+        for h in self.hosts.iter().chain(self.outside.iter()) {
+            h.ns.ip(&["link", "set", "eth0", "mtu", &m]);
+        }
+        if let Some(r) = &self.router {
+            for dev in ["eth0", "eth1"] {
+                r.ip(&["link", "set", dev, "mtu", &m]);
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------

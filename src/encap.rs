@@ -308,6 +308,17 @@ pub fn outbound_dst(packet: &[u8]) -> Result<Ipv4Addr, DropReason> {
     Ok(p.dst_addr())
 }
 
+/// Whether an IPv6 packet from the TUN is the kernel's own link-local chatter (router
+/// solicitation, MLD report, duplicate address detection): its destination is multicast or
+/// its source unspecified or link-local. Such packets never belong to a pod's flow.
+pub fn is_ipv6_link_chatter(packet: &[u8]) -> bool {
+    let Ok(p) = ipv6::Ipv6Packet::new_checked(packet) else {
+        return false;
+    };
+    let (src, dst) = (p.src_addr(), p.dst_addr());
+    dst.is_multicast() || src.is_unspecified() || src.is_unicast_link_local()
+}
+
 /// A hash of the inner flow (addresses, protocol, and ports of TCP/UDP first fragments),
 /// used to spread flows over outer UDP source ports (RFC 7348 section 5, "Source Port").
 pub fn flow_hash(packet: &[u8]) -> u32 {
@@ -553,6 +564,23 @@ mod tests {
         let mut v6 = inner();
         v6[0] = 0x60;
         assert_eq!(outbound_dst(&v6), Err(DropReason::OutboundIpv6));
+        assert!(!is_ipv6_link_chatter(&v6[..4]));
+        // A router solicitation: fe80::1 -> ff02::2 (ICMPv6); a pod's global packet is not.
+        let mut rs = [0u8; 48];
+        rs[0] = 0x60;
+        rs[5] = 8;
+        rs[6] = 58;
+        rs[8] = 0xfe;
+        rs[9] = 0x80;
+        rs[23] = 1;
+        rs[24] = 0xff;
+        rs[25] = 0x02;
+        rs[39] = 2;
+        assert!(is_ipv6_link_chatter(&rs));
+        let mut global = rs;
+        global[8..10].copy_from_slice(&[0xfd, 0x10]);
+        global[24..26].copy_from_slice(&[0xfd, 0x10]);
+        assert!(!is_ipv6_link_chatter(&global));
         assert_eq!(outbound_dst(&[]), Err(DropReason::OutboundMalformed));
         assert_eq!(
             outbound_dst(&inner()[..19]),

@@ -255,6 +255,12 @@ fn status_and_doctor_without_flags_find_their_own_node() {
             assert!(line.starts_with("ok"), "{report}");
         }
     }
+    // The kernel's IPv6 chatter on the TUN (router solicitations, MLD) is not a drop.
+    assert_eq!(a.drops("outbound_ipv6"), 0);
+    eprintln!(
+        "IPv6 link chatter ignored on node a: {}",
+        a.metric("weft_tun_ipv6_ignored_total")
+    );
     let json = a.weft(&["status", "--json"]);
     let doc: serde_json::Value = serde_json::from_slice(&json.stdout).expect("status JSON");
     assert_eq!(doc["node"]["offloads"]["tun_tso"], serde_json::json!(true));

@@ -103,6 +103,9 @@ pub struct Counters {
     pub tx_messages: AtomicU64,
     /// ICMP unreachable messages written back to the TUN.
     pub icmp_unreachable: AtomicU64,
+    /// IPv6 link-local chatter the kernel sends on the TUN (router solicitations, MLD
+    /// reports, DAD): not pod traffic, so ignored rather than counted as drops.
+    pub tun_ipv6_ignored: AtomicU64,
     /// UDP_SEGMENT trains the kernel refused (segment plus headers above the MTU it
     /// fragments for, or no GSO): each was resent datagram by datagram.
     pub tx_refused_trains: AtomicU64,

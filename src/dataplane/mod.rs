@@ -833,6 +833,10 @@ impl SendSide {
                 }
                 let dst = match encap::outbound_dst(b.as_slice()) {
                     Ok(d) => d,
+                    Err(DropReason::OutboundIpv6) if encap::is_ipv6_link_chatter(b.as_slice()) => {
+                        counters.tun_ipv6_ignored.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     Err(r) => {
                         local.drop(r);
                         continue;

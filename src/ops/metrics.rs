@@ -125,6 +125,13 @@ pub fn render(c: &Counters, table: &LeaseTable, node: Option<&NodeStatus>) -> St
         "ICMP destination-unreachable messages sent back to pods.",
     );
     let _ = writeln!(o, "weft_icmp_unreachable_total {}", v(&c.icmp_unreachable));
+    family(
+        &mut o,
+        "weft_tun_ipv6_ignored_total",
+        "counter",
+        "IPv6 link-local chatter of the kernel on the TUN (router solicitations, MLD), ignored.",
+    );
+    let _ = writeln!(o, "weft_tun_ipv6_ignored_total {}", v(&c.tun_ipv6_ignored));
     family(&mut o, "weft_batch_packets_total", "counter", "Packets handled in I/O batches, by direction (divide by weft_batches_total for the mean batch size).");
     let _ = writeln!(
         o,

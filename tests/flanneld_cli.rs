@@ -241,6 +241,7 @@ fn status_and_doctor_without_flags_find_their_own_node() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        eprintln!("weft status:\n{text}");
         let first = text.lines().next().unwrap_or("");
         assert!(first.contains(&node.subnet.to_string()), "{text}");
         assert!(text.contains("1 remote lease\n"), "{text}");

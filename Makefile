@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all deps build test lint demo bench bench-e2e fuzz clean
+.PHONY: all deps build test lint demo bench bench-e2e fuzz clean install
 
 all: build
 
@@ -27,6 +27,25 @@ test: lint
 	else \
 		$(CARGO) test --locked --no-fail-fast; \
 	fi
+
+# Installs what `cargo build --release --locked` built (it does not build: run `make build`
+# or cargo first, as yourself). DESTDIR stages a package root; PREFIX moves the binary and the
+# README (the unit's ExecStart= and Documentation= then follow PREFIX). The unit and
+# /etc/weft stay under /etc: systemd reads units there. Never overwrites /etc/weft/weft.env.
+PREFIX ?= /usr/local
+DESTDIR ?=
+BIN ?= target/release/weft
+install:
+	@[ -x $(BIN) ] || { echo "make install: build first (cargo build --release --locked)" >&2; exit 1; }
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/weft
+	install -d -m 0755 $(DESTDIR)/etc/systemd/system
+	sed -e 's|/usr/local/bin/weft|$(PREFIX)/bin/weft|' \
+	    -e 's|/usr/local/share/doc/weft/|$(PREFIX)/share/doc/weft/|' \
+	    systemd/weft.service > $(DESTDIR)/etc/systemd/system/weft.service
+	chmod 0644 $(DESTDIR)/etc/systemd/system/weft.service
+	install -D -m 0644 systemd/weft.env.example $(DESTDIR)/etc/weft/weft.env.example
+	install -d -m 0700 $(DESTDIR)/etc/weft/tls
+	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/weft/README.md
 
 demo: build
 	@scripts/demo.sh

@@ -1,24 +1,33 @@
 #!/usr/bin/env bash
 # The demo (`make demo`): a local etcd, three weft nodes and one Linux-kernel VXLAN node
 # configured exactly as flanneld configures one, each a network namespace with a pod
-# namespace behind a cni0 bridge. Every pod pings every other pod, then iperf3 runs between
-# pods on different weft nodes and between a weft pod and the kernel node's pod.
+# namespace behind a cni0 bridge. The weft nodes' pods are wired as kubelet wires them on a
+# flannel node: the real bridge and host-local CNI plugins, configured from the node's
+# subnet.env the way flannel's CNI plugin delegates. Every pod pings every other pod, then
+# iperf3 runs between pods on different weft nodes and between a weft pod and the kernel
+# node's pod.
 # Everything it creates (namespaces, processes, temp files) is removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "demo: needs root (network namespaces, TUN)" >&2; exit 1; }
 weft=$PWD/target/release/weft
 [ -x "$weft" ] || cargo build --release --locked
-for c in etcd etcdctl ip bridge iperf3 ping; do
+for c in etcd etcdctl ip bridge iperf3 ping python3; do
   command -v $c >/dev/null || { echo "demo: $c missing; run scripts/deps.sh" >&2; exit 1; }
 done
+CNI_DIR=/usr/lib/cni
+[ -x $CNI_DIR/bridge ] && [ -x $CNI_DIR/host-local ] ||
+  { echo "demo: CNI plugins missing; run scripts/deps.sh (containernetworking-plugins)" >&2; exit 1; }
 
 P=wd$$                      # namespace prefix, unique per run
 tmp=$(mktemp -d /tmp/weft-demo.XXXXXX)
 pids=()
 nss=()
+cni_hosts=()
 cleanup() {
   set +e
+  # As kubelet does when a pod goes: CNI DEL (veth, address reservation, masquerade chain).
+  for h in "${cni_hosts[@]}"; do cni "$h" DEL "$tmp/$h.env" >/dev/null 2>&1; done
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
   for p in "${pids[@]}"; do
     for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
@@ -79,7 +88,34 @@ add_pod() { # host, subnet.env
   echo "$pod" >"$tmp/$1.pod"
 }
 
-echo "== three weft nodes (weft run, flanneld's flags)"
+# The flannel CNI plugin's delegate config for a subnet.env: bridge cni0 (name cbr0) as the
+# pods' default gateway, ipMasq = !FLANNEL_IPMASQ, mtu = FLANNEL_MTU, host-local IPAM over
+# FLANNEL_SUBNET's network with a route to FLANNEL_NETWORK; host-local's state lives in $tmp.
+cni_conf() { # host, subnet.env
+  # shellcheck disable=SC1090
+  . "$2"
+  local masq=true sub
+  [ "$FLANNEL_IPMASQ" = true ] && masq=false
+  sub=$(python3 -c 'import ipaddress,sys; print(ipaddress.ip_interface(sys.argv[1]).network)' "$FLANNEL_SUBNET")
+  printf '{"cniVersion":"0.3.1","name":"cbr0","type":"bridge","hairpinMode":true,"isDefaultGateway":true,"isGateway":true,"ipMasq":%s,"mtu":%s,"ipam":{"type":"host-local","ranges":[[{"subnet":"%s"}]],"routes":[{"dst":"%s"}],"dataDir":"%s"}}' \
+    "$masq" "$FLANNEL_MTU" "$sub" "$FLANNEL_NETWORK" "$tmp/cni-$1"
+}
+# Runs the bridge plugin inside the node's namespace, as kubelet would on that node.
+cni() { # host, ADD|DEL, subnet.env
+  cni_conf "$1" "$3" | CNI_COMMAND=$2 CNI_CONTAINERID="demo-$1" CNI_NETNS="/run/netns/$P$1pod" \
+    CNI_IFNAME=eth0 CNI_PATH=$CNI_DIR nsx "$1" $CNI_DIR/bridge
+}
+# A pod wired by CNI ADD; its address is whatever host-local hands out.
+add_pod_cni() { # host, subnet.env
+  addns "$1pod"
+  local out
+  out=$(cni "$1" ADD "$2") || { echo "CNI ADD on $1 failed: $out" >&2; exit 1; }
+  cni_hosts+=("$1")
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["ips"][0]["address"].split("/")[0])' \
+    <<<"$out" >"$tmp/$1.pod"
+}
+
+echo "== three weft nodes (weft run, flanneld's flags), pods wired by the bridge CNI plugin"
 for i in 1 2 3; do
   addns "w$i"
   attach "w$i" "192.168.64.1$i"
@@ -90,8 +126,8 @@ done
 for i in 1 2 3; do
   for _ in $(seq 100); do [ -s "$tmp/w$i.env" ] && break; sleep 0.1; done
   [ -s "$tmp/w$i.env" ] || { echo "weft node w$i did not come up:"; cat "$tmp/w$i.log"; exit 1; }
-  add_pod "w$i" "$tmp/w$i.env"
-  echo "   w$i: $(grep FLANNEL_SUBNET "$tmp/w$i.env"), pod $(cat "$tmp/w$i.pod")"
+  add_pod_cni "w$i" "$tmp/w$i.env"
+  echo "   w$i: $(grep FLANNEL_SUBNET "$tmp/w$i.env"), pod $(cat "$tmp/w$i.pod") (CNI bridge + host-local)"
 done
 
 echo "== one kernel VXLAN node (k1), configured as flanneld's vxlan backend does"

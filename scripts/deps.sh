@@ -21,6 +21,8 @@ want python3 python3
 want systemd-analyze systemd
 want pkg-config pkg-config
 want cc build-essential
+# The CNI plugins kubelet runs on a flannel node (tests/cni.rs, the demo): bridge, host-local.
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "deps: missing ${need[*]}; run as root (apt-get install) or install them yourself" >&2

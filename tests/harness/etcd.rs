@@ -28,6 +28,24 @@ pub struct TlsFiles {
     server_key: PathBuf,
 }
 
+impl TlsFiles {
+    /// Makes a CA, a server certificate valid for `server_ips` and a client certificate in
+    /// `dir` (for an etcd that listens elsewhere than 127.0.0.1, e.g. inside a lab).
+    pub fn make(dir: &Path, server_ips: &[&str]) -> TlsFiles {
+        make_certs_for(dir, server_ips)
+    }
+
+    /// The server certificate (PEM).
+    pub fn server_cert(&self) -> &Path {
+        &self.server_cert
+    }
+
+    /// The server key (PEM).
+    pub fn server_key(&self) -> &Path {
+        &self.server_key
+    }
+}
+
 /// One etcd process and everything it owns.
 pub struct Etcd {
     child: Option<Child>,
@@ -239,6 +257,12 @@ fn openssl(dir: &Path, args: &[&str]) {
 
 /// A P-256 CA, a server certificate for 127.0.0.1 and a client certificate, all for 1 day.
 fn make_certs(dir: &Path) -> TlsFiles {
+    make_certs_for(dir, &["127.0.0.1"])
+}
+
+/// [`make_certs`] with the server certificate valid for `server_ips`.
+fn make_certs_for(dir: &Path, server_ips: &[&str]) -> TlsFiles {
+    let san: Vec<String> = server_ips.iter().map(|ip| format!("IP:{ip}")).collect();
     let ec = [
         "-newkey",
         "ec",
@@ -265,7 +289,7 @@ fn make_certs(dir: &Path) -> TlsFiles {
     openssl(dir, &ca);
     std::fs::write(
         dir.join("server.ext"),
-        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        format!("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName={},DNS:localhost\n", san.join(",")),
     )
     .expect("write server.ext");
     std::fs::write(
@@ -273,7 +297,8 @@ fn make_certs(dir: &Path) -> TlsFiles {
         "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
     )
     .expect("write client.ext");
-    for (name, cn) in [("server", "127.0.0.1"), ("client", "weft-node")] {
+    let server_cn = server_ips.first().copied().unwrap_or("127.0.0.1");
+    for (name, cn) in [("server", server_cn), ("client", "weft-node")] {
         let key = format!("{name}.key");
         let csr = format!("{name}.csr");
         let pem = format!("{name}.pem");

@@ -2,6 +2,8 @@
 //! flannel nodes, traffic helpers). Each test binary uses a subset, hence `dead_code`.
 #![allow(dead_code)]
 
+/// Pods wired by the real `bridge`/`host-local` CNI plugins, as flannel's CNI plugin does.
+pub mod cni;
 /// A real etcd server on a free loopback port with a temporary data dir.
 pub mod etcd;
 /// Network namespaces, lab topologies, kernel flannel nodes and traffic helpers.

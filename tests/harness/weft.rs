@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::{ExitStatus, Output};
 use std::time::{Duration, Instant};
 
+use super::etcd::TlsFiles;
 use super::netns::{tcp_transfer, Host, Lab, Netns, Proc, Subnet};
 
 /// The address etcd listens on, on the underlay bridge.
@@ -23,19 +24,47 @@ pub struct NsEtcd {
     proc: Option<Proc>,
     ns: String,
     endpoint: String,
+    tls: Option<TlsFiles>,
     _dir: tempfile::TempDir,
 }
 
 impl NsEtcd {
     /// Starts etcd in `segment` (the underlay bridge's namespace), giving `br0` [`ETCD_IP`].
     pub fn start(segment: &Netns) -> NsEtcd {
+        Self::launch(segment, false)
+    }
+
+    /// [`NsEtcd::start`], serving HTTPS only and requiring a client certificate; the
+    /// certificates (server valid for [`ETCD_IP`]) live in its temp dir, see [`NsEtcd::tls`].
+    pub fn start_tls(segment: &Netns) -> NsEtcd {
+        Self::launch(segment, true)
+    }
+
+    fn launch(segment: &Netns, tls: bool) -> NsEtcd {
         segment.ip(&["addr", "add", &format!("{ETCD_IP}/24"), "dev", "br0"]);
         let dir = tempfile::tempdir().expect("etcd tempdir");
-        let endpoint = format!("http://{ETCD_IP}:2379");
+        let tls = tls.then(|| {
+            let certs = dir.path().join("certs");
+            std::fs::create_dir(&certs).expect("certs dir");
+            TlsFiles::make(&certs, &[&ETCD_IP.to_string()])
+        });
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let endpoint = format!("{scheme}://{ETCD_IP}:2379");
         let data = format!("--data-dir={}", dir.path().join("data").display());
         let client = format!("--listen-client-urls={endpoint}");
         let adv = format!("--advertise-client-urls={endpoint}");
-        let proc = segment.spawn(&[
+        let tls_args: Vec<String> = tls
+            .iter()
+            .flat_map(|t| {
+                [
+                    format!("--cert-file={}", t.server_cert().display()),
+                    format!("--key-file={}", t.server_key().display()),
+                    format!("--trusted-ca-file={}", t.ca.display()),
+                    "--client-cert-auth=true".to_string(),
+                ]
+            })
+            .collect();
+        let mut argv = vec![
             "etcd",
             "--name=lab",
             &data,
@@ -46,11 +75,14 @@ impl NsEtcd {
             "--initial-cluster=lab=http://127.0.0.1:2380",
             "--log-level=warn",
             "--logger=zap",
-        ]);
+        ];
+        argv.extend(tls_args.iter().map(String::as_str));
+        let proc = segment.spawn(&argv);
         let e = NsEtcd {
             proc: Some(proc),
             ns: segment.name().to_string(),
             endpoint,
+            tls,
             _dir: dir,
         };
         let end = Instant::now() + Duration::from_secs(20);
@@ -70,6 +102,11 @@ impl NsEtcd {
         &self.endpoint
     }
 
+    /// The client certificate files of a TLS etcd ([`NsEtcd::start_tls`]).
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
     fn ctl_unchecked(&self, args: &[&str]) -> Output {
         let mut argv = vec![
             "ip",
@@ -82,6 +119,18 @@ impl NsEtcd {
             "--endpoints",
             &self.endpoint,
         ];
+        let tls_args: Vec<String> = self
+            .tls
+            .iter()
+            .flat_map(|t| {
+                [
+                    format!("--cacert={}", t.ca.display()),
+                    format!("--cert={}", t.cert.display()),
+                    format!("--key={}", t.key.display()),
+                ]
+            })
+            .collect();
+        argv.extend(tls_args.iter().map(String::as_str));
         argv.extend_from_slice(args);
         Proc::spawn(&argv).output_within(Duration::from_secs(20))
     }
@@ -192,6 +241,18 @@ impl WeftNode {
 
     /// [`WeftNode::start`] with extra `NAME=value` environment entries for the process.
     pub fn start_with_env(host: &Host, etcd: &NsEtcd, env: &[&str], extra: &[&str]) -> WeftNode {
+        Self::start_wrapped(host, etcd, env, &[], extra)
+    }
+
+    /// [`WeftNode::start_with_env`] with `wrapper` (a command that execs its arguments, e.g.
+    /// `setpriv ... --`) between the environment and the weft binary.
+    pub fn start_wrapped(
+        host: &Host,
+        etcd: &NsEtcd,
+        env: &[&str],
+        wrapper: &[&str],
+        extra: &[&str],
+    ) -> WeftNode {
         let endpoints = format!("-etcd-endpoints={}", etcd.endpoint());
         let port = format!("--healthz-port={OPS_PORT}");
         let mut args = vec![
@@ -201,18 +262,24 @@ impl WeftNode {
             &port,
         ];
         args.extend_from_slice(extra);
-        Self::start_raw(host, env, &args)
+        Self::launch(host, env, wrapper, &args)
     }
 
     /// Starts `weft run <args> -subnet-file=<temp>` in `host` with only the environment
     /// entries `env` and only the flags given (nothing added but the subnet file), and waits
     /// until it is up. The ops server must be on 127.0.0.1:[`OPS_PORT`] (by flag or env).
     pub fn start_raw(host: &Host, env: &[&str], args: &[&str]) -> WeftNode {
+        Self::launch(host, env, &[], args)
+    }
+
+    /// `env <env> <wrapper> weft run <args> -subnet-file=<temp>`, waited for until up.
+    fn launch(host: &Host, env: &[&str], wrapper: &[&str], args: &[&str]) -> WeftNode {
         let dir = tempfile::tempdir().expect("weft tempdir");
         let subnet_file = dir.path().join("subnet.env");
         let sf = format!("-subnet-file={}", subnet_file.display());
         let mut argv = vec!["env", "RUST_LOG=weft=debug"];
         argv.extend_from_slice(env);
+        argv.extend_from_slice(wrapper);
         argv.extend_from_slice(&[weft_bin(), "run"]);
         argv.extend_from_slice(args);
         argv.push(&sf);

@@ -9,13 +9,7 @@ use harness::netns::{require_root, tcp_transfer, Lab};
 use harness::weft::{NsEtcd, WeftNode, VXLAN_CONFIG};
 
 fn doctor_with(node: &WeftNode, endpoint: &str) -> (bool, String) {
-    let sf = format!("--subnet-file={}", node.subnet_file().display());
-    let ep = format!("--etcd-endpoints={endpoint}");
-    let out = node.weft(&["doctor", &sf, "--iface=eth0", &ep]);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    node.doctor(endpoint)
 }
 
 fn doctor(node: &WeftNode) -> (bool, String) {

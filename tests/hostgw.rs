@@ -6,9 +6,9 @@
 mod harness;
 
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use harness::netns::{require_root, Host, Lab, Subnet, SEGMENT_A, SEGMENT_B};
+use harness::netns::{require_root, wait_until, Host, Lab, Subnet, SEGMENT_A, SEGMENT_B};
 use harness::weft::{ping_all_pairs, transfer, NsEtcd, WeftNode};
 
 const HOST_GW: &str = r#"{"Network":"10.1.0.0/16","Backend":{"Type":"host-gw"}}"#;
@@ -33,20 +33,6 @@ fn weft_routes(host: &Host) -> Vec<(String, String)> {
 fn has_route(host: &Host, subnet: Subnet) -> bool {
     let s = subnet.to_string();
     weft_routes(host).iter().any(|(d, _)| *d == s)
-}
-
-/// Waits until `cond` holds, at most `timeout`; returns how long it took.
-fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    loop {
-        if cond() {
-            return Some(start.elapsed());
-        }
-        if start.elapsed() > timeout {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

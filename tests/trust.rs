@@ -7,29 +7,15 @@
 
 mod harness;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use harness::netns::{require_root, Host, Lab, Subnet};
+use harness::netns::{require_root, wait_until, Host, Lab, Subnet};
 use harness::weft::{ping_all_pairs, transfer, NsEtcd, WeftNode, OPS_PORT, PREFIX, VXLAN_CONFIG};
 
 const HOST_GW: &str = r#"{"Network":"10.1.0.0/16","Backend":{"Type":"host-gw"}}"#;
 const VXLAN_DIRECT: &str =
     r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#;
 const MB: u64 = 1 << 20;
-
-/// Waits until `cond` holds, at most `timeout`; returns how long it took.
-fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    loop {
-        if cond() {
-            return Some(start.elapsed());
-        }
-        if start.elapsed() > timeout {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// The host's main IPv4 routing table, one line per route, sorted.
 fn main_table(host: &Host) -> Vec<String> {
@@ -135,10 +121,7 @@ fn hostile_leases_change_nothing(config: &str, backend: &str) {
             && text.contains("lies outside the Network"),
         "{text}"
     );
-    let sf = format!("--subnet-file={}", a.subnet_file().display());
-    let ep = format!("--etcd-endpoints={}", etcd.endpoint());
-    let doc = a.weft(&["doctor", &sf, "--iface=eth0", &ep]);
-    let report = String::from_utf8_lossy(&doc.stdout);
+    let (_, report) = a.doctor(etcd.endpoint());
     assert!(
         report.contains("lease_records") && report.contains("subnets/8.8.8.0-24"),
         "{report}"
@@ -191,10 +174,7 @@ fn duplicate_public_ip_leaves_both_directions_working() {
         text.contains(&format!("CONFLICT  PublicIP {b_ip}")),
         "{text}"
     );
-    let sf = format!("--subnet-file={}", a.subnet_file().display());
-    let ep = format!("--etcd-endpoints={}", etcd.endpoint());
-    let doc = a.weft(&["doctor", &sf, "--iface=eth0", &ep]);
-    let report = String::from_utf8_lossy(&doc.stdout);
+    let (_, report) = a.doctor(etcd.endpoint());
     assert!(
         report.contains("public_ip_conflict") && report.contains("10.1.0.0-24"),
         "{report}"

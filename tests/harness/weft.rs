@@ -362,6 +362,18 @@ impl WeftNode {
         Proc::spawn(&argv).output_within(Duration::from_secs(10))
     }
 
+    /// `weft doctor` in the node's namespace with its subnet file, `-iface=eth0` and etcd at
+    /// `endpoint`: whether it passed, and its report.
+    pub fn doctor(&self, endpoint: &str) -> (bool, String) {
+        let sf = format!("--subnet-file={}", self.subnet_file.display());
+        let ep = format!("--etcd-endpoints={endpoint}");
+        let out = self.weft(&["doctor", &sf, "--iface=eth0", &ep]);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
     /// GET `path` from the node's ops server, `None` when it does not answer 200.
     pub fn http(&self, path: &str) -> Option<String> {
         let script = format!(

@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "demo: needs root (network namespaces, TUN)" >&2; exit 1; }
-weft=$PWD/target/release/weft
+weft=${CARGO_TARGET_DIR:-$PWD/target}/release/weft
 [ -x "$weft" ] || cargo build --release --locked
 for c in etcd etcdctl ip bridge iperf3 ping python3; do
   command -v $c >/dev/null || { echo "demo: $c missing; run scripts/deps.sh" >&2; exit 1; }

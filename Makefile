@@ -34,7 +34,7 @@ test: lint
 # /etc/weft stay under /etc: systemd reads units there. Never overwrites /etc/weft/weft.env.
 PREFIX ?= /usr/local
 DESTDIR ?=
-BIN ?= target/release/weft
+BIN ?= $(or $(CARGO_TARGET_DIR),target)/release/weft
 install:
 	@[ -x $(BIN) ] || { echo "make install: build first (cargo build --release --locked)" >&2; exit 1; }
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/weft
@@ -46,6 +46,7 @@ install:
 	install -D -m 0644 systemd/weft.env.example $(DESTDIR)/etc/weft/weft.env.example
 	install -d -m 0700 $(DESTDIR)/etc/weft/tls
 	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/weft/README.md
+	install -D -m 0644 docs/architecture.md $(DESTDIR)$(PREFIX)/share/doc/weft/docs/architecture.md
 
 demo: build
 	@scripts/demo.sh

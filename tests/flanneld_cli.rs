@@ -9,7 +9,9 @@ mod harness;
 use std::time::{Duration, Instant};
 
 use harness::netns::{require_root, run_unchecked, Host, Lab};
-use harness::weft::{ping_all_pairs, transfer, weft_bin, NsEtcd, WeftNode, PREFIX, VXLAN_CONFIG};
+use harness::weft::{
+    ping_all_pairs, transfer, two_node_cluster, weft_bin, NsEtcd, WeftNode, PREFIX, VXLAN_CONFIG,
+};
 
 const MB: u64 = 1 << 20;
 
@@ -227,12 +229,7 @@ fn forward_rules_without_ip_masq_carry_pods_across_a_drop_policy() {
 #[test]
 fn status_and_doctor_without_flags_find_their_own_node() {
     require_root();
-    let mut lab = Lab::builder().hosts(2).build();
-    let etcd = NsEtcd::start(lab.segment(0));
-    etcd.put_config(VXLAN_CONFIG);
-    let a = WeftNode::start_with_pod(&mut lab, 0, &etcd, &[]);
-    let b = WeftNode::start_with_pod(&mut lab, 1, &etcd, &[]);
-    ping_all_pairs(&lab);
+    let (lab, _etcd, a, b) = two_node_cluster(VXLAN_CONFIG, &[]);
     for (node, other) in [(&a, &b), (&b, &a)] {
         let out = node.weft(&["status"]);
         let text = String::from_utf8_lossy(&out.stdout);

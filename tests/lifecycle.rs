@@ -8,19 +8,14 @@ mod harness;
 use std::time::{Duration, Instant};
 
 use harness::netns::{require_root, Lab};
-use harness::weft::{ping_all_pairs, transfer, weft_bin, NsEtcd, WeftNode, VXLAN_CONFIG};
+use harness::weft::{ping_all_pairs, transfer, two_node_cluster, weft_bin, NsEtcd, VXLAN_CONFIG};
 
 const MB: u64 = 1 << 20;
 
 #[test]
 fn sighup_leaves_the_node_forwarding() {
     require_root();
-    let mut lab = Lab::builder().hosts(2).build();
-    let etcd = NsEtcd::start(lab.segment(0));
-    etcd.put_config(VXLAN_CONFIG);
-    let mut a = WeftNode::start_with_pod(&mut lab, 0, &etcd, &[]);
-    let _b = WeftNode::start_with_pod(&mut lab, 1, &etcd, &[]);
-    ping_all_pairs(&lab);
+    let (lab, _etcd, mut a, _b) = two_node_cluster(VXLAN_CONFIG, &[]);
     for _ in 0..3 {
         a.signal(libc::SIGHUP);
         std::thread::sleep(Duration::from_millis(200));
@@ -102,12 +97,7 @@ fn stop_signals_during_start_up_exit_zero() {
 #[test]
 fn second_instance_refuses_before_touching_anything() {
     require_root();
-    let mut lab = Lab::builder().hosts(2).build();
-    let etcd = NsEtcd::start(lab.segment(0));
-    etcd.put_config(VXLAN_CONFIG);
-    let a = WeftNode::start_with_pod(&mut lab, 0, &etcd, &["--workers=2"]);
-    let _b = WeftNode::start_with_pod(&mut lab, 1, &etcd, &["--workers=2"]);
-    ping_all_pairs(&lab);
+    let (lab, etcd, a, _b) = two_node_cluster(VXLAN_CONFIG, &["--workers=2"]);
     let lease_before = etcd.lease(a.subnet).expect("a's lease");
     let env_before = std::fs::read_to_string(a.subnet_file()).unwrap();
     let rx_before = a.metric("weft_packets_total{direction=\"rx\"}");

@@ -9,8 +9,10 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::netns::{require_root, wait_until, Host, Lab, Subnet};
-use harness::weft::{ping_all_pairs, transfer, NsEtcd, WeftNode, OPS_PORT, PREFIX, VXLAN_CONFIG};
+use harness::netns::{require_root, wait_until, Host, Subnet};
+use harness::weft::{
+    ping_all_pairs, transfer, two_node_cluster, NsEtcd, OPS_PORT, PREFIX, VXLAN_CONFIG,
+};
 
 const HOST_GW: &str = r#"{"Network":"10.1.0.0/16","Backend":{"Type":"host-gw"}}"#;
 const VXLAN_DIRECT: &str =
@@ -61,13 +63,7 @@ fn put_hostile_leases(etcd: &NsEtcd, backend: &str) {
 /// included), the node keeps one peer, every record is counted and listed.
 fn hostile_leases_change_nothing(config: &str, backend: &str) {
     require_root();
-    let mut lab = Lab::builder().hosts(2).build();
-    let etcd = NsEtcd::start(lab.segment(0));
-    etcd.put_config(config);
-    let flags = ["--route-resync-secs=1"];
-    let a = WeftNode::start_with_pod(&mut lab, 0, &etcd, &flags);
-    let b = WeftNode::start_with_pod(&mut lab, 1, &etcd, &flags);
-    ping_all_pairs(&lab);
+    let (lab, etcd, a, b) = two_node_cluster(config, &["--route-resync-secs=1"]);
     assert!(
         wait_until(Duration::from_secs(5), || main_table(lab.host(0))
             .iter()
@@ -149,12 +145,7 @@ fn hostile_leases_change_no_route_with_direct_routing() {
 #[test]
 fn duplicate_public_ip_leaves_both_directions_working() {
     require_root();
-    let mut lab = Lab::builder().hosts(2).build();
-    let etcd = NsEtcd::start(lab.segment(0));
-    etcd.put_config(VXLAN_CONFIG);
-    let a = WeftNode::start_with_pod(&mut lab, 0, &etcd, &[]);
-    let b = WeftNode::start_with_pod(&mut lab, 1, &etcd, &[]);
-    ping_all_pairs(&lab);
+    let (lab, etcd, a, b) = two_node_cluster(VXLAN_CONFIG, &[]);
     // 10.1.0.0/24 is inside the Network and below SubnetMin: it sorts before every lease.
     let stale = Subnet::new("10.1.0.0".parse().unwrap(), 24);
     let b_ip = lab.host(1).addr().to_string();
@@ -189,12 +180,7 @@ fn duplicate_public_ip_leaves_both_directions_working() {
 #[test]
 fn overwritten_own_lease_is_written_back() {
     require_root();
-    let mut lab = Lab::builder().hosts(2).build();
-    let etcd = NsEtcd::start(lab.segment(0));
-    etcd.put_config(VXLAN_CONFIG);
-    let a = WeftNode::start_with_pod(&mut lab, 0, &etcd, &[]);
-    let b = WeftNode::start_with_pod(&mut lab, 1, &etcd, &[]);
-    ping_all_pairs(&lab);
+    let (lab, etcd, a, b) = two_node_cluster(VXLAN_CONFIG, &[]);
     let original = etcd.lease(b.subnet).expect("b's lease");
     let key = format!("{PREFIX}/subnets/{}", b.subnet.lease_key());
     let lease_id = || -> String {

@@ -418,6 +418,20 @@ impl Drop for WeftNode {
     }
 }
 
+/// A two-node cluster, the set-up most end-to-end tests start from: a lab of two hosts, etcd
+/// with `config`, a weft node with a pod on each host (both with `flags`), every pod
+/// reaching the other. Bind the parts in this order so that the nodes stop before the lab
+/// goes: `let (lab, etcd, a, b) = two_node_cluster(...)`.
+pub fn two_node_cluster(config: &str, flags: &[&str]) -> (Lab, NsEtcd, WeftNode, WeftNode) {
+    let mut lab = Lab::builder().hosts(2).build();
+    let etcd = NsEtcd::start(lab.segment(0));
+    etcd.put_config(config);
+    let a = WeftNode::start_with_pod(&mut lab, 0, &etcd, flags);
+    let b = WeftNode::start_with_pod(&mut lab, 1, &etcd, flags);
+    ping_all_pairs(&lab);
+    (lab, etcd, a, b)
+}
+
 /// Every pod 0 of a host that has pods pings every other one (after waiting for the path).
 pub fn ping_all_pairs(lab: &Lab) {
     let pods: Vec<_> = lab

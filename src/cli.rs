@@ -123,8 +123,8 @@ pub struct NodeArgs {
     )]
     pub subnet_lease_renew_margin: u32,
 
-    /// Masquerade pod traffic leaving the overlay (flannel's FLANNEL-POSTRTG/FLANNEL-FWD
-    /// iptables rules, resynced every 10 s); also written to subnet.env as FLANNEL_IPMASQ.
+    /// Masquerade pod traffic leaving the overlay (flannel's FLANNEL-POSTRTG iptables rules,
+    /// resynced every -iptables-resync seconds); also written to subnet.env as FLANNEL_IPMASQ.
     #[arg(
         long = "ip-masq",
         env = "FLANNELD_IP_MASQ",

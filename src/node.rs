@@ -482,8 +482,11 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
         masquerade: opts.ip_masq,
         forward: opts.forward_rules,
     };
+    use crate::ops::status::IptablesState;
+    let iptables = std::cell::Cell::new(IptablesState::Off);
     match crate::host::masq::apply(config.network, own.subnet, rules) {
         Ok(()) if rules.any() => {
+            iptables.set(IptablesState::Ok);
             info!(network = %config.network, subnet = %own.subnet, masquerade = rules.masquerade, forward = rules.forward, "iptables rules written")
         }
         Ok(()) => {}
@@ -494,6 +497,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
             return Err(e.into());
         }
         Err(e) => {
+            iptables.set(IptablesState::Failed);
             warn!(error = %e, "FLANNEL-FWD forward rules could not be written: where FORWARD's policy is DROP, pod traffic will not cross this host (--iptables-forward-rules=false turns them off)");
         }
     }
@@ -548,8 +552,6 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
         dp.map(|d| d.stop())
     };
     let status_cell: Arc<ArcSwapOption<NodeStatus>> = ops_state.status.clone();
-    // 2: --ip-masq off; 1: rules written by the last resync; 0: the last resync failed.
-    let masq_ok = std::sync::atomic::AtomicU8::new(if rules.any() { 1 } else { 2 });
     let resync_ticks = opts.iptables_resync.as_secs().max(1);
     let started = Instant::now();
     let snapshot_status = |dp: Option<&Datapath>, store: &crate::store::StoreHandle| {
@@ -576,11 +578,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
             offloads: dp_info.as_ref().map(|i| i.offloads).unwrap_or_default(),
             workers: dp_info.as_ref().map_or(0, |i| i.workers),
             threads_per_worker: dp_info.as_ref().map_or(0, |i| i.threads_per_worker),
-            iptables: match masq_ok.load(std::sync::atomic::Ordering::Relaxed) {
-                2 => crate::ops::status::IptablesState::Off,
-                1 => crate::ops::status::IptablesState::Ok,
-                _ => crate::ops::status::IptablesState::Failed,
-            },
+            iptables: iptables.get(),
             subnet_file: opts.subnet_file.display().to_string(),
             etcd_endpoints: opts.etcd.endpoints.clone(),
             uptime_secs: started.elapsed().as_secs(),
@@ -614,16 +612,16 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
                 ticks += 1;
                 if rules.any() && ticks % resync_ticks == 0 {
                     let subnet = store.own_lease().subnet;
-                    let ok = match crate::host::masq::apply(config.network, subnet, rules) {
-                        Ok(()) => 1,
+                    let state = match crate::host::masq::apply(config.network, subnet, rules) {
+                        Ok(()) => IptablesState::Ok,
                         Err(e) => {
-                            if masq_ok.load(std::sync::atomic::Ordering::Relaxed) == 1 {
+                            if iptables.get() != IptablesState::Failed {
                                 warn!(error = %e, "iptables rules could not be resynced");
                             }
-                            0
+                            IptablesState::Failed
                         }
                     };
-                    masq_ok.store(ok, std::sync::atomic::Ordering::Relaxed);
+                    iptables.set(state);
                 }
                 status_cell.store(Some(snapshot_status(dp.as_ref(), &store)));
                 note_peers(&peer_seen);

@@ -139,31 +139,6 @@ fn udp_port_in(proc_net_udp: &str, port: u16) -> bool {
     })
 }
 
-/// The IPv4 route the kernel's main table holds for `dst` (longest prefix, lowest metric):
-/// `(interface, gateway or None)`, from /proc/net/route.
-pub fn route_for(dst: std::net::Ipv4Addr) -> Option<(String, Option<std::net::Ipv4Addr>)> {
-    let text = std::fs::read_to_string("/proc/net/route").ok()?;
-    route_in(&text, dst)
-}
-
-fn route_in(text: &str, dst: std::net::Ipv4Addr) -> Option<(String, Option<std::net::Ipv4Addr>)> {
-    let d = u32::from(dst);
-    let hex = |s: &str| u32::from_str_radix(s, 16).ok().map(u32::from_be);
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let (dest, gw, mask) = (hex(f.get(1)?)?, hex(f.get(2)?)?, hex(f.get(7)?)?);
-            let metric: u32 = f.get(6)?.parse().ok()?;
-            (d & mask == dest).then(|| (mask.count_ones(), std::cmp::Reverse(metric), f[0], gw))
-        })
-        .max_by_key(|(len, metric, _, _)| (*len, *metric))
-        .map(|(_, _, dev, gw)| {
-            let gw = (gw != 0).then(|| std::net::Ipv4Addr::from(gw));
-            (dev.to_string(), gw)
-        })
-}
-
 /// What `weft doctor` looks at.
 #[derive(Debug, Clone)]
 pub struct DoctorInput {
@@ -383,7 +358,7 @@ pub fn run_checks(i: &DoctorInput) -> Vec<Finding> {
         let missing: Vec<String> = leases
             .iter()
             .filter(|(s, _)| *s != own)
-            .filter(|(s, ip)| match route_for(s.first_host()) {
+            .filter(|(s, ip)| match super::route_for(s.first_host()) {
                 Some((dev, gw)) => !(dev == i.tun || gw == Some(*ip)),
                 None => true,
             })
@@ -557,15 +532,15 @@ weft0\t0000010A\t00000000\t0001\t0\t0\t0\t0000FFFF\n\
 eth0\t0003010A\t0B40A8C0\t0003\t0\t0\t0\t00FFFFFF\n";
         let ip = |s: &str| s.parse::<std::net::Ipv4Addr>().unwrap();
         assert_eq!(
-            route_in(routes, ip("10.1.2.7")),
+            crate::host::route_in(routes, ip("10.1.2.7")),
             Some(("weft0".into(), None))
         );
         assert_eq!(
-            route_in(routes, ip("10.1.3.7")),
+            crate::host::route_in(routes, ip("10.1.3.7")),
             Some(("eth0".into(), Some(ip("192.168.64.11"))))
         );
         assert_eq!(
-            route_in(routes, ip("8.8.8.8")),
+            crate::host::route_in(routes, ip("8.8.8.8")),
             Some(("eth0".into(), Some(ip("192.168.64.1"))))
         );
     }

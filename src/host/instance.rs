@@ -36,7 +36,7 @@ pub enum InstanceError {
 /// Proof that this process is the only weft of its network here; released on drop.
 #[derive(Debug)]
 pub struct InstanceLock {
-    _socket: UnixListener,
+    socket: UnixListener,
     name: String,
 }
 
@@ -56,10 +56,7 @@ impl InstanceLock {
             }
         })?;
         match UnixListener::bind_addr(&addr) {
-            Ok(socket) => Ok(InstanceLock {
-                _socket: socket,
-                name,
-            }),
+            Ok(socket) => Ok(InstanceLock { socket, name }),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(InstanceError::Running {
                 prefix: prefix.to_string(),
                 name,
@@ -70,7 +67,7 @@ impl InstanceLock {
 
     /// Another handle on the socket, for serving on it (`weft status` asks it).
     pub fn listener(&self) -> std::io::Result<UnixListener> {
-        self._socket.try_clone()
+        self.socket.try_clone()
     }
 
     /// The abstract socket name held.

@@ -68,6 +68,34 @@ pub enum UnderlayError {
     },
 }
 
+/// The IPv4 route the kernel's main table holds for `dst` (longest prefix, lowest metric):
+/// `(interface, gateway or None)`, from /proc/net/route.
+pub fn route_for(dst: std::net::Ipv4Addr) -> Option<(String, Option<std::net::Ipv4Addr>)> {
+    let text = std::fs::read_to_string("/proc/net/route").ok()?;
+    route_in(&text, dst)
+}
+
+pub(crate) fn route_in(
+    text: &str,
+    dst: std::net::Ipv4Addr,
+) -> Option<(String, Option<std::net::Ipv4Addr>)> {
+    let d = u32::from(dst);
+    let hex = |s: &str| u32::from_str_radix(s, 16).ok().map(u32::from_be);
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (dest, gw, mask) = (hex(f.get(1)?)?, hex(f.get(2)?)?, hex(f.get(7)?)?);
+            let metric: u32 = f.get(6)?.parse().ok()?;
+            (d & mask == dest).then(|| (mask.count_ones(), std::cmp::Reverse(metric), f[0], gw))
+        })
+        .max_by_key(|(len, metric, _, _)| (*len, *metric))
+        .map(|(_, _, dev, gw)| {
+            let gw = (gw != 0).then(|| std::net::Ipv4Addr::from(gw));
+            (dev.to_string(), gw)
+        })
+}
+
 /// The interface of the IPv4 default route, from `/proc/net/route` (lowest metric).
 pub fn default_route_iface() -> Option<String> {
     let text = std::fs::read_to_string("/proc/net/route").ok()?;
@@ -144,7 +172,7 @@ pub fn choose_underlay(spec: &UnderlaySpec) -> Result<Underlay, UnderlayError> {
     } else if !spec.iface_regex.is_empty() {
         by_regex(&addrs, &spec.iface_regex)?
     } else if let Some(dst) = spec.iface_can_reach {
-        let (name, _) = doctor::route_for(dst).ok_or(UnderlayError::Unreachable(dst))?;
+        let (name, _) = route_for(dst).ok_or(UnderlayError::Unreachable(dst))?;
         addrs
             .iter()
             .find(|a| a.name == name)

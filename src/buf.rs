@@ -1,4 +1,4 @@
-//! Packet buffers with headroom, a preallocated pool of them, and fixed-size I/O batches.
+//! Packet buffers with headroom and fixed-size I/O batches (allocated once per worker).
 //!
 //! A [`PacketBuf`] keeps its packet at `data[head..tail]`. Reading from a device or socket
 //! fills the bytes from `head` on; encapsulation [`prepend`](PacketBuf::prepend)s headers into
@@ -170,49 +170,6 @@ impl PacketBuf {
     }
 }
 
-/// A preallocated set of equal buffers for one worker: `take` and `give` never allocate.
-#[derive(Debug)]
-pub struct BufPool {
-    free: Vec<PacketBuf>,
-    total: usize,
-}
-
-impl BufPool {
-    /// Allocates `count` buffers of `capacity` bytes with `headroom` each.
-    pub fn new(count: usize, capacity: usize, headroom: usize) -> BufPool {
-        let mut free = Vec::with_capacity(count);
-        free.extend((0..count).map(|_| PacketBuf::new(capacity, headroom)));
-        BufPool { free, total: count }
-    }
-
-    /// Takes an empty buffer, or `None` when all are in use.
-    #[inline]
-    pub fn take(&mut self) -> Option<PacketBuf> {
-        let mut b = self.free.pop()?;
-        b.reset();
-        Some(b)
-    }
-
-    /// Returns a buffer to the pool. Buffers beyond the pool's size are dropped, so the
-    /// free list never grows past its preallocated capacity.
-    #[inline]
-    pub fn give(&mut self, buf: PacketBuf) {
-        if self.free.len() < self.total {
-            self.free.push(buf);
-        }
-    }
-
-    /// Buffers available now.
-    pub fn available(&self) -> usize {
-        self.free.len()
-    }
-
-    /// Buffers the pool was built with.
-    pub fn total(&self) -> usize {
-        self.total
-    }
-}
-
 /// Per-slot metadata of a batch: the remote address and, for a GRO read or GSO send, the
 /// segment size (quinn-udp's `RecvMeta`/`Transmit`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -342,22 +299,6 @@ mod tests {
         space[..4].copy_from_slice(b"abcd");
         b.set_len(4);
         assert_eq!(b.as_slice(), b"abcd");
-    }
-
-    #[test]
-    fn pool_recycles_without_growing() {
-        let mut p = BufPool::new(2, 64, 16);
-        let a = p.take().unwrap();
-        let mut b = p.take().unwrap();
-        assert!(p.take().is_none());
-        b.fill_from(b"x").unwrap();
-        p.give(b);
-        let b = p.take().unwrap();
-        assert!(b.is_empty(), "taken buffers are reset");
-        p.give(a);
-        p.give(b);
-        p.give(PacketBuf::new(64, 16));
-        assert_eq!((p.available(), p.total()), (2, 2));
     }
 
     #[test]

@@ -70,6 +70,16 @@ pub struct Offloads {
     pub udp_gro: bool,
 }
 
+impl From<&crate::dataplane::Offloads> for Offloads {
+    fn from(o: &crate::dataplane::Offloads) -> Offloads {
+        Offloads {
+            tun_tso: o.tun_tso,
+            udp_gso: o.udp_gso.is_some(),
+            udp_gro: o.udp_gro,
+        }
+    }
+}
+
 /// The state of flannel's iptables rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

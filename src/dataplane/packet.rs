@@ -1,0 +1,391 @@
+//! The per-packet decisions of the data path, as functions of a packet and the lease table
+//! snapshot alone (no I/O, no allocation): what becomes of a packet read from the TUN (sent
+//! whole or in segments to a peer, answered with ICMP, ignored or dropped), and whether a
+//! datagram from the underlay is accepted. The send and receive sides do the I/O around
+//! them; unit tests and the zero-allocation test drive them directly.
+
+use std::net::Ipv4Addr;
+
+use crate::buf::PacketBuf;
+use crate::encap::{self, DropReason};
+use crate::gso;
+use crate::offload::{self, VnetHdr, VNET_HDR_LEN};
+use crate::table::{LeaseTable, Peer};
+use crate::wire::Subnet;
+
+use super::{Backend, DatapathConfig};
+
+/// What leaves for a peer: a datagram encapsulated in place, or a TCP super-packet's
+/// segments (headers written per segment, the payload left where it lies).
+#[derive(Debug, Clone, Copy)]
+pub enum Shape {
+    /// The buffer now holds one datagram.
+    Whole,
+    /// The segments of the super-packet, their headers in the slot's header buffer.
+    Segments(gso::Segments),
+}
+
+/// A packet for a peer.
+#[derive(Debug, Clone, Copy)]
+pub struct ToPeer<'t> {
+    /// The lease the destination lies in.
+    pub peer: &'t Peer,
+    /// The inner flow's hash (picks the send socket, hence the outer source port).
+    pub flow_hash: u32,
+    /// Whole or segmented.
+    pub shape: Shape,
+    /// Datagrams it makes.
+    pub datagrams: usize,
+    /// Inner bytes (IP packets, without encapsulation).
+    pub inner_bytes: usize,
+}
+
+/// What becomes of a packet read from the TUN.
+#[derive(Debug, Clone, Copy)]
+pub enum Outbound<'t> {
+    /// Send it to a peer.
+    Send(ToPeer<'t>),
+    /// No lease for a destination inside the Network (a `no_lease` drop): answer with an
+    /// ICMP net-unreachable from `from`.
+    Unreachable {
+        /// The reply's source: the missing subnet's network address.
+        from: Ipv4Addr,
+    },
+    /// IPv6 link chatter the kernel sends on any new interface: not a drop.
+    Ignored,
+    /// Dropped for this reason.
+    Drop(DropReason),
+}
+
+/// Decides on the TUN packet in `b` (behind a virtio-net header when `vnet`) and prepares it:
+/// strips the virtio-net header, looks the destination up, and either writes the segment
+/// headers of a TCP super-packet into `seg_headers` (none: the TUN hands over no
+/// super-packets) or completes a deferred checksum and encapsulates in place.
+pub fn outbound<'t>(
+    b: &mut PacketBuf,
+    vnet: bool,
+    table: &'t LeaseTable,
+    cfg: &DatapathConfig,
+    seg_headers: Option<&mut [u8]>,
+) -> Outbound<'t> {
+    let vhdr = match vnet {
+        true => VnetHdr::from_bytes(b.as_slice()).unwrap_or_default(),
+        false => VnetHdr::default(),
+    };
+    if b.advance(if vnet { VNET_HDR_LEN } else { 0 }).is_err() {
+        return Outbound::Drop(DropReason::OutboundMalformed);
+    }
+    let dst = match encap::outbound_dst(b.as_slice()) {
+        Ok(d) => d,
+        Err(DropReason::OutboundIpv6) if encap::is_ipv6_link_chatter(b.as_slice()) => {
+            return Outbound::Ignored
+        }
+        Err(r) => return Outbound::Drop(r),
+    };
+    let Some(peer) = table.lookup(dst) else {
+        return no_lease(dst, table, cfg);
+    };
+    let flow_hash = encap::flow_hash(b.as_slice());
+    let prefix: &[u8] = match cfg.backend {
+        Backend::Vxlan(_) => &peer.vxlan_header,
+        Backend::Udp => &[],
+    };
+    let gso = vhdr.gso_type & !offload::GSO_ECN;
+    let shape = match seg_headers {
+        Some(h) if gso == offload::GSO_TCPV4 => {
+            match gso::segment_tcp4_headers(b.as_slice(), usize::from(vhdr.gso_size), prefix, h) {
+                Ok(segs) => Shape::Segments(segs),
+                Err(_) => return Outbound::Drop(DropReason::OutboundMalformed),
+            }
+        }
+        _ if vhdr.gso_type != offload::GSO_NONE => {
+            return Outbound::Drop(DropReason::OutboundMalformed)
+        }
+        _ => {
+            if let Err(r) = finish_whole(b, &vhdr, &cfg.backend, peer) {
+                return Outbound::Drop(r);
+            }
+            Shape::Whole
+        }
+    };
+    let (datagrams, inner_bytes) = match shape {
+        Shape::Segments(s) => (s.count, s.total() - s.count * prefix.len()),
+        Shape::Whole => (1, b.len() - prefix.len()),
+    };
+    Outbound::Send(ToPeer {
+        peer,
+        flow_hash,
+        shape,
+        datagrams,
+        inner_bytes,
+    })
+}
+
+/// A destination without a lease: inside the Network (and not ours) it gets an ICMP
+/// net-unreachable from the missing subnet's network address (where its node's VTEP would
+/// be: never one of this host's own addresses, which the kernel would drop as a martian
+/// arriving on the TUN); elsewhere it is dropped quietly.
+fn no_lease<'t>(dst: Ipv4Addr, table: &LeaseTable, cfg: &DatapathConfig) -> Outbound<'t> {
+    if cfg.network.contains(dst) && !cfg.local_subnet.contains(dst) {
+        let from = Subnet::containing(dst, table.prefix_len())
+            .map(|s| s.addr())
+            .unwrap_or(dst);
+        return Outbound::Unreachable { from };
+    }
+    Outbound::Drop(DropReason::NoLease)
+}
+
+/// Completes a checksum the TUN left to us, then encapsulates in place for `peer` (the udp
+/// backend sends the bare IP packet). A buffer without headroom, which the data path never
+/// hands over, is counted as malformed rather than lost silently.
+fn finish_whole(
+    b: &mut PacketBuf,
+    vhdr: &VnetHdr,
+    backend: &Backend,
+    peer: &Peer,
+) -> Result<(), DropReason> {
+    if vhdr.flags & offload::F_NEEDS_CSUM != 0 {
+        gso::complete_csum(
+            b.as_mut_slice(),
+            usize::from(vhdr.csum_start),
+            usize::from(vhdr.csum_offset),
+        )
+        .map_err(|_| DropReason::OutboundMalformed)?;
+    }
+    match backend {
+        Backend::Vxlan(_) => {
+            encap::encap_vxlan(b, &peer.vxlan_header).map_err(|_| DropReason::OutboundMalformed)
+        }
+        Backend::Udp => Ok(()),
+    }
+}
+
+/// Whether a datagram `sender` sent is accepted, in DESIGN.md's order: the encapsulation is
+/// ours (VNI, VTEP MAC, inner Ethernet), the inner IPv4 header is sane, a lease naming
+/// `sender` holds the inner source, and the inner destination is in our subnet. Returns
+/// the inner IP packet. (That `sender` holds a lease at all is checked once per train.)
+pub fn inbound<'a>(
+    datagram: &'a [u8],
+    sender: Ipv4Addr,
+    table: &LeaseTable,
+    cfg: &DatapathConfig,
+) -> Result<&'a [u8], DropReason> {
+    let inner = match &cfg.backend {
+        Backend::Vxlan(rx) => encap::decap_vxlan(datagram, rx)?,
+        Backend::Udp => encap::decap_udp(datagram)?,
+    };
+    let src_owner = table.lookup(inner.src).map(|p| p.public_ip);
+    encap::check_inner_route(src_owner, sender, inner.dst, cfg.local_subnet)?;
+    Ok(inner.packet)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buf::DEFAULT_HEADROOM;
+    use crate::gso::tests::tcp_packet;
+    use crate::table::LocalVtep;
+    use crate::wire::{EthernetAddress, Vni};
+
+    const A_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 1);
+    const B_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 2);
+
+    fn mac(n: u8) -> EthernetAddress {
+        EthernetAddress([2, 0, 0, 0, 0, n])
+    }
+
+    /// Node `me` (1: 10.1.1.0/24 at A_IP, 2: 10.1.2.0/24 at B_IP) with the other as its peer.
+    fn node(me: u8, backend_vxlan: bool) -> (DatapathConfig, LeaseTable) {
+        let vni = Vni::new(1).unwrap();
+        let local = LocalVtep {
+            vni,
+            mac: mac(me),
+            port: 8472,
+        };
+        let other = 3 - me;
+        let (ip, subnet) = match other {
+            1 => (A_IP, "10.1.1.0/24"),
+            _ => (B_IP, "10.1.2.0/24"),
+        };
+        let peer = Peer::new(subnet.parse().unwrap(), ip, Some(mac(other)), &local);
+        let backend = match backend_vxlan {
+            true => Backend::Vxlan(encap::VxlanRx {
+                vni,
+                vtep_mac: mac(me),
+            }),
+            false => Backend::Udp,
+        };
+        let cfg = DatapathConfig {
+            backend,
+            local_subnet: format!("10.1.{me}.0/24").parse().unwrap(),
+            network: "10.1.0.0/16".parse().unwrap(),
+            tun_mtu: 1450,
+            batch_size: 8,
+            offloads: Default::default(),
+            split: true,
+            pin: false,
+        };
+        (cfg, LeaseTable::from_peers(24, vec![peer], 1))
+    }
+
+    /// A buffer holding `packet` behind `vhdr` (with headroom for the encapsulation).
+    fn buf(vhdr: Option<VnetHdr>, packet: &[u8]) -> PacketBuf {
+        let mut b = PacketBuf::new(70_000, DEFAULT_HEADROOM);
+        let mut bytes = vhdr.map(|h| h.to_bytes().to_vec()).unwrap_or_default();
+        bytes.extend_from_slice(packet);
+        b.fill_from(&bytes).unwrap();
+        b
+    }
+
+    /// A 10.1.1.2 -> `dst` TCP packet with 100 payload bytes.
+    fn to(dst: Ipv4Addr) -> Vec<u8> {
+        let mut p = tcp_packet(100, 0x18, 1);
+        let mut ip = crate::wire::Ipv4Packet::new_unchecked(&mut p[..]);
+        ip.set_dst_addr(dst);
+        ip.fill_checksum();
+        p
+    }
+
+    #[test]
+    fn a_packet_for_a_peer_is_encapsulated_in_place() {
+        let (cfg, table) = node(1, true);
+        let inner = tcp_packet(100, 0x18, 1);
+        let mut b = buf(None, &inner);
+        let Outbound::Send(p) = outbound(&mut b, false, &table, &cfg, None) else {
+            panic!("not sent");
+        };
+        assert!(matches!(p.shape, Shape::Whole));
+        assert_eq!(p.peer.public_ip, B_IP);
+        assert_eq!((p.datagrams, p.inner_bytes), (1, inner.len()));
+        assert_eq!(p.flow_hash, encap::flow_hash(&inner));
+        assert_eq!(&b.as_slice()[..p.peer.vxlan_header.len()], &p.peer.vxlan_header[..]);
+        assert_eq!(&b.as_slice()[p.peer.vxlan_header.len()..], &inner[..]);
+        // The receiving node accepts what was sent, from the sender's address only.
+        let (rx_cfg, rx_table) = node(2, true);
+        assert_eq!(inbound(b.as_slice(), A_IP, &rx_table, &rx_cfg), Ok(&inner[..]));
+        assert_eq!(
+            inbound(b.as_slice(), B_IP, &rx_table, &rx_cfg),
+            Err(DropReason::SpoofedSource)
+        );
+        // Node 1 is not the destination.
+        assert_eq!(
+            inbound(b.as_slice(), B_IP, &table, &cfg),
+            Err(DropReason::WrongInnerMac)
+        );
+    }
+
+    #[test]
+    fn the_udp_backend_sends_the_bare_packet() {
+        let (cfg, table) = node(1, false);
+        let inner = tcp_packet(10, 0x10, 1);
+        let mut b = buf(None, &inner);
+        assert!(matches!(
+            outbound(&mut b, false, &table, &cfg, None),
+            Outbound::Send(ToPeer {
+                shape: Shape::Whole,
+                datagrams: 1,
+                ..
+            })
+        ));
+        assert_eq!(b.as_slice(), &inner[..]);
+        let (rx_cfg, rx_table) = node(2, false);
+        assert_eq!(inbound(&inner, A_IP, &rx_table, &rx_cfg), Ok(&inner[..]));
+    }
+
+    #[test]
+    fn a_tcp_super_packet_is_segmented_by_headers() {
+        let (cfg, table) = node(1, true);
+        let inner = tcp_packet(3 * 1398 + 10, 0x18, 1);
+        let vhdr = VnetHdr {
+            flags: offload::F_NEEDS_CSUM,
+            gso_type: offload::GSO_TCPV4,
+            hdr_len: 52,
+            gso_size: 1398,
+            csum_start: 20,
+            csum_offset: 16,
+        };
+        let mut headers = vec![0u8; super::super::trains::HEADERS_CAPACITY];
+        let mut b = buf(Some(vhdr), &inner);
+        let Outbound::Send(p) = outbound(&mut b, true, &table, &cfg, Some(&mut headers)) else {
+            panic!("not sent");
+        };
+        let Shape::Segments(segs) = p.shape else {
+            panic!("not segmented");
+        };
+        assert_eq!((segs.count, p.datagrams), (4, 4));
+        assert_eq!(p.inner_bytes, inner.len() + 3 * 52);
+        // The payload stays where the TUN read put it.
+        assert_eq!(b.as_slice(), &inner[..]);
+        // Without header buffers (no TSO), a super-packet is malformed input.
+        let mut b = buf(Some(vhdr), &inner);
+        assert!(matches!(
+            outbound(&mut b, true, &table, &cfg, None),
+            Outbound::Drop(DropReason::OutboundMalformed)
+        ));
+    }
+
+    #[test]
+    fn destinations_without_a_lease() {
+        let (cfg, table) = node(1, true);
+        // Inside the Network: ICMP from the missing subnet's network address.
+        let mut b = buf(None, &to(Ipv4Addr::new(10, 1, 9, 7)));
+        assert!(matches!(
+            outbound(&mut b, false, &table, &cfg, None),
+            Outbound::Unreachable { from } if from == Ipv4Addr::new(10, 1, 9, 0)
+        ));
+        // Our own subnet and outside the Network: dropped quietly.
+        for dst in [Ipv4Addr::new(10, 1, 1, 9), Ipv4Addr::new(8, 8, 8, 8)] {
+            let mut b = buf(None, &to(dst));
+            assert!(matches!(
+                outbound(&mut b, false, &table, &cfg, None),
+                Outbound::Drop(DropReason::NoLease)
+            ));
+        }
+    }
+
+    #[test]
+    fn ipv6_chatter_is_ignored_and_other_ipv6_dropped() {
+        let (cfg, table) = node(1, true);
+        let mut v6 = vec![0u8; 48];
+        v6[0] = 0x60;
+        v6[4..6].copy_from_slice(&8u16.to_be_bytes());
+        v6[6] = 58;
+        v6[24] = 0xff; // destination ff02::2
+        v6[25] = 0x02;
+        v6[39] = 2;
+        let mut b = buf(None, &v6);
+        assert!(matches!(
+            outbound(&mut b, false, &table, &cfg, None),
+            Outbound::Ignored
+        ));
+        v6[8] = 0xfd; // a global source, a unicast destination
+        v6[23] = 1;
+        v6[24] = 0xfd;
+        let mut b = buf(None, &v6);
+        assert!(matches!(
+            outbound(&mut b, false, &table, &cfg, None),
+            Outbound::Drop(DropReason::OutboundIpv6)
+        ));
+    }
+
+    #[test]
+    fn short_or_odd_virtio_headers_are_malformed() {
+        let (cfg, table) = node(1, true);
+        let mut b = buf(None, &[0u8; 4]);
+        assert!(matches!(
+            outbound(&mut b, true, &table, &cfg, None),
+            Outbound::Drop(DropReason::OutboundMalformed)
+        ));
+        let udp_gso = VnetHdr {
+            gso_type: offload::GSO_UDP_L4,
+            gso_size: 1000,
+            ..Default::default()
+        };
+        let mut b = buf(Some(udp_gso), &tcp_packet(2000, 0x10, 1));
+        let mut headers = vec![0u8; 1024];
+        assert!(matches!(
+            outbound(&mut b, true, &table, &cfg, Some(&mut headers)),
+            Outbound::Drop(DropReason::OutboundMalformed)
+        ));
+    }
+}

@@ -1,0 +1,533 @@
+//! The node service (`weft run`): it composes the parts in the order the README describes
+//! and stops them on one path. The single-instance socket and the ops server come first; then
+//! the underlay, the lease (the store), the iptables rules, the data path (TUN <-> UDP
+//! workers, [`crate::dataplane`]) and the direct routes (host-gw, DirectRouting:
+//! [`crate::host::routes`]); then the node publishes its status once a second until told to
+//! stop, its subnet changes or the data path fails. host-gw runs no data path: the kernel
+//! forwards along the direct routes; vxlan with `DirectRouting` runs both.
+
+mod status;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tracing::{error, info, warn};
+
+use crate::config::{BackendType, NetworkConfig};
+use crate::dataplane::{Backend, Datapath, DatapathError, DatapathOptions, Placement};
+use crate::encap::VxlanRx;
+use crate::error::Chain;
+use crate::host::masq::{self, Rules};
+use crate::host::routes::{self, RouteError, RouteOptions, RouteTable};
+use crate::host::{self, Underlay, UnderlayError};
+use crate::ops::status::IptablesState;
+use crate::ops::OpsState;
+use crate::store::{EtcdOptions, OwnLease, Store, StoreError, StoreHandle, StoreOptions};
+use crate::table::{LeaseTable, SharedTable};
+use crate::wire::Subnet;
+
+use status::StatusPublisher;
+
+/// Everything `weft run` needs, resolved from flags.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// etcd endpoints, prefix and credentials.
+    pub etcd: EtcdOptions,
+    /// How to pick the underlay: `--iface`, `--iface-regex`, `--iface-can-reach`,
+    /// `--public-ip`.
+    pub underlay: host::UnderlaySpec,
+    /// `--iptables-resync`: how often the iptables rules are rewritten.
+    pub iptables_resync: Duration,
+    /// `--iptables-forward-rules`: FLANNEL-FWD accepts the Network in FORWARD.
+    pub forward_rules: bool,
+    /// `--subnet-file`.
+    pub subnet_file: PathBuf,
+    /// `--subnet-lease-renew-margin`.
+    pub renew_margin: Duration,
+    /// `--ip-masq` (written to subnet.env).
+    pub ip_masq: bool,
+    /// `--tun-name`.
+    pub tun_name: String,
+    /// Packets per I/O batch.
+    pub batch_size: usize,
+    /// Where to serve /healthz, if anywhere.
+    pub healthz: Option<SocketAddr>,
+    /// Keep the TUN device (and its route) when weft exits, for restarts without a leak.
+    pub persist_tun: bool,
+    /// Rewrite docker-style masquerade rules that catch pod-to-pod traffic.
+    pub fix_masquerade: bool,
+    /// Let the TUN hand over TCP super-packets (TSO4) and unfinished checksums.
+    pub tun_offload: bool,
+    /// Send segment trains as one UDP_SEGMENT message.
+    pub udp_gso: bool,
+    /// Receive trains (UDP_GRO) and coalesce TCP segments for the TUN.
+    pub udp_gro: bool,
+    /// Full reconcile period of the direct routes (host-gw, DirectRouting).
+    pub route_resync: Duration,
+    /// Data-path workers (TUN queues and tunnel sockets); 0 picks one per CPU.
+    pub workers: usize,
+    /// Send sockets (outer UDP source ports) the workers share; 0 picks four per worker.
+    pub source_ports: usize,
+    /// Threads per worker: 2 (one per direction) or 1 (both directions).
+    pub threads_per_worker: u8,
+    /// Pin workers to CPUs and steer packets to the worker of the CPU handling them.
+    pub steer_by_cpu: bool,
+}
+
+/// Why the node could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// No underlay interface or address.
+    #[error("choosing the underlay interface")]
+    Underlay(#[from] UnderlayError),
+    /// The store (etcd, lease) failed in a way retrying does not fix.
+    #[error("subnet lease")]
+    Store(#[from] StoreError),
+    /// The direct routes (host-gw, DirectRouting) could not be managed.
+    #[error("direct routes")]
+    Routes(#[from] RouteError),
+    /// The vxlan lease carries no VTEP MAC.
+    #[error("our vxlan lease has no VtepMAC")]
+    NoVtepMac,
+    /// The data path could not start or failed.
+    #[error("data path")]
+    Datapath(#[from] DatapathError),
+    /// Serving /healthz failed.
+    #[error("binding /healthz on {addr}")]
+    Healthz {
+        /// Address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The masquerade rules could not be written.
+    #[error("writing the masquerade rules (--ip-masq)")]
+    Masq(#[from] masq::MasqError),
+    /// Our subnet changed under us (someone else took it while we were away).
+    #[error("our subnet changed from {old} to {new}; restarting is required")]
+    SubnetChanged {
+        /// The subnet configured on the TUN.
+        old: Subnet,
+        /// The subnet now leased.
+        new: Subnet,
+    },
+    /// Another weft of the same network runs in this network namespace.
+    #[error("single instance")]
+    Instance(#[from] crate::host::instance::InstanceError),
+}
+
+/// A task that stops when this value goes.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs the node until `shutdown` completes or something fails for good.
+pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    tokio::pin!(shutdown);
+    // Before anything touches etcd, the subnet file, a port or a device.
+    let instance = crate::host::instance::InstanceLock::acquire(&opts.etcd.prefix)?;
+    tracing::debug!(socket = instance.name(), "single-instance socket held");
+    // The ops server comes first, as flanneld serves healthz before it reads its config:
+    // /healthz answers while etcd is out of reach, /readyz says why the node is not ready,
+    // and the state is filled in as the node comes up. Dropping `_servers` stops them.
+    let shared = SharedTable::new(LeaseTable::empty(32));
+    let ops = OpsState::new(shared.clone());
+    let _servers = serve_ops(&opts, &instance, &ops).await?;
+    ops.set_phase("choosing the underlay interface");
+    let underlay = host::choose_underlay(&opts.underlay)?;
+    info!(iface = %underlay.iface, local_ip = %underlay.local_ip, public_ip = %underlay.public_ip, mtu = underlay.mtu, "underlay chosen");
+
+    ops.set_phase("waiting for etcd: no network config or lease yet");
+    let store = tokio::select! {
+        s = Store::start(store_options(&opts, &underlay), shared.clone()) => s?,
+        _ = &mut shutdown => {
+            info!("stopped before the node was up");
+            return Ok(());
+        }
+    };
+    // Whatever happens from here on, the store is shut down on this one path.
+    let outcome = run_with_lease(&opts, &underlay, &store, &ops, &mut shutdown).await;
+    store.shutdown().await;
+    outcome
+}
+
+/// The ops HTTP server (`--healthz-port`) and the local status socket (`weft status`
+/// without flags); both stop when the returned values are dropped.
+async fn serve_ops(
+    opts: &NodeOptions,
+    instance: &crate::host::instance::InstanceLock,
+    ops: &OpsState,
+) -> Result<(Option<crate::ops::server::OpsServer>, Option<AbortOnDrop>), NodeError> {
+    let http = match opts.healthz {
+        Some(addr) => Some(
+            crate::ops::spawn(addr, ops.clone())
+                .await
+                .map_err(|source| NodeError::Healthz { addr, source })?,
+        ),
+        None => None,
+    };
+    let local = match instance.listener() {
+        Ok(l) => Some(AbortOnDrop(tokio::spawn(crate::ops::local::serve(
+            l,
+            ops.clone(),
+        )))),
+        Err(e) => {
+            warn!(error = %e, "no local status socket: `weft status` needs --healthz-port");
+            None
+        }
+    };
+    Ok((http, local))
+}
+
+/// The store's options from the flags and the underlay.
+fn store_options(opts: &NodeOptions, underlay: &Underlay) -> StoreOptions {
+    let mut s = StoreOptions::new(opts.etcd.clone(), underlay.public_ip);
+    s.subnet_file = opts.subnet_file.clone();
+    s.renew_margin = opts.renew_margin;
+    s.underlay_mtu = underlay.mtu;
+    s.ip_masq = opts.ip_masq;
+    s
+}
+
+/// With the lease in hand: the iptables rules, the data path and the routes, then the node
+/// serves until it stops; everything started here stops when this returns.
+async fn run_with_lease(
+    opts: &NodeOptions,
+    underlay: &Underlay,
+    store: &StoreHandle,
+    ops: &OpsState,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> Result<(), NodeError> {
+    let config = store.config().clone();
+    let own = store.own_lease();
+    info!(subnet = %own.subnet, network = %config.network, backend = config.backend.kind.as_str(), "lease acquired");
+    ops.set_phase("lease acquired; starting the data path");
+
+    check_masquerade_pitfall(config.network, own.subnet, opts.fix_masquerade);
+    let mut iptables = Iptables::start(opts, config.network, own.subnet)?;
+    let dp = match data_path_backend(&config, &own)? {
+        Some(backend) => {
+            let at = placement(&config, &own, underlay, backend);
+            Some(Datapath::open(
+                &datapath_options(opts),
+                &at,
+                ops.table.clone(),
+            )?)
+        }
+        None => None,
+    };
+    let routes = match direct_routes(&config) {
+        Some(only_connected) => Some(Routes::start(
+            opts,
+            &config,
+            &own,
+            underlay,
+            ops,
+            only_connected,
+        )?),
+        None => None,
+    };
+    if let Some(d) = &dp {
+        ops.set_counters(d.counters().clone());
+    }
+    let status = StatusPublisher::new(
+        ops,
+        &config,
+        underlay,
+        opts,
+        dp.as_ref().map(|d| d.info().clone()),
+    );
+    status.publish(dp.as_ref(), store, iptables.state);
+    info!("node ready");
+    crate::ops::sd_notify(&format!("READY=1\nSTATUS=forwarding for {}", own.subnet));
+
+    let ended = serve(
+        opts,
+        store,
+        &own,
+        dp.as_ref(),
+        &mut iptables,
+        &status,
+        shutdown,
+    )
+    .await;
+
+    info!("stopping");
+    crate::ops::sd_notify("STOPPING=1");
+    // Alive while it drains, no longer ready.
+    ops.set_phase("stopping");
+    status.clear();
+    // Direct routes stay in place (as flanneld leaves them): pod traffic keeps flowing
+    // across a restart, and the next start reconciles whatever changed meanwhile.
+    if let Some(r) = routes {
+        r.stop().await;
+    }
+    let had_tun = dp.is_some();
+    let dp_result = dp.map_or(Ok(()), Datapath::stop);
+    match ended {
+        Ended::Shutdown => {
+            dp_result?;
+            if opts.persist_tun && had_tun {
+                info!(tun = %opts.tun_name, "stopped; the TUN device and its route stay for the next start (--persist-tun)");
+            } else {
+                info!("stopped");
+            }
+            Ok(())
+        }
+        Ended::Failed(e) => Err(e),
+        Ended::DatapathFailed => {
+            let e = dp_result
+                .err()
+                .unwrap_or(DatapathError::Panicked("unknown".into()));
+            error!(error = %Chain(&e), "data path stopped");
+            Err(e.into())
+        }
+    }
+}
+
+/// Why the node stopped serving.
+enum Ended {
+    /// Told to stop.
+    Shutdown,
+    /// A data-path worker ended.
+    DatapathFailed,
+    /// Something else failed for good.
+    Failed(NodeError),
+}
+
+/// Once a second: resync the iptables rules when due, publish the status, check the data
+/// path; and watch our own lease for a subnet change. Until one of those ends it.
+async fn serve(
+    opts: &NodeOptions,
+    store: &StoreHandle,
+    own: &OwnLease,
+    dp: Option<&Datapath>,
+    iptables: &mut Iptables,
+    status: &StatusPublisher<'_>,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> Ended {
+    let resync_ticks = opts.iptables_resync.as_secs().max(1);
+    let mut own_rx = store.subscribe_own_lease();
+    let mut store_alive = true;
+    let mut ticks: u64 = 0;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = &mut *shutdown => return Ended::Shutdown,
+            _ = tick.tick() => {
+                ticks += 1;
+                if ticks % resync_ticks == 0 {
+                    iptables.resync(store.own_lease().subnet);
+                }
+                status.publish(dp, store, iptables.state);
+                if dp.is_some_and(|d| !d.is_running()) {
+                    return Ended::DatapathFailed;
+                }
+            }
+            changed = own_rx.changed(), if store_alive => {
+                if changed.is_err() {
+                    warn!("store task ended; forwarding continues on the last table");
+                    store_alive = false;
+                    continue;
+                }
+                let now = own_rx.borrow().subnet;
+                if now != own.subnet {
+                    return Ended::Failed(NodeError::SubnetChanged { old: own.subnet, new: now });
+                }
+            }
+        }
+    }
+}
+
+/// The encapsulation the data path runs, or none (host-gw: the kernel forwards).
+fn data_path_backend(config: &NetworkConfig, own: &OwnLease) -> Result<Option<Backend>, NodeError> {
+    Ok(match config.backend.kind {
+        BackendType::Vxlan => Some(Backend::Vxlan(VxlanRx {
+            vni: config.backend.vni,
+            vtep_mac: own.vtep_mac().ok_or(NodeError::NoVtepMac)?,
+        })),
+        BackendType::Udp => Some(Backend::Udp),
+        BackendType::HostGw => None,
+    })
+}
+
+/// Whether direct routes are kept, and to which peers: host-gw routes to every peer
+/// (`Some(false)`); vxlan with DirectRouting only to peers on our segment (`Some(true)`), more
+/// specific than the TUN's Network route, and the tunnel for the rest.
+fn direct_routes(config: &NetworkConfig) -> Option<bool> {
+    match config.backend.kind {
+        BackendType::HostGw => Some(false),
+        BackendType::Vxlan if config.backend.direct_routing => Some(true),
+        _ => None,
+    }
+}
+
+/// Where the data path sits, from the config, the lease and the underlay.
+fn placement(
+    config: &NetworkConfig,
+    own: &OwnLease,
+    underlay: &Underlay,
+    backend: Backend,
+) -> Placement {
+    let tun_mtu = config.overlay_mtu(underlay.mtu);
+    if let Some(m) = config.mtu_mismatch(underlay.mtu) {
+        warn!(iface = %underlay.iface, "{m}");
+    }
+    Placement {
+        backend,
+        local_subnet: own.subnet,
+        network: config.network,
+        tun_mtu,
+        local_ip: underlay.local_ip,
+        port: config.backend.port,
+    }
+}
+
+/// The data path's part of the flags.
+fn datapath_options(opts: &NodeOptions) -> DatapathOptions {
+    DatapathOptions {
+        tun_name: opts.tun_name.clone(),
+        persist_tun: opts.persist_tun,
+        batch_size: opts.batch_size,
+        tun_offload: opts.tun_offload,
+        udp_gso: opts.udp_gso,
+        udp_gro: opts.udp_gro,
+        workers: opts.workers,
+        source_ports: opts.source_ports,
+        threads_per_worker: opts.threads_per_worker,
+        steer_by_cpu: opts.steer_by_cpu,
+    }
+}
+
+/// The direct-route reconciler's task.
+struct Routes {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Routes {
+    /// Opens the route socket and starts reconciling.
+    fn start(
+        opts: &NodeOptions,
+        config: &NetworkConfig,
+        own: &OwnLease,
+        underlay: &Underlay,
+        ops: &OpsState,
+        only_connected: bool,
+    ) -> Result<Routes, NodeError> {
+        let table = RouteTable::open()?;
+        info!(
+            protocol = routes::RTPROT_WEFT,
+            resync_secs = opts.route_resync.as_secs(),
+            same_segment_only = only_connected,
+            "managing direct routes"
+        );
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let options = RouteOptions {
+            direct_only_connected: only_connected,
+            network: config.network,
+            underlay_iface: underlay.iface.clone(),
+            own_subnet: own.subnet,
+            own_ip: underlay.public_ip,
+            resync: opts.route_resync,
+        };
+        let task = tokio::spawn(routes::run(table, ops.table.clone(), options, stop_rx));
+        Ok(Routes { stop, task })
+    }
+
+    /// Stops reconciling (the routes stay) and waits for the task.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// flannel's iptables rules and their state, rewritten every `--iptables-resync`.
+struct Iptables {
+    rules: Rules,
+    network: Subnet,
+    state: IptablesState,
+}
+
+impl Iptables {
+    /// Writes the rules the flags ask for. Without the masquerade rules `--ip-masq` asked
+    /// for, pods leaving the overlay would carry their own addresses onto the underlay, so
+    /// that is fatal; failing forward rules only warn.
+    fn start(opts: &NodeOptions, network: Subnet, subnet: Subnet) -> Result<Iptables, NodeError> {
+        let rules = Rules {
+            masquerade: opts.ip_masq,
+            forward: opts.forward_rules,
+        };
+        let state = match masq::apply(network, subnet, rules) {
+            Ok(()) if rules.any() => {
+                info!(network = %network, subnet = %subnet, masquerade = rules.masquerade, forward = rules.forward, "iptables rules written");
+                IptablesState::Ok
+            }
+            Ok(()) => IptablesState::Off,
+            Err(e) if rules.masquerade => return Err(e.into()),
+            Err(e) => {
+                warn!(error = %Chain(&e), "FLANNEL-FWD forward rules could not be written: where FORWARD's policy is DROP, pod traffic will not cross this host (--iptables-forward-rules=false turns them off)");
+                IptablesState::Failed
+            }
+        };
+        Ok(Iptables {
+            rules,
+            network,
+            state,
+        })
+    }
+
+    /// Rewrites the rules (for `subnet`, our lease's); warns once when that starts failing.
+    fn resync(&mut self, subnet: Subnet) {
+        if !self.rules.any() {
+            return;
+        }
+        self.state = match masq::apply(self.network, subnet, self.rules) {
+            Ok(()) => IptablesState::Ok,
+            Err(e) => {
+                if self.state != IptablesState::Failed {
+                    warn!(error = %Chain(&e), "iptables rules could not be resynced");
+                }
+                IptablesState::Failed
+            }
+        };
+    }
+}
+
+/// Warns about rules that masquerade pod-to-pod traffic (docker's default), with the fix;
+/// rewrites them when asked to.
+fn check_masquerade_pitfall(network: crate::wire::Subnet, subnet: crate::wire::Subnet, fix: bool) {
+    use crate::host::doctor;
+    let Ok(out) = std::process::Command::new("iptables")
+        .args(["-w", "5", "-t", "nat", "-S", "POSTROUTING"])
+        .output()
+    else {
+        return;
+    };
+    let post = String::from_utf8_lossy(&out.stdout);
+    let bad = doctor::masquerade_pitfalls(&post, subnet, network);
+    if bad.is_empty() {
+        return;
+    }
+    if fix {
+        match doctor::fix_masquerade(subnet, network) {
+            Ok(fixed) => {
+                for r in fixed {
+                    info!(rule = %r, "masquerade rule rewritten to spare the overlay");
+                }
+            }
+            Err(e) => warn!(error = %e, "could not rewrite the masquerade rules"),
+        }
+        return;
+    }
+    for r in bad {
+        warn!(rule = %r, fix = %doctor::fixed_rule(&r, network), "this rule masquerades pod-to-pod traffic: remote pods will see the node's address; add `! -d {network}` or run with --fix-masquerade");
+    }
+}

@@ -4,15 +4,21 @@
 //! `encoding/json` habits: object keys match field names case-insensitively, unknown keys are
 //! ignored, a later duplicate key wins and `null` leaves a field as it was. Error messages
 //! start with flannel's wording and then say how to fix the config.
+//!
+//! Decoding each field (its JSON type, its text, the Backend section's defaults) is in
+//! `config/decode.rs`; the rules between fields and the defaults that follow from them are
+//! here, in `validate`.
 
 use std::net::Ipv4Addr;
 
-use crate::wire::vxlan::{Vni, VniRangeError, LINUX_DEFAULT_PORT};
+use crate::wire::vxlan::{Vni, VniRangeError};
 use crate::wire::Subnet;
 
+mod decode;
 pub(crate) mod gojson;
 
-use gojson::{GoObject, GoValue};
+use decode::{parse_backend, Raw};
+use gojson::GoObject;
 
 /// flannel's default port for the udp backend.
 pub const UDP_DEFAULT_PORT: u16 = 8285;
@@ -172,9 +178,10 @@ pub enum ConfigError {
     /// `Backend.Type` names a backend weft does not implement.
     #[error("Backend.Type {0:?} is not supported; use \"vxlan\", \"udp\" or \"host-gw\"")]
     UnsupportedBackend(String),
-    /// `Backend.VNI` does not fit in 24 bits.
+    /// `Backend.VNI` does not fit in 24 bits. The value is told in the message (so the
+    /// warning about a changed config names it), hence not also a `#[source]`.
     #[error("Backend.VNI: {0}; use a VNI from 0 to 16777215 (flannel's default is 1)")]
-    Vni(#[source] VniRangeError),
+    Vni(VniRangeError),
     /// `EnableIPv6` is true.
     #[error("EnableIPv6 is true but weft routes IPv4 only; set \"EnableIPv6\": false")]
     Ipv6Unsupported,
@@ -187,7 +194,7 @@ impl NetworkConfig {
     /// Parses and validates the JSON text stored at `<prefix>/config`.
     pub fn parse(text: &str) -> Result<NetworkConfig, ConfigError> {
         let root = GoObject::parse(text).map_err(ConfigError::Json)?;
-        Raw::from_object(&root)?.validate()
+        validate(Raw::from_object(&root)?)
     }
 
     /// The number of subnets between SubnetMin and SubnetMax, inclusive.
@@ -352,294 +359,108 @@ impl std::fmt::Display for MtuMismatch {
     }
 }
 
-/// The config as Go would decode it, before defaults and checks.
-#[derive(Debug, Default)]
-struct Raw {
-    network: Option<Subnet>,
-    subnet_len: u64,
-    subnet_min: Option<Ipv4Addr>,
-    subnet_max: Option<Ipv4Addr>,
-    enable_ipv4: bool,
-    enable_ipv6: bool,
-    ipv6_network: Option<String>,
-    backend: Option<GoObject>,
-}
-
-fn field_err(field: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Field {
-        field,
-        problem: problem.into(),
+/// flannel's `CheckNetworkConfig` plus its defaults: the rules between fields (SubnetLen
+/// against Network, SubnetMin/SubnetMax inside it and in order), then the Backend section.
+fn validate(raw: Raw) -> Result<NetworkConfig, ConfigError> {
+    if raw.enable_ipv6 {
+        return Err(ConfigError::Ipv6Unsupported);
     }
-}
-
-fn want_bool(field: &'static str, v: &GoValue) -> Result<bool, ConfigError> {
-    v.as_bool()
-        .ok_or_else(|| field_err(field, format!("expected true or false, got {}", v.kind())))
-}
-
-fn want_uint(field: &'static str, v: &GoValue) -> Result<u64, ConfigError> {
-    v.as_u64().ok_or_else(|| {
-        field_err(
-            field,
-            format!("expected a whole number >= 0, got {}", v.describe()),
-        )
+    if !raw.enable_ipv4 {
+        return Err(ConfigError::Ipv4Disabled);
+    }
+    let network = match raw.network {
+        Some(n) if !(n.prefix_len() == 0 && n.addr() == Ipv4Addr::UNSPECIFIED) => n,
+        _ => return Err(ConfigError::MissingNetwork),
+    };
+    let subnet_len = subnet_len_for(network, raw.subnet_len)?;
+    let (subnet_min, subnet_max) =
+        subnet_range(network, subnet_len, raw.subnet_min, raw.subnet_max)?;
+    let backend = parse_backend(raw.backend.as_ref())?;
+    Ok(NetworkConfig {
+        network,
+        subnet_len,
+        subnet_min,
+        subnet_max,
+        enable_ipv4: raw.enable_ipv4,
+        enable_ipv6: raw.enable_ipv6,
+        ipv6_network: raw.ipv6_network,
+        backend,
     })
 }
 
-fn want_ipv4(field: &'static str, v: &GoValue) -> Result<Ipv4Addr, ConfigError> {
-    let s = v.as_str().ok_or_else(|| {
-        field_err(
-            field,
-            format!("expected an IPv4 address string, got {}", v.kind()),
-        )
-    })?;
-    s.parse()
-        .map_err(|_| field_err(field, format!("{s:?} is not an IPv4 address like 10.1.5.0")))
-}
-
-impl Raw {
-    fn from_object(o: &GoObject) -> Result<Raw, ConfigError> {
-        let mut raw = Raw {
-            enable_ipv4: true,
-            ..Raw::default()
+/// The SubnetLen in force: the one given (0: none), checked against `network`, or flannel's
+/// default (/24 for networks of /22 or larger, else two bits longer than the network).
+fn subnet_len_for(network: Subnet, given: u64) -> Result<u8, ConfigError> {
+    let plen = network.prefix_len();
+    if given == 0 {
+        return match plen {
+            29.. => Err(ConfigError::NetworkTooSmall(network)),
+            ..=22 => Ok(24),
+            _ => Ok(plen + 2),
         };
-        if let Some(v) = o.get("Network") {
-            let s = v.as_str().ok_or_else(|| {
-                field_err(
-                    "Network",
-                    format!(
-                        "expected a CIDR string like \"10.1.0.0/16\", got {}",
-                        v.kind()
-                    ),
-                )
-            })?;
-            raw.network = Some(parse_cidr(s).ok_or_else(|| {
-                field_err(
-                    "Network",
-                    format!("{s:?} is not an IPv4 CIDR like \"10.1.0.0/16\""),
-                )
-            })?);
-        }
-        if let Some(v) = o.get("SubnetLen") {
-            raw.subnet_len = want_uint("SubnetLen", v)?;
-        }
-        if let Some(v) = o.get("SubnetMin") {
-            raw.subnet_min = Some(want_ipv4("SubnetMin", v)?);
-        }
-        if let Some(v) = o.get("SubnetMax") {
-            raw.subnet_max = Some(want_ipv4("SubnetMax", v)?);
-        }
-        if let Some(v) = o.get("EnableIPv4") {
-            raw.enable_ipv4 = want_bool("EnableIPv4", v)?;
-        }
-        if let Some(v) = o.get("EnableIPv6") {
-            raw.enable_ipv6 = want_bool("EnableIPv6", v)?;
-        }
-        if let Some(v) = o.get("IPv6Network") {
-            raw.ipv6_network = Some(
-                v.as_str()
-                    .ok_or_else(|| {
-                        field_err(
-                            "IPv6Network",
-                            format!("expected a string, got {}", v.kind()),
-                        )
-                    })?
-                    .to_string(),
-            );
-        }
-        if let Some(v) = o.get("Backend") {
-            raw.backend = Some(
-                v.as_object()
-                    .ok_or_else(|| {
-                        field_err(
-                            "Backend",
-                            format!(
-                                "expected an object like {{\"Type\": \"vxlan\"}}, got {}",
-                                v.kind()
-                            ),
-                        )
-                    })?
-                    .clone(),
-            );
-        }
-        Ok(raw)
     }
-
-    fn validate(self) -> Result<NetworkConfig, ConfigError> {
-        if self.enable_ipv6 {
-            return Err(ConfigError::Ipv6Unsupported);
-        }
-        if !self.enable_ipv4 {
-            return Err(ConfigError::Ipv4Disabled);
-        }
-        let network = match self.network {
-            Some(n) if !(n.prefix_len() == 0 && n.addr() == Ipv4Addr::UNSPECIFIED) => n,
-            _ => return Err(ConfigError::MissingNetwork),
-        };
-        let plen = network.prefix_len();
-        let subnet_len = if self.subnet_len > 0 {
-            if self.subnet_len > 30 {
-                return Err(ConfigError::SubnetLenTooLong(self.subnet_len));
-            }
-            if self.subnet_len < u64::from(plen) + 2 {
-                return Err(ConfigError::TooFewSubnets {
-                    network,
-                    subnet_len: self.subnet_len,
-                    min: plen + 2,
-                });
-            }
-            // Checked above: 1..=30.
-            self.subnet_len as u8
-        } else if plen > 28 {
-            return Err(ConfigError::NetworkTooSmall(network));
-        } else if plen <= 22 {
-            24
-        } else {
-            plen + 2
-        };
-        let size = 1u32 << (32 - u32::from(subnet_len));
-        let net = u32::from(network.addr());
-        let mask = Subnet::mask_bits(subnet_len);
-
-        // Go treats 0.0.0.0 as "not set".
-        let subnet_min = match self.subnet_min.filter(|a| !a.is_unspecified()) {
-            None => Ipv4Addr::from(net.wrapping_add(size)),
-            Some(a) if !network.contains(a) => {
-                return Err(ConfigError::SubnetMinOutside { addr: a, network })
-            }
-            Some(a) => a,
-        };
-        let subnet_max = match self.subnet_max.filter(|a| !a.is_unspecified()) {
-            None => Ipv4Addr::from(u32::from(network.last_addr()) & mask),
-            Some(a) if !network.contains(a) => {
-                return Err(ConfigError::SubnetMaxOutside { addr: a, network })
-            }
-            Some(a) => a,
-        };
-        if u32::from(subnet_min) & mask != u32::from(subnet_min) {
-            return Err(ConfigError::SubnetMinUnaligned {
-                addr: subnet_min,
-                subnet_len,
-                aligned: Ipv4Addr::from(u32::from(subnet_min) & mask),
-            });
-        }
-        if u32::from(subnet_max) & mask != u32::from(subnet_max) {
-            return Err(ConfigError::SubnetMaxUnaligned {
-                addr: subnet_max,
-                subnet_len,
-                aligned: Ipv4Addr::from(u32::from(subnet_max) & mask),
-            });
-        }
-        if u32::from(subnet_min) > u32::from(subnet_max) {
-            return Err(ConfigError::SubnetRangeEmpty {
-                min: subnet_min,
-                max: subnet_max,
-            });
-        }
-        let backend = parse_backend(self.backend.as_ref())?;
-        Ok(NetworkConfig {
+    if given > 30 {
+        return Err(ConfigError::SubnetLenTooLong(given));
+    }
+    if given < u64::from(plen) + 2 {
+        return Err(ConfigError::TooFewSubnets {
             network,
-            subnet_len,
-            subnet_min,
-            subnet_max,
-            enable_ipv4: self.enable_ipv4,
-            enable_ipv6: self.enable_ipv6,
-            ipv6_network: self.ipv6_network,
-            backend,
-        })
-    }
-}
-
-/// Parses `a.b.c.d/len` the way Go's `net.ParseCIDR` + flannel do: host bits are dropped.
-fn parse_cidr(s: &str) -> Option<Subnet> {
-    let (a, l) = s.split_once('/')?;
-    let addr: Ipv4Addr = a.parse().ok()?;
-    if l.is_empty() || l.len() > 2 || !l.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let len: u8 = l.parse().ok()?;
-    Subnet::containing(addr, len).ok()
-}
-
-fn parse_backend(o: Option<&GoObject>) -> Result<Backend, ConfigError> {
-    let Some(o) = o else {
-        return Ok(Backend {
-            kind: BackendType::Udp,
-            vni: Vni::new(VXLAN_DEFAULT_VNI).map_err(ConfigError::Vni)?,
-            port: UDP_DEFAULT_PORT,
-            mtu: None,
-            direct_routing: false,
-            gbp: false,
+            subnet_len: given,
+            min: plen + 2,
         });
-    };
-    let kind_name = match o.get("Type") {
-        Some(v) => v
-            .as_str()
-            .ok_or_else(|| {
-                field_err(
-                    "Backend.Type",
-                    format!("expected a string like \"vxlan\", got {}", v.kind()),
-                )
-            })?
-            .to_string(),
-        None => String::new(),
-    };
-    let kind = BackendType::parse(&kind_name)?;
-    let vni = match o.get("VNI") {
-        Some(v) => want_uint("Backend.VNI", v)?,
-        None => u64::from(VXLAN_DEFAULT_VNI),
-    };
-    let vni = Vni::new(u32::try_from(vni).unwrap_or(u32::MAX)).map_err(ConfigError::Vni)?;
-    let port = match o.get("Port") {
-        Some(v) => {
-            let p = want_uint("Backend.Port", v)?;
-            u16::try_from(p).map_err(|_| {
-                field_err(
-                    "Backend.Port",
-                    format!("{p} is not a UDP port; use 1 to 65535 or drop it"),
-                )
-            })?
+    }
+    // Checked above: 1..=30.
+    Ok(given as u8)
+}
+
+/// SubnetMin and SubnetMax in force: the ones given (Go treats 0.0.0.0 as "not set"), else
+/// the second and the last subnet of `network`; both inside it, on a SubnetLen boundary and
+/// in order.
+fn subnet_range(
+    network: Subnet,
+    subnet_len: u8,
+    min: Option<Ipv4Addr>,
+    max: Option<Ipv4Addr>,
+) -> Result<(Ipv4Addr, Ipv4Addr), ConfigError> {
+    let size = 1u32 << (32 - u32::from(subnet_len));
+    let net = u32::from(network.addr());
+    let mask = Subnet::mask_bits(subnet_len);
+
+    let subnet_min = match min.filter(|a| !a.is_unspecified()) {
+        None => Ipv4Addr::from(net.wrapping_add(size)),
+        Some(a) if !network.contains(a) => {
+            return Err(ConfigError::SubnetMinOutside { addr: a, network })
         }
-        None => 0,
+        Some(a) => a,
     };
-    let port = match (kind, port) {
-        (BackendType::Vxlan, 0) => LINUX_DEFAULT_PORT,
-        (BackendType::Udp, 0) => UDP_DEFAULT_PORT,
-        (BackendType::HostGw, _) => 0,
-        (_, p) => p,
-    };
-    let mtu = match o.get("MTU") {
-        Some(v) => {
-            let m = want_uint("Backend.MTU", v)?;
-            match u32::try_from(m) {
-                Ok(0) => None,
-                Ok(m) if (576..=65535).contains(&m) => Some(m),
-                _ => {
-                    return Err(field_err(
-                        "Backend.MTU",
-                        format!("{m} is not a usable MTU; use 576 to 65535, or drop it to follow the interface"),
-                    ))
-                }
-            }
+    let subnet_max = match max.filter(|a| !a.is_unspecified()) {
+        None => Ipv4Addr::from(u32::from(network.last_addr()) & mask),
+        Some(a) if !network.contains(a) => {
+            return Err(ConfigError::SubnetMaxOutside { addr: a, network })
         }
-        None => None,
+        Some(a) => a,
     };
-    let direct_routing = match o.get("DirectRouting") {
-        Some(v) => want_bool("Backend.DirectRouting", v)?,
-        None => false,
-    };
-    let gbp = match o.get("GBP") {
-        Some(v) => want_bool("Backend.GBP", v)?,
-        None => false,
-    };
-    Ok(Backend {
-        kind,
-        vni,
-        port,
-        mtu,
-        direct_routing,
-        gbp,
-    })
+    if u32::from(subnet_min) & mask != u32::from(subnet_min) {
+        return Err(ConfigError::SubnetMinUnaligned {
+            addr: subnet_min,
+            subnet_len,
+            aligned: Ipv4Addr::from(u32::from(subnet_min) & mask),
+        });
+    }
+    if u32::from(subnet_max) & mask != u32::from(subnet_max) {
+        return Err(ConfigError::SubnetMaxUnaligned {
+            addr: subnet_max,
+            subnet_len,
+            aligned: Ipv4Addr::from(u32::from(subnet_max) & mask),
+        });
+    }
+    if u32::from(subnet_min) > u32::from(subnet_max) {
+        return Err(ConfigError::SubnetRangeEmpty {
+            min: subnet_min,
+            max: subnet_max,
+        });
+    }
+    Ok((subnet_min, subnet_max))
 }
 
 #[cfg(test)]

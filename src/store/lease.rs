@@ -293,21 +293,7 @@ pub async fn acquire_lease(
             .find(|l| matches!(&l.record, Ok(r) if r.public_ip == req.public_ip));
         if let Some(l) = mine {
             if compatible(cfg, &l.subnet) {
-                let old_mac = match &l.record {
-                    Ok(LeaseRecord {
-                        backend: BackendRecord::Vxlan { vtep_mac, .. },
-                        ..
-                    }) => Some(*vtep_mac),
-                    _ => None,
-                };
-                let mac = old_mac
-                    .or(req.vtep_mac)
-                    .unwrap_or_else(|| derive_vtep_mac(req.public_ip, cfg.backend.vni));
-                let record = own_record(cfg, req.public_ip, mac);
-                let own = put_with_fresh_grant(client, keys, l.subnet, record, req.ttl).await?;
-                revoke_quietly(client, l.etcd_lease).await;
-                tracing::info!(subnet = %own.subnet, public_ip = %req.public_ip, "reusing the lease that carries this node's public IP");
-                return Ok(own);
+                return reuse_lease(client, keys, cfg, req, l).await;
             }
             tracing::info!(subnet = %l.subnet, "this node's old lease does not fit the network config; deleting it");
             client
@@ -320,46 +306,13 @@ pub async fn acquire_lease(
             continue;
         }
 
-        let same_len: HashSet<Subnet> = leases
-            .iter()
-            .filter(|l| l.subnet.prefix_len() == cfg.subnet_len)
-            .map(|l| l.subnet)
-            .collect();
-        let odd: Vec<Subnet> = leases
-            .iter()
-            .filter(|l| l.subnet.prefix_len() != cfg.subnet_len)
-            .map(|l| l.subnet)
-            .collect();
-        let taken = |s: &Subnet| same_len.contains(s) || odd.iter().any(|o| o.overlaps(s));
-
-        let previous = req
-            .previous_subnet
-            .filter(|s| compatible(cfg, s) && !taken(s));
-        let chosen = match previous {
-            Some(s) => s,
-            None => {
-                let free: Vec<Subnet> = cfg
-                    .subnets()
-                    .filter(|s| !taken(s))
-                    .take(PICK_AMONG)
-                    .collect();
-                if free.is_empty() {
-                    return Err(StoreError::OutOfSubnets {
-                        network: cfg.network,
-                        min: cfg.subnet_min,
-                        max: cfg.subnet_max,
-                        count: cfg.subnet_count(),
-                    });
-                }
-                free[rand::rng().random_range(0..free.len())]
-            }
-        };
+        let (chosen, reused_previous) = choose_free_subnet(cfg, req, &leases)?;
         let mac = req
             .vtep_mac
             .unwrap_or_else(|| derive_vtep_mac(req.public_ip, cfg.backend.vni));
         let record = own_record(cfg, req.public_ip, mac);
         if let Some(own) = create_if_absent(client, keys, chosen, record, req.ttl).await? {
-            tracing::info!(subnet = %own.subnet, public_ip = %req.public_ip, reused_previous = previous.is_some(), "acquired a new lease");
+            tracing::info!(subnet = %own.subnet, public_ip = %req.public_ip, reused_previous, "acquired a new lease");
             return Ok(own);
         }
         tracing::debug!(subnet = %chosen, "another node took the subnet first; trying again");
@@ -367,4 +320,72 @@ pub async fn acquire_lease(
     Err(StoreError::AcquireRaces {
         attempts: RACE_RETRIES,
     })
+}
+
+/// Takes over `l`, the lease that already carries our PublicIP, with a fresh grant, keeping
+/// the VTEP MAC it names (else the requested one, else a derived one).
+async fn reuse_lease(
+    client: &mut Client,
+    keys: &Keys,
+    cfg: &NetworkConfig,
+    req: &AcquireRequest,
+    l: &Listed,
+) -> Result<OwnLease, StoreError> {
+    let old_mac = match &l.record {
+        Ok(LeaseRecord {
+            backend: BackendRecord::Vxlan { vtep_mac, .. },
+            ..
+        }) => Some(*vtep_mac),
+        _ => None,
+    };
+    let mac = old_mac
+        .or(req.vtep_mac)
+        .unwrap_or_else(|| derive_vtep_mac(req.public_ip, cfg.backend.vni));
+    let record = own_record(cfg, req.public_ip, mac);
+    let own = put_with_fresh_grant(client, keys, l.subnet, record, req.ttl).await?;
+    revoke_quietly(client, l.etcd_lease).await;
+    tracing::info!(subnet = %own.subnet, public_ip = %req.public_ip, "reusing the lease that carries this node's public IP");
+    Ok(own)
+}
+
+/// The subnet to try to create, and whether it is the one from subnet.env: that one if it
+/// fits the config and is free, else a random pick among the first [`PICK_AMONG`] free ones.
+/// A key of another prefix length holds every subnet it overlaps.
+fn choose_free_subnet(
+    cfg: &NetworkConfig,
+    req: &AcquireRequest,
+    leases: &[Listed],
+) -> Result<(Subnet, bool), StoreError> {
+    let same_len: HashSet<Subnet> = leases
+        .iter()
+        .filter(|l| l.subnet.prefix_len() == cfg.subnet_len)
+        .map(|l| l.subnet)
+        .collect();
+    let odd: Vec<Subnet> = leases
+        .iter()
+        .filter(|l| l.subnet.prefix_len() != cfg.subnet_len)
+        .map(|l| l.subnet)
+        .collect();
+    let taken = |s: &Subnet| same_len.contains(s) || odd.iter().any(|o| o.overlaps(s));
+
+    if let Some(s) = req
+        .previous_subnet
+        .filter(|s| compatible(cfg, s) && !taken(s))
+    {
+        return Ok((s, true));
+    }
+    let free: Vec<Subnet> = cfg
+        .subnets()
+        .filter(|s| !taken(s))
+        .take(PICK_AMONG)
+        .collect();
+    if free.is_empty() {
+        return Err(StoreError::OutOfSubnets {
+            network: cfg.network,
+            min: cfg.subnet_min,
+            max: cfg.subnet_max,
+            count: cfg.subnet_count(),
+        });
+    }
+    Ok((free[rand::rng().random_range(0..free.len())], false))
 }

@@ -21,6 +21,8 @@ use crate::wire::Subnet;
 pub mod check;
 mod lease;
 pub mod record;
+mod retry;
+mod start;
 pub mod subnet_env;
 pub mod vtep;
 mod watch;
@@ -28,9 +30,10 @@ mod watch;
 pub use check::{check_lease, judge, judge_all, Judged, LeaseProblem, LeaseView};
 pub use lease::{acquire_lease, read_config, AcquireRequest, OwnLease};
 pub use record::{BackendRecord, LeaseRecord, RecordError};
+pub use start::{Store, StoreOptions};
 pub use subnet_env::{read_previous_subnet, SubnetEnv, SubnetEnvError};
 pub use vtep::derive_vtep_mac;
-pub use watch::{Store, StoreHandle, StoreOptions};
+pub use watch::StoreHandle;
 
 /// flanneld's default etcd prefix.
 pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
@@ -106,11 +109,12 @@ pub struct EtcdOptions {
     pub password: Option<String>,
 }
 
-/// Everything that can go wrong in the store, named after what failed.
+/// Everything that can go wrong in the store, named after what failed; the underlying
+/// error is the `source()`, not part of the message.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Building the etcd client failed (bad endpoint URL, TLS setup, authentication).
-    #[error("connecting to etcd at {endpoints}: {source}")]
+    #[error("connecting to etcd at {endpoints}")]
     EtcdConnect {
         /// The endpoints tried.
         endpoints: String,
@@ -119,7 +123,7 @@ pub enum StoreError {
         source: etcd_client::Error,
     },
     /// A TLS file given on the command line could not be read.
-    #[error("reading etcd TLS file {path}: {source}")]
+    #[error("reading etcd TLS file {path}")]
     TlsFile {
         /// The file.
         path: PathBuf,
@@ -131,7 +135,7 @@ pub enum StoreError {
     #[error("--etcd-certfile and --etcd-keyfile must be given together")]
     TlsIncomplete,
     /// Reading `<prefix>/config` failed.
-    #[error("reading network config {key}: {source}")]
+    #[error("reading network config {key}")]
     ConfigRead {
         /// The key.
         key: String,
@@ -146,7 +150,7 @@ pub enum StoreError {
         key: String,
     },
     /// `<prefix>/config` exists but is not a valid flannel config.
-    #[error("network config at {key} is invalid: {source}")]
+    #[error("network config at {key} is invalid")]
     ConfigInvalid {
         /// The key.
         key: String,
@@ -155,7 +159,7 @@ pub enum StoreError {
         source: ConfigError,
     },
     /// Listing the leases failed.
-    #[error("listing leases under {prefix}: {source}")]
+    #[error("listing leases under {prefix}")]
     LeaseList {
         /// The key prefix.
         prefix: String,
@@ -164,7 +168,7 @@ pub enum StoreError {
         source: etcd_client::Error,
     },
     /// Granting an etcd lease (the TTL behind a subnet lease) failed.
-    #[error("granting an etcd lease of {ttl_secs} s: {source}")]
+    #[error("granting an etcd lease of {ttl_secs} s")]
     LeaseGrant {
         /// The TTL asked for.
         ttl_secs: i64,
@@ -173,7 +177,7 @@ pub enum StoreError {
         source: etcd_client::Error,
     },
     /// Creating this node's lease key failed.
-    #[error("creating lease {subnet}: {source}")]
+    #[error("creating lease {subnet}")]
     LeaseCreate {
         /// The subnet.
         subnet: Subnet,
@@ -182,7 +186,7 @@ pub enum StoreError {
         source: etcd_client::Error,
     },
     /// Re-writing this node's lease (reuse or renewal) failed.
-    #[error("renewing lease {subnet}: {source}")]
+    #[error("renewing lease {subnet}")]
     LeaseRenew {
         /// The subnet.
         subnet: Subnet,
@@ -191,7 +195,7 @@ pub enum StoreError {
         source: etcd_client::Error,
     },
     /// Deleting a stale lease of this node failed.
-    #[error("deleting stale lease {subnet}: {source}")]
+    #[error("deleting stale lease {subnet}")]
     LeaseDelete {
         /// The subnet.
         subnet: Subnet,
@@ -317,5 +321,29 @@ mod tests {
         );
         assert_eq!(k.parse_subnet_key(b"/other/subnets/10.1.2.0-24"), None);
         assert_eq!(k.parse_subnet_key(b"/coreos.com/network/config"), None);
+    }
+
+    #[test]
+    fn errors_carry_their_cause_in_the_chain_not_the_message() {
+        use std::error::Error as _;
+        let e = StoreError::TlsFile {
+            path: PathBuf::from("/etc/weft/ca.pem"),
+            source: std::io::Error::other("boom"),
+        };
+        assert_eq!(e.to_string(), "reading etcd TLS file /etc/weft/ca.pem");
+        assert_eq!(e.source().map(|s| s.to_string()).as_deref(), Some("boom"));
+        let e = StoreError::ConfigInvalid {
+            key: "/n/config".into(),
+            source: ConfigError::MissingNetwork,
+        };
+        assert_eq!(e.to_string(), "network config at /n/config is invalid");
+        assert!(e.source().is_some());
+        // subnet.env errors pass through as they are.
+        let e = StoreError::from(crate::store::SubnetEnvError::Io {
+            path: PathBuf::from("/run/flannel/subnet.env"),
+            source: std::io::Error::other("boom"),
+        });
+        assert_eq!(e.to_string(), "subnet file /run/flannel/subnet.env");
+        assert_eq!(e.source().map(|s| s.to_string()).as_deref(), Some("boom"));
     }
 }

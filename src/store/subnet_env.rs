@@ -32,7 +32,7 @@ pub struct SubnetEnv {
 #[derive(Debug, thiserror::Error)]
 pub enum SubnetEnvError {
     /// Reading, writing or renaming the file failed.
-    #[error("subnet file {path}: {source}")]
+    #[error("subnet file {path}")]
     Io {
         /// The file.
         path: PathBuf,

@@ -1,0 +1,390 @@
+//! The running store: one task that watches the leases, renews ours and publishes tables.
+//!
+//! Watch protocol: list `<prefix>/subnets/` at revision R, watch from R+1. When the watch
+//! breaks (stream error, etcd gone, compaction past our revision) the task lists again and
+//! diffs against what it had, so no event is lost and nothing is removed by mistake. While
+//! etcd is unreachable the published table stays as it was.
+//!
+//! This file owns the loop, the task's handle and the dispatch of watch events; the steps
+//! live beside it: [`publish`] (records -> peers -> the published table and its report),
+//! [`own`] (keeping this node's lease: renew, restore, re-create) and [`config_change`]
+//! (the network config changing under a running node).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, EventType, WatchOptions, WatchResponse, WatchStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::check::LeaseProblem;
+use super::lease::{self, OwnLease};
+use super::retry::{Backoff, RepeatLog};
+use super::start::StoreOptions;
+use super::{Keys, StoreError};
+use crate::config::NetworkConfig;
+use crate::table::{Changes, LeaseReport, LocalVtep, PeerEvent, PeerSet, SharedTable};
+
+mod config_change;
+mod own;
+mod publish;
+
+/// How soon a failed re-creation of our deleted lease is tried again.
+const RECREATE_RETRY: Duration = Duration::from_millis(500);
+/// At most one "lease table updated" line per this interval; changes in between are summed.
+const TABLE_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// A running store. Dropping it (or [`StoreHandle::shutdown`]) stops the task; the lease
+/// stays in etcd until it expires, so a restarted node gets it back.
+#[derive(Debug)]
+pub struct StoreHandle {
+    config: NetworkConfig,
+    own: watch::Receiver<OwnLease>,
+    etcd_up: watch::Receiver<bool>,
+    stop: Option<watch::Sender<bool>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl StoreHandle {
+    /// The network config in force.
+    pub fn config(&self) -> &NetworkConfig {
+        &self.config
+    }
+
+    /// This node's current lease.
+    pub fn own_lease(&self) -> OwnLease {
+        self.own.borrow().clone()
+    }
+
+    /// A receiver that sees every change of this node's lease (re-creation, renewal).
+    pub fn subscribe_own_lease(&self) -> watch::Receiver<OwnLease> {
+        self.own.clone()
+    }
+
+    /// Whether the last etcd request succeeded.
+    pub fn etcd_reachable(&self) -> bool {
+        *self.etcd_up.borrow()
+    }
+
+    /// Stops the task and waits for it.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for StoreHandle {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+    }
+}
+
+/// Starts the task that keeps `own` and follows every other lease; its table goes to
+/// `shared`. Returns the handle that stops it.
+pub(super) fn spawn(
+    client: Client,
+    keys: Keys,
+    config: NetworkConfig,
+    opts: StoreOptions,
+    own: OwnLease,
+    shared: SharedTable,
+) -> StoreHandle {
+    let local = LocalVtep {
+        vni: config.backend.vni,
+        mac: own.vtep_mac().unwrap_or_default(),
+        port: config.backend.port,
+    };
+    let (own_tx, own_rx) = watch::channel(own.clone());
+    let (up_tx, up_rx) = watch::channel(true);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let runner = Runner {
+        renew_at: own::renew_deadline(&own, &opts),
+        client,
+        keys,
+        config: config.clone(),
+        opts,
+        local,
+        peers: PeerSet::new(config.subnet_len),
+        own,
+        own_tx,
+        up_tx,
+        shared,
+        warned: HashSet::new(),
+        rejected: BTreeMap::new(),
+        report: Arc::default(),
+        own_missing: false,
+        own_damaged: false,
+        etcd_log: RepeatLog::default(),
+        published_once: false,
+        revision: 0,
+        unlogged: Changes::default(),
+        logged_at: None,
+    };
+    let task = tokio::spawn(runner.run(stop_rx));
+    StoreHandle {
+        config,
+        own: own_rx,
+        etcd_up: up_rx,
+        stop: Some(stop_tx),
+        task: Some(task),
+    }
+}
+
+/// Why the watch loop stopped reading a stream.
+enum Wake {
+    Stop,
+    Timer,
+    Message(Result<Option<WatchResponse>, etcd_client::Error>),
+}
+
+/// How following one watch stream ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Followed {
+    /// The store is stopping.
+    Stop,
+    /// The stream broke or fell behind: list again and watch anew.
+    Relist,
+}
+
+/// The watch task's state: our lease, the peers, and what has been published and logged.
+struct Runner {
+    client: Client,
+    keys: Keys,
+    config: NetworkConfig,
+    opts: StoreOptions,
+    local: LocalVtep,
+    peers: PeerSet,
+    own: OwnLease,
+    own_tx: watch::Sender<OwnLease>,
+    up_tx: watch::Sender<bool>,
+    shared: SharedTable,
+    /// `(key, mod_revision)` of records already reported as unusable.
+    warned: HashSet<(String, i64)>,
+    /// Records under the subnets prefix that are not used, by key.
+    rejected: BTreeMap<String, LeaseProblem>,
+    /// The report attached to the last published table.
+    report: Arc<LeaseReport>,
+    renew_at: Instant,
+    own_missing: bool,
+    /// Our key was overwritten and writing our record back failed: retry on the timer.
+    own_damaged: bool,
+    etcd_log: RepeatLog,
+    published_once: bool,
+    /// The etcd revision the published table reflects.
+    revision: i64,
+    /// Table changes not yet reported in a log line.
+    unlogged: Changes,
+    /// When the last "lease table updated" line was written.
+    logged_at: Option<Instant>,
+}
+
+impl Runner {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut backoff = Backoff::new();
+        loop {
+            let mut stream = match self.open_watch().await {
+                Ok(s) => s,
+                Err(why) => {
+                    self.etcd_lost(&why);
+                    if backoff.sleep_or_stop(&mut stop).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let opened = Instant::now();
+            if self.follow(&mut stream, &mut stop).await == Followed::Stop {
+                return;
+            }
+            // A watch that breaks at once again and again must not spin.
+            if opened.elapsed() < Duration::from_secs(1) {
+                if backoff.sleep_or_stop(&mut stop).await {
+                    return;
+                }
+            } else {
+                backoff.reset();
+            }
+        }
+    }
+
+    /// Lists every lease (publishing the result) and opens a watch from just after the
+    /// listing; on failure, why etcd counts as lost.
+    async fn open_watch(&mut self) -> Result<WatchStream, String> {
+        let since = match self.resync().await {
+            Ok(rev) => rev + 1,
+            Err(e) => return Err(e.to_string()),
+        };
+        let dir = self.keys.root();
+        let opts = WatchOptions::new().with_prefix().with_start_revision(since);
+        self.client
+            .watch(dir.as_str(), Some(opts))
+            .await
+            .map_err(|e| format!("opening the watch: {e}"))
+    }
+
+    /// Reads `stream`, running the timer between messages, until it breaks or `stop` fires.
+    async fn follow(
+        &mut self,
+        stream: &mut WatchStream,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Followed {
+        loop {
+            let deadline = self.next_deadline();
+            let wake = tokio::select! {
+                _ = stop.changed() => Wake::Stop,
+                _ = tokio::time::sleep_until(deadline) => Wake::Timer,
+                m = stream.message() => Wake::Message(m),
+            };
+            match wake {
+                Wake::Stop => return Followed::Stop,
+                Wake::Timer => self.on_timer().await,
+                Wake::Message(Ok(Some(resp))) => {
+                    if resp.compact_revision() > 0 || resp.canceled() {
+                        tracing::warn!(
+                            compact_revision = resp.compact_revision(),
+                            reason = resp.cancel_reason(),
+                            "lease watch fell behind etcd compaction or was canceled; re-listing"
+                        );
+                        return Followed::Relist;
+                    }
+                    self.etcd_back();
+                    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+                    self.on_events(resp.events(), rev).await;
+                }
+                Wake::Message(Ok(None)) => {
+                    self.etcd_lost("the lease watch stream ended");
+                    return Followed::Relist;
+                }
+                Wake::Message(Err(e)) => {
+                    self.etcd_lost(&format!("the lease watch failed: {e}"));
+                    return Followed::Relist;
+                }
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let mut at = self.renew_at;
+        if self.own_missing || self.own_damaged {
+            at = at.min(Instant::now() + RECREATE_RETRY);
+        }
+        if let (false, Some(logged)) = (self.unlogged.is_empty(), self.logged_at) {
+            at = at.min(logged + TABLE_LOG_EVERY);
+        }
+        at
+    }
+
+    fn etcd_lost(&mut self, why: &str) {
+        if *self.up_tx.borrow() {
+            tracing::warn!(error = %why, peers = self.peers.len(), "etcd unreachable; keeping the current lease table and retrying");
+            self.etcd_log.should_log(why);
+            let _ = self.up_tx.send(false);
+        } else if self.etcd_log.should_log(why) {
+            tracing::warn!(error = %why, "etcd still unreachable");
+        }
+    }
+
+    fn etcd_back(&mut self) {
+        if !*self.up_tx.borrow() {
+            tracing::info!("etcd reachable again");
+            self.etcd_log.clear();
+            let _ = self.up_tx.send(true);
+        }
+    }
+
+    /// Lists every lease, diffs against the current set, publishes; returns the revision.
+    async fn resync(&mut self) -> Result<i64, StoreError> {
+        let (listed, revision) = lease::list_raw(&mut self.client, &self.keys).await?;
+        self.etcd_back();
+        let own_key = self.keys.subnet(&self.own.subnet);
+        let mut own_kv = None;
+        let mut next = Vec::with_capacity(listed.len());
+        self.rejected.clear();
+        for kv in listed {
+            if kv.key == own_key.as_bytes() {
+                own_kv = Some(kv);
+                continue;
+            }
+            match self.judge(&kv.key, &kv.value, kv.mod_revision) {
+                Ok(p) => next.push(p),
+                // An unusable update never removes what we knew about that subnet.
+                Err(Some(subnet)) => next.extend(self.peers.get(&subnet).copied()),
+                Err(None) => {}
+            }
+        }
+        let changes = self.peers.replace(next);
+        self.publish(revision, changes);
+        match own_kv {
+            None => self.recreate_own().await,
+            Some(kv) if !self.is_own(&kv.value, kv.etcd_lease, kv.mod_revision) => {
+                self.restore_own(&kv.value).await
+            }
+            Some(_) => {}
+        }
+        Ok(revision)
+    }
+
+    /// Applies one watch response: peers changed in one batch and one publish, then the
+    /// config change is reported and our own key repaired if someone touched it.
+    async fn on_events(&mut self, events: &[etcd_client::Event], revision: i64) {
+        let mut batch = Vec::with_capacity(events.len());
+        let mut own_deleted = false;
+        let mut own_overwritten: Option<Vec<u8>> = None;
+        let own_key = self.keys.subnet(&self.own.subnet);
+        let config_key = self.keys.config();
+        let subnets_dir = self.keys.subnets_dir();
+        for ev in events {
+            let Some(kv) = ev.kv() else { continue };
+            if kv.key() == config_key.as_bytes() {
+                self.on_config_event(ev.event_type(), kv.value());
+                continue;
+            }
+            if !kv.key().starts_with(subnets_dir.as_bytes()) {
+                continue;
+            }
+            if kv.key() == own_key.as_bytes() {
+                match ev.event_type() {
+                    EventType::Delete => own_deleted = true,
+                    EventType::Put => {
+                        if !self.is_own(kv.value(), kv.lease(), kv.mod_revision()) {
+                            own_overwritten = Some(kv.value().to_vec());
+                        }
+                    }
+                }
+                continue;
+            }
+            batch.extend(self.peer_event(ev.event_type(), kv));
+        }
+        let changes = self.peers.apply(batch);
+        self.publish(revision, changes);
+        if own_deleted {
+            tracing::warn!(subnet = %self.own.subnet, "this node's lease was deleted from etcd; re-creating it");
+            self.recreate_own().await;
+        } else if let Some(value) = own_overwritten {
+            self.restore_own(&value).await;
+        }
+    }
+
+    /// What an event on another node's key does to the peer set, if anything.
+    fn peer_event(&mut self, kind: EventType, kv: &etcd_client::KeyValue) -> Option<PeerEvent> {
+        match kind {
+            EventType::Delete => {
+                self.rejected
+                    .remove(String::from_utf8_lossy(kv.key()).as_ref());
+                self.keys.parse_subnet_key(kv.key()).map(PeerEvent::Remove)
+            }
+            EventType::Put => self
+                .judge(kv.key(), kv.value(), kv.mod_revision())
+                .ok()
+                .map(PeerEvent::Upsert),
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Keeping this node's lease while the store runs: renewing it before it expires, writing
+//! our record back when someone overwrites the key, and re-creating the key when it is
+//! deleted (moving to a new subnet, and rewriting subnet.env, if another node took ours).
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::Runner;
+use crate::store::lease::{self, acquire_lease, AcquireRequest, OwnLease};
+use crate::store::record::LeaseRecord;
+use crate::store::start::{write_subnet_env, StoreOptions};
+use crate::table::PeerEvent;
+use crate::wire::Subnet;
+
+/// How soon a failed renewal is tried again.
+const RENEW_RETRY: Duration = Duration::from_secs(60);
+
+/// When to renew: `margin` before expiry, or half-way when the TTL is shorter than that.
+pub(super) fn renew_deadline(own: &OwnLease, opts: &StoreOptions) -> Instant {
+    let lead = if opts.renew_margin < opts.lease_ttl {
+        opts.renew_margin
+    } else {
+        opts.lease_ttl / 2
+    };
+    own.expires_at
+        .checked_sub(lead)
+        .unwrap_or_else(Instant::now)
+}
+
+impl Runner {
+    /// Whether the value of our key at `rev` is ours: our record on our etcd lease, or a
+    /// write at or before our last one (so an old event never triggers a repair).
+    pub(super) fn is_own(&self, value: &[u8], etcd_lease: i64, rev: i64) -> bool {
+        rev <= self.own.revision
+            || (etcd_lease == self.own.etcd_lease
+                && LeaseRecord::parse(value).is_ok_and(|r| r == self.own.record))
+    }
+
+    /// The timer: the table log line that is due, repairs that failed before, the renewal.
+    pub(super) async fn on_timer(&mut self) {
+        self.flush_table_log();
+        if self.own_missing {
+            self.recreate_own().await;
+        }
+        if self.own_damaged {
+            self.restore_own(b"").await;
+        }
+        if Instant::now() >= self.renew_at {
+            self.renew_own().await;
+        }
+    }
+
+    /// Renews our lease with a fresh grant; on failure tries again in [`RENEW_RETRY`].
+    async fn renew_own(&mut self) {
+        match lease::renew(&mut self.client, &self.keys, &self.own, self.opts.lease_ttl).await {
+            Ok(next) => {
+                tracing::info!(subnet = %next.subnet, "lease renewed");
+                self.set_own(next);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing the lease failed; retrying in a minute");
+                self.renew_at = Instant::now() + RENEW_RETRY;
+            }
+        }
+    }
+
+    fn set_own(&mut self, own: OwnLease) {
+        self.renew_at = renew_deadline(&own, &self.opts);
+        self.own = own.clone();
+        self.own_missing = false;
+        self.own_damaged = false;
+        let _ = self.own_tx.send(own);
+    }
+
+    /// Someone overwrote our key (another PublicIP, garbage, our record without our TTL): the
+    /// node owns its lease, so write our record back with a fresh grant and retire the old one.
+    /// On failure the next timer tick tries again.
+    pub(super) async fn restore_own(&mut self, found: &[u8]) {
+        if !self.own_damaged {
+            let found = String::from_utf8_lossy(&found[..found.len().min(200)]).into_owned();
+            tracing::warn!(subnet = %self.own.subnet, found = %found, "this node's lease was overwritten in etcd; writing this node's record back");
+        }
+        let old = self.own.etcd_lease;
+        match lease::put_with_fresh_grant(
+            &mut self.client,
+            &self.keys,
+            self.own.subnet,
+            self.own.record.clone(),
+            self.opts.lease_ttl,
+        )
+        .await
+        {
+            Ok(own) => {
+                lease::revoke_quietly(&mut self.client, old).await;
+                tracing::info!(subnet = %own.subnet, "this node's lease record restored");
+                self.set_own(own);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "restoring this node's lease failed; retrying");
+                self.own_damaged = true;
+            }
+        }
+    }
+
+    /// Our key is gone (etcd data loss, expiry, an operator): take the same subnet back at
+    /// once; if another node got it first, acquire a new one and rewrite subnet.env.
+    pub(super) async fn recreate_own(&mut self) {
+        let subnet = self.own.subnet;
+        let created = lease::create_if_absent(
+            &mut self.client,
+            &self.keys,
+            subnet,
+            self.own.record.clone(),
+            self.opts.lease_ttl,
+        )
+        .await;
+        match created {
+            Ok(Some(own)) => {
+                tracing::info!(%subnet, "re-created this node's lease");
+                self.set_own(own);
+            }
+            Ok(None) => self.reacquire_own(subnet).await,
+            Err(e) => {
+                tracing::warn!(%subnet, error = %e, "re-creating this node's lease failed; retrying");
+                self.own_missing = true;
+            }
+        }
+    }
+
+    /// Another node holds our old `subnet`: acquire a lease as at start (the old subnet is
+    /// asked for first); a new subnet means a new subnet.env and one peer fewer if we had it.
+    async fn reacquire_own(&mut self, subnet: Subnet) {
+        let req = AcquireRequest {
+            public_ip: self.opts.public_ip,
+            previous_subnet: Some(subnet),
+            ttl: self.opts.lease_ttl,
+            vtep_mac: self.own.vtep_mac(),
+        };
+        match acquire_lease(&mut self.client, &self.keys, &self.config, &req).await {
+            Ok(own) => {
+                if own.subnet != subnet {
+                    tracing::warn!(old = %subnet, new = %own.subnet, "this node's subnet was taken by another node; moved to a new subnet");
+                    if let Err(e) = write_subnet_env(&self.opts, &self.config, own.subnet) {
+                        tracing::error!(error = %e, "writing subnet.env failed");
+                    }
+                    let changes = self.peers.apply([PeerEvent::Remove(own.subnet)]);
+                    self.publish(self.revision, changes);
+                }
+                self.set_own(own);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "re-acquiring this node's lease failed; retrying");
+                self.own_missing = true;
+            }
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! From etcd records to the table the data plane reads: judging each record (logging an
+//! unusable one once), the report of rejected and conflicting leases that rides with each
+//! snapshot, publishing, and the rate-limited "lease table updated" line.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::{Runner, TABLE_LOG_EVERY};
+use crate::store::check::{self, LeaseProblem};
+use crate::store::record::BackendRecord;
+use crate::table::{Changes, LeaseReport, Peer, RejectedLease};
+use crate::wire::Subnet;
+
+/// How many reported-bad records to remember before starting afresh.
+const MAX_WARNED: usize = 10_000;
+
+impl Runner {
+    /// Records that the lease under `key` is not used, logging it once per key and revision.
+    fn reject(&mut self, key: String, rev: i64, problem: LeaseProblem) {
+        if self.warned.len() > MAX_WARNED {
+            // Forgetting only means a bad record may be reported once more.
+            self.warned.clear();
+        }
+        if self.warned.insert((key.clone(), rev)) {
+            tracing::warn!(%key, revision = rev, reason = problem.label(), error = %problem, "skipping a lease record from etcd");
+        }
+        self.rejected.insert(key, problem);
+    }
+
+    /// Judges one key/value from etcd: the peer it gives, or `None` after recording why not.
+    /// `Err` carries the subnet the key names, if any, so that a bad update of a known lease
+    /// keeps what we knew (one bad record never removes a working peer).
+    pub(super) fn judge(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        rev: i64,
+    ) -> Result<Peer, Option<Subnet>> {
+        let j = check::judge(&self.keys, &self.config, key, value);
+        let name = String::from_utf8_lossy(key).into_owned();
+        match (j.subnet, j.verdict) {
+            (Some(subnet), Ok(rec)) => {
+                self.rejected.remove(&name);
+                let mac = match rec.backend {
+                    BackendRecord::Vxlan { vtep_mac, .. } => Some(vtep_mac),
+                    _ => None,
+                };
+                Ok(Peer::new(subnet, rec.public_ip, mac, &self.local))
+            }
+            (subnet, Err(problem)) => {
+                self.reject(name, rev, problem);
+                Err(subnet)
+            }
+            (None, Ok(_)) => Err(None),
+        }
+    }
+
+    /// The report for the next snapshot: rejected records, and PublicIPs that several usable
+    /// leases name (ours among them). A new or changed conflict is logged.
+    fn build_report(&self) -> LeaseReport {
+        let rejected = self
+            .rejected
+            .iter()
+            .map(|(key, p)| RejectedLease {
+                key: key.clone(),
+                reason: p.label(),
+                detail: p.to_string(),
+            })
+            .collect();
+        let conflicts: Vec<(Ipv4Addr, Vec<Subnet>)> = check::conflicts(
+            self.peers
+                .iter()
+                .map(|p| (p.subnet, p.public_ip))
+                .chain([(self.own.subnet, self.own.record.public_ip)]),
+        )
+        .into_iter()
+        .collect();
+        for (ip, subnets) in &conflicts {
+            if !self
+                .report
+                .conflicts
+                .iter()
+                .any(|(i, s)| i == ip && s == subnets)
+            {
+                let list: Vec<String> = subnets.iter().map(Subnet::to_string).collect();
+                let ours = *ip == self.own.record.public_ip;
+                tracing::warn!(public_ip = %ip, subnets = %list.join(","), names_this_node = ours, "several leases name one PublicIP: packets from it are accepted for any of them, packets to them all go there; delete the stale record(s)");
+            }
+        }
+        LeaseReport {
+            rejected,
+            conflicts,
+        }
+    }
+
+    /// Publishes a new snapshot at `revision` (0: unchanged) unless nothing changed, and
+    /// counts `changes` towards the next "lease table updated" line.
+    pub(super) fn publish(&mut self, revision: i64, changes: Changes) {
+        if revision > 0 {
+            self.revision = revision;
+        }
+        let report = self.build_report();
+        if changes.is_empty() && self.published_once && report == *self.report {
+            return;
+        }
+        self.published_once = true;
+        self.report = Arc::new(report);
+        self.shared.publish(
+            self.peers
+                .snapshot(self.revision)
+                .with_report(self.report.clone()),
+        );
+        self.unlogged.added += changes.added;
+        self.unlogged.updated += changes.updated;
+        self.unlogged.removed += changes.removed;
+        self.flush_table_log();
+    }
+
+    /// Writes the summed table changes as one line, at most once per [`TABLE_LOG_EVERY`], so
+    /// a burst of events gives one line, not one per event.
+    pub(super) fn flush_table_log(&mut self) {
+        let due = self
+            .logged_at
+            .is_none_or(|at| at.elapsed() >= TABLE_LOG_EVERY);
+        if !due || (self.unlogged.is_empty() && self.logged_at.is_some()) {
+            return;
+        }
+        let c = std::mem::take(&mut self.unlogged);
+        self.logged_at = Some(Instant::now());
+        tracing::info!(
+            added = c.added,
+            updated = c.updated,
+            removed = c.removed,
+            peers = self.peers.len(),
+            revision = self.revision,
+            "lease table updated"
+        );
+    }
+}

@@ -188,7 +188,7 @@ async fn grant(client: &mut Client, ttl: Duration) -> Result<(i64, Instant), Sto
 pub(crate) async fn revoke_quietly(client: &mut Client, id: i64) {
     if id != 0 {
         if let Err(e) = client.lease_revoke(id).await {
-            tracing::debug!(lease = id, error = %e, "revoking an unused etcd lease failed");
+            tracing::debug!(lease = id, error = %crate::error::Chain(&e), "revoking an unused etcd lease failed");
         }
     }
 }

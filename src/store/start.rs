@@ -88,7 +88,7 @@ async fn connect_until_up(etcd: &EtcdOptions) -> Result<Client, StoreError> {
         match connect(etcd).await {
             Ok(c) => return Ok(c),
             Err(e) if e.is_transient() => {
-                let msg = e.to_string();
+                let msg = crate::error::Chain(&e).to_string();
                 if log.should_log(&msg) {
                     tracing::warn!(error = %msg, "cannot reach etcd yet; retrying");
                 }
@@ -107,7 +107,7 @@ async fn read_config_until_valid(client: &mut Client, keys: &Keys) -> NetworkCon
         match read_config(client, keys).await {
             Ok(c) => return c,
             Err(e) => {
-                let msg = e.to_string();
+                let msg = crate::error::Chain(&e).to_string();
                 if log.should_log(&msg) {
                     tracing::warn!(error = %msg, "no usable network config yet; retrying every second");
                 }
@@ -137,7 +137,7 @@ async fn acquire_until_held(
         match acquire_lease(client, keys, config, &req).await {
             Ok(own) => return Ok(own),
             Err(e) if e.is_transient() => {
-                let msg = e.to_string();
+                let msg = crate::error::Chain(&e).to_string();
                 if log.should_log(&msg) {
                     tracing::warn!(error = %msg, "acquiring a lease failed; retrying");
                 }

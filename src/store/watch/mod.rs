@@ -220,7 +220,7 @@ impl Runner {
     async fn open_watch(&mut self) -> Result<WatchStream, String> {
         let since = match self.resync().await {
             Ok(rev) => rev + 1,
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(crate::error::Chain(&e).to_string()),
         };
         let dir = self.keys.root();
         let opts = WatchOptions::new().with_prefix().with_start_revision(since);

@@ -59,7 +59,7 @@ impl Runner {
                 self.set_own(next);
             }
             Err(e) => {
-                tracing::warn!(error = %e, "renewing the lease failed; retrying in a minute");
+                tracing::warn!(error = %crate::error::Chain(&e), "renewing the lease failed; retrying in a minute");
                 self.renew_at = Instant::now() + RENEW_RETRY;
             }
         }
@@ -97,7 +97,7 @@ impl Runner {
                 self.set_own(own);
             }
             Err(e) => {
-                tracing::warn!(error = %e, "restoring this node's lease failed; retrying");
+                tracing::warn!(error = %crate::error::Chain(&e), "restoring this node's lease failed; retrying");
                 self.own_damaged = true;
             }
         }
@@ -122,7 +122,7 @@ impl Runner {
             }
             Ok(None) => self.reacquire_own(subnet).await,
             Err(e) => {
-                tracing::warn!(%subnet, error = %e, "re-creating this node's lease failed; retrying");
+                tracing::warn!(%subnet, error = %crate::error::Chain(&e), "re-creating this node's lease failed; retrying");
                 self.own_missing = true;
             }
         }
@@ -142,7 +142,7 @@ impl Runner {
                 if own.subnet != subnet {
                     tracing::warn!(old = %subnet, new = %own.subnet, "this node's subnet was taken by another node; moved to a new subnet");
                     if let Err(e) = write_subnet_env(&self.opts, &self.config, own.subnet) {
-                        tracing::error!(error = %e, "writing subnet.env failed");
+                        tracing::error!(error = %crate::error::Chain(&e), "writing subnet.env failed");
                     }
                     let changes = self.peers.apply([PeerEvent::Remove(own.subnet)]);
                     self.publish(self.revision, changes);
@@ -150,7 +150,7 @@ impl Runner {
                 self.set_own(own);
             }
             Err(e) => {
-                tracing::warn!(error = %e, "re-acquiring this node's lease failed; retrying");
+                tracing::warn!(error = %crate::error::Chain(&e), "re-acquiring this node's lease failed; retrying");
                 self.own_missing = true;
             }
         }

@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -168,11 +168,11 @@ fn worker_count(asked: usize, threads_per_worker: usize) -> usize {
 fn steer_by_cpu(workers: &[WorkerIo]) -> bool {
     use crate::sys::steer;
     let n = workers.len() as u32;
-    if let Err(e) = steer::reuseport_by_cpu(workers[0].rx.as_raw_fd(), n) {
+    if let Err(e) = steer::reuseport_by_cpu(workers[0].rx.as_fd(), n) {
         warn!(error = %e, "SO_ATTACH_REUSEPORT_CBPF refused; no CPU-local steering");
         return false;
     }
-    if let Err(e) = steer::tun_steer_by_cpu(workers[0].tun.as_raw_fd()) {
+    if let Err(e) = steer::tun_steer_by_cpu(workers[0].tun.as_fd()) {
         warn!(error = %e, "TUN steering program refused (needs CAP_BPF); no CPU-local steering");
         return false;
     }
@@ -212,7 +212,7 @@ fn bind_udp(underlay: &Underlay, port: u16, reuse_port: bool) -> Result<UdpSocke
     let addr = SocketAddr::from((underlay.local_ip, port));
     let sock = crate::sys::bind_udp4(SocketAddrV4::new(underlay.local_ip, port), reuse_port)
         .map_err(|source| NodeError::Bind { addr, source })?;
-    let fd = sock.as_raw_fd();
+    let fd = sock.as_fd();
     // Outer packets without DF, as Linux's VXLAN device sends them: when the underlay's path
     // MTU falls below what the node started with, full-size packets fragment (here or on a
     // router) instead of being refused or dropped.
@@ -344,15 +344,15 @@ fn start_datapath(
     let (workers, tx) = open_workers(opts, underlay, config.backend.port, tuns)?;
     let steered = opts.steer_by_cpu && workers.len() > 1 && steer_by_cpu(&workers);
     let gro = opts.udp_gro
-        && workers.iter().all(
-            |w| match crate::sys::mmsg::enable_udp_gro(w.rx.as_raw_fd()) {
+        && workers
+            .iter()
+            .all(|w| match crate::sys::mmsg::enable_udp_gro(w.rx.as_fd()) {
                 Ok(()) => true,
                 Err(e) => {
                     warn!(error = %e, "UDP_GRO refused; receiving datagrams one by one");
                     false
                 }
-            },
-        );
+            });
     info!(
         tun_tso = tso,
         udp_gso = opts.udp_gso,

@@ -31,8 +31,8 @@ pub mod counters;
 
 use std::io;
 use std::net::{IpAddr, SocketAddrV4, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::os::fd::RawFd;
+use std::os::fd::AsFd;
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -186,7 +186,7 @@ impl Datapath {
             Vec::new()
         };
         for (i, io) in workers.into_iter().enumerate() {
-            crate::sys::set_nonblocking(io.tun.as_raw_fd(), true).map_err(|source| {
+            crate::sys::set_nonblocking(io.tun.as_fd(), true).map_err(|source| {
                 DatapathError::Start {
                     what: "TUN O_NONBLOCK",
                     source,
@@ -225,7 +225,7 @@ impl Datapath {
                     format!("weft-dp{i}tx"),
                     Box::new(move |name| {
                         let mut send = send;
-                        run_one_side(name, io2.tun.as_raw_fd(), &stop2, || {
+                        run_one_side(name, io2.tun.as_fd(), &stop2, || {
                             send.run_once(&io2.tun, &tx2, &c2)
                         })
                     }),
@@ -235,7 +235,7 @@ impl Datapath {
                     format!("weft-dp{i}rx"),
                     Box::new(move |name| {
                         let mut recv = recv;
-                        run_one_side(name, io2.rx.as_raw_fd(), &stop2, || {
+                        run_one_side(name, io2.rx.as_fd(), &stop2, || {
                             recv.run_once(&io2.tun, &io2.rx, &c2)
                         })
                     }),
@@ -681,7 +681,7 @@ struct RecvSide {
 
 /// Sleeps until one of `fds` is readable or the data path stops: `None` for stop, else the
 /// readable descriptors (bit `i` for `fds[i]`).
-fn sleep_on(name: &str, fds: &[RawFd], stop: &Stop) -> Result<Option<u32>, DatapathError> {
+fn sleep_on(name: &str, fds: &[BorrowedFd<'_>], stop: &Stop) -> Result<Option<u32>, DatapathError> {
     match wait_any_readable(fds, &stop.fd, -1) {
         Ok(_) if stop.flag.load(Ordering::Acquire) => Ok(None),
         Ok(Wake::Stop) => Ok(None),
@@ -707,7 +707,7 @@ fn run_both(
 ) -> Result<(), DatapathError> {
     const TUN: u32 = 1;
     const SOCK: u32 = 2;
-    let fds = [io.tun.as_raw_fd(), io.rx.as_raw_fd()];
+    let fds = [io.tun.as_fd(), io.rx.as_fd()];
     // Every turn starts with a poll that says which side has work, so no read comes back
     // empty but the one that ends a TUN batch; after a receive that wrote to the TUN, the
     // send side looks too (the local stack may have answered already).
@@ -737,7 +737,7 @@ fn run_both(
 /// did not improve reliably.)
 fn run_one_side(
     name: &str,
-    fd: RawFd,
+    fd: BorrowedFd<'_>,
     stop: &Stop,
     mut batch: impl FnMut() -> Result<Turn, DatapathError>,
 ) -> Result<(), DatapathError> {
@@ -924,7 +924,7 @@ impl SendSide {
                     continue;
                 }
                 let out = self.tx_mmsg.send_gather(
-                    sock.as_raw_fd(),
+                    sock.as_fd(),
                     outs.msgs
                         .iter()
                         .filter(|o| usize::from(o.sock) == s)
@@ -1026,7 +1026,7 @@ impl RecvSide {
         let vnet = self.vnet;
         let (bufs, meta) = self.rx_batch.slots_mut();
         let cap = bufs.len().min(meta.len());
-        let n = match self.rx_mmsg.recv(sock.as_raw_fd(), bufs, meta) {
+        let n = match self.rx_mmsg.recv(sock.as_fd(), bufs, meta) {
             Ok(n) => n,
             Err(e) => {
                 return Err(DatapathError::Io {

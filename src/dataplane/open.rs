@@ -3,7 +3,7 @@
 //! the one offload probe at start that says what the kernel takes.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 
 use tracing::{info, warn};
 
@@ -216,24 +216,28 @@ fn probe_socket_offloads(
     tx: &[UdpSocket],
     opts: &DatapathOptions,
 ) {
-    o.udp_gso = (opts.udp_gso
-        && tx.iter().all(|s| {
-            crate::sys::getsockopt_int(s.as_raw_fd(), libc::SOL_UDP, libc::UDP_SEGMENT).is_ok()
-        }))
-    .then_some(MAX_GSO_SEGMENTS);
+    o.udp_gso = match opts.udp_gso {
+        true => tx
+            .iter()
+            .map(|s| crate::sys::mmsg::udp_gso_max_segments(s.as_fd()))
+            .min()
+            .flatten()
+            .map(|n| n.min(MAX_GSO_SEGMENTS)),
+        false => None,
+    };
     if opts.udp_gso && o.udp_gso.is_none() {
         warn!("UDP GSO (UDP_SEGMENT) not supported by the kernel; sending datagrams one by one");
     }
     o.udp_gro = opts.udp_gro
-        && workers.iter().all(
-            |w| match crate::sys::mmsg::enable_udp_gro(w.rx.as_raw_fd()) {
+        && workers
+            .iter()
+            .all(|w| match crate::sys::mmsg::enable_udp_gro(w.rx.as_fd()) {
                 Ok(()) => true,
                 Err(e) => {
                     warn!(error = %e, "UDP_GRO refused; receiving datagrams one by one");
                     false
                 }
-            },
-        );
+            });
 }
 
 /// Binds one tunnel-port socket per TUN queue (a SO_REUSEPORT group when there are several)
@@ -271,7 +275,7 @@ fn bind_udp(ip: Ipv4Addr, port: u16, reuse_port: bool) -> Result<UdpSocket, Data
         addr: addr.into(),
         source,
     })?;
-    let fd = sock.as_raw_fd();
+    let fd = sock.as_fd();
     // Outer packets without DF, as Linux's VXLAN device sends them: when the underlay's path
     // MTU falls below what the node started with, full-size packets fragment (here or on a
     // router) instead of being refused or dropped.
@@ -295,11 +299,11 @@ fn bind_udp(ip: Ipv4Addr, port: u16, reuse_port: bool) -> Result<UdpSocket, Data
 fn steer_by_cpu(workers: &[WorkerIo]) -> bool {
     use crate::sys::steer;
     let n = workers.len() as u32;
-    if let Err(e) = steer::reuseport_by_cpu(workers[0].rx.as_raw_fd(), n) {
+    if let Err(e) = steer::reuseport_by_cpu(workers[0].rx.as_fd(), n) {
         warn!(error = %e, "SO_ATTACH_REUSEPORT_CBPF refused; no CPU-local steering");
         return false;
     }
-    if let Err(e) = steer::tun_steer_by_cpu(workers[0].tun.as_raw_fd()) {
+    if let Err(e) = steer::tun_steer_by_cpu(workers[0].tun.as_fd()) {
         warn!(error = %e, "TUN steering program refused (needs CAP_BPF); no CPU-local steering");
         return false;
     }

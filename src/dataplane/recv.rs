@@ -2,7 +2,7 @@
 //! datagram -> coalescing -> TUN writes with a virtio-net header, one batch per turn.
 
 use std::net::{IpAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 
 use crate::buf::{Batch, DEFAULT_HEADROOM};
 use crate::encap::DropReason;
@@ -78,7 +78,7 @@ impl RecvSide {
         let cap = bufs.len().min(meta.len());
         let n = self
             .mmsg
-            .recv(sock.as_raw_fd(), bufs, meta)
+            .recv(sock.as_fd(), bufs, meta)
             .map_err(|source| DatapathError::Io {
                 worker: self.name.clone(),
                 what: "recvmmsg",

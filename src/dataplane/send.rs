@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::UdpSocket;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 
 use tracing::warn;
@@ -234,7 +234,7 @@ impl Sender {
                 continue;
             }
             let msgs = enc.outs.messages(s, bufs, &enc.headers);
-            let out = self.mmsg.send_gather(sock.as_raw_fd(), msgs);
+            let out = self.mmsg.send_gather(sock.as_fd(), msgs);
             local.writes += out.sent as u64;
             if out.split_trains > 0 {
                 // Every datagram of a refused train was already resent on its own, in its

@@ -3,7 +3,7 @@
 //! owns them and stops them when stopped or dropped.
 
 use std::net::UdpSocket;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -111,7 +111,7 @@ impl Datapath {
         cfg: &DatapathConfig,
         cpu: Option<usize>,
     ) -> Result<(), DatapathError> {
-        crate::sys::set_nonblocking(io.tun.as_raw_fd(), true).map_err(|source| {
+        crate::sys::set_nonblocking(io.tun.as_fd(), true).map_err(|source| {
             DatapathError::Start {
                 what: "TUN O_NONBLOCK",
                 source,
@@ -127,13 +127,13 @@ impl Datapath {
             });
         }
         self.spawn(format!("weft-dp{i}tx"), cpu, move |name| {
-            run_one_side(name, w.tun.as_raw_fd(), &sh.stop, || {
+            run_one_side(name, w.tun.as_fd(), &sh.stop, || {
                 send.run_once(&w.tun, &sh.tx, &sh.counters)
             })
         })?;
         let sh = self.shared.clone();
         self.spawn(format!("weft-dp{i}rx"), cpu, move |name| {
-            run_one_side(name, io.rx.as_raw_fd(), &sh.stop, || {
+            run_one_side(name, io.rx.as_fd(), &sh.stop, || {
                 recv.run_once(&io.tun, &io.rx, &sh.counters)
             })
         })
@@ -215,7 +215,7 @@ impl Drop for Datapath {
 
 /// Sleeps until one of `fds` is readable or the data path stops: `None` for stop, else the
 /// readable descriptors (bit `i` for `fds[i]`).
-fn sleep_on(name: &str, fds: &[RawFd], stop: &Stop) -> Result<Option<u32>, DatapathError> {
+fn sleep_on(name: &str, fds: &[BorrowedFd<'_>], stop: &Stop) -> Result<Option<u32>, DatapathError> {
     match wait_any_readable(fds, &stop.fd, -1) {
         Ok(_) if stop.flag.load(Ordering::Acquire) => Ok(None),
         Ok(Wake::Stop) => Ok(None),
@@ -239,7 +239,7 @@ fn run_both(
 ) -> Result<(), DatapathError> {
     const TUN: u32 = 1;
     const SOCK: u32 = 2;
-    let fds = [io.tun.as_raw_fd(), io.rx.as_raw_fd()];
+    let fds = [io.tun.as_fd(), io.rx.as_fd()];
     // Every turn starts with a poll that says which side has work, so no read comes back
     // empty but the one that ends a TUN batch; after a receive that wrote to the TUN, the
     // send side looks too (the local stack may have answered already).
@@ -269,7 +269,7 @@ fn run_both(
 /// did not improve reliably.)
 fn run_one_side(
     name: &str,
-    fd: RawFd,
+    fd: BorrowedFd<'_>,
     stop: &Stop,
     mut batch: impl FnMut() -> Result<Turn, DatapathError>,
 ) -> Result<(), DatapathError> {

@@ -1,22 +1,17 @@
 //! Interface ioctls (MTU, flags, IPv4 address) and the interface list (getifaddrs).
+//!
+//! The SIOC*IF* ioctls stay hand-written: rtnetlink does the same over netlink, but only as
+//! async requests served by a connection task, which would make the TUN set-up (synchronous,
+//! like the rest of the data path's start) async too.
 
-use std::ffi::CStr;
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
+
+use nix::errno::Errno;
 
 use super::retry_eintr;
 use super::tun::ifreq_for;
-
-fn control_socket() -> io::Result<OwnedFd> {
-    // SAFETY: socket takes no pointers; the result is checked.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is fresh and owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
 
 fn req(name: &str) -> io::Result<libc::ifreq> {
     ifreq_for(name).ok_or_else(|| {
@@ -28,24 +23,26 @@ fn req(name: &str) -> io::Result<libc::ifreq> {
 }
 
 fn ioctl(request: libc::Ioctl, r: &mut libc::ifreq) -> io::Result<()> {
-    let s = control_socket()?;
-    // SAFETY: every request passed here reads or writes exactly one ifreq.
-    retry_eintr(|| unsafe { libc::ioctl(s.as_raw_fd(), request, r as *mut libc::ifreq) })?;
+    let s = super::udp4_socket()?;
+    retry_eintr(|| {
+        // SAFETY: every request passed here reads or writes exactly one ifreq.
+        let rc = unsafe { libc::ioctl(s.as_raw_fd(), request, r as *mut libc::ifreq) };
+        Errno::result(rc)
+    })?;
     Ok(())
 }
 
+/// `a` as the generic `sockaddr` an ifreq holds: the bytes of a `sockaddr_in` (family, then
+/// port 0, then the address in network order, then zeros).
 fn sockaddr_v4(a: Ipv4Addr) -> libc::sockaddr {
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(a).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: sockaddr_in and sockaddr have the same size (16 bytes) on Linux, and
-    // sockaddr is plain data valid for any bit pattern.
-    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+    let mut sa_data = [0 as libc::c_char; 14];
+    for (d, b) in sa_data[2..6].iter_mut().zip(a.octets()) {
+        *d = b as libc::c_char;
+    }
+    libc::sockaddr {
+        sa_family: libc::AF_INET as libc::sa_family_t,
+        sa_data,
+    }
 }
 
 /// Reads an interface's MTU.
@@ -101,43 +98,48 @@ pub struct IfAddr {
 
 /// Every IPv4 address on this namespace's interfaces.
 pub fn ipv4_addrs() -> io::Result<Vec<IfAddr>> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs writes a list head we free with freeifaddrs below.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut out = Vec::new();
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: cur is a node of the list getifaddrs returned, alive until freeifaddrs.
-        let ifa = unsafe { &*cur };
-        if !ifa.ifa_addr.is_null() {
-            // SAFETY: ifa_addr points to a sockaddr whose family we check before casting.
-            let family = unsafe { (*ifa.ifa_addr).sa_family };
-            if i32::from(family) == libc::AF_INET {
-                // SAFETY: family is AF_INET, so the storage is a sockaddr_in.
-                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-                let prefix_len = if ifa.ifa_netmask.is_null() {
-                    32
-                } else {
-                    // SAFETY: the netmask of an AF_INET address is a sockaddr_in too.
-                    let m = unsafe { &*(ifa.ifa_netmask as *const libc::sockaddr_in) };
-                    u32::from_be(m.sin_addr.s_addr).count_ones() as u8
-                };
-                // SAFETY: ifa_name is a NUL-terminated string owned by the list.
-                let name = unsafe { CStr::from_ptr(ifa.ifa_name) }
-                    .to_string_lossy()
-                    .into_owned();
-                out.push(IfAddr {
-                    name,
-                    addr: Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
-                    prefix_len,
-                });
-            }
-        }
-        cur = ifa.ifa_next;
-    }
-    // SAFETY: head came from getifaddrs and is freed exactly once.
-    unsafe { libc::freeifaddrs(head) };
+    let list = nix::ifaddrs::getifaddrs()?;
+    let out = list
+        .filter_map(|ifa| {
+            let addr = ifa.address.as_ref()?.as_sockaddr_in()?.ip();
+            // No netmask (or one that is not IPv4): a host address.
+            let prefix_len = ifa
+                .netmask
+                .as_ref()
+                .and_then(|m| m.as_sockaddr_in())
+                .map_or(32, |m| u32::from(m.ip()).count_ones() as u8);
+            Some(IfAddr {
+                name: ifa.interface_name,
+                addr,
+                prefix_len,
+            })
+        })
+        .collect();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockaddr_v4_holds_a_sockaddr_in() {
+        let sa = sockaddr_v4(Ipv4Addr::new(10, 244, 3, 1));
+        assert_eq!(i32::from(sa.sa_family), libc::AF_INET);
+        let data: Vec<u8> = sa.sa_data.iter().map(|&c| c as u8).collect();
+        assert_eq!(data, [0, 0, 10, 244, 3, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn loopback_is_listed_with_its_prefix() {
+        let all = ipv4_addrs().unwrap();
+        let lo = IfAddr {
+            name: "lo".to_string(),
+            addr: Ipv4Addr::LOCALHOST,
+            prefix_len: 8,
+        };
+        assert!(all.contains(&lo), "{all:?}");
+        assert!(mtu("lo").unwrap() >= 1280);
+        assert_eq!(mtu("").unwrap_err().kind(), io::ErrorKind::InvalidInput);
+    }
 }

@@ -3,24 +3,48 @@
 //! and reused. A segment size sends the payload as a train of equal datagrams in one message
 //! (UDP_SEGMENT, "UDP GSO"); with UDP_GRO on the socket, one received buffer may hold a train
 //! of datagrams from one sender, whose size comes back in the batch metadata.
+//!
+//! recvmmsg and sendmmsg stay raw `libc` calls: nix's versions (`MultiHeaders`) take the
+//! payloads, addresses and control messages as iterators and re-encode them on every call,
+//! cannot point one message at several iovecs built once, and cannot stop at the first
+//! refused message to resend a train in its place.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
+use nix::errno::Errno;
+use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+
+use super::retry_eintr;
 use crate::buf::{Meta, PacketBuf};
 
-/// `UDP_SEGMENT` from <linux/udp.h>: the segment size of a GSO send (u16 control message).
-pub const UDP_SEGMENT: libc::c_int = 103;
-/// `UDP_GRO` from <linux/udp.h>: receive coalesced trains; the segment size comes as an int.
-pub const UDP_GRO: libc::c_int = 104;
+/// Most datagrams one UDP_SEGMENT send may carry: the kernel's `UDP_MAX_SEGMENTS` (64; Linux
+/// 6.9 raised it to 128, so 64 holds on every kernel with UDP GSO).
+pub const UDP_MAX_SEGMENTS: usize = 64;
 
 /// Room for one control message carrying an int, 8-byte aligned.
 type Ctrl = [u64; 4];
 
 /// Asks the kernel to hand over trains of datagrams (UDP_GRO) on this socket.
-pub fn enable_udp_gro(fd: RawFd) -> io::Result<()> {
-    super::setsockopt_int(fd, libc::SOL_UDP, UDP_GRO, 1)
+pub fn enable_udp_gro(fd: BorrowedFd<'_>) -> io::Result<()> {
+    retry_eintr(|| setsockopt(&fd, sockopt::UdpGroSegment, &true))
+}
+
+/// How many datagrams one UDP_SEGMENT send on `fd` may carry, or `None` without UDP GSO:
+/// reading the option (which changes nothing) succeeds on exactly the kernels that take it
+/// (Linux 4.18 on), and only on UDP sockets.
+pub fn udp_gso_max_segments(fd: BorrowedFd<'_>) -> Option<usize> {
+    getsockopt(&fd, sockopt::UdpGsoSegment)
+        .ok()
+        .map(|_| UDP_MAX_SEGMENTS)
+}
+
+/// Whether the kernel receives UDP_GRO trains: [`enable_udp_gro`] on a throwaway UDP socket
+/// succeeds (Linux 5.0 on). A throwaway socket, because reading the option back only works
+/// from Linux 5.19 on, and enabling it changes what the socket receives.
+pub fn udp_gro_supported() -> bool {
+    super::udp4_socket().is_ok_and(|s| enable_udp_gro(s.as_fd()).is_ok())
 }
 
 /// Reusable message headers for one worker (used by one thread at a time).
@@ -90,23 +114,65 @@ pub(crate) fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
     }
 }
 
+/// The address a C `sockaddr_in` holds.
+fn socket_addr(sin: &libc::sockaddr_in) -> SocketAddrV4 {
+    SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+        u16::from_be(sin.sin_port),
+    )
+}
+
+/// Points a header at `name` and at `n` iovecs from `iov`, without control messages.
+fn aim(h: &mut libc::mmsghdr, name: *mut libc::sockaddr_in, iov: *mut libc::iovec, n: usize) {
+    h.msg_len = 0;
+    h.msg_hdr.msg_name = name.cast();
+    h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    h.msg_hdr.msg_iov = iov;
+    h.msg_hdr.msg_iovlen = n;
+    h.msg_hdr.msg_control = std::ptr::null_mut();
+    h.msg_hdr.msg_controllen = 0;
+    h.msg_hdr.msg_flags = 0;
+}
+
+/// The errno an I/O error carries (0 if none).
+fn errno_of(e: &io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(0)
+}
+
+/// One sendmmsg of `hdrs`, retried on EINTR: how many messages the kernel took, or why it
+/// refused the first.
+///
+/// # Safety
+/// Every header must point at live iovecs, payloads, addresses and control messages.
+unsafe fn send_batch(fd: BorrowedFd<'_>, hdrs: &mut [libc::mmsghdr]) -> io::Result<usize> {
+    retry_eintr(|| {
+        // SAFETY: the caller vouches for every pointer in hdrs; sendmmsg only reads through
+        // them, and we pass the slice's own length.
+        let r = unsafe {
+            libc::sendmmsg(
+                fd.as_raw_fd(),
+                hdrs.as_mut_ptr(),
+                hdrs.len() as libc::c_uint,
+                0,
+            )
+        };
+        Errno::result(r).map(|n| n as usize)
+    })
+}
+
 impl Mmsg {
     /// Allocates headers for batches of up to `n` datagrams.
     pub fn new(n: usize) -> Mmsg {
-        // SAFETY: these are plain C structs for which all-zero is valid.
+        // SAFETY: mmsghdr is a plain C struct for which all-zero is valid.
         let zero_hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        let zero_name: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        let iov = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
         Mmsg {
             hdrs: vec![zero_hdr; n],
-            iovs: vec![
-                libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0
-                };
-                n
-            ],
-            names: vec![zero_name; n],
+            iovs: vec![iov; n],
+            names: vec![sockaddr_in(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); n],
             ctrl: vec![[0u64; 4]; n],
             spans: vec![(0, 0, 0); n],
             split_hdrs: vec![zero_hdr; SPLIT_BATCH],
@@ -118,11 +184,43 @@ impl Mmsg {
     /// Resends message `i` (a train of `seg`-byte datagrams, already pointed at its iovecs
     /// and address) as one message per datagram, in order, without UDP_SEGMENT: the kernel
     /// then fragments each one that is larger than the path. Adds to `out`.
-    fn send_split(&mut self, fd: RawFd, i: usize, seg: u16, out: &mut SendOutcome) {
+    fn send_split(&mut self, fd: BorrowedFd<'_>, i: usize, seg: u16, out: &mut SendOutcome) {
+        self.cut_train(i, seg);
+        let name: *mut libc::sockaddr_in = &mut self.names[i];
+        let mut done = 0;
+        while done < self.split_spans.len() {
+            let count = (self.split_spans.len() - done).min(SPLIT_BATCH);
+            let spans = &self.split_spans[done..done + count];
+            for (h, &(at, parts)) in self.split_hdrs.iter_mut().zip(spans) {
+                // split_iovs does not grow again before the syscall.
+                aim(h, name, self.split_iovs[at..].as_mut_ptr(), parts);
+            }
+            let mut k = 0;
+            while k < count {
+                // SAFETY: split_hdrs[..count] were just pointed at split_iovs (into the
+                // caller's payloads, alive for this call) and at names[i].
+                match unsafe { send_batch(fd, &mut self.split_hdrs[k..count]) } {
+                    Ok(r) => {
+                        out.sent += r;
+                        out.split_sent += r;
+                        k += r;
+                    }
+                    Err(e) => {
+                        out.failed += 1;
+                        out.last_errno = errno_of(&e);
+                        k += 1;
+                    }
+                }
+            }
+            done += count;
+        }
+    }
+
+    /// Cuts message `i`'s iovecs at every `seg` bytes into `split_iovs`, one span of
+    /// `split_spans` per datagram: a datagram's parts are whole iovecs or pieces of one.
+    fn cut_train(&mut self, i: usize, seg: u16) {
         let (first, n, _) = self.spans[i];
         let seg = usize::from(seg).max(1);
-        // Cut the message's iovecs at every `seg` bytes: a datagram's parts are whole iovecs
-        // or pieces of one.
         self.split_iovs.clear();
         self.split_spans.clear();
         let mut start = 0;
@@ -150,73 +248,13 @@ impl Mmsg {
             self.split_spans
                 .push((start, self.split_iovs.len() - start));
         }
-        let name: *mut libc::sockaddr_in = &mut self.names[i];
-        let mut done = 0;
-        while done < self.split_spans.len() {
-            let count = (self.split_spans.len() - done).min(SPLIT_BATCH);
-            for (h, &(at, parts)) in self
-                .split_hdrs
-                .iter_mut()
-                .zip(&self.split_spans[done..done + count])
-            {
-                // SAFETY: at + parts <= split_iovs.len() (the spans were cut from it), so the
-                // pointer lies inside the vector, which does not grow before the syscall.
-                let iov = unsafe { self.split_iovs.as_mut_ptr().add(at) };
-                h.msg_len = 0;
-                h.msg_hdr.msg_name = name.cast();
-                h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-                h.msg_hdr.msg_iov = iov;
-                h.msg_hdr.msg_iovlen = parts;
-                h.msg_hdr.msg_control = std::ptr::null_mut();
-                h.msg_hdr.msg_controllen = 0;
-                h.msg_hdr.msg_flags = 0;
-            }
-            let mut k = 0;
-            while k < count {
-                // SAFETY: split_hdrs[k..count] point at live iovecs (into the caller's
-                // payloads) and at names[i]; sendmmsg only reads through them.
-                let r = unsafe {
-                    libc::sendmmsg(
-                        fd,
-                        self.split_hdrs[k..].as_mut_ptr(),
-                        (count - k) as libc::c_uint,
-                        0,
-                    )
-                };
-                if r < 0 {
-                    let e = io::Error::last_os_error();
-                    if e.kind() == io::ErrorKind::Interrupted {
-                        continue;
-                    }
-                    out.failed += 1;
-                    out.last_errno = e.raw_os_error().unwrap_or(0);
-                    k += 1;
-                } else {
-                    out.sent += r as usize;
-                    out.split_sent += r as usize;
-                    k += r as usize;
-                }
-            }
-            done += count;
-        }
     }
 
     /// Points message `i` at `n` iovecs from index `first` of `iovs` (which must not grow
     /// again before the syscall) and at `names[i]`, without control messages.
     fn point(&mut self, i: usize, first: usize, n: usize) {
-        assert!(first + n <= self.iovs.len(), "iovecs out of range");
-        // SAFETY: first + n <= iovs.len() (asserted), so the pointer and the n entries after
-        // it lie inside the vector.
-        let iov = unsafe { self.iovs.as_mut_ptr().add(first) };
-        let h = &mut self.hdrs[i];
-        h.msg_len = 0;
-        h.msg_hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_in).cast();
-        h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        h.msg_hdr.msg_iov = iov;
-        h.msg_hdr.msg_iovlen = n;
-        h.msg_hdr.msg_control = std::ptr::null_mut();
-        h.msg_hdr.msg_controllen = 0;
-        h.msg_hdr.msg_flags = 0;
+        let iov = self.iovs[first..first + n].as_mut_ptr();
+        aim(&mut self.hdrs[i], &mut self.names[i], iov, n);
     }
 
     /// Gives message `i` room for one control message (received UDP_GRO size).
@@ -237,7 +275,7 @@ impl Mmsg {
             h.msg_hdr.msg_controllen = space;
             let c = libc::CMSG_FIRSTHDR(&h.msg_hdr);
             (*c).cmsg_level = libc::SOL_UDP;
-            (*c).cmsg_type = UDP_SEGMENT;
+            (*c).cmsg_type = libc::UDP_SEGMENT;
             (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as usize;
             std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), size);
         }
@@ -254,7 +292,7 @@ impl Mmsg {
         unsafe {
             let mut c = libc::CMSG_FIRSTHDR(&h.msg_hdr);
             while !c.is_null() {
-                if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
                     let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
                     return u16::try_from(v).unwrap_or(0);
                 }
@@ -270,7 +308,7 @@ impl Mmsg {
     /// larger than its buffer is cut to length 0, so the decapsulator drops it as truncated.
     pub fn recv(
         &mut self,
-        fd: RawFd,
+        fd: BorrowedFd<'_>,
         bufs: &mut [PacketBuf],
         meta: &mut [Meta],
     ) -> io::Result<usize> {
@@ -291,7 +329,7 @@ impl Mmsg {
         // SAFETY: hdrs[..n] point at live iovecs, names and buffers that outlive the call.
         let r = unsafe {
             libc::recvmmsg(
-                fd,
+                fd.as_raw_fd(),
                 self.hdrs.as_mut_ptr(),
                 n as libc::c_uint,
                 libc::MSG_DONTWAIT,
@@ -314,11 +352,7 @@ impl Mmsg {
                 h.msg_len as usize
             };
             bufs[i].set_len(len);
-            let sin = &self.names[i];
-            meta[i].addr = SocketAddr::V4(SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
-                u16::from_be(sin.sin_port),
-            ));
+            meta[i].addr = SocketAddr::V4(socket_addr(&self.names[i]));
             let seg = self.gro_size(i);
             meta[i].segment_size = if usize::from(seg) < len { seg } else { 0 };
         }
@@ -334,7 +368,7 @@ impl Mmsg {
     /// out.
     pub fn send<'a>(
         &mut self,
-        fd: RawFd,
+        fd: BorrowedFd<'_>,
         items: impl IntoIterator<Item = (&'a [u8], SocketAddrV4, u16)>,
     ) -> SendOutcome {
         self.send_gather(
@@ -350,86 +384,89 @@ impl Mmsg {
     /// leave in one datagram, or one train, without being copied together first.
     pub fn send_gather<'a, P: IntoIterator<Item = &'a [u8]>>(
         &mut self,
-        fd: RawFd,
+        fd: BorrowedFd<'_>,
         items: impl IntoIterator<Item = (P, SocketAddrV4, u16)>,
     ) -> SendOutcome {
         let mut out = SendOutcome::default();
         let mut items = items.into_iter().peekable();
         while items.peek().is_some() {
-            let mut count = 0;
-            self.iovs.clear();
-            while count < self.hdrs.len() {
-                let Some((parts, dst, seg)) = items.next() else {
-                    break;
-                };
-                let first = self.iovs.len();
-                let mut len = 0;
-                for part in parts {
-                    self.iovs.push(libc::iovec {
-                        iov_base: part.as_ptr() as *mut libc::c_void,
-                        iov_len: part.len(),
-                    });
-                    len += part.len();
-                }
-                self.names[count] = sockaddr_in(dst);
-                let seg = if seg > 0 && usize::from(seg) < len {
-                    seg
-                } else {
-                    0
-                };
-                self.spans[count] = (first, self.iovs.len() - first, seg);
-                count += 1;
-            }
-            // Only now that the iovecs stopped growing may the headers point at them.
-            for i in 0..count {
-                let (first, n, seg) = self.spans[i];
-                self.point(i, first, n);
-                if seg > 0 {
-                    self.set_segment(i, seg);
-                }
-            }
+            let count = self.load(&mut items);
             let mut start = 0;
             while start < count {
-                // SAFETY: hdrs[start..count] point at live payloads and addresses; sendmmsg
-                // only reads through the iovec pointers.
-                let r = unsafe {
-                    libc::sendmmsg(
-                        fd,
-                        self.hdrs[start..].as_mut_ptr(),
-                        (count - start) as libc::c_uint,
-                        0,
-                    )
-                };
-                if r < 0 {
-                    let e = io::Error::last_os_error();
-                    if e.kind() == io::ErrorKind::Interrupted {
-                        continue;
+                // SAFETY: load pointed hdrs[..count] at payloads borrowed for 'a (alive for
+                // this call), at names and at ctrl.
+                match unsafe { send_batch(fd, &mut self.hdrs[start..count]) } {
+                    Ok(r) => {
+                        out.sent += r;
+                        start += r;
                     }
-                    let errno = e.raw_os_error().unwrap_or(0);
-                    let seg = self.spans[start].2;
-                    if seg > 0 && split_on(errno) {
-                        // In its place, before any later message: nothing overtakes it.
-                        out.split_trains += 1;
-                        out.refused_segment = out.refused_segment.max(seg);
-                        out.split_errno = errno;
-                        let sin = &self.names[start];
-                        out.refused_to = Some(SocketAddrV4::new(
-                            Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
-                            u16::from_be(sin.sin_port),
-                        ));
-                        self.send_split(fd, start, seg, &mut out);
-                    } else {
-                        out.failed += 1;
-                        out.last_errno = errno;
+                    Err(e) => {
+                        self.refused(fd, start, errno_of(&e), &mut out);
+                        start += 1;
                     }
-                    start += 1;
-                } else {
-                    out.sent += r as usize;
-                    start += r as usize;
                 }
             }
         }
         out
+    }
+
+    /// Loads the next items (as many as there are headers) into the headers, each pointed
+    /// at its gathered iovecs, its address and, for a train, its UDP_SEGMENT size; returns
+    /// how many.
+    fn load<'a, P: IntoIterator<Item = &'a [u8]>>(
+        &mut self,
+        items: &mut impl Iterator<Item = (P, SocketAddrV4, u16)>,
+    ) -> usize {
+        let mut count = 0;
+        self.iovs.clear();
+        while count < self.hdrs.len() {
+            let Some((parts, dst, seg)) = items.next() else {
+                break;
+            };
+            let first = self.iovs.len();
+            let mut len = 0;
+            for part in parts {
+                self.iovs.push(libc::iovec {
+                    iov_base: part.as_ptr() as *mut libc::c_void,
+                    iov_len: part.len(),
+                });
+                len += part.len();
+            }
+            self.names[count] = sockaddr_in(dst);
+            let seg = if seg > 0 && usize::from(seg) < len {
+                seg
+            } else {
+                0
+            };
+            self.spans[count] = (first, self.iovs.len() - first, seg);
+            count += 1;
+        }
+        // Only now that the iovecs stopped growing may the headers point at them.
+        for i in 0..count {
+            let (first, n, seg) = self.spans[i];
+            self.point(i, first, n);
+            if seg > 0 {
+                self.set_segment(i, seg);
+            }
+        }
+        count
+    }
+
+    /// Message `i` was refused with `errno`: a train worth splitting is resent datagram by
+    /// datagram in its place, before any later message, so nothing overtakes it; anything
+    /// else is counted as failed.
+    fn refused(&mut self, fd: BorrowedFd<'_>, i: usize, errno: i32, out: &mut SendOutcome) {
+        let seg = self.spans[i].2;
+        if seg > 0 && split_on(errno) {
+            out.split_trains += 1;
+            out.refused_segment = out.refused_segment.max(seg);
+            out.split_errno = errno;
+            out.refused_to = Some(socket_addr(&self.names[i]));
+            self.send_split(fd, i, seg, out);
+        } else {
+            out.failed += 1;
+            out.last_errno = errno;
+        }
     }
 }
 
@@ -438,7 +475,6 @@ mod tests {
     use super::*;
     use crate::buf::Batch;
     use std::net::UdpSocket;
-    use std::os::fd::AsRawFd;
 
     /// A receiving and a sending socket on loopback, and the receiver's address.
     fn loopback_pair() -> (UdpSocket, UdpSocket, SocketAddrV4) {
@@ -460,7 +496,7 @@ mod tests {
         let mut got = 0;
         for _ in 0..100 {
             got += r
-                .recv(rx.as_raw_fd(), &mut bufs[got..], &mut meta[got..])
+                .recv(rx.as_fd(), &mut bufs[got..], &mut meta[got..])
                 .unwrap();
             if got >= want {
                 break;
@@ -475,7 +511,7 @@ mod tests {
         let (rx, tx, dst) = loopback_pair();
         let payloads: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 10 + i as usize]).collect();
         let mut m = Mmsg::new(4); // fewer headers than datagrams: two syscalls
-        let out = m.send(tx.as_raw_fd(), payloads.iter().map(|p| (&p[..], dst, 0)));
+        let out = m.send(tx.as_fd(), payloads.iter().map(|p| (&p[..], dst, 0)));
         assert_eq!(
             out,
             SendOutcome {
@@ -489,7 +525,7 @@ mod tests {
         for _ in 0..100 {
             let (bufs, meta) = batch.slots_mut();
             got += r
-                .recv(rx.as_raw_fd(), &mut bufs[got..], &mut meta[got..])
+                .recv(rx.as_fd(), &mut bufs[got..], &mut meta[got..])
                 .unwrap();
             if got == 5 {
                 break;
@@ -505,7 +541,7 @@ mod tests {
         }
         assert_eq!(
             r.recv(
-                rx.as_raw_fd(),
+                rx.as_fd(),
                 &mut batch.slots_mut().0[..1],
                 &mut [Meta::default()]
             )
@@ -518,10 +554,10 @@ mod tests {
         let mut b = [PacketBuf::new(256, 64)];
         let mut meta = [Meta::default()];
         for round in 0..50u8 {
-            m.send(tx.as_raw_fd(), [(&[round; 150][..], dst, 0)]);
+            m.send(tx.as_fd(), [(&[round; 150][..], dst, 0)]);
             let mut got = 0;
             for _ in 0..100 {
-                got = r.recv(rx.as_raw_fd(), &mut b, &mut meta).unwrap();
+                got = r.recv(rx.as_fd(), &mut b, &mut meta).unwrap();
                 if got == 1 {
                     break;
                 }
@@ -549,7 +585,7 @@ mod tests {
         }
         let mut m = Mmsg::new(2);
         let out = m.send_gather(
-            tx.as_raw_fd(),
+            tx.as_fd(),
             [
                 (parts.clone(), dst, 100),
                 (vec![&hdrs[0][..], &pay[..5]], dst, 0),
@@ -590,7 +626,7 @@ mod tests {
         let after = [0xbb_u8; 4];
         let mut m = Mmsg::new(4);
         let out = m.send_gather(
-            tx.as_raw_fd(),
+            tx.as_fd(),
             [
                 (vec![&before[..]], dst, 0),
                 (parts, dst, 5),
@@ -621,6 +657,24 @@ mod tests {
     }
 
     #[test]
+    fn offload_probes_answer_on_a_loopback_socket() {
+        let (rx, tx, _) = loopback_pair();
+        // Any kernel this runs on has UDP GSO (4.18) and GRO (5.0).
+        assert_eq!(udp_gso_max_segments(tx.as_fd()), Some(UDP_MAX_SEGMENTS));
+        assert!(udp_gro_supported());
+        // The GSO probe only reads: the socket still sends plain datagrams.
+        assert_eq!(getsockopt(&tx.as_fd(), sockopt::UdpGsoSegment).unwrap(), 0);
+        // Enabling GRO sticks (read back, which Linux 5.19 on allows).
+        assert!(!getsockopt(&rx.as_fd(), sockopt::UdpGroSegment).unwrap());
+        enable_udp_gro(rx.as_fd()).unwrap();
+        assert!(getsockopt(&rx.as_fd(), sockopt::UdpGroSegment).unwrap());
+        // Not a UDP socket: no UDP GSO, no UDP GRO.
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert_eq!(udp_gso_max_segments(tcp.as_fd()), None);
+        assert!(enable_udp_gro(tcp.as_fd()).is_err());
+    }
+
+    #[test]
     fn gso_train_and_gro_receive() {
         let (rx, tx, dst) = loopback_pair();
         let mut train = Vec::new();
@@ -629,7 +683,7 @@ mod tests {
         }
         train.extend_from_slice(&[9; 40]); // a shorter last segment
         let mut m = Mmsg::new(4);
-        let out = m.send(tx.as_raw_fd(), [(&train[..], dst, 100)]);
+        let out = m.send(tx.as_fd(), [(&train[..], dst, 100)]);
         assert_eq!(out.sent, 1, "one message: {out:?}");
         // Without UDP_GRO the receiver sees six datagrams.
         let (mut bufs, mut meta, got) = recv_at_least(&rx, 6);
@@ -638,12 +692,12 @@ mod tests {
         assert_eq!(bufs[5].as_slice(), &[9; 40]);
         assert!(meta[..6].iter().all(|m| m.segment_size == 0));
         // With UDP_GRO one receive may carry the whole train and its segment size.
-        enable_udp_gro(rx.as_raw_fd()).unwrap();
-        m.send(tx.as_raw_fd(), [(&train[..], dst, 100)]);
+        enable_udp_gro(rx.as_fd()).unwrap();
+        m.send(tx.as_fd(), [(&train[..], dst, 100)]);
         let mut total = 0;
         let mut seen = Vec::new();
         for _ in 0..100 {
-            let n = r.recv(rx.as_raw_fd(), &mut bufs, &mut meta).unwrap();
+            let n = r.recv(rx.as_fd(), &mut bufs, &mut meta).unwrap();
             for i in 0..n {
                 total += bufs[i].len();
                 seen.push((bufs[i].len(), meta[i].segment_size));

@@ -9,18 +9,22 @@ pub mod steer;
 pub mod tun;
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::net::SocketAddrV4;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
-/// Runs a syscall wrapper until it fails with something other than EINTR.
-pub fn retry_eintr<T: PartialOrd + Default>(mut f: impl FnMut() -> T) -> io::Result<T> {
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::EfdFlags;
+use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
+
+/// Runs a syscall until it fails with something other than EINTR. Raw `libc` calls go
+/// through `Errno::result` first, so one helper serves them and nix's wrappers alike.
+pub fn retry_eintr<T>(mut f: impl FnMut() -> nix::Result<T>) -> io::Result<T> {
     loop {
-        let r = f();
-        if r >= T::default() {
-            return Ok(r);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
+        match f() {
+            Err(Errno::EINTR) => continue,
+            r => return r.map_err(io::Error::from),
         }
     }
 }
@@ -28,35 +32,27 @@ pub fn retry_eintr<T: PartialOrd + Default>(mut f: impl FnMut() -> T) -> io::Res
 /// An eventfd used to wake worker threads out of `poll` when the node stops.
 #[derive(Debug)]
 pub struct EventFd {
-    fd: OwnedFd,
+    fd: nix::sys::eventfd::EventFd,
 }
 
 impl EventFd {
     /// Creates a non-blocking, close-on-exec eventfd.
     pub fn new() -> io::Result<EventFd> {
-        // SAFETY: eventfd takes no pointers; a negative return is checked below.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor that nothing else owns.
-        Ok(EventFd {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let flags = EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK;
+        let fd = nix::sys::eventfd::EventFd::from_flags(flags)?;
+        Ok(EventFd { fd })
     }
 
     /// Makes the eventfd readable (wakes every poller) until the process exits.
     pub fn signal(&self) -> io::Result<()> {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to a descriptor we own.
-        retry_eintr(|| unsafe {
-            libc::write(
-                self.fd.as_raw_fd(),
-                (&one as *const u64).cast(),
-                std::mem::size_of::<u64>(),
-            )
-        })?;
+        retry_eintr(|| self.fd.write(1))?;
         Ok(())
+    }
+}
+
+impl AsFd for EventFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 
@@ -66,7 +62,7 @@ impl AsRawFd for EventFd {
     }
 }
 
-/// What woke a [`wait_readable`] call.
+/// What woke a [`wait_any_readable`] call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wake {
     /// Watched descriptors are readable: bit `i` set for `fds[i]`.
@@ -80,79 +76,71 @@ pub enum Wake {
 /// Most descriptors [`wait_any_readable`] watches besides the stop eventfd.
 pub const MAX_WAIT_FDS: usize = 4;
 
-/// Blocks until one of `fds` is readable, `stop` fires, or `timeout_ms` passes (-1: no
+/// Blocks until one of `fds` is readable, `stop` fires, or `timeout_ms` passes (negative: no
 /// timeout). At most [`MAX_WAIT_FDS`] descriptors are watched; the rest are ignored.
-pub fn wait_any_readable(fds: &[RawFd], stop: &EventFd, timeout_ms: i32) -> io::Result<Wake> {
-    let idle = libc::pollfd {
-        fd: -1,
-        events: 0,
-        revents: 0,
-    };
-    let mut set = [idle; MAX_WAIT_FDS + 1];
-    set[0] = libc::pollfd {
-        fd: stop.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
+pub fn wait_any_readable(
+    fds: &[BorrowedFd<'_>],
+    stop: &EventFd,
+    timeout_ms: i32,
+) -> io::Result<Wake> {
     let n = fds.len().min(MAX_WAIT_FDS);
-    for (slot, &fd) in set[1..].iter_mut().zip(&fds[..n]) {
-        *slot = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
+    // On the stack, no allocation: slot 0 is the stop eventfd, slots 1..=n the watched
+    // descriptors; the slots past n (filled with the eventfd too) are not passed to poll.
+    let mut set: [PollFd<'_>; MAX_WAIT_FDS + 1] = std::array::from_fn(|i| {
+        let fd = if (1..=n).contains(&i) {
+            fds[i - 1]
+        } else {
+            stop.as_fd()
         };
-    }
-    // SAFETY: set is a live array of pollfd structs; we pass its used length (<= its size).
-    let r = retry_eintr(|| unsafe {
-        libc::poll(set.as_mut_ptr(), (n + 1) as libc::nfds_t, timeout_ms)
-    })?;
+        PollFd::new(fd, PollFlags::POLLIN)
+    });
+    // poll(2) takes any negative timeout as "none"; PollTimeout only knows -1.
+    let timeout = PollTimeout::try_from(timeout_ms).unwrap_or(PollTimeout::NONE);
+    let r = retry_eintr(|| nix::poll::poll(&mut set[..=n], timeout))?;
     if r == 0 {
         return Ok(Wake::Timeout);
     }
-    if set[0].revents != 0 {
+    // Any revents bit counts, even one nix has no name for (`revents()` is None then).
+    let woke = |p: &PollFd<'_>| p.revents() != Some(PollFlags::empty());
+    if woke(&set[0]) {
         return Ok(Wake::Stop);
     }
     let mask = set[1..=n]
         .iter()
         .enumerate()
-        .filter(|(_, p)| p.revents != 0)
+        .filter(|(_, p)| woke(p))
         .fold(0u32, |m, (i, _)| m | 1 << i);
     Ok(Wake::Ready(mask))
+}
+
+/// A fresh close-on-exec UDP/IPv4 socket.
+fn udp4_socket() -> io::Result<OwnedFd> {
+    let fd = socket::socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    Ok(fd)
 }
 
 /// Binds a close-on-exec UDP/IPv4 socket to `addr`; with `reuse_port`, SO_REUSEPORT is set
 /// first, so several sockets (of this user) can share the address and the kernel spreads
 /// incoming datagrams over them by the 4-tuple's hash.
-pub fn bind_udp4(
-    addr: std::net::SocketAddrV4,
-    reuse_port: bool,
-) -> io::Result<std::net::UdpSocket> {
-    // SAFETY: socket takes no pointers; the result is checked.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+pub fn bind_udp4(addr: SocketAddrV4, reuse_port: bool) -> io::Result<std::net::UdpSocket> {
+    let fd = udp4_socket()?;
     if reuse_port {
-        setsockopt_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+        retry_eintr(|| socket::setsockopt(&fd, sockopt::ReusePort, &true))?;
     }
-    let sin = mmsg::sockaddr_in(addr);
-    // SAFETY: passes a live sockaddr_in and its exact size.
-    retry_eintr(|| unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sin as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    })?;
+    let sin = SockaddrIn::from(addr);
+    retry_eintr(|| socket::bind(fd.as_raw_fd(), &sin))?;
     Ok(std::net::UdpSocket::from(fd))
 }
 
 /// Turns path-MTU discovery off on a UDP socket (`IP_MTU_DISCOVER` = `IP_PMTUDISC_DONT`):
 /// its datagrams leave without DF, so the kernel fragments one that is larger than the
 /// device or route MTU, and so may routers on the way, as for Linux's VXLAN device.
-pub fn set_df_off(fd: RawFd) -> io::Result<()> {
+pub fn set_df_off(fd: BorrowedFd<'_>) -> io::Result<()> {
     setsockopt_int(
         fd,
         libc::IPPROTO_IP,
@@ -163,71 +151,67 @@ pub fn set_df_off(fd: RawFd) -> io::Result<()> {
 
 /// The MTU the kernel's routing knows towards `dst` (device, route or learned path MTU),
 /// read with `IP_MTU` from a throwaway UDP socket connected to it (connecting sends nothing).
-pub fn path_mtu(dst: std::net::SocketAddrV4) -> io::Result<u32> {
-    // SAFETY: socket takes no pointers; the result is checked.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let sin = mmsg::sockaddr_in(dst);
-    // SAFETY: passes a live sockaddr_in and its exact size.
-    retry_eintr(|| unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            (&sin as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    })?;
-    let mtu = getsockopt_int(fd.as_raw_fd(), libc::IPPROTO_IP, libc::IP_MTU)?;
+pub fn path_mtu(dst: SocketAddrV4) -> io::Result<u32> {
+    let fd = udp4_socket()?;
+    let sin = SockaddrIn::from(dst);
+    retry_eintr(|| socket::connect(fd.as_raw_fd(), &sin))?;
+    let mtu = retry_eintr(|| socket::getsockopt(&fd, sockopt::IpMtu))?;
     u32::try_from(mtu).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
 }
 
 /// Sets or clears O_NONBLOCK on a descriptor.
-pub fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
-    // SAFETY: fcntl on a descriptor the caller owns, no pointers.
-    let flags = retry_eintr(|| unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+pub fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    let flags = OFlag::from_bits_retain(retry_eintr(|| fcntl(fd, FcntlArg::F_GETFL))?);
     let flags = if on {
-        flags | libc::O_NONBLOCK
+        flags | OFlag::O_NONBLOCK
     } else {
-        flags & !libc::O_NONBLOCK
+        flags & !OFlag::O_NONBLOCK
     };
-    // SAFETY: as above.
-    retry_eintr(|| unsafe { libc::fcntl(fd, libc::F_SETFL, flags) })?;
+    retry_eintr(|| fcntl(fd, FcntlArg::F_SETFL(flags)))?;
     Ok(())
 }
 
 /// Sets an integer socket option (`setsockopt(fd, level, name, &value)`).
-pub fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
-    // SAFETY: passes a pointer to a live c_int and its exact size.
-    retry_eintr(|| unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&value as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
+pub fn setsockopt_int(fd: BorrowedFd<'_>, level: i32, name: i32, value: i32) -> io::Result<()> {
+    retry_eintr(|| {
+        // SAFETY: passes a pointer to a live c_int and its exact size.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                level,
+                name,
+                (&value as *const i32).cast(),
+                std::mem::size_of::<i32>() as libc::socklen_t,
+            )
+        };
+        Errno::result(r)
     })?;
     Ok(())
 }
 
 /// Reads an integer socket option.
-pub fn getsockopt_int(fd: RawFd, level: i32, name: i32) -> io::Result<i32> {
+pub fn getsockopt_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<i32> {
     let mut value: i32 = 0;
     let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
-    // SAFETY: value and len are live locals whose sizes match what we pass.
-    retry_eintr(|| unsafe {
-        libc::getsockopt(fd, level, name, (&mut value as *mut i32).cast(), &mut len)
+    retry_eintr(|| {
+        // SAFETY: value and len are live locals whose sizes match what we pass.
+        let r = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                level,
+                name,
+                (&mut value as *mut i32).cast(),
+                &mut len,
+            )
+        };
+        Errno::result(r)
     })?;
     Ok(value)
 }
 
 /// Whether the process runs with the effective uid 0.
 pub fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail and takes no arguments.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 #[cfg(test)]
@@ -250,10 +234,43 @@ mod tests {
     #[test]
     fn df_off_sticks_and_loopback_path_mtu_is_known() {
         let a = bind_udp4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), false).unwrap();
-        set_df_off(a.as_raw_fd()).unwrap();
-        let v = getsockopt_int(a.as_raw_fd(), libc::IPPROTO_IP, libc::IP_MTU_DISCOVER).unwrap();
+        set_df_off(a.as_fd()).unwrap();
+        let v = getsockopt_int(a.as_fd(), libc::IPPROTO_IP, libc::IP_MTU_DISCOVER).unwrap();
         assert_eq!(v, libc::IP_PMTUDISC_DONT);
         let mtu = path_mtu(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9)).unwrap();
         assert!(mtu >= 1280, "loopback MTU {mtu}");
+    }
+
+    #[test]
+    fn wait_reports_timeout_readable_sockets_and_stop() {
+        let stop = EventFd::new().unwrap();
+        let a = bind_udp4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), false).unwrap();
+        let b = bind_udp4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), false).unwrap();
+        let fds = [a.as_fd(), b.as_fd()];
+        assert_eq!(wait_any_readable(&fds, &stop, 0).unwrap(), Wake::Timeout);
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.send_to(b"x", b.local_addr().unwrap()).unwrap();
+        assert_eq!(
+            wait_any_readable(&fds, &stop, 1000).unwrap(),
+            Wake::Ready(0b10)
+        );
+        // The stop eventfd wins over readable sockets, and stays readable.
+        stop.signal().unwrap();
+        assert_eq!(wait_any_readable(&fds, &stop, -1).unwrap(), Wake::Stop);
+        assert_eq!(wait_any_readable(&[], &stop, -5).unwrap(), Wake::Stop);
+    }
+
+    #[test]
+    fn nonblocking_flag_sets_and_clears() {
+        let a = bind_udp4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), false).unwrap();
+        let flags = || fcntl(a.as_fd(), FcntlArg::F_GETFL).unwrap();
+        assert_eq!(flags() & libc::O_NONBLOCK, 0);
+        set_nonblocking(a.as_fd(), true).unwrap();
+        assert_eq!(flags() & libc::O_NONBLOCK, libc::O_NONBLOCK);
+        let mut buf = [0u8; 4];
+        let e = a.recv(&mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        set_nonblocking(a.as_fd(), false).unwrap();
+        assert_eq!(flags() & libc::O_NONBLOCK, 0);
     }
 }

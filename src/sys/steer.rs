@@ -5,57 +5,53 @@
 //! is a local context switch instead of an inter-processor wake-up.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+use nix::sys::socket::{setsockopt, sockopt};
+use nix::unistd::Pid;
 
 use super::retry_eintr;
 
-/// `SO_ATTACH_REUSEPORT_CBPF` from <asm-generic/socket.h>.
-const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
-/// Classic BPF ancillary load offset (`SKF_AD_OFF`) and the CPU field (`SKF_AD_CPU`).
-const SKF_AD_OFF: i32 = -0x1000;
-const SKF_AD_CPU: i32 = 36;
-/// `TUNSETSTEERINGEBPF`: `_IOR('T', 224, int)`.
-const TUNSETSTEERINGEBPF: libc::c_ulong = 0x8004_54e0;
-/// `bpf(2)` command and program type.
+/// `bpf(2)` command and program type, from <linux/bpf.h> (libc has neither).
 const BPF_PROG_LOAD: libc::c_int = 5;
 const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
+/// eBPF's call and exit operations of the BPF_JMP class (<linux/bpf.h>; libc has only the
+/// classic BPF codes).
+const BPF_CALL: u8 = 0x80;
+const BPF_EXIT: u8 = 0x90;
 /// eBPF helper number of `bpf_get_smp_processor_id`.
 const BPF_FUNC_GET_SMP_PROCESSOR_ID: i32 = 8;
 
+/// Pid 0, which the affinity calls take as the calling thread (Linux's affinity is per
+/// thread; a new thread inherits its creator's).
+fn this_thread() -> Pid {
+    Pid::from_raw(0)
+}
+
 /// The CPUs this process may run on, in order.
 pub fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: cpu_set_t is plain old data; all-zero is an empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: passes a live cpu_set_t and its exact size.
-    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if r != 0 {
+    let Ok(set) = sched_getaffinity(this_thread()) else {
         return Vec::new();
-    }
-    (0..libc::CPU_SETSIZE as usize)
-        // SAFETY: CPU_ISSET reads one bit of the live set; the index is below CPU_SETSIZE.
-        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+    };
+    (0..CpuSet::count())
+        .filter(|&c| set.is_set(c).unwrap_or(false))
         .collect()
 }
 
 /// Pins the calling thread to `cpu`.
 pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
-    if cpu >= libc::CPU_SETSIZE as usize {
-        return Err(io::Error::from(io::ErrorKind::InvalidInput));
-    }
-    // SAFETY: as above; CPU_SET writes one bit inside the set (index checked).
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: passes a live cpu_set_t and its exact size; 0 is the calling thread.
-    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let mut set = CpuSet::new();
+    set.set(cpu)
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    sched_setaffinity(this_thread(), &set)?;
     Ok(())
 }
 
 /// Makes the SO_REUSEPORT group of `fd` (sockets numbered in bind order) deliver each
 /// datagram to socket `current CPU % n`.
-pub fn reuseport_by_cpu(fd: RawFd, n: u32) -> io::Result<()> {
+pub fn reuseport_by_cpu(fd: BorrowedFd<'_>, n: u32) -> io::Result<()> {
     if n == 0 {
         return Err(io::Error::from(io::ErrorKind::InvalidInput));
     }
@@ -65,7 +61,7 @@ pub fn reuseport_by_cpu(fd: RawFd, n: u32) -> io::Result<()> {
             code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
             jt: 0,
             jf: 0,
-            k: (SKF_AD_OFF + SKF_AD_CPU) as u32,
+            k: (libc::SKF_AD_OFF + libc::SKF_AD_CPU) as u32,
         },
         // A %= n
         libc::sock_filter {
@@ -82,21 +78,12 @@ pub fn reuseport_by_cpu(fd: RawFd, n: u32) -> io::Result<()> {
             k: 0,
         },
     ];
+    // The kernel copies the program during the call, while `prog` is alive.
     let fprog = libc::sock_fprog {
         len: prog.len() as u16,
         filter: prog.as_ptr() as *mut libc::sock_filter,
     };
-    // SAFETY: passes a live sock_fprog (pointing at `prog`, alive for the call) and its size;
-    // the kernel copies the program.
-    retry_eintr(|| unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            SO_ATTACH_REUSEPORT_CBPF,
-            (&fprog as *const libc::sock_fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    })?;
+    retry_eintr(|| setsockopt(&fd, sockopt::AttachReusePortCbpf, &fprog))?;
     Ok(())
 }
 
@@ -119,11 +106,12 @@ struct ProgLoadAttr {
 /// Installs a TUN steering program on the device of `tun_fd` that puts each packet the stack
 /// sends into the queue of the CPU sending it (`cpu % queues`). Needs CAP_BPF or
 /// CAP_SYS_ADMIN to load the program.
-pub fn tun_steer_by_cpu(tun_fd: RawFd) -> io::Result<()> {
+pub fn tun_steer_by_cpu(tun_fd: BorrowedFd<'_>) -> io::Result<()> {
     // r0 = bpf_get_smp_processor_id(); exit. (code, regs, off, imm) per instruction.
+    let jmp = libc::BPF_JMP as u8;
     let insns: [[u8; 8]; 2] = [
-        insn(0x85, 0, 0, BPF_FUNC_GET_SMP_PROCESSOR_ID), // BPF_JMP | BPF_CALL
-        insn(0x95, 0, 0, 0),                             // BPF_JMP | BPF_EXIT
+        insn(jmp | BPF_CALL, 0, 0, BPF_FUNC_GET_SMP_PROCESSOR_ID),
+        insn(jmp | BPF_EXIT, 0, 0, 0),
     ];
     let license = c"GPL";
     let attr = ProgLoadAttr {
@@ -149,9 +137,12 @@ pub fn tun_steer_by_cpu(tun_fd: RawFd) -> io::Result<()> {
     // SAFETY: the kernel returned a fresh program descriptor that nothing else owns.
     let prog = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
     let prog_fd: libc::c_int = prog.as_raw_fd();
-    // SAFETY: TUNSETSTEERINGEBPF reads one int (the program fd) from the pointer; the device
-    // takes its own reference, so our descriptor may close afterwards.
-    retry_eintr(|| unsafe { libc::ioctl(tun_fd, TUNSETSTEERINGEBPF, &prog_fd) })?;
+    retry_eintr(|| {
+        // SAFETY: TUNSETSTEERINGEBPF reads one int (the program fd) from the pointer; the
+        // device takes its own reference, so our descriptor may close afterwards.
+        let r = unsafe { libc::ioctl(tun_fd.as_raw_fd(), libc::TUNSETSTEERINGEBPF, &prog_fd) };
+        Errno::result(r)
+    })?;
     Ok(())
 }
 
@@ -167,6 +158,7 @@ fn insn(code: u8, regs: u8, off: i16, imm: i32) -> [u8; 8] {
 mod tests {
     use super::*;
     use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+    use std::os::fd::AsFd;
 
     #[test]
     fn pinning_and_reuseport_program_take() {
@@ -182,7 +174,7 @@ mod tests {
             panic!("IPv4");
         };
         let _b = super::super::bind_udp4(at, true).unwrap();
-        reuseport_by_cpu(a.as_raw_fd(), 2).unwrap();
+        reuseport_by_cpu(a.as_fd(), 2).unwrap();
         // Datagrams still arrive (at one of the two sockets).
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         tx.send_to(b"x", at).unwrap();

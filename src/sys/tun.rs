@@ -3,13 +3,14 @@
 
 use std::ffi::CStr;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 
 use super::retry_eintr;
-
-/// Length of the virtio-net header the kernel exchanges with IFF_VNET_HDR (no mergeable
-/// buffers): flags, gso_type, hdr_len, gso_size, csum_start, csum_offset.
-pub const VNET_HDR_LEN: usize = 10;
+use crate::offload::VNET_HDR_LEN;
 
 /// Why the TUN device could not be opened or configured.
 #[derive(Debug, thiserror::Error)]
@@ -92,13 +93,12 @@ impl Tun {
 
     fn open_flags(name: &str, vnet_hdr: bool, multi_queue: bool) -> Result<Tun, TunError> {
         let mut req = ifreq_for(name).ok_or_else(|| TunError::Name(name.to_string()))?;
-        // SAFETY: the path is a NUL-terminated literal; the result is checked.
-        let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-        if fd < 0 {
-            return Err(TunError::Open(io::Error::last_os_error()));
-        }
-        // SAFETY: fd is a fresh descriptor nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = nix::fcntl::open(
+            c"/dev/net/tun",
+            OFlag::O_RDWR | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| TunError::Open(e.into()))?;
         let mut flags = libc::IFF_TUN | libc::IFF_NO_PI;
         if vnet_hdr {
             flags |= libc::IFF_VNET_HDR;
@@ -107,17 +107,20 @@ impl Tun {
             flags |= libc::IFF_MULTI_QUEUE;
         }
         req.ifr_ifru.ifru_flags = flags as libc::c_short;
-        // SAFETY: TUNSETIFF reads and writes one ifreq, which `req` is.
-        retry_eintr(|| unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) }).map_err(
-            |source| TunError::SetIff {
-                name: name.to_string(),
-                source,
-            },
-        )?;
-        // SAFETY: the kernel NUL-terminates ifr_name within IFNAMSIZ.
-        let actual = unsafe { CStr::from_ptr(req.ifr_name.as_ptr()) }
-            .to_string_lossy()
-            .into_owned();
+        retry_eintr(|| {
+            // SAFETY: TUNSETIFF reads and writes one ifreq, which `req` is.
+            Errno::result(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) })
+        })
+        .map_err(|source| TunError::SetIff {
+            name: name.to_string(),
+            source,
+        })?;
+        // The kernel NUL-terminates ifr_name within IFNAMSIZ; without a NUL, take it all.
+        let bytes = req.ifr_name.map(|c| c as u8);
+        let actual = match CStr::from_bytes_until_nul(&bytes) {
+            Ok(c) => c.to_string_lossy().into_owned(),
+            Err(_) => String::from_utf8_lossy(&bytes).into_owned(),
+        };
         let tun = Tun {
             fd,
             name: actual,
@@ -125,9 +128,11 @@ impl Tun {
         };
         if vnet_hdr {
             let size: libc::c_int = VNET_HDR_LEN as libc::c_int;
-            // SAFETY: TUNSETVNETHDRSZ reads one c_int from the pointer.
-            retry_eintr(|| unsafe {
-                libc::ioctl(tun.fd.as_raw_fd(), libc::TUNSETVNETHDRSZ, &size)
+            retry_eintr(|| {
+                // SAFETY: TUNSETVNETHDRSZ reads one c_int from the pointer.
+                Errno::result(unsafe {
+                    libc::ioctl(tun.fd.as_raw_fd(), libc::TUNSETVNETHDRSZ, &size)
+                })
             })
             .map_err(|source| tun.ioctl_err("TUNSETVNETHDRSZ", source))?;
         }
@@ -155,13 +160,15 @@ impl Tun {
     /// Enables offloads (TUN_F_* bits): what the kernel may hand us unsegmented or without
     /// checksums.
     pub fn set_offload(&self, flags: u32) -> Result<(), TunError> {
-        // SAFETY: TUNSETOFFLOAD takes its argument by value.
-        retry_eintr(|| unsafe {
-            libc::ioctl(
-                self.fd.as_raw_fd(),
-                libc::TUNSETOFFLOAD,
-                flags as libc::c_ulong,
-            )
+        retry_eintr(|| {
+            // SAFETY: TUNSETOFFLOAD takes its argument by value.
+            Errno::result(unsafe {
+                libc::ioctl(
+                    self.fd.as_raw_fd(),
+                    libc::TUNSETOFFLOAD,
+                    flags as libc::c_ulong,
+                )
+            })
         })
         .map_err(|source| self.ioctl_err("TUNSETOFFLOAD", source))?;
         Ok(())
@@ -169,13 +176,15 @@ impl Tun {
 
     /// Makes the device outlive this descriptor (or not), so a restart keeps its routes.
     pub fn set_persist(&self, on: bool) -> Result<(), TunError> {
-        // SAFETY: TUNSETPERSIST takes its argument by value.
-        retry_eintr(|| unsafe {
-            libc::ioctl(
-                self.fd.as_raw_fd(),
-                libc::TUNSETPERSIST,
-                libc::c_ulong::from(on),
-            )
+        retry_eintr(|| {
+            // SAFETY: TUNSETPERSIST takes its argument by value.
+            Errno::result(unsafe {
+                libc::ioctl(
+                    self.fd.as_raw_fd(),
+                    libc::TUNSETPERSIST,
+                    libc::c_ulong::from(on),
+                )
+            })
         })
         .map_err(|source| self.ioctl_err("TUNSETPERSIST", source))?;
         Ok(())
@@ -183,20 +192,18 @@ impl Tun {
 
     /// Reads one packet (with its virtio-net header when enabled).
     pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: reads at most buf.len() bytes into a live, writable buffer.
-        let n = retry_eintr(|| unsafe {
-            libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
-        })?;
-        Ok(n as usize)
+        retry_eintr(|| nix::unistd::read(&self.fd, buf))
     }
 
     /// Writes one packet (with its virtio-net header when enabled).
     pub fn write(&self, buf: &[u8]) -> io::Result<usize> {
-        // SAFETY: writes buf.len() bytes from a live buffer.
-        let n = retry_eintr(|| unsafe {
-            libc::write(self.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len())
-        })?;
-        Ok(n as usize)
+        retry_eintr(|| nix::unistd::write(&self.fd, buf))
+    }
+}
+
+impl AsFd for Tun {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 

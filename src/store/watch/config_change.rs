@@ -14,7 +14,9 @@ impl Runner {
             EventType::Delete => Err("it was deleted".to_string()),
             EventType::Put => std::str::from_utf8(value)
                 .map_err(|e| e.to_string())
-                .and_then(|t| NetworkConfig::parse(t).map_err(|e| crate::error::Chain(&e).to_string())),
+                .and_then(|t| {
+                    NetworkConfig::parse(t).map_err(|e| crate::error::Chain(&e).to_string())
+                }),
         };
         match now {
             Ok(next) => {

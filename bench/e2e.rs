@@ -26,8 +26,11 @@ mod harness;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use harness::netns::{iperf3_tcp, iperf3_udp, require_root, KernelFlannelNode, Lab, Netns, Subnet};
-use harness::weft::{NsEtcd, WeftNode, VXLAN_CONFIG};
+use harness::{
+    iperf3_tcp, iperf3_udp, require_root, Etcd, KernelFlannelNode, Lab, Netns, WeftNode,
+    VXLAN_CONFIG,
+};
+use weft::wire::Subnet;
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Numbers {
@@ -180,8 +183,8 @@ fn measure_between(a: &Netns, b: &Netns, dst: Ipv4Addr, secs: u32, pids: &[u32])
 
 fn kernel(offloads: bool, secs: u32) -> Numbers {
     let mut lab = Lab::builder().hosts(2).build();
-    let s0 = Subnet::new(Ipv4Addr::new(10, 1, 1, 0), 24);
-    let s1 = Subnet::new(Ipv4Addr::new(10, 1, 2, 0), 24);
+    let s0 = Subnet::new(Ipv4Addr::new(10, 1, 1, 0), 24).expect("a /24");
+    let s1 = Subnet::new(Ipv4Addr::new(10, 1, 2, 0), 24).expect("a /24");
     let k0 = KernelFlannelNode::builder(s0)
         .offloads(offloads)
         .install(lab.host(0));
@@ -197,7 +200,7 @@ fn kernel(offloads: bool, secs: u32) -> Numbers {
 
 fn weft(secs: u32, extra: &[&str]) -> Numbers {
     let mut lab = Lab::builder().hosts(2).build();
-    let etcd = NsEtcd::start(lab.segment(0));
+    let etcd = Etcd::start_in(lab.segment(0));
     etcd.put_config(VXLAN_CONFIG);
     let n0 = WeftNode::start_with_pod(&mut lab, 0, &etcd, extra);
     let n1 = WeftNode::start_with_pod(&mut lab, 1, &etcd, extra);
@@ -220,7 +223,7 @@ fn weft(secs: u32, extra: &[&str]) -> Numbers {
 /// weft host-gw pod to pod, then host to host over the same underlay (the ceiling).
 fn weft_host_gw(secs: u32) -> (Numbers, Numbers) {
     let mut lab = Lab::builder().hosts(2).build();
-    let etcd = NsEtcd::start(lab.segment(0));
+    let etcd = Etcd::start_in(lab.segment(0));
     etcd.put_config(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"host-gw"}}"#);
     let _n0 = WeftNode::start_with_pod(&mut lab, 0, &etcd, &[]);
     let _n1 = WeftNode::start_with_pod(&mut lab, 1, &etcd, &[]);

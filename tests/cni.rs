@@ -10,23 +10,22 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::cni::{CniNetwork, SubnetEnv};
-use harness::netns::{require_root, tcp_transfer, Lab};
-use harness::weft::{NsEtcd, WeftNode, VXLAN_CONFIG};
+use harness::{require_root, tcp_transfer, CniNetwork, Etcd, Lab, WeftNode, VXLAN_CONFIG};
+use weft::store::SubnetEnv;
 
 #[test]
 fn cni_bridge_pods_reach_each_other_across_weft_nodes() {
     require_root();
     let lab = Lab::builder().hosts(2).build();
-    let etcd = NsEtcd::start(lab.segment(0));
+    let etcd = Etcd::start_in(lab.segment(0));
     etcd.put_config(VXLAN_CONFIG);
     let a = WeftNode::start(lab.host(0), &etcd, &["--ip-masq"]);
     let b = WeftNode::start(lab.host(1), &etcd, &[]);
     let (env_a, env_b) = (
-        SubnetEnv::read(a.subnet_file()),
-        SubnetEnv::read(b.subnet_file()),
+        SubnetEnv::read(a.subnet_file()).expect("a's subnet.env"),
+        SubnetEnv::read(b.subnet_file()).expect("b's subnet.env"),
     );
-    assert!(env_a.ipmasq && !env_b.ipmasq);
+    assert!(env_a.ip_masq && !env_b.ip_masq);
     let net_a = CniNetwork::from_subnet_env(lab.host(0), a.subnet_file());
     let net_b = CniNetwork::from_subnet_env(lab.host(1), b.subnet_file());
     let pa = net_a.add(0);
@@ -41,9 +40,10 @@ fn cni_bridge_pods_reach_each_other_across_weft_nodes() {
             pod.addr(),
             env.subnet
         );
-        assert_eq!(pod.gateway(), env.subnet.host(1));
+        assert_eq!(pod.gateway(), env.subnet.first_host());
         let cni0 = host.ip(&["-4", "addr", "show", "dev", "cni0"]);
-        assert!(cni0.contains(&env.subnet.host_cidr(1)), "{cni0}");
+        let gateway_cidr = format!("{}/{}", env.subnet.first_host(), env.subnet.prefix_len());
+        assert!(cni0.contains(&gateway_cidr), "{cni0}");
         let link = pod.ip(&["link", "show", "dev", "eth0"]);
         assert!(link.contains(&format!("mtu {}", env.mtu)), "{link}");
         let routes = pod.ip(&["-4", "route"]);

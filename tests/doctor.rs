@@ -5,8 +5,7 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::netns::{require_root, tcp_transfer, Lab};
-use harness::weft::{NsEtcd, WeftNode, VXLAN_CONFIG};
+use harness::{require_root, tcp_transfer, Etcd, Lab, WeftNode, VXLAN_CONFIG};
 
 fn doctor_with(node: &WeftNode, endpoint: &str) -> (bool, String) {
     node.doctor(endpoint)
@@ -27,7 +26,7 @@ fn line<'a>(report: &'a str, check: &str) -> &'a str {
 fn doctor_finds_each_fault_and_its_fix() {
     require_root();
     let mut lab = Lab::builder().hosts(2).build();
-    let etcd = NsEtcd::start(lab.segment(0));
+    let etcd = Etcd::start_in(lab.segment(0));
     etcd.put_config(VXLAN_CONFIG);
     // Without weft's FLANNEL-FWD rules, so that a FORWARD policy of DROP is a fault to find.
     let a = WeftNode::start(lab.host(0), &etcd, &["-iptables-forward-rules=false"]);
@@ -158,7 +157,7 @@ fn doctor_finds_each_fault_and_its_fix() {
     }
     let sfa = format!("--subnet-file={}", sf.display());
     let out = host.exec_unchecked(&[
-        harness::weft::weft_bin(),
+        harness::weft_bin(),
         "doctor",
         &sfa,
         "--iface=eth0",
@@ -176,7 +175,7 @@ fn doctor_finds_each_fault_and_its_fix() {
 fn fix_masquerade_keeps_pod_source_addresses() {
     require_root();
     let mut lab = Lab::builder().hosts(2).build();
-    let etcd = NsEtcd::start(lab.segment(0));
+    let etcd = Etcd::start_in(lab.segment(0));
     etcd.put_config(VXLAN_CONFIG);
     // Node A's subnet is known only once it runs: start, add the rule, restart with the fix.
     let a = WeftNode::start(lab.host(0), &etcd, &[]);

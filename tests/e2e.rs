@@ -8,14 +8,16 @@ mod harness;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use harness::netns::{require_root, KernelFlannelNode, Lab, Mac, Subnet};
-use harness::weft::{ping_all_pairs, transfer, NsEtcd, WeftNode, VXLAN_CONFIG};
+use harness::{
+    ping_all_pairs, require_root, transfer, Etcd, KernelFlannelNode, Lab, WeftNode, VXLAN_CONFIG,
+};
+use weft::wire::{EthernetAddress, Subnet};
 
 const VXLAN: &str = VXLAN_CONFIG;
 const UDP: &str = r#"{"Network":"10.1.0.0/16","Backend":{"Type":"udp"}}"#;
 const MB: u64 = 1 << 20;
 
-fn vtep_mac_of(etcd: &NsEtcd, subnet: Subnet) -> Mac {
+fn vtep_mac_of(etcd: &Etcd, subnet: Subnet) -> EthernetAddress {
     let rec = etcd.lease(subnet).expect("lease record");
     let v: serde_json::Value = serde_json::from_str(&rec).expect("lease JSON");
     v["BackendData"]["VtepMAC"]
@@ -31,7 +33,7 @@ const NO_OFFLOADS: &[&str] = &["--tun-offload=false", "--udp-gso=false", "--udp-
 fn three_weft_nodes(config: &str, flags: &[&str]) {
     require_root();
     let mut lab = Lab::builder().hosts(3).build();
-    let etcd = NsEtcd::start(lab.segment(0));
+    let etcd = Etcd::start_in(lab.segment(0));
     etcd.put_config(config);
     let mut nodes = Vec::new();
     for i in 0..3 {
@@ -61,11 +63,7 @@ fn three_weft_nodes(config: &str, flags: &[&str]) {
 
     // `weft status` reads the running node: its subnet and every peer, aligned.
     assert_eq!(nodes[0].http("/readyz").as_deref(), Some("ready\n"));
-    let out = nodes[0].weft(&[
-        "status",
-        "--healthz-port",
-        &harness::weft::OPS_PORT.to_string(),
-    ]);
+    let out = nodes[0].weft(&["status", "--healthz-port", &harness::OPS_PORT.to_string()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -147,7 +145,7 @@ fn three_weft_nodes_vxlan_one_worker_one_thread() {
 fn flows_spread_over_workers() {
     require_root();
     let mut lab = Lab::builder().hosts(2).build();
-    let etcd = NsEtcd::start(lab.segment(0));
+    let etcd = Etcd::start_in(lab.segment(0));
     etcd.put_config(VXLAN);
     let flags = ["--workers=2", "--source-ports=16"];
     let a = WeftNode::start_with_pod(&mut lab, 0, &etcd, &flags);
@@ -189,7 +187,7 @@ fn flows_spread_over_workers() {
 fn cpu_steered_workers_forward() {
     require_root();
     let mut lab = Lab::builder().hosts(2).build();
-    let etcd = NsEtcd::start(lab.segment(0));
+    let etcd = Etcd::start_in(lab.segment(0));
     etcd.put_config(VXLAN);
     let flags = ["--workers=2", "--threads-per-worker=1", "--steer-by-cpu"];
     let a = WeftNode::start_with_pod(&mut lab, 0, &etcd, &flags);
@@ -259,7 +257,7 @@ print(got, intact, ordered)
 fn udp_datagrams_coalesce_and_arrive_intact() {
     require_root();
     let mut lab = Lab::builder().hosts(2).build();
-    let etcd = NsEtcd::start(lab.segment(0));
+    let etcd = Etcd::start_in(lab.segment(0));
     etcd.put_config(VXLAN);
     let a = WeftNode::start_with_pod(&mut lab, 0, &etcd, &[]);
     let b = WeftNode::start_with_pod(&mut lab, 1, &etcd, &[]);
@@ -351,9 +349,9 @@ fn three_weft_nodes_udp_backend() {
 fn mixed_cluster(kernel_offloads: bool, weft_flags: &[&str]) {
     require_root();
     let mut lab = Lab::builder().hosts(2).build();
-    let etcd = NsEtcd::start(lab.segment(0));
+    let etcd = Etcd::start_in(lab.segment(0));
     etcd.put_config(VXLAN);
-    let ksub = Subnet::new(Ipv4Addr::new(10, 1, 200, 0), 24);
+    let ksub = Subnet::new(Ipv4Addr::new(10, 1, 200, 0), 24).expect("a /24");
     let kernel = KernelFlannelNode::builder(ksub)
         .offloads(kernel_offloads)
         .install(lab.host(1));
@@ -440,7 +438,7 @@ print(n)
 fn spoofed_and_malformed_vxlan_is_dropped_and_counted() {
     require_root();
     let mut lab = Lab::builder().hosts(2).outside().build();
-    let etcd = NsEtcd::start(lab.segment(0));
+    let etcd = Etcd::start_in(lab.segment(0));
     etcd.put_config(VXLAN);
     let a = WeftNode::start(lab.host(0), &etcd, &[]);
     let b = WeftNode::start(lab.host(1), &etcd, &[]);
@@ -451,15 +449,14 @@ fn spoofed_and_malformed_vxlan_is_dropped_and_counted() {
     let out_ip = lab.outside().addr().to_string();
     let mac = vtep_mac_of(&etcd, a.subnet).to_string();
     let pod_s = pod.to_string();
-    let b_pod = b.subnet.host(2).to_string();
+    let b_pod = b.subnet.nth_addr(2).expect("a /24").to_string();
     let counter = lab.host(0).pod(0).spawn(&["python3", "-c", COUNT_UDP, "6"]);
     std::thread::sleep(Duration::from_millis(300));
-    let send =
-        |ns: &harness::netns::Netns, src: &str, vni: &str, mac: &str, isrc: &str, n: &str| {
-            ns.exec(&[
-                "python3", "-c", SEND_VXLAN, src, &a_ip, vni, mac, isrc, &pod_s, n,
-            ]);
-        };
+    let send = |ns: &harness::Netns, src: &str, vni: &str, mac: &str, isrc: &str, n: &str| {
+        ns.exec(&[
+            "python3", "-c", SEND_VXLAN, src, &a_ip, vni, mac, isrc, &pod_s, n,
+        ]);
+    };
     // A sender that holds no lease.
     send(lab.outside(), &out_ip, "1", &mac, &b_pod, "20");
     // A lease holder with the wrong VNI, the wrong inner MAC, a spoofed inner source.
@@ -494,7 +491,7 @@ fn spoofed_and_malformed_vxlan_is_dropped_and_counted() {
 fn nodes_join_and_leave_under_traffic() {
     require_root();
     let mut lab = Lab::builder().hosts(3).build();
-    let etcd = NsEtcd::start(lab.segment(0));
+    let etcd = Etcd::start_in(lab.segment(0));
     etcd.put_config(VXLAN);
     let a = WeftNode::start_with_pod(&mut lab, 0, &etcd, &[]);
     let _b = WeftNode::start_with_pod(&mut lab, 1, &etcd, &[]);
@@ -522,7 +519,7 @@ fn nodes_join_and_leave_under_traffic() {
     let (status, _) = c.stop();
     assert!(status.success());
     let icmp_before = a.metric("weft_icmp_unreachable_total");
-    etcd.delete_lease(Subnet::new(lab.host(2).pod(0).gateway(), 24));
+    etcd.delete_lease(Subnet::containing(lab.host(2).pod(0).gateway(), 24).expect("a /24"));
     let deleted = Instant::now();
     while a.metric("weft_icmp_unreachable_total") == icmp_before {
         assert!(
@@ -548,7 +545,7 @@ fn nodes_join_and_leave_under_traffic() {
 fn restart_keeps_subnet_and_traffic_resumes() {
     require_root();
     let mut lab = Lab::builder().hosts(2).build();
-    let etcd = NsEtcd::start(lab.segment(0));
+    let etcd = Etcd::start_in(lab.segment(0));
     etcd.put_config(VXLAN);
     let a = WeftNode::start_with_pod(&mut lab, 0, &etcd, &["--persist-tun", "--workers=2"]);
     let _b = WeftNode::start_with_pod(&mut lab, 1, &etcd, &[]);

@@ -8,9 +8,9 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
-use harness::netns::{require_root, run_unchecked, Host, Lab};
-use harness::weft::{
-    ping_all_pairs, transfer, two_node_cluster, weft_bin, NsEtcd, WeftNode, PREFIX, VXLAN_CONFIG,
+use harness::{
+    ping_all_pairs, require_root, run_unchecked, transfer, two_node_cluster, weft_bin, Etcd, Host,
+    Lab, WeftNode, PREFIX, VXLAN_CONFIG,
 };
 
 const MB: u64 = 1 << 20;
@@ -26,7 +26,7 @@ fn iptables(host: &Host, args: &[&str]) -> (bool, String) {
 }
 
 /// Checks what the command line asked for took effect on a node started in `lab`'s host 0.
-fn check_settings(lab: &Lab, etcd: &NsEtcd, node: WeftNode) {
+fn check_settings(lab: &Lab, etcd: &Etcd, node: WeftNode) {
     let host = lab.host(0);
     // -iface-regex: the first pattern matches nothing, the second eth0.
     let status = node.http("/status").expect("/status");
@@ -74,7 +74,7 @@ fn check_settings(lab: &Lab, etcd: &NsEtcd, node: WeftNode) {
 fn full_flanneld_command_line_takes_effect() {
     require_root();
     let lab = Lab::builder().hosts(1).build();
-    let etcd = NsEtcd::start(lab.segment(0));
+    let etcd = Etcd::start_in(lab.segment(0));
     etcd.put_config(VXLAN_CONFIG);
     let host = lab.host(0);
     let ep = format!("-etcd-endpoints={}", etcd.endpoint());
@@ -110,7 +110,7 @@ fn full_flanneld_command_line_takes_effect() {
 fn the_same_settings_as_flanneld_environment_variables() {
     require_root();
     let lab = Lab::builder().hosts(1).build();
-    let etcd = NsEtcd::start(lab.segment(0));
+    let etcd = Etcd::start_in(lab.segment(0));
     etcd.put_config(VXLAN_CONFIG);
     let host = lab.host(0);
     let ep = format!("FLANNELD_ETCD_ENDPOINTS={}", etcd.endpoint());
@@ -146,7 +146,7 @@ fn the_same_settings_as_flanneld_environment_variables() {
 fn iface_can_reach_picks_the_interface_that_routes_there() {
     require_root();
     let lab = Lab::builder().hosts(1).build();
-    let etcd = NsEtcd::start(lab.segment(0));
+    let etcd = Etcd::start_in(lab.segment(0));
     etcd.put_config(VXLAN_CONFIG);
     let ep = format!("-etcd-endpoints={}", etcd.endpoint());
     let node = WeftNode::start_raw(
@@ -201,7 +201,7 @@ fn forward_rules_without_ip_masq_carry_pods_across_a_drop_policy() {
     for i in 0..2 {
         iptables(lab.host(i), &["-P", "FORWARD", "DROP"]);
     }
-    let etcd = NsEtcd::start(lab.segment(0));
+    let etcd = Etcd::start_in(lab.segment(0));
     etcd.put_config(VXLAN_CONFIG);
     let a = WeftNode::start_with_pod(&mut lab, 0, &etcd, &[]);
     let b = WeftNode::start_with_pod(&mut lab, 1, &etcd, &[]);

@@ -8,8 +8,11 @@ mod harness;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use harness::netns::{require_root, wait_until, Host, Lab, Subnet, SEGMENT_A, SEGMENT_B};
-use harness::weft::{ping_all_pairs, transfer, NsEtcd, WeftNode};
+use harness::{
+    ping_all_pairs, require_root, segment_a, segment_b, transfer, wait_until, Etcd, Host, Lab,
+    WeftNode,
+};
+use weft::wire::Subnet;
 
 const HOST_GW: &str = r#"{"Network":"10.1.0.0/16","Backend":{"Type":"host-gw"}}"#;
 const VXLAN_DIRECT: &str =
@@ -39,7 +42,7 @@ fn has_route(host: &Host, subnet: Subnet) -> bool {
 fn host_gw_three_nodes() {
     require_root();
     let mut lab = Lab::builder().hosts(3).build();
-    let etcd = NsEtcd::start(lab.segment(0));
+    let etcd = Etcd::start_in(lab.segment(0));
     etcd.put_config(HOST_GW);
     let mut nodes = Vec::new();
     for i in 0..3 {
@@ -100,7 +103,7 @@ fn host_gw_three_nodes() {
     eprintln!("hand-deleted route back after {back:?}");
 
     // A lease that expires takes its route with it.
-    let fake = Subnet::new(Ipv4Addr::new(10, 1, 250, 0), 24);
+    let fake = Subnet::new(Ipv4Addr::new(10, 1, 250, 0), 24).expect("a /24");
     etcd.put_lease(
         fake,
         r#"{"PublicIP":"192.168.64.99","PublicIPv6":null,"BackendType":"host-gw"}"#,
@@ -158,14 +161,14 @@ fn direct_routing_two_segments() {
     require_root();
     // Hosts 0 and 1 on segment A; host 2 on segment B, one router hop away.
     let mut lab = Lab::builder().hosts(2).segment_b(1).build();
-    let etcd = NsEtcd::start(lab.segment(0));
+    let etcd = Etcd::start_in(lab.segment(0));
     // etcd sits on segment A's bridge; route segment B's replies through the router.
     lab.segment(0).ip(&[
         "route",
         "add",
-        &SEGMENT_B.to_string(),
+        &segment_b().to_string(),
         "via",
-        &SEGMENT_A.host(1).to_string(),
+        &segment_a().first_host().to_string(),
     ]);
     etcd.put_config(VXLAN_DIRECT);
     let mut nodes = Vec::new();

@@ -8,10 +8,11 @@ use std::net::Ipv4Addr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
-use harness::netns::{
+use harness::{
     iperf3_tcp, iperf3_udp, lease_json, netns_list, require_root, run, sweep_stale_labs,
-    tcp_transfer, KernelFlannelNode, Lab, Mac, Subnet,
+    tcp_transfer, vtep_mac_for, KernelFlannelNode, Lab,
 };
+use weft::wire::{EthernetAddress, Subnet};
 
 const TRANSFER_BYTES: u64 = 100 << 20;
 
@@ -304,19 +305,19 @@ fn stale_lab_namespaces_are_swept() {
 #[test]
 fn lease_record_is_flannels_json() {
     // No root needed: the exact record from DESIGN.md.
-    let mac: Mac = "c6:d2:32:6f:8f:44".parse().unwrap();
+    let mac: EthernetAddress = "c6:d2:32:6f:8f:44".parse().unwrap();
     assert_eq!(
         lease_json(Ipv4Addr::new(192, 168, 64, 3), 1, mac),
         r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#
     );
-    let s: Subnet = "10.1.2.7/24".parse().unwrap();
+    let s = Subnet::containing(Ipv4Addr::new(10, 1, 2, 7), 24).unwrap();
     assert_eq!(s.to_string(), "10.1.2.0/24");
-    assert_eq!(s.lease_key(), "10.1.2.0-24");
-    assert_eq!(s.host(1), Ipv4Addr::new(10, 1, 2, 1));
+    assert_eq!(s.key_string(), "10.1.2.0-24");
+    assert_eq!(s.nth_addr(1), Some(Ipv4Addr::new(10, 1, 2, 1)));
     assert!(s.contains(Ipv4Addr::new(10, 1, 2, 255)));
     assert!(!s.contains(Ipv4Addr::new(10, 1, 3, 0)));
     assert_eq!(
-        Mac::for_ip(Ipv4Addr::new(192, 168, 64, 10)).to_string(),
+        vtep_mac_for(Ipv4Addr::new(192, 168, 64, 10)).to_string(),
         "0e:77:66:a8:40:0a"
     );
 }

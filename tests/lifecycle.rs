@@ -7,8 +7,9 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
-use harness::netns::{require_root, Lab};
-use harness::weft::{ping_all_pairs, transfer, two_node_cluster, weft_bin, NsEtcd, VXLAN_CONFIG};
+use harness::{
+    ping_all_pairs, require_root, transfer, two_node_cluster, weft_bin, Etcd, Lab, VXLAN_CONFIG,
+};
 
 const MB: u64 = 1 << 20;
 
@@ -36,7 +37,7 @@ fn sighup_leaves_the_node_forwarding() {
 }
 
 /// `weft run` in host 0 of `lab` without waiting for anything; `endpoint` is etcd's URL.
-fn spawn_weft(lab: &Lab, endpoint: &str, dir: &std::path::Path) -> harness::netns::Proc {
+fn spawn_weft(lab: &Lab, endpoint: &str, dir: &std::path::Path) -> harness::Proc {
     let ep = format!("-etcd-endpoints={endpoint}");
     let sf = format!("-subnet-file={}", dir.join("subnet.env").display());
     lab.host(0).spawn(&[
@@ -76,7 +77,7 @@ fn stop_signals_during_start_up_exit_zero() {
         assert!(took < Duration::from_millis(1500), "took {took:?}");
     }
     // etcd up, no config yet.
-    let etcd = NsEtcd::start(lab.segment(0));
+    let etcd = Etcd::start_in(lab.segment(0));
     let mut p = spawn_weft(&lab, etcd.endpoint(), dir.path());
     std::thread::sleep(Duration::from_millis(1500));
     let start = Instant::now();

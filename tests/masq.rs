@@ -6,14 +6,13 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
-use harness::netns::{require_root, tcp_transfer, Lab};
-use harness::weft::{NsEtcd, WeftNode, VXLAN_CONFIG};
+use harness::{require_root, tcp_transfer, Etcd, Lab, WeftNode, VXLAN_CONFIG};
 
 #[test]
 fn pod_ip_kept_across_nodes_and_masqueraded_outside() {
     require_root();
     let mut lab = Lab::builder().hosts(2).outside().build();
-    let etcd = NsEtcd::start(lab.segment(0));
+    let etcd = Etcd::start_in(lab.segment(0));
     etcd.put_config(VXLAN_CONFIG);
     let a = WeftNode::start_with_pod(&mut lab, 0, &etcd, &["--ip-masq"]);
     let _b = WeftNode::start_with_pod(&mut lab, 1, &etcd, &["--ip-masq"]);

@@ -8,8 +8,9 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
-use harness::netns::{require_root, Lab, Proc};
-use harness::weft::{ops_get, NsEtcd, StartingWeft, WeftNode, ETCD_IP, OPS_PORT, VXLAN_CONFIG};
+use harness::{
+    ops_get, require_root, Etcd, Lab, Proc, StartingWeft, WeftNode, ETCD_IP, OPS_PORT, VXLAN_CONFIG,
+};
 
 /// A raw TCP client run inside a namespace: sends each chunk (hex) with `pause` seconds
 /// between them, optionally `pad` bytes of extra headers before the final blank line of the
@@ -121,7 +122,7 @@ fn assert_healthy(ns: &str) {
 fn ops_port_speaks_http() {
     require_root();
     let lab = Lab::builder().hosts(1).build();
-    let etcd = NsEtcd::start(lab.segment(0));
+    let etcd = Etcd::start_in(lab.segment(0));
     etcd.put_config(VXLAN_CONFIG);
     let node = WeftNode::start(lab.host(0), &etcd, &[]);
     let ns = lab.host(0).name();
@@ -257,7 +258,7 @@ print(json.dumps({'probe': resp.decode('latin-1').split('\r\n')[0], 'probe_secs'
 fn idle_and_slow_connections_do_not_starve_probes() {
     require_root();
     let lab = Lab::builder().hosts(1).build();
-    let etcd = NsEtcd::start(lab.segment(0));
+    let etcd = Etcd::start_in(lab.segment(0));
     etcd.put_config(VXLAN_CONFIG);
     let node = WeftNode::start(lab.host(0), &etcd, &[]);
     let ns = lab.host(0).name();
@@ -356,7 +357,7 @@ fn healthz_answers_before_etcd_is_reachable() {
     assert!(!weft.subnet_file().exists());
 
     // etcd comes up with a config: the node becomes ready.
-    let etcd = NsEtcd::start(lab.segment(0));
+    let etcd = Etcd::start_in(lab.segment(0));
     etcd.put_config(VXLAN_CONFIG);
     let until = Instant::now() + Duration::from_secs(30);
     loop {
@@ -418,7 +419,7 @@ fn port_taken(ns: &str) -> bool {
 fn accept_errors_at_the_open_files_limit_are_logged_rate_limited() {
     require_root();
     let lab = Lab::builder().hosts(1).build();
-    let etcd = NsEtcd::start(lab.segment(0));
+    let etcd = Etcd::start_in(lab.segment(0));
     etcd.put_config(VXLAN_CONFIG);
     let node = WeftNode::start(lab.host(0), &etcd, &[]);
     let ns = lab.host(0).name();

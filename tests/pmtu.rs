@@ -9,8 +9,7 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::netns::{require_root, tcp_transfer, Lab};
-use harness::weft::{ping_all_pairs, NsEtcd, WeftNode, VXLAN_CONFIG};
+use harness::{ping_all_pairs, require_root, tcp_transfer, Etcd, Lab, WeftNode, VXLAN_CONFIG};
 
 const MB: u64 = 1 << 20;
 
@@ -26,7 +25,7 @@ const REFUSED_TRAIN_SERIES: &str = "weft_tx_refused_train_datagrams_total";
 fn full_size_packets_survive_a_lower_underlay_mtu(flags: &[&str]) -> Vec<u64> {
     require_root();
     let mut lab = Lab::builder().hosts(2).build();
-    let etcd = NsEtcd::start(lab.segment(0));
+    let etcd = Etcd::start_in(lab.segment(0));
     etcd.put_config(VXLAN_CONFIG);
     let nodes: Vec<WeftNode> = (0..2)
         .map(|i| WeftNode::start_with_pod(&mut lab, i, &etcd, flags))
@@ -95,7 +94,7 @@ fn tcp_on_a_1400_underlay(lowered: bool, flags: &[&str]) -> f64 {
         .hosts(2)
         .mtu(if lowered { 1500 } else { 1400 })
         .build();
-    let etcd = NsEtcd::start(lab.segment(0));
+    let etcd = Etcd::start_in(lab.segment(0));
     etcd.put_config(VXLAN_CONFIG);
     let _nodes: Vec<WeftNode> = (0..2)
         .map(|i| WeftNode::start_with_pod(&mut lab, i, &etcd, flags))
@@ -105,7 +104,7 @@ fn tcp_on_a_1400_underlay(lowered: bool, flags: &[&str]) -> f64 {
         lab.set_underlay_mtu(1400);
     }
     let (a, b) = (lab.host(0).pod(0), lab.host(1).pod(0));
-    harness::netns::iperf3_tcp(a, b, b.addr(), 5).gbit_per_s
+    harness::iperf3_tcp(a, b, b.addr(), 5).gbit_per_s
 }
 
 /// Not a check: the measurement behind fragmenting rather than sending ICMP "fragmentation

@@ -33,7 +33,7 @@ fn init_tracing() {
 fn etcd_opts(etcd: &Etcd) -> EtcdOptions {
     let tls = etcd.tls();
     EtcdOptions {
-        endpoints: vec![etcd.endpoint()],
+        endpoints: vec![etcd.endpoint().to_string()],
         prefix: PREFIX.into(),
         keyfile: tls.map(|t| t.key.clone()),
         certfile: tls.map(|t| t.cert.clone()),

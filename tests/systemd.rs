@@ -10,8 +10,7 @@ use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 use std::time::Duration;
 
-use harness::netns::{require_root, Lab};
-use harness::weft::{weft_bin, NsEtcd, WeftNode, VXLAN_CONFIG};
+use harness::{require_root, weft_bin, Etcd, Lab, WeftNode, VXLAN_CONFIG};
 
 #[test]
 fn unit_file_verifies() {
@@ -137,7 +136,7 @@ fn make_install_puts_every_file_where_the_unit_says() {
 fn ready_and_stopping_are_notified() {
     require_root();
     let lab = Lab::builder().hosts(1).build();
-    let etcd = NsEtcd::start(lab.segment(0));
+    let etcd = Etcd::start_in(lab.segment(0));
     etcd.put_config(VXLAN_CONFIG);
     let dir = tempfile::tempdir().unwrap();
     let sock_path = dir.path().join("notify.sock");
@@ -150,7 +149,7 @@ fn ready_and_stopping_are_notified() {
     let n = sock.recv(&mut buf).expect("READY notification");
     let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
     assert!(msg.starts_with("READY=1"), "{msg}");
-    assert!(msg.contains(&node.subnet.network().to_string()), "{msg}");
+    assert!(msg.contains(&node.subnet.addr().to_string()), "{msg}");
     let (status, _) = node.stop();
     assert!(status.success());
     let n = sock.recv(&mut buf).expect("STOPPING notification");

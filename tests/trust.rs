@@ -9,10 +9,11 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::netns::{require_root, wait_until, Host, Subnet};
-use harness::weft::{
-    ping_all_pairs, transfer, two_node_cluster, NsEtcd, OPS_PORT, PREFIX, VXLAN_CONFIG,
+use harness::{
+    ping_all_pairs, require_root, transfer, two_node_cluster, wait_until, Etcd, Host, OPS_PORT,
+    PREFIX, VXLAN_CONFIG,
 };
+use weft::wire::Subnet;
 
 const HOST_GW: &str = r#"{"Network":"10.1.0.0/16","Backend":{"Type":"host-gw"}}"#;
 const VXLAN_DIRECT: &str =
@@ -39,7 +40,7 @@ fn vxlan_record(ip: &str, mac: &str) -> String {
 /// Writes hostile records: the underlay's own prefix, a public prefix, PublicIPs no node can
 /// have, a key of the wrong length, keys that are no subnet. The subnets inside the Network
 /// lie above the 100 that nodes pick from (SubnetMin 10.1.1.0), so none is a node's own.
-fn put_hostile_leases(etcd: &NsEtcd, backend: &str) {
+fn put_hostile_leases(etcd: &Etcd, backend: &str) {
     let rec = |ip: &str| match backend {
         "host-gw" => format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"host-gw"}}"#),
         _ => vxlan_record(ip, "c6:d2:32:6f:8f:44"),
@@ -147,7 +148,7 @@ fn duplicate_public_ip_leaves_both_directions_working() {
     require_root();
     let (lab, etcd, a, b) = two_node_cluster(VXLAN_CONFIG, &[]);
     // 10.1.0.0/24 is inside the Network and below SubnetMin: it sorts before every lease.
-    let stale = Subnet::new("10.1.0.0".parse().unwrap(), 24);
+    let stale = Subnet::new("10.1.0.0".parse().unwrap(), 24).unwrap();
     let b_ip = lab.host(1).addr().to_string();
     etcd.put_lease(stale, &vxlan_record(&b_ip, "c6:d2:32:6f:8f:77"), 3600);
     assert!(
@@ -182,7 +183,7 @@ fn overwritten_own_lease_is_written_back() {
     require_root();
     let (lab, etcd, a, b) = two_node_cluster(VXLAN_CONFIG, &[]);
     let original = etcd.lease(b.subnet).expect("b's lease");
-    let key = format!("{PREFIX}/subnets/{}", b.subnet.lease_key());
+    let key = format!("{PREFIX}/subnets/{}", b.subnet.key_string());
     let lease_id = || -> String {
         let out = etcd.ctl(&["get", &key, "-w", "fields"]);
         out.lines()

@@ -12,8 +12,7 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use harness::netns::{require_root, Lab};
-use harness::weft::{NsEtcd, WeftNode, VXLAN_CONFIG};
+use harness::{require_root, Etcd, Lab, WeftNode, VXLAN_CONFIG};
 
 /// The unit's capabilities, as setpriv spells them.
 const CAPS: &str = "-all,+net_admin,+net_raw";
@@ -37,7 +36,7 @@ fn backend_dir(backend: &str) -> Option<tempfile::TempDir> {
 
 /// Copies the client files as LoadCredential= does: a directory only the service's user
 /// (root) may enter, files 0400; returns (ca, cert, key) paths inside it.
-fn credentials(etcd: &NsEtcd, dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+fn credentials(etcd: &Etcd, dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let tls = etcd.tls().expect("TLS etcd");
     // The original key as an admin keeps it: root-owned, 0600.
     std::fs::set_permissions(&tls.key, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -76,7 +75,7 @@ fn as_the_unit(backend: &str) {
         return;
     };
     let mut lab = Lab::builder().hosts(2).build();
-    let etcd = NsEtcd::start_tls(lab.segment(0));
+    let etcd = Etcd::start_tls_in(lab.segment(0));
     etcd.put_config(VXLAN_CONFIG);
     let creds = tempfile::tempdir().unwrap();
     let (ca, cert, key) = credentials(&etcd, creds.path());

@@ -119,6 +119,14 @@ impl Subnet {
         1u64 << (32 - self.prefix_len as u32)
     }
 
+    /// The address `n` places after the network address (`nth_addr(1)` of `10.1.2.0/24` is
+    /// `10.1.2.1`), or `None` when the subnet has fewer than `n + 1` addresses.
+    pub fn nth_addr(&self, n: u32) -> Option<Ipv4Addr> {
+        // The network address has its low (32 - prefix_len) bits clear, so any n below
+        // size() fits in them and the addition cannot carry out of the prefix.
+        (u64::from(n) < self.size()).then(|| Ipv4Addr::from(u32::from(self.addr) | n))
+    }
+
     /// flannel's etcd key form: `10.1.2.0-24`.
     pub fn key_string(&self) -> String {
         format!("{}-{}", self.addr, self.prefix_len)
@@ -212,5 +220,19 @@ mod tests {
         let host: Subnet = "10.0.0.1/32".parse().unwrap();
         assert!(host.contains(Ipv4Addr::new(10, 0, 0, 1)));
         assert_eq!(host.first_host(), Ipv4Addr::new(10, 0, 0, 1));
+    }
+
+    #[test]
+    fn nth_addr_stays_inside() {
+        let s: Subnet = "10.1.2.0/24".parse().unwrap();
+        assert_eq!(s.nth_addr(0), Some(Ipv4Addr::new(10, 1, 2, 0)));
+        assert_eq!(s.nth_addr(1), Some(s.first_host()));
+        assert_eq!(s.nth_addr(255), Some(s.last_addr()));
+        assert_eq!(s.nth_addr(256), None);
+        let host: Subnet = "10.0.0.1/32".parse().unwrap();
+        assert_eq!(host.nth_addr(0), Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(host.nth_addr(1), None);
+        let all: Subnet = "0.0.0.0/0".parse().unwrap();
+        assert_eq!(all.nth_addr(u32::MAX), Some(Ipv4Addr::BROADCAST));
     }
 }

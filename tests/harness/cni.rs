@@ -19,7 +19,12 @@ use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use super::netns::{describe, Host, Netns, Subnet};
+use weft::store::SubnetEnv;
+use weft::wire::Subnet;
+
+use super::lab::Host;
+use super::netns::Netns;
+use super::process::describe;
 
 /// Where Debian's containernetworking-plugins installs the plugins.
 pub const CNI_PATH: &str = "/usr/lib/cni";
@@ -37,44 +42,6 @@ pub fn require_cni() {
     }
 }
 
-/// The subnet.env values the flannel CNI plugin reads.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SubnetEnv {
-    /// FLANNEL_NETWORK.
-    pub network: Subnet,
-    /// FLANNEL_SUBNET (as a prefix; the file holds the gateway address `/len`).
-    pub subnet: Subnet,
-    /// FLANNEL_MTU.
-    pub mtu: u32,
-    /// FLANNEL_IPMASQ.
-    pub ipmasq: bool,
-}
-
-impl SubnetEnv {
-    /// Parses a subnet.env; `None` when a value the plugin needs is missing or malformed.
-    pub fn parse(text: &str) -> Option<SubnetEnv> {
-        let get = |k: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
-                .map(str::trim)
-        };
-        Some(SubnetEnv {
-            network: get("FLANNEL_NETWORK")?.parse().ok()?,
-            subnet: get("FLANNEL_SUBNET")?.parse().ok()?,
-            mtu: get("FLANNEL_MTU")?.parse().ok()?,
-            ipmasq: get("FLANNEL_IPMASQ")?.parse().ok()?,
-        })
-    }
-
-    /// Reads and parses the file at `path`; panics with its text when it does not parse.
-    pub fn read(path: &Path) -> SubnetEnv {
-        let text = std::fs::read_to_string(path)
-            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-        SubnetEnv::parse(&text)
-            .unwrap_or_else(|| panic!("{} is not a subnet.env:\n{text}", path.display()))
-    }
-}
-
 /// The `bridge` config the flannel CNI plugin delegates to for `env`, with host-local's
 /// state in `data_dir`.
 pub fn flannel_delegate(env: &SubnetEnv, data_dir: &Path) -> serde_json::Value {
@@ -85,7 +52,7 @@ pub fn flannel_delegate(env: &SubnetEnv, data_dir: &Path) -> serde_json::Value {
         "hairpinMode": true,
         "isDefaultGateway": true,
         "isGateway": true,
-        "ipMasq": !env.ipmasq,
+        "ipMasq": !env.ip_masq,
         "mtu": env.mtu,
         "ipam": {
             "type": "host-local",
@@ -143,7 +110,7 @@ impl CniNetwork {
     /// The network the flannel plugin would build on `host` from the subnet.env at `path`.
     pub fn from_subnet_env(host: &Host, path: &Path) -> CniNetwork {
         require_cni();
-        let env = SubnetEnv::read(path);
+        let env = SubnetEnv::read(path).unwrap_or_else(|e| panic!("{e:?}"));
         let data_dir = tempfile::tempdir().expect("host-local data dir");
         let config = flannel_delegate(&env, data_dir.path()).to_string();
         CniNetwork {
@@ -217,15 +184,17 @@ impl CniNetwork {
             .as_array()
             .and_then(|ips| ips.iter().find(|i| i["version"] == "4"))
             .unwrap_or_else(|| panic!("no IPv4 in the CNI result: {result}"));
-        let addr: Subnet = ip4["address"].as_str().unwrap_or_default().parse().unwrap();
-        let ip = ip4["address"]
+        // "10.1.2.2/24": the pod's address and the length of the subnet it lies in.
+        let (ip, len): (Ipv4Addr, u8) = ip4["address"]
             .as_str()
-            .and_then(|a| a.split('/').next()?.parse().ok())
+            .and_then(|a| a.split_once('/'))
+            .and_then(|(ip, len)| Some((ip.parse().ok()?, len.parse().ok()?)))
             .unwrap_or_else(|| panic!("bad address in the CNI result: {result}"));
         let gateway = ip4["gateway"]
             .as_str()
             .and_then(|g| g.parse().ok())
-            .unwrap_or_else(|| addr.host(1));
+            .or_else(|| Subnet::containing(ip, len).ok()?.nth_addr(1))
+            .unwrap_or_else(|| panic!("no gateway for {ip}/{len} in the CNI result: {result}"));
         CniPod {
             ns,
             container_id,

@@ -1,19 +1,36 @@
-//! A real etcd for tests: free loopback ports, a temporary data dir, killed and reaped on drop.
+//! A real etcd for tests, in one of two places: on free loopback ports of the test's own
+//! namespace ([`Etcd::start`], for tests that talk to it with `etcd_client`), or inside a
+//! lab's underlay segment at [`ETCD_IP`]:2379 ([`Etcd::start_in`]), where every host
+//! namespace reaches it and tests drive it with `etcdctl`.
 //!
-//! `Etcd::start()` runs plain HTTP; `Etcd::start_tls()` generates a CA, a server and a client
-//! certificate with the `openssl` CLI and serves HTTPS only, requiring client certificates.
-//! `stop()` / `restart()` keep the data dir and ports, for outage tests; `start_hidden()` runs
-//! it on another client port so a test can change data the store under test cannot see.
-
-#![allow(dead_code)]
+//! Either way it has a temporary data dir (with its logs and certificates), optionally serves
+//! HTTPS only and requires client certificates (made with the `openssl` CLI), and is killed
+//! and reaped on drop, also when it fails to start. `ctl()` and the lease helpers run
+//! `etcdctl` where etcd runs, so they work in both places. The async methods talk to etcd
+//! from the test's own namespace, so they are for a loopback etcd: `client()`, `restart()`
+//! (after `stop()`; both keep the data dir and ports, for outage tests) and `start_hidden()`
+//! (another client port, so a test can change data the store under test cannot see).
 
 use std::fs::File;
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+use weft::wire::Subnet;
+
+use super::netns::{netns_exec_argv, Netns};
+use super::process::Proc;
+
+/// The address a lab's etcd listens on, on the underlay bridge.
+pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 2);
+
+/// flannel's etcd prefix.
+pub const PREFIX: &str = "/coreos.com/network";
+
+/// How long etcd may take to answer its first request.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Client certificate material for a TLS etcd.
 #[derive(Debug, Clone)]
@@ -28,35 +45,20 @@ pub struct TlsFiles {
     server_key: PathBuf,
 }
 
-impl TlsFiles {
-    /// Makes a CA, a server certificate valid for `server_ips` and a client certificate in
-    /// `dir` (for an etcd that listens elsewhere than 127.0.0.1, e.g. inside a lab).
-    pub fn make(dir: &Path, server_ips: &[&str]) -> TlsFiles {
-        make_certs_for(dir, server_ips)
-    }
-
-    /// The server certificate (PEM).
-    pub fn server_cert(&self) -> &Path {
-        &self.server_cert
-    }
-
-    /// The server key (PEM).
-    pub fn server_key(&self) -> &Path {
-        &self.server_key
-    }
-}
-
 /// One etcd process and everything it owns.
 pub struct Etcd {
     child: Option<Child>,
-    dir: TempDir,
+    /// The namespace it runs in; `None` for the test's own (loopback).
+    netns: Option<String>,
+    ip: Ipv4Addr,
     client_port: u16,
     peer_port: u16,
     /// While set, etcd serves clients on this port instead (see `start_hidden`).
     hidden_port: Option<u16>,
+    endpoint: String,
     tls: Option<TlsFiles>,
-    /// Holds the certificates (deleted on drop).
-    _certs: Option<TempDir>,
+    /// Data, logs and certificates (deleted on drop).
+    dir: TempDir,
     starts: u32,
 }
 
@@ -70,43 +72,71 @@ fn etcd_bin() -> String {
 }
 
 impl Etcd {
-    /// Starts a plain-HTTP etcd and waits until it serves requests.
+    /// Starts a plain-HTTP etcd on loopback and waits until it serves requests.
     pub async fn start() -> Etcd {
-        Self::launch(None).await
-    }
-
-    /// Starts an HTTPS-only etcd that requires client certificates.
-    pub async fn start_tls() -> Etcd {
-        let certs = tempfile::tempdir().expect("tempdir for certificates");
-        let tls = make_certs(certs.path());
-        Self::launch(Some((tls, certs))).await
-    }
-
-    async fn launch(tls: Option<(TlsFiles, TempDir)>) -> Etcd {
-        let (tls, certs) = match tls {
-            Some((t, d)) => (Some(t), Some(d)),
-            None => (None, None),
-        };
-        let mut e = Etcd {
-            child: None,
-            dir: tempfile::tempdir().expect("tempdir for etcd"),
-            client_port: free_port(),
-            peer_port: free_port(),
-            hidden_port: None,
-            tls,
-            _certs: certs,
-            starts: 0,
-        };
-        e.spawn();
+        let mut e = Self::launch(None, false);
         e.wait_healthy().await;
         e
     }
 
-    /// The client URL (`http://127.0.0.1:PORT` or `https://...`).
-    pub fn endpoint(&self) -> String {
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let port = self.hidden_port.unwrap_or(self.client_port);
-        format!("{scheme}://127.0.0.1:{port}")
+    /// Starts an HTTPS-only etcd on loopback that requires client certificates.
+    pub async fn start_tls() -> Etcd {
+        let mut e = Self::launch(None, true);
+        e.wait_healthy().await;
+        e
+    }
+
+    /// Starts etcd in `segment` (a lab's underlay bridge namespace), giving `br0`
+    /// [`ETCD_IP`], and waits until it serves requests.
+    pub fn start_in(segment: &Netns) -> Etcd {
+        let mut e = Self::launch(Some(segment), false);
+        e.wait_healthy_blocking();
+        e
+    }
+
+    /// [`Etcd::start_in`], serving HTTPS only and requiring a client certificate; the server
+    /// certificate is valid for [`ETCD_IP`], see [`Etcd::tls`] for the client's files.
+    pub fn start_tls_in(segment: &Netns) -> Etcd {
+        let mut e = Self::launch(Some(segment), true);
+        e.wait_healthy_blocking();
+        e
+    }
+
+    /// Makes the data dir (and certificates) and starts etcd without waiting for it.
+    fn launch(segment: Option<&Netns>, tls: bool) -> Etcd {
+        let dir = tempfile::tempdir().expect("tempdir for etcd");
+        // Inside a lab namespace nothing else listens, so etcd's usual ports are free.
+        let (netns, ip, client_port, peer_port) = match segment {
+            Some(seg) => {
+                seg.ip(&["addr", "add", &format!("{ETCD_IP}/24"), "dev", "br0"]);
+                (Some(seg.name().to_string()), ETCD_IP, 2379, 2380)
+            }
+            None => (None, Ipv4Addr::LOCALHOST, free_port(), free_port()),
+        };
+        let tls = tls.then(|| {
+            let certs = dir.path().join("certs");
+            std::fs::create_dir(&certs).expect("certs dir");
+            make_certs(&certs, &ip.to_string())
+        });
+        let mut e = Etcd {
+            child: None,
+            netns,
+            ip,
+            client_port,
+            peer_port,
+            hidden_port: None,
+            endpoint: String::new(),
+            tls,
+            dir,
+            starts: 0,
+        };
+        e.spawn();
+        e
+    }
+
+    /// The client URL (`http://127.0.0.1:PORT`, `https://192.168.64.2:2379`, ...).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
     }
 
     /// The TLS client files, for a TLS etcd.
@@ -120,15 +150,26 @@ impl Etcd {
     }
 
     fn spawn(&mut self) {
-        let data = self.dir.path().join("data");
-        let client = self.endpoint();
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let port = self.hidden_port.unwrap_or(self.client_port);
+        self.endpoint = format!("{scheme}://{}:{port}", self.ip);
+        let client = &self.endpoint;
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         self.starts += 1;
         let log = File::create(self.dir.path().join(format!("etcd.{}.log", self.starts)))
             .expect("etcd log file");
-        let mut cmd = Command::new(etcd_bin());
-        cmd.arg("--name=weft-test")
-            .arg(format!("--data-dir={}", data.display()))
+        let bin = etcd_bin();
+        let argv = match &self.netns {
+            Some(ns) => netns_exec_argv(ns, &[&bin]),
+            None => vec![bin.as_str()],
+        };
+        let mut cmd = Command::new(argv[0]);
+        cmd.args(&argv[1..])
+            .arg("--name=weft-test")
+            .arg(format!(
+                "--data-dir={}",
+                self.dir.path().join("data").display()
+            ))
             .arg(format!("--listen-client-urls={client}"))
             .arg(format!("--advertise-client-urls={client}"))
             .arg(format!("--listen-peer-urls={peer}"))
@@ -149,34 +190,54 @@ impl Etcd {
         let child = cmd.spawn().unwrap_or_else(|e| {
             panic!(
                 "cannot run `{}` ({e}); install etcd (Debian: apt-get install etcd-server) or set WEFT_ETCD_BIN",
-                etcd_bin()
+                argv.join(" ")
             )
         });
         self.child = Some(child);
     }
 
-    /// Waits until etcd answers a KV request (or panics after 20 s, showing its log).
-    pub async fn wait_healthy(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    panic!("etcd exited early ({status}); log:\n{}", self.log());
-                }
+    /// Panics, showing the log, if etcd has exited or `deadline` has passed.
+    fn assert_starting(&mut self, deadline: Instant) {
+        if let Some(c) = self.child.as_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                panic!("etcd exited early ({status}); log:\n{}", self.log());
             }
+        }
+        if Instant::now() > deadline {
+            let place = self.netns.as_deref().unwrap_or("the test's namespace");
+            panic!(
+                "etcd in {place} did not become healthy in {START_TIMEOUT:?}; log:\n{}",
+                self.log()
+            );
+        }
+    }
+
+    /// Waits until a loopback etcd answers a KV request from this process (or panics after
+    /// 20 s, showing its log).
+    pub async fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
             if let Ok(mut c) = self.client().await {
                 if c.get("weft-health-probe", None).await.is_ok() {
                     return;
                 }
             }
-            if Instant::now() > deadline {
-                panic!("etcd did not become healthy in 20 s; log:\n{}", self.log());
-            }
+            self.assert_starting(deadline);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    /// A fresh client for this etcd (with the client certificate for TLS).
+    /// Waits until `etcdctl endpoint health` succeeds where etcd runs (or panics after 20 s,
+    /// showing its log).
+    pub fn wait_healthy_blocking(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !self.ctl_unchecked(&["endpoint", "health"]).status.success() {
+            self.assert_starting(deadline);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A fresh client for a loopback etcd (with the client certificate for TLS).
     pub async fn client(&self) -> Result<etcd_client::Client, etcd_client::Error> {
         let mut o = etcd_client::ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
@@ -211,9 +272,9 @@ impl Etcd {
         }
     }
 
-    /// Runs etcd on its data dir but on a different client port, so the clients that know
-    /// the usual endpoint cannot see it; `endpoint()` and `client()` reach it meanwhile.
-    /// `restart()` brings it back on the usual port.
+    /// Runs a loopback etcd on its data dir but on a different client port, so the clients
+    /// that know the usual endpoint cannot see it; `endpoint()` and `client()` reach it
+    /// meanwhile. `restart()` brings it back on the usual port.
     pub async fn start_hidden(&mut self) {
         self.stop();
         self.hidden_port = Some(free_port());
@@ -221,18 +282,87 @@ impl Etcd {
         self.wait_healthy().await;
     }
 
-    /// Starts etcd again on the same data dir and ports and waits until it is healthy.
+    /// Starts a loopback etcd again on the same data dir and ports and waits until it is
+    /// healthy.
     pub async fn restart(&mut self) {
         self.stop();
         self.hidden_port = None;
         // The kernel may keep the port for a moment after the kill.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpListener::bind(("127.0.0.1", self.client_port)).is_err() {
+        while TcpListener::bind((self.ip, self.client_port)).is_err() {
             assert!(Instant::now() < deadline, "client port stays busy");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.spawn();
         self.wait_healthy().await;
+    }
+
+    /// `etcdctl` (v3) against this etcd, run where etcd runs; whatever happened.
+    fn ctl_unchecked(&self, args: &[&str]) -> Output {
+        let mut tail = vec![
+            "env",
+            "ETCDCTL_API=3",
+            "etcdctl",
+            "--endpoints",
+            &self.endpoint,
+        ];
+        let tls_args: Vec<String> = self
+            .tls
+            .iter()
+            .flat_map(|t| {
+                [
+                    format!("--cacert={}", t.ca.display()),
+                    format!("--cert={}", t.cert.display()),
+                    format!("--key={}", t.key.display()),
+                ]
+            })
+            .collect();
+        tail.extend(tls_args.iter().map(String::as_str));
+        tail.extend_from_slice(args);
+        let argv = match &self.netns {
+            Some(ns) => netns_exec_argv(ns, &tail),
+            None => tail,
+        };
+        Proc::spawn(&argv).output_within(Duration::from_secs(20))
+    }
+
+    /// Runs `etcdctl` (v3) against this etcd; panics on failure; returns stdout.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let out = self.ctl_unchecked(args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Writes the network config under [`PREFIX`].
+    pub fn put_config(&self, json: &str) {
+        self.ctl(&["put", &format!("{PREFIX}/config"), json]);
+    }
+
+    /// Writes a lease record under a fresh etcd lease of `ttl_secs`.
+    pub fn put_lease(&self, subnet: Subnet, record: &str, ttl_secs: u32) {
+        let grant = self.ctl(&["lease", "grant", &ttl_secs.to_string()]);
+        let id = grant
+            .split_whitespace()
+            .nth(1)
+            .expect("lease id")
+            .to_string();
+        self.ctl(&["put", &format!("--lease={id}"), &lease_key(subnet), record]);
+    }
+
+    /// Deletes a subnet's lease record.
+    pub fn delete_lease(&self, subnet: Subnet) {
+        self.ctl(&["del", &lease_key(subnet)]);
+    }
+
+    /// The record stored for a subnet, if any.
+    pub fn lease(&self, subnet: Subnet) -> Option<String> {
+        let v = self.ctl(&["get", "--print-value-only", &lease_key(subnet)]);
+        let v = v.trim();
+        (!v.is_empty()).then(|| v.to_string())
     }
 }
 
@@ -240,6 +370,11 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The etcd key of `subnet`'s lease under [`PREFIX`].
+fn lease_key(subnet: Subnet) -> String {
+    format!("{PREFIX}/subnets/{}", subnet.key_string())
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -255,14 +390,9 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-/// A P-256 CA, a server certificate for 127.0.0.1 and a client certificate, all for 1 day.
-fn make_certs(dir: &Path) -> TlsFiles {
-    make_certs_for(dir, &["127.0.0.1"])
-}
-
-/// [`make_certs`] with the server certificate valid for `server_ips`.
-fn make_certs_for(dir: &Path, server_ips: &[&str]) -> TlsFiles {
-    let san: Vec<String> = server_ips.iter().map(|ip| format!("IP:{ip}")).collect();
+/// A P-256 CA, a server certificate for `server_ip` (and `localhost`) and a client
+/// certificate in `dir`, all valid for 1 day.
+fn make_certs(dir: &Path, server_ip: &str) -> TlsFiles {
     let ec = [
         "-newkey",
         "ec",
@@ -289,7 +419,7 @@ fn make_certs_for(dir: &Path, server_ips: &[&str]) -> TlsFiles {
     openssl(dir, &ca);
     std::fs::write(
         dir.join("server.ext"),
-        format!("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName={},DNS:localhost\n", san.join(",")),
+        format!("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=IP:{server_ip},DNS:localhost\n"),
     )
     .expect("write server.ext");
     std::fs::write(
@@ -297,8 +427,7 @@ fn make_certs_for(dir: &Path, server_ips: &[&str]) -> TlsFiles {
         "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
     )
     .expect("write client.ext");
-    let server_cn = server_ips.first().copied().unwrap_or("127.0.0.1");
-    for (name, cn) in [("server", server_cn), ("client", "weft-node")] {
+    for (name, cn) in [("server", server_ip), ("client", "weft-node")] {
         let key = format!("{name}.key");
         let csr = format!("{name}.csr");
         let pem = format!("{name}.pem");

@@ -423,25 +423,12 @@ pub async fn run(
                 // On a table change log every time (it is a new state); on resync only when
                 // the failure is new, so a permanent error logs once per change.
                 if !failing || !full {
-                    warn!(error = %e, cause = %error_chain(&e), "route reconcile failed; retrying at the next resync");
+                    warn!(error = %crate::error::Chain(&e), "route reconcile failed; retrying at the next resync");
                 }
                 failing = true;
             }
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = String::new();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -141,7 +141,7 @@ pub async fn serve(listener: TcpListener, state: OpsState) {
             tokio::select! {
                 r = tokio::time::timeout(CONNECTION_DEADLINE, conn) => match r {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => debug!(%peer, error = %e, "ops connection failed"),
+                    Ok(Err(e)) => debug!(%peer, error = %crate::error::Chain(&e), "ops connection failed"),
                     Err(_) => debug!(%peer, "ops connection closed at its deadline"),
                 },
                 () = ticket.evicted() => debug!(%peer, "ops connection closed to admit a newer one"),

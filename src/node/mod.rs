@@ -209,85 +209,90 @@ async fn run_with_lease(
     let own = store.own_lease();
     info!(subnet = %own.subnet, network = %config.network, backend = config.backend.kind.as_str(), "lease acquired");
     ops.set_phase("lease acquired; starting the data path");
-
-    check_masquerade_pitfall(config.network, own.subnet, opts.fix_masquerade);
-    let mut iptables = Iptables::start(opts, config.network, own.subnet)?;
-    let dp = match data_path_backend(&config, &own)? {
-        Some(backend) => {
-            let at = placement(&config, &own, underlay, backend);
-            Some(Datapath::open(
-                &datapath_options(opts),
-                &at,
-                ops.table.clone(),
-            )?)
-        }
-        None => None,
-    };
-    let routes = match direct_routes(&config) {
-        Some(only_connected) => Some(Routes::start(
-            opts,
-            &config,
-            &own,
-            underlay,
-            ops,
-            only_connected,
-        )?),
-        None => None,
-    };
-    if let Some(d) = &dp {
-        ops.set_counters(d.counters().clone());
-    }
-    let status = StatusPublisher::new(
-        ops,
-        &config,
-        underlay,
-        opts,
-        dp.as_ref().map(|d| d.info().clone()),
-    );
-    status.publish(dp.as_ref(), store, iptables.state);
+    let mut running = Running::start(opts, &config, &own, underlay, ops)?;
+    let dp_info = running.dp.as_ref().map(|d| d.info().clone());
+    let status = StatusPublisher::new(ops, &config, underlay, opts, dp_info);
+    status.publish(running.dp.as_ref(), store, running.iptables.state);
     info!("node ready");
     crate::ops::sd_notify(&format!("READY=1\nSTATUS=forwarding for {}", own.subnet));
 
-    let ended = serve(
-        opts,
-        store,
-        &own,
-        dp.as_ref(),
-        &mut iptables,
-        &status,
-        shutdown,
-    )
-    .await;
+    let ended = serve(opts, store, &own, &mut running, &status, shutdown).await;
 
     info!("stopping");
     crate::ops::sd_notify("STOPPING=1");
     // Alive while it drains, no longer ready.
     ops.set_phase("stopping");
     status.clear();
-    // Direct routes stay in place (as flanneld leaves them): pod traffic keeps flowing
-    // across a restart, and the next start reconciles whatever changed meanwhile.
-    if let Some(r) = routes {
-        r.stop().await;
-    }
-    let had_tun = dp.is_some();
-    let dp_result = dp.map_or(Ok(()), Datapath::stop);
-    match ended {
-        Ended::Shutdown => {
-            dp_result?;
-            if opts.persist_tun && had_tun {
-                info!(tun = %opts.tun_name, "stopped; the TUN device and its route stay for the next start (--persist-tun)");
-            } else {
-                info!("stopped");
+    running.stop(ended, opts).await
+}
+
+/// What runs while the node holds its lease: flannel's iptables rules, the data path (none
+/// for host-gw) and the direct-route reconciler (host-gw, DirectRouting).
+struct Running {
+    iptables: Iptables,
+    dp: Option<Datapath>,
+    routes: Option<Routes>,
+}
+
+impl Running {
+    /// Starts them in order; what started before a failure stops as the error returns
+    /// (dropping a [`Datapath`] stops its workers).
+    fn start(
+        opts: &NodeOptions,
+        config: &NetworkConfig,
+        own: &OwnLease,
+        underlay: &Underlay,
+        ops: &OpsState,
+    ) -> Result<Running, NodeError> {
+        check_masquerade_pitfall(config.network, own.subnet, opts.fix_masquerade);
+        let iptables = Iptables::start(opts, config.network, own.subnet)?;
+        let dp = match data_path_backend(config, own)? {
+            Some(backend) => {
+                let at = placement(config, own, underlay, backend);
+                let dp = Datapath::open(&datapath_options(opts), &at, ops.table.clone())?;
+                ops.set_counters(dp.counters().clone());
+                Some(dp)
             }
-            Ok(())
+            None => None,
+        };
+        let routes = direct_routes(config)
+            .map(|only_connected| Routes::start(opts, config, own, underlay, ops, only_connected))
+            .transpose()?;
+        Ok(Running {
+            iptables,
+            dp,
+            routes,
+        })
+    }
+
+    /// The one way down: the route reconciler stops (its routes stay in place, as flanneld
+    /// leaves them, so pod traffic keeps flowing across a restart and the next start
+    /// reconciles whatever changed meanwhile), then the data path; the outcome is why the
+    /// node stopped, or a worker's error.
+    async fn stop(self, ended: Ended, opts: &NodeOptions) -> Result<(), NodeError> {
+        if let Some(r) = self.routes {
+            r.stop().await;
         }
-        Ended::Failed(e) => Err(e),
-        Ended::DatapathFailed => {
-            let e = dp_result
-                .err()
-                .unwrap_or(DatapathError::Panicked("unknown".into()));
-            error!(error = %Chain(&e), "data path stopped");
-            Err(e.into())
+        let had_tun = self.dp.is_some();
+        let dp_result = self.dp.map_or(Ok(()), Datapath::stop);
+        match ended {
+            Ended::Shutdown => {
+                dp_result?;
+                if opts.persist_tun && had_tun {
+                    info!(tun = %opts.tun_name, "stopped; the TUN device and its route stay for the next start (--persist-tun)");
+                } else {
+                    info!("stopped");
+                }
+                Ok(())
+            }
+            Ended::Failed(e) => Err(e),
+            Ended::DatapathFailed => {
+                let e = dp_result
+                    .err()
+                    .unwrap_or(DatapathError::Panicked("unknown".into()));
+                error!(error = %Chain(&e), "data path stopped");
+                Err(e.into())
+            }
         }
     }
 }
@@ -308,8 +313,7 @@ async fn serve(
     opts: &NodeOptions,
     store: &StoreHandle,
     own: &OwnLease,
-    dp: Option<&Datapath>,
-    iptables: &mut Iptables,
+    running: &mut Running,
     status: &StatusPublisher<'_>,
     shutdown: &mut (impl Future<Output = ()> + Unpin),
 ) -> Ended {
@@ -324,10 +328,10 @@ async fn serve(
             _ = tick.tick() => {
                 ticks += 1;
                 if ticks % resync_ticks == 0 {
-                    iptables.resync(store.own_lease().subnet);
+                    running.iptables.resync(store.own_lease().subnet);
                 }
-                status.publish(dp, store, iptables.state);
-                if dp.is_some_and(|d| !d.is_running()) {
+                status.publish(running.dp.as_ref(), store, running.iptables.state);
+                if running.dp.as_ref().is_some_and(|d| !d.is_running()) {
                     return Ended::DatapathFailed;
                 }
             }

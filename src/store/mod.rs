@@ -22,6 +22,7 @@ pub mod check;
 mod lease;
 pub mod record;
 pub mod subnet_env;
+pub mod view;
 pub mod vtep;
 mod watch;
 

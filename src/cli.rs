@@ -3,7 +3,10 @@
 //! Each flag can also be set through the environment as `FLANNELD_<FLAG_UPPER_SNAKE>`
 //! (`--etcd-endpoints` -> `FLANNELD_ETCD_ENDPOINTS`), as flanneld allows. Go's flag package
 //! also accepts a single dash (`-etcd-prefix=/x`); [`normalize_go_flags`] rewrites those so
-//! existing unit files keep working. These are `clap::Args` groups; `main` flattens them.
+//! existing unit files keep working. These are `clap::Args` groups; the subcommands in
+//! [`commands`] flatten them.
+
+pub mod commands;
 
 use std::ffi::OsString;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -12,6 +15,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::config::DEFAULT_SUBNET_FILE;
 use crate::store::{EtcdOptions, DEFAULT_PREFIX};
 
 /// The etcd flags (`--etcd-*`).
@@ -110,7 +114,7 @@ pub struct NodeArgs {
     #[arg(
         long = "subnet-file",
         env = "FLANNELD_SUBNET_FILE",
-        default_value = "/run/flannel/subnet.env"
+        default_value = DEFAULT_SUBNET_FILE
     )]
     pub subnet_file: PathBuf,
 
@@ -508,6 +512,44 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.0, "-iface-regexp");
         assert!(e.to_string().contains("unknown flag -iface-regexp"));
+    }
+
+    /// The flag names `given()` reports are the groups' own clap flags, every one of them.
+    #[test]
+    fn given_names_are_the_clap_flags() {
+        let longs = |cmd: clap::Command| {
+            let mut v: Vec<String> = cmd
+                .get_arguments()
+                .filter_map(|a| a.get_long().map(|l| format!("-{l}")))
+                .collect();
+            v.sort();
+            v
+        };
+        let set = Some("x".to_string());
+        let kube = KubeArgs {
+            kube_subnet_mgr: true,
+            kube_api_url: set.clone(),
+            kubeconfig_file: set.clone(),
+            kube_annotation_prefix: set.clone(),
+            net_config_path: set.clone(),
+            set_node_network_unavailable: set.clone(),
+        };
+        let mut given = kube.given();
+        given.sort();
+        assert_eq!(
+            given,
+            longs(KubeArgs::augment_args(clap::Command::new("t")))
+        );
+        let glog = GlogArgs {
+            vmodule: set,
+            log_backtrace_at: Some("main.go:1".into()),
+        };
+        let mut given = glog.given();
+        given.sort();
+        assert_eq!(
+            given,
+            longs(GlogArgs::augment_args(clap::Command::new("t")))
+        );
     }
 
     #[test]

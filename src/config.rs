@@ -26,6 +26,12 @@ pub const UDP_DEFAULT_PORT: u16 = 8285;
 /// The default VNI of the vxlan backend.
 pub const VXLAN_DEFAULT_VNI: u32 = 1;
 
+/// flanneld's default `--subnet-file`, where the node writes subnet.env.
+pub const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
+
+/// The TUN device weft creates unless `--tun-name` says otherwise.
+pub const DEFAULT_TUN_NAME: &str = "weft0";
+
 /// Which backend the network uses (`Backend.Type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendType {

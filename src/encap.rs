@@ -8,7 +8,9 @@
 //! * udp (flannel's userspace backend): the inner IPv4 packet as-is, port 8285 by default.
 //!
 //! Receive-side checks follow DESIGN.md in order; every failure is a [`DropReason`], which
-//! doubles as the drop counter's label.
+//! doubles as the drop counter's label. [`inspect`] explains those checks for one payload.
+
+pub mod inspect;
 
 use std::net::Ipv4Addr;
 

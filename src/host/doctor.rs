@@ -1,10 +1,23 @@
 //! `weft doctor`: checks the host for the misconfigurations that break an overlay and says
-//! how to fix each. Also the docker-style masquerade pitfall, which `weft run` warns about at
-//! start and can rewrite with `--fix-masquerade`.
+//! how to fix each, one function per check. What the checks look at ([`DoctorInput`]) comes
+//! from the flags ([`DoctorRequest`]), the weft running in this namespace and this host
+//! ([`Local`]), and etcd ([`crate::store::view`]).
 
-use std::process::Command;
+use std::path::PathBuf;
+use std::time::Duration;
 
+use super::masq::{self, fixed_rule, masquerade_pitfalls};
+use crate::config::{BackendType, DEFAULT_SUBNET_FILE, DEFAULT_TUN_NAME, UDP_DEFAULT_PORT};
+use crate::encap::{UDP_OVERHEAD, VXLAN_OVERHEAD};
+use crate::ops::local::LocalStatusError;
+use crate::ops::status::StatusDoc;
+use crate::store::view::NetworkView;
+use crate::store::{EtcdOptions, LeaseView, SubnetEnv};
+use crate::wire::vxlan::LINUX_DEFAULT_PORT;
 use crate::wire::Subnet;
+
+/// How long the doctor waits for etcd's answer.
+pub const ETCD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -39,86 +52,15 @@ fn finding(check: &'static str, severity: Severity, detail: String, fix: String)
     }
 }
 
+/// A finding that needs no fix.
+fn fine(check: &'static str, detail: impl Into<String>) -> Finding {
+    finding(check, Severity::Ok, detail.into(), String::new())
+}
+
 fn sysctl(path: &str) -> Option<String> {
     std::fs::read_to_string(format!("/proc/sys/{path}"))
         .ok()
         .map(|s| s.trim().to_string())
-}
-
-fn iptables_s(table: &str, chain: &str) -> Option<String> {
-    let out = Command::new("iptables")
-        .args(["-w", "5", "-t", table, "-S", chain])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// A POSTROUTING rule that masquerades everything from the pod subnet that leaves through
-/// another interface than the bridge (docker's default) also rewrites pod-to-remote-pod
-/// traffic. Returns the offending rules (`-A POSTROUTING ...` lines).
-pub fn masquerade_pitfalls(postrouting: &str, subnet: Subnet, network: Subnet) -> Vec<String> {
-    let src = format!("-s {subnet}");
-    let src_net = format!("-s {network}");
-    let excl = format!("! -d {network}");
-    postrouting
-        .lines()
-        .filter(|l| l.starts_with("-A POSTROUTING"))
-        .filter(|l| l.contains("-j MASQUERADE"))
-        .filter(|l| {
-            let words: Vec<&str> = l.split_whitespace().collect();
-            let has = |pat: &str| {
-                let p: Vec<&str> = pat.split_whitespace().collect();
-                words.windows(p.len()).any(|w| w == p.as_slice())
-            };
-            (has(&src) || has(&src_net)) && !has(&excl) && !l.contains("-d ")
-        })
-        .map(str::to_string)
-        .collect()
-}
-
-/// The same rule, restricted to traffic leaving the overlay (`! -d <Network>`).
-pub fn fixed_rule(rule: &str, network: Subnet) -> String {
-    match rule.find(" -j MASQUERADE") {
-        Some(at) => format!("{} ! -d {network}{}", &rule[..at], &rule[at..]),
-        None => rule.to_string(),
-    }
-}
-
-/// Rewrites every pitfall rule in the nat POSTROUTING chain (delete, append the fixed one).
-/// Returns the rules rewritten.
-pub fn fix_masquerade(subnet: Subnet, network: Subnet) -> std::io::Result<Vec<String>> {
-    let Some(post) = iptables_s("nat", "POSTROUTING") else {
-        return Ok(Vec::new());
-    };
-    let mut fixed = Vec::new();
-    for rule in masquerade_pitfalls(&post, subnet, network) {
-        let new = fixed_rule(&rule, network);
-        let args = |r: &str, op: &str| -> Vec<String> {
-            let mut v = vec![
-                "-w".into(),
-                "5".into(),
-                "-t".into(),
-                "nat".into(),
-                op.into(),
-            ];
-            v.extend(
-                r.trim_start_matches("-A ")
-                    .split_whitespace()
-                    .map(str::to_string),
-            );
-            v
-        };
-        let ok = |a: Vec<String>| -> std::io::Result<bool> {
-            Ok(Command::new("iptables").args(a).status()?.success())
-        };
-        // Add the fixed rule before removing the old one: never a moment without either.
-        if ok(args(&new, "-A"))? && ok(args(&rule, "-D"))? {
-            fixed.push(new);
-        }
-    }
-    Ok(fixed)
 }
 
 /// Whether some socket on this host is bound to UDP `port` (from /proc/net/udp).
@@ -137,6 +79,123 @@ fn udp_port_in(proc_net_udp: &str, port: u16) -> bool {
             .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
             == Some(port)
     })
+}
+
+/// What `weft doctor` was asked to look at; `None` (or empty) where the flags say nothing and
+/// the running node's values, then the defaults, fill in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DoctorRequest {
+    /// etcd endpoints, prefix and credentials.
+    pub etcd: EtcdOptions,
+    /// Whether the endpoints were given (flag or environment) rather than defaulted: only
+    /// then do they beat the running node's.
+    pub endpoints_given: bool,
+    /// `--subnet-file`.
+    pub subnet_file: Option<PathBuf>,
+    /// `--tun-name`.
+    pub tun_name: Option<String>,
+    /// `--iface`: the underlay interface (name or address); empty: the default route's.
+    pub iface: Vec<String>,
+    /// `--backend`: the backend when etcd cannot say.
+    pub backend: BackendType,
+}
+
+/// This host as found before etcd is asked: whether weft runs here, its subnet.env, TUN
+/// name and underlay MTU, and the etcd to ask.
+#[derive(Debug, Clone)]
+pub struct Local {
+    /// Whether a weft of this network runs in this namespace.
+    pub running: bool,
+    /// The etcd to ask: the flags', else the running node's endpoints.
+    pub etcd: EtcdOptions,
+    /// The TUN device name.
+    pub tun: String,
+    /// subnet.env, if it could be read.
+    pub env: Option<SubnetEnv>,
+    /// The underlay interface's MTU, if one was found.
+    pub underlay_mtu: Option<u32>,
+    /// The backend assumed when etcd cannot say.
+    pub backend: BackendType,
+}
+
+impl Local {
+    /// Asks the weft running in this namespace where its files and etcd are (flags win),
+    /// then reads subnet.env and finds the underlay.
+    pub fn discover(req: DoctorRequest) -> Local {
+        let socket = super::instance::socket_name(&req.etcd.prefix);
+        let answer = crate::ops::local::fetch(&socket);
+        let running = !matches!(answer, Err(LocalStatusError::NotRunning(_)));
+        let node = answer
+            .ok()
+            .and_then(|body| serde_json::from_str::<StatusDoc>(&body).ok())
+            .map(|doc| doc.node);
+        let subnet_file = req
+            .subnet_file
+            .or_else(|| node.as_ref().map(|n| n.subnet_file.clone().into()))
+            .unwrap_or_else(|| DEFAULT_SUBNET_FILE.into());
+        let tun = req
+            .tun_name
+            .or_else(|| node.as_ref().map(|n| n.tun.clone()).filter(|t| t != "-"))
+            .unwrap_or_else(|| DEFAULT_TUN_NAME.into());
+        let mut etcd = req.etcd;
+        if let Some(n) = node
+            .as_ref()
+            .filter(|n| !req.endpoints_given && !n.etcd_endpoints.is_empty())
+        {
+            etcd.endpoints = n.etcd_endpoints.clone();
+        }
+        // Without subnet.env (weft not running, never ran) every host check still runs.
+        let env = SubnetEnv::read(&subnet_file).ok();
+        let underlay = super::choose_underlay(&super::UnderlaySpec {
+            ifaces: req.iface,
+            ..Default::default()
+        });
+        Local {
+            running,
+            etcd,
+            tun,
+            env,
+            underlay_mtu: underlay.ok().map(|u| u.mtu),
+            backend: req.backend,
+        }
+    }
+
+    /// What the checks look at, given etcd's answer (or why there is none); etcd's config
+    /// says which backend runs, else [`Local::backend`] with its default port.
+    pub fn into_input(self, etcd: Result<NetworkView, String>) -> DoctorInput {
+        let (kind, port) = match &etcd {
+            Ok(view) => (view.config.backend.kind, view.config.backend.port),
+            Err(_) => (self.backend, default_port(self.backend)),
+        };
+        DoctorInput {
+            running: self.running,
+            network: self
+                .env
+                .map(|e| e.network)
+                .or_else(|| etcd.as_ref().ok().map(|view| view.config.network)),
+            subnet: self.env.map(|e| e.subnet),
+            pod_mtu: self.env.map(|e| e.mtu),
+            tun: self.tun,
+            underlay_mtu: self.underlay_mtu,
+            overhead: match kind {
+                BackendType::Vxlan => VXLAN_OVERHEAD as u32,
+                BackendType::Udp => UDP_OVERHEAD as u32,
+                BackendType::HostGw => 0,
+            },
+            tunnel: kind != BackendType::HostGw,
+            port,
+            etcd: etcd.map(|view| view.leases),
+        }
+    }
+}
+
+/// flannel's port for `kind` when the config names none (0: host-gw has no tunnel).
+fn default_port(kind: BackendType) -> u16 {
+    match kind {
+        BackendType::Vxlan => LINUX_DEFAULT_PORT,
+        BackendType::Udp => UDP_DEFAULT_PORT,
+        BackendType::HostGw => 0,
+    }
 }
 
 /// What `weft doctor` looks at.
@@ -162,44 +221,65 @@ pub struct DoctorInput {
     pub port: u16,
     /// What etcd said: every lease, judged as the node judges them, or why it could not be
     /// asked.
-    pub etcd: Result<crate::store::LeaseView, String>,
+    pub etcd: Result<LeaseView, String>,
 }
 
-/// Runs every check against this host (network namespace).
-pub fn run_checks(i: &DoctorInput) -> Vec<Finding> {
-    let mut out = Vec::new();
-    if i.running {
-        out.push(finding(
-            "node",
-            Severity::Ok,
-            "weft runs in this network namespace".into(),
-            String::new(),
-        ));
-    } else {
-        out.push(finding(
-            "node",
-            Severity::Fail,
-            "weft is not running in this network namespace".into(),
-            "start it (systemctl start weft, or weft run ...) and read its log; the checks below still describe this host".into(),
-        ));
+impl DoctorInput {
+    /// The network for fixes to name, a placeholder when unknown.
+    fn network_text(&self) -> String {
+        self.network
+            .map_or_else(|| "<Network>".to_string(), |n| n.to_string())
     }
-    let network = i
-        .network
-        .map_or_else(|| "<Network>".to_string(), |n| n.to_string());
+}
+
+/// Runs every check against this host (network namespace), in the order they print.
+pub fn run_checks(i: &DoctorInput) -> Vec<Finding> {
+    let mut out = vec![
+        node(i),
+        ip_forward(),
+        rp_filter(i),
+        forward_policy(i),
+        masquerade(i),
+        bridge_nf_call_iptables(),
+        etcd(i),
+    ];
+    out.extend(udp_port(i));
+    if let Ok(view) = &i.etcd {
+        out.extend(lease_findings(view));
+    }
+    out.extend(routes(i));
+    out.extend(tun_mtu(i));
+    out
+}
+
+/// Whether weft runs here at all.
+fn node(i: &DoctorInput) -> Finding {
+    if i.running {
+        return fine("node", "weft runs in this network namespace");
+    }
+    finding(
+        "node",
+        Severity::Fail,
+        "weft is not running in this network namespace".into(),
+        "start it (systemctl start weft, or weft run ...) and read its log; the checks below still describe this host".into(),
+    )
+}
+
+/// The host must forward between the TUN and the pods.
+fn ip_forward() -> Finding {
     match sysctl("net/ipv4/ip_forward").as_deref() {
-        Some("1") => out.push(finding(
-            "ip_forward",
-            Severity::Ok,
-            "on".into(),
-            String::new(),
-        )),
-        v => out.push(finding(
+        Some("1") => fine("ip_forward", "on"),
+        v => finding(
             "ip_forward",
             Severity::Fail,
             format!("net.ipv4.ip_forward is {}", v.unwrap_or("unreadable")),
             "sysctl -w net.ipv4.ip_forward=1 (and persist it in /etc/sysctl.d/)".into(),
-        )),
+        ),
     }
+}
+
+/// Strict reverse-path filtering drops packets that arrive on the TUN but route elsewhere.
+fn rp_filter(i: &DoctorInput) -> Finding {
     let rp = |dev: &str| sysctl(&format!("net/ipv4/conf/{dev}/rp_filter"));
     let strict = [("all", rp("all")), (i.tun.as_str(), rp(&i.tun))]
         .into_iter()
@@ -207,244 +287,161 @@ pub fn run_checks(i: &DoctorInput) -> Vec<Finding> {
         .map(|(d, _)| d.to_string())
         .collect::<Vec<_>>();
     if strict.is_empty() {
-        out.push(finding(
-            "rp_filter",
-            Severity::Ok,
-            "not strict".into(),
-            String::new(),
-        ));
-    } else {
-        out.push(finding(
-            "rp_filter",
-            Severity::Warn,
-            format!("strict reverse-path filtering on {}", strict.join(", ")),
-            format!(
-                "sysctl -w net.ipv4.conf.all.rp_filter=2 net.ipv4.conf.{}.rp_filter=2 (loose)",
-                i.tun
-            ),
-        ));
+        return fine("rp_filter", "not strict");
     }
-    match iptables_s("filter", "FORWARD") {
-        Some(fwd) => {
-            let drops = fwd.lines().any(|l| l == "-P FORWARD DROP");
-            let accepts =
-                fwd.contains("-j FLANNEL-FWD") || fwd.contains(&format!("-s {network} -j ACCEPT"));
-            if drops && !accepts {
-                out.push(finding(
-                    "forward_policy",
-                    Severity::Fail,
-                    "FORWARD policy is DROP and nothing accepts the overlay".into(),
-                    format!("run weft with its default --iptables-forward-rules=true (adds FLANNEL-FWD) or: iptables -A FORWARD -s {network} -j ACCEPT; iptables -A FORWARD -d {network} -j ACCEPT"),
-                ));
-            } else {
-                out.push(finding(
-                    "forward_policy",
-                    Severity::Ok,
-                    if drops {
-                        "DROP, overlay accepted".into()
-                    } else {
-                        "ACCEPT".into()
-                    },
-                    String::new(),
-                ));
-            }
-        }
-        None => out.push(finding(
+    finding(
+        "rp_filter",
+        Severity::Warn,
+        format!("strict reverse-path filtering on {}", strict.join(", ")),
+        format!(
+            "sysctl -w net.ipv4.conf.all.rp_filter=2 net.ipv4.conf.{}.rp_filter=2 (loose)",
+            i.tun
+        ),
+    )
+}
+
+/// A FORWARD policy of DROP (docker's) needs rules that accept the overlay.
+fn forward_policy(i: &DoctorInput) -> Finding {
+    let Ok(fwd) = masq::list_rules("filter", "FORWARD") else {
+        return iptables_unreadable("forward_policy");
+    };
+    let network = i.network_text();
+    let drops = fwd.lines().any(|l| l == "-P FORWARD DROP");
+    let accepts =
+        fwd.contains("-j FLANNEL-FWD") || fwd.contains(&format!("-s {network} -j ACCEPT"));
+    if drops && !accepts {
+        return finding(
             "forward_policy",
-            Severity::Warn,
-            "iptables not readable".into(),
-            "install iptables, run as root".into(),
-        )),
+            Severity::Fail,
+            "FORWARD policy is DROP and nothing accepts the overlay".into(),
+            format!("run weft with its default --iptables-forward-rules=true (adds FLANNEL-FWD) or: iptables -A FORWARD -s {network} -j ACCEPT; iptables -A FORWARD -d {network} -j ACCEPT"),
+        );
     }
-    match (iptables_s("nat", "POSTROUTING"), i.subnet.zip(i.network)) {
-        (_, None) => out.push(finding(
+    fine(
+        "forward_policy",
+        if drops {
+            "DROP, overlay accepted"
+        } else {
+            "ACCEPT"
+        },
+    )
+}
+
+fn iptables_unreadable(check: &'static str) -> Finding {
+    finding(
+        check,
+        Severity::Warn,
+        "iptables not readable".into(),
+        "install iptables, run as root".into(),
+    )
+}
+
+/// The docker-style masquerade rule that hides pods behind the node's address.
+fn masquerade(i: &DoctorInput) -> Finding {
+    let Some((subnet, net)) = i.subnet.zip(i.network) else {
+        return finding(
             "masquerade",
             Severity::Warn,
             "not checked: this node's subnet is unknown (no subnet.env)".into(),
             "start weft, or pass --subnet-file".into(),
-        )),
-        (Some(post), Some((subnet, net))) => {
-            let bad = masquerade_pitfalls(&post, subnet, net);
-            if bad.is_empty() {
-                out.push(finding(
-                    "masquerade",
-                    Severity::Ok,
-                    "no rule masquerades pod-to-pod traffic".into(),
-                    String::new(),
-                ));
-            } else {
-                let fixes: Vec<String> = bad.iter().map(|r| fixed_rule(r, net)).collect();
-                out.push(finding(
-                    "masquerade",
-                    Severity::Fail,
-                    format!(
-                        "pods reach remote pods with the node's address because of: {}",
-                        bad.join(" | ")
-                    ),
-                    format!(
-                        "add `! -d {net}`: {} (or run weft with --fix-masquerade)",
-                        fixes.join(" | ")
-                    ),
-                ));
-            }
-        }
-        (None, Some(_)) => out.push(finding(
-            "masquerade",
-            Severity::Warn,
-            "iptables not readable".into(),
-            "install iptables, run as root".into(),
-        )),
+        );
+    };
+    let Ok(post) = masq::list_rules("nat", "POSTROUTING") else {
+        return iptables_unreadable("masquerade");
+    };
+    let bad = masquerade_pitfalls(&post, subnet, net);
+    if bad.is_empty() {
+        return fine("masquerade", "no rule masquerades pod-to-pod traffic");
     }
+    let fixes: Vec<String> = bad.iter().map(|r| fixed_rule(r, net)).collect();
+    finding(
+        "masquerade",
+        Severity::Fail,
+        format!(
+            "pods reach remote pods with the node's address because of: {}",
+            bad.join(" | ")
+        ),
+        format!(
+            "add `! -d {net}`: {} (or run weft with --fix-masquerade)",
+            fixes.join(" | ")
+        ),
+    )
+}
+
+/// Bridged pod traffic must pass iptables for kube-proxy's rules.
+fn bridge_nf_call_iptables() -> Finding {
     match sysctl("net/bridge/bridge-nf-call-iptables").as_deref() {
-        Some("1") | None => out.push(finding("bridge_nf_call_iptables", Severity::Ok, "on or bridge netfilter not loaded".into(), String::new())),
-        Some(v) => out.push(finding(
+        Some("1") | None => fine("bridge_nf_call_iptables", "on or bridge netfilter not loaded"),
+        Some(v) => finding(
             "bridge_nf_call_iptables",
             Severity::Warn,
             format!("net.bridge.bridge-nf-call-iptables is {v}: kube-proxy rules skip bridged pod traffic"),
             "modprobe br_netfilter; sysctl -w net.bridge.bridge-nf-call-iptables=1".into(),
-        )),
+        ),
     }
+}
+
+/// Whether etcd answered.
+fn etcd(i: &DoctorInput) -> Finding {
     match &i.etcd {
-        Ok(view) => out.push(finding("etcd", Severity::Ok, format!("reachable, {} leases", view.usable.len()), String::new())),
-        Err(e) => out.push(finding(
+        Ok(view) => fine("etcd", format!("reachable, {} leases", view.usable.len())),
+        Err(e) => finding(
             "etcd",
             Severity::Fail,
             format!("unreachable: {e}"),
             "check --etcd-endpoints and the TLS files; weft keeps forwarding on its last table meanwhile".into(),
-        )),
+        ),
+    }
+}
+
+/// The tunnel port must be weft's: bound while the TUN exists, free while it does not.
+fn udp_port(i: &DoctorInput) -> Option<Finding> {
+    if !i.tunnel {
+        return None;
     }
     let tun_up = crate::sys::iface::mtu(&i.tun).is_ok();
-    if i.tunnel {
-        let bound = udp_port_bound(i.port);
-        match (tun_up, bound) {
-            (true, true) | (false, false) => out.push(finding(
-                "udp_port",
-                Severity::Ok,
-                format!(
-                    "UDP {} {}",
-                    i.port,
-                    if bound { "bound by weft" } else { "free" }
-                ),
-                String::new(),
-            )),
-            (false, true) => out.push(finding(
-                "udp_port",
-                Severity::Fail,
-                format!(
-                    "UDP {} is held by another process while weft is not running",
-                    i.port
-                ),
-                format!(
-                    "stop whatever holds it (another weft or flanneld?): ss -ulpn 'sport = :{}'",
-                    i.port
-                ),
-            )),
-            (true, false) => out.push(finding(
-                "udp_port",
-                Severity::Fail,
-                format!(
-                    "{} exists but nothing listens on UDP {}: the data path is down",
-                    i.tun, i.port
-                ),
-                "restart weft; see its log".into(),
-            )),
-        }
-    }
-    if let Ok(view) = &i.etcd {
-        lease_findings(view, &mut out);
-    }
-    if let (Ok(view), Some(own)) = (&i.etcd, i.subnet.filter(|_| i.running)) {
-        let leases = &view.usable;
-        let missing: Vec<String> = leases
-            .iter()
-            .filter(|(s, _)| *s != own)
-            .filter(|(s, ip)| match super::route_for(s.first_host()) {
-                Some((dev, gw)) => !(dev == i.tun || gw == Some(*ip)),
-                None => true,
-            })
-            .map(|(s, _)| s.to_string())
-            .collect();
-        if missing.is_empty() {
-            out.push(finding(
-                "routes",
-                Severity::Ok,
-                format!(
-                    "a route to each of {} remote leases",
-                    leases.len().saturating_sub(1)
-                ),
-                String::new(),
-            ));
-        } else {
-            out.push(finding(
-                "routes",
-                Severity::Fail,
-                format!("no route through weft to {}", missing.join(", ")),
-                if i.tunnel {
-                    format!(
-                        "restart weft (it routes {network} into {}), or remove the route that hides it",
-                        i.tun
-                    )
-                } else {
-                    "wait for the next route resync (--route-resync-secs) or restart weft".into()
-                },
-            ));
-        }
-    }
-    let tun_mtu = crate::sys::iface::mtu(&i.tun).ok();
-    match (tun_mtu, i.underlay_mtu) {
-        (None, _) if !i.tunnel => {}
-        (None, _) => out.push(finding(
-            "tun",
-            Severity::Fail,
-            format!("{} does not exist", i.tun),
-            "start weft run (is it running in this namespace?)".into(),
-        )),
-        (Some(t), Some(u)) if t + i.overhead > u => out.push(finding(
-            "mtu",
+    let bound = udp_port_bound(i.port);
+    Some(match (tun_up, bound) {
+        (true, true) | (false, false) => fine(
+            "udp_port",
+            format!(
+                "UDP {} {}",
+                i.port,
+                if bound { "bound by weft" } else { "free" }
+            ),
+        ),
+        (false, true) => finding(
+            "udp_port",
             Severity::Fail,
             format!(
-                "{} MTU {t} + {} overhead exceeds the underlay MTU {u}",
-                i.tun, i.overhead
+                "UDP {} is held by another process while weft is not running",
+                i.port
             ),
             format!(
-                "set Backend.MTU or the underlay MTU so that the overlay MTU is at most {}",
-                u.saturating_sub(i.overhead)
+                "stop whatever holds it (another weft or flanneld?): ss -ulpn 'sport = :{}'",
+                i.port
             ),
-        )),
-        (Some(t), _) if i.pod_mtu.is_some_and(|p| p > t) => out.push(finding(
-            "mtu",
+        ),
+        (true, false) => finding(
+            "udp_port",
             Severity::Fail,
             format!(
-                "pods use MTU {} but {} carries {t}",
-                i.pod_mtu.unwrap_or_default(),
-                i.tun
+                "{} exists but nothing listens on UDP {}: the data path is down",
+                i.tun, i.port
             ),
-            format!("give pods MTU {t} (FLANNEL_MTU)"),
-        )),
-        (Some(t), _) => out.push(finding(
-            "mtu",
-            Severity::Ok,
-            format!(
-                "{} MTU {t}, pods {}",
-                i.tun,
-                i.pod_mtu
-                    .map_or_else(|| "unknown".to_string(), |p| p.to_string())
-            ),
-            String::new(),
-        )),
-    }
-    out
+            "restart weft; see its log".into(),
+        ),
+    })
 }
 
 /// Findings about the records themselves: the ones the node skips, and PublicIPs that several
 /// leases name.
-fn lease_findings(view: &crate::store::LeaseView, out: &mut Vec<Finding>) {
+fn lease_findings(view: &LeaseView) -> Vec<Finding> {
+    let mut out = Vec::new();
     if view.rejected.is_empty() {
-        out.push(finding(
+        out.push(fine(
             "lease_records",
-            Severity::Ok,
-            "every record under subnets/ is usable".into(),
-            String::new(),
+            "every record under subnets/ is usable",
         ));
     } else {
         let list: Vec<String> = view
@@ -472,6 +469,94 @@ fn lease_findings(view: &crate::store::LeaseView, out: &mut Vec<Finding>) {
             "delete the stale record (the node at that address rewrites its own): etcdctl del <stale key>".into(),
         ));
     }
+    out
+}
+
+/// Every remote lease must route through weft (the TUN, or the peer as gateway for
+/// host-gw); checked only while weft runs and its own subnet is known.
+fn routes(i: &DoctorInput) -> Option<Finding> {
+    let (Ok(view), Some(own)) = (&i.etcd, i.subnet.filter(|_| i.running)) else {
+        return None;
+    };
+    let leases = &view.usable;
+    let missing: Vec<String> = leases
+        .iter()
+        .filter(|(s, _)| *s != own)
+        .filter(|(s, ip)| match super::route_for(s.first_host()) {
+            Some((dev, gw)) => !(dev == i.tun || gw == Some(*ip)),
+            None => true,
+        })
+        .map(|(s, _)| s.to_string())
+        .collect();
+    if missing.is_empty() {
+        return Some(fine(
+            "routes",
+            format!(
+                "a route to each of {} remote leases",
+                leases.len().saturating_sub(1)
+            ),
+        ));
+    }
+    Some(finding(
+        "routes",
+        Severity::Fail,
+        format!("no route through weft to {}", missing.join(", ")),
+        if i.tunnel {
+            format!(
+                "restart weft (it routes {} into {}), or remove the route that hides it",
+                i.network_text(),
+                i.tun
+            )
+        } else {
+            "wait for the next route resync (--route-resync-secs) or restart weft".into()
+        },
+    ))
+}
+
+/// The TUN must exist (tunnel backends), fit the underlay with the overhead, and carry what
+/// the pods send.
+fn tun_mtu(i: &DoctorInput) -> Option<Finding> {
+    let tun_mtu = crate::sys::iface::mtu(&i.tun).ok();
+    Some(match (tun_mtu, i.underlay_mtu) {
+        (None, _) if !i.tunnel => return None,
+        (None, _) => finding(
+            "tun",
+            Severity::Fail,
+            format!("{} does not exist", i.tun),
+            "start weft run (is it running in this namespace?)".into(),
+        ),
+        (Some(t), Some(u)) if t + i.overhead > u => finding(
+            "mtu",
+            Severity::Fail,
+            format!(
+                "{} MTU {t} + {} overhead exceeds the underlay MTU {u}",
+                i.tun, i.overhead
+            ),
+            format!(
+                "set Backend.MTU or the underlay MTU so that the overlay MTU is at most {}",
+                u.saturating_sub(i.overhead)
+            ),
+        ),
+        (Some(t), _) if i.pod_mtu.is_some_and(|p| p > t) => finding(
+            "mtu",
+            Severity::Fail,
+            format!(
+                "pods use MTU {} but {} carries {t}",
+                i.pod_mtu.unwrap_or_default(),
+                i.tun
+            ),
+            format!("give pods MTU {t} (FLANNEL_MTU)"),
+        ),
+        (Some(t), _) => fine(
+            "mtu",
+            format!(
+                "{} MTU {t}, pods {}",
+                i.tun,
+                i.pod_mtu
+                    .map_or_else(|| "unknown".to_string(), |p| p.to_string())
+            ),
+        ),
+    })
 }
 
 /// Renders findings for a terminal, worst first within the original order.
@@ -495,32 +580,6 @@ pub fn render(findings: &[Finding]) -> String {
 mod tests {
     use super::*;
 
-    fn n() -> Subnet {
-        "10.1.0.0/16".parse().unwrap()
-    }
-    fn s() -> Subnet {
-        "10.1.2.0/24".parse().unwrap()
-    }
-
-    #[test]
-    fn finds_the_docker_rule_and_fixes_it() {
-        let post = "-P POSTROUTING ACCEPT\n\
--A POSTROUTING -s 10.1.2.0/24 ! -o docker0 -j MASQUERADE\n\
--A POSTROUTING -s 10.1.2.0/24 ! -d 10.1.0.0/16 -j MASQUERADE\n\
--A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE\n\
--A POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG\n";
-        let bad = masquerade_pitfalls(post, s(), n());
-        assert_eq!(
-            bad,
-            ["-A POSTROUTING -s 10.1.2.0/24 ! -o docker0 -j MASQUERADE"]
-        );
-        assert_eq!(
-            fixed_rule(&bad[0], n()),
-            "-A POSTROUTING -s 10.1.2.0/24 ! -o docker0 ! -d 10.1.0.0/16 -j MASQUERADE"
-        );
-        assert!(masquerade_pitfalls(&fixed_rule(&bad[0], n()), s(), n()).is_empty());
-    }
-
     #[test]
     fn proc_parsers() {
         let udp = "  sl  local_address rem_address   st\n   0: 0B40A8C0:2118 00000000:0000 07\n";
@@ -542,6 +601,72 @@ eth0\t0003010A\t0B40A8C0\t0003\t0\t0\t0\t00FFFFFF\n";
         assert_eq!(
             crate::host::route_in(routes, ip("8.8.8.8")),
             Some(("eth0".into(), Some(ip("192.168.64.1"))))
+        );
+    }
+
+    fn local(backend: BackendType) -> Local {
+        Local {
+            running: true,
+            etcd: EtcdOptions::default(),
+            tun: "weft0".into(),
+            env: None,
+            underlay_mtu: Some(1500),
+            backend,
+        }
+    }
+
+    #[test]
+    fn without_etcd_the_backend_flag_decides_port_and_overhead() {
+        let cases = [
+            (BackendType::Vxlan, 8472, 50, true),
+            (BackendType::Udp, 8285, 28, true),
+            (BackendType::HostGw, 0, 0, false),
+        ];
+        for (backend, port, overhead, tunnel) in cases {
+            let i = local(backend).into_input(Err("down".into()));
+            assert_eq!((i.port, i.overhead, i.tunnel), (port, overhead, tunnel));
+            assert_eq!((i.network, i.subnet, i.pod_mtu), (None, None, None));
+            assert_eq!(i.network_text(), "<Network>");
+        }
+    }
+
+    #[test]
+    fn etcd_and_lease_findings() {
+        let mut i = local(BackendType::Vxlan).into_input(Err("no answer within 5 s".into()));
+        let f = etcd(&i);
+        assert_eq!(f.severity, Severity::Fail);
+        assert_eq!(f.detail, "unreachable: no answer within 5 s");
+        assert!(routes(&i).is_none(), "no routes check without etcd");
+        let ip = "192.168.64.3".parse().unwrap();
+        let view = LeaseView {
+            usable: vec![("10.1.2.0/24".parse().unwrap(), ip)],
+            rejected: vec![("/p/subnets/x".into(), crate::store::LeaseProblem::BadKey)],
+            conflicts: vec![(ip, vec!["/p/subnets/a".into(), "/p/subnets/b".into()])],
+        };
+        let found = lease_findings(&view);
+        assert_eq!(found.len(), 2);
+        assert_eq!(found[0].severity, Severity::Warn);
+        assert_eq!(
+            found[0].detail,
+            "1 record(s) skipped by every weft node: /p/subnets/x (the key does not name a subnet like 10.1.2.0-24)"
+        );
+        assert_eq!(
+            found[0].fix,
+            "correct or delete them: etcdctl del /p/subnets/x"
+        );
+        assert_eq!(
+            found[1].detail,
+            "PublicIP 192.168.64.3 is named by /p/subnets/a and /p/subnets/b"
+        );
+        i.etcd = Ok(view);
+        assert_eq!(etcd(&i).detail, "reachable, 1 leases");
+        let clean = lease_findings(&LeaseView::default());
+        assert_eq!(
+            clean,
+            [fine(
+                "lease_records",
+                "every record under subnets/ is usable"
+            )]
         );
     }
 

@@ -12,9 +12,15 @@
 //! iptables (legacy or nft backend, whichever the host uses) rather than nftables directly:
 //! kube-proxy and every CNI on the host speak iptables, and mixing both layers on one node
 //! makes rule order impossible to reason about.
+//!
+//! Also the docker-style pitfall itself in rules weft does not own: `weft run` warns about it
+//! at start, or rewrites it with `--fix-masquerade` ([`check_pitfalls`]); `weft doctor`
+//! reports it ([`masquerade_pitfalls`]). Every `iptables` command goes through one helper.
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
+
+use tracing::{info, warn};
 
 use crate::wire::Subnet;
 
@@ -103,19 +109,43 @@ fn forward_text(network: Subnet) -> String {
     )
 }
 
-fn run(cmd: &'static str, args: &[&str], stdin: Option<&str>) -> Result<bool, MasqError> {
-    let mut child = Command::new(cmd)
+/// Runs `iptables -w 5 <args>` (waiting up to 5 s for the xtables lock that kube-proxy and
+/// others take) and returns what it printed; only failing to start it at all is an error.
+fn iptables(args: &[&str]) -> Result<Output, MasqError> {
+    Command::new("iptables")
+        .args(["-w", "5"])
         .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| MasqError::Spawn {
+            cmd: "iptables",
+            source,
         })
+}
+
+/// `table`'s `chain` as `iptables -S` prints it (`-P ...` and `-A ...` lines).
+pub fn list_rules(table: &str, chain: &str) -> Result<String, MasqError> {
+    let out = iptables(&["-t", table, "-S", chain])?;
+    if !out.status.success() {
+        return Err(MasqError::Failed {
+            cmd: "iptables",
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Feeds `text` to `iptables-restore -w 5 --noflush`.
+fn iptables_restore(text: &str) -> Result<(), MasqError> {
+    let cmd = "iptables-restore";
+    let mut child = Command::new(cmd)
+        .args(["-w", "5", "--noflush"])
+        .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|source| MasqError::Spawn { cmd, source })?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+    if let Some(mut pipe) = child.stdin.take() {
         pipe.write_all(text.as_bytes())
             .map_err(|source| MasqError::Spawn { cmd, source })?;
     }
@@ -123,25 +153,22 @@ fn run(cmd: &'static str, args: &[&str], stdin: Option<&str>) -> Result<bool, Ma
         .wait_with_output()
         .map_err(|source| MasqError::Spawn { cmd, source })?;
     if out.status.success() {
-        return Ok(true);
+        return Ok(());
     }
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    if stdin.is_none() {
-        // `iptables -C` answers "not found" with a failure: that is an answer, not an error.
-        return Ok(false);
-    }
     Err(MasqError::Failed { cmd, stderr })
 }
 
 /// Makes sure `table`'s `from` chain jumps to `to` (first), adding the jump when missing.
 fn ensure_jump(table: &str, from: &str, to: &str, comment: &str) -> Result<(), MasqError> {
     let rule = ["-m", "comment", "--comment", comment, "-j", to];
-    let mut check = vec!["-w", "5", "-t", table, "-C", from];
+    let mut check = vec!["-t", table, "-C", from];
     check.extend_from_slice(&rule);
-    if !run("iptables", &check, None)? {
-        let mut insert = vec!["-w", "5", "-t", table, "-I", from, "1"];
+    // `iptables -C` answers "not found" with a failure: that is an answer, not an error.
+    if !iptables(&check)?.status.success() {
+        let mut insert = vec!["-t", table, "-I", from, "1"];
         insert.extend_from_slice(&rule);
-        if !run("iptables", &insert, None)? {
+        if !iptables(&insert)?.status.success() {
             return Err(MasqError::Failed {
                 cmd: "iptables",
                 stderr: format!("could not insert the jump from {table}/{from} to {to}"),
@@ -157,19 +184,8 @@ pub fn apply(network: Subnet, subnet: Subnet, rules: Rules) -> Result<(), MasqEr
     if !rules.any() {
         return Ok(());
     }
-    let args = ["-w", "5", "--noflush"];
-    if run(
-        "iptables-restore",
-        &args,
-        Some(&restore_text(network, subnet, rules, true)),
-    )
-    .is_err()
-    {
-        run(
-            "iptables-restore",
-            &args,
-            Some(&restore_text(network, subnet, rules, false)),
-        )?;
+    if iptables_restore(&restore_text(network, subnet, rules, true)).is_err() {
+        iptables_restore(&restore_text(network, subnet, rules, false))?;
     }
     if rules.masquerade {
         ensure_jump("nat", "POSTROUTING", NAT_CHAIN, "flanneld masq")?;
@@ -180,9 +196,115 @@ pub fn apply(network: Subnet, subnet: Subnet, rules: Rules) -> Result<(), MasqEr
     Ok(())
 }
 
+/// A POSTROUTING rule that masquerades everything from the pod subnet that leaves through
+/// another interface than the bridge (docker's default) also rewrites pod-to-remote-pod
+/// traffic. Returns the offending rules (`-A POSTROUTING ...` lines).
+pub fn masquerade_pitfalls(postrouting: &str, subnet: Subnet, network: Subnet) -> Vec<String> {
+    let src = format!("-s {subnet}");
+    let src_net = format!("-s {network}");
+    let excl = format!("! -d {network}");
+    postrouting
+        .lines()
+        .filter(|l| l.starts_with("-A POSTROUTING"))
+        .filter(|l| l.contains("-j MASQUERADE"))
+        .filter(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let has = |pat: &str| {
+                let p: Vec<&str> = pat.split_whitespace().collect();
+                words.windows(p.len()).any(|w| w == p.as_slice())
+            };
+            (has(&src) || has(&src_net)) && !has(&excl) && !l.contains("-d ")
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// The same rule, restricted to traffic leaving the overlay (`! -d <Network>`).
+pub fn fixed_rule(rule: &str, network: Subnet) -> String {
+    match rule.find(" -j MASQUERADE") {
+        Some(at) => format!("{} ! -d {network}{}", &rule[..at], &rule[at..]),
+        None => rule.to_string(),
+    }
+}
+
+/// Warns about rules that masquerade pod-to-pod traffic (docker's default), each with its
+/// fix; with `fix` (`--fix-masquerade`) rewrites them instead. An iptables that cannot be
+/// read means nothing to report.
+pub fn check_pitfalls(network: Subnet, subnet: Subnet, fix: bool) {
+    let Ok(post) = list_rules("nat", "POSTROUTING") else {
+        return;
+    };
+    let bad = masquerade_pitfalls(&post, subnet, network);
+    if bad.is_empty() {
+        return;
+    }
+    if fix {
+        match fix_masquerade(&bad, network) {
+            Ok(fixed) => {
+                for r in fixed {
+                    info!(rule = %r, "masquerade rule rewritten to spare the overlay");
+                }
+            }
+            Err(e) => warn!(error = %e, "could not rewrite the masquerade rules"),
+        }
+        return;
+    }
+    for r in bad {
+        warn!(rule = %r, fix = %fixed_rule(&r, network), "this rule masquerades pod-to-pod traffic: remote pods will see the node's address; add `! -d {network}` or run with --fix-masquerade");
+    }
+}
+
+/// Rewrites each pitfall rule in the nat POSTROUTING chain (append the fixed one, delete the
+/// old). Returns the rules rewritten; a rule iptables refuses is skipped with its reason.
+fn fix_masquerade(bad: &[String], network: Subnet) -> Result<Vec<String>, MasqError> {
+    let mut fixed = Vec::new();
+    for rule in bad {
+        let new = fixed_rule(rule, network);
+        // Add the fixed rule before removing the old one: never a moment without either.
+        if edit_nat("-A", &new)? && edit_nat("-D", rule)? {
+            fixed.push(new);
+        }
+    }
+    Ok(fixed)
+}
+
+/// Appends (`-A`) or deletes (`-D`) an `-A <chain> ...` rule of the nat table; whether
+/// iptables took it.
+fn edit_nat(op: &str, rule: &str) -> Result<bool, MasqError> {
+    let mut args = vec!["-t", "nat", op];
+    args.extend(rule.trim_start_matches("-A ").split_whitespace());
+    let out = iptables(&args)?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        warn!(rule = %rule, op, stderr = %stderr.trim(), "iptables refused a masquerade rule change");
+    }
+    Ok(out.status.success())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_docker_rule_and_fixes_it() {
+        let n: Subnet = "10.1.0.0/16".parse().unwrap();
+        let s: Subnet = "10.1.2.0/24".parse().unwrap();
+        let post = "-P POSTROUTING ACCEPT\n\
+-A POSTROUTING -s 10.1.2.0/24 ! -o docker0 -j MASQUERADE\n\
+-A POSTROUTING -s 10.1.2.0/24 ! -d 10.1.0.0/16 -j MASQUERADE\n\
+-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE\n\
+-A POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG\n";
+        let bad = masquerade_pitfalls(post, s, n);
+        assert_eq!(
+            bad,
+            ["-A POSTROUTING -s 10.1.2.0/24 ! -o docker0 -j MASQUERADE"]
+        );
+        assert_eq!(
+            fixed_rule(&bad[0], n),
+            "-A POSTROUTING -s 10.1.2.0/24 ! -o docker0 ! -d 10.1.0.0/16 -j MASQUERADE"
+        );
+        assert!(masquerade_pitfalls(&fixed_rule(&bad[0], n), s, n).is_empty());
+    }
 
     #[test]
     fn rules_follow_flannel() {

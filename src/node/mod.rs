@@ -244,7 +244,8 @@ impl Running {
         underlay: &Underlay,
         ops: &OpsState,
     ) -> Result<Running, NodeError> {
-        check_masquerade_pitfall(config.network, own.subnet, opts.fix_masquerade);
+        // Docker-style rules that masquerade pod-to-pod traffic: warned about, or rewritten.
+        masq::check_pitfalls(config.network, own.subnet, opts.fix_masquerade);
         let iptables = Iptables::start(opts, config.network, own.subnet)?;
         let dp = match data_path_backend(config, own)? {
             Some(backend) => {
@@ -502,36 +503,5 @@ impl Iptables {
                 IptablesState::Failed
             }
         };
-    }
-}
-
-/// Warns about rules that masquerade pod-to-pod traffic (docker's default), with the fix;
-/// rewrites them when asked to.
-fn check_masquerade_pitfall(network: crate::wire::Subnet, subnet: crate::wire::Subnet, fix: bool) {
-    use crate::host::doctor;
-    let Ok(out) = std::process::Command::new("iptables")
-        .args(["-w", "5", "-t", "nat", "-S", "POSTROUTING"])
-        .output()
-    else {
-        return;
-    };
-    let post = String::from_utf8_lossy(&out.stdout);
-    let bad = doctor::masquerade_pitfalls(&post, subnet, network);
-    if bad.is_empty() {
-        return;
-    }
-    if fix {
-        match doctor::fix_masquerade(subnet, network) {
-            Ok(fixed) => {
-                for r in fixed {
-                    info!(rule = %r, "masquerade rule rewritten to spare the overlay");
-                }
-            }
-            Err(e) => warn!(error = %e, "could not rewrite the masquerade rules"),
-        }
-        return;
-    }
-    for r in bad {
-        warn!(rule = %r, fix = %doctor::fixed_rule(&r, network), "this rule masquerades pod-to-pod traffic: remote pods will see the node's address; add `! -d {network}` or run with --fix-masquerade");
     }
 }

@@ -3,8 +3,10 @@
 //! `/readyz` (ready to carry traffic, 503 with the reasons otherwise), `/metrics`
 //! (Prometheus text format) and `/status` (JSON for `weft status`), by [`server`] (hyper,
 //! HTTP/1.1) from before the node reads its config, so `/healthz` answers while etcd is out of
-//! reach. Also systemd's readiness notification.
+//! reach. Also systemd's readiness notification, and the clients `weft status` asks with
+//! ([`client`] over the ops port, [`local`] over the instance socket).
 
+pub mod client;
 pub mod local;
 pub mod metrics;
 pub mod server;

@@ -24,6 +24,7 @@ pub mod record;
 mod retry;
 mod start;
 pub mod subnet_env;
+pub mod view;
 pub mod vtep;
 mod watch;
 

@@ -245,7 +245,9 @@ pub fn check_pitfalls(network: Subnet, subnet: Subnet, fix: bool) {
                     info!(rule = %r, "masquerade rule rewritten to spare the overlay");
                 }
             }
-            Err(e) => warn!(error = %crate::error::Chain(&e), "could not rewrite the masquerade rules"),
+            Err(e) => {
+                warn!(error = %crate::error::Chain(&e), "could not rewrite the masquerade rules")
+            }
         }
         return;
     }

@@ -1,7 +1,7 @@
 //! Prometheus text exposition of the node's counters.
 
 use std::fmt::Write;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::dataplane::Counters;
 use crate::ops::NodeStatus;
@@ -12,31 +12,105 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// A family of one unlabelled sample.
+fn single(o: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    family(o, name, kind, help);
+    let _ = writeln!(o, "{name} {value}");
+}
+
+/// A counter family with a `direction` label (tx, rx).
+fn by_direction(o: &mut String, name: &str, help: &str, tx: &AtomicU64, rx: &AtomicU64) {
+    family(o, name, "counter", help);
+    for (dir, n) in [("tx", tx), ("rx", rx)] {
+        let _ = writeln!(
+            o,
+            "{name}{{direction=\"{dir}\"}} {}",
+            n.load(Ordering::Relaxed)
+        );
+    }
+}
+
 /// Renders every counter, the leases known with their per-peer counts, and the node's state
 /// (when known) in the text format (0.0.4). Per-peer series exist only for current leases
 /// (at most [`crate::dataplane::counters::PEER_SLOTS`] of them), so cardinality is bounded.
 pub fn render(c: &Counters, table: &LeaseTable, node: Option<&NodeStatus>) -> String {
-    let leases = table.len();
     let mut o = String::with_capacity(4096);
-    let v = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    family(
+    by_direction(
         &mut o,
         "weft_packets_total",
-        "counter",
         "Inner packets forwarded, by direction (tx: TUN to peer, rx: peer to TUN).",
+        &c.tx_packets,
+        &c.rx_packets,
     );
-    let _ = writeln!(
-        o,
-        "weft_packets_total{{direction=\"tx\"}} {}",
-        v(&c.tx_packets)
-    );
-    let _ = writeln!(
-        o,
-        "weft_packets_total{{direction=\"rx\"}} {}",
-        v(&c.rx_packets)
+    per_worker(&mut o, c);
+    by_direction(
+        &mut o,
+        "weft_bytes_total",
+        "Inner bytes forwarded, by direction.",
+        &c.tx_bytes,
+        &c.rx_bytes,
     );
     family(
         &mut o,
+        "weft_drops_total",
+        "counter",
+        "Packets dropped, by reason.",
+    );
+    for (r, n) in c.drops_by_reason() {
+        let _ = writeln!(o, "weft_drops_total{{reason=\"{}\"}} {n}", r.as_str());
+    }
+    let counters = [
+        ("weft_send_errors_total", "Datagrams the kernel refused to send.", &c.tx_errors),
+        ("weft_tun_write_errors_total", "Packets the TUN device refused.", &c.tun_write_errors),
+        ("weft_tun_writes_total", "Writes to the TUN; rx packets / writes is how many packets coalescing merged per write.", &c.tun_writes),
+        ("weft_tx_messages_total", "Messages sent to the underlay; tx packets / messages is how many datagrams a train carried.", &c.tx_messages),
+        ("weft_tx_refused_trains_total", "UDP_SEGMENT trains the kernel refused (a datagram above the underlay MTU, or no GSO), each resent datagram by datagram.", &c.tx_refused_trains),
+        ("weft_tx_refused_train_datagrams_total", "Datagrams of refused trains sent one by one (the kernel fragments those above the path MTU).", &c.tx_refused_train_datagrams),
+        ("weft_icmp_unreachable_total", "ICMP destination-unreachable messages sent back to pods.", &c.icmp_unreachable),
+        ("weft_tun_ipv6_ignored_total", "IPv6 link-local chatter of the kernel on the TUN (router solicitations, MLD), ignored.", &c.tun_ipv6_ignored),
+    ];
+    for (name, help, n) in counters {
+        single(&mut o, name, "counter", help, n.load(Ordering::Relaxed));
+    }
+    by_direction(&mut o, "weft_batch_packets_total", "Packets handled in I/O batches, by direction (divide by weft_batches_total for the mean batch size).", &c.tx_batch_packets, &c.rx_batch_packets);
+    by_direction(
+        &mut o,
+        "weft_batches_total",
+        "I/O batches, by direction.",
+        &c.tx_batches,
+        &c.rx_batches,
+    );
+    leases(&mut o, table);
+    peers(&mut o, c, table);
+    if let Some(n) = node {
+        let gauges = [
+            (
+                "weft_etcd_connected",
+                "1 when the last etcd request succeeded.",
+                u64::from(n.etcd_up),
+            ),
+            (
+                "weft_lease_expiry_seconds",
+                "Seconds until this node's lease expires unless renewed.",
+                n.lease_expires_in_secs,
+            ),
+            (
+                "weft_datapath_running",
+                "1 while the data-path workers run.",
+                u64::from(n.datapath_running),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            single(&mut o, name, "gauge", help, value);
+        }
+    }
+    o
+}
+
+/// Inner packets per data-path worker, by direction.
+fn per_worker(o: &mut String, c: &Counters) {
+    family(
+        o,
         "weft_worker_packets_total",
         "counter",
         "Inner packets forwarded by each data-path worker (TUN queue and socket), by direction.",
@@ -47,127 +121,23 @@ pub fn render(c: &Counters, table: &LeaseTable, node: Option<&NodeStatus>) -> St
             let _ = writeln!(
                 o,
                 "weft_worker_packets_total{{worker=\"{i}\",direction=\"{dir}\"}} {}",
-                v(n)
+                n.load(Ordering::Relaxed)
             );
         }
     }
-    family(
-        &mut o,
-        "weft_bytes_total",
-        "counter",
-        "Inner bytes forwarded, by direction.",
-    );
-    let _ = writeln!(o, "weft_bytes_total{{direction=\"tx\"}} {}", v(&c.tx_bytes));
-    let _ = writeln!(o, "weft_bytes_total{{direction=\"rx\"}} {}", v(&c.rx_bytes));
-    family(
-        &mut o,
-        "weft_drops_total",
-        "counter",
-        "Packets dropped, by reason.",
-    );
-    for (r, n) in c.drops_by_reason() {
-        let _ = writeln!(o, "weft_drops_total{{reason=\"{}\"}} {n}", r.as_str());
-    }
-    family(
-        &mut o,
-        "weft_send_errors_total",
-        "counter",
-        "Datagrams the kernel refused to send.",
-    );
-    let _ = writeln!(o, "weft_send_errors_total {}", v(&c.tx_errors));
-    family(
-        &mut o,
-        "weft_tun_write_errors_total",
-        "counter",
-        "Packets the TUN device refused.",
-    );
-    let _ = writeln!(o, "weft_tun_write_errors_total {}", v(&c.tun_write_errors));
-    family(
-        &mut o,
-        "weft_tun_writes_total",
-        "counter",
-        "Writes to the TUN; rx packets / writes is how many packets coalescing merged per write.",
-    );
-    let _ = writeln!(o, "weft_tun_writes_total {}", v(&c.tun_writes));
-    family(
-        &mut o,
-        "weft_tx_messages_total",
-        "counter",
-        "Messages sent to the underlay; tx packets / messages is how many datagrams a train carried.",
-    );
-    let _ = writeln!(o, "weft_tx_messages_total {}", v(&c.tx_messages));
-    family(
-        &mut o,
-        "weft_tx_refused_trains_total",
-        "counter",
-        "UDP_SEGMENT trains the kernel refused (a datagram above the underlay MTU, or no GSO), each resent datagram by datagram.",
-    );
-    let _ = writeln!(
+}
+
+/// The lease table: remote leases, records not used by reason, PublicIP conflicts.
+fn leases(o: &mut String, table: &LeaseTable) {
+    single(
         o,
-        "weft_tx_refused_trains_total {}",
-        v(&c.tx_refused_trains)
-    );
-    family(
-        &mut o,
-        "weft_tx_refused_train_datagrams_total",
-        "counter",
-        "Datagrams of refused trains sent one by one (the kernel fragments those above the path MTU).",
-    );
-    let _ = writeln!(
-        o,
-        "weft_tx_refused_train_datagrams_total {}",
-        v(&c.tx_refused_train_datagrams)
-    );
-    family(
-        &mut o,
-        "weft_icmp_unreachable_total",
-        "counter",
-        "ICMP destination-unreachable messages sent back to pods.",
-    );
-    let _ = writeln!(o, "weft_icmp_unreachable_total {}", v(&c.icmp_unreachable));
-    family(
-        &mut o,
-        "weft_tun_ipv6_ignored_total",
-        "counter",
-        "IPv6 link-local chatter of the kernel on the TUN (router solicitations, MLD), ignored.",
-    );
-    let _ = writeln!(o, "weft_tun_ipv6_ignored_total {}", v(&c.tun_ipv6_ignored));
-    family(&mut o, "weft_batch_packets_total", "counter", "Packets handled in I/O batches, by direction (divide by weft_batches_total for the mean batch size).");
-    let _ = writeln!(
-        o,
-        "weft_batch_packets_total{{direction=\"tx\"}} {}",
-        v(&c.tx_batch_packets)
-    );
-    let _ = writeln!(
-        o,
-        "weft_batch_packets_total{{direction=\"rx\"}} {}",
-        v(&c.rx_batch_packets)
-    );
-    family(
-        &mut o,
-        "weft_batches_total",
-        "counter",
-        "I/O batches, by direction.",
-    );
-    let _ = writeln!(
-        o,
-        "weft_batches_total{{direction=\"tx\"}} {}",
-        v(&c.tx_batches)
-    );
-    let _ = writeln!(
-        o,
-        "weft_batches_total{{direction=\"rx\"}} {}",
-        v(&c.rx_batches)
-    );
-    family(
-        &mut o,
         "weft_leases",
         "gauge",
         "Remote leases in the table.",
+        table.len() as u64,
     );
-    let _ = writeln!(o, "weft_leases {leases}");
     family(
-        &mut o,
+        o,
         "weft_leases_rejected",
         "gauge",
         "Lease records in etcd not used, by reason (see weft status or weft doctor).",
@@ -181,65 +151,50 @@ pub fn render(c: &Counters, table: &LeaseTable, node: Option<&NodeStatus>) -> St
             .count();
         let _ = writeln!(o, "weft_leases_rejected{{reason=\"{reason}\"}} {n}");
     }
-    family(
-        &mut o,
+    single(
+        o,
         "weft_lease_conflicts",
         "gauge",
         "PublicIPs that more than one lease names.",
+        report.conflicts.len() as u64,
     );
-    let _ = writeln!(o, "weft_lease_conflicts {}", report.conflicts.len());
+}
+
+/// Packets and bytes to and from each current remote lease, by direction.
+fn peers(o: &mut String, c: &Counters, table: &LeaseTable) {
     let mut peers: Vec<_> = table.iter().collect();
     peers.sort_by_key(|p| p.subnet);
-    family(
-        &mut o,
-        "weft_peer_packets_total",
-        "counter",
-        "Packets to and from each remote lease, by direction.",
-    );
-    for p in &peers {
-        if let Some(s) = c.peers.get(p.public_ip) {
-            for (dir, a) in [("tx", &s.tx_packets), ("rx", &s.rx_packets)] {
-                let _ = writeln!(o, "weft_peer_packets_total{{subnet=\"{}\",public_ip=\"{}\",direction=\"{dir}\"}} {}", p.subnet, p.public_ip, v(a));
+    let families = [
+        (
+            "weft_peer_packets_total",
+            "Packets to and from each remote lease, by direction.",
+        ),
+        (
+            "weft_peer_bytes_total",
+            "Inner bytes to and from each remote lease, by direction.",
+        ),
+    ];
+    for (k, (name, help)) in families.into_iter().enumerate() {
+        family(o, name, "counter", help);
+        for p in &peers {
+            let Some(s) = c.peers.get(p.public_ip) else {
+                continue;
+            };
+            let pair = match k {
+                0 => [("tx", &s.tx_packets), ("rx", &s.rx_packets)],
+                _ => [("tx", &s.tx_bytes), ("rx", &s.rx_bytes)],
+            };
+            for (dir, a) in pair {
+                let _ = writeln!(
+                    o,
+                    "{name}{{subnet=\"{}\",public_ip=\"{}\",direction=\"{dir}\"}} {}",
+                    p.subnet,
+                    p.public_ip,
+                    a.load(Ordering::Relaxed)
+                );
             }
         }
     }
-    family(
-        &mut o,
-        "weft_peer_bytes_total",
-        "counter",
-        "Inner bytes to and from each remote lease, by direction.",
-    );
-    for p in &peers {
-        if let Some(s) = c.peers.get(p.public_ip) {
-            for (dir, a) in [("tx", &s.tx_bytes), ("rx", &s.rx_bytes)] {
-                let _ = writeln!(o, "weft_peer_bytes_total{{subnet=\"{}\",public_ip=\"{}\",direction=\"{dir}\"}} {}", p.subnet, p.public_ip, v(a));
-            }
-        }
-    }
-    if let Some(n) = node {
-        family(
-            &mut o,
-            "weft_etcd_connected",
-            "gauge",
-            "1 when the last etcd request succeeded.",
-        );
-        let _ = writeln!(o, "weft_etcd_connected {}", u8::from(n.etcd_up));
-        family(
-            &mut o,
-            "weft_lease_expiry_seconds",
-            "gauge",
-            "Seconds until this node's lease expires unless renewed.",
-        );
-        let _ = writeln!(o, "weft_lease_expiry_seconds {}", n.lease_expires_in_secs);
-        family(
-            &mut o,
-            "weft_datapath_running",
-            "gauge",
-            "1 while the data-path workers run.",
-        );
-        let _ = writeln!(o, "weft_datapath_running {}", u8::from(n.datapath_running));
-    }
-    o
 }
 
 /// Reads one sample (`name{labels} value` or `name value`) from exposition text.

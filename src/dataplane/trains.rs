@@ -13,7 +13,7 @@ use crate::gso;
 use super::MAX_SEND_SOCKETS;
 
 /// Most datagrams one UDP_SEGMENT send may carry (the kernel's UDP_MAX_SEGMENTS).
-pub(super) const MAX_GSO_SEGMENTS: usize = 64;
+pub(super) use crate::sys::mmsg::UDP_MAX_SEGMENTS as MAX_GSO_SEGMENTS;
 /// Most bytes one UDP_SEGMENT send may carry (a UDP length must fit 16 bits).
 const MAX_GSO_BYTES: usize = 65000;
 /// Room for the per-segment headers of one super-packet: 64 KiB holds 885 header blocks of

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod dataplane;
 pub mod encap;
+pub mod fixtures;
 pub mod gro;
 pub mod gso;
 pub mod host;

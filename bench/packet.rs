@@ -11,11 +11,13 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use weft::buf::PacketBuf;
 use weft::encap::{self, VxlanRx, VXLAN_ENCAP_LEN};
+use weft::fixtures;
 use weft::gro::{Coalescer, Offer};
 use weft::gso;
 use weft::table::{LeaseTable, LocalVtep, Peer};
 use weft::wire::checksum;
 use weft::wire::ipv4::{Ipv4Repr, Protocol};
+use weft::wire::tcp;
 use weft::wire::{EthernetAddress, Ipv4Packet, Subnet, Vni};
 
 const LOCAL: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x01]);
@@ -141,35 +143,6 @@ fn packet_layer(c: &mut Criterion) {
     }
 }
 
-/// A TCP/IPv4 packet with `payload` bytes, ACK set, a timestamp option block.
-fn tcp_super_packet(payload: usize, seq: u32) -> Vec<u8> {
-    let thl = 32;
-    let mut b = vec![0u8; 20 + thl + payload];
-    Ipv4Repr {
-        src: Ipv4Addr::new(10, 1, 1, 2),
-        dst: Ipv4Addr::new(10, 1, 2, 2),
-        protocol: Protocol::Tcp,
-        payload_len: (thl + payload) as u16,
-        ttl: 64,
-        dscp_ecn: 0,
-        ident: 1,
-        dont_frag: true,
-    }
-    .emit(&mut Ipv4Packet::new_unchecked(&mut b[..]));
-    let t = &mut b[20..];
-    t[0..2].copy_from_slice(&40000u16.to_be_bytes());
-    t[2..4].copy_from_slice(&5201u16.to_be_bytes());
-    t[4..8].copy_from_slice(&seq.to_be_bytes());
-    t[12] = ((thl / 4) as u8) << 4;
-    t[13] = 0x10;
-    t[14..16].copy_from_slice(&512u16.to_be_bytes());
-    t[20..32].copy_from_slice(&[1, 1, 8, 10, 0, 0, 0, 9, 0, 0, 0, 3]);
-    for (i, byte) in t[thl..].iter_mut().enumerate() {
-        *byte = (i % 251) as u8;
-    }
-    b
-}
-
 fn offload(c: &mut Criterion) {
     const MSS: usize = 1398;
     let mut g = c.benchmark_group("offload");
@@ -180,7 +153,8 @@ fn offload(c: &mut Criterion) {
             bench.iter(|| checksum::checksum(black_box(&data)))
         });
     }
-    let sp = tcp_super_packet(46 * MSS, 1);
+    // A 64 KB super-packet: ACK set, a timestamp option block.
+    let sp = fixtures::tcp_packet(46 * MSS, tcp::ACK, 1);
     let prefix = [0x11u8; 50];
     let mut train = vec![0u8; 128 * 1024];
     g.throughput(Throughput::Bytes(sp.len() as u64));

@@ -9,20 +9,13 @@
 use crate::offload::{VnetHdr, F_NEEDS_CSUM, GSO_TCPV4, GSO_UDP_L4, VNET_HDR_LEN};
 use crate::wire::checksum;
 use crate::wire::ipv4::Protocol;
-use crate::wire::Ipv4Packet;
-
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_PSH: u8 = 0x08;
-const TCP_ACK: u8 = 0x10;
-const TCP_URG: u8 = 0x20;
-const TCP_CWR: u8 = 0x80;
+use crate::wire::tcp::{self, TcpPacket};
+use crate::wire::{Ipv4Packet, UdpPacket};
 
 /// Largest IPv4 packet (the total-length field).
 const MAX_IP: usize = 65535;
 /// Most datagrams one UDP super-packet carries (the kernel's UDP_MAX_SEGMENTS).
-const MAX_UDP_SEGMENTS: usize = 64;
+use crate::sys::mmsg::UDP_MAX_SEGMENTS as MAX_UDP_SEGMENTS;
 
 /// What the caller must do with a packet offered to the coalescer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,34 +59,29 @@ impl Default for Coalescer {
     }
 }
 
-/// Flow identity and the header fields that must match for two segments to merge.
-fn tcp_view(p: &[u8]) -> Option<(usize, usize, u8)> {
+/// A whole, unfragmented TCP/IPv4 packet: its IPv4 header length and a checked view of its
+/// TCP segment, or `None`.
+fn tcp_view(p: &[u8]) -> Option<(usize, TcpPacket<&[u8]>)> {
     let ip = Ipv4Packet::new_checked(p).ok()?;
     if ip.protocol() != Protocol::Tcp || ip.more_frags() || ip.frag_offset() != 0 {
         return None;
     }
     let hl = usize::from(ip.header_len());
-    let total = usize::from(ip.total_len());
-    let l4 = p.get(hl..total)?;
-    let thl = usize::from(*l4.get(12)? >> 4) * 4;
-    if thl < 20 || thl > l4.len() {
-        return None;
-    }
-    Some((hl, hl + thl, l4[13]))
+    let l4 = p.get(hl..usize::from(ip.total_len()))?;
+    Some((hl, TcpPacket::new_checked(l4).ok()?))
 }
 
-/// Whether the transport checksum (field at `csum_offset` in the L4 header, protocol `proto`)
-/// of a whole IPv4 packet (IPv4 header `hl` bytes) verifies, or holds the partial value (the
-/// folded pseudo-header sum) that a Linux sender leaves when the packet never met a device
-/// that completes checksums: a kernel VXLAN peer over veth or another virtual link. The kernel
-/// itself accepts such packets on those links, so rejecting them would break those peers;
-/// anything else must verify.
-fn l4_checksum_ok(p: &[u8], hl: usize, proto: u8, csum_offset: usize) -> bool {
+/// Whether the transport checksum `field` of a whole IPv4 packet `p` (IPv4 header `hl`
+/// bytes, protocol `proto`) verifies, or holds the partial value (the folded pseudo-header
+/// sum) that a Linux sender leaves when the packet never met a device that completes
+/// checksums: a kernel VXLAN peer over veth or another virtual link. The kernel itself accepts
+/// such packets on those links, so rejecting them would break those peers; anything else must
+/// verify.
+fn l4_checksum_ok(p: &[u8], hl: usize, proto: Protocol, field: u16) -> bool {
     let l4 = &p[hl..];
-    let src = [p[12], p[13], p[14], p[15]].into();
-    let dst = [p[16], p[17], p[18], p[19]].into();
-    let pseudo = checksum::pseudo_header(src, dst, proto, l4.len() as u16);
-    let field = u16::from_be_bytes([l4[csum_offset], l4[csum_offset + 1]]);
+    let ip = Ipv4Packet::new_unchecked(p);
+    let pseudo =
+        checksum::pseudo_header(ip.src_addr(), ip.dst_addr(), proto.into(), l4.len() as u16);
     field == checksum::fold(pseudo) || checksum::fold(pseudo + checksum::sum(l4)) == 0xffff
 }
 
@@ -176,25 +164,29 @@ impl Coalescer {
         if self.uso && p.len() > 9 && p[9] == 17 {
             return self.offer_udp(p);
         }
-        let Some((hl, headers, flags)) = tcp_view(p) else {
+        let Some((hl, t)) = tcp_view(p) else {
             return Offer::Alone;
         };
+        let headers = hl + usize::from(t.header_len());
+        let flags = t.flags();
         let payload = p.len() - headers;
         // Only plain data segments merge; control segments go alone.
         if payload == 0
-            || flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_URG) != 0
-            || flags & TCP_ACK == 0
+            || flags & (tcp::SYN | tcp::FIN | tcp::RST | tcp::URG) != 0
+            || flags & tcp::ACK == 0
         {
             return Offer::Alone;
         }
-        if !l4_checksum_ok(p, hl, 6, 16) {
+        if !l4_checksum_ok(p, hl, Protocol::Tcp, t.checksum()) {
             return Offer::BadChecksum;
         }
+        let psh = flags & tcp::PSH != 0;
         if self.len == 0 {
-            self.open(p, headers, payload, flags);
+            let next_seq = t.seq().wrapping_add(payload as u32);
+            self.open(p, headers, payload, next_seq, psh);
             return Offer::Taken;
         }
-        if self.udp || !self.matches(p, hl, headers, payload, flags) {
+        if self.udp || !self.matches(p, hl, &t, payload) {
             return Offer::FlushFirst;
         }
         let at = VNET_HDR_LEN + self.len;
@@ -202,10 +194,11 @@ impl Coalescer {
         self.len += payload;
         self.count += 1;
         self.next_seq = self.next_seq.wrapping_add(payload as u32);
-        if flags & TCP_PSH != 0 {
-            self.buf[VNET_HDR_LEN + hl + 13] |= TCP_PSH;
+        if psh {
+            let mut open = TcpPacket::new_unchecked(&mut self.buf[VNET_HDR_LEN + hl..]);
+            open.set_flags(open.flags() | tcp::PSH);
         }
-        if payload < self.seg || flags & TCP_PSH != 0 {
+        if payload < self.seg || psh {
             self.closed = true;
         }
         Offer::Taken
@@ -223,11 +216,12 @@ impl Coalescer {
             return Offer::Alone;
         }
         // A zero UDP checksum means none (allowed over IPv4).
-        if p[hl + 6..hl + 8] != [0, 0] && !l4_checksum_ok(p, hl, 17, 6) {
+        let field = UdpPacket::new_unchecked(&p[hl..]).checksum();
+        if field != 0 && !l4_checksum_ok(p, hl, Protocol::Udp, field) {
             return Offer::BadChecksum;
         }
         if self.len == 0 {
-            self.open(p, headers, payload, 0);
+            self.open(p, headers, payload, 0, false);
             self.udp = true;
             return Offer::Taken;
         }
@@ -249,17 +243,17 @@ impl Coalescer {
         Offer::Taken
     }
 
-    fn open(&mut self, p: &[u8], headers: usize, payload: usize, flags: u8) {
+    /// Opens a super-packet with `p` (`headers` bytes of headers, then `payload`), expecting
+    /// `next_seq` next (TCP) and closed at once if `closed`.
+    fn open(&mut self, p: &[u8], headers: usize, payload: usize, next_seq: u32, closed: bool) {
         self.buf[VNET_HDR_LEN..VNET_HDR_LEN + p.len()].copy_from_slice(p);
         self.len = p.len();
         self.headers = headers;
         self.seg = payload;
         self.count = 1;
         self.udp = false;
-        let hl = usize::from(p[0] & 0x0f) * 4;
-        self.next_seq = u32::from_be_bytes([p[hl + 4], p[hl + 5], p[hl + 6], p[hl + 7]])
-            .wrapping_add(payload as u32);
-        self.closed = flags & TCP_PSH != 0;
+        self.next_seq = next_seq;
+        self.closed = closed;
     }
 
     /// Whether the open packet may take a segment with these header and payload sizes: not
@@ -271,20 +265,25 @@ impl Coalescer {
             && self.len + payload <= MAX_IP
     }
 
-    fn matches(&self, p: &[u8], hl: usize, headers: usize, payload: usize, flags: u8) -> bool {
-        let open = &self.buf[VNET_HDR_LEN..VNET_HDR_LEN + self.headers];
-        if !self.has_room(headers, payload) || flags & TCP_CWR != 0 {
+    /// Whether TCP segment `t` of `p` (IPv4 header `hl` bytes) continues the open packet:
+    /// room for it, no CWR, the same IPv4 fields and ports, the next sequence number, and ack,
+    /// window and options equal.
+    fn matches(&self, p: &[u8], hl: usize, t: &TcpPacket<&[u8]>, payload: usize) -> bool {
+        let headers = hl + usize::from(t.header_len());
+        if !self.has_room(headers, payload) || t.flags() & tcp::CWR != 0 {
             return false;
         }
-        // TCP: IPv4 fields and ports, then seq must continue, and ack, window and options
-        // equal.
-        let t = hl;
-        let seq = u32::from_be_bytes([p[t + 4], p[t + 5], p[t + 6], p[t + 7]]);
-        same_ip_flow(open, p, hl)
-            && seq == self.next_seq
-            && open[t + 8..t + 12] == p[t + 8..t + 12]
-            && open[t + 14..t + 16] == p[t + 14..t + 16]
-            && open[t + 20..headers] == p[t + 20..headers]
+        let open = &self.buf[VNET_HDR_LEN..VNET_HDR_LEN + self.headers];
+        if !same_ip_flow(open, p, hl) {
+            return false;
+        }
+        // Same IPv4 header (length included) and same total header length: the open TCP
+        // header is as long as this one.
+        let o = TcpPacket::new_unchecked(&open[hl..]);
+        t.seq() == self.next_seq
+            && t.ack() == o.ack()
+            && t.window() == o.window()
+            && t.options() == o.options()
     }
 
     /// Closes the open super-packet and returns it with its virtio-net header in front,
@@ -299,25 +298,32 @@ impl Coalescer {
         let hdr = if self.count == 1 {
             crate::offload::tun_write_hdr(pkt, tun_mtu)
         } else {
-            let hl = usize::from(pkt[0] & 0x0f) * 4;
-            let (src, dst) = {
+            let (hl, src, dst) = {
                 let mut ip = Ipv4Packet::new_unchecked(&mut pkt[..]);
                 ip.set_total_len(len as u16);
                 ip.fill_checksum();
-                (ip.src_addr(), ip.dst_addr())
+                (usize::from(ip.header_len()), ip.src_addr(), ip.dst_addr())
             };
             let l4_len = (len - hl) as u16;
-            let (proto, csum_offset, gso_type) = if self.udp {
+            let proto = if self.udp {
+                Protocol::Udp
+            } else {
+                Protocol::Tcp
+            };
+            let partial = checksum::fold(checksum::pseudo_header(src, dst, proto.into(), l4_len));
+            let l4 = &mut pkt[hl..];
+            let (csum_offset, gso_type) = if self.udp {
                 // The UDP length covers the whole super-packet too; the kernel rewrites it
                 // (and adjusts the checksum) for each datagram it cuts.
-                pkt[hl + 4..hl + 6].copy_from_slice(&l4_len.to_be_bytes());
-                (17, 6, GSO_UDP_L4)
+                let mut u = UdpPacket::new_unchecked(l4);
+                u.set_len(l4_len);
+                u.set_checksum(partial);
+                (6, GSO_UDP_L4)
             } else {
                 // CWR segments never merge, so the ECN flag is never needed.
-                (6, 16, GSO_TCPV4)
+                TcpPacket::new_unchecked(l4).set_checksum(partial);
+                (tcp::CHECKSUM_OFFSET, GSO_TCPV4)
             };
-            let partial = checksum::fold(checksum::pseudo_header(src, dst, proto, l4_len));
-            pkt[hl + csum_offset..hl + csum_offset + 2].copy_from_slice(&partial.to_be_bytes());
             VnetHdr {
                 flags: F_NEEDS_CSUM,
                 gso_type,
@@ -335,28 +341,14 @@ impl Coalescer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::{fix_tcp_checksum, tcp_packet};
     use crate::gso::segment_tcp4;
     use crate::offload::GSO_NONE;
+    use crate::wire::tcp::{ACK, FIN, PSH, RST, SYN};
 
-    /// A TCP/IPv4 packet with a valid checksum, as one would arrive from a peer.
-    fn tcp_packet(payload: usize, flags: u8, seq: u32) -> Vec<u8> {
-        let mut p = crate::gso::tests::tcp_packet(payload, flags, seq);
-        fix_csum(&mut p);
-        p
-    }
-
-    /// Recomputes the TCP checksum after a test edited the packet.
-    fn fix_csum(p: &mut [u8]) {
-        let hl = usize::from(p[0] & 0x0f) * 4;
-        p[hl + 16] = 0;
-        p[hl + 17] = 0;
-        let ip = Ipv4Packet::new_unchecked(&p[..]);
-        let (src, dst) = (ip.src_addr(), ip.dst_addr());
-        let l4 = &p[hl..];
-        let c = !checksum::fold(
-            checksum::pseudo_header(src, dst, 6, l4.len() as u16) + checksum::sum(l4),
-        );
-        p[hl + 16..hl + 18].copy_from_slice(&c.to_be_bytes());
+    /// The TCP header of an IPv4 packet with a 20-byte header, writable.
+    fn tcp_mut(p: &mut [u8]) -> TcpPacket<&mut [u8]> {
+        TcpPacket::new_unchecked(&mut p[20..])
     }
 
     fn segments(p: &[u8], mss: usize) -> Vec<Vec<u8>> {
@@ -370,7 +362,7 @@ mod tests {
 
     #[test]
     fn segment_then_coalesce_restores_the_super_packet() {
-        let original = tcp_packet(20_000, TCP_ACK | TCP_PSH, 77);
+        let original = tcp_packet(20_000, ACK | PSH, 77);
         let segs = segments(&original, 1398);
         assert_eq!(segs.len(), 15);
         let mut c = Coalescer::new();
@@ -397,7 +389,7 @@ mod tests {
 
     #[test]
     fn gaps_other_flows_and_control_segments_split() {
-        let p = tcp_packet(5000, TCP_ACK, 1000);
+        let p = tcp_packet(5000, ACK, 1000);
         let segs = segments(&p, 1000);
         let mut c = Coalescer::new();
         assert_eq!(c.offer(&segs[0]), Offer::Taken);
@@ -406,14 +398,14 @@ mod tests {
         assert_eq!(c.offer(&segs[1]), Offer::Taken);
         // Another flow (other port) cannot merge.
         let mut other = segs[2].clone();
-        other[20] ^= 1;
-        fix_csum(&mut other);
+        tcp_mut(&mut other).set_src_port(40001);
+        fix_tcp_checksum(&mut other);
         assert_eq!(c.offer(&other), Offer::FlushFirst);
         // SYN, FIN, RST and pure ACKs go alone.
-        for f in [TCP_SYN | TCP_ACK, TCP_FIN | TCP_ACK, TCP_RST | TCP_ACK] {
+        for f in [SYN | ACK, FIN | ACK, RST | ACK] {
             assert_eq!(c.offer(&tcp_packet(10, f, 0)), Offer::Alone);
         }
-        assert_eq!(c.offer(&tcp_packet(0, TCP_ACK, 6000)), Offer::Alone);
+        assert_eq!(c.offer(&tcp_packet(0, ACK, 6000)), Offer::Alone);
         // Non-TCP goes alone.
         let mut udp = segs[2].clone();
         udp[9] = 17;
@@ -426,21 +418,22 @@ mod tests {
 
     #[test]
     fn short_segment_or_psh_closes() {
-        let p = tcp_packet(2500, TCP_ACK | TCP_PSH, 0);
+        let p = tcp_packet(2500, ACK | PSH, 0);
         let segs = segments(&p, 1000); // 1000, 1000, 500 (PSH on the last)
         let mut c = Coalescer::new();
         for s in &segs {
             assert_eq!(c.offer(s), Offer::Taken);
         }
-        let next = tcp_packet(1000, TCP_ACK, 2500);
+        let next = tcp_packet(1000, ACK, 2500);
         assert_eq!(c.offer(&next), Offer::FlushFirst);
         let out = c.flush(1450).unwrap();
-        assert_eq!(out[VNET_HDR_LEN + 20 + 13] & TCP_PSH, TCP_PSH);
+        let merged = TcpPacket::new_checked(&out[VNET_HDR_LEN + 20..]).unwrap();
+        assert_eq!(merged.flags() & PSH, PSH);
     }
 
     #[test]
     fn single_segment_flushes_as_itself() {
-        let p = tcp_packet(100, TCP_ACK, 5);
+        let p = tcp_packet(100, ACK, 5);
         let mut c = Coalescer::new();
         assert_eq!(c.offer(&p), Offer::Taken);
         let out = c.flush(1450).unwrap();
@@ -450,7 +443,7 @@ mod tests {
 
     #[test]
     fn corrupt_segments_are_refused_not_merged() {
-        let p = tcp_packet(3000, TCP_ACK, 0);
+        let p = tcp_packet(3000, ACK, 0);
         let mut segs = segments(&p, 1000);
         let mut c = Coalescer::new();
         assert_eq!(c.offer(&segs[0]), Offer::Taken);
@@ -469,13 +462,14 @@ mod tests {
             6,
             (partial.len() - 20) as u16,
         ));
-        partial[36..38].copy_from_slice(&pseudo.to_be_bytes());
+        tcp_mut(&mut partial).set_checksum(pseudo);
         let mut c2 = Coalescer::new();
         assert_eq!(c2.offer(&partial), Offer::Taken);
         // A bad checksum on the first segment is refused too.
         let mut c = Coalescer::new();
         let mut first = segs[0].clone();
-        first[20 + 16] ^= 0xff;
+        let mut t = tcp_mut(&mut first);
+        t.set_checksum(t.checksum() ^ 0xff00);
         assert_eq!(c.offer(&first), Offer::BadChecksum);
         assert!(!c.is_open());
     }
@@ -555,7 +549,7 @@ mod tests {
         // A larger datagram cannot follow a smaller segment size.
         assert_eq!(c.offer(&udp_packet(300, 40000, 0)), Offer::FlushFirst);
         // TCP after UDP: flush first.
-        let tcp = tcp_packet(100, TCP_ACK, 0);
+        let tcp = tcp_packet(100, ACK, 0);
         assert_eq!(c.offer(&tcp), Offer::FlushFirst);
         // A corrupt datagram is refused; a zero checksum (none, IPv4) is fine.
         let mut bad = udp_packet(200, 40000, 1);
@@ -576,16 +570,16 @@ mod tests {
 
     #[test]
     fn different_options_or_ack_split() {
-        let a = tcp_packet(1000, TCP_ACK, 0);
-        let mut b = tcp_packet(1000, TCP_ACK, 1000);
-        b[20 + 31] ^= 1; // timestamp echo differs
-        fix_csum(&mut b);
+        let a = tcp_packet(1000, ACK, 0);
+        let mut b = tcp_packet(1000, ACK, 1000);
+        tcp_mut(&mut b).options_mut()[11] ^= 1; // timestamp echo differs
+        fix_tcp_checksum(&mut b);
         let mut c = Coalescer::new();
         assert_eq!(c.offer(&a), Offer::Taken);
         assert_eq!(c.offer(&b), Offer::FlushFirst);
-        let mut d = tcp_packet(1000, TCP_ACK, 1000);
-        d[20 + 11] ^= 1; // ack differs
-        fix_csum(&mut d);
+        let mut d = tcp_packet(1000, ACK, 1000);
+        tcp_mut(&mut d).set_ack(6); // ack differs
+        fix_tcp_checksum(&mut d);
         assert_eq!(c.offer(&d), Offer::FlushFirst);
     }
 }

@@ -6,6 +6,7 @@
 
 use crate::wire::checksum;
 use crate::wire::ipv4::Protocol;
+use crate::wire::tcp::{self, TcpPacket};
 use crate::wire::Ipv4Packet;
 
 /// Why a packet could not be segmented.
@@ -38,10 +39,6 @@ pub struct Train {
     /// Total bytes written.
     pub total: usize,
 }
-
-const TCP_FIN: u8 = 0x01;
-const TCP_PSH: u8 = 0x08;
-const TCP_CWR: u8 = 0x80;
 
 /// Completes a partial checksum (virtio `NEEDS_CSUM`): the field at `start + offset` holds the
 /// pseudo-header sum; the Internet checksum of `packet[start..]` replaces it.
@@ -180,14 +177,8 @@ fn plan<'a>(packet: &'a [u8], mss: usize, prefix: &'a [u8]) -> Result<Plan<'a>, 
     }
     let hl = usize::from(ip.header_len());
     let end = usize::from(ip.total_len());
-    let l4 = &packet[hl..end];
-    if l4.len() < 20 {
-        return Err(GsoError::BadTcpHeader);
-    }
-    let thl = usize::from(l4[12] >> 4) * 4;
-    if thl < 20 || thl > l4.len() {
-        return Err(GsoError::BadTcpHeader);
-    }
+    let t = TcpPacket::new_checked(ip.payload()).map_err(|_| GsoError::BadTcpHeader)?;
+    let thl = usize::from(t.header_len());
     Ok(Plan {
         packet,
         prefix,
@@ -199,8 +190,8 @@ fn plan<'a>(packet: &'a [u8], mss: usize, prefix: &'a [u8]) -> Result<Plan<'a>, 
         src: ip.src_addr(),
         dst: ip.dst_addr(),
         id0: ip.ident(),
-        seq0: u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]]),
-        flags0: l4[13],
+        seq0: t.seq(),
+        flags0: t.flags(),
     })
 }
 
@@ -234,25 +225,21 @@ impl Plan<'_> {
             v.set_ident(p.id0.wrapping_add(i as u16));
             v.fill_checksum();
         }
-        let tcp = &mut pkt[p.hl..];
-        tcp[4..8].copy_from_slice(&p.seq0.wrapping_add(seq_off as u32).to_be_bytes());
+        let mut t = TcpPacket::new_unchecked(&mut pkt[p.hl..]);
+        t.set_seq(p.seq0.wrapping_add(seq_off as u32));
         let mut flags = p.flags0;
         if !last {
-            flags &= !(TCP_FIN | TCP_PSH);
+            flags &= !(tcp::FIN | tcp::PSH);
         }
         if i > 0 {
-            flags &= !TCP_CWR;
+            flags &= !tcp::CWR;
         }
-        tcp[13] = flags;
-        tcp[16] = 0;
-        tcp[17] = 0;
+        t.set_flags(flags);
         // The TCP header length is a multiple of 4, so the chunk starts at an even offset of the
         // segment and its sum adds to the header's as it is.
-        let l4_len = (tcp.len() + chunk.len()) as u16;
-        let acc = checksum::pseudo_header(p.src, p.dst, 6, l4_len)
-            + checksum::sum(tcp)
-            + checksum::sum(chunk);
-        tcp[16..18].copy_from_slice(&(!checksum::fold(acc)).to_be_bytes());
+        let l4_len = (p.headers - p.hl + chunk.len()) as u16;
+        let pseudo = checksum::pseudo_header(p.src, p.dst, Protocol::Tcp.into(), l4_len);
+        t.fill_checksum(pseudo + checksum::sum(chunk));
     }
 }
 
@@ -311,52 +298,21 @@ pub fn segment_tcp4(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::wire::ipv4::Ipv4Repr;
-    use std::net::Ipv4Addr;
-
-    /// A TCP/IPv4 packet with `payload` bytes (a counting pattern) and the given flags.
-    pub(crate) fn tcp_packet(payload: usize, flags: u8, seq: u32) -> Vec<u8> {
-        let thl = 32; // with a 12-byte timestamp option block
-        let mut b = vec![0u8; 20 + thl + payload];
-        Ipv4Repr {
-            src: Ipv4Addr::new(10, 1, 1, 2),
-            dst: Ipv4Addr::new(10, 1, 2, 2),
-            protocol: Protocol::Tcp,
-            payload_len: (thl + payload) as u16,
-            ttl: 64,
-            dscp_ecn: 0,
-            ident: 0xfff0,
-            dont_frag: true,
-        }
-        .emit(&mut Ipv4Packet::new_unchecked(&mut b[..]));
-        let t = &mut b[20..];
-        t[0..2].copy_from_slice(&40000u16.to_be_bytes());
-        t[2..4].copy_from_slice(&5201u16.to_be_bytes());
-        t[4..8].copy_from_slice(&seq.to_be_bytes());
-        t[8..12].copy_from_slice(&7u32.to_be_bytes());
-        t[12] = ((thl / 4) as u8) << 4;
-        t[13] = flags;
-        t[14..16].copy_from_slice(&512u16.to_be_bytes());
-        t[20..32].copy_from_slice(&[1, 1, 8, 10, 0, 0, 0, 9, 0, 0, 0, 3]);
-        for (i, byte) in t[thl..].iter_mut().enumerate() {
-            *byte = (i % 251) as u8;
-        }
-        b
-    }
+    use crate::fixtures::tcp_packet;
+    use crate::wire::tcp::{ACK, CWR, FIN, PSH};
 
     fn tcp_ok(seg: &[u8]) -> bool {
         let ip = Ipv4Packet::new_checked(seg).unwrap();
         let l4 = ip.payload();
-        let acc = checksum::pseudo_header(ip.src_addr(), ip.dst_addr(), 6, l4.len() as u16)
-            + checksum::sum(l4);
-        ip.verify_checksum() && checksum::fold(acc) == 0xffff
+        let pseudo = checksum::pseudo_header(ip.src_addr(), ip.dst_addr(), 6, l4.len() as u16);
+        ip.verify_checksum() && TcpPacket::new_checked(l4).unwrap().verify_checksum(pseudo)
     }
 
     #[test]
     fn splits_with_headers_and_checksums() {
-        let p = tcp_packet(3000, 0x18 | TCP_FIN | TCP_CWR, 1000); // PSH ACK FIN CWR
+        let p = tcp_packet(3000, PSH | ACK | FIN | CWR, 1000);
         let prefix = [0xaa; 22];
         let mut out = vec![0xa5u8; 8000];
         let t = segment_tcp4(&p, 1400, &prefix, &mut out).unwrap();
@@ -364,6 +320,7 @@ pub(crate) mod tests {
         assert_eq!(t.seg_len, 22 + 52 + 1400);
         assert_eq!(t.total, 3 * (22 + 52) + 3000);
         let segs: Vec<&[u8]> = out[..t.total].chunks(t.seg_len).collect();
+        let original = TcpPacket::new_checked(&p[20..]).unwrap();
         let mut payload = Vec::new();
         for (i, s) in segs.iter().enumerate() {
             assert_eq!(&s[..22], &prefix);
@@ -371,19 +328,17 @@ pub(crate) mod tests {
             assert!(tcp_ok(ip), "segment {i} checksums");
             let v = Ipv4Packet::new_checked(ip).unwrap();
             assert_eq!(v.ident(), 0xfff0u16.wrapping_add(i as u16));
-            let tcp = v.payload();
-            let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
-            assert_eq!(seq, 1000 + 1400 * i as u32);
-            let flags = tcp[13];
-            assert_eq!(flags & TCP_FIN != 0, i == 2, "FIN only last");
-            assert_eq!(flags & TCP_PSH != 0, i == 2, "PSH only last");
-            assert_eq!(flags & TCP_CWR != 0, i == 0, "CWR only first");
-            assert_eq!(&tcp[20..32], &p[40..52], "options copied");
-            payload.extend_from_slice(&tcp[32..]);
+            let tcp = TcpPacket::new_checked(v.payload()).unwrap();
+            assert_eq!(tcp.seq(), 1000 + 1400 * i as u32);
+            let flags = tcp.flags();
+            assert_eq!(flags & FIN != 0, i == 2, "FIN only last");
+            assert_eq!(flags & PSH != 0, i == 2, "PSH only last");
+            assert_eq!(flags & CWR != 0, i == 0, "CWR only first");
+            assert_eq!(tcp.options(), original.options(), "options copied");
+            payload.extend_from_slice(tcp.payload());
         }
-        assert_eq!(payload, &p[52..]);
+        assert_eq!(payload, original.payload());
     }
-
     #[test]
     fn headers_and_parts_gather_the_copied_train() {
         let prefix = [0x5a; 22];
@@ -394,7 +349,7 @@ pub(crate) mod tests {
             (0, 1400),
             (65483, 1448),
         ] {
-            let p = tcp_packet(payload, 0x18 | TCP_FIN, 77);
+            let p = tcp_packet(payload, PSH | ACK | FIN, 77);
             let mut copied = vec![0u8; 140_000];
             let t = segment_tcp4(&p, mss, &prefix, &mut copied).unwrap();
             let mut hdrs = vec![0u8; 64 * 1024];
@@ -416,7 +371,7 @@ pub(crate) mod tests {
                 assert!(s.parts(&hdrs, &p, 1..s.count - 1).all(|x| !x.is_empty()));
             }
         }
-        let p = tcp_packet(3000, 0x10, 0);
+        let p = tcp_packet(3000, ACK, 0);
         assert_eq!(
             segment_tcp4_headers(&p, 1400, &prefix, &mut [0; 100]),
             Err(GsoError::NoRoom)
@@ -433,19 +388,19 @@ pub(crate) mod tests {
 
     #[test]
     fn small_packet_is_one_segment() {
-        let p = tcp_packet(100, 0x10, 5);
+        let p = tcp_packet(100, ACK, 5);
         let mut out = vec![0u8; 400];
         let t = segment_tcp4(&p, 1400, &[], &mut out).unwrap();
         assert_eq!((t.count, t.total, t.seg_len), (1, p.len(), p.len()));
         assert!(tcp_ok(&out[..t.total]));
-        let bare = tcp_packet(0, 0x10, 5);
+        let bare = tcp_packet(0, ACK, 5);
         let t = segment_tcp4(&bare, 1400, &[], &mut out).unwrap();
         assert_eq!((t.count, t.total), (1, 52));
     }
 
     #[test]
     fn errors() {
-        let p = tcp_packet(3000, 0x10, 0);
+        let p = tcp_packet(3000, ACK, 0);
         assert_eq!(
             segment_tcp4(&p, 0, &[], &mut [0; 9000]),
             Err(GsoError::ZeroMss)
@@ -459,7 +414,7 @@ pub(crate) mod tests {
             Err(GsoError::NotTcp4)
         );
         let mut bad = p.clone();
-        bad[32] = 0x40; // TCP header length 16
+        TcpPacket::new_unchecked(&mut bad[20..]).set_header_len(16);
         assert_eq!(
             segment_tcp4(&bad, 1400, &[], &mut [0; 9000]),
             Err(GsoError::BadTcpHeader)
@@ -474,7 +429,7 @@ pub(crate) mod tests {
 
     #[test]
     fn completes_partial_checksum() {
-        let mut p = tcp_packet(500, 0x18, 9);
+        let mut p = tcp_packet(500, PSH | ACK, 9);
         let full = {
             let mut out = vec![0u8; 1000];
             let t = segment_tcp4(&p, 1400, &[], &mut out).unwrap();
@@ -488,8 +443,8 @@ pub(crate) mod tests {
             6,
             532,
         ));
-        p[36..38].copy_from_slice(&partial.to_be_bytes());
-        complete_csum(&mut p, 20, 16).unwrap();
+        TcpPacket::new_unchecked(&mut p[20..]).set_checksum(partial);
+        complete_csum(&mut p, 20, tcp::CHECKSUM_OFFSET).unwrap();
         assert_eq!(p, full);
         assert_eq!(
             complete_csum(&mut p, 20, 1000),

@@ -11,6 +11,7 @@ pub mod config;
 pub mod dataplane;
 pub mod encap;
 pub mod error;
+pub mod fixtures;
 pub mod gro;
 pub mod gso;
 pub mod host;

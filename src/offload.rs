@@ -5,7 +5,8 @@
 
 use crate::wire::checksum;
 use crate::wire::ipv4::Protocol;
-use crate::wire::Ipv4Packet;
+use crate::wire::tcp::{self, TcpPacket};
+use crate::wire::{Ipv4Packet, UdpPacket};
 
 /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the kernel must complete the checksum at csum_start +
 /// csum_offset, whose field holds the pseudo-header sum.
@@ -17,10 +18,6 @@ pub const GSO_TCPV4: u8 = 1;
 /// `VIRTIO_NET_HDR_GSO_UDP_L4`: a UDP super-packet (USO), split into datagrams of
 /// `gso_size` payload bytes each.
 pub const GSO_UDP_L4: u8 = 5;
-/// `TUN_F_USO4` (Linux 6.2+): the TUN may hand over UDP/IPv4 super-packets.
-pub const TUN_F_USO4: u32 = 0x20;
-/// `TUN_F_USO6`: the same for IPv6; the kernel takes USO only with both bits.
-pub const TUN_F_USO6: u32 = 0x40;
 /// `VIRTIO_NET_HDR_GSO_ECN`: the TCP super-packet carries CWR.
 pub const GSO_ECN: u8 = 0x80;
 
@@ -93,7 +90,7 @@ pub fn tun_write_hdr(packet: &mut [u8], mtu: usize) -> VnetHdr {
     let total = usize::from(ip.total_len());
     let l4_len = total - hl;
     let (csum_offset, min_l4) = match ip.protocol() {
-        Protocol::Tcp => (16usize, 20usize),
+        Protocol::Tcp => (tcp::CHECKSUM_OFFSET, tcp::MIN_HEADER_LEN),
         Protocol::Udp => (6, 8),
         _ => return none,
     };
@@ -107,8 +104,6 @@ pub fn tun_write_hdr(packet: &mut [u8], mtu: usize) -> VnetHdr {
         l4_len as u16,
     ));
     let is_tcp = ip.protocol() == Protocol::Tcp;
-    let field_at = hl + csum_offset;
-    let field = u16::from_be_bytes([packet[field_at], packet[field_at + 1]]);
     let needs_csum = VnetHdr {
         flags: F_NEEDS_CSUM,
         gso_type: GSO_NONE,
@@ -117,22 +112,15 @@ pub fn tun_write_hdr(packet: &mut [u8], mtu: usize) -> VnetHdr {
         csum_start: hl as u16,
         csum_offset: csum_offset as u16,
     };
+    let l4 = &mut packet[hl..total];
     if is_tcp && total > mtu {
-        let tcp_hl = usize::from(packet[hl + 12] >> 4) * 4;
-        if tcp_hl < 20 || tcp_hl > l4_len || hl + tcp_hl >= mtu {
-            return none;
-        }
-        if field != partial {
-            packet[field_at..field_at + 2].copy_from_slice(&partial.to_be_bytes());
-        }
-        let cwr = packet[hl + 13] & 0x80 != 0;
-        return VnetHdr {
-            gso_type: GSO_TCPV4 | if cwr { GSO_ECN } else { 0 },
-            hdr_len: (hl + tcp_hl) as u16,
-            gso_size: (mtu - hl - tcp_hl) as u16,
-            ..needs_csum
-        };
+        return tcp_super_packet_hdr(l4, hl, partial, mtu, needs_csum);
     }
+    let field = if is_tcp {
+        TcpPacket::new_unchecked(&*l4).checksum()
+    } else {
+        UdpPacket::new_unchecked(&*l4).checksum()
+    };
     // A UDP checksum of zero means "none" (RFC 768), never a partial value.
     if field == partial && (is_tcp || field != 0) {
         return needs_csum;
@@ -140,9 +128,44 @@ pub fn tun_write_hdr(packet: &mut [u8], mtu: usize) -> VnetHdr {
     none
 }
 
+/// The `GSO_TCPV4` header (`needs_csum` with GSO added) for TCP segment `l4` after an IPv4
+/// header of `hl` bytes, the packet larger than `mtu`; sets the checksum field to the partial
+/// value `partial` the kernel needs for GSO. The empty header when the TCP header length is
+/// invalid or leaves no payload under `mtu`.
+fn tcp_super_packet_hdr(
+    l4: &mut [u8],
+    hl: usize,
+    partial: u16,
+    mtu: usize,
+    needs_csum: VnetHdr,
+) -> VnetHdr {
+    let Ok(mut t) = TcpPacket::new_checked(l4) else {
+        return VnetHdr::default();
+    };
+    let hdr_len = hl + usize::from(t.header_len());
+    if hdr_len >= mtu {
+        return VnetHdr::default();
+    }
+    if t.checksum() != partial {
+        t.set_checksum(partial);
+    }
+    let ecn = if t.flags() & tcp::CWR != 0 {
+        GSO_ECN
+    } else {
+        0
+    };
+    VnetHdr {
+        gso_type: GSO_TCPV4 | ecn,
+        hdr_len: hdr_len as u16,
+        gso_size: (mtu - hdr_len) as u16,
+        ..needs_csum
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::Tcp4;
     use crate::wire::ipv4::Ipv4Repr;
     use std::net::Ipv4Addr;
 
@@ -173,14 +196,20 @@ mod tests {
         ))
     }
 
+    /// A PSH ACK segment with a 20-byte TCP header, `payload` zero bytes and the given checksum
+    /// field (the partial value when `None`).
     fn tcp(payload: usize, csum: Option<u16>) -> Vec<u8> {
-        let mut l4 = vec![0u8; 20 + payload];
-        l4[12] = 5 << 4;
-        l4[13] = 0x18; // PSH ACK
-        let mut p = packet(Protocol::Tcp, &l4);
+        let mut t = Tcp4::new(tcp::PSH | tcp::ACK, 0);
+        t.tcp.options = &[];
+        let mut p = t.build(&vec![0; payload]);
         let c = csum.unwrap_or_else(|| partial_of(&p));
-        p[36..38].copy_from_slice(&c.to_be_bytes());
+        tcp_mut(&mut p).set_checksum(c);
         p
+    }
+
+    /// The TCP header of an IPv4 packet with a 20-byte header, writable.
+    fn tcp_mut(p: &mut [u8]) -> TcpPacket<&mut [u8]> {
+        TcpPacket::new_unchecked(&mut p[20..])
     }
 
     #[test]
@@ -243,10 +272,11 @@ mod tests {
         let mut q = tcp(7000, Some(0xbeef));
         let h2 = tun_write_hdr(&mut q, 1450);
         assert_eq!(h2, h);
-        assert_eq!(u16::from_be_bytes([q[36], q[37]]), partial_of(&q));
+        assert_eq!(tcp_mut(&mut q).checksum(), partial_of(&q));
         // CWR set: the ECN GSO bit follows.
         let mut e = tcp(7000, None);
-        e[33] |= 0x80;
+        let mut t = tcp_mut(&mut e);
+        t.set_flags(t.flags() | tcp::CWR);
         assert_eq!(tun_write_hdr(&mut e, 1450).gso_type, GSO_TCPV4 | GSO_ECN);
     }
 
@@ -254,7 +284,7 @@ mod tests {
     fn malformed_input_gets_empty_header() {
         assert_eq!(tun_write_hdr(&mut [], 1450), VnetHdr::default());
         let mut p = tcp(7000, None);
-        p[32] = 0x10; // TCP header length 4
+        tcp_mut(&mut p).set_header_len(4);
         assert_eq!(tun_write_hdr(&mut p, 1450), VnetHdr::default());
         let mut short = packet(Protocol::Tcp, &[0u8; 10]);
         assert_eq!(tun_write_hdr(&mut short, 1450), VnetHdr::default());

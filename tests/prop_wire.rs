@@ -122,21 +122,11 @@ proptest! {
 
 mod tcp_offload {
     use super::*;
+    use weft::fixtures::Tcp4;
     use weft::gro::{Coalescer, Offer};
     use weft::gso::segment_tcp4;
     use weft::offload::{VnetHdr, GSO_TCPV4, VNET_HDR_LEN};
-
-    fn tcp_super(payload: &[u8], flags: u8, seq: u32) -> Vec<u8> {
-        let thl = 20;
-        let mut l4 = vec![0u8; thl + payload.len()];
-        l4[0..2].copy_from_slice(&40000u16.to_be_bytes());
-        l4[2..4].copy_from_slice(&80u16.to_be_bytes());
-        l4[4..8].copy_from_slice(&seq.to_be_bytes());
-        l4[12] = 5 << 4;
-        l4[13] = flags;
-        l4[thl..].copy_from_slice(payload);
-        ipv4_packet(0x0a01_0102, 0x0a01_0202, 6, 64, &l4)
-    }
+    use weft::wire::tcp::{ACK, PSH};
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
@@ -148,8 +138,8 @@ mod tcp_offload {
             payload in proptest::collection::vec(any::<u8>(), 1..20_000),
             mss in 500usize..1500, seq in any::<u32>(), psh in any::<bool>(),
         ) {
-            let flags = 0x10 | if psh { 0x08 } else { 0 };
-            let p = tcp_super(&payload, flags, seq);
+            let flags = ACK | if psh { PSH } else { 0 };
+            let p = Tcp4::new(flags, seq).build(&payload);
             let mut out = vec![0u8; 40_000];
             let t = segment_tcp4(&p, mss, &[], &mut out).unwrap();
             prop_assert_eq!(t.count, payload.len().div_ceil(mss));
@@ -176,7 +166,7 @@ mod tcp_offload {
             payload in proptest::collection::vec(any::<u8>(), 0..20_000),
             mss in 1usize..3000, seq in any::<u32>(), prefix_len in 0usize..60,
         ) {
-            let p = tcp_super(&payload, 0x18, seq);
+            let p = Tcp4::new(PSH | ACK, seq).build(&payload);
             let prefix = vec![0x42u8; prefix_len];
             let mut out = vec![0u8; 200_000];
             let mut hdrs = vec![0u8; 64 * 1024];

@@ -183,7 +183,7 @@ pub fn inbound<'a>(
 mod tests {
     use super::*;
     use crate::buf::DEFAULT_HEADROOM;
-    use crate::gso::tests::tcp_packet;
+    use crate::fixtures::tcp_packet;
     use crate::table::LocalVtep;
     use crate::wire::{EthernetAddress, Vni};
 

@@ -358,7 +358,7 @@ impl TrainLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gso::tests::tcp_packet;
+    use crate::fixtures::tcp_packet;
     use std::net::Ipv4Addr;
 
     /// Super-packets with `payloads` bytes each (MSS 1398), their slots and header buffers.

@@ -9,6 +9,7 @@ pub mod icmpv4;
 pub mod ipv4;
 pub mod ipv6;
 pub mod subnet;
+pub mod tcp;
 pub mod udp;
 pub mod vxlan;
 
@@ -17,6 +18,7 @@ pub use icmpv4::Icmpv4Packet;
 pub use ipv4::Ipv4Packet;
 pub use ipv6::Ipv6Packet;
 pub use subnet::Subnet;
+pub use tcp::TcpPacket;
 pub use udp::UdpPacket;
 pub use vxlan::{Vni, VxlanPacket};
 

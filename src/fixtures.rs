@@ -1,0 +1,146 @@
+//! Packet builders shared by unit tests, property tests, benches and fuzz targets: one
+//! definition of each test packet, built with the `wire` emitters, so a fixture carries the
+//! same headers and checksums weft itself would write.
+
+use std::net::Ipv4Addr;
+
+use crate::wire::checksum;
+use crate::wire::ipv4::{self, Ipv4Repr, Protocol};
+use crate::wire::tcp::TcpRepr;
+use crate::wire::{Ipv4Packet, TcpPacket};
+
+/// Source address of the fixture flow (a pod in 10.1.1.0/24).
+pub const SRC: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 2);
+/// Destination address of the fixture flow (a pod in 10.1.2.0/24).
+pub const DST: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 2);
+/// The timestamp option block Linux puts on every segment of a connection: NOP, NOP,
+/// timestamps (RFC 7323 section 3) with value 9 and echo reply 3.
+pub const TIMESTAMP_OPTIONS: [u8; 12] = [1, 1, 8, 10, 0, 0, 0, 9, 0, 0, 0, 3];
+
+/// A TCP/IPv4 segment to build with [`Tcp4::build`]: the IPv4 fields that vary between
+/// fixtures and the TCP header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tcp4<'a> {
+    /// Source address.
+    pub src: Ipv4Addr,
+    /// Destination address.
+    pub dst: Ipv4Addr,
+    /// IP identification (GSO counts it up per segment; 0xfff0 shows the wrap).
+    pub ident: u16,
+    /// The TCP header.
+    pub tcp: TcpRepr<'a>,
+}
+
+impl Tcp4<'static> {
+    /// The fixture flow 10.1.1.2:40000 -> 10.1.2.2:5201 (iperf3's port) with IP ID 0xfff0,
+    /// ack 7, window 512 and [`TIMESTAMP_OPTIONS`] (a 32-byte TCP header), carrying `flags`
+    /// and sequence number `seq`.
+    pub fn new(flags: u8, seq: u32) -> Self {
+        Tcp4 {
+            src: SRC,
+            dst: DST,
+            ident: 0xfff0,
+            tcp: TcpRepr {
+                src_port: 40000,
+                dst_port: 5201,
+                seq,
+                ack: 7,
+                flags,
+                window: 512,
+                options: &TIMESTAMP_OPTIONS,
+            },
+        }
+    }
+}
+
+impl Tcp4<'_> {
+    /// The packet, `payload` after the headers: a 20-byte IPv4 header (DF, TTL 64) and the
+    /// TCP header, both checksums filled.
+    pub fn build(&self, payload: &[u8]) -> Vec<u8> {
+        let l4_len = self.tcp.header_len() + payload.len();
+        let mut b = vec![0u8; ipv4::MIN_HEADER_LEN + l4_len];
+        let ip = Ipv4Repr {
+            src: self.src,
+            dst: self.dst,
+            protocol: Protocol::Tcp,
+            payload_len: l4_len as u16,
+            ttl: 64,
+            dscp_ecn: 0,
+            ident: self.ident,
+            dont_frag: true,
+        };
+        ip.emit(&mut Ipv4Packet::new_unchecked(&mut b[..]));
+        let mut t = TcpPacket::new_unchecked(&mut b[ipv4::MIN_HEADER_LEN..]);
+        self.tcp.emit(&mut t);
+        t.payload_mut().copy_from_slice(payload);
+        t.fill_checksum(tcp4_pseudo_header(self.src, self.dst, l4_len));
+        b
+    }
+}
+
+/// `len` bytes counting 0, 1, ..., 250 and again: the period is prime, so a payload chunk
+/// copied to the wrong place does not match.
+pub fn counting(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+/// The TCP/IPv4 packet most tests use: [`Tcp4::new`]`(flags, seq)` with `payload` bytes of
+/// [`counting`], checksums filled, as a peer would send it.
+pub fn tcp_packet(payload: usize, flags: u8, seq: u32) -> Vec<u8> {
+    Tcp4::new(flags, seq).build(&counting(payload))
+}
+
+/// Recomputes the TCP checksum of a TCP/IPv4 packet after a test edited it; a packet too
+/// short for its headers is left as it is.
+pub fn fix_tcp_checksum(packet: &mut [u8]) {
+    let Ok(ip) = Ipv4Packet::new_checked(&*packet) else {
+        return;
+    };
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    let l4 = usize::from(ip.header_len())..usize::from(ip.total_len());
+    let len = l4.len();
+    if let Ok(mut t) = TcpPacket::new_checked(&mut packet[l4]) {
+        t.fill_checksum(tcp4_pseudo_header(src, dst, len));
+    }
+}
+
+/// The IPv4 pseudo-header sum of a TCP segment of `len` bytes.
+fn tcp4_pseudo_header(src: Ipv4Addr, dst: Ipv4Addr, len: usize) -> u64 {
+    checksum::pseudo_header(src, dst, Protocol::Tcp.into(), len as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::tcp;
+
+    #[test]
+    fn tcp_packet_is_valid_and_counts() {
+        let p = tcp_packet(300, tcp::PSH | tcp::ACK, 1000);
+        assert_eq!(p.len(), 20 + 32 + 300);
+        let ip = Ipv4Packet::new_checked(&p[..]).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!(
+            (ip.src_addr(), ip.dst_addr(), ip.ident()),
+            (SRC, DST, 0xfff0)
+        );
+        let t = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert!(t.verify_checksum(tcp4_pseudo_header(SRC, DST, 332)));
+        assert_eq!(
+            (t.seq(), t.ack(), t.flags()),
+            (1000, 7, tcp::PSH | tcp::ACK)
+        );
+        assert_eq!(t.options(), &TIMESTAMP_OPTIONS);
+        assert_eq!(t.payload()[250..252], [250, 0]);
+    }
+
+    #[test]
+    fn fix_tcp_checksum_after_an_edit() {
+        let mut p = tcp_packet(10, tcp::ACK, 0);
+        p[20 + 11] ^= 1;
+        fix_tcp_checksum(&mut p);
+        let t = TcpPacket::new_checked(&p[20..]).unwrap();
+        assert!(t.verify_checksum(tcp4_pseudo_header(SRC, DST, 42)));
+        fix_tcp_checksum(&mut p[..30]); // too short: untouched, no panic
+    }
+}

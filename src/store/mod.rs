@@ -20,6 +20,7 @@ use crate::wire::Subnet;
 
 pub mod check;
 mod lease;
+mod options;
 pub mod record;
 mod retry;
 mod start;
@@ -30,8 +31,9 @@ mod watch;
 
 pub use check::{check_lease, judge, judge_all, Judged, LeaseProblem, LeaseView};
 pub use lease::{acquire_lease, read_config, AcquireRequest, OwnLease};
+pub use options::StoreOptions;
 pub use record::{BackendRecord, LeaseRecord, RecordError};
-pub use start::{Store, StoreOptions};
+pub use start::Store;
 pub use subnet_env::{read_previous_subnet, SubnetEnv, SubnetEnvError};
 pub use vtep::derive_vtep_mac;
 pub use watch::StoreHandle;

@@ -2,60 +2,21 @@
 //! lease, write subnet.env, then hand over to the watch task. Each step retries what etcd
 //! being down or not yet configured makes fail, and gives up only on what retrying cannot fix.
 
-use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use etcd_client::Client;
 
 use super::lease::{acquire_lease, read_config, AcquireRequest, OwnLease};
+use super::options::{write_subnet_env, StoreOptions};
 use super::retry::{Backoff, RepeatLog};
-use super::subnet_env::{read_previous_subnet, SubnetEnv};
+use super::subnet_env::read_previous_subnet;
 use super::watch::{self, StoreHandle};
-use super::{connect, EtcdOptions, Keys, StoreError, LEASE_TTL};
+use super::{connect, EtcdOptions, Keys, StoreError};
 use crate::config::NetworkConfig;
 use crate::table::{LeaseTable, SharedTable};
-use crate::wire::{EthernetAddress, Subnet};
 
 /// How often a missing or invalid network config is read again.
 const CONFIG_RETRY: Duration = Duration::from_secs(1);
-
-/// What the store needs to run: flanneld's flags, resolved.
-#[derive(Debug, Clone)]
-pub struct StoreOptions {
-    /// How to reach etcd and which prefix to use.
-    pub etcd: EtcdOptions,
-    /// This node's underlay address, written as `PublicIP`.
-    pub public_ip: Ipv4Addr,
-    /// Where subnet.env lives (read at start for the previous subnet, then written).
-    pub subnet_file: PathBuf,
-    /// Renew this long before the lease expires (`--subnet-lease-renew-margin`).
-    pub renew_margin: Duration,
-    /// The lease TTL to ask for (flannel: 24 h).
-    pub lease_ttl: Duration,
-    /// The underlay interface's MTU, from which FLANNEL_MTU is derived.
-    pub underlay_mtu: u32,
-    /// FLANNEL_IPMASQ (`--ip-masq`).
-    pub ip_masq: bool,
-    /// A VTEP MAC to use when no existing lease names one (`None`: derive a stable one).
-    pub vtep_mac: Option<EthernetAddress>,
-}
-
-impl StoreOptions {
-    /// Options with flanneld's defaults for everything but etcd and the public IP.
-    pub fn new(etcd: EtcdOptions, public_ip: Ipv4Addr) -> StoreOptions {
-        StoreOptions {
-            etcd,
-            public_ip,
-            subnet_file: PathBuf::from("/run/flannel/subnet.env"),
-            renew_margin: Duration::from_secs(60 * 60),
-            lease_ttl: LEASE_TTL,
-            underlay_mtu: 1500,
-            ip_masq: false,
-            vtep_mac: None,
-        }
-    }
-}
 
 /// Entry point: see [`Store::start`].
 #[derive(Debug)]
@@ -146,20 +107,4 @@ async fn acquire_until_held(
             Err(e) => return Err(e),
         }
     }
-}
-
-/// Writes subnet.env for `subnet` (at start, and when the node had to move to a new subnet).
-pub(super) fn write_subnet_env(
-    opts: &StoreOptions,
-    config: &NetworkConfig,
-    subnet: Subnet,
-) -> Result<(), StoreError> {
-    let env = SubnetEnv {
-        network: config.network,
-        subnet,
-        mtu: config.overlay_mtu(opts.underlay_mtu),
-        ip_masq: opts.ip_masq,
-    };
-    env.write(&opts.subnet_file)?;
-    Ok(())
 }

@@ -21,8 +21,8 @@ use tokio::time::Instant;
 
 use super::check::LeaseProblem;
 use super::lease::{self, OwnLease};
+use super::options::StoreOptions;
 use super::retry::{Backoff, RepeatLog};
-use super::start::StoreOptions;
 use super::{Keys, StoreError};
 use crate::config::NetworkConfig;
 use crate::table::{Changes, LeaseReport, LocalVtep, PeerEvent, PeerSet, SharedTable};

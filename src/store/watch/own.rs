@@ -8,8 +8,8 @@ use tokio::time::Instant;
 
 use super::Runner;
 use crate::store::lease::{self, acquire_lease, AcquireRequest, OwnLease};
+use crate::store::options::{write_subnet_env, StoreOptions};
 use crate::store::record::LeaseRecord;
-use crate::store::start::{write_subnet_env, StoreOptions};
 use crate::table::PeerEvent;
 use crate::wire::Subnet;
 

@@ -16,27 +16,15 @@ use weft::gro::{Coalescer, Offer};
 use weft::gso;
 use weft::table::{LeaseTable, LocalVtep, Peer};
 use weft::wire::checksum;
-use weft::wire::ipv4::{Ipv4Repr, Protocol};
 use weft::wire::tcp;
 use weft::wire::{EthernetAddress, Ipv4Packet, Subnet, Vni};
 
 const LOCAL: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x01]);
 const PEER: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x02]);
 
+/// A UDP/IPv4 packet of `len` bytes in all (the shared fixture).
 fn inner(len: usize) -> Vec<u8> {
-    let mut b = vec![0x5au8; len];
-    Ipv4Repr {
-        src: Ipv4Addr::new(10, 1, 1, 2),
-        dst: Ipv4Addr::new(10, 1, 2, 2),
-        protocol: Protocol::Udp,
-        payload_len: (len - 20) as u16,
-        ttl: 64,
-        dscp_ecn: 0,
-        ident: 1,
-        dont_frag: true,
-    }
-    .emit(&mut Ipv4Packet::new_unchecked(&mut b[..]));
-    b
+    weft::fixtures::udp_packet(len - 28, 40000, 0x5a)
 }
 
 /// A table of 1,001 leases (/24 each): 1,000 in 10.2.0.0-10.5.231.0 and the sender 10.1.1.0/24.

@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 use crate::wire::checksum;
 use crate::wire::ipv4::{self, Ipv4Repr, Protocol};
 use crate::wire::tcp::TcpRepr;
+use crate::wire::udp::{UdpPacket, HEADER_LEN as UDP_HEADER_LEN};
 use crate::wire::{Ipv4Packet, TcpPacket};
 
 /// Source address of the fixture flow (a pod in 10.1.1.0/24).
@@ -88,6 +89,33 @@ pub fn counting(len: usize) -> Vec<u8> {
 /// [`counting`], checksums filled, as a peer would send it.
 pub fn tcp_packet(payload: usize, flags: u8, seq: u32) -> Vec<u8> {
     Tcp4::new(flags, seq).build(&counting(payload))
+}
+
+/// A UDP/IPv4 datagram of the fixture flow ([`SRC`]:`sport` -> [`DST`]:7100, IP ID 7) with
+/// `payload` bytes counting up from `fill`, both checksums filled.
+pub fn udp_packet(payload: usize, sport: u16, fill: u8) -> Vec<u8> {
+    let l4_len = UDP_HEADER_LEN + payload;
+    let mut b = vec![0u8; ipv4::MIN_HEADER_LEN + l4_len];
+    Ipv4Repr {
+        src: SRC,
+        dst: DST,
+        protocol: Protocol::Udp,
+        payload_len: l4_len as u16,
+        ttl: 64,
+        dscp_ecn: 0,
+        ident: 7,
+        dont_frag: true,
+    }
+    .emit(&mut Ipv4Packet::new_unchecked(&mut b[..]));
+    let mut u = UdpPacket::new_unchecked(&mut b[ipv4::MIN_HEADER_LEN..]);
+    u.set_src_port(sport);
+    u.set_dst_port(7100);
+    u.set_len(l4_len as u16);
+    for (i, x) in u.payload_mut().iter_mut().enumerate() {
+        *x = fill.wrapping_add(i as u8);
+    }
+    u.fill_checksum(SRC, DST);
+    b
 }
 
 /// Recomputes the TCP checksum of a TCP/IPv4 packet after a test edited it; a packet too

@@ -341,7 +341,7 @@ impl Coalescer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{fix_tcp_checksum, tcp_packet};
+    use crate::fixtures::{fix_tcp_checksum, tcp_packet, udp_packet};
     use crate::gso::segment_tcp4;
     use crate::offload::GSO_NONE;
     use crate::wire::tcp::{ACK, FIN, PSH, RST, SYN};
@@ -475,38 +475,6 @@ mod tests {
     }
 
     /// A UDP/IPv4 datagram with a valid checksum: `payload` bytes after the given ports.
-    fn udp_packet(payload: usize, sport: u16, fill: u8) -> Vec<u8> {
-        use crate::wire::ipv4::Ipv4Repr;
-        let mut b = vec![0u8; 28 + payload];
-        Ipv4Repr {
-            src: std::net::Ipv4Addr::new(10, 1, 1, 2),
-            dst: std::net::Ipv4Addr::new(10, 1, 2, 2),
-            protocol: Protocol::Udp,
-            payload_len: (8 + payload) as u16,
-            ttl: 64,
-            dscp_ecn: 0,
-            ident: 7,
-            dont_frag: true,
-        }
-        .emit(&mut Ipv4Packet::new_unchecked(&mut b[..]));
-        b[20..22].copy_from_slice(&sport.to_be_bytes());
-        b[22..24].copy_from_slice(&7100u16.to_be_bytes());
-        b[24..26].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
-        for (i, x) in b[28..].iter_mut().enumerate() {
-            *x = fill.wrapping_add(i as u8);
-        }
-        let c = !checksum::fold(
-            checksum::pseudo_header(
-                [10, 1, 1, 2].into(),
-                [10, 1, 2, 2].into(),
-                17,
-                (8 + payload) as u16,
-            ) + checksum::sum(&b[20..]),
-        );
-        b[26..28].copy_from_slice(&c.to_be_bytes());
-        b
-    }
-
     #[test]
     fn udp_datagrams_merge_into_a_uso_super_packet() {
         let mut c = Coalescer::with_udp();

@@ -32,7 +32,9 @@ pub use check::{check_lease, judge, judge_all, Judged, LeaseProblem, LeaseView};
 pub use lease::{acquire_lease, read_config, AcquireRequest, OwnLease};
 pub use record::{BackendRecord, LeaseRecord, RecordError};
 pub use start::{Store, StoreOptions};
-pub use subnet_env::{read_previous_subnet, SubnetEnv, SubnetEnvError};
+pub use subnet_env::{
+    read_previous_ipv6_subnet, read_previous_subnet, SubnetEnv, SubnetEnv6, SubnetEnvError,
+};
 pub use vtep::derive_vtep_mac;
 pub use watch::StoreHandle;
 

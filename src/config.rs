@@ -5,14 +5,19 @@
 //! ignored, a later duplicate key wins and `null` leaves a field as it was. Error messages
 //! start with flannel's wording and then say how to fix the config.
 //!
+//! Dual stack (`EnableIPv6`, `IPv6Network`, `IPv6SubnetLen`, `IPv6SubnetMin/Max`) and
+//! IPv6-only (`EnableIPv4: false`) configs are parsed and checked by
+//! [`NetworkConfig::parse_dual_stack`]; [`NetworkConfig::parse`], what the node runs on,
+//! still refuses them until the data path forwards IPv6.
+//!
 //! Decoding each field (its JSON type, its text, the Backend section's defaults) is in
 //! `config/decode.rs`; the rules between fields and the defaults that follow from them are
 //! here, in `validate`.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::wire::vxlan::{Vni, VniRangeError};
-use crate::wire::Subnet;
+use crate::wire::{Subnet, Subnet6};
 
 mod decode;
 pub(crate) mod gojson;
@@ -82,6 +87,10 @@ pub struct Backend {
 }
 
 /// A validated flannel network config.
+///
+/// The IPv4 fields (`network` to `subnet_max`) hold flannel's zero values (`0.0.0.0/0`,
+/// 0, `0.0.0.0`) when `enable_ipv4` is false, as flanneld's own struct does; such a config
+/// leases no IPv4 subnet ([`subnet_count`](Self::subnet_count) is 0).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkConfig {
     /// `Network`: the whole overlay, e.g. `10.1.0.0/16`.
@@ -92,14 +101,59 @@ pub struct NetworkConfig {
     pub subnet_min: Ipv4Addr,
     /// `SubnetMax`: network address of the highest subnet handed out.
     pub subnet_max: Ipv4Addr,
-    /// `EnableIPv4` (default true; weft requires it).
+    /// `EnableIPv4` (default true; false makes an IPv6-only network).
     pub enable_ipv4: bool,
-    /// `EnableIPv6` (weft supports IPv4 only, so this must be false).
+    /// `EnableIPv6` (default false); `ipv6` is set exactly when this is true.
     pub enable_ipv6: bool,
-    /// `IPv6Network`, kept verbatim for reporting.
-    pub ipv6_network: Option<String>,
+    /// The IPv6 half (`IPv6Network` and its subnets) when `EnableIPv6` is true.
+    pub ipv6: Option<Ipv6Config>,
     /// The `Backend` section.
     pub backend: Backend,
+}
+
+/// The IPv6 half of a dual-stack (or IPv6-only) config, with flannel's defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Config {
+    /// `IPv6Network`: the whole IPv6 overlay, e.g. `fd10::/48`.
+    pub network: Subnet6,
+    /// `IPv6SubnetLen`: the prefix length of every node's IPv6 lease.
+    pub subnet_len: u8,
+    /// `IPv6SubnetMin`: network address of the lowest IPv6 subnet handed out.
+    pub subnet_min: Ipv6Addr,
+    /// `IPv6SubnetMax`: network address of the highest IPv6 subnet handed out.
+    pub subnet_max: Ipv6Addr,
+}
+
+impl Ipv6Config {
+    /// The number of IPv6 subnets between IPv6SubnetMin and IPv6SubnetMax, inclusive
+    /// (at most 2^126, so it fits).
+    pub fn subnet_count(&self) -> u128 {
+        let (min, max) = (u128::from(self.subnet_min), u128::from(self.subnet_max));
+        if max < min {
+            return 0;
+        }
+        ((max - min) >> (128 - u32::from(self.subnet_len))) + 1
+    }
+
+    /// The `n`-th leasable IPv6 subnet counting from IPv6SubnetMin, or `None` past
+    /// IPv6SubnetMax.
+    pub fn nth_subnet(&self, n: u128) -> Option<Subnet6> {
+        if n >= self.subnet_count() {
+            return None;
+        }
+        let first = Subnet6::new(self.subnet_min, self.subnet_len).ok()?;
+        let index = self.network.subnet_index(&first)?.checked_add(n)?;
+        self.network.nth_subnet(self.subnet_len, index)
+    }
+
+    /// Whether `subnet` is one this config may hand out: in IPv6Network, of IPv6SubnetLen,
+    /// in range.
+    pub fn is_leasable(&self, subnet: &Subnet6) -> bool {
+        subnet.prefix_len() == self.subnet_len
+            && self.network.contains_subnet(subnet)
+            && subnet.addr() >= self.subnet_min
+            && subnet.addr() <= self.subnet_max
+    }
 }
 
 /// Why a network config was rejected. Each message names the field and the fix.
@@ -188,25 +242,101 @@ pub enum ConfigError {
     /// warning about a changed config names it), hence not also a `#[source]`.
     #[error("Backend.VNI: {0}; use a VNI from 0 to 16777215 (flannel's default is 1)")]
     Vni(VniRangeError),
-    /// `EnableIPv6` is true.
-    #[error("EnableIPv6 is true but weft routes IPv4 only; set \"EnableIPv6\": false")]
-    Ipv6Unsupported,
-    /// `EnableIPv4` is false.
-    #[error("EnableIPv4 is false but weft routes IPv4 only; set \"EnableIPv4\": true or drop it")]
-    Ipv4Disabled,
+    /// `EnableIPv6` is true: the config is valid, but weft's data path does not forward IPv6
+    /// yet, so the node refuses it (see [`NetworkConfig::parse`]).
+    #[error("EnableIPv6 is true: weft parses dual-stack and IPv6-only configs but does not yet forward IPv6; set \"EnableIPv6\": false (with \"EnableIPv4\": true) to run weft on this network")]
+    Ipv6NotForwarded,
+    /// `EnableIPv4` and `EnableIPv6` are both false: the network would carry nothing.
+    #[error("EnableIPv4 and EnableIPv6 are both false, so the network carries nothing; set \"EnableIPv4\": true or drop it")]
+    NoIpFamily,
+    /// `EnableIPv6` is true and `IPv6Network` is missing or `::/0`.
+    #[error("please define a correct IPv6Network parameter in the flannel config: set \"IPv6Network\" to the IPv6 overlay CIDR, e.g. \"fd10::/48\", or set \"EnableIPv6\": false")]
+    MissingIpv6Network,
+    /// `IPv6SubnetLen` is 127 or 128.
+    #[error("SubnetLen must be less than /127: IPv6SubnetLen is /{0}; set \"IPv6SubnetLen\" to 126 or less (64 is usual)")]
+    Ipv6SubnetLenTooLong(u64),
+    /// `IPv6SubnetLen` leaves fewer than four subnets in `IPv6Network`.
+    #[error("network must be able to accommodate at least four subnets: IPv6Network {network} with IPv6SubnetLen /{subnet_len} does not; set \"IPv6SubnetLen\" to at least {min} or use a larger IPv6Network")]
+    TooFewIpv6Subnets {
+        /// The IPv6Network.
+        network: Subnet6,
+        /// The IPv6SubnetLen given.
+        subnet_len: u64,
+        /// The smallest IPv6SubnetLen that works.
+        min: u8,
+    },
+    /// `IPv6Network` is smaller than /124 and no IPv6SubnetLen was given.
+    #[error("IPv6Network is too small. Minimum useful network prefix is /124: {0} is smaller; use a /124 or larger IPv6Network")]
+    Ipv6NetworkTooSmall(Subnet6),
+    /// `IPv6SubnetMin` lies outside `IPv6Network`.
+    #[error("IPv6SubnetMin is not in the range of the IPv6Network: {addr} is outside {network}; pick an address inside it or drop IPv6SubnetMin")]
+    Ipv6SubnetMinOutside {
+        /// The IPv6SubnetMin given.
+        addr: Ipv6Addr,
+        /// The IPv6Network.
+        network: Subnet6,
+    },
+    /// `IPv6SubnetMax` lies outside `IPv6Network`.
+    #[error("IPv6SubnetMax is not in the range of the IPv6Network: {addr} is outside {network}; pick an address inside it or drop IPv6SubnetMax")]
+    Ipv6SubnetMaxOutside {
+        /// The IPv6SubnetMax given.
+        addr: Ipv6Addr,
+        /// The IPv6Network.
+        network: Subnet6,
+    },
+    /// `IPv6SubnetMin` is not a network address of an IPv6SubnetLen subnet.
+    #[error("IPv6SubnetMin is not on a SubnetLen boundary: {addr}; with IPv6SubnetLen /{subnet_len} use {aligned}")]
+    Ipv6SubnetMinUnaligned {
+        /// The IPv6SubnetMin given.
+        addr: Ipv6Addr,
+        /// The IPv6SubnetLen in force.
+        subnet_len: u8,
+        /// The boundary at or below it.
+        aligned: Ipv6Addr,
+    },
+    /// `IPv6SubnetMax` is not a network address of an IPv6SubnetLen subnet.
+    #[error("IPv6SubnetMax is not on a SubnetLen boundary: {addr}; with IPv6SubnetLen /{subnet_len} use {aligned}")]
+    Ipv6SubnetMaxUnaligned {
+        /// The IPv6SubnetMax given.
+        addr: Ipv6Addr,
+        /// The IPv6SubnetLen in force.
+        subnet_len: u8,
+        /// The boundary at or below it.
+        aligned: Ipv6Addr,
+    },
+    /// `IPv6SubnetMin` lies above `IPv6SubnetMax`, so no IPv6 subnet can ever be leased.
+    #[error("IPv6SubnetMin {min} is above IPv6SubnetMax {max}: no IPv6 subnet could be leased; swap them or drop one")]
+    Ipv6SubnetRangeEmpty {
+        /// The IPv6SubnetMin in force.
+        min: Ipv6Addr,
+        /// The IPv6SubnetMax in force.
+        max: Ipv6Addr,
+    },
 }
 
 impl NetworkConfig {
-    /// Parses and validates the JSON text stored at `<prefix>/config`.
+    /// Parses and validates the JSON text stored at `<prefix>/config` as a config this node
+    /// can run: one [`parse_dual_stack`](Self::parse_dual_stack) accepts, refused with
+    /// [`ConfigError::Ipv6NotForwarded`] when it enables IPv6 (the data path carries IPv4 only).
     pub fn parse(text: &str) -> Result<NetworkConfig, ConfigError> {
+        let config = Self::parse_dual_stack(text)?;
+        if config.enable_ipv6 {
+            return Err(ConfigError::Ipv6NotForwarded);
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates the JSON text with flannel's rules for both families, accepting
+    /// dual-stack and IPv6-only configs.
+    pub fn parse_dual_stack(text: &str) -> Result<NetworkConfig, ConfigError> {
         let root = GoObject::parse(text).map_err(ConfigError::Json)?;
         validate(Raw::from_object(&root)?)
     }
 
-    /// The number of subnets between SubnetMin and SubnetMax, inclusive.
+    /// The number of subnets between SubnetMin and SubnetMax, inclusive (0 when IPv4 is off).
     pub fn subnet_count(&self) -> u64 {
         let (min, max) = (u32::from(self.subnet_min), u32::from(self.subnet_max));
-        if max < min {
+        if !self.enable_ipv4 || max < min {
             return 0;
         }
         (u64::from(max - min) >> (32 - u32::from(self.subnet_len))) + 1
@@ -297,10 +427,29 @@ impl NetworkConfig {
             older.enable_ipv6.to_string(),
             self.enable_ipv6.to_string(),
         );
+        let (o6, n6) = (older.ipv6.as_ref(), self.ipv6.as_ref());
+        let v6 = |c: Option<&Ipv6Config>, f: fn(&Ipv6Config) -> String| {
+            c.map_or_else(|| "unset".to_string(), f)
+        };
         diff(
             "IPv6Network",
-            format!("{:?}", older.ipv6_network),
-            format!("{:?}", self.ipv6_network),
+            v6(o6, |c| c.network.to_string()),
+            v6(n6, |c| c.network.to_string()),
+        );
+        diff(
+            "IPv6SubnetLen",
+            v6(o6, |c| c.subnet_len.to_string()),
+            v6(n6, |c| c.subnet_len.to_string()),
+        );
+        diff(
+            "IPv6SubnetMin",
+            v6(o6, |c| c.subnet_min.to_string()),
+            v6(n6, |c| c.subnet_min.to_string()),
+        );
+        diff(
+            "IPv6SubnetMax",
+            v6(o6, |c| c.subnet_max.to_string()),
+            v6(n6, |c| c.subnet_max.to_string()),
         );
         let (o, n) = (&older.backend, &self.backend);
         diff(
@@ -326,7 +475,8 @@ impl NetworkConfig {
 
     /// Whether `subnet` is one this config may hand out: in Network, of SubnetLen, in range.
     pub fn is_leasable(&self, subnet: &Subnet) -> bool {
-        subnet.prefix_len() == self.subnet_len
+        self.enable_ipv4
+            && subnet.prefix_len() == self.subnet_len
             && self.network.contains_subnet(subnet)
             && subnet.addr() >= self.subnet_min
             && subnet.addr() <= self.subnet_max
@@ -365,22 +515,33 @@ impl std::fmt::Display for MtuMismatch {
     }
 }
 
-/// flannel's `CheckNetworkConfig` plus its defaults: the rules between fields (SubnetLen
-/// against Network, SubnetMin/SubnetMax inside it and in order), then the Backend section.
+/// flannel's `CheckNetworkConfig` plus its defaults: for each enabled family the rules
+/// between fields (SubnetLen against Network, SubnetMin/SubnetMax inside it and in order),
+/// then the Backend section. The IPv4 half is checked first, as flanneld does.
 fn validate(raw: Raw) -> Result<NetworkConfig, ConfigError> {
-    if raw.enable_ipv6 {
-        return Err(ConfigError::Ipv6Unsupported);
+    if !raw.enable_ipv4 && !raw.enable_ipv6 {
+        return Err(ConfigError::NoIpFamily);
     }
-    if !raw.enable_ipv4 {
-        return Err(ConfigError::Ipv4Disabled);
-    }
-    let network = match raw.network {
-        Some(n) if !(n.prefix_len() == 0 && n.addr() == Ipv4Addr::UNSPECIFIED) => n,
-        _ => return Err(ConfigError::MissingNetwork),
+    let (network, subnet_len, subnet_min, subnet_max) = if raw.enable_ipv4 {
+        let network = match raw.network {
+            Some(n) if !(n.prefix_len() == 0 && n.addr() == Ipv4Addr::UNSPECIFIED) => n,
+            _ => return Err(ConfigError::MissingNetwork),
+        };
+        let subnet_len = subnet_len_for(network, raw.subnet_len)?;
+        let (subnet_min, subnet_max) =
+            subnet_range(network, subnet_len, raw.subnet_min, raw.subnet_max)?;
+        (network, subnet_len, subnet_min, subnet_max)
+    } else {
+        // flanneld leaves the IPv4 half at Go's zero values and never looks at it.
+        let zero = Subnet::containing(Ipv4Addr::UNSPECIFIED, 0)
+            .map_err(|_| ConfigError::MissingNetwork)?;
+        (zero, 0, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED)
     };
-    let subnet_len = subnet_len_for(network, raw.subnet_len)?;
-    let (subnet_min, subnet_max) =
-        subnet_range(network, subnet_len, raw.subnet_min, raw.subnet_max)?;
+    let ipv6 = if raw.enable_ipv6 {
+        Some(validate_ipv6(&raw)?)
+    } else {
+        None
+    };
     let backend = parse_backend(raw.backend.as_ref())?;
     Ok(NetworkConfig {
         network,
@@ -389,9 +550,105 @@ fn validate(raw: Raw) -> Result<NetworkConfig, ConfigError> {
         subnet_max,
         enable_ipv4: raw.enable_ipv4,
         enable_ipv6: raw.enable_ipv6,
-        ipv6_network: raw.ipv6_network,
+        ipv6,
         backend,
     })
+}
+
+/// The IPv6 half of `CheckNetworkConfig`: IPv6Network present, IPv6SubnetLen given or
+/// defaulted (64 for a /62 or shorter IPv6Network, else its prefix + 2), IPv6SubnetMin/Max
+/// inside it, on a boundary and in order.
+fn validate_ipv6(raw: &Raw) -> Result<Ipv6Config, ConfigError> {
+    let network = match raw.ipv6_network.clone().transpose()? {
+        Some(n) if !(n.prefix_len() == 0 && n.addr().is_unspecified()) => n,
+        _ => return Err(ConfigError::MissingIpv6Network),
+    };
+    let subnet_len = ipv6_subnet_len_for(network, raw.ipv6_subnet_len)?;
+    let min = raw.ipv6_subnet_min.clone().transpose()?;
+    let max = raw.ipv6_subnet_max.clone().transpose()?;
+    let (subnet_min, subnet_max) = ipv6_subnet_range(network, subnet_len, min, max)?;
+    Ok(Ipv6Config {
+        network,
+        subnet_len,
+        subnet_min,
+        subnet_max,
+    })
+}
+
+/// The IPv6SubnetLen in force: the one given (0: none), checked against `network`, or
+/// flannel's default (/64 for networks of /62 or larger, else two bits longer).
+fn ipv6_subnet_len_for(network: Subnet6, given: u64) -> Result<u8, ConfigError> {
+    let plen = network.prefix_len();
+    if given == 0 {
+        return match plen {
+            125.. => Err(ConfigError::Ipv6NetworkTooSmall(network)),
+            ..=62 => Ok(64),
+            _ => Ok(plen + 2),
+        };
+    }
+    if given > 126 {
+        return Err(ConfigError::Ipv6SubnetLenTooLong(given));
+    }
+    if given < u64::from(plen) + 2 {
+        return Err(ConfigError::TooFewIpv6Subnets {
+            network,
+            subnet_len: given,
+            min: plen + 2,
+        });
+    }
+    // Checked above: 1..=126.
+    Ok(given as u8)
+}
+
+/// IPv6SubnetMin and IPv6SubnetMax in force: the ones given (`::` counts as not set, as
+/// flannel's `IsEmpty`), else the second and the last subnet of `network`; both inside it,
+/// on an IPv6SubnetLen boundary and in order.
+fn ipv6_subnet_range(
+    network: Subnet6,
+    subnet_len: u8,
+    min: Option<Ipv6Addr>,
+    max: Option<Ipv6Addr>,
+) -> Result<(Ipv6Addr, Ipv6Addr), ConfigError> {
+    let mask = Subnet6::mask_bits(subnet_len);
+    let aligned = |a: Ipv6Addr| Ipv6Addr::from(u128::from(a) & mask);
+    let subnet_min = match min.filter(|a| !a.is_unspecified()) {
+        // subnet_len >= prefix + 2, so the second subnet exists.
+        None => network
+            .nth_subnet(subnet_len, 1)
+            .map_or(network.addr(), |s| s.addr()),
+        Some(a) if !network.contains(a) => {
+            return Err(ConfigError::Ipv6SubnetMinOutside { addr: a, network })
+        }
+        Some(a) => a,
+    };
+    let subnet_max = match max.filter(|a| !a.is_unspecified()) {
+        None => aligned(network.last_addr()),
+        Some(a) if !network.contains(a) => {
+            return Err(ConfigError::Ipv6SubnetMaxOutside { addr: a, network })
+        }
+        Some(a) => a,
+    };
+    if aligned(subnet_min) != subnet_min {
+        return Err(ConfigError::Ipv6SubnetMinUnaligned {
+            addr: subnet_min,
+            subnet_len,
+            aligned: aligned(subnet_min),
+        });
+    }
+    if aligned(subnet_max) != subnet_max {
+        return Err(ConfigError::Ipv6SubnetMaxUnaligned {
+            addr: subnet_max,
+            subnet_len,
+            aligned: aligned(subnet_max),
+        });
+    }
+    if subnet_min > subnet_max {
+        return Err(ConfigError::Ipv6SubnetRangeEmpty {
+            min: subnet_min,
+            max: subnet_max,
+        });
+    }
+    Ok((subnet_min, subnet_max))
 }
 
 /// The SubnetLen in force: the one given (0: none), checked against `network`, or flannel's
@@ -478,6 +735,7 @@ mod tests {
         #[test]
         fn parsing_never_panics(text in "\\PC{0,120}") {
             let _ = NetworkConfig::parse(&text);
+            let _ = NetworkConfig::parse_dual_stack(&text);
         }
 
         #[test]
@@ -890,18 +1148,315 @@ mod tests {
         );
     }
 
+    fn ip6(s: &str) -> Ipv6Addr {
+        s.parse().unwrap()
+    }
+
+    fn dual(s: &str) -> NetworkConfig {
+        NetworkConfig::parse_dual_stack(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    fn dual_err(s: &str) -> ConfigError {
+        NetworkConfig::parse_dual_stack(s).expect_err(s)
+    }
+
     #[test]
     fn ip_families() {
-        assert_eq!(
-            err(r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}"#),
-            ConfigError::Ipv6Unsupported
-        );
-        assert_eq!(
-            err(r#"{"Network":"10.1.0.0/16","EnableIPv4":false}"#),
-            ConfigError::Ipv4Disabled
-        );
+        // Parsed and valid, but the node refuses IPv6 until the data path forwards it.
+        let both = r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}"#;
+        let e = err(both);
+        assert_eq!(e, ConfigError::Ipv6NotForwarded);
+        assert!(e.to_string().contains("does not yet forward IPv6"), "{e}");
+        assert!(e.to_string().contains(r#""EnableIPv6": false"#), "{e}");
+        assert!(dual(both).enable_ipv6);
+        let v6_only = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48"}"#;
+        assert_eq!(err(v6_only), ConfigError::Ipv6NotForwarded);
+        // Neither family: nothing to carry.
+        let e = err(r#"{"Network":"10.1.0.0/16","EnableIPv4":false}"#);
+        assert_eq!(e, ConfigError::NoIpFamily);
+        assert!(e.to_string().contains(r#""EnableIPv4": true"#), "{e}");
+        // IPv6 fields with EnableIPv6 off are read (a malformed one is refused, as Go's
+        // decoder does) but not used.
         let c = parse(r#"{"Network":"10.1.0.0/16","EnableIPv6":false,"IPv6Network":"fc00::/48"}"#);
-        assert_eq!(c.ipv6_network.as_deref(), Some("fc00::/48"));
+        assert_eq!(c.ipv6, None);
+        assert!(!c.enable_ipv6);
+        let c = parse(
+            r#"{"Network":"10.1.0.0/16","IPv6Network":"10.2.0.0/16","IPv6SubnetMin":"10.2.0.0"}"#,
+        );
+        assert_eq!(c.ipv6, None);
+        let e = err(r#"{"Network":"10.1.0.0/16","IPv6Network":"fc00::"}"#);
+        assert!(
+            matches!(
+                e,
+                ConfigError::Field {
+                    field: "IPv6Network",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn dual_stack_defaults() {
+        let c = dual(
+            r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fd10::/48","Backend":{"Type":"vxlan"}}"#,
+        );
+        assert!(c.enable_ipv4 && c.enable_ipv6);
+        assert_eq!(c.network.to_string(), "10.1.0.0/16");
+        assert_eq!(c.subnet_len, 24);
+        let v6 = c.ipv6.expect("ipv6 half");
+        assert_eq!(v6.network.to_string(), "fd10::/48");
+        assert_eq!(v6.subnet_len, 64);
+        assert_eq!(v6.subnet_min, ip6("fd10:0:0:1::"));
+        assert_eq!(v6.subnet_max, ip6("fd10:0:0:ffff::"));
+        assert_eq!(v6.subnet_count(), 0xffff);
+        assert_eq!(v6.nth_subnet(0).unwrap().to_string(), "fd10:0:0:1::/64");
+        assert_eq!(v6.nth_subnet(1).unwrap().key_string(), "fd10:0:0:2::-64");
+        assert_eq!(
+            v6.nth_subnet(0xfffe).unwrap().to_string(),
+            "fd10:0:0:ffff::/64"
+        );
+        assert_eq!(v6.nth_subnet(0xffff), None);
+        assert!(v6.is_leasable(&"fd10:0:0:2::/64".parse().unwrap()));
+        assert!(!v6.is_leasable(&"fd10::/64".parse().unwrap()));
+        assert!(!v6.is_leasable(&"fd10:0:0:2::/80".parse().unwrap()));
+        assert!(!v6.is_leasable(&"fd11::/64".parse().unwrap()));
+        // Keys are case-insensitive and host bits dropped, as Go's decoder and ParseCIDR do.
+        let c = dual(r#"{"network":"10.1.0.0/16","enableipv6":true,"ipv6network":"fd10::1/48"}"#);
+        assert_eq!(c.ipv6.unwrap().network.to_string(), "fd10::/48");
+    }
+
+    #[test]
+    fn flannels_own_ipv6_examples() {
+        // flannel subnet/config_test.go TestIPv6ConfigDefaults.
+        let c = dual(r#"{ "enableIPv6": true, "ipv6Network": "fc00::/48", "enableIPv4": false }"#);
+        assert!(!c.enable_ipv4 && c.enable_ipv6);
+        let v6 = c.ipv6.unwrap();
+        assert_eq!(v6.network.to_string(), "fc00::/48");
+        assert_eq!(v6.subnet_min, ip6("fc00:0:0:1::"));
+        assert_eq!(v6.subnet_max, ip6("fc00:0:0:ffff::"));
+        assert_eq!(v6.subnet_len, 64);
+        // IPv6-only: no IPv4 subnet to lease.
+        assert_eq!(c.subnet_count(), 0);
+        assert_eq!(c.subnets().count(), 0);
+        assert!(!c.is_leasable(&"0.0.0.0/0".parse().unwrap()));
+        // TestIPv6ConfigOverrides.
+        let c = dual(
+            r#"{ "EnableIPv6": true, "IPv6Network": "fc00::/48", "IPv6SubnetMin": "fc00:0:0:1::", "IPv6SubnetMax": "fc00:0:0:f::", "IPv6SubnetLen": 124, "enableIPv4": false }"#,
+        );
+        let v6 = c.ipv6.unwrap();
+        assert_eq!(v6.subnet_min, ip6("fc00:0:0:1::"));
+        assert_eq!(v6.subnet_max, ip6("fc00:0:0:f::"));
+        assert_eq!(v6.subnet_len, 124);
+    }
+
+    #[test]
+    fn ipv6_subnet_len_defaults_by_prefix() {
+        let len = |net: &str| {
+            dual(&format!(
+                r#"{{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"{net}"}}"#
+            ))
+            .ipv6
+            .unwrap()
+        };
+        assert_eq!(len("fd00::/8").subnet_len, 64);
+        assert_eq!(len("fd10::/62").subnet_len, 64);
+        let c = len("fd10::/63");
+        assert_eq!(c.subnet_len, 65);
+        assert_eq!(c.subnet_min, ip6("fd10::8000:0:0:0"));
+        assert_eq!(c.subnet_max, ip6("fd10:0:0:1:8000::"));
+        let c = len("fd10::/124");
+        assert_eq!(c.subnet_len, 126);
+        assert_eq!(c.subnet_min, ip6("fd10::4"));
+        assert_eq!(c.subnet_max, ip6("fd10::c"));
+        assert_eq!(c.subnet_count(), 3);
+        let e = dual_err(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd10::/125"}"#);
+        assert_eq!(
+            e,
+            ConfigError::Ipv6NetworkTooSmall("fd10::/125".parse().unwrap())
+        );
+        assert!(e
+            .to_string()
+            .starts_with("IPv6Network is too small. Minimum useful network prefix is /124"));
+        // The whole space but one bit works; ::/0 is "not set".
+        assert_eq!(len("8000::/1").subnet_max, ip6("ffff:ffff:ffff:ffff::"));
+    }
+
+    #[test]
+    fn ipv6_network_missing_or_bad() {
+        let v6 = |rest: &str| format!(r#"{{"Network":"10.1.0.0/16","EnableIPv6":true{rest}}}"#);
+        let e = dual_err(&v6(""));
+        assert_eq!(e, ConfigError::MissingIpv6Network);
+        assert!(e
+            .to_string()
+            .starts_with("please define a correct IPv6Network parameter in the flannel config"));
+        assert!(e.to_string().contains("fd10::/48"), "{e}");
+        assert_eq!(
+            dual_err(&v6(r#","IPv6Network":"::/0""#)),
+            ConfigError::MissingIpv6Network
+        );
+        assert_eq!(
+            dual_err(&v6(r#","IPv6Network":null"#)),
+            ConfigError::MissingIpv6Network
+        );
+        for bad in [
+            r#""fd10::""#,
+            r#""fd10::/129""#,
+            r#""fd10::/x""#,
+            r#""zz::/48""#,
+            "48",
+        ] {
+            let e = dual_err(&v6(&format!(r#","IPv6Network":{bad}"#)));
+            assert!(
+                matches!(
+                    e,
+                    ConfigError::Field {
+                        field: "IPv6Network",
+                        ..
+                    }
+                ),
+                "{bad}: {e}"
+            );
+            assert!(e.to_string().contains("fd10::/48"), "{bad}: {e}");
+        }
+        // An IPv4 CIDR where the IPv6 one belongs.
+        let e = dual_err(&v6(r#","IPv6Network":"10.2.0.0/16""#));
+        assert!(
+            matches!(
+                e,
+                ConfigError::Field {
+                    field: "IPv6Network",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("is an IPv4 CIDR"), "{e}");
+        // The IPv4 half is checked first, as flanneld does.
+        let e = dual_err(r#"{"EnableIPv6":true,"IPv6Network":"fd10::/48"}"#);
+        assert_eq!(e, ConfigError::MissingNetwork);
+    }
+
+    #[test]
+    fn ipv6_subnet_len_checks() {
+        let v6 = |len: &str| {
+            format!(
+                r#"{{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fd10::/48","IPv6SubnetLen":{len}}}"#
+            )
+        };
+        let e = dual_err(&v6("127"));
+        assert_eq!(e, ConfigError::Ipv6SubnetLenTooLong(127));
+        assert!(
+            e.to_string()
+                .starts_with("SubnetLen must be less than /127"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("IPv6SubnetLen"), "{e}");
+        assert_eq!(dual(&v6("126")).ipv6.unwrap().subnet_len, 126);
+        let e = dual_err(&v6("49"));
+        assert_eq!(
+            e,
+            ConfigError::TooFewIpv6Subnets {
+                network: "fd10::/48".parse().unwrap(),
+                subnet_len: 49,
+                min: 50
+            }
+        );
+        assert!(e
+            .to_string()
+            .starts_with("network must be able to accommodate at least four subnets"));
+        assert!(e.to_string().contains("at least 50"), "{e}");
+        assert_eq!(dual(&v6("50")).ipv6.unwrap().subnet_count(), 3);
+        for bad in ["-1", "\"64\"", "64.5"] {
+            let e = dual_err(&v6(bad));
+            assert!(
+                matches!(
+                    e,
+                    ConfigError::Field {
+                        field: "IPv6SubnetLen",
+                        ..
+                    }
+                ),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn ipv6_subnet_min_max_checks() {
+        let v6 = |rest: &str| {
+            format!(
+                r#"{{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fd10::/48"{rest}}}"#
+            )
+        };
+        let c = dual(&v6(
+            r#","IPv6SubnetMin":"fd10:0:0:10::","IPv6SubnetMax":"fd10:0:0:20::""#,
+        ))
+        .ipv6
+        .unwrap();
+        assert_eq!(
+            (c.subnet_min, c.subnet_max),
+            (ip6("fd10:0:0:10::"), ip6("fd10:0:0:20::"))
+        );
+        assert_eq!(c.subnet_count(), 0x11);
+        // "::" is flannel's empty value: the default applies.
+        let c = dual(&v6(r#","IPv6SubnetMin":"::""#)).ipv6.unwrap();
+        assert_eq!(c.subnet_min, ip6("fd10:0:0:1::"));
+        let e = dual_err(&v6(r#","IPv6SubnetMin":"fd11::""#));
+        assert!(matches!(e, ConfigError::Ipv6SubnetMinOutside { .. }), "{e}");
+        assert!(e
+            .to_string()
+            .starts_with("IPv6SubnetMin is not in the range of the IPv6Network"));
+        let e = dual_err(&v6(r#","IPv6SubnetMax":"fd11::""#));
+        assert!(matches!(e, ConfigError::Ipv6SubnetMaxOutside { .. }), "{e}");
+        assert!(e.to_string().contains("drop IPv6SubnetMax"), "{e}");
+        let e = dual_err(&v6(r#","IPv6SubnetMin":"fd10:0:0:1::5""#));
+        assert_eq!(
+            e,
+            ConfigError::Ipv6SubnetMinUnaligned {
+                addr: ip6("fd10:0:0:1::5"),
+                subnet_len: 64,
+                aligned: ip6("fd10:0:0:1::")
+            }
+        );
+        assert!(e
+            .to_string()
+            .starts_with("IPv6SubnetMin is not on a SubnetLen boundary: fd10:0:0:1::5"));
+        assert!(e.to_string().contains("use fd10:0:0:1::"), "{e}");
+        let e = dual_err(&v6(r#","IPv6SubnetMax":"fd10:0:0:9:8000::""#));
+        assert!(
+            matches!(e, ConfigError::Ipv6SubnetMaxUnaligned { .. }),
+            "{e}"
+        );
+        let e = dual_err(&v6(
+            r#","IPv6SubnetMin":"fd10:0:0:20::","IPv6SubnetMax":"fd10:0:0:10::""#,
+        ));
+        assert!(matches!(e, ConfigError::Ipv6SubnetRangeEmpty { .. }), "{e}");
+        assert!(e.to_string().contains("swap them"), "{e}");
+        let e = dual_err(&v6(r#","IPv6SubnetMin":"ten""#));
+        assert!(
+            matches!(
+                e,
+                ConfigError::Field {
+                    field: "IPv6SubnetMin",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = dual_err(&v6(r#","IPv6SubnetMax":"10.1.0.0""#));
+        assert!(
+            matches!(
+                e,
+                ConfigError::Field {
+                    field: "IPv6SubnetMax",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("is an IPv4 address"), "{e}");
     }
 
     #[test]
@@ -918,6 +1473,29 @@ mod tests {
             vec![
                 "Backend.VNI 1 -> 2".to_string(),
                 "Backend.MTU unset -> 1400".to_string()
+            ]
+        );
+        let c = dual(
+            r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fd10::/48","Backend":{"Type":"vxlan"}}"#,
+        );
+        let d = dual(
+            r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fd10::/48","IPv6SubnetLen":80,"IPv6SubnetMin":"fd10:0:0:1::","IPv6SubnetMax":"fd10:0:0:2::","Backend":{"Type":"vxlan"}}"#,
+        );
+        assert_eq!(
+            c.changes_since(&a),
+            vec![
+                "EnableIPv6 false -> true".to_string(),
+                "IPv6Network unset -> fd10::/48".to_string(),
+                "IPv6SubnetLen unset -> 64".to_string(),
+                "IPv6SubnetMin unset -> fd10:0:0:1::".to_string(),
+                "IPv6SubnetMax unset -> fd10:0:0:ffff::".to_string(),
+            ]
+        );
+        assert_eq!(
+            d.changes_since(&c),
+            vec![
+                "IPv6SubnetLen 64 -> 80".to_string(),
+                "IPv6SubnetMax fd10:0:0:ffff:: -> fd10:0:0:2::".to_string(),
             ]
         );
     }

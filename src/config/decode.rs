@@ -3,12 +3,16 @@
 //! its defaults and ranges. Rules that relate fields to each other are in the parent's
 //! validation.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::gojson::{GoObject, GoValue};
 use super::{Backend, BackendType, ConfigError, UDP_DEFAULT_PORT, VXLAN_DEFAULT_VNI};
 use crate::wire::vxlan::{Vni, LINUX_DEFAULT_PORT};
-use crate::wire::Subnet;
+use crate::wire::{Subnet, Subnet6};
+
+/// An IPv6 field's value, or the complaint kept for later: Go's decoder takes IPv4 text in
+/// an IPv6 field without error, so it is refused only when IPv6 is enabled.
+pub(super) type Deferred<T> = Result<T, ConfigError>;
 
 /// The config as Go would decode it, before defaults and checks.
 #[derive(Debug, Default)]
@@ -25,8 +29,14 @@ pub(super) struct Raw {
     pub(super) enable_ipv4: bool,
     /// `EnableIPv6`.
     pub(super) enable_ipv6: bool,
-    /// `IPv6Network`, verbatim.
-    pub(super) ipv6_network: Option<String>,
+    /// `IPv6Network`, host bits dropped.
+    pub(super) ipv6_network: Option<Deferred<Subnet6>>,
+    /// `IPv6SubnetLen` (0: not given).
+    pub(super) ipv6_subnet_len: u64,
+    /// `IPv6SubnetMin`.
+    pub(super) ipv6_subnet_min: Option<Deferred<Ipv6Addr>>,
+    /// `IPv6SubnetMax`.
+    pub(super) ipv6_subnet_max: Option<Deferred<Ipv6Addr>>,
     /// The `Backend` object, decoded by [`parse_backend`].
     pub(super) backend: Option<GoObject>,
 }
@@ -68,6 +78,54 @@ fn want_ipv4(field: &'static str, v: &GoValue) -> Result<Ipv4Addr, ConfigError> 
         .map_err(|_| field_err(field, format!("{s:?} is not an IPv4 address like 10.1.5.0")))
 }
 
+/// An IPv6 address field (`IPv6SubnetMin/Max`): text Go's `net.ParseIP` rejects is an
+/// error now; IPv4 text is deferred (see [`Deferred`]).
+fn want_ipv6(field: &'static str, v: &GoValue) -> Result<Deferred<Ipv6Addr>, ConfigError> {
+    let s = want_str(field, v, "an IPv6 address string")?;
+    match s.parse::<IpAddr>() {
+        Ok(IpAddr::V6(a)) => Ok(Ok(a)),
+        Ok(IpAddr::V4(_)) => Ok(Err(field_err(
+            field,
+            format!("{s:?} is an IPv4 address; use an IPv6 one like fd10:0:0:10::"),
+        ))),
+        Err(_) => Err(field_err(
+            field,
+            format!("{s:?} is not an IPv6 address like fd10:0:0:10::"),
+        )),
+    }
+}
+
+/// `IPv6Network`: text Go's `net.ParseCIDR` rejects is an error now; an IPv4 CIDR is
+/// deferred (see [`Deferred`]). Host bits are dropped, as Go does.
+fn want_cidr6(field: &'static str, v: &GoValue) -> Result<Deferred<Subnet6>, ConfigError> {
+    let s = want_str(field, v, "a CIDR string like \"fd10::/48\"")?;
+    let Some((a, l)) = s.split_once('/') else {
+        return Err(field_err(
+            field,
+            format!("{s:?} is not an IPv6 CIDR like \"fd10::/48\""),
+        ));
+    };
+    if parse_cidr(s).is_some() {
+        return Ok(Err(field_err(
+            field,
+            format!("{s:?} is an IPv4 CIDR; use an IPv6 one like \"fd10::/48\""),
+        )));
+    }
+    let len_ok = !l.is_empty() && l.len() <= 3 && l.bytes().all(|b| b.is_ascii_digit());
+    match (a.parse::<Ipv6Addr>(), l.parse::<u8>()) {
+        (Ok(addr), Ok(len)) if len_ok => Subnet6::containing(addr, len).map(Ok).map_err(|_| {
+            field_err(
+                field,
+                format!("{s:?} has a prefix length above 128; use one like \"fd10::/48\""),
+            )
+        }),
+        _ => Err(field_err(
+            field,
+            format!("{s:?} is not an IPv6 CIDR like \"fd10::/48\""),
+        )),
+    }
+}
+
 fn want_cidr(field: &'static str, v: &GoValue) -> Result<Subnet, ConfigError> {
     let s = want_str(field, v, "a CIDR string like \"10.1.0.0/16\"")?;
     parse_cidr(s).ok_or_else(|| {
@@ -104,7 +162,16 @@ impl Raw {
             raw.enable_ipv6 = want_bool("EnableIPv6", v)?;
         }
         if let Some(v) = o.get("IPv6Network") {
-            raw.ipv6_network = Some(want_str("IPv6Network", v, "a string")?.to_string());
+            raw.ipv6_network = Some(want_cidr6("IPv6Network", v)?);
+        }
+        if let Some(v) = o.get("IPv6SubnetLen") {
+            raw.ipv6_subnet_len = want_uint("IPv6SubnetLen", v)?;
+        }
+        if let Some(v) = o.get("IPv6SubnetMin") {
+            raw.ipv6_subnet_min = Some(want_ipv6("IPv6SubnetMin", v)?);
+        }
+        if let Some(v) = o.get("IPv6SubnetMax") {
+            raw.ipv6_subnet_max = Some(want_ipv6("IPv6SubnetMax", v)?);
         }
         if let Some(v) = o.get("Backend") {
             let b = v.as_object().ok_or_else(|| {

@@ -34,7 +34,9 @@ pub use lease::{acquire_lease, read_config, AcquireRequest, OwnLease};
 pub use options::StoreOptions;
 pub use record::{BackendRecord, LeaseRecord, RecordError};
 pub use start::Store;
-pub use subnet_env::{read_previous_subnet, SubnetEnv, SubnetEnvError};
+pub use subnet_env::{
+    read_previous_ipv6_subnet, read_previous_subnet, SubnetEnv, SubnetEnv6, SubnetEnvError,
+};
 pub use vtep::derive_vtep_mac;
 pub use watch::StoreHandle;
 

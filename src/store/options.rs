@@ -56,6 +56,8 @@ pub(super) fn write_subnet_env(
     let env = SubnetEnv {
         network: config.network,
         subnet,
+        // The IPv6 lines come with dual-stack leases; the node refuses EnableIPv6 until then.
+        ipv6: None,
         mtu: config.overlay_mtu(opts.underlay_mtu),
         ip_masq: opts.ip_masq,
     };

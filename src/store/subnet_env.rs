@@ -6,14 +6,17 @@
 //! FLANNEL_MTU=1450
 //! FLANNEL_IPMASQ=false
 //! ```
+//! A dual-stack node adds `FLANNEL_IPV6_NETWORK=fd10::/48` and
+//! `FLANNEL_IPV6_SUBNET=fd10:0:0:2::1/64` after `FLANNEL_SUBNET`, as flanneld's
+//! `WriteSubnetFile` does.
 //! It is written atomically (temporary file in the same directory, then rename), so a reader
 //! never sees half a file.
 
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use crate::wire::Subnet;
+use crate::wire::{Subnet, Subnet6};
 
 /// The contents of a subnet.env file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,10 +25,22 @@ pub struct SubnetEnv {
     pub network: Subnet,
     /// The node's lease; written as its first host address, `FLANNEL_SUBNET=10.1.2.1/24`.
     pub subnet: Subnet,
+    /// The IPv6 half of a dual-stack node (`FLANNEL_IPV6_NETWORK`, `FLANNEL_IPV6_SUBNET`).
+    pub ipv6: Option<SubnetEnv6>,
     /// `FLANNEL_MTU`: the MTU pods should use.
     pub mtu: u32,
     /// `FLANNEL_IPMASQ`: whether the node masquerades traffic leaving the overlay.
     pub ip_masq: bool,
+}
+
+/// The IPv6 lines of a dual-stack node's subnet.env.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubnetEnv6 {
+    /// `FLANNEL_IPV6_NETWORK`: the whole IPv6 overlay, `fd10::/48`.
+    pub network: Subnet6,
+    /// The node's IPv6 lease; written as its first host address,
+    /// `FLANNEL_IPV6_SUBNET=fd10:0:0:2::1/64`.
+    pub subnet: Subnet6,
 }
 
 /// Why subnet.env could not be read or written.
@@ -51,16 +66,28 @@ pub enum SubnetEnvError {
 }
 
 impl SubnetEnv {
-    /// The file's text, variables in flanneld's order.
+    /// The file's text, variables in flanneld's order: NETWORK, SUBNET, IPV6_NETWORK,
+    /// IPV6_SUBNET, MTU, IPMASQ.
     pub fn render(&self) -> String {
-        format!(
-            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\nFLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
+        let mut out = format!(
+            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\n",
             self.network,
             self.subnet.first_host(),
             self.subnet.prefix_len(),
-            self.mtu,
-            self.ip_masq
-        )
+        );
+        if let Some(v6) = &self.ipv6 {
+            out.push_str(&format!(
+                "FLANNEL_IPV6_NETWORK={}\nFLANNEL_IPV6_SUBNET={}/{}\n",
+                v6.network,
+                v6.subnet.first_host(),
+                v6.subnet.prefix_len(),
+            ));
+        }
+        out.push_str(&format!(
+            "FLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
+            self.mtu, self.ip_masq
+        ));
+        out
     }
 
     /// Writes the file atomically, creating its directory if needed.
@@ -119,9 +146,20 @@ impl SubnetEnv {
         let ip_masq = var("FLANNEL_IPMASQ")
             .and_then(|v| v.parse().ok())
             .ok_or("FLANNEL_IPMASQ")?;
+        // Both IPv6 lines or neither: one alone is a broken file.
+        let ipv6 = match (var("FLANNEL_IPV6_NETWORK"), var("FLANNEL_IPV6_SUBNET")) {
+            (None, None) => None,
+            (n, sn) => Some(SubnetEnv6 {
+                network: n
+                    .and_then(|v| v.parse::<Subnet6>().ok())
+                    .ok_or("FLANNEL_IPV6_NETWORK")?,
+                subnet: sn.and_then(parse_host_cidr6).ok_or("FLANNEL_IPV6_SUBNET")?,
+            }),
+        };
         Ok(SubnetEnv {
             network,
             subnet,
+            ipv6,
             mtu,
             ip_masq,
         })
@@ -137,6 +175,27 @@ pub fn read_previous_subnet(path: &Path) -> Option<Subnet> {
         .filter_map(|l| l.trim().split_once('='))
         .find(|(k, _)| k.trim() == "FLANNEL_SUBNET")
         .and_then(|(_, v)| parse_host_cidr(v.trim().trim_matches('"')))
+}
+
+/// Reads only the IPv6 lease from a subnet.env (flanneld reads `FLANNEL_IPV6_SUBNET` at
+/// start to ask for the same IPv6 subnet again); `None` if the file is missing or has no
+/// usable `FLANNEL_IPV6_SUBNET`.
+pub fn read_previous_ipv6_subnet(path: &Path) -> Option<Subnet6> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .rev()
+        .filter_map(|l| l.trim().split_once('='))
+        .find(|(k, _)| k.trim() == "FLANNEL_IPV6_SUBNET")
+        .and_then(|(_, v)| parse_host_cidr6(v.trim().trim_matches('"')))
+}
+
+/// `fd10:0:0:2::1/64` -> `fd10:0:0:2::/64`.
+fn parse_host_cidr6(v: &str) -> Option<Subnet6> {
+    let (a, l) = v.split_once('/')?;
+    if l.is_empty() || l.len() > 3 || !l.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Subnet6::containing(a.parse::<Ipv6Addr>().ok()?, l.parse().ok()?).ok()
 }
 
 /// `10.1.2.1/24` -> `10.1.2.0/24`.
@@ -177,9 +236,76 @@ mod tests {
         SubnetEnv {
             network: "10.1.0.0/16".parse().unwrap(),
             subnet: "10.1.2.0/24".parse().unwrap(),
+            ipv6: None,
             mtu: 1450,
             ip_masq: true,
         }
+    }
+
+    fn dual() -> SubnetEnv {
+        SubnetEnv {
+            ipv6: Some(SubnetEnv6 {
+                network: "fd10::/48".parse().unwrap(),
+                subnet: "fd10:0:0:2::/64".parse().unwrap(),
+            }),
+            ..env()
+        }
+    }
+
+    #[test]
+    fn dual_stack_render_is_flanneld_order() {
+        assert_eq!(
+            dual().render(),
+            "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.2.1/24\n\
+             FLANNEL_IPV6_NETWORK=fd10::/48\nFLANNEL_IPV6_SUBNET=fd10:0:0:2::1/64\n\
+             FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+        );
+        assert_eq!(SubnetEnv::parse(&dual().render()), Ok(dual()));
+    }
+
+    #[test]
+    fn dual_stack_round_trip_and_previous_ipv6_subnet() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("subnet.env");
+        dual().write(&path).unwrap();
+        assert_eq!(SubnetEnv::read(&path).unwrap(), dual());
+        assert_eq!(
+            read_previous_ipv6_subnet(&path),
+            Some("fd10:0:0:2::/64".parse().unwrap())
+        );
+        assert_eq!(read_previous_subnet(&path), Some(env().subnet));
+        env().write(&path).unwrap();
+        assert_eq!(read_previous_ipv6_subnet(&path), None);
+        assert_eq!(
+            read_previous_ipv6_subnet(Path::new("/nonexistent/subnet.env")),
+            None
+        );
+    }
+
+    #[test]
+    fn ipv6_lines_are_both_or_neither() {
+        let base = "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.2.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+        assert_eq!(SubnetEnv::parse(base), Ok(env()));
+        let with = |extra: &str| SubnetEnv::parse(&format!("{base}{extra}"));
+        assert_eq!(
+            with("FLANNEL_IPV6_NETWORK=fd10::/48\n"),
+            Err("FLANNEL_IPV6_SUBNET")
+        );
+        assert_eq!(
+            with("FLANNEL_IPV6_SUBNET=fd10:0:0:2::1/64\n"),
+            Err("FLANNEL_IPV6_NETWORK")
+        );
+        assert_eq!(
+            with("FLANNEL_IPV6_NETWORK=fd10::/48\nFLANNEL_IPV6_SUBNET=10.1.2.1/24\n"),
+            Err("FLANNEL_IPV6_SUBNET")
+        );
+        assert_eq!(
+            with("FLANNEL_IPV6_NETWORK=fd10::1/48\nFLANNEL_IPV6_SUBNET=fd10:0:0:2::1/64\n"),
+            Err("FLANNEL_IPV6_NETWORK")
+        );
+        // Order does not matter when reading; quotes are tolerated as for IPv4.
+        let e = with("FLANNEL_IPV6_SUBNET=\"fd10:0:0:2::1/64\"\nFLANNEL_IPV6_NETWORK=fd10::/48\n");
+        assert_eq!(e, Ok(dual()));
     }
 
     #[test]

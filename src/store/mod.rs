@@ -32,7 +32,7 @@ mod watch;
 pub use check::{check_lease, judge, judge_all, Judged, LeaseProblem, LeaseView};
 pub use lease::{acquire_lease, read_config, AcquireRequest, OwnLease};
 pub use options::StoreOptions;
-pub use record::{BackendRecord, LeaseRecord, RecordError};
+pub use record::{BackendRecord, LeaseRecord, RecordError, VxlanV6Record};
 pub use start::Store;
 pub use subnet_env::{
     read_previous_ipv6_subnet, read_previous_subnet, SubnetEnv, SubnetEnv6, SubnetEnvError,

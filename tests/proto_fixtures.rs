@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use weft::config::{BackendType, NetworkConfig};
-use weft::store::{BackendRecord, LeaseRecord};
+use weft::store::{BackendRecord, LeaseRecord, VxlanV6Record};
 
 fn proto(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -76,6 +76,17 @@ fn lease_fixture_contents() {
     let hg = LeaseRecord::parse(&std::fs::read(proto("records/lease-host-gw.json")).expect("read"))
         .expect("parse");
     assert_eq!(hg.backend, BackendRecord::HostGw);
+    let dual =
+        LeaseRecord::parse(&std::fs::read(proto("records/lease-vxlan-dual.json")).expect("read"))
+            .expect("parse");
+    assert_eq!(dual.public_ipv6, Some("fd77::1".parse().expect("ipv6")));
+    assert_eq!(
+        dual.backend_v6,
+        Some(VxlanV6Record {
+            vni: 1,
+            vtep_mac: "9e:1a:77:20:4b:01".parse().expect("mac")
+        })
+    );
 }
 
 #[test]

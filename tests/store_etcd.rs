@@ -80,6 +80,7 @@ fn vxlan_record(ip: Ipv4Addr, mac: &str) -> String {
     LeaseRecord {
         public_ip: ip,
         public_ipv6: None,
+        backend_v6: None,
         backend: BackendRecord::Vxlan {
             vni: 1,
             vtep_mac: mac.parse().expect("mac"),

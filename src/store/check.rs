@@ -6,40 +6,52 @@
 //! a unicast MAC. The store, the route reconciler, `/status` and `weft doctor` all judge leases
 //! with [`check_lease`], so what the data path skips is exactly what the views report.
 //!
+//! A dual-stack key (`10.1.2.0-24&fd10:0:0:2::-64`) also has an IPv6 half, judged by
+//! [`check_lease_v6`] when the network has IPv6: the IPv6 subnet of IPv6SubnetLen inside
+//! IPv6Network, a usable unicast `PublicIPv6` and (vxlan) a unicast `BackendV6Data.VtepMAC`.
+//! As in flanneld, an IPv4-only key in a dual-stack network is an IPv4-only lease (it gets
+//! no IPv6 route), and the IPv6 half of a key is ignored when the network has no IPv6.
+//!
 //! Two leases may also name the same PublicIP (a stale record, a typo, a node that moved):
 //! [`conflicts`] finds them so they can be reported; the data path keeps both working.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::record::{BackendRecord, LeaseRecord, RecordError};
 use super::Keys;
 use crate::config::{BackendType, NetworkConfig};
-use crate::wire::Subnet;
+use crate::wire::{EthernetAddress, Subnet, Subnet6};
 
 /// One key under `<prefix>/subnets/` as judged by [`judge`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Judged {
     /// The subnet the key names, if it names one.
     pub subnet: Option<Subnet>,
+    /// The IPv6 subnet a dual-stack key names.
+    pub subnet6: Option<Subnet6>,
     /// The usable record, or why the lease is not used.
     pub verdict: Result<LeaseRecord, LeaseProblem>,
 }
 
-/// Reads and judges one etcd key/value under the subnets prefix: key syntax, record syntax,
-/// then [`check_lease`].
+/// Reads and judges one etcd key/value under the subnets prefix: key syntax (flannel's, so a
+/// key whose IPv6 part is bad is no lease at all), record syntax, then [`check_lease`] and
+/// [`check_lease_v6`].
 pub fn judge(keys: &Keys, cfg: &NetworkConfig, key: &[u8], value: &[u8]) -> Judged {
-    let Some(subnet) = keys.parse_subnet_key(key) else {
+    let Some((subnet, subnet6)) = keys.parse_subnet_key_dual(key) else {
         return Judged {
             subnet: None,
+            subnet6: None,
             verdict: Err(LeaseProblem::BadKey),
         };
     };
     let verdict = LeaseRecord::parse(value)
         .map_err(LeaseProblem::Unreadable)
-        .and_then(|rec| check_lease(cfg, subnet, &rec).map(|()| rec));
+        .and_then(|rec| check_lease(cfg, subnet, &rec).map(|()| rec))
+        .and_then(|rec| check_lease_v6(cfg, subnet6, &rec).map(|()| rec));
     Judged {
         subnet: Some(subnet),
+        subnet6,
         verdict,
     }
 }
@@ -80,6 +92,36 @@ pub enum LeaseProblem {
     /// The vxlan VTEP MAC is a multicast, broadcast or all-zero address.
     #[error("VtepMAC {0} is not a unicast MAC")]
     VtepMac(crate::wire::EthernetAddress),
+    /// The IPv6 subnet lies (partly) outside the IPv6Network.
+    #[error("IPv6 subnet {subnet} lies outside the IPv6Network {network}")]
+    OutsideNetworkV6 {
+        /// The lease's IPv6 subnet.
+        subnet: Subnet6,
+        /// The configured IPv6Network.
+        network: Subnet6,
+    },
+    /// The IPv6 subnet's prefix length is not the configured IPv6SubnetLen.
+    #[error("IPv6 subnet {subnet} is not a /{subnet_len} (the network's IPv6SubnetLen)")]
+    PrefixLenV6 {
+        /// The lease's IPv6 subnet.
+        subnet: Subnet6,
+        /// The configured IPv6SubnetLen.
+        subnet_len: u8,
+    },
+    /// The key names an IPv6 subnet but the record lacks what reaching it needs.
+    #[error("the lease has an IPv6 subnet but no {0}")]
+    MissingV6(&'static str),
+    /// The PublicIPv6 is not an address a node can have on the underlay.
+    #[error("PublicIPv6 {ip} is {why}, not a usable unicast address")]
+    PublicIpv6 {
+        /// The record's PublicIPv6.
+        ip: Ipv6Addr,
+        /// What kind of address it is.
+        why: &'static str,
+    },
+    /// The vxlan IPv6 VTEP MAC (`BackendV6Data.VtepMAC`) is not a unicast MAC.
+    #[error("BackendV6Data VtepMAC {0} is not a unicast MAC")]
+    VtepMacV6(EthernetAddress),
     /// The record belongs to another backend type than the network's.
     #[error("the lease is for backend {theirs:?}, the network runs {ours}")]
     OtherBackend {
@@ -101,11 +143,16 @@ impl LeaseProblem {
             LeaseProblem::PublicIp { .. } => "public_ip",
             LeaseProblem::VtepMac(_) => "vtep_mac",
             LeaseProblem::OtherBackend { .. } => "other_backend",
+            LeaseProblem::OutsideNetworkV6 { .. } => "outside_network_v6",
+            LeaseProblem::PrefixLenV6 { .. } => "prefix_len_v6",
+            LeaseProblem::MissingV6(_) => "missing_v6",
+            LeaseProblem::PublicIpv6 { .. } => "public_ipv6",
+            LeaseProblem::VtepMacV6(_) => "vtep_mac_v6",
         }
     }
 
     /// Every label, in a fixed order (so the metric shows zeros too).
-    pub const LABELS: [&'static str; 7] = [
+    pub const LABELS: [&'static str; 12] = [
         "bad_key",
         "unreadable",
         "outside_network",
@@ -113,6 +160,11 @@ impl LeaseProblem {
         "public_ip",
         "vtep_mac",
         "other_backend",
+        "outside_network_v6",
+        "prefix_len_v6",
+        "missing_v6",
+        "public_ipv6",
+        "vtep_mac_v6",
     ];
 }
 
@@ -135,6 +187,64 @@ pub fn unusable_public_ip(ip: Ipv4Addr) -> Option<&'static str> {
     } else {
         None
     }
+}
+
+/// Why `ip` cannot be a node's underlay IPv6 address, if it cannot.
+pub fn unusable_public_ipv6(ip: Ipv6Addr) -> Option<&'static str> {
+    if ip.is_unspecified() {
+        Some("unspecified")
+    } else if ip.is_loopback() {
+        Some("the loopback address")
+    } else if ip.is_multicast() {
+        Some("a multicast address")
+    } else if ip.is_unicast_link_local() {
+        Some("a link-local address (fe80::/10)")
+    } else if ip.to_ipv4_mapped().is_some() {
+        Some("an IPv4-mapped address")
+    } else {
+        None
+    }
+}
+
+/// Judges the IPv6 half of a lease: `subnet6` from its key, `record` its parsed value. `Ok`
+/// when the network has no IPv6 (flanneld ignores the half then) or the key has no IPv6
+/// subnet (an IPv4-only lease, as flanneld treats it).
+pub fn check_lease_v6(
+    cfg: &NetworkConfig,
+    subnet6: Option<Subnet6>,
+    record: &LeaseRecord,
+) -> Result<(), LeaseProblem> {
+    let (Some(v6), Some(subnet)) = (cfg.ipv6.as_ref(), subnet6) else {
+        return Ok(());
+    };
+    if subnet.prefix_len() != v6.subnet_len {
+        return Err(LeaseProblem::PrefixLenV6 {
+            subnet,
+            subnet_len: v6.subnet_len,
+        });
+    }
+    if !v6.network.contains_subnet(&subnet) {
+        return Err(LeaseProblem::OutsideNetworkV6 {
+            subnet,
+            network: v6.network,
+        });
+    }
+    let ip = record
+        .public_ipv6
+        .ok_or(LeaseProblem::MissingV6("PublicIPv6"))?;
+    if let Some(why) = unusable_public_ipv6(ip) {
+        return Err(LeaseProblem::PublicIpv6 { ip, why });
+    }
+    if let BackendRecord::Vxlan { .. } = record.backend {
+        // flanneld's vxlan backend skips a dual-stack lease whose BackendV6Data it cannot read.
+        let data = record
+            .backend_v6
+            .ok_or(LeaseProblem::MissingV6("BackendV6Data"))?;
+        if !data.vtep_mac.is_unicast() {
+            return Err(LeaseProblem::VtepMacV6(data.vtep_mac));
+        }
+    }
+    Ok(())
 }
 
 /// Judges one lease: `subnet` from its key, `record` its parsed value. `Ok` means the lease
@@ -233,7 +343,7 @@ mod tests {
     use super::*;
 
     fn cfg(json: &str) -> NetworkConfig {
-        NetworkConfig::parse(json).unwrap()
+        NetworkConfig::parse_dual_stack(json).unwrap()
     }
 
     fn rec(json: &str) -> LeaseRecord {
@@ -376,6 +486,130 @@ mod tests {
                 ]
             )]
         );
+    }
+
+    const DUAL_CFG: &str = r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fd10::/48","Backend":{"Type":"vxlan"}}"#;
+    const DUAL: &str = r#"{"PublicIP":"192.168.77.2","PublicIPv6":"fd77::2","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"},"BackendV6Data":{"VNI":1,"VtepMAC":"9e:1a:77:20:4b:01"}}"#;
+    const DUAL_KEY: &[u8] = b"/p/subnets/10.1.2.0-24&fd10:0:0:2::-64";
+
+    fn judge_dual(cfg_json: &str, key: &[u8], value: &str) -> Result<(), &'static str> {
+        let j = judge(&Keys::new("/p"), &cfg(cfg_json), key, value.as_bytes());
+        j.verdict.map(|_| ()).map_err(|p| p.label())
+    }
+
+    #[test]
+    fn a_genuine_dual_stack_lease_passes() {
+        let j = judge(&Keys::new("/p"), &cfg(DUAL_CFG), DUAL_KEY, DUAL.as_bytes());
+        assert_eq!(j.subnet, Some("10.1.2.0/24".parse().unwrap()));
+        assert_eq!(j.subnet6, Some("fd10:0:0:2::/64".parse().unwrap()));
+        assert!(j.verdict.is_ok(), "{:?}", j.verdict);
+    }
+
+    #[test]
+    fn ipv6_subnets_outside_the_network_or_of_another_length_are_refused() {
+        for (key, label) in [
+            ("10.1.2.0-24&fd11:0:0:2::-64", "outside_network_v6"),
+            ("10.1.2.0-24&fd10:0:0:2::-80", "prefix_len_v6"),
+            ("10.1.2.0-24&fd10::-48", "prefix_len_v6"),
+            ("10.1.2.0-24&fd00::-8", "prefix_len_v6"),
+        ] {
+            let k = format!("/p/subnets/{key}");
+            assert_eq!(
+                judge_dual(DUAL_CFG, k.as_bytes(), DUAL),
+                Err(label),
+                "{key}"
+            );
+        }
+        // The IPv4 half is still judged first.
+        let k = b"/p/subnets/8.8.8.0-24&fd10:0:0:2::-64";
+        assert_eq!(judge_dual(DUAL_CFG, k, DUAL), Err("outside_network"));
+    }
+
+    #[test]
+    fn unusable_public_ipv6s_are_refused() {
+        for ip in ["::", "::1", "ff02::1", "fe80::1", "febf::1", "10.0.0.7"] {
+            let v = DUAL.replace("fd77::2", ip);
+            let r = LeaseRecord::parse(v.as_bytes()).unwrap();
+            let e = check_lease_v6(&cfg(DUAL_CFG), Some("fd10:0:0:2::/64".parse().unwrap()), &r)
+                .unwrap_err();
+            assert_eq!(e.label(), "public_ipv6", "{ip}: {e}");
+            assert!(e.to_string().starts_with("PublicIPv6 "), "{e}");
+        }
+        // Global and unique-local addresses are fine; fec0::/10 is not link-local.
+        for ip in ["2001:db8::7", "fd77::2", "fec0::1"] {
+            assert_eq!(unusable_public_ipv6(ip.parse().unwrap()), None, "{ip}");
+        }
+    }
+
+    #[test]
+    fn a_dual_stack_key_needs_public_ipv6_and_v6_vtep() {
+        let no_ip = DUAL.replace(r#""fd77::2""#, "null");
+        assert_eq!(judge_dual(DUAL_CFG, DUAL_KEY, &no_ip), Err("missing_v6"));
+        let no_data = DUAL
+            .split(r#","BackendV6Data""#)
+            .next()
+            .unwrap()
+            .to_string()
+            + "}";
+        assert_eq!(judge_dual(DUAL_CFG, DUAL_KEY, &no_data), Err("missing_v6"));
+        for mac in [
+            "ff:ff:ff:ff:ff:ff",
+            "33:33:00:00:00:01",
+            "00:00:00:00:00:00",
+        ] {
+            let v = DUAL.replace("9e:1a:77:20:4b:01", mac);
+            assert_eq!(
+                judge_dual(DUAL_CFG, DUAL_KEY, &v),
+                Err("vtep_mac_v6"),
+                "{mac}"
+            );
+        }
+    }
+
+    #[test]
+    fn mixed_stacks_are_judged_as_flanneld_does() {
+        // An IPv4-only lease in a dual-stack network: an IPv4-only peer.
+        let k = b"/p/subnets/10.1.2.0-24";
+        assert_eq!(judge_dual(DUAL_CFG, k, GOOD), Ok(()));
+        // A dual-stack lease in an IPv4-only network: its IPv6 half is not looked at.
+        let bad_v6 = DUAL.replace("fd77::2", "fe80::2");
+        assert_eq!(judge_dual(VXLAN, DUAL_KEY, &bad_v6), Ok(()));
+        assert_eq!(
+            judge_dual(VXLAN, b"/p/subnets/10.1.2.0-24&fd11::-64", GOOD),
+            Ok(())
+        );
+        // But a key whose IPv6 part flannel cannot read is no lease in either.
+        for cfg_json in [VXLAN, DUAL_CFG] {
+            let k = b"/p/subnets/10.1.2.0-24&FD10:0:0:2::-64";
+            assert_eq!(judge_dual(cfg_json, k, DUAL), Err("bad_key"));
+        }
+    }
+
+    #[test]
+    fn ipv6_labels_are_listed() {
+        let s6: Subnet6 = "fd10::/64".parse().unwrap();
+        for p in [
+            LeaseProblem::OutsideNetworkV6 {
+                subnet: s6,
+                network: s6,
+            },
+            LeaseProblem::PrefixLenV6 {
+                subnet: s6,
+                subnet_len: 64,
+            },
+            LeaseProblem::MissingV6("PublicIPv6"),
+            LeaseProblem::PublicIpv6 {
+                ip: Ipv6Addr::LOCALHOST,
+                why: "the loopback address",
+            },
+            LeaseProblem::VtepMacV6(EthernetAddress([0xff; 6])),
+        ] {
+            assert!(LeaseProblem::LABELS.contains(&p.label()), "{p}");
+        }
+        let mut labels = LeaseProblem::LABELS.to_vec();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), LeaseProblem::LABELS.len());
     }
 
     #[test]

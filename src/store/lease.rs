@@ -162,6 +162,7 @@ pub(crate) fn own_record(
     LeaseRecord {
         public_ip,
         public_ipv6: None,
+        backend_v6: None,
         backend,
     }
 }

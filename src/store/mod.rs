@@ -16,7 +16,7 @@ use std::time::Duration;
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 
 use crate::config::ConfigError;
-use crate::wire::Subnet;
+use crate::wire::{Subnet, Subnet6};
 
 pub mod check;
 mod lease;
@@ -32,7 +32,7 @@ mod watch;
 pub use check::{check_lease, judge, judge_all, Judged, LeaseProblem, LeaseView};
 pub use lease::{acquire_lease, read_config, AcquireRequest, OwnLease};
 pub use options::StoreOptions;
-pub use record::{BackendRecord, LeaseRecord, RecordError};
+pub use record::{BackendRecord, LeaseRecord, RecordError, VxlanV6Record};
 pub use start::Store;
 pub use subnet_env::{
     read_previous_ipv6_subnet, read_previous_subnet, SubnetEnv, SubnetEnv6, SubnetEnvError,
@@ -92,6 +92,54 @@ impl Keys {
         let rest = key.strip_prefix(&self.subnets_dir())?;
         let v4 = rest.split('&').next()?;
         Subnet::from_key_str(v4).ok()
+    }
+
+    /// `<prefix>/subnets/10.1.2.0-24&fd10:0:0:2::-64` (flannel's `MakeSubnetKey`): the IPv4
+    /// key, then `&` and the IPv6 key when the lease has an IPv6 subnet.
+    pub fn subnet_dual(&self, s: &Subnet, s6: Option<&Subnet6>) -> String {
+        match s6 {
+            Some(s6) => format!(
+                "{}/subnets/{}&{}",
+                self.prefix,
+                s.key_string(),
+                s6.key_string()
+            ),
+            None => self.subnet(s),
+        }
+    }
+
+    /// Both subnets a lease key names, read as flannel's `ParseSubnetKey` does: the IPv6 part
+    /// after `&` is lower-case hex and `:` only, with a prefix length of at most 127, and
+    /// `::-0` means no IPv6 subnet. `None` when the key is not a lease of this prefix or
+    /// either part is bad (flannel skips such keys whole).
+    pub fn parse_subnet_key_dual(&self, key: &[u8]) -> Option<(Subnet, Option<Subnet6>)> {
+        let key = std::str::from_utf8(key).ok()?;
+        let rest = key.strip_prefix(&self.subnets_dir())?;
+        let (v4, v6) = match rest.split_once('&') {
+            Some((v4, v6)) => (v4, Some(v6)),
+            None => (rest, None),
+        };
+        let s = Subnet::from_key_str(v4).ok()?;
+        let Some(v6) = v6 else {
+            return Some((s, None));
+        };
+        let (addr, len) = v6.rsplit_once('-')?;
+        let flannel_addr = !addr.is_empty()
+            && addr
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b) || b == b':');
+        let flannel_len = !len.is_empty()
+            && len.bytes().all(|b| b.is_ascii_digit())
+            && len.parse::<u8>().is_ok_and(|l| l <= 127);
+        if !flannel_addr || !flannel_len {
+            return None;
+        }
+        let s6 = Subnet6::from_key_str(v6).ok()?;
+        // flannel's IP6Net.Empty(): the all-zero net is "no IPv6 subnet".
+        if s6.prefix_len() == 0 && s6.addr().is_unspecified() {
+            return Some((s, None));
+        }
+        Some((s, Some(s6)))
     }
 }
 
@@ -326,6 +374,68 @@ mod tests {
         );
         assert_eq!(k.parse_subnet_key(b"/other/subnets/10.1.2.0-24"), None);
         assert_eq!(k.parse_subnet_key(b"/coreos.com/network/config"), None);
+    }
+
+    #[test]
+    fn dual_stack_keys() {
+        let k = Keys::new("/coreos.com/network");
+        let s: Subnet = "10.1.2.0/24".parse().unwrap();
+        let s6: Subnet6 = "fd10:0:0:2::/64".parse().unwrap();
+        let key = k.subnet_dual(&s, Some(&s6));
+        assert_eq!(
+            key,
+            "/coreos.com/network/subnets/10.1.2.0-24&fd10:0:0:2::-64"
+        );
+        assert_eq!(k.parse_subnet_key_dual(key.as_bytes()), Some((s, Some(s6))));
+        // The IPv4 view of the same key is unchanged.
+        assert_eq!(k.parse_subnet_key(key.as_bytes()), Some(s));
+        // Without an IPv6 subnet the key is the IPv4 one.
+        assert_eq!(k.subnet_dual(&s, None), k.subnet(&s));
+        assert_eq!(
+            k.parse_subnet_key_dual(k.subnet(&s).as_bytes()),
+            Some((s, None))
+        );
+        // flannel's IP6Net.Empty() is no IPv6 subnet.
+        assert_eq!(
+            k.parse_subnet_key_dual(b"/coreos.com/network/subnets/10.1.2.0-24&::-0"),
+            Some((s, None))
+        );
+        // Go writes RFC 5952 text: the longest zero run compressed, lower case.
+        let s6: Subnet6 = "fd10:0:0:0:1::/80".parse().unwrap();
+        assert_eq!(
+            k.subnet_dual(&s, Some(&s6)),
+            "/coreos.com/network/subnets/10.1.2.0-24&fd10::1:0:0:0-80"
+        );
+    }
+
+    #[test]
+    fn dual_stack_keys_outside_flannels_pattern_are_not_leases() {
+        let k = Keys::new("/coreos.com/network");
+        for bad in [
+            "10.1.2.0-24&junk",
+            "10.1.2.0-24&FD10:0:0:2::-64", // flannel's pattern is lower case
+            "10.1.2.0-24&fd10:0:0:2::-128", // ParseUint(.., 7): at most 127
+            "10.1.2.0-24&fd10:0:0:2::-",
+            "10.1.2.0-24&fd10:0:0:2::",
+            "10.1.2.0-24&-64",
+            "10.1.2.0-24&fd10:0:0:2::1-64", // host bits, like 10.1.2.7-24
+            "10.1.2.0-24&::ffff:10.0.0.0-120", // Go writes it dotted; the pattern has no dots
+            "10.1.2.0-24&fd10:0:0:2::-64&x",
+            "10.1.2.0-24&fd10:0:0:2::-+64",
+            "junk&fd10:0:0:2::-64",
+        ] {
+            let key = format!("/coreos.com/network/subnets/{bad}");
+            assert_eq!(k.parse_subnet_key_dual(key.as_bytes()), None, "{bad}");
+        }
+        assert_eq!(
+            k.parse_subnet_key_dual(b"/other/subnets/10.1.2.0-24&fd10:0:0:2::-64"),
+            None
+        );
+        // The widest flannel accepts.
+        let key = b"/coreos.com/network/subnets/10.1.2.0-24&fd10:0:0:2::-127";
+        assert!(k
+            .parse_subnet_key_dual(key)
+            .is_some_and(|(_, s6)| s6.is_some()));
     }
 
     #[test]

@@ -3,8 +3,12 @@
 //! flanneld marshals Go's `lease.LeaseAttrs` (`PublicIP`, `PublicIPv6`, then `BackendType`,
 //! `BackendData` and `BackendV6Data` when not empty). We read records tolerantly (Go's
 //! case-insensitive keys, unknown keys ignored) and write them byte for byte as flanneld does.
+//!
+//! A dual-stack node (key `10.1.2.0-24&fd10:0:0:2::-64`) adds its underlay IPv6 address as
+//! `PublicIPv6` and, with vxlan, `BackendV6Data`: the VNI and the MAC of its second VTEP
+//! (`flannel-v6.<VNI>`), in the same form as `BackendData`.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::config::gojson::{GoObject, GoValue};
 use crate::wire::EthernetAddress;
@@ -39,15 +43,26 @@ impl BackendRecord {
     }
 }
 
+/// The vxlan `BackendV6Data` of a dual-stack lease: the node's IPv6 VTEP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanV6Record {
+    /// `BackendV6Data.VNI`.
+    pub vni: u32,
+    /// `BackendV6Data.VtepMAC`: the MAC of the node's IPv6 VTEP (not the IPv4 one's).
+    pub vtep_mac: EthernetAddress,
+}
+
 /// A node's lease record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseRecord {
     /// `PublicIP`: the node's underlay address.
     pub public_ip: Ipv4Addr,
-    /// `PublicIPv6` as text, if the record has one (weft writes `null`).
-    pub public_ipv6: Option<String>,
+    /// `PublicIPv6`: the node's underlay IPv6 address; `None` is written as `null`.
+    pub public_ipv6: Option<Ipv6Addr>,
     /// `BackendType` and `BackendData`.
     pub backend: BackendRecord,
+    /// `BackendV6Data` of a vxlan record; read and written only with a vxlan `backend`.
+    pub backend_v6: Option<VxlanV6Record>,
 }
 
 /// Why a lease record could not be read.
@@ -59,9 +74,15 @@ pub enum RecordError {
     /// `PublicIP` is missing or not an IPv4 address.
     #[error("lease record has no usable PublicIP: {0}")]
     PublicIp(String),
+    /// `PublicIPv6` is not an IP address.
+    #[error("lease record has a bad PublicIPv6: {0}")]
+    PublicIpv6(String),
     /// A vxlan record lacks a valid `BackendData` (`VNI`, `VtepMAC`).
     #[error("vxlan lease record has bad BackendData: {0}")]
     BackendData(String),
+    /// A vxlan record has a `BackendV6Data` without a valid `VtepMAC`.
+    #[error("vxlan lease record has bad BackendV6Data: {0}")]
+    BackendV6Data(String),
     /// A field has the wrong JSON type.
     #[error("lease record field {0} has the wrong type")]
     FieldType(&'static str),
@@ -83,7 +104,7 @@ impl LeaseRecord {
             return Err(RecordError::PublicIp("0.0.0.0".into()));
         }
         let public_ipv6 = match o.get("PublicIPv6") {
-            Some(GoValue::String(s)) => Some(s.clone()),
+            Some(GoValue::String(s)) => Some(parse_public_ipv6(s)?),
             Some(_) => return Err(RecordError::FieldType("PublicIPv6")),
             None => None,
         };
@@ -92,6 +113,7 @@ impl LeaseRecord {
             Some(_) => return Err(RecordError::FieldType("BackendType")),
             None => "",
         };
+        let mut backend_v6 = None;
         let backend = match backend_type {
             "" => BackendRecord::None,
             "host-gw" => BackendRecord::HostGw,
@@ -100,18 +122,15 @@ impl LeaseRecord {
                     .get("BackendData")
                     .and_then(GoValue::as_object)
                     .ok_or_else(|| RecordError::BackendData("missing".into()))?;
-                let vni = data
-                    .get("VNI")
-                    .and_then(GoValue::as_u64)
-                    .and_then(|v| u32::try_from(v).ok())
-                    .unwrap_or(0);
-                let mac = data
-                    .get("VtepMAC")
-                    .and_then(GoValue::as_str)
-                    .ok_or_else(|| RecordError::BackendData("no VtepMAC".into()))?;
-                let vtep_mac = mac
-                    .parse::<EthernetAddress>()
-                    .map_err(|e| RecordError::BackendData(e.to_string()))?;
+                let (vni, vtep_mac) = vxlan_data(data).map_err(RecordError::BackendData)?;
+                backend_v6 = match o.get("BackendV6Data") {
+                    None => None,
+                    Some(GoValue::Object(d6)) => {
+                        let (vni, vtep_mac) = vxlan_data(d6).map_err(RecordError::BackendV6Data)?;
+                        Some(VxlanV6Record { vni, vtep_mac })
+                    }
+                    Some(_) => return Err(RecordError::FieldType("BackendV6Data")),
+                };
                 BackendRecord::Vxlan { vni, vtep_mac }
             }
             other => BackendRecord::Other(other.to_string()),
@@ -120,13 +139,18 @@ impl LeaseRecord {
             public_ip,
             public_ipv6,
             backend,
+            backend_v6,
         })
     }
 
     /// The record as flanneld writes it, byte for byte.
     pub fn to_json(&self) -> String {
-        let v6 = match &self.public_ipv6 {
-            Some(s) => serde_json::Value::String(s.clone()).to_string(),
+        let v6 = match self.public_ipv6 {
+            // Go's net.IP.String writes an IPv4-mapped address as bare a.b.c.d.
+            Some(ip) => match ip.to_ipv4_mapped() {
+                Some(v4) => format!("\"{v4}\""),
+                None => format!("\"{ip}\""),
+            },
             None => "null".to_string(),
         };
         let mut out = format!(
@@ -135,9 +159,16 @@ impl LeaseRecord {
         );
         match &self.backend {
             BackendRecord::None => {}
-            BackendRecord::Vxlan { vni, vtep_mac } => out.push_str(&format!(
-                ",\"BackendType\":\"vxlan\",\"BackendData\":{{\"VNI\":{vni},\"VtepMAC\":\"{vtep_mac}\"}}"
-            )),
+            BackendRecord::Vxlan { vni, vtep_mac } => {
+                out.push_str(&format!(
+                    ",\"BackendType\":\"vxlan\",\"BackendData\":{{\"VNI\":{vni},\"VtepMAC\":\"{vtep_mac}\"}}"
+                ));
+                if let Some(VxlanV6Record { vni, vtep_mac }) = self.backend_v6 {
+                    out.push_str(&format!(
+                        ",\"BackendV6Data\":{{\"VNI\":{vni},\"VtepMAC\":\"{vtep_mac}\"}}"
+                    ));
+                }
+            }
             BackendRecord::HostGw => out.push_str(",\"BackendType\":\"host-gw\""),
             BackendRecord::Other(t) => out.push_str(&format!(
                 ",\"BackendType\":{}",
@@ -147,6 +178,33 @@ impl LeaseRecord {
         out.push('}');
         out
     }
+}
+
+/// Reads `PublicIPv6` as flannel's `ip.ParseIP6` does: any IP text, IPv4 text becoming the
+/// IPv4-mapped address (which Go writes back as IPv4 text).
+fn parse_public_ipv6(s: &str) -> Result<Ipv6Addr, RecordError> {
+    if let Ok(ip) = s.parse::<Ipv6Addr>() {
+        return Ok(ip);
+    }
+    s.parse::<Ipv4Addr>()
+        .map(|v4| v4.to_ipv6_mapped())
+        .map_err(|_| RecordError::PublicIpv6(format!("{s:?} is not an IP address")))
+}
+
+/// `VNI` (0 when absent, as Go leaves it) and `VtepMAC` of a vxlan `BackendData` or
+/// `BackendV6Data`; the error says what is wrong.
+fn vxlan_data(data: &GoObject) -> Result<(u32, EthernetAddress), String> {
+    let vni = data
+        .get("VNI")
+        .and_then(GoValue::as_u64)
+        .and_then(|v| u32::try_from(v).ok())
+        .unwrap_or(0);
+    let mac = data
+        .get("VtepMAC")
+        .and_then(GoValue::as_str)
+        .ok_or_else(|| "no VtepMAC".to_string())?;
+    let vtep_mac = mac.parse::<EthernetAddress>().map_err(|e| e.to_string())?;
+    Ok((vni, vtep_mac))
 }
 
 #[cfg(test)]
@@ -162,6 +220,8 @@ mod tests {
             vni in 0u32..=0x00ff_ffff,
             mac in any::<[u8; 6]>(),
             other in "[a-z][a-z0-9-]{0,10}",
+            ipv6 in proptest::option::of(any::<u128>()),
+            v6 in proptest::option::of((0u32..=0x00ff_ffff, any::<[u8; 6]>())),
         ) {
             let backend = match kind {
                 0 => BackendRecord::None,
@@ -170,12 +230,27 @@ mod tests {
                 _ if other == "vxlan" || other == "host-gw" => BackendRecord::HostGw,
                 _ => BackendRecord::Other(other),
             };
-            let r = LeaseRecord { public_ip: Ipv4Addr::from(ip), public_ipv6: None, backend };
+            // BackendV6Data exists only beside a vxlan BackendData.
+            let backend_v6 = match (&backend, v6) {
+                (BackendRecord::Vxlan { .. }, Some((vni, mac))) => {
+                    Some(VxlanV6Record { vni, vtep_mac: EthernetAddress(mac) })
+                }
+                _ => None,
+            };
+            let public_ipv6 = ipv6.map(Ipv6Addr::from);
+            let r = LeaseRecord { public_ip: Ipv4Addr::from(ip), public_ipv6, backend, backend_v6 };
             let text = r.to_json();
-            prop_assert_eq!(LeaseRecord::parse(text.as_bytes()), Ok(r));
-            // And it is the JSON Go would produce: valid, with the same members.
+            prop_assert_eq!(LeaseRecord::parse(text.as_bytes()), Ok(r.clone()));
+            // And it is the JSON Go would produce: valid, with the same members in Go's order.
             let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-            prop_assert!(v.get("PublicIPv6").is_some_and(|x| x.is_null()));
+            match public_ipv6 {
+                None => prop_assert!(v.get("PublicIPv6").is_some_and(|x| x.is_null())),
+                Some(_) => prop_assert!(v.get("PublicIPv6").is_some_and(|x| x.is_string())),
+            }
+            prop_assert_eq!(v.get("BackendV6Data").is_some(), r.backend_v6.is_some());
+            if r.backend_v6.is_some() {
+                prop_assert!(text.find("\"BackendData\"") < text.find("\"BackendV6Data\""));
+            }
         }
 
         #[test]
@@ -224,7 +299,81 @@ mod tests {
         let dual = r#"{"PublicIP":"10.0.0.7","PublicIPv6":"fc00::7","BackendType":"wireguard"}"#;
         let r = LeaseRecord::parse(dual.as_bytes()).unwrap();
         assert_eq!(r.backend, BackendRecord::Other("wireguard".into()));
+        assert_eq!(r.public_ipv6, Some("fc00::7".parse().unwrap()));
         assert_eq!(r.to_json(), dual);
+    }
+
+    const DUAL: &str = r#"{"PublicIP":"192.168.77.1","PublicIPv6":"fd77::1","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"},"BackendV6Data":{"VNI":1,"VtepMAC":"9e:1a:77:20:4b:01"}}"#;
+
+    #[test]
+    fn dual_stack_vxlan_round_trip() {
+        let r = LeaseRecord::parse(DUAL.as_bytes()).unwrap();
+        assert_eq!(r.public_ipv6, Some("fd77::1".parse().unwrap()));
+        assert_eq!(
+            r.backend_v6,
+            Some(VxlanV6Record {
+                vni: 1,
+                vtep_mac: "9e:1a:77:20:4b:01".parse().unwrap()
+            })
+        );
+        assert_eq!(r.to_json(), DUAL);
+        // Without BackendV6Data (a node whose IPv6 VTEP is not up yet) it is simply absent.
+        let no_v6 = DUAL
+            .split(r#","BackendV6Data""#)
+            .next()
+            .unwrap()
+            .to_string()
+            + "}";
+        let r = LeaseRecord::parse(no_v6.as_bytes()).unwrap();
+        assert_eq!(r.backend_v6, None);
+        assert_eq!(r.to_json(), no_v6);
+    }
+
+    #[test]
+    fn public_ipv6_is_read_as_go_reads_it() {
+        let with = |v6: &str| DUAL.replace(r#""fd77::1""#, v6);
+        // Go's net.IP text: any case in, RFC 5952 out.
+        let r = LeaseRecord::parse(with(r#""FD77:0:0::1""#).as_bytes()).unwrap();
+        assert_eq!(r.public_ipv6, Some("fd77::1".parse().unwrap()));
+        assert_eq!(r.to_json(), DUAL);
+        // IPv4 text is the IPv4-mapped address, written back as Go writes it.
+        let mapped = with(r#""10.0.0.7""#);
+        let r = LeaseRecord::parse(mapped.as_bytes()).unwrap();
+        assert_eq!(r.public_ipv6, Some("::ffff:10.0.0.7".parse().unwrap()));
+        assert_eq!(r.to_json(), mapped);
+        // null is no address.
+        let r = LeaseRecord::parse(with("null").as_bytes()).unwrap();
+        assert_eq!(r.public_ipv6, None);
+        for bad in [r#""""#, r#""fd77::g""#, r#""fd77::1/64""#] {
+            let e = LeaseRecord::parse(with(bad).as_bytes()).unwrap_err();
+            assert!(matches!(e, RecordError::PublicIpv6(_)), "{bad}: {e}");
+            assert!(e.to_string().contains("PublicIPv6"), "{e}");
+        }
+        let e = LeaseRecord::parse(with("7").as_bytes()).unwrap_err();
+        assert_eq!(e, RecordError::FieldType("PublicIPv6"));
+    }
+
+    #[test]
+    fn bad_backend_v6_data_is_named() {
+        for (bad, want) in [
+            (r#"{"VNI":1}"#, "no VtepMAC"),
+            (r#"{"VNI":1,"VtepMAC":"zz"}"#, ""),
+        ] {
+            let text = DUAL.replace(r#"{"VNI":1,"VtepMAC":"9e:1a:77:20:4b:01"}"#, bad);
+            let e = LeaseRecord::parse(text.as_bytes()).unwrap_err();
+            assert!(matches!(e, RecordError::BackendV6Data(_)), "{bad}: {e}");
+            assert!(e.to_string().contains("BackendV6Data"), "{e}");
+            assert!(e.to_string().contains(want), "{e}");
+        }
+        let text = DUAL.replace(r#"{"VNI":1,"VtepMAC":"9e:1a:77:20:4b:01"}"#, "[]");
+        assert_eq!(
+            LeaseRecord::parse(text.as_bytes()),
+            Err(RecordError::FieldType("BackendV6Data"))
+        );
+        // Another backend's BackendV6Data (wireguard's keys) is not vxlan's to judge.
+        let wg = r#"{"PublicIP":"10.0.0.7","PublicIPv6":"fd77::7","BackendType":"wireguard","BackendV6Data":{"PublicKey":"k"}}"#;
+        let r = LeaseRecord::parse(wg.as_bytes()).unwrap();
+        assert_eq!(r.backend_v6, None);
     }
 
     #[test]

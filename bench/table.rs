@@ -1,11 +1,9 @@
 //! Lease-table costs: lookup at 10, 1,000 and 65,000 leases (hits over 1,024 destinations,
-//! hits spread over every lease, misses, underlay lookups) in each family, IPv4 under
-//! `lookup/` and IPv6 under `lookup6/` with the same names, on one dual-stack table; and
-//! applying 1,000 etcd events to a 65,000-lease table then building and publishing the new
-//! snapshot, IPv4-only and dual-stack.
+//! hits spread over every lease, misses, underlay lookups), and applying
+//! 1,000 etcd events to a 65,000-lease table then building and publishing the new snapshot.
 
 use std::hint::black_box;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::Ipv4Addr;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use weft::table::{LocalVtep, Peer, PeerEvent, PeerSet, SharedTable};
@@ -36,52 +34,16 @@ fn peer(i: u32) -> Peer {
     )
 }
 
-/// Lease `i` of a dual-stack network: [`peer`] plus fd10:0:0:i::/64 of fd10::/48, owned by
-/// node fd77::x:y.
-fn dual(i: u32) -> Peer {
-    peer(i).with_ipv6(
-        (subnet6(i), 64),
-        Some(public6(i)),
-        Some(weft::wire::EthernetAddress([
-            0x0e,
-            0,
-            0,
-            6,
-            (i >> 8) as u8,
-            i as u8,
-        ])),
-        "0a:00:00:00:00:06".parse().expect("mac"),
-        &local(),
-    )
-}
-
-/// The IPv6 subnet of lease `i`: fd10:0:0:i::/64.
-fn subnet6(i: u32) -> Ipv6Addr {
-    Ipv6Addr::from((0xfd10_0000_0000_0000u128 | u128::from(i)) << 64)
-}
-
-/// The PublicIPv6 of lease `i`'s node.
-fn public6(i: u32) -> Ipv6Addr {
-    Ipv6Addr::from(0xfd77u128 << 112 | u128::from(i))
-}
-
 fn set_of(n: u32) -> PeerSet {
     let mut s = PeerSet::new(24);
     s.apply((0..n).map(|i| PeerEvent::Upsert(peer(i))));
     s
 }
 
-fn dual_set_of(n: u32) -> PeerSet {
-    let mut s = PeerSet::dual(24, 64);
-    s.apply((0..n).map(|i| PeerEvent::Upsert(dual(i))));
-    s
-}
-
 fn lookup(c: &mut Criterion) {
     let mut g = c.benchmark_group("lookup");
     for n in [10u32, 1_000, 65_000] {
-        // The dual-stack table, so both families are measured on the same snapshot.
-        let table = dual_set_of(n).snapshot(0);
+        let table = set_of(n).snapshot(0);
         // 1,024 destinations spread over the leases, walked in a fixed pseudo-random order.
         let dsts: Vec<Ipv4Addr> = (0..1024u32)
             .map(|k| {
@@ -127,55 +89,6 @@ fn lookup(c: &mut Criterion) {
     g.finish();
 }
 
-/// The IPv6 twin of [`lookup`]: the same walks over the same leases, by IPv6 destination and
-/// by PublicIPv6.
-fn lookup6(c: &mut Criterion) {
-    let mut g = c.benchmark_group("lookup6");
-    for n in [10u32, 1_000, 65_000] {
-        let table = dual_set_of(n).snapshot(0);
-        let dsts: Vec<Ipv6Addr> = (0..1024u32)
-            .map(|k| {
-                let i = k.wrapping_mul(2_654_435_761) % n;
-                Ipv6Addr::from(u128::from(subnet6(i)) | u128::from(k & 0xff))
-            })
-            .collect();
-        let mut k = 0usize;
-        g.bench_function(format!("hit/{n}"), |b| {
-            b.iter(|| {
-                k = (k + 1) & 1023;
-                black_box(table.lookup6(black_box(dsts[k])))
-            })
-        });
-        let spread: Vec<Ipv6Addr> = (0..65_536u32)
-            .map(|k| {
-                let i = k.wrapping_mul(2_654_435_761) % n;
-                Ipv6Addr::from(u128::from(subnet6(i)) | 7)
-            })
-            .collect();
-        let mut j = 0usize;
-        g.bench_function(format!("hit_spread/{n}"), |b| {
-            b.iter(|| {
-                j = (j + 1) & 65_535;
-                black_box(table.lookup6(black_box(spread[j])))
-            })
-        });
-        let miss: Ipv6Addr = "fd11::1".parse().expect("addr");
-        g.bench_function(format!("miss/{n}"), |b| {
-            b.iter(|| black_box(table.lookup6(black_box(miss))))
-        });
-        let srcs: Vec<Ipv6Addr> = (0..1024u32)
-            .map(|k| public6(k.wrapping_mul(2_654_435_761) % n))
-            .collect();
-        g.bench_function(format!("underlay/{n}"), |b| {
-            b.iter(|| {
-                k = (k + 1) & 1023;
-                black_box(table.lookup_underlay6(black_box(srcs[k])))
-            })
-        });
-    }
-    g.finish();
-}
-
 fn apply_events(c: &mut Criterion) {
     let base = set_of(65_000);
     let shared = SharedTable::new(base.snapshot(0));
@@ -197,26 +110,8 @@ fn apply_events(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
-    // The same events on a dual-stack set: the cost of the IPv6 half in each snapshot.
-    let base = dual_set_of(65_000);
-    let shared = SharedTable::new(base.snapshot(0));
-    let events: Vec<PeerEvent> = (0..500u32)
-        .map(|i| PeerEvent::Remove(peer(i * 97).subnet))
-        .chain((65_000..65_500u32).map(|i| PeerEvent::Upsert(dual(i))))
-        .collect();
-    g.bench_function("1000_events_to_65000_dual_stack_leases", |b| {
-        b.iter_batched(
-            || base.clone(),
-            |mut set| {
-                set.apply(events.iter().copied());
-                shared.publish(set.snapshot(1));
-                set
-            },
-            BatchSize::LargeInput,
-        )
-    });
     g.finish();
 }
 
-criterion_group!(benches, lookup, lookup6, apply_events);
+criterion_group!(benches, lookup, apply_events);
 criterion_main!(benches);

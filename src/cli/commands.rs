@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use super::{EtcdArgs, GlogArgs, KubeArgs, NodeArgs};
 use crate::config::{BackendType, DEFAULT_TUN_NAME};
+use crate::dataplane::DatapathOptions;
 use crate::encap::inspect::Receiver;
 use crate::host::doctor::DoctorRequest;
 use crate::host::UnderlaySpec;
@@ -147,20 +148,22 @@ impl RunArgs {
             subnet_file: self.node.subnet_file.clone(),
             renew_margin: self.node.renew_margin(),
             ip_masq: self.node.ip_masq,
-            tun_name: self.tun_name.clone(),
-            batch_size: usize::from(self.batch_size),
             healthz: (self.healthz_port != 0)
                 .then(|| SocketAddr::new(self.healthz_ip, self.healthz_port)),
             fix_masquerade: self.fix_masquerade,
-            persist_tun: self.persist_tun,
-            tun_offload: self.tun_offload,
-            udp_gso: self.udp_gso,
-            udp_gro: self.udp_gro,
             route_resync: Duration::from_secs(u64::from(self.route_resync_secs)),
-            workers: usize::from(self.workers),
-            source_ports: usize::from(self.source_ports),
-            threads_per_worker: self.threads_per_worker,
-            steer_by_cpu: self.steer_by_cpu,
+            datapath: DatapathOptions {
+                tun_name: self.tun_name.clone(),
+                persist_tun: self.persist_tun,
+                batch_size: usize::from(self.batch_size),
+                tun_offload: self.tun_offload,
+                udp_gso: self.udp_gso,
+                udp_gro: self.udp_gro,
+                workers: usize::from(self.workers),
+                source_ports: usize::from(self.source_ports),
+                threads_per_worker: self.threads_per_worker,
+                steer_by_cpu: self.steer_by_cpu,
+            },
         }
     }
 }
@@ -362,8 +365,8 @@ mod tests {
         assert_eq!(o.healthz, Some("0.0.0.0:8471".parse().unwrap()));
         assert_eq!(o.underlay.ifaces, ["eth1"]);
         assert_eq!(o.iptables_resync, Duration::from_secs(7));
-        assert_eq!(o.workers, 3);
-        assert_eq!(o.tun_name, "weft0");
+        assert_eq!(o.datapath.workers, 3);
+        assert_eq!(o.datapath.tun_name, "weft0");
     }
 
     #[test]

@@ -47,7 +47,7 @@ use crate::sys::tun::{Tun, TunError};
 use crate::wire::Subnet;
 
 pub use counters::{Counters, LocalCounters, MAX_WORKERS};
-pub use open::{worker_count, DatapathOptions, Offloads, Placement};
+pub use open::{DatapathOptions, Offloads, Placement};
 pub use worker::Datapath;
 
 /// Largest datagram or TUN read a buffer holds (a kernel peer's GSO super-datagram).

@@ -80,7 +80,7 @@ pub struct Offloads {
 
 /// Workers to run: `asked`, or for 0 enough to give each CPU this process may use one
 /// data-path thread (CPUs / threads per worker), at least 1 and at most 16.
-pub fn worker_count(asked: usize, threads_per_worker: usize) -> usize {
+fn worker_count(asked: usize, threads_per_worker: usize) -> usize {
     if asked > 0 {
         return asked.min(MAX_WORKERS);
     }

@@ -48,32 +48,14 @@ pub struct NodeOptions {
     pub renew_margin: Duration,
     /// `--ip-masq` (written to subnet.env).
     pub ip_masq: bool,
-    /// `--tun-name`.
-    pub tun_name: String,
-    /// Packets per I/O batch.
-    pub batch_size: usize,
     /// Where to serve /healthz, if anywhere.
     pub healthz: Option<SocketAddr>,
-    /// Keep the TUN device (and its route) when weft exits, for restarts without a leak.
-    pub persist_tun: bool,
     /// Rewrite docker-style masquerade rules that catch pod-to-pod traffic.
     pub fix_masquerade: bool,
-    /// Let the TUN hand over TCP super-packets (TSO4) and unfinished checksums.
-    pub tun_offload: bool,
-    /// Send segment trains as one UDP_SEGMENT message.
-    pub udp_gso: bool,
-    /// Receive trains (UDP_GRO) and coalesce TCP segments for the TUN.
-    pub udp_gro: bool,
     /// Full reconcile period of the direct routes (host-gw, DirectRouting).
     pub route_resync: Duration,
-    /// Data-path workers (TUN queues and tunnel sockets); 0 picks one per CPU.
-    pub workers: usize,
-    /// Send sockets (outer UDP source ports) the workers share; 0 picks four per worker.
-    pub source_ports: usize,
-    /// Threads per worker: 2 (one per direction) or 1 (both directions).
-    pub threads_per_worker: u8,
-    /// Pin workers to CPUs and steer packets to the worker of the CPU handling them.
-    pub steer_by_cpu: bool,
+    /// The data path's flags: TUN, batches, offloads, workers.
+    pub datapath: DatapathOptions,
 }
 
 /// Why the node could not start or had to stop.
@@ -250,7 +232,7 @@ impl Running {
         let dp = match data_path_backend(config, own)? {
             Some(backend) => {
                 let at = placement(config, own, underlay, backend);
-                let dp = Datapath::open(&datapath_options(opts), &at, ops.table.clone())?;
+                let dp = Datapath::open(&opts.datapath, &at, ops.table.clone())?;
                 ops.set_counters(dp.counters().clone());
                 Some(dp)
             }
@@ -279,8 +261,8 @@ impl Running {
         match ended {
             Ended::Shutdown => {
                 dp_result?;
-                if opts.persist_tun && had_tun {
-                    info!(tun = %opts.tun_name, "stopped; the TUN device and its route stay for the next start (--persist-tun)");
+                if opts.datapath.persist_tun && had_tun {
+                    info!(tun = %opts.datapath.tun_name, "stopped; the TUN device and its route stay for the next start (--persist-tun)");
                 } else {
                     info!("stopped");
                 }
@@ -392,22 +374,6 @@ fn placement(
         tun_mtu,
         local_ip: underlay.local_ip,
         port: config.backend.port,
-    }
-}
-
-/// The data path's part of the flags.
-fn datapath_options(opts: &NodeOptions) -> DatapathOptions {
-    DatapathOptions {
-        tun_name: opts.tun_name.clone(),
-        persist_tun: opts.persist_tun,
-        batch_size: opts.batch_size,
-        tun_offload: opts.tun_offload,
-        udp_gso: opts.udp_gso,
-        udp_gro: opts.udp_gro,
-        workers: opts.workers,
-        source_ports: opts.source_ports,
-        threads_per_worker: opts.threads_per_worker,
-        steer_by_cpu: opts.steer_by_cpu,
     }
 }
 

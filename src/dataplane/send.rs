@@ -26,9 +26,6 @@ const SUPER_PACKETS_PER_SEND: usize = 4;
 
 /// The send side of a worker: TUN queue -> underlay, with its buffers (allocated once).
 pub(super) struct SendSide {
-    name: String,
-    cfg: DatapathConfig,
-    vnet: bool,
     reader: TableReader,
     batch: Batch,
     enc: Encoder,
@@ -75,9 +72,6 @@ impl SendSide {
         let vnet = tun.has_vnet_hdr();
         let gso_segments = cfg.offloads.udp_gso.unwrap_or(1);
         SendSide {
-            name: format!("weft-dp{worker}"),
-            cfg: *cfg,
-            vnet,
             reader,
             batch: Batch::new(n_max, MAX_PACKET + DEFAULT_HEADROOM, DEFAULT_HEADROOM),
             enc: Encoder {
@@ -122,19 +116,20 @@ impl SendSide {
         tx: &[UdpSocket],
         counters: &Counters,
     ) -> Result<Turn, DatapathError> {
-        let n_max = self.cfg.batch_size.max(1);
+        let n_max = self.enc.cfg.batch_size.max(1);
         let (bufs, _) = self.batch.slots_mut();
         let table = self.reader.load();
         let mut start = 0;
         let mut drained = false;
         while start < n_max && !drained {
-            let (n, empty) = read_phase(tun, bufs, start, n_max, self.vnet).map_err(|source| {
-                DatapathError::Io {
-                    worker: self.name.clone(),
-                    what: "read TUN",
-                    source,
-                }
-            })?;
+            let (n, empty) =
+                read_phase(tun, bufs, start, n_max, self.enc.vnet).map_err(|source| {
+                    DatapathError::Io {
+                        worker: self.sender.name.clone(),
+                        what: "read TUN",
+                        source,
+                    }
+                })?;
             drained = empty;
             if n == start {
                 break;

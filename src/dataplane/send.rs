@@ -2,7 +2,7 @@
 //! batch per turn, with buffers allocated once.
 
 use std::io;
-use std::net::UdpSocket;
+use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 
@@ -17,7 +17,7 @@ use crate::table::{LeaseTable, TableReader};
 use crate::wire::icmpv4::{self, Unreachable};
 
 use super::packet::{self, Outbound, Shape};
-use super::trains::{pick_socket, Outgoing, TrainLimit, HEADERS_CAPACITY};
+use super::trains::{outer_headers, pick_socket, Outgoing, TrainLimit, HEADERS_CAPACITY};
 use super::{Counters, DatapathConfig, DatapathError, LocalCounters, Turn, MAX_PACKET};
 
 /// Super-packets read before their trains are sent: 4 x 46 segments pack into 5 messages
@@ -170,7 +170,7 @@ impl Encoder {
                 local.packets += n;
                 local.bytes += bytes;
                 local.peer(p.peer.public_ip, n, bytes, counters, true);
-                let (dst, max) = (p.peer.underlay, self.train_max);
+                let (dst, max) = (SocketAddr::V4(p.peer.underlay), self.train_max);
                 match p.shape {
                     Shape::Segments(segs) => self.outs.push_segments(slot, segs, dst, sock, max),
                     Shape::Whole => self.outs.push_whole(slot, b.len(), dst, sock, max),
@@ -265,7 +265,8 @@ impl Sender {
         }
         let seg = usize::from(out.refused_segment);
         let mtu = out.refused_to.and_then(|d| crate::sys::path_mtu(d).ok());
-        let max = self.trains.learn(seg, mtu);
+        let outer = out.refused_to.map_or(0, outer_headers);
+        let max = self.trains.learn(seg, mtu, outer);
         if self.trains.mtu_is_news(mtu) {
             warn!(
                 worker = %self.name,

@@ -3,7 +3,7 @@
 //! learned limit on a train's datagram size, and the choice of send socket per flow.
 //! Pure bookkeeping: no I/O.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::buf::PacketBuf;
@@ -57,7 +57,7 @@ struct Out {
     seg_len: usize,
     /// May take more: no short datagram yet, and room left.
     open: bool,
-    dst: SocketAddrV4,
+    dst: SocketAddr,
     /// Index of the send socket (outer source port) of the packets' flows.
     sock: u8,
 }
@@ -169,7 +169,7 @@ impl Outgoing {
         s: usize,
         bufs: &'a [PacketBuf],
         headers: &'a [Box<[u8]>],
-    ) -> impl Iterator<Item = (Parts<'a>, SocketAddrV4, u16)> + 'a {
+    ) -> impl Iterator<Item = (Parts<'a>, SocketAddr, u16)> + 'a {
         self.msgs
             .iter()
             .filter(move |o| usize::from(o.sock) == s)
@@ -190,7 +190,7 @@ impl Outgoing {
         &mut self,
         slot: usize,
         len: usize,
-        dst: SocketAddrV4,
+        dst: SocketAddr,
         sock: u8,
         train_max: usize,
     ) {
@@ -215,7 +215,7 @@ impl Outgoing {
         &mut self,
         slot: usize,
         segs: gso::Segments,
-        dst: SocketAddrV4,
+        dst: SocketAddr,
         sock: u8,
         train_max: usize,
     ) {
@@ -240,7 +240,7 @@ impl Outgoing {
     /// size; else a new train of `seg_len`-byte datagrams.
     fn train_for(
         &mut self,
-        dst: SocketAddrV4,
+        dst: SocketAddr,
         sock: u8,
         per_msg: usize,
         seg_len: usize,
@@ -300,6 +300,16 @@ const TRAIN_LIMIT_REPROBE: Duration = Duration::from_secs(10);
 
 /// Outer IPv4 and UDP headers: a datagram of `n` bytes is an IP packet of `n + 28`.
 const OUTER_IP_UDP: usize = 28;
+/// Outer IPv6 and UDP headers: a datagram of `n` bytes is an IP packet of `n + 48`.
+const OUTER_IP6_UDP: usize = 48;
+
+/// The outer IP and UDP header bytes in front of a datagram to `dst`.
+pub(super) fn outer_headers(dst: SocketAddr) -> usize {
+    match dst {
+        SocketAddr::V4(_) => OUTER_IP_UDP,
+        SocketAddr::V6(_) => OUTER_IP6_UDP,
+    }
+}
 
 /// The largest datagram a UDP_SEGMENT train may carry, learned from refusals. The kernel
 /// refuses a train whose segment plus headers exceeds the MTU it would fragment for (the
@@ -345,10 +355,11 @@ impl TrainLimit {
     }
 
     /// A train of `segment`-byte datagrams was refused; `path_mtu` is what the kernel's
-    /// routing knows towards its peer, if it could be read. Returns the new limit.
-    pub(super) fn learn(&mut self, segment: usize, path_mtu: Option<u32>) -> usize {
+    /// routing knows towards its peer, if it could be read, and `outer` the bytes of outer
+    /// IP and UDP headers towards it. Returns the new limit.
+    pub(super) fn learn(&mut self, segment: usize, path_mtu: Option<u32>, outer: usize) -> usize {
         let below = segment.saturating_sub(1);
-        let fits = path_mtu.map_or(below, |m| (m as usize).saturating_sub(OUTER_IP_UDP));
+        let fits = path_mtu.map_or(below, |m| (m as usize).saturating_sub(outer));
         self.max = self.max.min(below).min(fits);
         self.since = Some(Instant::now());
         self.max
@@ -359,7 +370,6 @@ impl TrainLimit {
 mod tests {
     use super::*;
     use crate::fixtures::tcp_packet;
-    use std::net::Ipv4Addr;
 
     /// Super-packets with `payloads` bytes each (MSS 1398), their slots and header buffers.
     fn super_packets(payloads: &[usize]) -> (Vec<PacketBuf>, Vec<Box<[u8]>>, Vec<gso::Segments>) {
@@ -402,7 +412,7 @@ mod tests {
 
     #[test]
     fn super_packets_pack_into_full_trains() {
-        let peer = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 2), 8472);
+        let peer = SocketAddr::from(([192, 168, 1, 2], 8472));
         // 46 full segments each: alone, each would need a message of 44 and one of 2.
         let (bufs, headers, segs) = super_packets(&[46 * 1398, 46 * 1398, 46 * 1398]);
         let full = segs[0].hdr_len + 1398;
@@ -431,8 +441,8 @@ mod tests {
 
     #[test]
     fn short_tails_slots_and_peers_end_a_train() {
-        let a = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 2), 8472);
-        let b = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 3), 8472);
+        let a = SocketAddr::from(([192, 168, 1, 2], 8472));
+        let b = SocketAddr::from(([192, 168, 1, 3], 8472));
         let (bufs, headers, segs) =
             super_packets(&[3 * 1398 - 100, 2 * 1398, 2 * 1398, 1398, 4000]);
         let full = segs[0].hdr_len + 1398;
@@ -476,8 +486,8 @@ mod tests {
 
     #[test]
     fn equal_packets_to_one_peer_form_trains() {
-        let a = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 2), 8472);
-        let b = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 3), 8472);
+        let a = SocketAddr::from(([192, 168, 1, 2], 8472));
+        let b = SocketAddr::from(([192, 168, 1, 3], 8472));
         let bufs: Vec<PacketBuf> = (0..8u8)
             .map(|i| {
                 let mut p = PacketBuf::new(256, 0);
@@ -524,17 +534,20 @@ mod tests {
 
     #[test]
     fn trains_stop_above_the_learned_limit_and_the_limit_expires() {
-        let a = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 2), 8472);
+        let a = SocketAddr::from(([192, 168, 1, 2], 8472));
         let (_bufs, _headers, segs) = super_packets(&[46 * 1398]);
         let full = segs[0].hdr_len + 1398;
         let mut t = TrainLimit::new();
         assert_eq!(t.current(), usize::MAX);
         // A refused train of full-size datagrams on a 1400-byte path: 1372 bytes fit.
-        assert_eq!(t.learn(full, Some(1400)), 1400 - OUTER_IP_UDP);
+        assert_eq!(t.learn(full, Some(1400), OUTER_IP_UDP), 1400 - OUTER_IP_UDP);
         // An unreadable path MTU still stops trains of the refused size.
-        assert_eq!(TrainLimit::new().learn(full, None), full - 1);
+        assert_eq!(TrainLimit::new().learn(full, None, OUTER_IP_UDP), full - 1);
         // A path MTU that does not explain the refusal does not raise the limit above it.
-        assert_eq!(TrainLimit::new().learn(full, Some(9000)), full - 1);
+        assert_eq!(
+            TrainLimit::new().learn(full, Some(9000), OUTER_IP_UDP),
+            full - 1
+        );
         let max = t.current();
         let mut o = Outgoing::with_capacity(64, 64);
         o.push_segments(0, segs[0], a, 0, max);

@@ -10,7 +10,7 @@
 //! refused message to resend a train in its place.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use nix::errno::Errno;
@@ -53,7 +53,9 @@ pub struct Mmsg {
     /// One iovec per message (receive); on send, the gathered parts of every message of one
     /// sendmmsg, message after message (grown to the largest batch once, then reused).
     iovs: Vec<libc::iovec>,
-    names: Vec<libc::sockaddr_in>,
+    names: Vec<Name>,
+    /// The length of each message's address (`sockaddr_in` or `sockaddr_in6`).
+    name_lens: Vec<libc::socklen_t>,
     ctrl: Vec<Ctrl>,
     /// Per message of a send: its first iovec, how many, and its segment size (0: none).
     spans: Vec<(usize, usize, u16)>,
@@ -89,7 +91,7 @@ pub struct SendOutcome {
     /// The errno that refused the last of them.
     pub split_errno: i32,
     /// Where the last of them went.
-    pub refused_to: Option<SocketAddrV4>,
+    pub refused_to: Option<SocketAddr>,
 }
 
 /// Whether a train refused with `errno` is worth resending datagram by datagram: EINVAL or
@@ -101,6 +103,14 @@ fn split_on(errno: i32) -> bool {
 
 /// Most datagrams of a refused train handed to one sendmmsg.
 const SPLIT_BATCH: usize = 64;
+
+/// Room for one message's IPv4 or IPv6 socket address.
+#[repr(C)]
+#[derive(Clone, Copy)]
+union Name {
+    v4: libc::sockaddr_in,
+    v6: libc::sockaddr_in6,
+}
 
 /// The C socket address of `a`.
 pub(crate) fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
@@ -114,19 +124,67 @@ pub(crate) fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
     }
 }
 
-/// The address a C `sockaddr_in` holds.
-fn socket_addr(sin: &libc::sockaddr_in) -> SocketAddrV4 {
-    SocketAddrV4::new(
-        Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
-        u16::from_be(sin.sin_port),
-    )
+/// The C socket address of `a`, and its length.
+fn name_of(a: SocketAddr) -> (Name, libc::socklen_t) {
+    match a {
+        SocketAddr::V4(a) => (Name { v4: sockaddr_in(a) }, V4_LEN),
+        SocketAddr::V6(a) => (
+            Name {
+                v6: libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: a.port().to_be(),
+                    sin6_flowinfo: a.flowinfo().to_be(),
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: a.ip().octets(),
+                    },
+                    sin6_scope_id: a.scope_id(),
+                },
+            },
+            V6_LEN,
+        ),
+    }
 }
 
-/// Points a header at `name` and at `n` iovecs from `iov`, without control messages.
-fn aim(h: &mut libc::mmsghdr, name: *mut libc::sockaddr_in, iov: *mut libc::iovec, n: usize) {
+/// Length of a `sockaddr_in`.
+const V4_LEN: libc::socklen_t = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+/// Length of a `sockaddr_in6` (the room a received address gets).
+const V6_LEN: libc::socklen_t = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+
+/// The address a C socket address holds (unspecified IPv4 for another family).
+fn socket_addr(n: &Name) -> SocketAddr {
+    // SAFETY: both variants are plain C structs that start with the family field, and every
+    // bit pattern is a valid value of either; the family says which one the kernel wrote.
+    unsafe {
+        if n.v6.sin6_family == libc::AF_INET6 as libc::sa_family_t {
+            let v6 = &n.v6;
+            SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(v6.sin6_addr.s6_addr),
+                u16::from_be(v6.sin6_port),
+                u32::from_be(v6.sin6_flowinfo),
+                v6.sin6_scope_id,
+            ))
+        } else {
+            let v4 = &n.v4;
+            SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr)),
+                u16::from_be(v4.sin_port),
+            ))
+        }
+    }
+}
+
+/// Points a header at `name` (of `name_len` bytes) and at `n` iovecs from `iov`, without
+/// control messages.
+fn aim(
+    h: &mut libc::mmsghdr,
+    name: *mut Name,
+    name_len: libc::socklen_t,
+    iov: *mut libc::iovec,
+    n: usize,
+) {
     h.msg_len = 0;
     h.msg_hdr.msg_name = name.cast();
-    h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    h.msg_hdr.msg_namelen = name_len;
     h.msg_hdr.msg_iov = iov;
     h.msg_hdr.msg_iovlen = n;
     h.msg_hdr.msg_control = std::ptr::null_mut();
@@ -172,7 +230,8 @@ impl Mmsg {
         Mmsg {
             hdrs: vec![zero_hdr; n],
             iovs: vec![iov; n],
-            names: vec![sockaddr_in(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); n],
+            names: vec![name_of(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))).0; n],
+            name_lens: vec![V6_LEN; n],
             ctrl: vec![[0u64; 4]; n],
             spans: vec![(0, 0, 0); n],
             split_hdrs: vec![zero_hdr; SPLIT_BATCH],
@@ -186,14 +245,15 @@ impl Mmsg {
     /// then fragments each one that is larger than the path. Adds to `out`.
     fn send_split(&mut self, fd: BorrowedFd<'_>, i: usize, seg: u16, out: &mut SendOutcome) {
         self.cut_train(i, seg);
-        let name: *mut libc::sockaddr_in = &mut self.names[i];
+        let name: *mut Name = &mut self.names[i];
+        let name_len = self.name_lens[i];
         let mut done = 0;
         while done < self.split_spans.len() {
             let count = (self.split_spans.len() - done).min(SPLIT_BATCH);
             let spans = &self.split_spans[done..done + count];
             for (h, &(at, parts)) in self.split_hdrs.iter_mut().zip(spans) {
                 // split_iovs does not grow again before the syscall.
-                aim(h, name, self.split_iovs[at..].as_mut_ptr(), parts);
+                aim(h, name, name_len, self.split_iovs[at..].as_mut_ptr(), parts);
             }
             let mut k = 0;
             while k < count {
@@ -254,7 +314,13 @@ impl Mmsg {
     /// again before the syscall) and at `names[i]`, without control messages.
     fn point(&mut self, i: usize, first: usize, n: usize) {
         let iov = self.iovs[first..first + n].as_mut_ptr();
-        aim(&mut self.hdrs[i], &mut self.names[i], iov, n);
+        aim(
+            &mut self.hdrs[i],
+            &mut self.names[i],
+            self.name_lens[i],
+            iov,
+            n,
+        );
     }
 
     /// Gives message `i` room for one control message (received UDP_GRO size).
@@ -323,6 +389,7 @@ impl Mmsg {
             });
         }
         for i in 0..n {
+            self.name_lens[i] = V6_LEN;
             self.point(i, i, 1);
             self.room_for_cmsg(i);
         }
@@ -352,7 +419,7 @@ impl Mmsg {
                 h.msg_len as usize
             };
             bufs[i].set_len(len);
-            meta[i].addr = SocketAddr::V4(socket_addr(&self.names[i]));
+            meta[i].addr = socket_addr(&self.names[i]);
             let seg = self.gro_size(i);
             meta[i].segment_size = if usize::from(seg) < len { seg } else { 0 };
         }
@@ -369,7 +436,7 @@ impl Mmsg {
     pub fn send<'a>(
         &mut self,
         fd: BorrowedFd<'_>,
-        items: impl IntoIterator<Item = (&'a [u8], SocketAddrV4, u16)>,
+        items: impl IntoIterator<Item = (&'a [u8], SocketAddr, u16)>,
     ) -> SendOutcome {
         self.send_gather(
             fd,
@@ -385,7 +452,7 @@ impl Mmsg {
     pub fn send_gather<'a, P: IntoIterator<Item = &'a [u8]>>(
         &mut self,
         fd: BorrowedFd<'_>,
-        items: impl IntoIterator<Item = (P, SocketAddrV4, u16)>,
+        items: impl IntoIterator<Item = (P, SocketAddr, u16)>,
     ) -> SendOutcome {
         let mut out = SendOutcome::default();
         let mut items = items.into_iter().peekable();
@@ -415,7 +482,7 @@ impl Mmsg {
     /// how many.
     fn load<'a, P: IntoIterator<Item = &'a [u8]>>(
         &mut self,
-        items: &mut impl Iterator<Item = (P, SocketAddrV4, u16)>,
+        items: &mut impl Iterator<Item = (P, SocketAddr, u16)>,
     ) -> usize {
         let mut count = 0;
         self.iovs.clear();
@@ -432,7 +499,7 @@ impl Mmsg {
                 });
                 len += part.len();
             }
-            self.names[count] = sockaddr_in(dst);
+            (self.names[count], self.name_lens[count]) = name_of(dst);
             let seg = if seg > 0 && usize::from(seg) < len {
                 seg
             } else {
@@ -477,14 +544,43 @@ mod tests {
     use std::net::UdpSocket;
 
     /// A receiving and a sending socket on loopback, and the receiver's address.
-    fn loopback_pair() -> (UdpSocket, UdpSocket, SocketAddrV4) {
-        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let dst = match rx.local_addr().unwrap() {
-            SocketAddr::V4(a) => a,
-            SocketAddr::V6(_) => unreachable!("bound to IPv4"),
-        };
+    fn loopback_pair() -> (UdpSocket, UdpSocket, SocketAddr) {
+        loopback_pair_at("127.0.0.1:0")
+    }
+
+    /// [`loopback_pair`] on `at` (an IPv4 or IPv6 loopback address, port 0).
+    fn loopback_pair_at(at: &str) -> (UdpSocket, UdpSocket, SocketAddr) {
+        let rx = UdpSocket::bind(at).unwrap();
+        let tx = UdpSocket::bind(at).unwrap();
+        let dst = rx.local_addr().unwrap();
         (rx, tx, dst)
+    }
+
+    #[test]
+    fn ipv6_and_ipv4_destinations_in_one_batch_of_headers() {
+        // One Mmsg sends to IPv6 on one socket and IPv4 on another, and receives IPv6
+        // senders' addresses whole (the names are reused across families).
+        let (rx6, tx6, dst6) = loopback_pair_at("[::1]:0");
+        let (rx4, tx4, dst4) = loopback_pair();
+        let mut m = Mmsg::new(4);
+        for round in 0..3u8 {
+            let out = m.send(
+                tx6.as_fd(),
+                [(&[round; 100][..], dst6, 0), (&[round; 10][..], dst6, 0)],
+            );
+            assert_eq!(out.sent, 2);
+            let out = m.send(tx4.as_fd(), [(&[round; 50][..], dst4, 0)]);
+            assert_eq!(out.sent, 1);
+            let (bufs, meta, got) = recv_at_least(&rx6, 2);
+            assert_eq!(got, 2);
+            assert_eq!(bufs[0].as_slice(), &[round; 100][..]);
+            assert_eq!(meta[0].addr, tx6.local_addr().unwrap());
+            assert_eq!(meta[1].addr, tx6.local_addr().unwrap());
+            let (bufs, meta, got) = recv_at_least(&rx4, 1);
+            assert_eq!(got, 1);
+            assert_eq!(bufs[0].as_slice(), &[round; 50][..]);
+            assert_eq!(meta[0].addr, tx4.local_addr().unwrap());
+        }
     }
 
     /// Receives into 8 fresh buffers until `want` buffers are filled or half a second passed;

@@ -9,14 +9,14 @@ pub mod steer;
 pub mod tun;
 
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::EfdFlags;
-use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
+use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6};
 
 /// Runs a syscall until it fails with something other than EINTR. Raw `libc` calls go
 /// through `Errno::result` first, so one helper serves them and nix's wrappers alike.
@@ -115,12 +115,12 @@ pub fn wait_any_readable(
 
 /// A fresh close-on-exec UDP/IPv4 socket.
 fn udp4_socket() -> io::Result<OwnedFd> {
-    let fd = socket::socket(
-        AddressFamily::Inet,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
+    udp_socket(AddressFamily::Inet)
+}
+
+/// A fresh close-on-exec UDP socket of `family`.
+fn udp_socket(family: AddressFamily) -> io::Result<OwnedFd> {
+    let fd = socket::socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
     Ok(fd)
 }
 
@@ -128,34 +128,68 @@ fn udp4_socket() -> io::Result<OwnedFd> {
 /// first, so several sockets (of this user) can share the address and the kernel spreads
 /// incoming datagrams over them by the 4-tuple's hash.
 pub fn bind_udp4(addr: SocketAddrV4, reuse_port: bool) -> io::Result<std::net::UdpSocket> {
-    let fd = udp4_socket()?;
+    bind_udp(SocketAddr::V4(addr), reuse_port)
+}
+
+/// Binds a close-on-exec UDP socket of `addr`'s family to it, as [`bind_udp4`] does; an
+/// IPv6 socket is IPv6-only (`IPV6_V6ONLY`), so it never shares the port with IPv4.
+pub fn bind_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::UdpSocket> {
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let fd = udp_socket(family)?;
     if reuse_port {
         retry_eintr(|| socket::setsockopt(&fd, sockopt::ReusePort, &true))?;
     }
-    let sin = SockaddrIn::from(addr);
-    retry_eintr(|| socket::bind(fd.as_raw_fd(), &sin))?;
+    match addr {
+        SocketAddr::V4(a) => retry_eintr(|| socket::bind(fd.as_raw_fd(), &SockaddrIn::from(a)))?,
+        SocketAddr::V6(a) => {
+            retry_eintr(|| socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true))?;
+            retry_eintr(|| socket::bind(fd.as_raw_fd(), &SockaddrIn6::from(a)))?
+        }
+    }
     Ok(std::net::UdpSocket::from(fd))
 }
 
 /// Turns path-MTU discovery off on a UDP socket (`IP_MTU_DISCOVER` = `IP_PMTUDISC_DONT`):
 /// its datagrams leave without DF, so the kernel fragments one that is larger than the
-/// device or route MTU, and so may routers on the way, as for Linux's VXLAN device.
+/// device or route MTU, and so may routers on the way, as for Linux's VXLAN device. On an
+/// IPv6 socket (`IPV6_MTU_DISCOVER`) only this host fragments: IPv6 routers never do.
 pub fn set_df_off(fd: BorrowedFd<'_>) -> io::Result<()> {
-    setsockopt_int(
-        fd,
-        libc::IPPROTO_IP,
-        libc::IP_MTU_DISCOVER,
-        libc::IP_PMTUDISC_DONT,
-    )
+    use socket::SockaddrLike;
+    match socket::getsockname::<socket::SockaddrStorage>(fd.as_raw_fd())?.family() {
+        Some(AddressFamily::Inet6) => setsockopt_int(
+            fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_DONT,
+        ),
+        _ => setsockopt_int(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DONT,
+        ),
+    }
 }
 
 /// The MTU the kernel's routing knows towards `dst` (device, route or learned path MTU),
-/// read with `IP_MTU` from a throwaway UDP socket connected to it (connecting sends nothing).
-pub fn path_mtu(dst: SocketAddrV4) -> io::Result<u32> {
-    let fd = udp4_socket()?;
-    let sin = SockaddrIn::from(dst);
-    retry_eintr(|| socket::connect(fd.as_raw_fd(), &sin))?;
-    let mtu = retry_eintr(|| socket::getsockopt(&fd, sockopt::IpMtu))?;
+/// read with `IP_MTU` (`IPV6_MTU`) from a throwaway UDP socket connected to it (connecting
+/// sends nothing).
+pub fn path_mtu(dst: SocketAddr) -> io::Result<u32> {
+    let mtu = match dst {
+        SocketAddr::V4(d) => {
+            let fd = udp_socket(AddressFamily::Inet)?;
+            retry_eintr(|| socket::connect(fd.as_raw_fd(), &SockaddrIn::from(d)))?;
+            retry_eintr(|| socket::getsockopt(&fd, sockopt::IpMtu))?
+        }
+        SocketAddr::V6(d) => {
+            let fd = udp_socket(AddressFamily::Inet6)?;
+            retry_eintr(|| socket::connect(fd.as_raw_fd(), &SockaddrIn6::from(d)))?;
+            getsockopt_int(fd.as_fd(), libc::IPPROTO_IPV6, libc::IPV6_MTU)?
+        }
+    };
     u32::try_from(mtu).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
 }
 
@@ -237,8 +271,19 @@ mod tests {
         set_df_off(a.as_fd()).unwrap();
         let v = getsockopt_int(a.as_fd(), libc::IPPROTO_IP, libc::IP_MTU_DISCOVER).unwrap();
         assert_eq!(v, libc::IP_PMTUDISC_DONT);
-        let mtu = path_mtu(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9)).unwrap();
+        let mtu = path_mtu(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9).into()).unwrap();
         assert!(mtu >= 1280, "loopback MTU {mtu}");
+        // The same on IPv6: the socket is IPv6-only and its own option is set.
+        let a6 = bind_udp("[::1]:0".parse().unwrap(), false).unwrap();
+        set_df_off(a6.as_fd()).unwrap();
+        let v = getsockopt_int(a6.as_fd(), libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER).unwrap();
+        assert_eq!(v, libc::IPV6_PMTUDISC_DONT);
+        assert_eq!(
+            getsockopt_int(a6.as_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY).unwrap(),
+            1
+        );
+        let mtu6 = path_mtu("[::1]:9".parse().unwrap()).unwrap();
+        assert!(mtu6 >= 1280, "loopback MTU {mtu6}");
     }
 
     #[test]

@@ -44,10 +44,11 @@ use std::net::{SocketAddr, UdpSocket};
 
 use crate::encap::VxlanRx;
 use crate::sys::tun::{Tun, TunError};
-use crate::wire::Subnet;
+use crate::wire::{EthernetAddress, Subnet, Subnet6};
 
 pub use counters::{Counters, LocalCounters, MAX_WORKERS};
 pub use open::{DatapathOptions, Offloads, Placement};
+
 pub use worker::Datapath;
 
 /// Largest datagram or TUN read a buffer holds (a kernel peer's GSO super-datagram).
@@ -65,6 +66,24 @@ pub enum Backend {
     Udp,
 }
 
+/// The IPv6 half of a dual-stack node: IPv6 pod traffic in VXLAN over IPv6 UDP between the
+/// nodes' PublicIPv6 addresses, as flanneld's `flannel-v6.<VNI>` device carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Side {
+    /// Our lease's IPv6 subnet (inner IPv6 destinations must lie in it).
+    pub local_subnet: Subnet6,
+    /// The IPv6Network (no lease inside it -> ICMPv6 unreachable).
+    pub network: Subnet6,
+    /// Our PublicIPv6: the IPv6 tunnel sockets bind to it.
+    pub public_ip: std::net::Ipv6Addr,
+    /// Our IPv6 VTEP MAC (vxlan): the inner destination MAC of IPv6 frames sent to us.
+    pub vtep_mac: Option<EthernetAddress>,
+    /// The largest IPv6 pod packet that fits the IPv6 underlay once encapsulated (the
+    /// underlay MTU less 70 bytes, as flanneld sizes `flannel-v6.<VNI>`): larger ones are
+    /// answered with ICMPv6 packet too big, TCP super-packets are cut to fit.
+    pub mtu: usize,
+}
+
 /// Everything the workers need besides the devices and the table.
 #[derive(Debug, Clone, Copy)]
 pub struct DatapathConfig {
@@ -74,6 +93,8 @@ pub struct DatapathConfig {
     pub local_subnet: Subnet,
     /// The whole overlay network (no lease inside it -> ICMP unreachable).
     pub network: Subnet,
+    /// The IPv6 half of a dual-stack node (`None`: IPv6 pod packets are dropped).
+    pub ipv6: Option<Ipv6Side>,
     /// The TUN's MTU (segment size for TCP super-packets written to it).
     pub tun_mtu: usize,
     /// Packets per batch.
@@ -108,6 +129,8 @@ struct WorkerIo {
     tun: Tun,
     /// Its socket on the tunnel port (one of a SO_REUSEPORT group when there are several).
     rx: UdpSocket,
+    /// Its IPv6 socket on the tunnel port, on a dual-stack node.
+    rx6: Option<UdpSocket>,
 }
 
 /// What one batch turn of a side did.

@@ -2,7 +2,7 @@
 //! overlay MTU), the tunnel-port sockets and the shared send sockets, CPU-local steering, and
 //! the one offload probe at start that says what the kernel takes.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
 
 use tracing::{info, warn};
@@ -14,8 +14,8 @@ use crate::wire::Subnet;
 
 use super::trains::MAX_GSO_SEGMENTS;
 use super::{
-    Backend, Datapath, DatapathConfig, DatapathError, DatapathInfo, WorkerIo, MAX_SEND_SOCKETS,
-    MAX_WORKERS,
+    Backend, Datapath, DatapathConfig, DatapathError, DatapathInfo, Ipv6Side, WorkerIo,
+    MAX_SEND_SOCKETS, MAX_WORKERS,
 };
 
 /// Socket buffer size asked for on the underlay UDP sockets.
@@ -55,6 +55,8 @@ pub struct Placement {
     pub local_subnet: Subnet,
     /// The whole overlay network (routed to the TUN).
     pub network: Subnet,
+    /// The IPv6 half of a dual-stack node (its IPv6Network is routed to the TUN too).
+    pub ipv6: Option<Ipv6Side>,
     /// The TUN's MTU.
     pub tun_mtu: u32,
     /// The underlay address the sockets bind to.
@@ -114,6 +116,7 @@ impl Datapath {
         );
         info!(
             addr = %SocketAddr::from((at.local_ip, at.port)),
+            addr6 = ?at.ipv6.map(|v6| SocketAddr::from((v6.public_ip, at.port))),
             workers = workers.len(),
             source_ports = tx.len(),
             "underlay sockets bound"
@@ -129,6 +132,7 @@ impl Datapath {
             backend: at.backend,
             local_subnet: at.local_subnet,
             network: at.network,
+            ipv6: at.ipv6,
             tun_mtu: at.tun_mtu as usize,
             batch_size: opts.batch_size,
             offloads,
@@ -172,8 +176,14 @@ fn configure_tun(tun: &Tun, persist: bool, at: &Placement) -> Result<(), Datapat
     // the whole Network via the TUN (flannel's udp backend configures its TUN the same).
     iface::set_ipv4(name, at.local_subnet.addr(), at.network.prefix_len())
         .map_err(iface_err("IPv4 address"))?;
+    // The same for IPv6: the IPv6Network is routed to the TUN, our own IPv6 subnet (on the
+    // bridge) stays more specific.
+    if let Some(v6) = at.ipv6 {
+        iface::add_ipv6(name, v6.local_subnet.addr(), v6.network.prefix_len())
+            .map_err(iface_err("IPv6 address"))?;
+    }
     iface::set_up(name).map_err(iface_err("link up"))?;
-    info!(tun = %name, mtu = at.tun_mtu, addr = %at.local_subnet.addr(), route = %at.network, "TUN configured");
+    info!(tun = %name, mtu = at.tun_mtu, addr = %at.local_subnet.addr(), route = %at.network, route6 = ?at.ipv6.map(|v6| v6.network), "TUN configured");
     Ok(())
 }
 
@@ -231,7 +241,8 @@ fn probe_socket_offloads(
     o.udp_gro = opts.udp_gro
         && workers
             .iter()
-            .all(|w| match crate::sys::mmsg::enable_udp_gro(w.rx.as_fd()) {
+            .flat_map(|w| std::iter::once(&w.rx).chain(w.rx6.as_ref()))
+            .all(|rx| match crate::sys::mmsg::enable_udp_gro(rx.as_fd()) {
                 Ok(()) => true,
                 Err(e) => {
                     warn!(error = %e, "UDP_GRO refused; receiving datagrams one by one");
@@ -241,19 +252,23 @@ fn probe_socket_offloads(
 }
 
 /// Binds one tunnel-port socket per TUN queue (a SO_REUSEPORT group when there are several)
-/// and the shared send sockets on ephemeral ports (the outer source ports).
+/// and the shared send sockets on ephemeral ports (the outer source ports); on a dual-stack
+/// node the same again on the PublicIPv6. The send sockets are the IPv4 ones, then as many
+/// IPv6 ones.
 fn open_sockets(
     opts: &DatapathOptions,
     at: &Placement,
     tuns: Vec<Tun>,
 ) -> Result<(Vec<WorkerIo>, Vec<UdpSocket>), DatapathError> {
     let n = tuns.len();
+    let ip6 = at.ipv6.map(|v6| IpAddr::V6(v6.public_ip));
     let workers = tuns
         .into_iter()
         .map(|tun| {
             Ok(WorkerIo {
                 tun,
-                rx: bind_udp(at.local_ip, at.port, n > 1)?,
+                rx: bind_udp(at.local_ip.into(), at.port, n > 1)?,
+                rx6: ip6.map(|ip| bind_udp(ip, at.port, n > 1)).transpose()?,
             })
         })
         .collect::<Result<Vec<_>, DatapathError>>()?;
@@ -262,19 +277,21 @@ fn open_sockets(
         k => k,
     }
     .clamp(1, MAX_SEND_SOCKETS);
-    let tx = (0..ports)
-        .map(|_| bind_udp(at.local_ip, 0, false))
+    let tx = std::iter::repeat_n(IpAddr::V4(at.local_ip), ports)
+        .chain(
+            ip6.into_iter()
+                .flat_map(|ip| std::iter::repeat_n(ip, ports)),
+        )
+        .map(|ip| bind_udp(ip, 0, false))
         .collect::<Result<Vec<_>, _>>()?;
     Ok((workers, tx))
 }
 
 /// A UDP socket on the underlay address: DF off, large buffers.
-fn bind_udp(ip: Ipv4Addr, port: u16, reuse_port: bool) -> Result<UdpSocket, DatapathError> {
-    let addr = SocketAddrV4::new(ip, port);
-    let sock = crate::sys::bind_udp4(addr, reuse_port).map_err(|source| DatapathError::Bind {
-        addr: addr.into(),
-        source,
-    })?;
+fn bind_udp(ip: IpAddr, port: u16, reuse_port: bool) -> Result<UdpSocket, DatapathError> {
+    let addr = SocketAddr::new(ip, port);
+    let sock = crate::sys::bind_udp(addr, reuse_port)
+        .map_err(|source| DatapathError::Bind { addr, source })?;
     let fd = sock.as_fd();
     // Outer packets without DF, as Linux's VXLAN device sends them: when the underlay's path
     // MTU falls below what the node started with, full-size packets fragment (here or on a
@@ -299,9 +316,11 @@ fn bind_udp(ip: Ipv4Addr, port: u16, reuse_port: bool) -> Result<UdpSocket, Data
 fn steer_by_cpu(workers: &[WorkerIo]) -> bool {
     use crate::sys::steer;
     let n = workers.len() as u32;
-    if let Err(e) = steer::reuseport_by_cpu(workers[0].rx.as_fd(), n) {
-        warn!(error = %e, "SO_ATTACH_REUSEPORT_CBPF refused; no CPU-local steering");
-        return false;
+    for rx in std::iter::once(&workers[0].rx).chain(workers[0].rx6.as_ref()) {
+        if let Err(e) = steer::reuseport_by_cpu(rx.as_fd(), n) {
+            warn!(error = %e, "SO_ATTACH_REUSEPORT_CBPF refused; no CPU-local steering");
+            return false;
+        }
     }
     if let Err(e) = steer::tun_steer_by_cpu(workers[0].tun.as_fd()) {
         warn!(error = %e, "TUN steering program refused (needs CAP_BPF); no CPU-local steering");

@@ -219,6 +219,7 @@ mod tests {
             backend,
             local_subnet: format!("10.1.{me}.0/24").parse().unwrap(),
             network: "10.1.0.0/16".parse().unwrap(),
+            ipv6: None,
             tun_mtu: 1450,
             batch_size: 8,
             offloads: Default::default(),

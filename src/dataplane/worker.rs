@@ -33,6 +33,7 @@ struct Stop {
 /// What every worker thread shares: the send sockets, the stop signal and the counters.
 #[derive(Debug)]
 struct Shared {
+    /// The IPv4 send sockets, then (dual stack) as many IPv6 ones.
     tx: Box<[UdpSocket]>,
     stop: Stop,
     counters: Arc<Counters>,
@@ -49,7 +50,8 @@ pub struct Datapath {
 
 impl Datapath {
     /// Starts one worker per [`WorkerIo`]; all of them send through `tx` (the inner flow's
-    /// hash picks the socket, hence the outer source port).
+    /// hash picks the socket, hence the outer source port): the IPv4 sockets, then on a
+    /// dual-stack node as many IPv6 ones.
     pub(super) fn start(
         workers: Vec<WorkerIo>,
         tx: Vec<UdpSocket>,
@@ -60,8 +62,11 @@ impl Datapath {
         if workers.is_empty() || workers.len() > MAX_WORKERS {
             return Err(DatapathError::Setup("1 to 16 workers are needed"));
         }
-        if tx.is_empty() || tx.len() > MAX_SEND_SOCKETS {
-            return Err(DatapathError::Setup("1 to 64 send sockets are needed"));
+        let families = if cfg.ipv6.is_some() { 2 } else { 1 };
+        if tx.is_empty() || tx.len() % families != 0 || tx.len() / families > MAX_SEND_SOCKETS {
+            return Err(DatapathError::Setup(
+                "1 to 64 send sockets per address family are needed",
+            ));
         }
         let stop = Stop {
             flag: AtomicBool::new(false),
@@ -117,8 +122,12 @@ impl Datapath {
                 source,
             }
         })?;
-        let mut send = SendSide::new(i, &io.tun, cfg, table.reader(), self.shared.tx.len());
-        let mut recv = RecvSide::new(i, &io.tun, cfg, table.reader());
+        let per_family = match cfg.ipv6 {
+            Some(_) => self.shared.tx.len() / 2,
+            None => self.shared.tx.len(),
+        };
+        let mut send = SendSide::new(i, &io.tun, cfg, table.reader(), per_family);
+        let recv = RecvSide::new(i, &io.tun, cfg, table.reader());
         let io = Arc::new(io);
         let (sh, w) = (self.shared.clone(), io.clone());
         if !cfg.split {
@@ -133,9 +142,7 @@ impl Datapath {
         })?;
         let sh = self.shared.clone();
         self.spawn(format!("weft-dp{i}rx"), cpu, move |name| {
-            run_one_side(name, io.rx.as_fd(), &sh.stop, || {
-                recv.run_once(&io.tun, &io.rx, &sh.counters)
-            })
+            run_receive(name, &io, recv, &sh)
         })
     }
 
@@ -239,23 +246,75 @@ fn run_both(
 ) -> Result<(), DatapathError> {
     const TUN: u32 = 1;
     const SOCK: u32 = 2;
-    let fds = [io.tun.as_fd(), io.rx.as_fd()];
+    const SOCK6: u32 = 4;
+    let fds = worker_fds(io);
     // Every turn starts with a poll that says which side has work, so no read comes back
     // empty but the one that ends a TUN batch; after a receive that wrote to the TUN, the
     // send side looks too (the local stack may have answered already).
-    let mut ready = TUN | SOCK;
+    let mut ready = TUN | SOCK | SOCK6;
     while !sh.stop.flag.load(Ordering::Acquire) {
         let mut wrote = 0;
         if ready & SOCK != 0 {
             wrote = recv.run_once(&io.tun, &io.rx, &sh.counters)?.taken;
         }
+        if let (true, Some(rx6)) = (ready & SOCK6 != 0, io.rx6.as_ref()) {
+            wrote += recv.run_once(&io.tun, rx6, &sh.counters)?.taken;
+        }
         if ready & TUN != 0 || wrote > 0 {
             send.run_once(&io.tun, &sh.tx, &sh.counters)?;
         }
-        match sleep_on(name, &fds, &sh.stop)? {
+        match sleep_on(name, &fds[..fd_count(io)], &sh.stop)? {
             Some(mask) => ready = mask,
             None => break,
         }
+    }
+    Ok(())
+}
+
+/// A worker's descriptors to poll: its TUN queue, its tunnel socket and (dual stack) its
+/// IPv6 tunnel socket, in that order; the first [`fd_count`] are real.
+fn worker_fds(io: &WorkerIo) -> [BorrowedFd<'_>; 3] {
+    let rx6 = io.rx6.as_ref().unwrap_or(&io.rx);
+    [io.tun.as_fd(), io.rx.as_fd(), rx6.as_fd()]
+}
+
+/// How many of [`worker_fds`] to poll.
+fn fd_count(io: &WorkerIo) -> usize {
+    if io.rx6.is_some() {
+        3
+    } else {
+        2
+    }
+}
+
+/// The receive side of a split worker on a thread of its own: a batch from each tunnel
+/// socket that has datagrams, until all of them are found empty, then sleeps on them.
+fn run_receive(
+    name: &str,
+    io: &WorkerIo,
+    mut recv: RecvSide,
+    sh: &Shared,
+) -> Result<(), DatapathError> {
+    let fds = worker_fds(io);
+    let socks = &fds[1..fd_count(io)];
+    let mut ready = u32::MAX;
+    while !sh.stop.flag.load(Ordering::Acquire) {
+        let mut busy = 0;
+        if ready & 1 != 0 && !recv.run_once(&io.tun, &io.rx, &sh.counters)?.drained {
+            busy |= 1;
+        }
+        if let (true, Some(rx6)) = (ready & 2 != 0, io.rx6.as_ref()) {
+            if !recv.run_once(&io.tun, rx6, &sh.counters)?.drained {
+                busy |= 2;
+            }
+        }
+        ready = match busy {
+            0 => match sleep_on(name, socks, &sh.stop)? {
+                Some(mask) => mask,
+                None => break,
+            },
+            b => b,
+        };
     }
     Ok(())
 }

@@ -371,6 +371,7 @@ fn placement(
         backend,
         local_subnet: own.subnet,
         network: config.network,
+        ipv6: None,
         tun_mtu,
         local_ip: underlay.local_ip,
         port: config.backend.port,

@@ -1,11 +1,11 @@
-//! Interface ioctls (MTU, flags, IPv4 address) and the interface list (getifaddrs).
+//! Interface ioctls (MTU, flags, IPv4 and IPv6 addresses) and the interface list (getifaddrs).
 //!
 //! The SIOC*IF* ioctls stay hand-written: rtnetlink does the same over netlink, but only as
 //! async requests served by a connection task, which would make the TUN set-up (synchronous,
 //! like the rest of the data path's start) async too.
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 
 use nix::errno::Errno;
@@ -83,6 +83,39 @@ pub fn set_ipv4(name: &str, addr: Ipv4Addr, prefix_len: u8) -> io::Result<()> {
     let mut r = req(name)?;
     r.ifr_ifru.ifru_netmask = sockaddr_v4(Ipv4Addr::from(mask));
     ioctl(libc::SIOCSIFNETMASK, &mut r)
+}
+
+/// Adds an IPv6 address with `prefix_len` to the interface (the kernel adds the prefix
+/// route), without duplicate address detection (the TUN has no neighbours to ask: with DAD
+/// the address would stay tentative for a second). An address it already has is kept.
+pub fn add_ipv6(name: &str, addr: Ipv6Addr, prefix_len: u8) -> io::Result<()> {
+    let index = nix::net::if_::if_nametoindex(name)?;
+    let dad = format!("/proc/sys/net/ipv6/conf/{name}/accept_dad");
+    // Best effort: without the file (IPv6 off on the interface) the ioctl below says why.
+    let _ = std::fs::write(dad, "0");
+    let mut r = libc::in6_ifreq {
+        ifr6_addr: libc::in6_addr {
+            s6_addr: addr.octets(),
+        },
+        ifr6_prefixlen: u32::from(prefix_len.min(128)),
+        ifr6_ifindex: index as libc::c_int,
+    };
+    let s = super::udp_socket(nix::sys::socket::AddressFamily::Inet6)?;
+    let done = retry_eintr(|| {
+        // SAFETY: SIOCSIFADDR on an AF_INET6 socket reads exactly one in6_ifreq.
+        let rc = unsafe {
+            libc::ioctl(
+                s.as_raw_fd(),
+                libc::SIOCSIFADDR,
+                &mut r as *mut libc::in6_ifreq,
+            )
+        };
+        Errno::result(rc)
+    });
+    match done {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        r => r.map(drop),
+    }
 }
 
 /// One IPv4 address of a local interface.

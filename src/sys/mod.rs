@@ -119,7 +119,7 @@ fn udp4_socket() -> io::Result<OwnedFd> {
 }
 
 /// A fresh close-on-exec UDP socket of `family`.
-fn udp_socket(family: AddressFamily) -> io::Result<OwnedFd> {
+pub(crate) fn udp_socket(family: AddressFamily) -> io::Result<OwnedFd> {
     let fd = socket::socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
     Ok(fd)
 }

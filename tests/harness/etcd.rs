@@ -344,13 +344,39 @@ impl Etcd {
 
     /// Writes a lease record under a fresh etcd lease of `ttl_secs`.
     pub fn put_lease(&self, subnet: Subnet, record: &str, ttl_secs: u32) {
+        self.put_with_ttl(&lease_key(subnet), record, ttl_secs);
+    }
+
+    /// Writes `value` at the full key `key` (e.g. a dual-stack lease's
+    /// `<PREFIX>/subnets/10.1.2.0-24&fd10:0:0:2::-64`) under a fresh etcd lease of `ttl_secs`.
+    pub fn put_with_ttl(&self, key: &str, value: &str, ttl_secs: u32) {
         let grant = self.ctl(&["lease", "grant", &ttl_secs.to_string()]);
         let id = grant
             .split_whitespace()
             .nth(1)
             .expect("lease id")
             .to_string();
-        self.ctl(&["put", &format!("--lease={id}"), &lease_key(subnet), record]);
+        self.ctl(&["put", &format!("--lease={id}"), key, value]);
+    }
+
+    /// Every key under `prefix` with its value, in key order (`etcdctl get --prefix`).
+    pub fn list(&self, prefix: &str) -> Vec<(String, String)> {
+        let out = self.ctl(&["get", "--prefix", prefix]);
+        let lines: Vec<&str> = out.lines().collect();
+        lines
+            .chunks(2)
+            .filter_map(|kv| match kv {
+                [k, v] => Some((k.to_string(), v.to_string())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The value stored at the full key `key`, if any.
+    pub fn get(&self, key: &str) -> Option<String> {
+        let v = self.ctl(&["get", "--print-value-only", key]);
+        let v = v.trim();
+        (!v.is_empty()).then(|| v.to_string())
     }
 
     /// Deletes a subnet's lease record.

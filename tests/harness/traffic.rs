@@ -1,8 +1,9 @@
 //! Traffic between namespaces, meant to run in pods (they work in any namespace): ping and
 //! its summary, a checksummed TCP transfer (python3 on both ends hashes the stream), and
-//! iperf3 TCP throughput and UDP packet rates.
+//! iperf3 TCP throughput and UDP packet rates. Each takes an IPv4 or an IPv6 destination
+//! (`ping` is ping6 for an IPv6 address).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -11,13 +12,15 @@ use super::process::{describe, Proc};
 
 /// Traffic helpers on any namespace (pods are where tests use them).
 impl Netns {
-    /// Pings `dst` `count` times (0.2 s apart, 1 s per reply at most).
-    pub fn ping(&self, dst: Ipv4Addr, count: u32) -> PingStats {
+    /// Pings `dst` (IPv4 or IPv6) `count` times (0.2 s apart, 1 s per reply at most).
+    pub fn ping(&self, dst: impl Into<IpAddr>, count: u32) -> PingStats {
         self.ping_sized(dst, count, 56)
     }
 
-    /// Pings `dst` with `size` data bytes and the don't-fragment bit (for MTU checks).
-    pub fn ping_sized(&self, dst: Ipv4Addr, count: u32, size: u32) -> PingStats {
+    /// Pings `dst` with `size` data bytes and fragmentation forbidden (IPv4's don't-fragment
+    /// bit; an IPv6 sender never fragments either), for MTU checks.
+    pub fn ping_sized(&self, dst: impl Into<IpAddr>, count: u32, size: u32) -> PingStats {
+        let dst: IpAddr = dst.into();
         let deadline = (count as u64 * 200).div_ceil(1000) + 2;
         let out = self.exec_within(
             &[
@@ -45,7 +48,8 @@ impl Netns {
 
     /// Pings `dst` once every 0.2 s until a reply comes or `timeout` passes (for paths that
     /// take a while to appear, e.g. while a node learns leases); true if a reply came.
-    pub fn wait_for_ping(&self, dst: Ipv4Addr, timeout: Duration) -> bool {
+    pub fn wait_for_ping(&self, dst: impl Into<IpAddr>, timeout: Duration) -> bool {
+        let dst: IpAddr = dst.into();
         let end = Instant::now() + timeout;
         loop {
             let dst_s = dst.to_string();
@@ -72,11 +76,12 @@ impl Netns {
     /// retrying while the server is not listening yet; returns the parsed JSON report.
     pub fn iperf3_client(
         &self,
-        dst: Ipv4Addr,
+        dst: impl Into<IpAddr>,
         port: u16,
         secs: u32,
         extra: &[&str],
     ) -> serde_json::Value {
+        let dst: IpAddr = dst.into();
         let (dst, port_s, secs_s) = (dst.to_string(), port.to_string(), secs.to_string());
         let mut args = vec!["iperf3", "-J", "-c", &dst, "-p", &port_s, "-t", &secs_s];
         args.extend_from_slice(extra);
@@ -169,10 +174,16 @@ impl PingStats {
 
 const TCP_SINK: &str = r#"
 import hashlib, socket, sys, time
-port, timeout = int(sys.argv[1]), float(sys.argv[2])
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", port))
+port, timeout, family = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+if family == "6":
+    s = socket.socket(socket.AF_INET6)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("::", port))
+else:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port))
 s.listen(1)
 s.settimeout(timeout)
 c, peer = s.accept()
@@ -243,18 +254,20 @@ impl Transfer {
 }
 
 /// Sends `bytes` of random data over one TCP connection from `client` to `server`
-/// (listening on `dst:port`); both ends hash the stream with SHA-256. The whole exchange is
-/// bounded by `timeout`; `Err` says which side failed and how.
+/// (listening on `dst:port`, IPv4 or IPv6); both ends hash the stream with SHA-256. The
+/// whole exchange is bounded by `timeout`; `Err` says which side failed and how.
 pub fn tcp_transfer(
     client: &Netns,
     server: &Netns,
-    dst: Ipv4Addr,
+    dst: impl Into<IpAddr>,
     port: u16,
     bytes: u64,
     timeout: Duration,
 ) -> Result<Transfer, String> {
+    let dst: IpAddr = dst.into();
     let secs = format!("{}", timeout.as_secs_f64());
-    let sink = server.spawn(&["python3", "-c", TCP_SINK, &port.to_string(), &secs]);
+    let family = if dst.is_ipv6() { "6" } else { "4" };
+    let sink = server.spawn(&["python3", "-c", TCP_SINK, &port.to_string(), &secs, family]);
     let src = client.exec_within(
         &[
             "python3",
@@ -312,7 +325,12 @@ pub struct TcpThroughput {
 }
 
 /// Runs one iperf3 TCP stream from `client` to `server` (reached at `dst`) for `secs`.
-pub fn iperf3_tcp(client: &Netns, server: &Netns, dst: Ipv4Addr, secs: u32) -> TcpThroughput {
+pub fn iperf3_tcp(
+    client: &Netns,
+    server: &Netns,
+    dst: impl Into<IpAddr>,
+    secs: u32,
+) -> TcpThroughput {
     let port = 5201;
     let srv = server.iperf3_server(port);
     let json = client.iperf3_client(dst, port, secs, &[]);
@@ -342,7 +360,13 @@ pub struct UdpRate {
 
 /// Sends `len`-byte UDP datagrams as fast as iperf3 can from `client` to `server` (reached
 /// at `dst`) for `secs`, and reports packets per second on both ends.
-pub fn iperf3_udp(client: &Netns, server: &Netns, dst: Ipv4Addr, secs: u32, len: u32) -> UdpRate {
+pub fn iperf3_udp(
+    client: &Netns,
+    server: &Netns,
+    dst: impl Into<IpAddr>,
+    secs: u32,
+    len: u32,
+) -> UdpRate {
     let port = 5202;
     let srv = server.iperf3_server(port);
     let json = client.iperf3_client(dst, port, secs, &["-u", "-b", "0", "-l", &len.to_string()]);

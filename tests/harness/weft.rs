@@ -2,6 +2,7 @@
 //! for until they serve /status, or not waited for at all), their ops server and CLI, and the
 //! cluster set-up and traffic checks most end-to-end tests share.
 
+use std::net::Ipv6Addr;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Output};
 use std::time::{Duration, Instant};
@@ -127,7 +128,56 @@ pub struct WeftNode {
     pub mtu: u32,
 }
 
+/// Describes a [`WeftNode`] before it starts: the usual flags ([`WeftNode::start`]'s) plus
+/// what the options add, in the order given.
+pub struct WeftNodeBuilder<'a> {
+    host: &'a Host,
+    etcd: &'a Etcd,
+    env: Vec<String>,
+    flags: Vec<String>,
+}
+
+impl WeftNodeBuilder<'_> {
+    /// Appends flags.
+    pub fn flags(mut self, flags: &[&str]) -> Self {
+        self.flags.extend(flags.iter().map(|f| f.to_string()));
+        self
+    }
+
+    /// Adds `NAME=value` environment entries for the process.
+    pub fn env(mut self, env: &[&str]) -> Self {
+        self.env.extend(env.iter().map(|e| e.to_string()));
+        self
+    }
+
+    /// Passes `-public-ipv6 <addr>`, flanneld's flag for the node's underlay IPv6 address
+    /// (a dual-stack lab host's is `Host::addr6`).
+    pub fn public_ipv6(mut self, addr: Ipv6Addr) -> Self {
+        self.flags.push("-public-ipv6".to_string());
+        self.flags.push(addr.to_string());
+        self
+    }
+
+    /// Starts the node and waits until it is up, as [`WeftNode::start`] does.
+    pub fn start(self) -> WeftNode {
+        let env: Vec<&str> = self.env.iter().map(String::as_str).collect();
+        let flags: Vec<&str> = self.flags.iter().map(String::as_str).collect();
+        WeftNode::start_with_env(self.host, self.etcd, &env, &flags)
+    }
+}
+
 impl WeftNode {
+    /// A builder for a node in `host` against `etcd`:
+    /// `WeftNode::builder(host, &etcd).public_ipv6(host.addr6()).start()`.
+    pub fn builder<'a>(host: &'a Host, etcd: &'a Etcd) -> WeftNodeBuilder<'a> {
+        WeftNodeBuilder {
+            host,
+            etcd,
+            env: Vec::new(),
+            flags: Vec::new(),
+        }
+    }
+
     /// Starts `weft run` in `host` with flanneld-style flags plus `extra`, waits for its
     /// subnet.env (the lease is held and the TUN is about to come up), and returns.
     pub fn start(host: &Host, etcd: &Etcd, extra: &[&str]) -> WeftNode {

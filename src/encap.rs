@@ -4,7 +4,9 @@
 //! headers are the kernel's job (a UDP socket); what is built here is the UDP payload.
 //!
 //! * vxlan (RFC 7348): `VXLAN header (8) | inner Ethernet (14, dst = peer VtepMAC,
-//!   src = our VtepMAC, type IPv4) | inner IPv4 packet`, sent to port 8472 by default.
+//!   src = our VtepMAC, type IPv4) | inner IPv4 packet`, sent to port 8472 by default; on a
+//!   dual-stack node IPv6 pod packets the same way (type IPv6, the nodes' IPv6 VTEP MACs)
+//!   over the IPv6 underlay, as flanneld's `flannel-v6.<VNI>` device carries them.
 //! * udp (flannel's userspace backend): the inner IPv4 packet as-is, port 8285 by default.
 //!
 //! Receive-side checks follow DESIGN.md in order; every failure is a [`DropReason`], which
@@ -12,20 +14,26 @@
 
 pub mod inspect;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::buf::{BufError, PacketBuf};
 use crate::wire::ethernet::{self, EthernetRepr};
 use crate::wire::ipv4::Protocol;
 use crate::wire::vxlan::{self, Vni};
 use crate::wire::{ipv6, WireError};
-use crate::wire::{EtherType, EthernetAddress, EthernetFrame, Ipv4Packet, Subnet, VxlanPacket};
+use crate::wire::{
+    EtherType, EthernetAddress, EthernetFrame, Ipv4Packet, Subnet, Subnet6, VxlanPacket,
+};
 
 /// Bytes vxlan puts in front of the inner IPv4 packet inside the UDP payload.
 pub const VXLAN_ENCAP_LEN: usize = vxlan::HEADER_LEN + ethernet::HEADER_LEN;
 
 /// Bytes vxlan adds on the underlay: outer IPv4 (20) + UDP (8) + VXLAN (8) + Ethernet (14).
 pub const VXLAN_OVERHEAD: usize = 20 + 8 + VXLAN_ENCAP_LEN;
+
+/// Bytes vxlan adds on the IPv6 underlay: outer IPv6 (40) + UDP (8) + VXLAN (8) + Ethernet
+/// (14); flanneld sizes `flannel-v6.<VNI>` as the underlay MTU less this.
+pub const VXLAN6_OVERHEAD: usize = 40 + 8 + VXLAN_ENCAP_LEN;
 
 /// Bytes the udp backend adds on the underlay: outer IPv4 (20) + UDP (8).
 pub const UDP_OVERHEAD: usize = 20 + 8;
@@ -62,13 +70,17 @@ pub enum DropReason {
     WrongVni,
     /// Receive: the inner Ethernet destination is not our VTEP MAC.
     WrongInnerMac,
-    /// Receive: the inner frame or packet is IPv6 (weft carries IPv4 only).
+    /// Receive: an IPv6 inner frame or packet over the IPv4 underlay (flannel carries IPv6
+    /// pods over IPv6 only), or on a node without IPv6.
     InnerIpv6,
+    /// Receive: an IPv4 inner frame or packet over the IPv6 underlay (flannel-v6 carries
+    /// IPv6 only).
+    InnerIpv4,
     /// Receive: the inner frame is neither IPv4 nor IPv6 (e.g. ARP).
     InnerNotIp,
-    /// The inner IPv4 packet is shorter than its header or total length claims.
+    /// The inner IP packet is shorter than its header or length field claims.
     InnerTruncated,
-    /// The inner IPv4 header is invalid (version, header length, total length).
+    /// The inner IP header is invalid (version, header length, total length).
     InnerMalformed,
     /// The inner IPv4 header checksum is wrong.
     InnerBadChecksum,
@@ -83,20 +95,22 @@ pub enum DropReason {
     InnerL4Checksum,
     /// Send: no lease covers the destination.
     NoLease,
-    /// Send: the TUN handed over an IPv6 packet.
+    /// Send: the TUN handed over an IPv6 packet on a node without IPv6 (or with the udp
+    /// backend, which carries IPv4 only).
     OutboundIpv6,
-    /// Send: the TUN handed over a packet that is not valid IPv4.
+    /// Send: the TUN handed over a packet that is not valid IP.
     OutboundMalformed,
 }
 
 impl DropReason {
     /// Every reason, for registering counters up front.
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::Truncated,
         DropReason::BadFlags,
         DropReason::WrongVni,
         DropReason::WrongInnerMac,
         DropReason::InnerIpv6,
+        DropReason::InnerIpv4,
         DropReason::InnerNotIp,
         DropReason::InnerTruncated,
         DropReason::InnerMalformed,
@@ -118,6 +132,7 @@ impl DropReason {
             DropReason::WrongVni => "wrong_vni",
             DropReason::WrongInnerMac => "wrong_inner_mac",
             DropReason::InnerIpv6 => "inner_ipv6",
+            DropReason::InnerIpv4 => "inner_ipv4",
             DropReason::InnerNotIp => "inner_not_ip",
             DropReason::InnerTruncated => "inner_truncated",
             DropReason::InnerMalformed => "inner_malformed",
@@ -219,6 +234,82 @@ pub fn decap_vxlan<'a>(datagram: &'a [u8], rx: &VxlanRx) -> Result<Inner<'a>, Dr
         _ => return Err(DropReason::InnerNotIp),
     }
     inner_at(datagram, VXLAN_ENCAP_LEN)
+}
+
+/// A validated inner IPv6 packet inside a received datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inner6<'a> {
+    /// The inner IPv6 packet, up to its payload length (trailing padding excluded).
+    pub packet: &'a [u8],
+    /// Inner source address.
+    pub src: Ipv6Addr,
+    /// Inner destination address.
+    pub dst: Ipv6Addr,
+}
+
+/// Decapsulates a VXLAN UDP payload that arrived over the IPv6 underlay, as a kernel
+/// `flannel-v6.<VNI>` device accepts it: I flag, VNI, inner Ethernet destination `vtep_mac`
+/// (our IPv6 VTEP MAC) and type IPv6, then a sane inner IPv6 header (version, payload
+/// length within the datagram). Reserved VXLAN bits are ignored (RFC 7348 section 5).
+pub fn decap_vxlan6<'a>(
+    datagram: &'a [u8],
+    vni: Vni,
+    vtep_mac: EthernetAddress,
+) -> Result<Inner6<'a>, DropReason> {
+    if datagram.len() < VXLAN_ENCAP_LEN {
+        return Err(DropReason::Truncated);
+    }
+    let vx = VxlanPacket::new_unchecked(datagram);
+    if !vx.has_vni() {
+        return Err(DropReason::BadFlags);
+    }
+    if vx.vni() != vni {
+        return Err(DropReason::WrongVni);
+    }
+    let eth = EthernetFrame::new_unchecked(vx.payload());
+    if eth.dst_addr() != vtep_mac {
+        return Err(DropReason::WrongInnerMac);
+    }
+    match eth.ethertype() {
+        EtherType::Ipv6 => {}
+        EtherType::Ipv4 => return Err(DropReason::InnerIpv4),
+        _ => return Err(DropReason::InnerNotIp),
+    }
+    let packet = &datagram[VXLAN_ENCAP_LEN..];
+    match ipv6::ip_version(packet) {
+        Some(6) => {}
+        Some(4) => return Err(DropReason::InnerIpv4),
+        Some(_) => return Err(DropReason::InnerMalformed),
+        None => return Err(DropReason::InnerTruncated),
+    }
+    let p = ipv6::Ipv6Packet::new_checked(packet).map_err(|e| match e {
+        WireError::Truncated => DropReason::InnerTruncated,
+        WireError::Malformed => DropReason::InnerMalformed,
+    })?;
+    let len = ipv6::HEADER_LEN + usize::from(p.payload_len());
+    Ok(Inner6 {
+        packet: &packet[..len],
+        src: p.src_addr(),
+        dst: p.dst_addr(),
+    })
+}
+
+/// The last receive checks of an IPv6 inner packet, as [`check_inner_route`] for IPv4:
+/// `src_owner` is the PublicIPv6 of the lease whose IPv6 subnet holds the inner source.
+#[inline]
+pub fn check_inner_route6(
+    src_owner: Option<Ipv6Addr>,
+    sender: Ipv6Addr,
+    dst: Ipv6Addr,
+    local_subnet: Subnet6,
+) -> Result<(), DropReason> {
+    if src_owner != Some(sender) {
+        return Err(DropReason::SpoofedSource);
+    }
+    if !local_subnet.contains(dst) {
+        return Err(DropReason::NotForUs);
+    }
+    Ok(())
 }
 
 /// Decapsulates a flannel udp-backend payload: the payload is the inner IPv4 packet.
@@ -494,6 +585,111 @@ mod tests {
         let mut v6 = inner();
         v6[0] = 0x60;
         assert_eq!(decap_udp(&v6), Err(DropReason::InnerIpv6));
+    }
+
+    /// An IPv6 UDP packet fd10:0:0:1::2 -> fd10:0:0:2::3 with `payload`, in VXLAN for
+    /// PEER_MAC (type IPv6), with `pad` bytes of trailing padding.
+    fn encapped6(payload: &[u8], pad: usize) -> Vec<u8> {
+        let mut p = vec![0u8; 40 + payload.len()];
+        p[0] = 0x60;
+        p[4..6].copy_from_slice(&(payload.len() as u16).to_be_bytes());
+        p[6] = 17;
+        p[7] = 64;
+        p[8..24].copy_from_slice(&"fd10:0:0:1::2".parse::<Ipv6Addr>().unwrap().octets());
+        p[24..40].copy_from_slice(&"fd10:0:0:2::3".parse::<Ipv6Addr>().unwrap().octets());
+        p[40..].copy_from_slice(payload);
+        let mut d = vxlan_header(vni1(), LOCAL_MAC, PEER_MAC).to_vec();
+        d[20..22].copy_from_slice(&[0x86, 0xdd]);
+        d.extend_from_slice(&p);
+        d.extend(std::iter::repeat_n(0, pad));
+        d
+    }
+
+    #[test]
+    fn ipv6_inner_is_checked_and_trimmed() {
+        let d = encapped6(b"hello", 7);
+        let i = decap_vxlan6(&d, vni1(), PEER_MAC).unwrap();
+        assert_eq!(i.packet, &d[22..22 + 45]);
+        assert_eq!(i.src, "fd10:0:0:1::2".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(i.dst, "fd10:0:0:2::3".parse::<Ipv6Addr>().unwrap());
+        // The IPv4 VTEP MAC is not the IPv6 one; another VNI; IPv4 or ARP inside.
+        assert_eq!(
+            decap_vxlan6(&d, vni1(), LOCAL_MAC),
+            Err(DropReason::WrongInnerMac)
+        );
+        let vni2 = Vni::new(2).unwrap();
+        assert_eq!(decap_vxlan6(&d, vni2, PEER_MAC), Err(DropReason::WrongVni));
+        let v4 = encapped(&inner());
+        assert_eq!(
+            decap_vxlan6(&v4, vni1(), PEER_MAC),
+            Err(DropReason::InnerIpv4)
+        );
+        let mut odd = d.clone();
+        odd[20..22].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(
+            decap_vxlan6(&odd, vni1(), PEER_MAC),
+            Err(DropReason::InnerNotIp)
+        );
+        // Type IPv6 but an IPv4 header; a bad version; a payload length past the end.
+        let mut lie = d.clone();
+        lie[22] = 0x45;
+        assert_eq!(
+            decap_vxlan6(&lie, vni1(), PEER_MAC),
+            Err(DropReason::InnerIpv4)
+        );
+        lie[22] = 0x70;
+        assert_eq!(
+            decap_vxlan6(&lie, vni1(), PEER_MAC),
+            Err(DropReason::InnerMalformed)
+        );
+        let mut long = d.clone();
+        long[26..28].copy_from_slice(&100u16.to_be_bytes());
+        assert_eq!(
+            decap_vxlan6(&long, vni1(), PEER_MAC),
+            Err(DropReason::InnerTruncated)
+        );
+        assert_eq!(
+            decap_vxlan6(&d[..50], vni1(), PEER_MAC),
+            Err(DropReason::InnerTruncated)
+        );
+        assert_eq!(
+            decap_vxlan6(&d[..21], vni1(), PEER_MAC),
+            Err(DropReason::Truncated)
+        );
+        let mut flags = d.clone();
+        flags[0] = 0;
+        assert_eq!(
+            decap_vxlan6(&flags, vni1(), PEER_MAC),
+            Err(DropReason::BadFlags)
+        );
+    }
+
+    #[test]
+    fn ipv6_inner_route_checks() {
+        let sender: Ipv6Addr = "fd77::1".parse().unwrap();
+        let local: Subnet6 = "fd10:0:0:2::/64".parse().unwrap();
+        let mine: Ipv6Addr = "fd10:0:0:2::9".parse().unwrap();
+        assert_eq!(
+            check_inner_route6(Some(sender), sender, mine, local),
+            Ok(())
+        );
+        assert_eq!(
+            check_inner_route6(Some("fd77::2".parse().unwrap()), sender, mine, local),
+            Err(DropReason::SpoofedSource)
+        );
+        assert_eq!(
+            check_inner_route6(None, sender, mine, local),
+            Err(DropReason::SpoofedSource)
+        );
+        assert_eq!(
+            check_inner_route6(
+                Some(sender),
+                sender,
+                "fd10:0:0:3::1".parse().unwrap(),
+                local
+            ),
+            Err(DropReason::NotForUs)
+        );
     }
 
     #[test]

@@ -317,3 +317,124 @@ fn dual_stack_lease_record_is_flannels_json() {
         harness::vtep_mac_for(Ipv4Addr::new(192, 168, 64, 10))
     );
 }
+
+const MB: u64 = 1 << 20;
+
+/// The key of a weft node's dual-stack lease (`<v4>&<v6>`) and its record, from etcd.
+fn dual_lease_of(etcd: &Etcd, s: weft::wire::Subnet, s6: Subnet6) -> (String, serde_json::Value) {
+    let key = format!("{PREFIX}/subnets/{}&{}", s.key_string(), s6.key_string());
+    let rec = etcd
+        .get(&key)
+        .unwrap_or_else(|| panic!("no dual-stack lease {key}"));
+    let v = serde_json::from_str(&rec).expect("lease JSON");
+    (key, v)
+}
+
+/// Three dual-stack weft nodes: each leases a subnet in both families, and every pod reaches
+/// every other one by ping in both families; checksummed 100 MB TCP transfers over IPv6
+/// both ways; a full-size IPv6 packet above the IPv6 underlay's room is answered with Packet
+/// Too Big, as flanneld's smaller flannel-v6 device answers it.
+#[test]
+fn three_weft_nodes_dual_stack() {
+    require_root();
+    let mut lab = Lab::builder().hosts(3).ipv6().build();
+    let etcd = Etcd::start_in(lab.segment(0));
+    etcd.put_config(DUAL_STACK_CONFIG);
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(WeftNode::start_dual_with_pod(&mut lab, i, &etcd, &[]));
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        let s6 = n.subnet6.expect("dual stack");
+        let (_, rec) = dual_lease_of(&etcd, n.subnet, s6);
+        assert_eq!(rec["PublicIPv6"], lab.host(i).addr6().to_string());
+        assert_eq!(rec["BackendV6Data"]["VNI"], 1);
+        assert_ne!(
+            rec["BackendV6Data"]["VtepMAC"],
+            rec["BackendData"]["VtepMAC"]
+        );
+    }
+    harness::ping_all_pairs(&lab);
+    harness::ping_all_pairs6(&lab);
+    harness::transfer6(&lab, 0, 2, 100 * MB);
+    harness::transfer6(&lab, 2, 0, 100 * MB);
+    harness::transfer(&lab, 1, 0, 20 * MB);
+    assert_eq!(nodes[0].metric("weft_leases"), 2);
+    assert_eq!(nodes[0].drops("spoofed_source"), 0);
+    assert_eq!(nodes[0].drops("outbound_ipv6"), 0);
+
+    // The pods' MTU is FLANNEL_MTU (underlay - 50); IPv6 over the IPv6 underlay has room for
+    // 20 bytes less: a larger IPv6 packet gets Packet Too Big and the pod learns the MTU.
+    let (p0, p1) = (lab.host(0).pod(0), lab.host(1).pod(0));
+    let mtu6 = lab.host(0).mtu() - VXLAN6_OVERHEAD;
+    let fits = mtu6 - 48;
+    let ping = p0.ping_sized(p1.addr6(), 2, fits);
+    assert!(ping.all_replied(), "{fits}-byte ping6:\n{}", ping.output);
+    let ping = p0.ping_sized(p1.addr6(), 2, fits + 20);
+    assert!(
+        ping.none_replied(),
+        "{}-byte ping6:\n{}",
+        fits + 20,
+        ping.output
+    );
+    let route = p0.exec(&["ip", "-6", "route", "get", &p1.addr6().to_string()]);
+    let route = String::from_utf8_lossy(&route.stdout);
+    assert!(
+        route.contains(&format!("mtu {mtu6} ")),
+        "the pod did not learn the IPv6 path MTU: {route}"
+    );
+    assert!(nodes[0].metric("weft_icmp_unreachable_total") > 0);
+
+    // SIGTERM leaves no device behind, and no IPv6 route either.
+    let host = lab.host(2);
+    let node = nodes.pop().expect("three nodes");
+    let (status, log) = node.stop();
+    assert!(status.success(), "weft exited with {status}:\n{log}");
+    let routes = host.ip(&["-6", "route", "show"]);
+    assert!(
+        !routes.contains("fd10::/48"),
+        "IPv6 route left behind: {routes}"
+    );
+}
+
+/// A dual-stack weft node and a dual-stack kernel node set up as flanneld does: both learn
+/// each other's lease from etcd; ping in both families and 100 MB TCP over IPv6 both ways.
+fn mixed_dual_stack_cluster(kernel_offloads: bool) {
+    require_root();
+    let mut lab = Lab::builder().hosts(2).ipv6().build();
+    let etcd = Etcd::start_in(lab.segment(0));
+    etcd.put_config(DUAL_STACK_CONFIG);
+    let (ks, ks6) = (Lab::default_pod_subnet(1), Lab::default_pod_subnet6(1));
+    let kernel = KernelFlannelNode::builder(ks)
+        .ipv6(ks6)
+        .offloads(kernel_offloads)
+        .install(lab.host(1));
+    kernel.publish(&etcd, 3600);
+    let node = WeftNode::start_dual_with_pod(&mut lab, 0, &etcd, &[]);
+    let s6 = node.subnet6.expect("dual stack");
+    let (key, _) = dual_lease_of(&etcd, node.subnet, s6);
+    let record = etcd.get(&key).expect("weft's lease");
+    let tail = key
+        .strip_prefix(&format!("{PREFIX}/subnets/"))
+        .expect("under the prefix");
+    kernel.apply_lease(tail, &record);
+    lab.host_mut(1).add_dual_pod_with_mtu(ks, ks6, kernel.mtu());
+    harness::ping_all_pairs(&lab);
+    harness::ping_all_pairs6(&lab);
+    harness::transfer6(&lab, 0, 1, 100 * MB);
+    harness::transfer6(&lab, 1, 0, 100 * MB);
+    harness::transfer(&lab, 1, 0, 20 * MB);
+    assert_eq!(node.drops("inner_bad_checksum"), 0);
+    assert_eq!(node.drops("inner_l4_checksum"), 0);
+    assert_eq!(node.metric("weft_tun_write_errors_total"), 0);
+}
+
+#[test]
+fn mixed_dual_stack_cluster_kernel_offloads_on() {
+    mixed_dual_stack_cluster(true);
+}
+
+#[test]
+fn mixed_dual_stack_cluster_kernel_offloads_off() {
+    mixed_dual_stack_cluster(false);
+}

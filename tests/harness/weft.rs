@@ -8,7 +8,7 @@ use std::process::{ExitStatus, Output};
 use std::time::{Duration, Instant};
 
 use weft::store::SubnetEnv;
-use weft::wire::Subnet;
+use weft::wire::{Subnet, Subnet6};
 
 use super::etcd::Etcd;
 use super::lab::{Host, Lab};
@@ -124,6 +124,8 @@ pub struct WeftNode {
     run: StartingWeft,
     /// The subnet it leased.
     pub subnet: Subnet,
+    /// The IPv6 subnet it leased (a dual-stack network), from FLANNEL_IPV6_SUBNET.
+    pub subnet6: Option<Subnet6>,
     /// FLANNEL_MTU from its subnet.env.
     pub mtu: u32,
 }
@@ -192,6 +194,22 @@ impl WeftNode {
         node
     }
 
+    /// A dual-stack node on `lab`'s host `i` (`-public-ipv6` its underlay IPv6 address),
+    /// then a dual-stack pod in its two subnets with its MTU.
+    pub fn start_dual_with_pod(lab: &mut Lab, i: usize, etcd: &Etcd, extra: &[&str]) -> WeftNode {
+        let host = lab.host(i);
+        let node = WeftNode::builder(host, etcd)
+            .public_ipv6(host.addr6())
+            .flags(extra)
+            .start();
+        let s6 = node
+            .subnet6
+            .expect("a dual-stack lease (FLANNEL_IPV6_SUBNET)");
+        lab.host_mut(i)
+            .add_dual_pod_with_mtu(node.subnet, s6, node.mtu);
+        node
+    }
+
     /// [`WeftNode::start`] with extra `NAME=value` environment entries for the process.
     pub fn start_with_env(host: &Host, etcd: &Etcd, env: &[&str], extra: &[&str]) -> WeftNode {
         Self::start_wrapped(host, etcd, env, &[], extra)
@@ -234,6 +252,7 @@ impl WeftNode {
         let mut node = WeftNode {
             run,
             subnet: lease.subnet,
+            subnet6: lease.ipv6.map(|v6| v6.subnet),
             mtu: lease.mtu,
         };
         // Up once /status answers 200: the node publishes its first status after the data
@@ -353,6 +372,49 @@ pub fn ping_all_pairs(lab: &Lab) {
             assert!(p.all_replied(), "pod {i} -> pod {j}:\n{}", p.output);
         }
     }
+}
+
+/// [`ping_all_pairs`] over IPv6: every dual-stack pod 0 pings every other one's IPv6
+/// address.
+pub fn ping_all_pairs6(lab: &Lab) {
+    let pods: Vec<_> = lab
+        .hosts()
+        .iter()
+        .filter(|h| !h.pods().is_empty())
+        .map(|h| h.pod(0))
+        .collect();
+    for (i, a) in pods.iter().enumerate() {
+        for (j, b) in pods.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            assert!(
+                a.wait_for_ping(b.addr6(), Duration::from_secs(5)),
+                "pod {i} cannot reach pod {j} over IPv6"
+            );
+            let p = a.ping(b.addr6(), 3);
+            assert!(p.all_replied(), "pod {i} -> pod {j} (IPv6):\n{}", p.output);
+        }
+    }
+}
+
+/// [`transfer`] over IPv6, between the pods' IPv6 addresses.
+pub fn transfer6(lab: &Lab, from: usize, to: usize, bytes: u64) {
+    let (a, b) = (lab.host(from).pod(0), lab.host(to).pod(0));
+    let t = tcp_transfer(a, b, b.addr6(), 5201, bytes, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("IPv6 transfer host {from} -> host {to}: {e}"));
+    assert!(t.intact(), "IPv6 transfer {from} -> {to} corrupted: {t:?}");
+    assert_eq!(
+        t.peer.parse::<Ipv6Addr>().ok(),
+        Some(a.addr6()),
+        "the server saw another source than the client pod: {}",
+        t.peer
+    );
+    eprintln!(
+        "IPv6 transfer {from} -> {to}: {} MB at {:.2} Gbit/s",
+        bytes >> 20,
+        t.gbit_per_s()
+    );
 }
 
 /// A checksummed transfer pod(from) -> pod(to); the server must see the client pod's own

@@ -1,11 +1,11 @@
-//! Interface ioctls (MTU, flags, IPv4 address) and the interface list (getifaddrs).
+//! Interface ioctls (MTU, flags, IPv4 address) and the interface addresses (getifaddrs).
 //!
 //! The SIOC*IF* ioctls stay hand-written: rtnetlink does the same over netlink, but only as
 //! async requests served by a connection task, which would make the TUN set-up (synchronous,
 //! like the rest of the data path's start) async too.
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 
 use nix::errno::Errno;
@@ -112,6 +112,30 @@ pub fn ipv4_addrs() -> io::Result<Vec<IfAddr>> {
                 name: ifa.interface_name,
                 addr,
                 prefix_len,
+            })
+        })
+        .collect();
+    Ok(out)
+}
+
+/// One IPv6 address of a local interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IfAddr6 {
+    /// Interface name.
+    pub name: String,
+    /// The address.
+    pub addr: Ipv6Addr,
+}
+
+/// Every IPv6 address on this namespace's interfaces, in the kernel's order.
+pub fn ipv6_addrs() -> io::Result<Vec<IfAddr6>> {
+    let list = nix::ifaddrs::getifaddrs()?;
+    let out = list
+        .filter_map(|ifa| {
+            let addr = ifa.address.as_ref()?.as_sockaddr_in6()?.ip();
+            Some(IfAddr6 {
+                name: ifa.interface_name,
+                addr,
             })
         })
         .collect();

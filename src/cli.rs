@@ -88,7 +88,8 @@ pub struct NodeArgs {
     #[arg(long = "public-ip", env = "FLANNELD_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
 
-    /// IPv6 address accessible by other nodes (stored for dual stack; weft's overlay is IPv4).
+    /// IPv6 address accessible by other nodes for inter-host communication (dual stack);
+    /// default: the interface's global IPv6 address.
     #[arg(long = "public-ipv6", env = "FLANNELD_PUBLIC_IPV6")]
     pub public_ipv6: Option<Ipv6Addr>,
 

@@ -6,9 +6,9 @@
 //! start with flannel's wording and then say how to fix the config.
 //!
 //! Dual stack (`EnableIPv6`, `IPv6Network`, `IPv6SubnetLen`, `IPv6SubnetMin/Max`) and
-//! IPv6-only (`EnableIPv4: false`) configs are parsed and checked by
-//! [`NetworkConfig::parse_dual_stack`]; [`NetworkConfig::parse`], what the node runs on,
-//! still refuses them until the data path forwards IPv6.
+//! IPv6-only (`EnableIPv4: false`) configs are parsed and checked like IPv4-only ones; the
+//! node (`weft run`) refuses `EnableIPv6` with [`ConfigError::Ipv6NotForwarded`] until its
+//! data path forwards IPv6, while the store leases dual-stack subnets.
 //!
 //! Decoding each field (its JSON type, its text, the Backend section's defaults) is in
 //! `config/decode.rs`; the rules between fields and the defaults that follow from them are
@@ -243,7 +243,7 @@ pub enum ConfigError {
     #[error("Backend.VNI: {0}; use a VNI from 0 to 16777215 (flannel's default is 1)")]
     Vni(VniRangeError),
     /// `EnableIPv6` is true: the config is valid, but weft's data path does not forward IPv6
-    /// yet, so the node refuses it (see [`NetworkConfig::parse`]).
+    /// yet, so the node refuses it at start (the parser and the store take it).
     #[error("EnableIPv6 is true: weft parses dual-stack and IPv6-only configs but does not yet forward IPv6; set \"EnableIPv6\": false (with \"EnableIPv4\": true) to run weft on this network")]
     Ipv6NotForwarded,
     /// `EnableIPv4` and `EnableIPv6` are both false: the network would carry nothing.
@@ -315,22 +315,17 @@ pub enum ConfigError {
 }
 
 impl NetworkConfig {
-    /// Parses and validates the JSON text stored at `<prefix>/config` as a config this node
-    /// can run: one [`parse_dual_stack`](Self::parse_dual_stack) accepts, refused with
-    /// [`ConfigError::Ipv6NotForwarded`] when it enables IPv6 (the data path carries IPv4 only).
+    /// Parses and validates the JSON text stored at `<prefix>/config` with flannel's rules
+    /// for both families: IPv4-only, dual-stack and IPv6-only configs.
     pub fn parse(text: &str) -> Result<NetworkConfig, ConfigError> {
-        let config = Self::parse_dual_stack(text)?;
-        if config.enable_ipv6 {
-            return Err(ConfigError::Ipv6NotForwarded);
-        }
-        Ok(config)
-    }
-
-    /// Parses and validates the JSON text with flannel's rules for both families, accepting
-    /// dual-stack and IPv6-only configs.
-    pub fn parse_dual_stack(text: &str) -> Result<NetworkConfig, ConfigError> {
         let root = GoObject::parse(text).map_err(ConfigError::Json)?;
         validate(Raw::from_object(&root)?)
+    }
+
+    /// The same as [`parse`](Self::parse), which took over its job of accepting dual-stack
+    /// and IPv6-only configs when the node's refusal of them moved to the node.
+    pub fn parse_dual_stack(text: &str) -> Result<NetworkConfig, ConfigError> {
+        Self::parse(text)
     }
 
     /// The number of subnets between SubnetMin and SubnetMax, inclusive (0 when IPv4 is off).
@@ -1162,15 +1157,13 @@ mod tests {
 
     #[test]
     fn ip_families() {
-        // Parsed and valid, but the node refuses IPv6 until the data path forwards it.
+        // Parsed and valid (the node refuses IPv6 at start, until its data path forwards it).
         let both = r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}"#;
-        let e = err(both);
-        assert_eq!(e, ConfigError::Ipv6NotForwarded);
-        assert!(e.to_string().contains("does not yet forward IPv6"), "{e}");
-        assert!(e.to_string().contains(r#""EnableIPv6": false"#), "{e}");
-        assert!(dual(both).enable_ipv6);
+        assert!(parse(both).enable_ipv6);
+        assert_eq!(parse(both), dual(both));
         let v6_only = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48"}"#;
-        assert_eq!(err(v6_only), ConfigError::Ipv6NotForwarded);
+        let c = parse(v6_only);
+        assert!(!c.enable_ipv4 && c.enable_ipv6 && c.ipv6.is_some());
         // Neither family: nothing to carry.
         let e = err(r#"{"Network":"10.1.0.0/16","EnableIPv4":false}"#);
         assert_eq!(e, ConfigError::NoIpFamily);

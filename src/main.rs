@@ -82,7 +82,7 @@ fn run(a: &RunArgs) -> Result<()> {
         tracing::info!(flags = %glog.join(" "), "glog flags accepted and ignored: weft's verbosity is -v (or RUST_LOG)");
     }
     if let Some(v6) = a.node.public_ipv6 {
-        tracing::info!(public_ipv6 = %v6, "-public-ipv6 noted; this network runs IPv4 only");
+        tracing::info!(public_ipv6 = %v6, "-public-ipv6 noted; it is advertised only on networks that enable IPv6");
     }
     let opts = a.node_options();
     let rt = tokio::runtime::Builder::new_multi_thread()

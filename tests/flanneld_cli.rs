@@ -1,8 +1,8 @@
 //! End-to-end: a flanneld v0.20.2 node swaps in weft. A full flanneld etcd-mode command line
 //! (Go's single-dash spelling, glog flags included), and the same settings as `FLANNELD_*`
-//! variables, each take effect; `-version`, kube-mode and unknown flags answer plainly; the
-//! FLANNEL-FWD rules come without `-ip-masq`, so pods cross hosts whose FORWARD policy is
-//! DROP. Needs root.
+//! variables, each take effect; `-version`, kube-mode and unknown flags answer plainly; a
+//! dual-stack config is refused until the data path forwards IPv6; the FLANNEL-FWD rules come
+//! without `-ip-masq`, so pods cross hosts whose FORWARD policy is DROP. Needs root.
 
 mod harness;
 
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use harness::{
     ping_all_pairs, require_root, run_unchecked, transfer, two_node_cluster, weft_bin, Etcd, Host,
-    Lab, WeftNode, PREFIX, VXLAN_CONFIG,
+    Lab, StartingWeft, WeftNode, PREFIX, VXLAN_CONFIG,
 };
 
 const MB: u64 = 1 << 20;
@@ -161,6 +161,47 @@ fn iface_can_reach_picks_the_interface_that_routes_there() {
     );
     let status = node.http("/status").expect("/status");
     assert!(status.contains("\"iface\": \"eth0\""), "{status}");
+}
+
+/// A flanneld v0.20.2 dual-stack network config: `weft run` refuses it, with the config
+/// error's words, until its data path forwards IPv6. It takes no lease and writes no
+/// subnet.env meanwhile, and comes up once the config is IPv4-only.
+#[test]
+fn weft_run_refuses_a_dual_stack_config_and_takes_no_lease() {
+    require_root();
+    let lab = Lab::builder().hosts(1).build();
+    let etcd = Etcd::start_in(lab.segment(0));
+    etcd.put_config(
+        r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fd10::/48","Backend":{"Type":"vxlan"}}"#,
+    );
+    let mut weft = StartingWeft::spawn(lab.host(0), etcd.endpoint(), &["-public-ipv6=fd77::10"]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        weft.is_running(),
+        "weft gave up on a config that may change"
+    );
+    assert!(!weft.subnet_file().exists());
+    let leases = etcd.ctl(&[
+        "get",
+        "--prefix",
+        "--keys-only",
+        &format!("{PREFIX}/subnets/"),
+    ]);
+    assert!(leases.trim().is_empty(), "a lease was taken: {leases}");
+
+    etcd.put_config(VXLAN_CONFIG);
+    let until = Instant::now() + Duration::from_secs(10);
+    while !weft.subnet_file().exists() {
+        assert!(weft.is_running(), "weft exited");
+        assert!(
+            Instant::now() < until,
+            "not up 10 s after the config became IPv4-only"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, log) = weft.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("does not yet forward IPv6"), "{log}");
 }
 
 #[test]

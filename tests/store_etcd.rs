@@ -1,22 +1,23 @@
-//! The store against a real etcd: acquiring, renewing and re-creating leases, watching them
-//! through malformed records, outages and compaction, and TLS.
+//! The store against a real etcd: acquiring, renewing and re-creating leases (IPv4-only and
+//! dual-stack, as flanneld v0.20.2 writes them), watching them through malformed records,
+//! outages and compaction, and TLS.
 
 mod harness;
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use etcd_client::{CompactionOptions, GetOptions};
 use harness::etcd::Etcd;
-use weft::config::NetworkConfig;
+use weft::config::{ConfigError, NetworkConfig};
 use weft::store::{
     self, acquire_lease, AcquireRequest, BackendRecord, EtcdOptions, Keys, LeaseRecord, Store,
     StoreError, StoreHandle, StoreOptions, SubnetEnv,
 };
 use weft::table::{LeaseTable, SharedTable};
-use weft::wire::{EthernetAddress, Subnet};
+use weft::wire::{EthernetAddress, Subnet, Subnet6, Vni};
 
 const PREFIX: &str = "/coreos.com/network";
 
@@ -137,9 +138,12 @@ async fn acquire(
     let mut c = store::connect(&etcd_opts(etcd)).await?;
     let req = AcquireRequest {
         public_ip: ip,
+        public_ipv6: None,
         previous_subnet: None,
+        previous_subnet6: None,
         ttl: store::LEASE_TTL,
         vtep_mac: None,
+        vtep_mac6: None,
     };
     acquire_lease(&mut c, &Keys::new(PREFIX), cfg, &req).await
 }
@@ -184,9 +188,12 @@ async fn two_then_ten_nodes_acquire_distinct_subnets() {
                 let mut c = store::connect(&etcd_o).await.expect("connect");
                 let req = AcquireRequest {
                     public_ip: ip,
+                    public_ipv6: None,
                     previous_subnet: None,
+                    previous_subnet6: None,
                     ttl: store::LEASE_TTL,
                     vtep_mac: None,
+                    vtep_mac6: None,
                 };
                 let own = acquire_lease(&mut c, &Keys::new(PREFIX), &endpoint_cfg, &req)
                     .await
@@ -816,5 +823,477 @@ async fn store_waits_for_etcd_at_startup() {
         .expect("store");
     assert_eq!(h.config().network, subnet("10.16.0.0/16"));
     assert_eq!(lease_keys(&etcd).await.len(), 1);
+    h.shutdown().await;
+}
+
+// Dual stack (flannel v0.20.2): one key `10.1.2.0-24&fd10:0:0:2::-64` per node, a record with
+// PublicIPv6 and BackendV6Data, subnet.env with the IPv6 lines.
+
+fn vni1() -> Vni {
+    Vni::new(1).expect("vni")
+}
+
+fn dual_opts(etcd: &Etcd, ip: Ipv4Addr, ip6: Ipv6Addr, dir: &Path) -> StoreOptions {
+    let mut o = store_opts(etcd, ip, dir);
+    o.public_ipv6 = Some(ip6);
+    o
+}
+
+fn subnet6(s: &str) -> Subnet6 {
+    s.parse().expect("IPv6 subnet")
+}
+
+/// Every key under the subnets prefix (without the prefix) with its value, in key order.
+async fn raw_leases(etcd: &Etcd) -> Vec<(String, String)> {
+    let mut c = etcd.client().await.expect("client");
+    let dir = Keys::new(PREFIX).subnets_dir();
+    let r = c
+        .get(dir.as_str(), Some(GetOptions::new().with_prefix()))
+        .await
+        .expect("list");
+    r.kvs()
+        .iter()
+        .map(|kv| {
+            let key = String::from_utf8_lossy(kv.key());
+            (
+                key.trim_start_matches(dir.as_str()).to_string(),
+                String::from_utf8_lossy(kv.value()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The key (without the prefix) and the record flanneld v0.20.2 writes for a dual-stack
+/// vxlan node, byte for byte (Go's field order).
+fn flanneld_dual_lease(own: &store::OwnLease, ip: Ipv4Addr, ip6: Ipv6Addr) -> (String, String) {
+    let s6 = own.subnet6.expect("a dual-stack lease");
+    let mac = own.vtep_mac().expect("vxlan MAC");
+    let mac6 = own.vtep_mac6().expect("IPv6 VTEP MAC");
+    (
+        format!("{}&{}", own.subnet.key_string(), s6.key_string()),
+        format!(
+            r#"{{"PublicIP":"{ip}","PublicIPv6":"{ip6}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"{mac6}"}}}}"#
+        ),
+    )
+}
+
+/// Polls etcd until `key` holds `value` (or `limit` passes).
+async fn wait_for_value(etcd: &Etcd, key: &str, value: &str, limit: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if get(etcd, key).await.as_deref() == Some(value) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_lease_is_flanneld_s_key_and_record_renewed_and_recreated() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = put_config(
+        &etcd,
+        r#"{"Network":"10.20.0.0/16","EnableIPv6":true,"IPv6Network":"fd10::/48","Backend":{"Type":"vxlan"}}"#,
+    )
+    .await;
+    let v6cfg = cfg.ipv6.expect("IPv6 half");
+    let (ip, ip6): (Ipv4Addr, Ipv6Addr) = (
+        "192.168.20.1".parse().unwrap(),
+        "fd77::20:1".parse().unwrap(),
+    );
+    let mut opts = dual_opts(&etcd, ip, ip6, dir.path());
+    // A 3 s lease: renewed every 1.5 s.
+    opts.lease_ttl = Duration::from_secs(3);
+    let env_path = opts.subnet_file.clone();
+    let (h, _) = start_store(opts).await;
+    let own = h.own_lease();
+    let s6 = own.subnet6.expect("an IPv6 subnet with EnableIPv6");
+    assert!(cfg.is_leasable(&own.subnet), "{}", own.subnet);
+    assert!(v6cfg.is_leasable(&s6), "{s6}");
+    assert_eq!(own.public_ipv6(), Some(ip6));
+    // The MACs: the IPv4 one as before, the IPv6 one derived from the IPv6 address, distinct.
+    let mac = store::derive_vtep_mac(ip, vni1());
+    assert_eq!(own.vtep_mac(), Some(mac));
+    assert_eq!(
+        own.vtep_mac6(),
+        Some(store::derive_vtep_mac6(ip6, vni1(), mac))
+    );
+    assert_ne!(own.vtep_mac6(), own.vtep_mac());
+
+    // One key, flanneld's form and record, byte for byte.
+    let (key, value) = flanneld_dual_lease(&own, ip, ip6);
+    assert_eq!(raw_leases(&etcd).await, [(key.clone(), value.clone())]);
+    assert_eq!(
+        own.key(&Keys::new(PREFIX)),
+        format!("{PREFIX}/subnets/{key}")
+    );
+    // Other nodes' judge takes it as a usable dual-stack lease.
+    let full_key = own.key(&Keys::new(PREFIX));
+    let j = store::judge(
+        &Keys::new(PREFIX),
+        &cfg,
+        full_key.as_bytes(),
+        value.as_bytes(),
+    );
+    assert_eq!((j.subnet, j.subnet6), (Some(own.subnet), Some(s6)));
+    assert!(j.verdict.is_ok(), "{:?}", j.verdict);
+
+    // subnet.env: the IPv6 lines in flanneld's place.
+    let env = std::fs::read_to_string(&env_path).expect("subnet.env");
+    assert_eq!(
+        env,
+        format!(
+            "FLANNEL_NETWORK=10.20.0.0/16\nFLANNEL_SUBNET={}/{}\n\
+             FLANNEL_IPV6_NETWORK=fd10::/48\nFLANNEL_IPV6_SUBNET={}/64\n\
+             FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+            own.subnet.first_host(),
+            own.subnet.prefix_len(),
+            s6.first_host(),
+        )
+    );
+
+    // Renewals keep the key and the record; only the grant changes.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(raw_leases(&etcd).await, [(key.clone(), value.clone())]);
+    assert_ne!(h.own_lease().etcd_lease, own.etcd_lease);
+    assert_eq!(h.own_lease().subnet6, Some(s6));
+
+    // Deleted: the same dual key comes back; overwritten: our record comes back.
+    for _ in 0..2 {
+        delete(&etcd, &full_key).await;
+        assert!(
+            wait_for_value(&etcd, &full_key, &value, Duration::from_secs(2)).await,
+            "dual-stack lease not re-created within 2 s: {:?}",
+            raw_leases(&etcd).await
+        );
+    }
+    put(
+        &etcd,
+        &full_key,
+        r#"{"PublicIP":"192.168.20.99","PublicIPv6":"fd77::99"}"#,
+    )
+    .await;
+    assert!(
+        wait_for_value(&etcd, &full_key, &value, Duration::from_secs(2)).await,
+        "dual-stack record not restored within 2 s: {:?}",
+        raw_leases(&etcd).await
+    );
+    assert_eq!(raw_leases(&etcd).await, [(key, value)]);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_dual_stack_node_gets_both_subnets_back() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    put_config(
+        &etcd,
+        r#"{"Network":"10.22.0.0/16","EnableIPv6":true,"IPv6Network":"fd22::/48","Backend":{"Type":"vxlan"}}"#,
+    )
+    .await;
+    let keys = Keys::new(PREFIX);
+    let (ip, ip6): (Ipv4Addr, Ipv6Addr) = (
+        "192.168.22.1".parse().unwrap(),
+        "fd77::22:1".parse().unwrap(),
+    );
+    let opts = || dual_opts(&etcd, ip, ip6, dir.path());
+    let env_path = opts().subnet_file;
+    let (h, _) = start_store(opts()).await;
+    let first = h.own_lease();
+    let (s, s6) = (first.subnet, first.subnet6.expect("IPv6 subnet"));
+    h.shutdown().await;
+
+    // Plain restart: the lease carrying our PublicIP is reused, key and MACs included.
+    let (h, _) = start_store(opts()).await;
+    let own = h.own_lease();
+    assert_eq!((own.subnet, own.subnet6), (s, Some(s6)));
+    assert_eq!(own.record, first.record);
+    assert_eq!(raw_leases(&etcd).await.len(), 1);
+    h.shutdown().await;
+
+    // The lease expired while the node was down: subnet.env names both subnets to ask for.
+    delete(&etcd, &first.key(&keys)).await;
+    let (h, _) = start_store(opts()).await;
+    let own = h.own_lease();
+    assert_eq!((own.subnet, own.subnet6), (s, Some(s6)));
+    assert_eq!(own.record, first.record);
+    h.shutdown().await;
+
+    // Another node took our IPv6 subnet meanwhile, under another IPv4 subnet: the IPv4
+    // subnet stays ours, the IPv6 one moves, and subnet.env follows.
+    delete(&etcd, &first.key(&keys)).await;
+    let other = LeaseRecord::parse(
+        br#"{"PublicIP":"192.168.22.2","PublicIPv6":"fd77::22:2","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:22:02"},"BackendV6Data":{"VNI":1,"VtepMAC":"0e:00:00:01:22:02"}}"#,
+    )
+    .expect("record");
+    put(
+        &etcd,
+        &keys.subnet_dual(&subnet("10.22.99.0/24"), Some(&s6)),
+        &other.to_json(),
+    )
+    .await;
+    let (h, _) = start_store(opts()).await;
+    let own = h.own_lease();
+    assert_eq!(own.subnet, s);
+    let moved6 = own.subnet6.expect("IPv6 subnet");
+    assert_ne!(moved6, s6);
+    let env = SubnetEnv::read(&env_path).expect("subnet.env");
+    assert_eq!(env.subnet, s);
+    assert_eq!(env.ipv6.map(|v6| v6.subnet), Some(moved6));
+    assert_eq!(env.ipv6.map(|v6| v6.network), Some(subnet6("fd22::/48")));
+    h.shutdown().await;
+
+    // And an IPv4-only key of another node on our IPv4 subnet: that one moves instead.
+    delete(&etcd, &own.key(&keys)).await;
+    put_peer(&etcd, &s.to_string(), [192, 168, 22, 3]).await;
+    let (h, _) = start_store(opts()).await;
+    let own = h.own_lease();
+    assert_ne!(own.subnet, s);
+    assert_eq!(own.subnet6, Some(moved6));
+    assert_eq!(
+        SubnetEnv::read(&env_path).expect("subnet.env").subnet,
+        own.subnet
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_nodes_get_distinct_subnets_in_both_families() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    // 15 leasable subnets in each family, eight nodes at once: collisions in either family
+    // must lose the race and choose again.
+    let cfg = put_config(
+        &etcd,
+        r#"{"Network":"10.21.0.0/20","EnableIPv6":true,"IPv6Network":"fd21::/60","Backend":{"Type":"vxlan"}}"#,
+    )
+    .await;
+    let v6cfg = cfg.ipv6.expect("IPv6 half");
+    assert_eq!((cfg.subnet_count(), v6cfg.subnet_count()), (15, 15));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 1..=8u8 {
+        let ip = Ipv4Addr::new(192, 168, 21, i);
+        let ip6 = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0x21, u16::from(i));
+        let (cfg, etcd_o) = (cfg.clone(), etcd_opts(&etcd));
+        tasks.spawn(async move {
+            let mut c = store::connect(&etcd_o).await.expect("connect");
+            let req = AcquireRequest {
+                public_ip: ip,
+                public_ipv6: Some(ip6),
+                previous_subnet: None,
+                previous_subnet6: None,
+                ttl: store::LEASE_TTL,
+                vtep_mac: None,
+                vtep_mac6: None,
+            };
+            let own = acquire_lease(&mut c, &Keys::new(PREFIX), &cfg, &req)
+                .await
+                .expect("acquire");
+            (ip, ip6, own)
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        all.push(r.expect("task"));
+    }
+    let v4: HashSet<Subnet> = all.iter().map(|(_, _, o)| o.subnet).collect();
+    let v6: HashSet<Subnet6> = all.iter().filter_map(|(_, _, o)| o.subnet6).collect();
+    assert_eq!((v4.len(), v6.len()), (8, 8), "shared subnets: {all:?}");
+    let mut stored = raw_leases(&etcd).await;
+    let mut want: Vec<(String, String)> = all
+        .iter()
+        .map(|(ip, ip6, own)| flanneld_dual_lease(own, *ip, *ip6))
+        .collect();
+    stored.sort();
+    want.sort();
+    assert_eq!(stored, want);
+    let mut macs = HashSet::new();
+    for (_, _, own) in &all {
+        assert!(v6cfg.is_leasable(&own.subnet6.expect("IPv6 subnet")));
+        macs.insert(own.vtep_mac().expect("MAC"));
+        macs.insert(own.vtep_mac6().expect("IPv6 MAC"));
+    }
+    assert_eq!(macs.len(), 16, "a MAC used twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv4_only_network_is_unchanged_by_an_ipv6_address() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    put_config(
+        &etcd,
+        r#"{"Network":"10.23.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    )
+    .await;
+    let ip = Ipv4Addr::new(192, 168, 23, 1);
+    let opts = dual_opts(&etcd, ip, "fd77::23:1".parse().unwrap(), dir.path());
+    let env_path = opts.subnet_file.clone();
+    let (h, _) = start_store(opts).await;
+    let own = h.own_lease();
+    assert_eq!(
+        (own.subnet6, own.vtep_mac6(), own.public_ipv6()),
+        (None, None, None)
+    );
+    let mac = own.vtep_mac().expect("MAC");
+    assert_eq!(
+        raw_leases(&etcd).await,
+        [(
+            own.subnet.key_string(),
+            format!(
+                r#"{{"PublicIP":"192.168.23.1","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
+            )
+        )]
+    );
+    assert_eq!(
+        std::fs::read_to_string(&env_path).expect("subnet.env"),
+        format!(
+            "FLANNEL_NETWORK=10.23.0.0/16\nFLANNEL_SUBNET={}/{}\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+            own.subnet.first_host(),
+            own.subnet.prefix_len()
+        )
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_moves_between_ipv4_only_and_dual_stack_keeping_its_ipv4_subnet() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v4_config = r#"{"Network":"10.24.0.0/16","Backend":{"Type":"vxlan"}}"#;
+    put_config(&etcd, v4_config).await;
+    let (ip, ip6): (Ipv4Addr, Ipv6Addr) = (
+        "192.168.24.1".parse().unwrap(),
+        "fd77::24:1".parse().unwrap(),
+    );
+    let opts = || dual_opts(&etcd, ip, ip6, dir.path());
+    let (h, _) = start_store(opts()).await;
+    let v4_lease = h.own_lease();
+    h.shutdown().await;
+
+    // EnableIPv6 turned on: the IPv4-only lease no longer fits (flanneld deletes it); the
+    // new one is dual-stack on the same IPv4 subnet, and it is the only key left.
+    put_config(
+        &etcd,
+        r#"{"Network":"10.24.0.0/16","EnableIPv6":true,"IPv6Network":"fd24::/48","Backend":{"Type":"vxlan"}}"#,
+    )
+    .await;
+    let (h, _) = start_store(opts()).await;
+    let dual = h.own_lease();
+    assert_eq!(dual.subnet, v4_lease.subnet);
+    assert!(dual.subnet6.is_some());
+    assert_eq!(dual.vtep_mac(), v4_lease.vtep_mac());
+    assert_eq!(
+        raw_leases(&etcd).await,
+        [flanneld_dual_lease(&dual, ip, ip6)]
+    );
+    h.shutdown().await;
+
+    // And back: the dual key goes, an IPv4-only key on the same subnet replaces it.
+    put_config(&etcd, v4_config).await;
+    let (h, _) = start_store(opts()).await;
+    let back = h.own_lease();
+    assert_eq!((back.subnet, back.subnet6), (v4_lease.subnet, None));
+    assert_eq!(
+        raw_leases(&etcd).await,
+        [(back.subnet.key_string(), v4_lease.record.to_json())]
+    );
+    let env = SubnetEnv::read(&dir.path().join(format!("subnet-{ip}.env"))).expect("subnet.env");
+    assert_eq!(env.ipv6, None);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_without_an_ipv6_address_is_a_clear_error() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    put_config(
+        &etcd,
+        r#"{"Network":"10.25.0.0/16","EnableIPv6":true,"IPv6Network":"fd25::/48","Backend":{"Type":"vxlan"}}"#,
+    )
+    .await;
+    let opts = store_opts(&etcd, Ipv4Addr::new(192, 168, 25, 1), dir.path());
+    let env_path = opts.subnet_file.clone();
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        Store::start(opts, SharedTable::new(LeaseTable::empty(24))),
+    )
+    .await
+    .expect("answered at once, not retried");
+    let e = r.expect_err("no PublicIPv6 to write");
+    assert!(matches!(e, StoreError::NoPublicIpv6), "{e}");
+    assert!(!e.is_transient());
+    assert!(e.to_string().contains("-public-ipv6"), "{e}");
+    assert!(raw_leases(&etcd).await.is_empty());
+    assert!(!env_path.exists());
+
+    // An IPv6-only network (EnableIPv4 false) is refused plainly too.
+    put_config(
+        &etcd,
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd25::/48","Backend":{"Type":"vxlan"}}"#,
+    )
+    .await;
+    let opts = dual_opts(
+        &etcd,
+        Ipv4Addr::new(192, 168, 25, 1),
+        "fd77::25:1".parse().unwrap(),
+        dir.path(),
+    );
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        Store::start(opts, SharedTable::new(LeaseTable::empty(24))),
+    )
+    .await
+    .expect("answered at once");
+    assert!(matches!(r, Err(StoreError::Ipv6Only)), "{r:?}");
+    assert!(raw_leases(&etcd).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_config_takes_no_lease_until_it_changes() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    put_config(
+        &etcd,
+        r#"{"Network":"10.26.0.0/16","EnableIPv6":true,"IPv6Network":"fd26::/48","Backend":{"Type":"vxlan"}}"#,
+    )
+    .await;
+    // What `weft run` does until its data path forwards IPv6.
+    let mut opts = dual_opts(
+        &etcd,
+        Ipv4Addr::new(192, 168, 26, 1),
+        "fd77::26:1".parse().unwrap(),
+        dir.path(),
+    );
+    opts.config_check = Some(|c: &NetworkConfig| {
+        if c.enable_ipv6 {
+            Err(ConfigError::Ipv6NotForwarded)
+        } else {
+            Ok(())
+        }
+    });
+    let start = tokio::spawn(Store::start(opts, SharedTable::new(LeaseTable::empty(24))));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!start.is_finished(), "took a refused config");
+    assert!(raw_leases(&etcd).await.is_empty());
+    put_config(
+        &etcd,
+        r#"{"Network":"10.26.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    )
+    .await;
+    let h = tokio::time::timeout(Duration::from_secs(3), start)
+        .await
+        .expect("started within 3 s of the change")
+        .expect("task")
+        .expect("store");
+    assert_eq!(h.own_lease().subnet6, None);
+    assert_eq!(raw_leases(&etcd).await.len(), 1);
     h.shutdown().await;
 }

@@ -142,6 +142,7 @@ impl RunArgs {
                 iface_regex: self.node.iface_regex.clone(),
                 iface_can_reach: self.node.iface_can_reach,
                 public_ip: self.node.public_ip,
+                public_ipv6: self.node.public_ipv6,
             },
             iptables_resync: Duration::from_secs(u64::from(self.node.iptables_resync)),
             forward_rules: self.node.iptables_forward_rules,
@@ -356,6 +357,7 @@ mod tests {
             "--iface=eth1",
             "--iptables-resync=7",
             "--workers=3",
+            "--public-ipv6=fd77::3",
         ])
         .unwrap();
         let Command::Run(a) = cli.command else {
@@ -364,6 +366,7 @@ mod tests {
         let o = a.node_options();
         assert_eq!(o.healthz, Some("0.0.0.0:8471".parse().unwrap()));
         assert_eq!(o.underlay.ifaces, ["eth1"]);
+        assert_eq!(o.underlay.public_ipv6, Some("fd77::3".parse().unwrap()));
         assert_eq!(o.iptables_resync, Duration::from_secs(7));
         assert_eq!(o.datapath.workers, 3);
         assert_eq!(o.datapath.tun_name, "weft0");

@@ -6,11 +6,11 @@ pub mod doctor;
 pub mod instance;
 pub mod masq;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub mod routes;
 
-use crate::sys::iface::{self, IfAddr};
+use crate::sys::iface::{self, IfAddr, IfAddr6};
 
 /// The interface and address the overlay runs over.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +22,10 @@ pub struct Underlay {
     /// The address other nodes send to (`PublicIP`; the interface address unless
     /// `--public-ip` says otherwise, e.g. behind NAT).
     pub public_ip: Ipv4Addr,
+    /// The IPv6 address other nodes send to (`PublicIPv6`, used when the network enables
+    /// IPv6): `--public-ipv6`, else the interface's first global-scope unicast IPv6 address,
+    /// else none.
+    pub public_ipv6: Option<Ipv6Addr>,
     /// The interface's MTU.
     pub mtu: u32,
 }
@@ -131,6 +135,29 @@ pub struct UnderlaySpec {
     pub iface_can_reach: Option<Ipv4Addr>,
     /// `--public-ip`: the address advertised to other nodes.
     pub public_ip: Option<Ipv4Addr>,
+    /// `--public-ipv6`: the IPv6 address advertised to other nodes (dual stack).
+    pub public_ipv6: Option<Ipv6Addr>,
+}
+
+/// Whether `ip` has global scope, as the kernel scopes addresses: not the unspecified,
+/// loopback or a multicast address, not link-local (fe80::/10) or site-local (fec0::/10),
+/// not IPv4-mapped. Unique local addresses (fc00::/7) are global in this sense.
+fn is_global_scope(ip: Ipv6Addr) -> bool {
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_multicast()
+        || ip.is_unicast_link_local()
+        || ip.segments()[0] & 0xffc0 == 0xfec0
+        || ip.to_ipv4_mapped().is_some())
+}
+
+/// The first global-scope unicast IPv6 address of interface `name`: the IPv6 counterpart of
+/// the interface's IPv4 address, what `PublicIPv6` defaults to.
+fn global_ipv6_of(addrs: &[IfAddr6], name: &str) -> Option<Ipv6Addr> {
+    addrs
+        .iter()
+        .find(|a| a.name == name && is_global_scope(a.addr))
+        .map(|a| a.addr)
 }
 
 /// The first address matched by `patterns`, each tried first against addresses, then names.
@@ -154,7 +181,8 @@ fn by_regex(addrs: &[IfAddr], patterns: &[String]) -> Result<IfAddr, UnderlayErr
 /// Picks the underlay as flanneld does: the first `--iface` entry (name or address) that
 /// matches; else the first `--iface-regex` that matches; else the interface that routes to
 /// `--iface-can-reach`; else the interface holding `--public-ip`; else the default route's
-/// interface. `public_ip` overrides the advertised address.
+/// interface. `public_ip` overrides the advertised address; `public_ipv6` is the advertised
+/// IPv6 address, else the chosen interface's global one.
 pub fn choose_underlay(spec: &UnderlaySpec) -> Result<Underlay, UnderlayError> {
     let (ifaces, public_ip) = (&spec.ifaces, spec.public_ip);
     let addrs = iface::ipv4_addrs().map_err(UnderlayError::List)?;
@@ -196,10 +224,18 @@ pub fn choose_underlay(spec: &UnderlaySpec) -> Result<Underlay, UnderlayError> {
         iface: found.name.clone(),
         source,
     })?;
+    let public_ipv6 = match spec.public_ipv6 {
+        Some(ip) => Some(ip),
+        None => global_ipv6_of(
+            &iface::ipv6_addrs().map_err(UnderlayError::List)?,
+            &found.name,
+        ),
+    };
     Ok(Underlay {
         iface: found.name,
         local_ip: found.addr,
         public_ip: public_ip.unwrap_or(found.addr),
+        public_ipv6,
         mtu,
     })
 }
@@ -237,6 +273,61 @@ eth0\t0040A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
             choose_underlay(&spec(&["no-such-if0"], None)),
             Err(UnderlayError::NoIface(_))
         ));
+    }
+
+    #[test]
+    fn public_ipv6_defaults_to_the_interfaces_global_address() {
+        let a = |name: &str, addr: &str| IfAddr6 {
+            name: name.into(),
+            addr: addr.parse().unwrap(),
+        };
+        let addrs = vec![
+            a("lo", "::1"),
+            a("eth0", "fe80::1"),
+            a("eth0", "fec0::1"),
+            a("eth1", "2001:db8::1"),
+            a("eth0", "fd77::10"),
+            a("eth0", "2001:db8::10"),
+        ];
+        assert_eq!(
+            global_ipv6_of(&addrs, "eth0"),
+            Some("fd77::10".parse().unwrap())
+        );
+        assert_eq!(global_ipv6_of(&addrs, "lo"), None);
+        assert_eq!(global_ipv6_of(&addrs[..3], "eth0"), None);
+        assert_eq!(global_ipv6_of(&addrs, "eth9"), None);
+        for not_global in [
+            "::",
+            "::1",
+            "ff02::1",
+            "fe80::9",
+            "fecf::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(
+                !is_global_scope(not_global.parse().unwrap()),
+                "{not_global}"
+            );
+        }
+        for global in ["fd00::1", "fc00::1", "2001:db8::1", "64:ff9b::a00:1"] {
+            assert!(is_global_scope(global.parse().unwrap()), "{global}");
+        }
+    }
+
+    #[test]
+    fn public_ipv6_flag_wins_and_loopback_has_none() {
+        let spec = |public_ipv6| UnderlaySpec {
+            ifaces: vec!["lo".into()],
+            public_ipv6,
+            ..UnderlaySpec::default()
+        };
+        // lo holds only ::1, which has host scope.
+        assert_eq!(choose_underlay(&spec(None)).unwrap().public_ipv6, None);
+        let given = "fd77::3".parse().unwrap();
+        assert_eq!(
+            choose_underlay(&spec(Some(given))).unwrap().public_ipv6,
+            Some(given)
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tracing::{error, info, warn};
 
-use crate::config::{BackendType, NetworkConfig};
+use crate::config::{BackendType, ConfigError, NetworkConfig};
 use crate::dataplane::{Backend, Datapath, DatapathError, DatapathOptions, Placement};
 use crate::encap::VxlanRx;
 use crate::error::Chain;
@@ -124,7 +124,14 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
     let _servers = serve_ops(&opts, &instance, &ops).await?;
     ops.set_phase("choosing the underlay interface");
     let underlay = host::choose_underlay(&opts.underlay)?;
-    info!(iface = %underlay.iface, local_ip = %underlay.local_ip, public_ip = %underlay.public_ip, mtu = underlay.mtu, "underlay chosen");
+    info!(
+        iface = %underlay.iface,
+        local_ip = %underlay.local_ip,
+        public_ip = %underlay.public_ip,
+        public_ipv6 = ?underlay.public_ipv6.map(|ip| ip.to_string()),
+        mtu = underlay.mtu,
+        "underlay chosen"
+    );
 
     ops.set_phase("waiting for etcd: no network config or lease yet");
     let store = tokio::select! {
@@ -171,11 +178,23 @@ async fn serve_ops(
 /// The store's options from the flags and the underlay.
 fn store_options(opts: &NodeOptions, underlay: &Underlay) -> StoreOptions {
     let mut s = StoreOptions::new(opts.etcd.clone(), underlay.public_ip);
+    s.public_ipv6 = underlay.public_ipv6;
+    s.config_check = Some(refuse_unforwarded_ipv6);
     s.subnet_file = opts.subnet_file.clone();
     s.renew_margin = opts.renew_margin;
     s.underlay_mtu = underlay.mtu;
     s.ip_masq = opts.ip_masq;
     s
+}
+
+/// The node's check of the network config before it takes a lease: a config that enables
+/// IPv6 is refused (logged, read again every second, like an invalid one) until the data
+/// path forwards IPv6. The store itself leases dual-stack subnets.
+fn refuse_unforwarded_ipv6(config: &NetworkConfig) -> Result<(), ConfigError> {
+    if config.enable_ipv6 {
+        return Err(ConfigError::Ipv6NotForwarded);
+    }
+    Ok(())
 }
 
 /// With the lease in hand: the iptables rules, the data path and the routes, then the node
@@ -470,5 +489,56 @@ impl Iptables {
                 IptablesState::Failed
             }
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_node_refuses_ipv6_networks_with_the_config_errors_message() {
+        let v4 = NetworkConfig::parse(r#"{"Network":"10.1.0.0/16"}"#).unwrap();
+        assert_eq!(refuse_unforwarded_ipv6(&v4), Ok(()));
+        for json in [
+            r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fd10::/48"}"#,
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd10::/48"}"#,
+        ] {
+            let cfg = NetworkConfig::parse(json).unwrap();
+            let e = refuse_unforwarded_ipv6(&cfg).unwrap_err();
+            assert_eq!(e, ConfigError::Ipv6NotForwarded);
+            assert!(e.to_string().contains("does not yet forward IPv6"), "{e}");
+            assert!(e.to_string().contains(r#""EnableIPv6": false"#), "{e}");
+        }
+        // The node's store options carry the check.
+        use clap::Parser;
+        let cli = crate::cli::commands::Cli::try_parse_from([
+            "weft",
+            "run",
+            "--subnet-file=/tmp/weft-test/subnet.env",
+        ])
+        .unwrap();
+        let crate::cli::commands::Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        let opts = run.node_options();
+        let underlay = Underlay {
+            iface: "eth0".into(),
+            local_ip: "192.168.64.3".parse().unwrap(),
+            public_ip: "192.168.64.3".parse().unwrap(),
+            public_ipv6: Some("fd77::3".parse().unwrap()),
+            mtu: 9000,
+        };
+        let s = store_options(&opts, &underlay);
+        assert_eq!(s.public_ipv6, underlay.public_ipv6);
+        assert_eq!(s.subnet_file, PathBuf::from("/tmp/weft-test/subnet.env"));
+        assert_eq!(s.underlay_mtu, 9000);
+        let check = s.config_check.expect("the node checks the config");
+        let dual = NetworkConfig::parse(
+            r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fd10::/48"}"#,
+        )
+        .unwrap();
+        assert_eq!(check(&dual), Err(ConfigError::Ipv6NotForwarded));
+        assert_eq!(check(&v4), Ok(()));
     }
 }

@@ -1,18 +1,18 @@
 //! This node's lease: reading the config, acquiring a subnet, renewing it, re-creating it.
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use rand::Rng;
 use tokio::time::Instant;
 
-use super::record::{BackendRecord, LeaseRecord, RecordError};
-use super::vtep::derive_vtep_mac;
+use super::record::{BackendRecord, LeaseRecord, RecordError, VxlanV6Record};
+use super::vtep::{derive_vtep_mac, derive_vtep_mac6};
 use super::{Keys, StoreError};
 use crate::config::{BackendType, NetworkConfig};
-use crate::wire::{EthernetAddress, Subnet};
+use crate::wire::{EthernetAddress, Subnet, Subnet6};
 
 /// How many lost create races in a row before giving up (flannel: 10).
 const RACE_RETRIES: u32 = 10;
@@ -47,10 +47,14 @@ pub(crate) struct RawLease {
     pub mod_revision: i64,
 }
 
-/// One lease key as listed, its subnet read from the key.
+/// One lease key as listed, its subnets read from the key.
 #[derive(Debug, Clone)]
 pub(crate) struct Listed {
+    /// The key as stored (deleting a stale lease deletes exactly this key).
+    pub key: Vec<u8>,
     pub subnet: Subnet,
+    /// The IPv6 subnet of a dual-stack key.
+    pub subnet6: Option<Subnet6>,
     pub record: Result<LeaseRecord, RecordError>,
     pub etcd_lease: i64,
 }
@@ -83,22 +87,38 @@ pub(crate) async fn list_raw(
 }
 
 /// Lists every lease key whose name is a subnet (the acquire step's view: any key, valid
-/// record or not, holds its subnet).
+/// record or not, holds its subnets), with the store revision of the read. A key whose IPv6
+/// part flannel would not read still holds its IPv4 subnet here: better a subnet skipped
+/// than one handed out twice.
 pub(crate) async fn list_leases(
     client: &mut Client,
     keys: &Keys,
-) -> Result<Vec<Listed>, StoreError> {
-    let (raw, _) = list_raw(client, keys).await?;
-    Ok(raw
+) -> Result<(Vec<Listed>, i64), StoreError> {
+    let (raw, revision) = list_raw(client, keys).await?;
+    let listed = raw
         .into_iter()
         .filter_map(|kv| {
+            let (subnet, subnet6) = keys
+                .parse_subnet_key_dual(&kv.key)
+                .or_else(|| Some((keys.parse_subnet_key(&kv.key)?, None)))?;
             Some(Listed {
-                subnet: keys.parse_subnet_key(&kv.key)?,
+                subnet,
+                subnet6,
                 record: LeaseRecord::parse(&kv.value),
                 etcd_lease: kv.etcd_lease,
+                key: kv.key,
             })
         })
-        .collect())
+        .collect();
+    Ok((listed, revision))
+}
+
+impl Listed {
+    /// Whether this key holds `subnet` or `subnet6` (overlapping either counts).
+    pub(crate) fn holds(&self, subnet: &Subnet, subnet6: Option<&Subnet6>) -> bool {
+        self.subnet.overlaps(subnet)
+            || matches!((self.subnet6, subnet6), (Some(a), Some(b)) if a.overlaps(b))
+    }
 }
 
 /// What this node asks for when acquiring its lease.
@@ -106,12 +126,21 @@ pub(crate) async fn list_leases(
 pub struct AcquireRequest {
     /// This node's underlay address (`--public-ip`).
     pub public_ip: Ipv4Addr,
+    /// This node's underlay IPv6 address (`--public-ipv6`), written as `PublicIPv6`; needed
+    /// when the network enables IPv6, unused otherwise.
+    pub public_ipv6: Option<Ipv6Addr>,
     /// The subnet from an existing subnet.env, tried first if free.
     pub previous_subnet: Option<Subnet>,
+    /// The IPv6 subnet from an existing subnet.env (`FLANNEL_IPV6_SUBNET`), tried first if
+    /// free.
+    pub previous_subnet6: Option<Subnet6>,
     /// The lease TTL to ask etcd for (flannel: 24 h).
     pub ttl: Duration,
     /// The VTEP MAC to use when no existing lease names one; `None` derives a stable one.
     pub vtep_mac: Option<EthernetAddress>,
+    /// The IPv6 VTEP's MAC to use when no existing lease names one; `None` derives a stable
+    /// one, never equal to the IPv4 VTEP's.
+    pub vtep_mac6: Option<EthernetAddress>,
 }
 
 /// This node's lease as held in etcd.
@@ -119,6 +148,9 @@ pub struct AcquireRequest {
 pub struct OwnLease {
     /// The leased subnet.
     pub subnet: Subnet,
+    /// The leased IPv6 subnet, when the network enables IPv6 (the key is then the dual
+    /// `10.1.2.0-24&fd10:0:0:2::-64`).
+    pub subnet6: Option<Subnet6>,
     /// The record stored under the subnet's key.
     pub record: LeaseRecord,
     /// The etcd lease ID the key is attached to.
@@ -138,6 +170,22 @@ impl OwnLease {
             _ => None,
         }
     }
+
+    /// The IPv6 VTEP's MAC this node advertises (`BackendV6Data.VtepMAC`: vxlan, dual stack).
+    pub fn vtep_mac6(&self) -> Option<EthernetAddress> {
+        self.record.backend_v6.map(|d| d.vtep_mac)
+    }
+
+    /// The underlay IPv6 address this node advertises (`PublicIPv6`).
+    pub fn public_ipv6(&self) -> Option<Ipv6Addr> {
+        self.record.public_ipv6
+    }
+
+    /// The etcd key of this lease: `<prefix>/subnets/10.1.2.0-24`, or with an IPv6 subnet
+    /// `<prefix>/subnets/10.1.2.0-24&fd10:0:0:2::-64`.
+    pub fn key(&self, keys: &Keys) -> String {
+        keys.subnet_dual(&self.subnet, self.subnet6.as_ref())
+    }
 }
 
 /// Whether a lease fits the current config (flannel's `isSubnetConfigCompat`).
@@ -145,24 +193,48 @@ fn compatible(cfg: &NetworkConfig, s: &Subnet) -> bool {
     s.prefix_len() == cfg.subnet_len && cfg.network.contains_subnet(s)
 }
 
-/// The record this node writes for the configured backend.
+/// Whether a lease's IPv6 half fits the current config (flannel's
+/// `isIPv6SubnetConfigCompat`): without IPv6 it must have none, with IPv6 one of
+/// IPv6SubnetLen between IPv6SubnetMin and IPv6SubnetMax.
+fn compatible6(cfg: &NetworkConfig, s6: Option<&Subnet6>) -> bool {
+    match (&cfg.ipv6, s6) {
+        (None, None) => true,
+        (Some(v6), Some(s6)) => v6.is_leasable(s6),
+        _ => false,
+    }
+}
+
+/// This node's IPv6 half of a record: its PublicIPv6 and its IPv6 VTEP's MAC.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OwnV6 {
+    pub public_ipv6: Ipv6Addr,
+    pub vtep_mac: EthernetAddress,
+}
+
+/// The record this node writes for the configured backend; `v6` adds `PublicIPv6` and, for
+/// vxlan, `BackendV6Data` (flanneld's dual-stack record).
 pub(crate) fn own_record(
     cfg: &NetworkConfig,
     public_ip: Ipv4Addr,
     vtep_mac: EthernetAddress,
+    v6: Option<OwnV6>,
 ) -> LeaseRecord {
-    let backend = match cfg.backend.kind {
-        BackendType::Vxlan => BackendRecord::Vxlan {
-            vni: cfg.backend.vni.get(),
-            vtep_mac,
-        },
-        BackendType::Udp => BackendRecord::None,
-        BackendType::HostGw => BackendRecord::HostGw,
+    let vni = cfg.backend.vni.get();
+    let (backend, backend_v6) = match cfg.backend.kind {
+        BackendType::Vxlan => (
+            BackendRecord::Vxlan { vni, vtep_mac },
+            v6.map(|v6| VxlanV6Record {
+                vni,
+                vtep_mac: v6.vtep_mac,
+            }),
+        ),
+        BackendType::Udp => (BackendRecord::None, None),
+        BackendType::HostGw => (BackendRecord::HostGw, None),
     };
     LeaseRecord {
         public_ip,
-        public_ipv6: None,
-        backend_v6: None,
+        public_ipv6: v6.map(|v6| v6.public_ipv6),
+        backend_v6,
         backend,
     }
 }
@@ -194,18 +266,19 @@ pub(crate) async fn revoke_quietly(client: &mut Client, id: i64) {
     }
 }
 
-/// Writes `record` at `subnet`'s key with a fresh grant, whatever is there (reuse, renewal).
+/// Writes `record` at the key of `subnet` (and `subnet6`) with a fresh grant, whatever is
+/// there (reuse, renewal).
 pub(crate) async fn put_with_fresh_grant(
     client: &mut Client,
     keys: &Keys,
-    subnet: Subnet,
+    (subnet, subnet6): (Subnet, Option<Subnet6>),
     record: LeaseRecord,
     ttl: Duration,
 ) -> Result<OwnLease, StoreError> {
     let (id, expires_at) = grant(client, ttl).await?;
     let put = client
         .put(
-            keys.subnet(&subnet),
+            keys.subnet_dual(&subnet, subnet6.as_ref()),
             record.to_json(),
             Some(PutOptions::new().with_lease(id)),
         )
@@ -219,6 +292,7 @@ pub(crate) async fn put_with_fresh_grant(
     };
     Ok(OwnLease {
         subnet,
+        subnet6,
         record,
         etcd_lease: id,
         expires_at,
@@ -226,26 +300,43 @@ pub(crate) async fn put_with_fresh_grant(
     })
 }
 
-/// Creates `subnet`'s key only if it does not exist; `Ok(None)` when another node has it.
+/// Creates the key of `subnet` (and `subnet6`) only if no key names `subnet` yet: neither
+/// `10.1.2.0-24` nor any `10.1.2.0-24&...`. `Ok(None)` when another node has it.
+///
+/// An IPv6 subnet can sit under any IPv4 part, so no key comparison can tell it is free;
+/// for a dual-stack key, `listed_at` (the revision of the listing the subnets were chosen
+/// from) makes the creation fail when any lease key was created since, and the caller
+/// chooses again from a fresh listing.
 pub(crate) async fn create_if_absent(
     client: &mut Client,
     keys: &Keys,
-    subnet: Subnet,
+    (subnet, subnet6): (Subnet, Option<Subnet6>),
     record: LeaseRecord,
     ttl: Duration,
+    listed_at: i64,
 ) -> Result<Option<OwnLease>, StoreError> {
     let (id, expires_at) = grant(client, ttl).await?;
-    let key = keys.subnet(&subnet);
-    let txn = Txn::new()
-        .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
-        .and_then([TxnOp::put(
-            key.as_str(),
-            record.to_json(),
-            Some(PutOptions::new().with_lease(id)),
-        )]);
+    let key = keys.subnet_dual(&subnet, subnet6.as_ref());
+    let v4_key = keys.subnet(&subnet);
+    let mut free = vec![
+        Compare::version(v4_key.as_str(), CompareOp::Equal, 0),
+        Compare::version(format!("{v4_key}&"), CompareOp::Equal, 0).with_prefix(),
+    ];
+    if subnet6.is_some() {
+        free.push(
+            Compare::create_revision(keys.subnets_dir(), CompareOp::Less, listed_at + 1)
+                .with_prefix(),
+        );
+    }
+    let txn = Txn::new().when(free).and_then([TxnOp::put(
+        key.as_str(),
+        record.to_json(),
+        Some(PutOptions::new().with_lease(id)),
+    )]);
     match client.txn(txn).await {
         Ok(r) if r.succeeded() => Ok(Some(OwnLease {
             subnet,
+            subnet6,
             record,
             etcd_lease: id,
             expires_at,
@@ -269,7 +360,14 @@ pub(crate) async fn renew(
     own: &OwnLease,
     ttl: Duration,
 ) -> Result<OwnLease, StoreError> {
-    let next = put_with_fresh_grant(client, keys, own.subnet, own.record.clone(), ttl).await?;
+    let next = put_with_fresh_grant(
+        client,
+        keys,
+        (own.subnet, own.subnet6),
+        own.record.clone(),
+        ttl,
+    )
+    .await?;
     if own.etcd_lease != next.etcd_lease {
         revoke_quietly(client, own.etcd_lease).await;
     }
@@ -280,25 +378,46 @@ pub(crate) async fn renew(
 /// PublicIP; else the subnet from subnet.env if free; else a random one of the first 100
 /// free subnets from SubnetMin. New keys are created only by a compare-and-create
 /// transaction, so two nodes never share a subnet; lost races are retried.
+///
+/// With IPv6 enabled the lease is dual-stack, as flanneld makes it: an IPv6 subnet is
+/// picked the same way alongside (the one from subnet.env's `FLANNEL_IPV6_SUBNET` if free,
+/// else a random one of the first 100 free from IPv6SubnetMin), the key is
+/// `10.1.2.0-24&fd10:0:0:2::-64` and the record carries `PublicIPv6` and (vxlan)
+/// `BackendV6Data`. Every key holds both of its subnets against every node.
 pub async fn acquire_lease(
     client: &mut Client,
     keys: &Keys,
     cfg: &NetworkConfig,
     req: &AcquireRequest,
 ) -> Result<OwnLease, StoreError> {
+    if !cfg.enable_ipv4 {
+        return Err(StoreError::Ipv6Only);
+    }
+    let public_ipv6 = match cfg.ipv6 {
+        Some(_) => Some(req.public_ipv6.ok_or(StoreError::NoPublicIpv6)?),
+        None => None,
+    };
     for _ in 0..RACE_RETRIES {
-        let leases = list_leases(client, keys).await?;
+        let (leases, listed_at) = list_leases(client, keys).await?;
 
+        // flanneld finds its lease by PublicIP alone, in dual stack too.
         let mine = leases
             .iter()
             .find(|l| matches!(&l.record, Ok(r) if r.public_ip == req.public_ip));
         if let Some(l) = mine {
-            if compatible(cfg, &l.subnet) {
-                return reuse_lease(client, keys, cfg, req, l).await;
+            // A key in another form than ours (an IPv6 part flannel would not read) is
+            // replaced too: renewing would write a second key beside it.
+            let canonical = keys.subnet_dual(&l.subnet, l.subnet6.as_ref());
+            if compatible(cfg, &l.subnet)
+                && compatible6(cfg, l.subnet6.as_ref())
+                && canonical.as_bytes() == l.key.as_slice()
+            {
+                return reuse_lease(client, keys, cfg, req, public_ipv6, l).await;
             }
-            tracing::info!(subnet = %l.subnet, "this node's old lease does not fit the network config; deleting it");
+            let key = String::from_utf8_lossy(&l.key).into_owned();
+            tracing::info!(%key, "this node's old lease does not fit the network config; deleting it");
             client
-                .delete(keys.subnet(&l.subnet), None)
+                .delete(l.key.clone(), None)
                 .await
                 .map_err(|source| StoreError::LeaseDelete {
                     subnet: l.subnet,
@@ -307,16 +426,32 @@ pub async fn acquire_lease(
             continue;
         }
 
-        let (chosen, reused_previous) = choose_free_subnet(cfg, req, &leases)?;
+        let chosen = choose_free_subnets(cfg, req, &leases)?;
         let mac = req
             .vtep_mac
             .unwrap_or_else(|| derive_vtep_mac(req.public_ip, cfg.backend.vni));
-        let record = own_record(cfg, req.public_ip, mac);
-        if let Some(own) = create_if_absent(client, keys, chosen, record, req.ttl).await? {
-            tracing::info!(subnet = %own.subnet, public_ip = %req.public_ip, reused_previous, "acquired a new lease");
+        let v6 = public_ipv6.map(|ip6| OwnV6 {
+            public_ipv6: ip6,
+            vtep_mac: req
+                .vtep_mac6
+                .unwrap_or_else(|| derive_vtep_mac6(ip6, cfg.backend.vni, mac)),
+        });
+        let record = own_record(cfg, req.public_ip, mac, v6);
+        let pair = (chosen.subnet, chosen.subnet6);
+        let created = create_if_absent(client, keys, pair, record, req.ttl, listed_at).await?;
+        if let Some(own) = created {
+            tracing::info!(
+                subnet = %own.subnet,
+                subnet6 = ?own.subnet6.map(|s| s.to_string()),
+                public_ip = %req.public_ip,
+                public_ipv6 = ?public_ipv6.map(|ip| ip.to_string()),
+                reused_previous = chosen.previous,
+                reused_previous6 = chosen.previous6,
+                "acquired a new lease"
+            );
             return Ok(own);
         }
-        tracing::debug!(subnet = %chosen, "another node took the subnet first; trying again");
+        tracing::debug!(subnet = %chosen.subnet, "another node took the subnet first; trying again");
     }
     Err(StoreError::AcquireRaces {
         attempts: RACE_RETRIES,
@@ -324,34 +459,80 @@ pub async fn acquire_lease(
 }
 
 /// Takes over `l`, the lease that already carries our PublicIP, with a fresh grant, keeping
-/// the VTEP MAC it names (else the requested one, else a derived one).
+/// the VTEP MACs it names (else the requested ones, else derived ones).
 async fn reuse_lease(
     client: &mut Client,
     keys: &Keys,
     cfg: &NetworkConfig,
     req: &AcquireRequest,
+    public_ipv6: Option<Ipv6Addr>,
     l: &Listed,
 ) -> Result<OwnLease, StoreError> {
-    let old_mac = match &l.record {
+    let (old_mac, old_mac6) = match &l.record {
         Ok(LeaseRecord {
             backend: BackendRecord::Vxlan { vtep_mac, .. },
+            backend_v6,
             ..
-        }) => Some(*vtep_mac),
-        _ => None,
+        }) => (Some(*vtep_mac), backend_v6.map(|d| d.vtep_mac)),
+        _ => (None, None),
     };
     let mac = old_mac
         .or(req.vtep_mac)
         .unwrap_or_else(|| derive_vtep_mac(req.public_ip, cfg.backend.vni));
-    let record = own_record(cfg, req.public_ip, mac);
-    let own = put_with_fresh_grant(client, keys, l.subnet, record, req.ttl).await?;
+    let v6 = public_ipv6.map(|ip6| OwnV6 {
+        public_ipv6: ip6,
+        vtep_mac: old_mac6
+            .or(req.vtep_mac6)
+            .unwrap_or_else(|| derive_vtep_mac6(ip6, cfg.backend.vni, mac)),
+    });
+    let record = own_record(cfg, req.public_ip, mac, v6);
+    let own = put_with_fresh_grant(client, keys, (l.subnet, l.subnet6), record, req.ttl).await?;
     revoke_quietly(client, l.etcd_lease).await;
-    tracing::info!(subnet = %own.subnet, public_ip = %req.public_ip, "reusing the lease that carries this node's public IP");
+    tracing::info!(
+        subnet = %own.subnet,
+        subnet6 = ?own.subnet6.map(|s| s.to_string()),
+        public_ip = %req.public_ip,
+        "reusing the lease that carries this node's public IP"
+    );
     Ok(own)
 }
 
-/// The subnet to try to create, and whether it is the one from subnet.env: that one if it
-/// fits the config and is free, else a random pick among the first [`PICK_AMONG`] free ones.
-/// A key of another prefix length holds every subnet it overlaps.
+/// The subnets chosen for a new lease, and whether each is the one from subnet.env.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Chosen {
+    subnet: Subnet,
+    subnet6: Option<Subnet6>,
+    previous: bool,
+    previous6: bool,
+}
+
+/// The subnets to try to create: in each family the one from subnet.env if it fits the
+/// config and is free, else a random pick among the first [`PICK_AMONG`] free ones. A key of
+/// another prefix length holds every subnet it overlaps. The IPv6 subnet is chosen only
+/// when the network enables IPv6.
+///
+/// flanneld takes the previous subnets only as a pair (and then does not check the IPv6 one
+/// is free); here each is taken on its own when free, so a node moving to dual stack keeps
+/// its IPv4 subnet and no IPv6 subnet is ever handed out twice.
+fn choose_free_subnets(
+    cfg: &NetworkConfig,
+    req: &AcquireRequest,
+    leases: &[Listed],
+) -> Result<Chosen, StoreError> {
+    let (subnet, previous) = choose_free_subnet(cfg, req, leases)?;
+    let (subnet6, previous6) = match choose_free_subnet6(cfg, req, leases)? {
+        Some((s6, prev)) => (Some(s6), prev),
+        None => (None, false),
+    };
+    Ok(Chosen {
+        subnet,
+        subnet6,
+        previous,
+        previous6,
+    })
+}
+
+/// The IPv4 subnet of a new lease, and whether it is the one from subnet.env.
 fn choose_free_subnet(
     cfg: &NetworkConfig,
     req: &AcquireRequest,
@@ -389,4 +570,253 @@ fn choose_free_subnet(
         });
     }
     Ok((free[rand::rng().random_range(0..free.len())], false))
+}
+
+/// The IPv6 subnet of a new lease and whether it is the one from subnet.env; `None` when
+/// the network has no IPv6.
+fn choose_free_subnet6(
+    cfg: &NetworkConfig,
+    req: &AcquireRequest,
+    leases: &[Listed],
+) -> Result<Option<(Subnet6, bool)>, StoreError> {
+    let Some(v6) = &cfg.ipv6 else {
+        return Ok(None);
+    };
+    let held = leases.iter().filter_map(|l| l.subnet6);
+    let same_len: HashSet<Subnet6> = held
+        .clone()
+        .filter(|s| s.prefix_len() == v6.subnet_len)
+        .collect();
+    let odd: Vec<Subnet6> = held.filter(|s| s.prefix_len() != v6.subnet_len).collect();
+    let taken = |s: &Subnet6| same_len.contains(s) || odd.iter().any(|o| o.overlaps(s));
+
+    if let Some(s) = req
+        .previous_subnet6
+        .filter(|s| v6.is_leasable(s) && !taken(s))
+    {
+        return Ok(Some((s, true)));
+    }
+    // Walking from IPv6SubnetMin, a shorter key is stepped over whole, so the walk ends
+    // after at most (leases + PICK_AMONG) steps however large the range.
+    let shift = 128 - u32::from(v6.subnet_len);
+    let min = u128::from(v6.subnet_min);
+    let (count, mut n) = (v6.subnet_count(), 0u128);
+    let mut free: Vec<Subnet6> = Vec::new();
+    while n < count && free.len() < PICK_AMONG {
+        let Some(s) = v6.nth_subnet(n) else { break };
+        let wider = odd
+            .iter()
+            .find(|o| o.prefix_len() < v6.subnet_len && o.contains_subnet(&s));
+        if let Some(o) = wider {
+            match u128::from(o.last_addr()).checked_add(1) {
+                Some(next) => n = (next - min) >> shift,
+                None => break,
+            }
+            continue;
+        }
+        if !taken(&s) {
+            free.push(s);
+        }
+        n += 1;
+    }
+    if free.is_empty() {
+        return Err(StoreError::OutOfIpv6Subnets {
+            network: v6.network,
+            min: v6.subnet_min,
+            max: v6.subnet_max,
+            count: v6.subnet_count(),
+        });
+    }
+    Ok(Some((free[rand::rng().random_range(0..free.len())], false)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(json: &str) -> NetworkConfig {
+        NetworkConfig::parse(json).unwrap()
+    }
+
+    fn dual() -> NetworkConfig {
+        cfg(
+            r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fd10::/48","Backend":{"Type":"vxlan"}}"#,
+        )
+    }
+
+    fn req() -> AcquireRequest {
+        AcquireRequest {
+            public_ip: Ipv4Addr::new(192, 168, 77, 1),
+            public_ipv6: Some("fd77::1".parse().unwrap()),
+            previous_subnet: None,
+            previous_subnet6: None,
+            ttl: Duration::from_secs(60),
+            vtep_mac: None,
+            vtep_mac6: None,
+        }
+    }
+
+    fn listed(keys: &Keys, key: &str) -> Listed {
+        let key = format!("{}{key}", keys.subnets_dir()).into_bytes();
+        let (subnet, subnet6) = keys.parse_subnet_key_dual(&key).unwrap();
+        Listed {
+            key,
+            subnet,
+            subnet6,
+            record: LeaseRecord::parse(b"{}"),
+            etcd_lease: 0,
+        }
+    }
+
+    #[test]
+    fn dual_keys_hold_both_families() {
+        let keys = Keys::new("/n");
+        // Every IPv4 subnet but 10.1.9.0/24 is held, each by a key naming fd10:0:0:7::/64;
+        // 10.1.10.0/24's key also holds fd10::/52 (fd10:0:0:0::/64 to fd10:0:0:fff::/64).
+        let mut leases: Vec<Listed> = (1..=255)
+            .filter(|i| *i != 9 && *i != 10)
+            .map(|i| listed(&keys, &format!("10.1.{i}.0-24&fd10:0:0:7::-64")))
+            .collect();
+        leases.push(listed(&keys, "10.1.10.0-24&fd10::-52"));
+        let c = dual();
+        let wide: Subnet6 = "fd10::/52".parse().unwrap();
+        for _ in 0..20 {
+            let got = choose_free_subnets(&c, &req(), &leases).unwrap();
+            assert_eq!(got.subnet, "10.1.9.0/24".parse().unwrap());
+            let s6 = got.subnet6.unwrap();
+            assert!(
+                !wide.overlaps(&s6) && c.ipv6.unwrap().is_leasable(&s6),
+                "{s6}"
+            );
+            assert!(!got.previous && !got.previous6);
+        }
+        // Without the wide key fd10:0:0:7::/64 is still held, and 10.1.10.0/24 is free too.
+        leases.pop();
+        for _ in 0..20 {
+            let got = choose_free_subnets(&c, &req(), &leases).unwrap();
+            assert_ne!(got.subnet6, Some("fd10:0:0:7::/64".parse().unwrap()));
+        }
+        // All IPv4 subnets held: out of subnets, whatever IPv6 has free.
+        leases.push(listed(&keys, "10.1.9.0-24&fd10:0:0:7::-64"));
+        leases.push(listed(&keys, "10.1.10.0-24"));
+        let e = choose_free_subnets(&c, &req(), &leases).unwrap_err();
+        assert!(matches!(e, StoreError::OutOfSubnets { .. }), "{e}");
+    }
+
+    #[test]
+    fn previous_subnets_are_taken_each_when_free() {
+        let keys = Keys::new("/n");
+        let c = dual();
+        let mut r = req();
+        r.previous_subnet = Some("10.1.5.0/24".parse().unwrap());
+        r.previous_subnet6 = Some("fd10:0:0:5::/64".parse().unwrap());
+        let got = choose_free_subnets(&c, &r, &[]).unwrap();
+        assert_eq!(
+            got,
+            Chosen {
+                subnet: "10.1.5.0/24".parse().unwrap(),
+                subnet6: Some("fd10:0:0:5::/64".parse().unwrap()),
+                previous: true,
+                previous6: true,
+            }
+        );
+        // Another node holds the IPv6 one (under another IPv4 subnet): the IPv4 one stays.
+        let held = [listed(&keys, "10.1.8.0-24&fd10:0:0:5::-64")];
+        let got = choose_free_subnets(&c, &r, &held).unwrap();
+        assert!(got.previous && !got.previous6);
+        assert_ne!(got.subnet6, r.previous_subnet6);
+        // A previous IPv6 subnet outside IPv6SubnetMin..Max (the first one) is not asked for.
+        r.previous_subnet6 = Some("fd10::/64".parse().unwrap());
+        let got = choose_free_subnets(&c, &r, &[]).unwrap();
+        assert!(!got.previous6 && got.subnet6 != r.previous_subnet6);
+        // Without IPv6 in the config no IPv6 subnet is chosen, whatever subnet.env said.
+        let v4 = cfg(r#"{"Network":"10.1.0.0/16"}"#);
+        let got = choose_free_subnets(&v4, &r, &[]).unwrap();
+        assert_eq!(got.subnet6, None);
+        assert!(got.previous);
+    }
+
+    #[test]
+    fn a_full_ipv6_range_is_out_of_ipv6_subnets() {
+        let keys = Keys::new("/n");
+        // fd10::/124 in /126s: three leasable (the first is skipped).
+        let c = cfg(r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fd10::/124"}"#);
+        let v6 = c.ipv6.unwrap();
+        assert_eq!((v6.subnet_len, v6.subnet_count()), (126, 3));
+        let held: Vec<Listed> = ["4", "8", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, h)| listed(&keys, &format!("10.1.{}.0-24&fd10::{h}-126", i + 1)))
+            .collect();
+        let e = choose_free_subnets(&c, &req(), &held).unwrap_err();
+        assert!(
+            matches!(e, StoreError::OutOfIpv6Subnets { count: 3, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().starts_with("out of IPv6 subnets"), "{e}");
+        let got = choose_free_subnets(&c, &req(), &held[..2]).unwrap();
+        assert_eq!(got.subnet6, Some("fd10::c/126".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_huge_range_under_one_wide_key_is_stepped_over() {
+        let keys = Keys::new("/n");
+        // fd10::/16 in /64s: 2^48 subnets, the first 2^32 of them under one /32 key.
+        let c = cfg(
+            r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fd10::/16","IPv6SubnetLen":64}"#,
+        );
+        let held = [listed(&keys, "10.1.1.0-24&fd10::-32")];
+        let got = choose_free_subnets(&c, &req(), &held).unwrap();
+        let s6 = got.subnet6.unwrap();
+        assert!(
+            !"fd10::/32".parse::<Subnet6>().unwrap().overlaps(&s6),
+            "{s6}"
+        );
+        assert!(c.ipv6.unwrap().is_leasable(&s6));
+    }
+
+    #[test]
+    fn own_records_are_flanneld_records() {
+        let mac: EthernetAddress = "c6:d2:32:6f:8f:44".parse().unwrap();
+        let v6 = OwnV6 {
+            public_ipv6: "fd77::1".parse().unwrap(),
+            vtep_mac: "9e:1a:77:20:4b:01".parse().unwrap(),
+        };
+        let ip = Ipv4Addr::new(192, 168, 77, 1);
+        assert_eq!(
+            own_record(&dual(), ip, mac, Some(v6)).to_json(),
+            r#"{"PublicIP":"192.168.77.1","PublicIPv6":"fd77::1","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"},"BackendV6Data":{"VNI":1,"VtepMAC":"9e:1a:77:20:4b:01"}}"#
+        );
+        let hg = cfg(
+            r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fd10::/48","Backend":{"Type":"host-gw"}}"#,
+        );
+        assert_eq!(
+            own_record(&hg, ip, mac, Some(v6)).to_json(),
+            r#"{"PublicIP":"192.168.77.1","PublicIPv6":"fd77::1","BackendType":"host-gw"}"#
+        );
+        let v4 = cfg(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan"}}"#);
+        assert_eq!(
+            own_record(&v4, ip, mac, None).to_json(),
+            r#"{"PublicIP":"192.168.77.1","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#
+        );
+    }
+
+    #[test]
+    fn compatibility_of_the_ipv6_half_is_flannels() {
+        let c = dual();
+        assert!(compatible6(&c, Some(&"fd10:0:0:2::/64".parse().unwrap())));
+        // No IPv6 half, the first (skipped) subnet, another length, outside the network.
+        for bad in [
+            None,
+            Some("fd10::/64"),
+            Some("fd10:0:0:2::/80"),
+            Some("fd11::/64"),
+        ] {
+            let s6 = bad.map(|s| s.parse::<Subnet6>().unwrap());
+            assert!(!compatible6(&c, s6.as_ref()), "{bad:?}");
+        }
+        let v4 = cfg(r#"{"Network":"10.1.0.0/16"}"#);
+        assert!(compatible6(&v4, None));
+        assert!(!compatible6(&v4, Some(&"fd10:0:0:2::/64".parse().unwrap())));
+    }
 }

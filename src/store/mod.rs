@@ -1,15 +1,16 @@
 //! The etcd subnet store: flannel's etcd contract (v3 API) on tokio.
 //!
 //! It owns everything weft keeps in etcd: reading the network config at `<prefix>/config`,
-//! acquiring and renewing this node's lease at `<prefix>/subnets/<net>-<len>`, and watching
-//! every other node's lease. Remote leases flow one way: watch events -> [`PeerSet`] ->
-//! an immutable [`LeaseTable`] published into the [`SharedTable`] the data plane reads.
+//! acquiring and renewing this node's lease at `<prefix>/subnets/<net>-<len>` (dual stack:
+//! `<net>-<len>&<net6>-<len6>`), and watching every other node's lease. Remote leases flow
+//! one way: watch events -> [`PeerSet`] -> an immutable [`LeaseTable`] published into the
+//! [`SharedTable`] the data plane reads.
 //!
 //! [`PeerSet`]: crate::table::PeerSet
 //! [`LeaseTable`]: crate::table::LeaseTable
 //! [`SharedTable`]: crate::table::SharedTable
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -31,13 +32,13 @@ mod watch;
 
 pub use check::{check_lease, judge, judge_all, Judged, LeaseProblem, LeaseView};
 pub use lease::{acquire_lease, read_config, AcquireRequest, OwnLease};
-pub use options::StoreOptions;
+pub use options::{ConfigCheck, StoreOptions};
 pub use record::{BackendRecord, LeaseRecord, RecordError, VxlanV6Record};
 pub use start::Store;
 pub use subnet_env::{
     read_previous_ipv6_subnet, read_previous_subnet, SubnetEnv, SubnetEnv6, SubnetEnvError,
 };
-pub use vtep::derive_vtep_mac;
+pub use vtep::{derive_vtep_mac, derive_vtep_mac6};
 pub use watch::StoreHandle;
 
 /// flanneld's default etcd prefix.
@@ -268,6 +269,24 @@ pub enum StoreError {
         /// How many subnets the range holds.
         count: u64,
     },
+    /// Every IPv6 subnet between IPv6SubnetMin and IPv6SubnetMax is leased.
+    #[error("out of IPv6 subnets: all {count} IPv6 subnets of {network} from {min} to {max} are leased; widen IPv6SubnetMin/IPv6SubnetMax or the IPv6Network, or delete stale leases")]
+    OutOfIpv6Subnets {
+        /// The IPv6Network.
+        network: Subnet6,
+        /// IPv6SubnetMin.
+        min: Ipv6Addr,
+        /// IPv6SubnetMax.
+        max: Ipv6Addr,
+        /// How many IPv6 subnets the range holds.
+        count: u128,
+    },
+    /// The network enables IPv6 but this node has no underlay IPv6 address to advertise.
+    #[error("the network config enables IPv6 but this node has no IPv6 address to advertise as PublicIPv6: pass -public-ipv6=<address>, or give the underlay interface a global IPv6 address")]
+    NoPublicIpv6,
+    /// The network is IPv6-only (`EnableIPv4: false`), which weft does not lease.
+    #[error("EnableIPv4 is false: weft does not lease IPv6-only networks (every weft lease has an IPv4 subnet); set \"EnableIPv4\": true")]
+    Ipv6Only,
     /// Other nodes kept winning the race for the chosen subnets.
     #[error("lost the race for a free subnet {attempts} times in a row; try again")]
     AcquireRaces {

@@ -7,9 +7,9 @@ use std::time::Duration;
 use etcd_client::Client;
 
 use super::lease::{acquire_lease, read_config, AcquireRequest, OwnLease};
-use super::options::{write_subnet_env, StoreOptions};
+use super::options::{write_subnet_env, ConfigCheck, StoreOptions};
 use super::retry::{Backoff, RepeatLog};
-use super::subnet_env::read_previous_subnet;
+use super::subnet_env::{read_previous_ipv6_subnet, read_previous_subnet};
 use super::watch::{self, StoreHandle};
 use super::{connect, EtcdOptions, Keys, StoreError};
 use crate::config::NetworkConfig;
@@ -31,10 +31,16 @@ impl Store {
     pub async fn start(opts: StoreOptions, shared: SharedTable) -> Result<StoreHandle, StoreError> {
         let mut client = connect_until_up(&opts.etcd).await?;
         let keys = Keys::new(&opts.etcd.prefix);
-        let config = read_config_until_valid(&mut client, &keys).await;
-        tracing::info!(network = %config.network, subnet_len = config.subnet_len, backend = config.backend.kind.as_str(), "network config loaded");
+        let config = read_config_until_valid(&mut client, &keys, opts.config_check).await;
+        tracing::info!(
+            network = %config.network,
+            subnet_len = config.subnet_len,
+            ipv6_network = ?config.ipv6.map(|v6| v6.network.to_string()),
+            backend = config.backend.kind.as_str(),
+            "network config loaded"
+        );
         let own = acquire_until_held(&mut client, &keys, &config, &opts).await?;
-        write_subnet_env(&opts, &config, own.subnet)?;
+        write_subnet_env(&opts, &config, own.subnet, own.subnet6)?;
         shared.publish(LeaseTable::empty(config.subnet_len));
         Ok(watch::spawn(client, keys, config, opts, own, shared))
     }
@@ -60,12 +66,26 @@ async fn connect_until_up(etcd: &EtcdOptions) -> Result<Client, StoreError> {
     }
 }
 
-/// Reads `<prefix>/config` every [`CONFIG_RETRY`] until it holds a valid network config:
-/// a missing or broken config is an operator's job to fix, so this never gives up.
-async fn read_config_until_valid(client: &mut Client, keys: &Keys) -> NetworkConfig {
+/// Reads `<prefix>/config` every [`CONFIG_RETRY`] until it holds a valid network config
+/// that `check` (if any) accepts: a missing, broken or refused config is an operator's job
+/// to fix, so this never gives up.
+async fn read_config_until_valid(
+    client: &mut Client,
+    keys: &Keys,
+    check: Option<ConfigCheck>,
+) -> NetworkConfig {
     let mut log = RepeatLog::default();
     loop {
-        match read_config(client, keys).await {
+        let read = read_config(client, keys).await.and_then(|c| match check {
+            Some(check) => check(&c)
+                .map(|()| c)
+                .map_err(|source| StoreError::ConfigInvalid {
+                    key: keys.config(),
+                    source,
+                }),
+            None => Ok(c),
+        });
+        match read {
             Ok(c) => return c,
             Err(e) => {
                 let msg = crate::error::Chain(&e).to_string();
@@ -78,7 +98,7 @@ async fn read_config_until_valid(client: &mut Client, keys: &Keys) -> NetworkCon
     }
 }
 
-/// Acquires this node's lease (preferring the subnet of an existing subnet.env), retrying
+/// Acquires this node's lease (preferring the subnets of an existing subnet.env), retrying
 /// with backoff while etcd fails in a way that can pass.
 async fn acquire_until_held(
     client: &mut Client,
@@ -88,9 +108,12 @@ async fn acquire_until_held(
 ) -> Result<OwnLease, StoreError> {
     let req = AcquireRequest {
         public_ip: opts.public_ip,
+        public_ipv6: opts.public_ipv6,
         previous_subnet: read_previous_subnet(&opts.subnet_file),
+        previous_subnet6: read_previous_ipv6_subnet(&opts.subnet_file),
         ttl: opts.lease_ttl,
         vtep_mac: opts.vtep_mac,
+        vtep_mac6: opts.vtep_mac6,
     };
     let mut log = RepeatLog::default();
     let mut backoff = Backoff::new();

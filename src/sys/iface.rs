@@ -1,4 +1,5 @@
-//! Interface ioctls (MTU, flags, IPv4 and IPv6 addresses) and the interface list (getifaddrs).
+//! Interface ioctls (MTU, flags, IPv4 and IPv6 addresses) and the interface addresses
+//! (getifaddrs).
 //!
 //! The SIOC*IF* ioctls stay hand-written: rtnetlink does the same over netlink, but only as
 //! async requests served by a connection task, which would make the TUN set-up (synchronous,
@@ -145,6 +146,30 @@ pub fn ipv4_addrs() -> io::Result<Vec<IfAddr>> {
                 name: ifa.interface_name,
                 addr,
                 prefix_len,
+            })
+        })
+        .collect();
+    Ok(out)
+}
+
+/// One IPv6 address of a local interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IfAddr6 {
+    /// Interface name.
+    pub name: String,
+    /// The address.
+    pub addr: Ipv6Addr,
+}
+
+/// Every IPv6 address on this namespace's interfaces, in the kernel's order.
+pub fn ipv6_addrs() -> io::Result<Vec<IfAddr6>> {
+    let list = nix::ifaddrs::getifaddrs()?;
+    let out = list
+        .filter_map(|ifa| {
+            let addr = ifa.address.as_ref()?.as_sockaddr_in6()?.ip();
+            Some(IfAddr6 {
+                name: ifa.interface_name,
+                addr,
             })
         })
         .collect();

@@ -304,7 +304,7 @@ impl Runner {
     async fn resync(&mut self) -> Result<i64, StoreError> {
         let (listed, revision) = lease::list_raw(&mut self.client, &self.keys).await?;
         self.etcd_back();
-        let own_key = self.keys.subnet(&self.own.subnet);
+        let own_key = self.own.key(&self.keys);
         let mut own_kv = None;
         let mut next = Vec::with_capacity(listed.len());
         self.rejected.clear();
@@ -338,7 +338,7 @@ impl Runner {
         let mut batch = Vec::with_capacity(events.len());
         let mut own_deleted = false;
         let mut own_overwritten: Option<Vec<u8>> = None;
-        let own_key = self.keys.subnet(&self.own.subnet);
+        let own_key = self.own.key(&self.keys);
         let config_key = self.keys.config();
         let subnets_dir = self.keys.subnets_dir();
         for ev in events {

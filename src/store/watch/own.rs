@@ -1,6 +1,7 @@
 //! Keeping this node's lease while the store runs: renewing it before it expires, writing
 //! our record back when someone overwrites the key, and re-creating the key when it is
 //! deleted (moving to a new subnet, and rewriting subnet.env, if another node took ours).
+//! A dual-stack lease keeps its one key (`10.1.2.0-24&fd10:0:0:2::-64`) through all of it.
 
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use crate::store::lease::{self, acquire_lease, AcquireRequest, OwnLease};
 use crate::store::options::{write_subnet_env, StoreOptions};
 use crate::store::record::LeaseRecord;
 use crate::table::PeerEvent;
-use crate::wire::Subnet;
+use crate::wire::{Subnet, Subnet6};
 
 /// How soon a failed renewal is tried again.
 const RENEW_RETRY: Duration = Duration::from_secs(60);
@@ -85,7 +86,7 @@ impl Runner {
         match lease::put_with_fresh_grant(
             &mut self.client,
             &self.keys,
-            self.own.subnet,
+            (self.own.subnet, self.own.subnet6),
             self.own.record.clone(),
             self.opts.lease_ttl,
         )
@@ -103,24 +104,44 @@ impl Runner {
         }
     }
 
-    /// Our key is gone (etcd data loss, expiry, an operator): take the same subnet back at
-    /// once; if another node got it first, acquire a new one and rewrite subnet.env.
+    /// Our key is gone (etcd data loss, expiry, an operator): take the same key back at
+    /// once; if another node got either subnet first, acquire a new lease and rewrite
+    /// subnet.env.
     pub(super) async fn recreate_own(&mut self) {
-        let subnet = self.own.subnet;
+        let (subnet, subnet6) = (self.own.subnet, self.own.subnet6);
+        // A dual-stack key is re-created from a listing (see `create_if_absent`): our IPv6
+        // subnet may have gone to a key under another IPv4 subnet.
+        let mut listed_at = 0;
+        if subnet6.is_some() {
+            match lease::list_leases(&mut self.client, &self.keys).await {
+                Ok((leases, rev)) => {
+                    if leases.iter().any(|l| l.holds(&subnet, subnet6.as_ref())) {
+                        return self.reacquire_own(subnet, subnet6).await;
+                    }
+                    listed_at = rev;
+                }
+                Err(e) => {
+                    tracing::warn!(%subnet, error = %crate::error::Chain(&e), "re-creating this node's lease failed; retrying");
+                    self.own_missing = true;
+                    return;
+                }
+            }
+        }
         let created = lease::create_if_absent(
             &mut self.client,
             &self.keys,
-            subnet,
+            (subnet, subnet6),
             self.own.record.clone(),
             self.opts.lease_ttl,
+            listed_at,
         )
         .await;
         match created {
             Ok(Some(own)) => {
-                tracing::info!(%subnet, "re-created this node's lease");
+                tracing::info!(%subnet, subnet6 = ?subnet6.map(|s| s.to_string()), "re-created this node's lease");
                 self.set_own(own);
             }
-            Ok(None) => self.reacquire_own(subnet).await,
+            Ok(None) => self.reacquire_own(subnet, subnet6).await,
             Err(e) => {
                 tracing::warn!(%subnet, error = %crate::error::Chain(&e), "re-creating this node's lease failed; retrying");
                 self.own_missing = true;
@@ -128,20 +149,30 @@ impl Runner {
         }
     }
 
-    /// Another node holds our old `subnet`: acquire a lease as at start (the old subnet is
+    /// Another node holds our old key: acquire a lease as at start (the old subnets are
     /// asked for first); a new subnet means a new subnet.env and one peer fewer if we had it.
-    async fn reacquire_own(&mut self, subnet: Subnet) {
+    async fn reacquire_own(&mut self, subnet: Subnet, subnet6: Option<Subnet6>) {
         let req = AcquireRequest {
             public_ip: self.opts.public_ip,
+            public_ipv6: self.opts.public_ipv6,
             previous_subnet: Some(subnet),
+            previous_subnet6: subnet6,
             ttl: self.opts.lease_ttl,
             vtep_mac: self.own.vtep_mac(),
+            vtep_mac6: self.own.vtep_mac6(),
         };
         match acquire_lease(&mut self.client, &self.keys, &self.config, &req).await {
             Ok(own) => {
-                if own.subnet != subnet {
-                    tracing::warn!(old = %subnet, new = %own.subnet, "this node's subnet was taken by another node; moved to a new subnet");
-                    if let Err(e) = write_subnet_env(&self.opts, &self.config, own.subnet) {
+                if own.subnet != subnet || own.subnet6 != subnet6 {
+                    tracing::warn!(
+                        old = %subnet,
+                        new = %own.subnet,
+                        old6 = ?subnet6.map(|s| s.to_string()),
+                        new6 = ?own.subnet6.map(|s| s.to_string()),
+                        "this node's lease was taken by another node; moved to a new subnet"
+                    );
+                    let env = write_subnet_env(&self.opts, &self.config, own.subnet, own.subnet6);
+                    if let Err(e) = env {
                         tracing::error!(error = %crate::error::Chain(&e), "writing subnet.env failed");
                     }
                     let changes = self.peers.apply([PeerEvent::Remove(own.subnet)]);

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tracing::{error, info, warn};
 
 use crate::config::{BackendType, ConfigError, NetworkConfig};
-use crate::dataplane::{Backend, Datapath, DatapathError, DatapathOptions, Placement};
+use crate::dataplane::{Backend, Datapath, DatapathError, DatapathOptions, Ipv6Side, Placement};
 use crate::encap::VxlanRx;
 use crate::error::Chain;
 use crate::host::masq::{self, Rules};
@@ -386,11 +386,23 @@ fn placement(
     if let Some(m) = config.mtu_mismatch(underlay.mtu) {
         warn!(iface = %underlay.iface, "{m}");
     }
+    // The IPv6 half: our IPv6 lease, the IPv6Network, and room for 20 bytes less per packet
+    // than IPv4 (a 40-byte outer IPv6 header), as flanneld sizes flannel-v6.<VNI>.
+    let ipv6 = match (&config.ipv6, own.subnet6, own.public_ipv6()) {
+        (Some(v6), Some(subnet6), Some(public_ip)) => Some(Ipv6Side {
+            local_subnet: subnet6,
+            network: v6.network,
+            public_ip,
+            vtep_mac: own.vtep_mac6(),
+            mtu: (underlay.mtu as usize).saturating_sub(crate::encap::VXLAN6_OVERHEAD),
+        }),
+        _ => None,
+    };
     Placement {
         backend,
         local_subnet: own.subnet,
         network: config.network,
-        ipv6: None,
+        ipv6,
         tun_mtu,
         local_ip: underlay.local_ip,
         port: config.backend.port,

@@ -13,6 +13,11 @@ want protoc protobuf-compiler
 want ip iproute2
 want bridge iproute2
 want iptables iptables
+want iptables-restore iptables
+# The IPv6 half of a dual-stack node's rules: Debian's iptables package provides ip6tables and
+# ip6tables-restore too (update-alternatives links to the -nft or -legacy variant).
+want ip6tables iptables
+want ip6tables-restore iptables
 want iperf3 iperf3
 want ethtool ethtool
 want ping iputils-ping

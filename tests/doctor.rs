@@ -1,11 +1,13 @@
 //! `weft doctor` finds each fault it claims to, each created in a namespace, and says the fix;
 //! `weft run --fix-masquerade` rewrites a docker-style rule so pods keep their source address.
+//! With a dual-stack network (in etcd, or in subnet.env) it also checks IPv6 forwarding and
+//! ip6tables' FORWARD policy.
 
 mod harness;
 
 use std::time::Duration;
 
-use harness::{require_root, tcp_transfer, Etcd, Lab, WeftNode, VXLAN_CONFIG};
+use harness::{require_root, tcp_transfer, weft_bin, Etcd, Host, Lab, WeftNode, VXLAN_CONFIG};
 
 fn doctor_with(node: &WeftNode, endpoint: &str) -> (bool, String) {
     node.doctor(endpoint)
@@ -36,6 +38,7 @@ fn doctor_finds_each_fault_and_its_fix() {
 
     let (ok, report) = doctor(&a);
     assert!(ok, "a healthy node:\n{report}");
+    assert!(!report.contains("ipv6_"), "IPv4-only network:\n{report}");
     for check in [
         "etcd",
         "udp_port",
@@ -221,4 +224,104 @@ fn fix_masquerade_keeps_pod_source_addresses() {
     let t = tcp_transfer(pa, pb, pb.addr(), 5401, 1 << 20, Duration::from_secs(30)).unwrap();
     assert!(t.intact());
     assert_eq!(t.peer.split(':').next(), Some(&*pa.addr().to_string()));
+}
+
+/// flannel's dual-stack network config.
+const DUAL_STACK_CONFIG: &str = r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fd10::/48","Backend":{"Type":"vxlan"}}"#;
+
+/// `weft doctor` in `host` (no weft running there) with `args`: its report.
+fn doctor_in(host: &Host, args: &[&str]) -> String {
+    let mut argv = vec![weft_bin(), "doctor", "--iface=eth0"];
+    argv.extend_from_slice(args);
+    let out = host.exec_unchecked(&argv);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn doctor_checks_the_ipv6_half_of_a_dual_stack_network() {
+    require_root();
+    let lab = Lab::builder().hosts(1).ipv6().build();
+    let etcd = Etcd::start_in(lab.segment(0));
+    etcd.put_config(DUAL_STACK_CONFIG);
+    let host = lab.host(0);
+    let dir = tempfile::tempdir().unwrap();
+    // No subnet.env: the IPv6Network comes from etcd's config.
+    let missing = format!("--subnet-file={}", dir.path().join("none.env").display());
+    let ep = format!("--etcd-endpoints={}", etcd.endpoint());
+    let args = [missing.as_str(), ep.as_str()];
+
+    let report = doctor_in(host, &args);
+    assert!(
+        line(&report, "etcd").starts_with("ok"),
+        "a dual-stack config is read:\n{report}"
+    );
+    assert!(
+        line(&report, "ipv6_forwarding").starts_with("ok"),
+        "{report}"
+    );
+    assert!(
+        line(&report, "ipv6_forward_policy").starts_with("ok"),
+        "{report}"
+    );
+
+    // IPv6 forwarding off.
+    host.sysctl("net.ipv6.conf.all.forwarding", "0");
+    let report = doctor_in(host, &args);
+    let l = line(&report, "ipv6_forwarding");
+    assert!(l.starts_with("FAIL") && l.contains("fd10::/48"), "{report}");
+    assert!(
+        report.contains("sysctl -w net.ipv6.conf.all.forwarding=1"),
+        "{report}"
+    );
+    assert!(
+        line(&report, "ip_forward").starts_with("ok"),
+        "IPv4 is on:\n{report}"
+    );
+    host.sysctl("net.ipv6.conf.all.forwarding", "1");
+
+    // ip6tables' FORWARD drops and nothing accepts the IPv6Network; IPv4's still accepts.
+    host.exec(&["ip6tables", "-w", "5", "-P", "FORWARD", "DROP"]);
+    let report = doctor_in(host, &args);
+    assert!(
+        line(&report, "ipv6_forward_policy").starts_with("FAIL"),
+        "{report}"
+    );
+    let fix =
+        "ip6tables -A FORWARD -s fd10::/48 -j ACCEPT; ip6tables -A FORWARD -d fd10::/48 -j ACCEPT";
+    assert!(report.contains(fix), "the exact fix:\n{report}");
+    assert!(
+        line(&report, "forward_policy").starts_with("ok"),
+        "{report}"
+    );
+    // The fix as printed mends it.
+    for rule in fix.split("; ") {
+        let mut argv = vec!["ip6tables", "-w", "5"];
+        argv.extend(rule.split_whitespace().skip(1));
+        host.exec(&argv);
+    }
+    let report = doctor_in(host, &args);
+    let l = line(&report, "ipv6_forward_policy");
+    assert!(
+        l.starts_with("ok") && l.contains("DROP, IPv6 overlay accepted"),
+        "{report}"
+    );
+
+    // subnet.env's IPv6 lines name the IPv6Network when etcd cannot be asked.
+    let sf = dir.path().join("subnet.env");
+    std::fs::write(
+        &sf,
+        "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.1.1/24\nFLANNEL_IPV6_NETWORK=fd20::/48\nFLANNEL_IPV6_SUBNET=fd20:0:0:1::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+    )
+    .unwrap();
+    let sfa = format!("--subnet-file={}", sf.display());
+    let report = doctor_in(host, &[&sfa, "--etcd-endpoints=http://192.168.64.2:1"]);
+    assert!(line(&report, "etcd").starts_with("FAIL"), "{report}");
+    assert!(
+        line(&report, "ipv6_forward_policy").starts_with("FAIL"),
+        "{report}"
+    );
+    assert!(
+        report.contains("ip6tables -A FORWARD -s fd20::/48 -j ACCEPT"),
+        "{report}"
+    );
 }

@@ -1,12 +1,14 @@
 //! `weft doctor`: checks the host for the misconfigurations that break an overlay and says
 //! how to fix each, one function per check. What the checks look at ([`DoctorInput`]) comes
 //! from the flags ([`DoctorRequest`]), the weft running in this namespace and this host
-//! ([`Local`]), and etcd ([`crate::store::view`]).
+//! ([`Local`]), and etcd ([`crate::store::view`]). A network with an IPv6 half (subnet.env's
+//! FLANNEL_IPV6_NETWORK, else etcd's IPv6Network) adds the IPv6 checks: forwarding and the
+//! ip6tables FORWARD policy; without one, doctor never runs ip6tables.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::masq::{self, fixed_rule, masquerade_pitfalls};
+use super::masq::{self, fixed_rule, masquerade_pitfalls, Family};
 use crate::config::{BackendType, DEFAULT_SUBNET_FILE, DEFAULT_TUN_NAME, UDP_DEFAULT_PORT};
 use crate::encap::{UDP_OVERHEAD, VXLAN_OVERHEAD};
 use crate::ops::local::LocalStatusError;
@@ -14,7 +16,7 @@ use crate::ops::status::StatusDoc;
 use crate::store::view::NetworkView;
 use crate::store::{EtcdOptions, LeaseView, SubnetEnv};
 use crate::wire::vxlan::LINUX_DEFAULT_PORT;
-use crate::wire::Subnet;
+use crate::wire::{Subnet, Subnet6};
 
 /// How long the doctor waits for etcd's answer.
 pub const ETCD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -173,6 +175,14 @@ impl Local {
                 .env
                 .map(|e| e.network)
                 .or_else(|| etcd.as_ref().ok().map(|view| view.config.network)),
+            network6: self
+                .env
+                .and_then(|e| e.ipv6)
+                .map(|v6| v6.network)
+                .or_else(|| {
+                    let view = etcd.as_ref().ok()?;
+                    view.config.ipv6.map(|v6| v6.network)
+                }),
             subnet: self.env.map(|e| e.subnet),
             pod_mtu: self.env.map(|e| e.mtu),
             tun: self.tun,
@@ -205,6 +215,8 @@ pub struct DoctorInput {
     pub running: bool,
     /// The overlay network (subnet.env's, else etcd's config), if known.
     pub network: Option<Subnet>,
+    /// The IPv6Network of a dual-stack network (subnet.env's, else etcd's config), if any.
+    pub network6: Option<Subnet6>,
     /// This node's subnet (subnet.env), if known.
     pub subnet: Option<Subnet>,
     /// FLANNEL_MTU (the pods' MTU), if known.
@@ -234,15 +246,11 @@ impl DoctorInput {
 
 /// Runs every check against this host (network namespace), in the order they print.
 pub fn run_checks(i: &DoctorInput) -> Vec<Finding> {
-    let mut out = vec![
-        node(i),
-        ip_forward(),
-        rp_filter(i),
-        forward_policy(i),
-        masquerade(i),
-        bridge_nf_call_iptables(),
-        etcd(i),
-    ];
+    let mut out = vec![node(i), ip_forward()];
+    out.extend(ipv6_forwarding(i));
+    out.extend([rp_filter(i), forward_policy(i)]);
+    out.extend(ipv6_forward_policy(i));
+    out.extend([masquerade(i), bridge_nf_call_iptables(), etcd(i)]);
     out.extend(udp_port(i));
     if let Ok(view) = &i.etcd {
         out.extend(lease_findings(view));
@@ -278,6 +286,23 @@ fn ip_forward() -> Finding {
     }
 }
 
+/// With an IPv6Network the host must forward IPv6 too.
+fn ipv6_forwarding(i: &DoctorInput) -> Option<Finding> {
+    let net6 = i.network6?;
+    Some(match sysctl("net/ipv6/conf/all/forwarding").as_deref() {
+        Some("1") => fine("ipv6_forwarding", "on"),
+        v => finding(
+            "ipv6_forwarding",
+            Severity::Fail,
+            format!(
+                "net.ipv6.conf.all.forwarding is {}: IPv6 pod traffic ({net6}) is not forwarded",
+                v.unwrap_or("unreadable (IPv6 disabled?)")
+            ),
+            "sysctl -w net.ipv6.conf.all.forwarding=1 (and persist it in /etc/sysctl.d/; an interface that takes its address from router advertisements then needs accept_ra=2)".into(),
+        ),
+    })
+}
+
 /// Strict reverse-path filtering drops packets that arrive on the TUN but route elsewhere.
 fn rp_filter(i: &DoctorInput) -> Finding {
     let rp = |dev: &str| sysctl(&format!("net/ipv4/conf/{dev}/rp_filter"));
@@ -302,36 +327,60 @@ fn rp_filter(i: &DoctorInput) -> Finding {
 
 /// A FORWARD policy of DROP (docker's) needs rules that accept the overlay.
 fn forward_policy(i: &DoctorInput) -> Finding {
-    let Ok(fwd) = masq::list_rules("filter", "FORWARD") else {
-        return iptables_unreadable("forward_policy");
+    forward_policy_of(Family::V4, "forward_policy", &i.network_text())
+}
+
+/// The same for IPv6: ip6tables' FORWARD policy of DROP needs rules that accept the
+/// IPv6Network, or IPv6 pod traffic dies on this host.
+fn ipv6_forward_policy(i: &DoctorInput) -> Option<Finding> {
+    let net6 = i.network6?;
+    Some(forward_policy_of(
+        Family::V6,
+        "ipv6_forward_policy",
+        &net6.to_string(),
+    ))
+}
+
+/// `family`'s FORWARD chain: a DROP policy with neither FLANNEL-FWD's jump nor an ACCEPT of
+/// `network` fails `check`.
+fn forward_policy_of(family: Family, check: &'static str, network: &str) -> Finding {
+    let Ok(fwd) = masq::list_rules(family, "filter", "FORWARD") else {
+        return iptables_unreadable(family, check);
     };
-    let network = i.network_text();
     let drops = fwd.lines().any(|l| l == "-P FORWARD DROP");
     let accepts =
         fwd.contains("-j FLANNEL-FWD") || fwd.contains(&format!("-s {network} -j ACCEPT"));
+    let (cmd, overlay) = match family {
+        Family::V4 => ("iptables", "the overlay"),
+        Family::V6 => ("ip6tables", "the IPv6 overlay"),
+    };
     if drops && !accepts {
+        let policy = match family {
+            Family::V4 => "FORWARD policy",
+            Family::V6 => "ip6tables FORWARD policy",
+        };
         return finding(
-            "forward_policy",
+            check,
             Severity::Fail,
-            "FORWARD policy is DROP and nothing accepts the overlay".into(),
-            format!("run weft with its default --iptables-forward-rules=true (adds FLANNEL-FWD) or: iptables -A FORWARD -s {network} -j ACCEPT; iptables -A FORWARD -d {network} -j ACCEPT"),
+            format!("{policy} is DROP and nothing accepts {overlay}"),
+            format!("run weft with its default --iptables-forward-rules=true (adds FLANNEL-FWD) or: {cmd} -A FORWARD -s {network} -j ACCEPT; {cmd} -A FORWARD -d {network} -j ACCEPT"),
         );
     }
     fine(
-        "forward_policy",
-        if drops {
-            "DROP, overlay accepted"
-        } else {
-            "ACCEPT"
+        check,
+        match (drops, family) {
+            (false, _) => "ACCEPT",
+            (true, Family::V4) => "DROP, overlay accepted",
+            (true, Family::V6) => "DROP, IPv6 overlay accepted",
         },
     )
 }
 
-fn iptables_unreadable(check: &'static str) -> Finding {
+fn iptables_unreadable(family: Family, check: &'static str) -> Finding {
     finding(
         check,
         Severity::Warn,
-        "iptables not readable".into(),
+        format!("{} not readable", family.iptables()),
         "install iptables, run as root".into(),
     )
 }
@@ -346,8 +395,8 @@ fn masquerade(i: &DoctorInput) -> Finding {
             "start weft, or pass --subnet-file".into(),
         );
     };
-    let Ok(post) = masq::list_rules("nat", "POSTROUTING") else {
-        return iptables_unreadable("masquerade");
+    let Ok(post) = masq::list_rules(Family::V4, "nat", "POSTROUTING") else {
+        return iptables_unreadable(Family::V4, "masquerade");
     };
     let bad = masquerade_pitfalls(&post, subnet, net);
     if bad.is_empty() {
@@ -579,6 +628,7 @@ pub fn render(findings: &[Finding]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::NetworkConfig;
 
     #[test]
     fn proc_parsers() {
@@ -668,6 +718,43 @@ eth0\t0003010A\t0B40A8C0\t0003\t0\t0\t0\t00FFFFFF\n";
                 "every record under subnets/ is usable"
             )]
         );
+    }
+
+    #[test]
+    fn the_ipv6_network_comes_from_subnet_env_else_etcd() {
+        let dual = NetworkConfig::parse_dual_stack(
+            r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fd10::/48","Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        let view = |config: &NetworkConfig| NetworkView {
+            config: config.clone(),
+            leases: LeaseView::default(),
+        };
+        let i = local(BackendType::Vxlan).into_input(Ok(view(&dual)));
+        assert_eq!(i.network6, Some("fd10::/48".parse().unwrap()));
+
+        // subnet.env's IPv6 lines win over etcd's, as its IPv4 ones do.
+        let mut l = local(BackendType::Vxlan);
+        l.env = Some(SubnetEnv {
+            network: "10.1.0.0/16".parse().unwrap(),
+            subnet: "10.1.2.0/24".parse().unwrap(),
+            ipv6: Some(crate::store::subnet_env::SubnetEnv6 {
+                network: "fd20::/48".parse().unwrap(),
+                subnet: "fd20:0:0:2::/64".parse().unwrap(),
+            }),
+            mtu: 1450,
+            ip_masq: false,
+        });
+        let i = l.into_input(Ok(view(&dual)));
+        assert_eq!(i.network6, Some("fd20::/48".parse().unwrap()));
+
+        // IPv4 only: no IPv6 check runs (and none touches ip6tables or IPv6 sysctls).
+        let v4 = NetworkConfig::parse(r#"{"Network":"10.1.0.0/16"}"#).unwrap();
+        let i = local(BackendType::Vxlan).into_input(Ok(view(&v4)));
+        assert_eq!(i.network6, None);
+        assert!(ipv6_forwarding(&i).is_none() && ipv6_forward_policy(&i).is_none());
+        let i = local(BackendType::Vxlan).into_input(Err("down".into()));
+        assert_eq!(i.network6, None);
     }
 
     #[test]

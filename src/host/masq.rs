@@ -7,6 +7,11 @@
 //! too). Chains `FLANNEL-POSTRTG` (nat, from POSTROUTING) and `FLANNEL-FWD` (filter, from
 //! FORWARD), the same names and rules as flanneld, so either can take over from the other.
 //!
+//! A dual-stack node keeps the same two chains in ip6tables for the IPv6Network and its IPv6
+//! subnet ([`apply6`]), as flanneld v0.20.2 does: the same names and comments, its
+//! `MasqIP6Rules` order (multicast is `ff00::/8`) and `ForwardRules` on the IPv6Network. Each
+//! family is written by its own binaries ([`Family`]); an IPv4-only node never runs ip6tables.
+//!
 //! Applied with `iptables-restore --noflush`: declaring a chain flushes it, so the whole
 //! chain is replaced in one transaction and rules of a previous network or subnet vanish.
 //! iptables (legacy or nft backend, whichever the host uses) rather than nftables directly:
@@ -15,21 +20,27 @@
 //!
 //! Also the docker-style pitfall itself in rules weft does not own: `weft run` warns about it
 //! at start, or rewrites it with `--fix-masquerade` ([`check_pitfalls`]); `weft doctor`
-//! reports it ([`masquerade_pitfalls`]). Every `iptables` command goes through one helper.
+//! reports it ([`masquerade_pitfalls`]). Every `iptables`, `ip6tables` and `*-restore`
+//! command goes through one helper.
 
+use std::fmt::Display;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
 use tracing::{info, warn};
 
-use crate::wire::Subnet;
+use crate::wire::{Subnet, Subnet6};
 
-/// The nat chain, as flanneld names it.
+/// The nat chain, as flanneld names it (in iptables and ip6tables alike).
 pub const NAT_CHAIN: &str = "FLANNEL-POSTRTG";
-/// The filter chain, as flanneld names it.
+/// The filter chain, as flanneld names it (in iptables and ip6tables alike).
 pub const FWD_CHAIN: &str = "FLANNEL-FWD";
 /// kube-proxy's masquerade mark: packets it marked are its business.
 const KUBE_MARK: &str = "0x4000/0x4000";
+/// What the IPv4 masquerade rule leaves alone: multicast.
+const MULTICAST4: &str = "224.0.0.0/4";
+/// What the IPv6 masquerade rule leaves alone: multicast, as flanneld's `MasqIP6Rules`.
+const MULTICAST6: &str = "ff00::/8";
 
 /// Why the rules could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +62,34 @@ pub enum MasqError {
         /// What it printed.
         stderr: String,
     },
+}
+
+/// Which address family's tables a command works on: each has its own binaries and its own
+/// tables in the kernel, so rules of one never match packets of the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// IPv4: `iptables`, `iptables-restore`.
+    V4,
+    /// IPv6: `ip6tables`, `ip6tables-restore`.
+    V6,
+}
+
+impl Family {
+    /// The command that lists, checks and edits single rules.
+    pub const fn iptables(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        }
+    }
+
+    /// The command that loads a whole table transaction.
+    pub const fn restore(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables-restore",
+            Family::V6 => "ip6tables-restore",
+        }
+    }
 }
 
 /// Which of flannel's chains weft keeps.
@@ -82,6 +121,25 @@ pub fn restore_text(network: Subnet, subnet: Subnet, rules: Rules, random_fully:
     out
 }
 
+/// The `ip6tables-restore` input that (re)writes the chains `rules` asks for, for the
+/// IPv6Network `network` and this node's IPv6 `subnet`: flanneld v0.20.2's `MasqIP6Rules` and
+/// its `ForwardRules` on the IPv6Network; `random_fully` as in [`restore_text`].
+pub fn restore_text6(
+    network: Subnet6,
+    subnet: Subnet6,
+    rules: Rules,
+    random_fully: bool,
+) -> String {
+    let mut out = String::new();
+    if rules.masquerade {
+        out.push_str(&nat_text6(network, subnet, random_fully));
+    }
+    if rules.forward {
+        out.push_str(&forward_text(network));
+    }
+    out
+}
+
 fn nat_text(network: Subnet, subnet: Subnet, random_fully: bool) -> String {
     let rf = if random_fully { " --random-fully" } else { "" };
     let (n, s) = (network.to_string(), subnet.to_string());
@@ -92,13 +150,32 @@ fn nat_text(network: Subnet, subnet: Subnet, random_fully: bool) -> String {
          -A {NAT_CHAIN} -s {s} -d {n} -m comment --comment \"flanneld masq\" -j RETURN\n\
          -A {NAT_CHAIN} -s {n} -d {s} -m comment --comment \"flanneld masq\" -j RETURN\n\
          -A {NAT_CHAIN} ! -s {n} -d {s} -m comment --comment \"flanneld masq\" -j RETURN\n\
-         -A {NAT_CHAIN} -s {n} ! -d 224.0.0.0/4 -m comment --comment \"flanneld masq\" -j MASQUERADE{rf}\n\
+         -A {NAT_CHAIN} -s {n} ! -d {MULTICAST4} -m comment --comment \"flanneld masq\" -j MASQUERADE{rf}\n\
          -A {NAT_CHAIN} ! -s {n} -d {n} -m comment --comment \"flanneld masq\" -j MASQUERADE{rf}\n\
          COMMIT\n"
     )
 }
 
-fn forward_text(network: Subnet) -> String {
+/// flanneld v0.20.2's IPv6 order: inside the IPv6Network nothing is rewritten; leaving it
+/// (but for multicast) is masqueraded; traffic from outside to our subnet keeps its source;
+/// the host's own traffic into the IPv6Network is masqueraded.
+fn nat_text6(network: Subnet6, subnet: Subnet6, random_fully: bool) -> String {
+    let rf = if random_fully { " --random-fully" } else { "" };
+    let (n, s) = (network.to_string(), subnet.to_string());
+    format!(
+        "*nat\n\
+         :{NAT_CHAIN} - [0:0]\n\
+         -A {NAT_CHAIN} -m mark --mark {KUBE_MARK} -m comment --comment \"flanneld masq\" -j RETURN\n\
+         -A {NAT_CHAIN} -s {n} -d {n} -m comment --comment \"flanneld masq\" -j RETURN\n\
+         -A {NAT_CHAIN} -s {n} ! -d {MULTICAST6} -m comment --comment \"flanneld masq\" -j MASQUERADE{rf}\n\
+         -A {NAT_CHAIN} ! -s {n} -d {s} -m comment --comment \"flanneld masq\" -j RETURN\n\
+         -A {NAT_CHAIN} ! -s {n} -d {n} -m comment --comment \"flanneld masq\" -j MASQUERADE{rf}\n\
+         COMMIT\n"
+    )
+}
+
+/// flanneld's `ForwardRules`, the same for either family's network.
+fn forward_text(network: impl Display) -> String {
     let n = network.to_string();
     format!(
         "*filter\n\
@@ -109,68 +186,78 @@ fn forward_text(network: Subnet) -> String {
     )
 }
 
-/// Runs `iptables -w 5 <args>` (waiting up to 5 s for the xtables lock that kube-proxy and
-/// others take) and returns what it printed; only failing to start it at all is an error.
-fn iptables(args: &[&str]) -> Result<Output, MasqError> {
-    Command::new("iptables")
-        .args(["-w", "5"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| MasqError::Spawn {
-            cmd: "iptables",
-            source,
-        })
+/// The one helper every iptables call goes through: runs `cmd -w 5 <args>` (waiting up to
+/// 5 s for the xtables lock that kube-proxy and others take), feeding it `input` when given,
+/// and returns what it printed; only failing to start it at all is an error.
+fn xtables(cmd: &'static str, args: &[&str], input: Option<&str>) -> Result<Output, MasqError> {
+    let spawn = |source| MasqError::Spawn { cmd, source };
+    let mut command = Command::new(cmd);
+    command.args(["-w", "5"]).args(args);
+    let Some(text) = input else {
+        return command.stdin(Stdio::null()).output().map_err(spawn);
+    };
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn)?;
+    if let Some(mut pipe) = child.stdin.take() {
+        pipe.write_all(text.as_bytes()).map_err(spawn)?;
+    }
+    child.wait_with_output().map_err(spawn)
 }
 
-/// `table`'s `chain` as `iptables -S` prints it (`-P ...` and `-A ...` lines).
-pub fn list_rules(table: &str, chain: &str) -> Result<String, MasqError> {
-    let out = iptables(&["-t", table, "-S", chain])?;
+/// `<family's iptables> <args>`.
+fn iptables(family: Family, args: &[&str]) -> Result<Output, MasqError> {
+    xtables(family.iptables(), args, None)
+}
+
+/// A failed run of `cmd` as an error carrying what it printed.
+fn failed(cmd: &'static str, out: &Output) -> MasqError {
+    MasqError::Failed {
+        cmd,
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    }
+}
+
+/// `table`'s `chain` of `family` as `iptables -S` prints it (`-P ...` and `-A ...` lines).
+pub fn list_rules(family: Family, table: &str, chain: &str) -> Result<String, MasqError> {
+    let out = iptables(family, &["-t", table, "-S", chain])?;
     if !out.status.success() {
-        return Err(MasqError::Failed {
-            cmd: "iptables",
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
+        return Err(failed(family.iptables(), &out));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Feeds `text` to `iptables-restore -w 5 --noflush`.
-fn iptables_restore(text: &str) -> Result<(), MasqError> {
-    let cmd = "iptables-restore";
-    let mut child = Command::new(cmd)
-        .args(["-w", "5", "--noflush"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| MasqError::Spawn { cmd, source })?;
-    if let Some(mut pipe) = child.stdin.take() {
-        pipe.write_all(text.as_bytes())
-            .map_err(|source| MasqError::Spawn { cmd, source })?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|source| MasqError::Spawn { cmd, source })?;
+/// Feeds `text` to `<family's iptables-restore> -w 5 --noflush`.
+fn restore(family: Family, text: &str) -> Result<(), MasqError> {
+    let cmd = family.restore();
+    let out = xtables(cmd, &["--noflush"], Some(text))?;
     if out.status.success() {
         return Ok(());
     }
-    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    Err(MasqError::Failed { cmd, stderr })
+    Err(failed(cmd, &out))
 }
 
 /// Makes sure `table`'s `from` chain jumps to `to` (first), adding the jump when missing.
-fn ensure_jump(table: &str, from: &str, to: &str, comment: &str) -> Result<(), MasqError> {
+fn ensure_jump(
+    family: Family,
+    table: &str,
+    from: &str,
+    to: &str,
+    comment: &str,
+) -> Result<(), MasqError> {
     let rule = ["-m", "comment", "--comment", comment, "-j", to];
     let mut check = vec!["-t", table, "-C", from];
     check.extend_from_slice(&rule);
     // `iptables -C` answers "not found" with a failure: that is an answer, not an error.
-    if !iptables(&check)?.status.success() {
+    if !iptables(family, &check)?.status.success() {
         let mut insert = vec!["-t", table, "-I", from, "1"];
         insert.extend_from_slice(&rule);
-        if !iptables(&insert)?.status.success() {
+        if !iptables(family, &insert)?.status.success() {
             return Err(MasqError::Failed {
-                cmd: "iptables",
+                cmd: family.iptables(),
                 stderr: format!("could not insert the jump from {table}/{from} to {to}"),
             });
         }
@@ -181,17 +268,37 @@ fn ensure_jump(table: &str, from: &str, to: &str, comment: &str) -> Result<(), M
 /// Writes the chains `rules` asks for (atomically replacing what they held) and their jumps.
 /// Uses `--random-fully` when this iptables and kernel take it, else plain MASQUERADE.
 pub fn apply(network: Subnet, subnet: Subnet, rules: Rules) -> Result<(), MasqError> {
+    apply_family(Family::V4, rules, |rf| {
+        restore_text(network, subnet, rules, rf)
+    })
+}
+
+/// [`apply`] for a dual-stack node's IPv6 half: the same chains in ip6tables, for the
+/// IPv6Network `network` and this node's IPv6 `subnet` ([`restore_text6`]).
+pub fn apply6(network: Subnet6, subnet: Subnet6, rules: Rules) -> Result<(), MasqError> {
+    apply_family(Family::V6, rules, |rf| {
+        restore_text6(network, subnet, rules, rf)
+    })
+}
+
+/// Loads `text(true)` (with `--random-fully`), else `text(false)`, into `family`'s tables,
+/// then makes sure POSTROUTING and FORWARD jump to the chains written.
+fn apply_family(
+    family: Family,
+    rules: Rules,
+    text: impl Fn(bool) -> String,
+) -> Result<(), MasqError> {
     if !rules.any() {
         return Ok(());
     }
-    if iptables_restore(&restore_text(network, subnet, rules, true)).is_err() {
-        iptables_restore(&restore_text(network, subnet, rules, false))?;
+    if restore(family, &text(true)).is_err() {
+        restore(family, &text(false))?;
     }
     if rules.masquerade {
-        ensure_jump("nat", "POSTROUTING", NAT_CHAIN, "flanneld masq")?;
+        ensure_jump(family, "nat", "POSTROUTING", NAT_CHAIN, "flanneld masq")?;
     }
     if rules.forward {
-        ensure_jump("filter", "FORWARD", FWD_CHAIN, "flanneld forward")?;
+        ensure_jump(family, "filter", "FORWARD", FWD_CHAIN, "flanneld forward")?;
     }
     Ok(())
 }
@@ -231,7 +338,7 @@ pub fn fixed_rule(rule: &str, network: Subnet) -> String {
 /// fix; with `fix` (`--fix-masquerade`) rewrites them instead. An iptables that cannot be
 /// read means nothing to report.
 pub fn check_pitfalls(network: Subnet, subnet: Subnet, fix: bool) {
-    let Ok(post) = list_rules("nat", "POSTROUTING") else {
+    let Ok(post) = list_rules(Family::V4, "nat", "POSTROUTING") else {
         return;
     };
     let bad = masquerade_pitfalls(&post, subnet, network);
@@ -275,7 +382,7 @@ fn fix_masquerade(bad: &[String], network: Subnet) -> Result<Vec<String>, MasqEr
 fn edit_nat(op: &str, rule: &str) -> Result<bool, MasqError> {
     let mut args = vec!["-t", "nat", op];
     args.extend(rule.trim_start_matches("-A ").split_whitespace());
-    let out = iptables(&args)?;
+    let out = iptables(Family::V4, &args)?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         warn!(rule = %rule, op, stderr = %stderr.trim(), "iptables refused a masquerade rule change");
@@ -349,5 +456,96 @@ mod tests {
         );
         assert!(!fwd.contains("*nat") && fwd.contains(":FLANNEL-FWD - [0:0]"));
         assert_eq!(fwd.lines().filter(|l| l.starts_with("-A")).count(), 2);
+    }
+
+    #[test]
+    fn ipv4_text_is_unchanged() {
+        let both = Rules {
+            masquerade: true,
+            forward: true,
+        };
+        let t = restore_text(
+            "10.1.0.0/16".parse().unwrap(),
+            "10.1.2.0/24".parse().unwrap(),
+            both,
+            true,
+        );
+        assert_eq!(
+            t,
+            "*nat\n\
+:FLANNEL-POSTRTG - [0:0]\n\
+-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment \"flanneld masq\" -j RETURN\n\
+-A FLANNEL-POSTRTG -s 10.1.2.0/24 -d 10.1.0.0/16 -m comment --comment \"flanneld masq\" -j RETURN\n\
+-A FLANNEL-POSTRTG -s 10.1.0.0/16 -d 10.1.2.0/24 -m comment --comment \"flanneld masq\" -j RETURN\n\
+-A FLANNEL-POSTRTG ! -s 10.1.0.0/16 -d 10.1.2.0/24 -m comment --comment \"flanneld masq\" -j RETURN\n\
+-A FLANNEL-POSTRTG -s 10.1.0.0/16 ! -d 224.0.0.0/4 -m comment --comment \"flanneld masq\" -j MASQUERADE --random-fully\n\
+-A FLANNEL-POSTRTG ! -s 10.1.0.0/16 -d 10.1.0.0/16 -m comment --comment \"flanneld masq\" -j MASQUERADE --random-fully\n\
+COMMIT\n\
+*filter\n\
+:FLANNEL-FWD - [0:0]\n\
+-A FLANNEL-FWD -s 10.1.0.0/16 -m comment --comment \"flanneld forward\" -j ACCEPT\n\
+-A FLANNEL-FWD -d 10.1.0.0/16 -m comment --comment \"flanneld forward\" -j ACCEPT\n\
+COMMIT\n"
+        );
+    }
+
+    #[test]
+    fn ipv6_rules_follow_flannel_v0_20_2() {
+        let (n, s): (Subnet6, Subnet6) = (
+            "fd10::/48".parse().unwrap(),
+            "fd10:0:0:2::/64".parse().unwrap(),
+        );
+        let both = Rules {
+            masquerade: true,
+            forward: true,
+        };
+        // MasqIP6Rules' order and ForwardRules on the IPv6Network, flanneld's comments.
+        assert_eq!(
+            restore_text6(n, s, both, true),
+            "*nat\n\
+:FLANNEL-POSTRTG - [0:0]\n\
+-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment \"flanneld masq\" -j RETURN\n\
+-A FLANNEL-POSTRTG -s fd10::/48 -d fd10::/48 -m comment --comment \"flanneld masq\" -j RETURN\n\
+-A FLANNEL-POSTRTG -s fd10::/48 ! -d ff00::/8 -m comment --comment \"flanneld masq\" -j MASQUERADE --random-fully\n\
+-A FLANNEL-POSTRTG ! -s fd10::/48 -d fd10:0:0:2::/64 -m comment --comment \"flanneld masq\" -j RETURN\n\
+-A FLANNEL-POSTRTG ! -s fd10::/48 -d fd10::/48 -m comment --comment \"flanneld masq\" -j MASQUERADE --random-fully\n\
+COMMIT\n\
+*filter\n\
+:FLANNEL-FWD - [0:0]\n\
+-A FLANNEL-FWD -s fd10::/48 -m comment --comment \"flanneld forward\" -j ACCEPT\n\
+-A FLANNEL-FWD -d fd10::/48 -m comment --comment \"flanneld forward\" -j ACCEPT\n\
+COMMIT\n"
+        );
+        let plain = restore_text6(n, s, both, false);
+        assert!(!plain.contains("random-fully"));
+        assert_eq!(plain.matches("-j MASQUERADE\n").count(), 2);
+        let fwd = restore_text6(
+            n,
+            s,
+            Rules {
+                masquerade: false,
+                forward: true,
+            },
+            true,
+        );
+        assert!(!fwd.contains("*nat") && fwd.starts_with("*filter\n"));
+        let masq_only = restore_text6(
+            n,
+            s,
+            Rules {
+                masquerade: true,
+                forward: false,
+            },
+            false,
+        );
+        assert!(!masq_only.contains("*filter") && masq_only.starts_with("*nat\n"));
+        assert_eq!(
+            (Family::V6.iptables(), Family::V6.restore()),
+            ("ip6tables", "ip6tables-restore")
+        );
+        assert_eq!(
+            (Family::V4.iptables(), Family::V4.restore()),
+            ("iptables", "iptables-restore")
+        );
     }
 }

@@ -26,7 +26,7 @@ use crate::ops::status::IptablesState;
 use crate::ops::OpsState;
 use crate::store::{EtcdOptions, OwnLease, Store, StoreError, StoreHandle, StoreOptions};
 use crate::table::{LeaseTable, SharedTable};
-use crate::wire::Subnet;
+use crate::wire::{Subnet, Subnet6};
 
 use status::StatusPublisher;
 
@@ -247,7 +247,10 @@ impl Running {
     ) -> Result<Running, NodeError> {
         // Docker-style rules that masquerade pod-to-pod traffic: warned about, or rewritten.
         masq::check_pitfalls(config.network, own.subnet, opts.fix_masquerade);
-        let iptables = Iptables::start(opts, config.network, own.subnet)?;
+        // dual stack: own.subnet6, i.e. config.ipv6.map(|v6| v6.network).zip(own.subnet6),
+        // once OwnLease carries the IPv6 subnet.
+        let ipv6 = None;
+        let iptables = Iptables::start(opts, config.network, own.subnet, ipv6)?;
         let dp = match data_path_backend(config, own)? {
             Some(backend) => {
                 let at = placement(config, own, underlay, backend);
@@ -452,39 +455,66 @@ impl Routes {
     }
 }
 
-/// flannel's iptables rules and their state, rewritten every `--iptables-resync`.
+/// flannel's iptables rules (and, on a dual-stack node, the same chains in ip6tables) and
+/// their state, rewritten every `--iptables-resync`.
 struct Iptables {
     rules: Rules,
     network: Subnet,
+    /// The IPv6Network and our IPv6 subnet, on a dual-stack node; `None` never runs ip6tables.
+    ipv6: Option<(Subnet6, Subnet6)>,
     state: IptablesState,
 }
 
 impl Iptables {
-    /// Writes the rules the flags ask for. Without the masquerade rules `--ip-masq` asked
-    /// for, pods leaving the overlay would carry their own addresses onto the underlay, so
-    /// that is fatal; failing forward rules only warn.
-    fn start(opts: &NodeOptions, network: Subnet, subnet: Subnet) -> Result<Iptables, NodeError> {
+    /// Writes the rules the flags ask for, for both families when `ipv6` (the IPv6Network and
+    /// our IPv6 subnet) is given. Without the masquerade rules `--ip-masq` asked for, pods
+    /// leaving the overlay would carry their own addresses onto the underlay, so that is
+    /// fatal in either family; failing forward rules only warn.
+    fn start(
+        opts: &NodeOptions,
+        network: Subnet,
+        subnet: Subnet,
+        ipv6: Option<(Subnet6, Subnet6)>,
+    ) -> Result<Iptables, NodeError> {
         let rules = Rules {
             masquerade: opts.ip_masq,
             forward: opts.forward_rules,
         };
-        let state = match masq::apply(network, subnet, rules) {
-            Ok(()) if rules.any() => {
+        let mut keeper = Iptables {
+            rules,
+            network,
+            ipv6,
+            state: IptablesState::Off,
+        };
+        if !rules.any() {
+            return Ok(keeper);
+        }
+        keeper.state = match keeper.write(subnet) {
+            Ok(()) => {
                 info!(network = %network, subnet = %subnet, masquerade = rules.masquerade, forward = rules.forward, "iptables rules written");
+                if let Some((network6, subnet6)) = ipv6 {
+                    info!(network = %network6, subnet = %subnet6, "ip6tables rules written");
+                }
                 IptablesState::Ok
             }
-            Ok(()) => IptablesState::Off,
             Err(e) if rules.masquerade => return Err(e.into()),
             Err(e) => {
                 warn!(error = %Chain(&e), "FLANNEL-FWD forward rules could not be written: where FORWARD's policy is DROP, pod traffic will not cross this host (--iptables-forward-rules=false turns them off)");
                 IptablesState::Failed
             }
         };
-        Ok(Iptables {
-            rules,
-            network,
-            state,
-        })
+        Ok(keeper)
+    }
+
+    /// Writes both families' rules (for `subnet`, our lease's, and the IPv6 subnet given at
+    /// start), each whatever became of the other; the first error, if any.
+    fn write(&self, subnet: Subnet) -> Result<(), masq::MasqError> {
+        let v4 = masq::apply(self.network, subnet, self.rules);
+        let v6 = match self.ipv6 {
+            Some((network6, subnet6)) => masq::apply6(network6, subnet6, self.rules),
+            None => Ok(()),
+        };
+        v4.and(v6)
     }
 
     /// Rewrites the rules (for `subnet`, our lease's); warns once when that starts failing.
@@ -492,7 +522,7 @@ impl Iptables {
         if !self.rules.any() {
             return;
         }
-        self.state = match masq::apply(self.network, subnet, self.rules) {
+        self.state = match self.write(subnet) {
             Ok(()) => IptablesState::Ok,
             Err(e) => {
                 if self.state != IptablesState::Failed {

@@ -22,6 +22,16 @@ const PICK_AMONG: usize = 100;
 
 /// Reads and validates `<prefix>/config`.
 pub async fn read_config(client: &mut Client, keys: &Keys) -> Result<NetworkConfig, StoreError> {
+    read_config_with(client, keys, NetworkConfig::parse).await
+}
+
+/// Reads `<prefix>/config` and validates it with `parse` (the node's [`NetworkConfig::parse`],
+/// or [`NetworkConfig::parse_dual_stack`] for a reader that takes dual-stack configs).
+pub(crate) async fn read_config_with(
+    client: &mut Client,
+    keys: &Keys,
+    parse: fn(&str) -> Result<NetworkConfig, crate::config::ConfigError>,
+) -> Result<NetworkConfig, StoreError> {
     let key = keys.config();
     let resp = client
         .get(key.as_str(), None)
@@ -35,7 +45,7 @@ pub async fn read_config(client: &mut Client, keys: &Keys) -> Result<NetworkConf
         .first()
         .ok_or_else(|| StoreError::ConfigMissing { key: key.clone() })?;
     let text = String::from_utf8_lossy(kv.value());
-    NetworkConfig::parse(&text).map_err(|source| StoreError::ConfigInvalid { key, source })
+    parse(&text).map_err(|source| StoreError::ConfigInvalid { key, source })
 }
 
 /// One key under `<prefix>/subnets/` as listed, unjudged.

@@ -1,9 +1,9 @@
-//! A one-shot read of a network for `weft doctor`: its config and every lease under it,
-//! judged as the node judges them. Reads only; no lease is taken, nothing is watched.
+//! A one-shot read of a network for `weft doctor`: its config (dual-stack ones included) and
+//! every lease under it, judged as the node judges them. Reads only; no lease is taken, nothing is watched.
 
 use std::time::Duration;
 
-use super::{connect, judge_all, lease, read_config, EtcdOptions, Keys, LeaseView, StoreError};
+use super::{connect, judge_all, lease, EtcdOptions, Keys, LeaseView, StoreError};
 use crate::config::NetworkConfig;
 
 /// What etcd says about one network.
@@ -45,7 +45,9 @@ pub async fn read_view(opts: &EtcdOptions, timeout: Duration) -> Result<NetworkV
 async fn read(opts: &EtcdOptions) -> Result<NetworkView, StoreError> {
     let keys = Keys::new(&opts.prefix);
     let mut client = connect(opts).await?;
-    let config = read_config(&mut client, &keys).await?;
+    // Dual-stack configs too: doctor checks a flanneld node's IPv6 half as well.
+    let config =
+        lease::read_config_with(&mut client, &keys, NetworkConfig::parse_dual_stack).await?;
     let (raw, _) = lease::list_raw(&mut client, &keys).await?;
     let leases = judge_all(
         &keys,

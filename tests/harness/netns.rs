@@ -173,6 +173,26 @@ impl Netns {
         Proc::spawn(&self.argv(args))
     }
 
+    /// Calls `f` (weft's library code under test) on a thread of its own that has joined this
+    /// namespace: what it reads of the network, and every command it spawns (iptables ...),
+    /// is this namespace's. The thread ends with `f`, so the test's own threads never move;
+    /// a panic in `f` is the test's.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|scope| {
+            let joined = scope.spawn(|| {
+                let ns =
+                    std::fs::File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .unwrap_or_else(|e| panic!("joining {path}: {e}"));
+                f()
+            });
+            joined
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
     /// Runs `ip -n <ns> args...` (checked) and returns its stdout.
     pub fn ip(&self, args: &[&str]) -> String {
         ip_in(&self.name, args)

@@ -8,9 +8,12 @@
 //! FORWARD), the same names and rules as flanneld, so either can take over from the other.
 //!
 //! A dual-stack node keeps the same two chains in ip6tables for the IPv6Network and its IPv6
-//! subnet ([`apply6`]), as flanneld v0.20.2 does: the same names and comments, its
-//! `MasqIP6Rules` order (multicast is `ff00::/8`) and `ForwardRules` on the IPv6Network. Each
-//! family is written by its own binaries ([`Family`]); an IPv4-only node never runs ip6tables.
+//! subnet ([`apply6`]), as flanneld does: the same names, comments and rules as for IPv4
+//! (multicast is `ff00::/8`), and `ForwardRules` on the IPv6Network. (flanneld v0.20.2's
+//! `MasqIP6Rules` lists the same RETURN and MASQUERADE cases in its older order, without the
+//! two subnet RETURNs first; weft keeps one layout for both families, the one its IPv4 rules
+//! have.) Each family is written by its own binaries ([`Family`]); an IPv4-only node never
+//! runs ip6tables.
 //!
 //! Applied with `iptables-restore --noflush`: declaring a chain flushes it, so the whole
 //! chain is replaced in one transaction and rules of a previous network or subnet vanish.
@@ -122,8 +125,8 @@ pub fn restore_text(network: Subnet, subnet: Subnet, rules: Rules, random_fully:
 }
 
 /// The `ip6tables-restore` input that (re)writes the chains `rules` asks for, for the
-/// IPv6Network `network` and this node's IPv6 `subnet`: flanneld v0.20.2's `MasqIP6Rules` and
-/// its `ForwardRules` on the IPv6Network; `random_fully` as in [`restore_text`].
+/// IPv6Network `network` and this node's IPv6 `subnet`: the IPv4 rules' layout and
+/// `ForwardRules` on the IPv6Network; `random_fully` as in [`restore_text`].
 pub fn restore_text6(
     network: Subnet6,
     subnet: Subnet6,
@@ -156,9 +159,9 @@ fn nat_text(network: Subnet, subnet: Subnet, random_fully: bool) -> String {
     )
 }
 
-/// flanneld v0.20.2's IPv6 order: inside the IPv6Network nothing is rewritten; leaving it
-/// (but for multicast) is masqueraded; traffic from outside to our subnet keeps its source;
-/// the host's own traffic into the IPv6Network is masqueraded.
+/// The IPv4 rules for IPv6: pod to pod (our subnet to the IPv6Network and back) and traffic
+/// from outside to our subnet keep their sources; leaving the IPv6Network (but for
+/// multicast) and the host's own traffic into it are masqueraded.
 fn nat_text6(network: Subnet6, subnet: Subnet6, random_fully: bool) -> String {
     let rf = if random_fully { " --random-fully" } else { "" };
     let (n, s) = (network.to_string(), subnet.to_string());
@@ -166,9 +169,10 @@ fn nat_text6(network: Subnet6, subnet: Subnet6, random_fully: bool) -> String {
         "*nat\n\
          :{NAT_CHAIN} - [0:0]\n\
          -A {NAT_CHAIN} -m mark --mark {KUBE_MARK} -m comment --comment \"flanneld masq\" -j RETURN\n\
-         -A {NAT_CHAIN} -s {n} -d {n} -m comment --comment \"flanneld masq\" -j RETURN\n\
-         -A {NAT_CHAIN} -s {n} ! -d {MULTICAST6} -m comment --comment \"flanneld masq\" -j MASQUERADE{rf}\n\
+         -A {NAT_CHAIN} -s {s} -d {n} -m comment --comment \"flanneld masq\" -j RETURN\n\
+         -A {NAT_CHAIN} -s {n} -d {s} -m comment --comment \"flanneld masq\" -j RETURN\n\
          -A {NAT_CHAIN} ! -s {n} -d {s} -m comment --comment \"flanneld masq\" -j RETURN\n\
+         -A {NAT_CHAIN} -s {n} ! -d {MULTICAST6} -m comment --comment \"flanneld masq\" -j MASQUERADE{rf}\n\
          -A {NAT_CHAIN} ! -s {n} -d {n} -m comment --comment \"flanneld masq\" -j MASQUERADE{rf}\n\
          COMMIT\n"
     )
@@ -490,7 +494,7 @@ COMMIT\n"
     }
 
     #[test]
-    fn ipv6_rules_follow_flannel_v0_20_2() {
+    fn ipv6_rules_mirror_the_ipv4_ones() {
         let (n, s): (Subnet6, Subnet6) = (
             "fd10::/48".parse().unwrap(),
             "fd10:0:0:2::/64".parse().unwrap(),
@@ -499,15 +503,16 @@ COMMIT\n"
             masquerade: true,
             forward: true,
         };
-        // MasqIP6Rules' order and ForwardRules on the IPv6Network, flanneld's comments.
+        // The IPv4 layout and ForwardRules on the IPv6Network, flanneld's comments.
         assert_eq!(
             restore_text6(n, s, both, true),
             "*nat\n\
 :FLANNEL-POSTRTG - [0:0]\n\
 -A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment \"flanneld masq\" -j RETURN\n\
--A FLANNEL-POSTRTG -s fd10::/48 -d fd10::/48 -m comment --comment \"flanneld masq\" -j RETURN\n\
--A FLANNEL-POSTRTG -s fd10::/48 ! -d ff00::/8 -m comment --comment \"flanneld masq\" -j MASQUERADE --random-fully\n\
+-A FLANNEL-POSTRTG -s fd10:0:0:2::/64 -d fd10::/48 -m comment --comment \"flanneld masq\" -j RETURN\n\
+-A FLANNEL-POSTRTG -s fd10::/48 -d fd10:0:0:2::/64 -m comment --comment \"flanneld masq\" -j RETURN\n\
 -A FLANNEL-POSTRTG ! -s fd10::/48 -d fd10:0:0:2::/64 -m comment --comment \"flanneld masq\" -j RETURN\n\
+-A FLANNEL-POSTRTG -s fd10::/48 ! -d ff00::/8 -m comment --comment \"flanneld masq\" -j MASQUERADE --random-fully\n\
 -A FLANNEL-POSTRTG ! -s fd10::/48 -d fd10::/48 -m comment --comment \"flanneld masq\" -j MASQUERADE --random-fully\n\
 COMMIT\n\
 *filter\n\

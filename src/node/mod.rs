@@ -247,9 +247,8 @@ impl Running {
     ) -> Result<Running, NodeError> {
         // Docker-style rules that masquerade pod-to-pod traffic: warned about, or rewritten.
         masq::check_pitfalls(config.network, own.subnet, opts.fix_masquerade);
-        // dual stack: own.subnet6, i.e. config.ipv6.map(|v6| v6.network).zip(own.subnet6),
-        // once OwnLease carries the IPv6 subnet.
-        let ipv6 = None;
+        // Dual stack: the ip6tables rules for the IPv6Network and our IPv6 subnet.
+        let ipv6 = config.ipv6.as_ref().map(|v6| v6.network).zip(own.subnet6);
         let iptables = Iptables::start(opts, config.network, own.subnet, ipv6)?;
         let dp = match data_path_backend(config, own)? {
             Some(backend) => {

@@ -100,11 +100,14 @@ pub enum DropReason {
     OutboundIpv6,
     /// Send: the TUN handed over a packet that is not valid IP.
     OutboundMalformed,
+    /// Send: an IPv6 packet larger than the IPv6 underlay carries once encapsulated
+    /// (answered with ICMPv6 packet too big).
+    TooBig,
 }
 
 impl DropReason {
     /// Every reason, for registering counters up front.
-    pub const ALL: [DropReason; 17] = [
+    pub const ALL: [DropReason; 18] = [
         DropReason::Truncated,
         DropReason::BadFlags,
         DropReason::WrongVni,
@@ -122,6 +125,7 @@ impl DropReason {
         DropReason::NoLease,
         DropReason::OutboundIpv6,
         DropReason::OutboundMalformed,
+        DropReason::TooBig,
     ];
 
     /// The metrics label (`reason="wrong_vni"`).
@@ -144,6 +148,7 @@ impl DropReason {
             DropReason::NoLease => "no_lease",
             DropReason::OutboundIpv6 => "outbound_ipv6",
             DropReason::OutboundMalformed => "outbound_malformed",
+            DropReason::TooBig => "too_big",
         }
     }
 

@@ -4,16 +4,17 @@
 //! datagram from the underlay is accepted. The send and receive sides do the I/O around
 //! them; unit tests and the zero-allocation test drive them directly.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::buf::PacketBuf;
-use crate::encap::{self, DropReason};
+use crate::encap::{self, DropReason, VxlanHeader};
 use crate::gso;
 use crate::offload::{self, VnetHdr, VNET_HDR_LEN};
-use crate::table::{LeaseTable, Peer};
-use crate::wire::Subnet;
+use crate::table::{LeaseTable, Peer, Peer6};
+use crate::wire::ipv6::Ipv6Packet;
+use crate::wire::{Subnet, Subnet6};
 
-use super::{Backend, DatapathConfig};
+use super::{Backend, DatapathConfig, Ipv6Side};
 
 /// What leaves for a peer: a datagram encapsulated in place, or a TCP super-packet's
 /// segments (headers written per segment, the payload left where it lies).
@@ -25,11 +26,40 @@ pub enum Shape {
     Segments(gso::Segments),
 }
 
+/// The lease a destination lies in: its IPv4 half, or (dual stack) its IPv6 half.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerRef<'t> {
+    /// An IPv4 destination's lease.
+    V4(&'t Peer),
+    /// An IPv6 destination's lease (its IPv6 half).
+    V6(&'t Peer6),
+}
+
+impl PeerRef<'_> {
+    /// Where its datagrams go: the PublicIP (or PublicIPv6) and the tunnel port.
+    #[inline]
+    pub fn underlay(&self) -> SocketAddr {
+        match self {
+            PeerRef::V4(p) => SocketAddr::V4(p.underlay),
+            PeerRef::V6(p) => SocketAddr::V6(p.underlay),
+        }
+    }
+
+    /// The VXLAN and inner Ethernet header it gets.
+    #[inline]
+    pub fn vxlan_header(&self) -> &VxlanHeader {
+        match self {
+            PeerRef::V4(p) => &p.vxlan_header,
+            PeerRef::V6(p) => &p.vxlan_header,
+        }
+    }
+}
+
 /// A packet for a peer.
 #[derive(Debug, Clone, Copy)]
 pub struct ToPeer<'t> {
     /// The lease the destination lies in.
-    pub peer: &'t Peer,
+    pub peer: PeerRef<'t>,
     /// The inner flow's hash (picks the send socket, hence the outer source port).
     pub flow_hash: u32,
     /// Whole or segmented.
@@ -50,6 +80,20 @@ pub enum Outbound<'t> {
     Unreachable {
         /// The reply's source: the missing subnet's network address.
         from: Ipv4Addr,
+    },
+    /// No lease for an IPv6 destination inside the IPv6Network (a `no_lease` drop): answer
+    /// with an ICMPv6 destination unreachable (no route) from `from`.
+    Unreachable6 {
+        /// The reply's source: the missing IPv6 subnet's network address.
+        from: Ipv6Addr,
+    },
+    /// An IPv6 packet larger than the IPv6 underlay carries once encapsulated (a
+    /// `too_big` drop): answer with ICMPv6 packet too big, so the pod lowers its path MTU.
+    TooBig6 {
+        /// The reply's source: the destination's IPv6 subnet's network address.
+        from: Ipv6Addr,
+        /// The MTU to report.
+        mtu: usize,
     },
     /// IPv6 link chatter the kernel sends on any new interface: not a drop.
     Ignored,
@@ -80,6 +124,10 @@ pub fn outbound<'t>(
         Err(DropReason::OutboundIpv6) if encap::is_ipv6_link_chatter(b.as_slice()) => {
             return Outbound::Ignored
         }
+        Err(DropReason::OutboundIpv6) => match (&cfg.ipv6, &cfg.backend) {
+            (Some(v6), Backend::Vxlan(_)) => return outbound6(b, &vhdr, table, v6, seg_headers),
+            _ => return Outbound::Drop(DropReason::OutboundIpv6),
+        },
         Err(r) => return Outbound::Drop(r),
     };
     let Some(peer) = table.lookup(dst) else {
@@ -102,7 +150,7 @@ pub fn outbound<'t>(
             return Outbound::Drop(DropReason::OutboundMalformed)
         }
         _ => {
-            if let Err(r) = finish_whole(b, &vhdr, &cfg.backend, peer) {
+            if let Err(r) = finish_whole(b, &vhdr, prefix) {
                 return Outbound::Drop(r);
             }
             Shape::Whole
@@ -113,12 +161,86 @@ pub fn outbound<'t>(
         Shape::Whole => (1, b.len() - prefix.len()),
     };
     Outbound::Send(ToPeer {
-        peer,
+        peer: PeerRef::V4(peer),
         flow_hash,
         shape,
         datagrams,
         inner_bytes,
     })
+}
+
+/// [`outbound`] for an IPv6 packet on a dual-stack vxlan node: the IPv6 half of the
+/// destination's lease, VXLAN over the IPv6 underlay. A packet that would not fit the IPv6
+/// underlay once encapsulated is answered with packet too big; a TCP super-packet is cut
+/// into segments that fit (a smaller segment size than the TUN asked for is still valid TCP).
+fn outbound6<'t>(
+    b: &mut PacketBuf,
+    vhdr: &VnetHdr,
+    table: &'t LeaseTable,
+    v6: &Ipv6Side,
+    seg_headers: Option<&mut [u8]>,
+) -> Outbound<'t> {
+    let Ok(ip) = Ipv6Packet::new_checked(b.as_slice()) else {
+        return Outbound::Drop(DropReason::OutboundMalformed);
+    };
+    let dst = ip.dst_addr();
+    let Some(peer) = table.lookup6(dst) else {
+        return no_lease6(dst, table, v6);
+    };
+    let flow_hash = encap::flow_hash(b.as_slice());
+    let prefix = &peer.vxlan_header;
+    let gso = vhdr.gso_type & !offload::GSO_ECN;
+    let shape = match seg_headers {
+        Some(h) if gso == offload::GSO_TCPV6 => {
+            let hdr_len = usize::from(vhdr.hdr_len).max(60);
+            let fits = v6.mtu.saturating_sub(hdr_len).max(1);
+            let mss = usize::from(vhdr.gso_size).min(fits);
+            match gso::segment_tcp6_headers(b.as_slice(), mss, prefix, h) {
+                Ok(segs) => Shape::Segments(segs),
+                Err(_) => return Outbound::Drop(DropReason::OutboundMalformed),
+            }
+        }
+        _ if vhdr.gso_type != offload::GSO_NONE => {
+            return Outbound::Drop(DropReason::OutboundMalformed)
+        }
+        _ if b.len() > v6.mtu => {
+            return Outbound::TooBig6 {
+                from: peer.subnet.addr(),
+                mtu: v6.mtu,
+            }
+        }
+        _ => {
+            if let Err(r) = finish_whole(b, vhdr, prefix) {
+                return Outbound::Drop(r);
+            }
+            Shape::Whole
+        }
+    };
+    let (datagrams, inner_bytes) = match shape {
+        Shape::Segments(s) => (s.count, s.total() - s.count * prefix.len()),
+        Shape::Whole => (1, b.len() - prefix.len()),
+    };
+    Outbound::Send(ToPeer {
+        peer: PeerRef::V6(peer),
+        flow_hash,
+        shape,
+        datagrams,
+        inner_bytes,
+    })
+}
+
+/// An IPv6 destination without a lease: inside the IPv6Network (and not ours) it gets an
+/// ICMPv6 destination unreachable from the missing subnet's network address, as for IPv4;
+/// elsewhere it is dropped quietly.
+fn no_lease6<'t>(dst: Ipv6Addr, table: &LeaseTable, v6: &Ipv6Side) -> Outbound<'t> {
+    if v6.network.contains(dst) && !v6.local_subnet.contains(dst) {
+        let len = table.prefix_len6().unwrap_or(v6.local_subnet.prefix_len());
+        let from = Subnet6::containing(dst, len)
+            .map(|s| s.addr())
+            .unwrap_or(dst);
+        return Outbound::Unreachable6 { from };
+    }
+    Outbound::Drop(DropReason::NoLease)
 }
 
 /// A destination without a lease: inside the Network (and not ours) it gets an ICMP
@@ -135,15 +257,11 @@ fn no_lease<'t>(dst: Ipv4Addr, table: &LeaseTable, cfg: &DatapathConfig) -> Outb
     Outbound::Drop(DropReason::NoLease)
 }
 
-/// Completes a checksum the TUN left to us, then encapsulates in place for `peer` (the udp
-/// backend sends the bare IP packet). A buffer without headroom, which the data path never
-/// hands over, is counted as malformed rather than lost silently.
-fn finish_whole(
-    b: &mut PacketBuf,
-    vhdr: &VnetHdr,
-    backend: &Backend,
-    peer: &Peer,
-) -> Result<(), DropReason> {
+/// Completes a checksum the TUN left to us, then puts `prefix` (the peer's VXLAN header; the
+/// udp backend's is empty: it sends the bare IP packet) in front in place. A buffer without
+/// headroom, which the data path never hands over, is counted as malformed rather than lost
+/// silently.
+fn finish_whole(b: &mut PacketBuf, vhdr: &VnetHdr, prefix: &[u8]) -> Result<(), DropReason> {
     if vhdr.flags & offload::F_NEEDS_CSUM != 0 {
         gso::complete_csum(
             b.as_mut_slice(),
@@ -152,11 +270,12 @@ fn finish_whole(
         )
         .map_err(|_| DropReason::OutboundMalformed)?;
     }
-    match backend {
-        Backend::Vxlan(_) => {
-            encap::encap_vxlan(b, &peer.vxlan_header).map_err(|_| DropReason::OutboundMalformed)
-        }
-        Backend::Udp => Ok(()),
+    match prefix.len() {
+        0 => Ok(()),
+        n => b
+            .prepend(n)
+            .map(|at| at.copy_from_slice(prefix))
+            .map_err(|_| DropReason::OutboundMalformed),
     }
 }
 
@@ -176,6 +295,26 @@ pub fn inbound<'a>(
     };
     let src_owner = table.lookup(inner.src).map(|p| p.public_ip);
     encap::check_inner_route(src_owner, sender, inner.dst, cfg.local_subnet)?;
+    Ok(inner.packet)
+}
+
+/// [`inbound`] for a datagram from an IPv6 `sender` on a dual-stack vxlan node: flannel-v6's
+/// encapsulation (our IPv6 VTEP MAC, type IPv6), a sane inner IPv6 header, the inner source
+/// in the IPv6 subnet of a lease naming `sender` as its PublicIPv6, the inner destination in
+/// our IPv6 subnet. Nothing else arrives over the IPv6 underlay.
+pub fn inbound6<'a>(
+    datagram: &'a [u8],
+    sender: Ipv6Addr,
+    table: &LeaseTable,
+    cfg: &DatapathConfig,
+) -> Result<&'a [u8], DropReason> {
+    let (Some(v6), Backend::Vxlan(rx)) = (&cfg.ipv6, &cfg.backend) else {
+        return Err(DropReason::UnknownSender);
+    };
+    let vtep_mac = v6.vtep_mac.ok_or(DropReason::WrongInnerMac)?;
+    let inner = encap::decap_vxlan6(datagram, rx.vni, vtep_mac)?;
+    let src_owner = table.lookup6(inner.src).map(|p| p.public_ip);
+    encap::check_inner_route6(src_owner, sender, inner.dst, v6.local_subnet)?;
     Ok(inner.packet)
 }
 

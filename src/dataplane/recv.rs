@@ -1,7 +1,7 @@
 //! The receive side of a worker: `recvmmsg` (trains with UDP_GRO) -> [`packet::inbound`] per
 //! datagram -> coalescing -> TUN writes with a virtio-net header, one batch per turn.
 
-use std::net::{IpAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
 use std::os::fd::AsFd;
 
 use crate::buf::{Batch, DEFAULT_HEADROOM};
@@ -24,6 +24,15 @@ pub(super) struct RecvSide {
     mmsg: Mmsg,
     to_tun: ToTun,
     local: LocalCounters,
+}
+
+/// The sender of a datagram, once a lease was found that names it.
+#[derive(Debug, Clone, Copy)]
+enum From {
+    /// An IPv4 sender (a lease's PublicIP; its per-peer counters go under it).
+    V4(Ipv4Addr),
+    /// An IPv6 sender (a dual-stack peer's PublicIPv6).
+    V6(Ipv6Addr),
 }
 
 /// Where accepted packets go: into the coalescer's super-packets, or one by one.
@@ -99,21 +108,28 @@ impl RecvSide {
                 0 => data.len().max(1),
                 s => s,
             };
-            let peer = match m.addr.ip() {
-                IpAddr::V4(sender) => table.lookup_underlay(sender).map(|p| (sender, p)),
-                IpAddr::V6(_) => None,
+            // Who sent it: a lease must name the sender (its PublicIP, or on a dual-stack
+            // node its PublicIPv6).
+            let from = match m.addr.ip() {
+                IpAddr::V4(s) => table.lookup_underlay(s).map(|_| From::V4(s)),
+                IpAddr::V6(s) => table.lookup_underlay6(s).map(|_| From::V6(s)),
             };
-            let Some((sender, peer)) = peer else {
+            let Some(from) = from else {
                 for _ in data.chunks(seg) {
                     local.drop(DropReason::UnknownSender);
                 }
                 continue;
             };
             for datagram in data.chunks(seg) {
-                match packet::inbound(datagram, sender, table, &self.cfg) {
+                let inner = match from {
+                    From::V4(s) => packet::inbound(datagram, s, table, &self.cfg),
+                    From::V6(s) => packet::inbound6(datagram, s, table, &self.cfg),
+                };
+                match inner {
                     Ok(p) => {
-                        if self.to_tun.deliver(tun, p, local) {
-                            local.peer(peer.public_ip, 1, p.len() as u64, counters, false);
+                        let delivered = self.to_tun.deliver(tun, p, local);
+                        if let (true, From::V4(ip)) = (delivered, from) {
+                            local.peer(ip, 1, p.len() as u64, counters, false);
                         }
                     }
                     Err(r) => local.drop(r),

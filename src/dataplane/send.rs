@@ -15,8 +15,9 @@ use crate::sys::mmsg::{Mmsg, SendOutcome};
 use crate::sys::tun::Tun;
 use crate::table::{LeaseTable, TableReader};
 use crate::wire::icmpv4::{self, Unreachable};
+use crate::wire::icmpv6;
 
-use super::packet::{self, Outbound, Shape};
+use super::packet::{self, Outbound, PeerRef, Shape};
 use super::trains::{outer_headers, pick_socket, Outgoing, TrainLimit, HEADERS_CAPACITY};
 use super::{Counters, DatapathConfig, DatapathError, LocalCounters, Turn, MAX_PACKET};
 
@@ -46,6 +47,7 @@ struct Encoder {
     headers: Vec<Box<[u8]>>,
     outs: Outgoing,
     icmp_buf: [u8; VNET_HDR_LEN + icmpv4::MAX_ERROR_LEN],
+    icmp6_buf: Box<[u8; VNET_HDR_LEN + icmpv6::MAX_ERROR_LEN]>,
 }
 
 /// Sends a batch's trains and learns from what the kernel refused.
@@ -93,6 +95,7 @@ impl SendSide {
                 outs: Outgoing::with_capacity(n_max * 64, n_max * 65)
                     .with_segment_limit(gso_segments),
                 icmp_buf: [0u8; VNET_HDR_LEN + icmpv4::MAX_ERROR_LEN],
+                icmp6_buf: Box::new([0u8; VNET_HDR_LEN + icmpv6::MAX_ERROR_LEN]),
             },
             sender: Sender {
                 name: format!("weft-dp{worker}"),
@@ -165,12 +168,19 @@ impl Encoder {
         let seg_headers = self.headers.get_mut(slot).map(|h| &mut h[..]);
         match packet::outbound(b, self.vnet, table, &self.cfg, seg_headers) {
             Outbound::Send(p) => {
-                let sock = pick_socket(p.flow_hash, self.sockets);
+                // IPv6 peers are reached from the IPv6 send sockets, which follow the IPv4 ones.
+                let (sock, family_base) = match p.peer {
+                    PeerRef::V4(_) => (pick_socket(p.flow_hash, self.sockets), 0),
+                    PeerRef::V6(_) => (pick_socket(p.flow_hash, self.sockets), self.sockets),
+                };
+                let sock = sock + family_base as u8;
                 let (n, bytes) = (p.datagrams as u64, p.inner_bytes as u64);
                 local.packets += n;
                 local.bytes += bytes;
-                local.peer(p.peer.public_ip, n, bytes, counters, true);
-                let (dst, max) = (SocketAddr::V4(p.peer.underlay), self.train_max);
+                if let PeerRef::V4(peer) = p.peer {
+                    local.peer(peer.public_ip, n, bytes, counters, true);
+                }
+                let (dst, max) = (p.peer.underlay(), self.train_max);
                 match p.shape {
                     Shape::Segments(segs) => self.outs.push_segments(slot, segs, dst, sock, max),
                     Shape::Whole => self.outs.push_whole(slot, b.len(), dst, sock, max),
@@ -179,6 +189,14 @@ impl Encoder {
             Outbound::Unreachable { from } => {
                 local.drop(DropReason::NoLease);
                 self.reply_unreachable(b.as_slice(), from, tun, local);
+            }
+            Outbound::Unreachable6 { from } => {
+                local.drop(DropReason::NoLease);
+                self.reply6(b.as_slice(), Icmp6::Unreachable { from }, tun, local);
+            }
+            Outbound::TooBig6 { from, mtu } => {
+                local.drop(DropReason::TooBig);
+                self.reply6(b.as_slice(), Icmp6::TooBig { from, mtu }, tun, local);
             }
             Outbound::Ignored => {
                 counters.tun_ipv6_ignored.fetch_add(1, Ordering::Relaxed);
@@ -204,6 +222,33 @@ impl Encoder {
             }
         }
     }
+
+    /// Writes an ICMPv6 error for the IPv6 `packet` back to the TUN (behind a zero virtio-net
+    /// header when the TUN has one).
+    fn reply6(&mut self, packet: &[u8], what: Icmp6, tun: &Tun, local: &mut LocalCounters) {
+        let hdr_len = if self.vnet { VNET_HDR_LEN } else { 0 };
+        let out = &mut self.icmp6_buf[hdr_len..];
+        let written = match what {
+            Icmp6::Unreachable { from } => {
+                icmpv6::write_unreachable(packet, from, icmpv6::Unreachable::NoRoute, out)
+            }
+            Icmp6::TooBig { from, mtu } => icmpv6::write_packet_too_big(packet, from, mtu, out),
+        };
+        if let Ok(len) = written {
+            if tun.write(&self.icmp6_buf[..hdr_len + len]).is_ok() {
+                local.icmp += 1;
+            }
+        }
+    }
+}
+
+/// An ICMPv6 error the send side answers a pod's packet with.
+#[derive(Debug, Clone, Copy)]
+enum Icmp6 {
+    /// Destination unreachable, no route (no lease inside the IPv6Network).
+    Unreachable { from: std::net::Ipv6Addr },
+    /// Packet too big: the IPv6 underlay carries at most `mtu`-byte pod packets.
+    TooBig { from: std::net::Ipv6Addr, mtu: usize },
 }
 
 impl Sender {

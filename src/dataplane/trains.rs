@@ -12,6 +12,9 @@ use crate::gso;
 
 use super::MAX_SEND_SOCKETS;
 
+/// Send sockets a batch may use: [`MAX_SEND_SOCKETS`] per address family.
+const SOCKET_SLOTS: usize = 2 * MAX_SEND_SOCKETS;
+
 /// Most datagrams one UDP_SEGMENT send may carry (the kernel's UDP_MAX_SEGMENTS).
 pub(super) use crate::sys::mmsg::UDP_MAX_SEGMENTS as MAX_GSO_SEGMENTS;
 /// Most bytes one UDP_SEGMENT send may carry (a UDP length must fit 16 bits).
@@ -126,10 +129,11 @@ impl<'a> Iterator for Parts<'a> {
 pub(super) struct Outgoing {
     msgs: Vec<Out>,
     pieces: Vec<Piece>,
-    /// Per send socket, its last message while that one may take more.
-    open: [Option<usize>; MAX_SEND_SOCKETS],
+    /// Per send socket (the IPv4 ones, then the IPv6 ones), its last message while that one
+    /// may take more.
+    open: [Option<usize>; SOCKET_SLOTS],
     /// Bit `s` set when socket `s` has a message.
-    used: u64,
+    used: u128,
     /// Most datagrams per train (the kernel's limit, probed at start).
     max_segments: usize,
 }
@@ -139,7 +143,7 @@ impl Outgoing {
         Outgoing {
             msgs: Vec::with_capacity(msgs),
             pieces: Vec::with_capacity(pieces),
-            open: [None; MAX_SEND_SOCKETS],
+            open: [None; SOCKET_SLOTS],
             used: 0,
             max_segments: MAX_GSO_SEGMENTS,
         }
@@ -154,7 +158,7 @@ impl Outgoing {
     pub(super) fn clear(&mut self) {
         self.msgs.clear();
         self.pieces.clear();
-        self.open = [None; MAX_SEND_SOCKETS];
+        self.open = [None; SOCKET_SLOTS];
         self.used = 0;
     }
 

@@ -21,9 +21,8 @@ use crate::wire::ethernet::{self, EthernetRepr};
 use crate::wire::ipv4::Protocol;
 use crate::wire::vxlan::{self, Vni};
 use crate::wire::{ipv6, WireError};
-use crate::wire::{
-    EtherType, EthernetAddress, EthernetFrame, Ipv4Packet, Subnet, Subnet6, VxlanPacket,
-};
+use crate::wire::{EtherType, EthernetAddress, EthernetFrame, Ipv4Packet, Ipv6Packet};
+use crate::wire::{Subnet, Subnet6, VxlanPacket};
 
 /// Bytes vxlan puts in front of the inner IPv4 packet inside the UDP payload.
 pub const VXLAN_ENCAP_LEN: usize = vxlan::HEADER_LEN + ethernet::HEADER_LEN;
@@ -98,7 +97,8 @@ pub enum DropReason {
     /// Send: the TUN handed over an IPv6 packet on a node without IPv6 (or with the udp
     /// backend, which carries IPv4 only).
     OutboundIpv6,
-    /// Send: the TUN handed over a packet that is not valid IP.
+    /// Send: the TUN handed over a packet that is not valid IPv4 (or, to
+    /// [`outbound_dst6`], not valid IPv6).
     OutboundMalformed,
     /// Send: an IPv6 packet larger than the IPv6 underlay carries once encapsulated
     /// (answered with ICMPv6 packet too big).
@@ -406,6 +406,14 @@ pub fn outbound_dst(packet: &[u8]) -> Result<Ipv4Addr, DropReason> {
     Ok(p.dst_addr())
 }
 
+/// Reads the destination of an IPv6 packet the TUN handed over, checking its fixed header and
+/// payload length (`OutboundMalformed` otherwise, an IPv4 packet included).
+#[inline]
+pub fn outbound_dst6(packet: &[u8]) -> Result<Ipv6Addr, DropReason> {
+    let p = Ipv6Packet::new_checked(packet).map_err(|_| DropReason::OutboundMalformed)?;
+    Ok(p.dst_addr())
+}
+
 /// Whether an IPv6 packet from the TUN is the kernel's own link-local chatter (router
 /// solicitation, MLD report, duplicate address detection): its destination is multicast or
 /// its source unspecified or link-local. Such packets never belong to a pod's flow.
@@ -417,9 +425,16 @@ pub fn is_ipv6_link_chatter(packet: &[u8]) -> bool {
     dst.is_multicast() || src.is_unspecified() || src.is_unicast_link_local()
 }
 
-/// A hash of the inner flow (addresses, protocol, and ports of TCP/UDP first fragments),
-/// used to spread flows over outer UDP source ports (RFC 7348 section 5, "Source Port").
+/// A 64-bit multiplier with well-mixed bits (2^64 / golden ratio).
+const MIX: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// A hash of the inner flow (addresses, protocol, and ports of TCP/UDP first fragments; for
+/// IPv6, [`flow_hash6`]), used to spread flows over outer UDP source ports (RFC 7348 section
+/// 5, "Source Port").
 pub fn flow_hash(packet: &[u8]) -> u32 {
+    if ipv6::ip_version(packet) == Some(6) {
+        return flow_hash6(packet);
+    }
     let Ok(p) = Ipv4Packet::new_checked(packet) else {
         return 0;
     };
@@ -433,7 +448,36 @@ pub fn flow_hash(packet: &[u8]) -> u32 {
         }
     }
     // A 64-bit multiplicative mix; the high half is well distributed.
-    (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32
+    (h.wrapping_mul(MIX) >> 32) as u32
+}
+
+/// The flow hash of an IPv6 packet: addresses, next header, and the ports when TCP or UDP
+/// follows the fixed header directly (0 for a packet [`Ipv6Packet::new_checked`] refuses).
+/// The flow label is left out: Linux changes it when it re-routes a connection.
+pub fn flow_hash6(packet: &[u8]) -> u32 {
+    let Ok(p) = Ipv6Packet::new_checked(packet) else {
+        return 0;
+    };
+    let (src, dst) = (u128::from(p.src_addr()), u128::from(p.dst_addr()));
+    let nh = p.next_header();
+    let mut last = u64::from(nh) << 56;
+    if matches!(nh, ipv6::next_header::TCP | ipv6::next_header::UDP) {
+        if let Some(ports) = p.payload().get(..4) {
+            last ^= u64::from(u32::from_be_bytes([ports[0], ports[1], ports[2], ports[3]]));
+        }
+    }
+    // Each 64-bit word is folded in by a multiply and a rotation, so that no two words cancel.
+    let mut h = 0u64;
+    for w in [
+        (src >> 64) as u64,
+        src as u64,
+        (dst >> 64) as u64,
+        dst as u64,
+        last,
+    ] {
+        h = (h ^ w).wrapping_mul(MIX).rotate_left(23);
+    }
+    (h.wrapping_mul(MIX) >> 32) as u32
 }
 
 /// Maps a flow hash into the source-port range `lo..=hi` as Linux's `udp_flow_src_port` does.
@@ -819,5 +863,48 @@ mod tests {
         assert_eq!(flow_hash(&[1, 2, 3]), 0);
         assert_eq!(flow_src_port(u32::MAX, 10, 10), 10);
         assert_eq!(flow_src_port(u32::MAX, 0, u16::MAX), u16::MAX);
+    }
+
+    #[test]
+    fn outbound_ipv6_destination() {
+        let p = crate::fixtures::tcp6_packet(10, crate::wire::tcp::ACK, 0);
+        assert_eq!(outbound_dst6(&p), Ok(crate::fixtures::DST6));
+        assert_eq!(outbound_dst6(&p[..50]), Err(DropReason::OutboundMalformed));
+        assert_eq!(outbound_dst6(&inner()), Err(DropReason::OutboundMalformed));
+        assert_eq!(outbound_dst6(&[]), Err(DropReason::OutboundMalformed));
+    }
+
+    #[test]
+    fn ipv6_flow_ports_spread_and_differ_by_direction() {
+        use crate::fixtures::Tcp6;
+        let mut ports = std::collections::HashSet::new();
+        let mut hashes = std::collections::HashSet::new();
+        for sport in 0..64u16 {
+            let mut t = Tcp6::new(crate::wire::tcp::ACK, 0);
+            t.tcp.src_port = 40000 + sport;
+            let p = t.build(&[]);
+            let h = flow_hash(&p);
+            assert_eq!(h, flow_hash6(&p));
+            hashes.insert(h);
+            ports.insert(flow_src_port(h, 32768, 60999));
+            // The flow label does not move a flow.
+            t.flow_label = 0x12345;
+            assert_eq!(flow_hash(&t.build(&[])), h);
+            // The reverse direction is another flow; so is the next address.
+            let (mut r, mut n) = (t, t);
+            (r.src, r.dst) = (t.dst, t.src);
+            r.tcp.src_port = t.tcp.dst_port;
+            r.tcp.dst_port = t.tcp.src_port;
+            n.dst = Ipv6Addr::from(u128::from(t.dst) + 1);
+            assert_ne!(flow_hash(&r.build(&[])), h);
+            assert_ne!(flow_hash(&n.build(&[])), h);
+        }
+        assert_eq!(hashes.len(), 64);
+        assert!(ports.len() > 48, "64 flows hit only {} ports", ports.len());
+        assert_eq!(flow_hash(&[0x60, 0, 0]), 0);
+        // No ports behind an extension header, and a flow hash still.
+        let mut e = crate::fixtures::tcp6_packet(10, crate::wire::tcp::ACK, 0);
+        e[6] = ipv6::next_header::DEST_OPTS;
+        assert_ne!(flow_hash(&e), 0);
     }
 }

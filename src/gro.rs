@@ -1,18 +1,21 @@
-//! Coalescing in userspace (GRO): consecutive in-order segments of one TCP/IPv4 flow, and
-//! (when the kernel takes UDP super-packets, USO) consecutive equal-sized datagrams of one
-//! UDP/IPv4 flow, decapsulated from a received batch, are merged into one super-packet that
+//! Coalescing in userspace (GRO): consecutive in-order segments of one TCP/IPv4 or TCP/IPv6
+//! flow, and (when the kernel takes UDP super-packets, USO) consecutive equal-sized datagrams
+//! of one UDP/IPv4 flow, decapsulated from a received batch, are merged into one super-packet
+//! that
 //! the TUN takes with a virtio-net GSO header, so the kernel handles one packet where it would
 //! handle forty. Every segment's checksum is verified before it is merged. Pure code over
 //! caller-owned buffers; the flow table is one open super-packet (segments of a train arrive
 //! back to back).
 
-use crate::offload::{VnetHdr, F_NEEDS_CSUM, GSO_TCPV4, GSO_UDP_L4, VNET_HDR_LEN};
+use crate::offload::{VnetHdr, F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN};
 use crate::wire::checksum;
 use crate::wire::ipv4::Protocol;
+use crate::wire::ipv6::{self, next_header};
 use crate::wire::tcp::{self, TcpPacket};
-use crate::wire::{Ipv4Packet, UdpPacket};
+use crate::wire::{Ipv4Packet, Ipv6Packet, UdpPacket};
 
-/// Largest IPv4 packet (the total-length field).
+/// Largest super-packet: an IPv4 packet's total-length field (IPv6 super-packets are held to
+/// the same 64 KiB, as the kernel's GRO does without BIG TCP).
 const MAX_IP: usize = 65535;
 /// Most datagrams one UDP super-packet carries (the kernel's UDP_MAX_SEGMENTS).
 use crate::sys::mmsg::UDP_MAX_SEGMENTS as MAX_UDP_SEGMENTS;
@@ -31,13 +34,14 @@ pub enum Offer {
     BadChecksum,
 }
 
-/// One open super-packet being built: `[virtio-net header | IPv4 | TCP | payload...]`.
+/// One open super-packet being built: `[virtio-net header | IPv4 or IPv6 | TCP | payload...]`
+/// (or UDP/IPv4).
 #[derive(Debug)]
 pub struct Coalescer {
     buf: Box<[u8]>,
     /// Bytes of the open packet after the virtio-net header; 0 when none is open.
     len: usize,
-    /// IPv4 + TCP header length of the open packet.
+    /// IP + TCP (UDP) header length of the open packet.
     headers: usize,
     /// Payload size of its first segment (the GSO segment size).
     seg: usize,
@@ -49,6 +53,8 @@ pub struct Coalescer {
     closed: bool,
     /// The open packet is UDP (else TCP).
     udp: bool,
+    /// The open packet is IPv6 (else IPv4).
+    v6: bool,
     /// Merge UDP datagrams too (the TUN takes GSO_UDP_L4).
     uso: bool,
 }
@@ -69,6 +75,30 @@ fn tcp_view(p: &[u8]) -> Option<(usize, TcpPacket<&[u8]>)> {
     let hl = usize::from(ip.header_len());
     let l4 = p.get(hl..usize::from(ip.total_len()))?;
     Some((hl, TcpPacket::new_checked(l4).ok()?))
+}
+
+/// A whole TCP/IPv6 packet of at most 64 KiB, exactly as long as its payload length says, TCP
+/// right after the fixed header: a checked view of its TCP segment, or `None`.
+fn tcp6_view(p: &[u8]) -> Option<TcpPacket<&[u8]>> {
+    let ip = Ipv6Packet::new_checked(p).ok()?;
+    if ip.next_header() != next_header::TCP || ip.packet().len() != p.len() || p.len() > MAX_IP {
+        return None;
+    }
+    TcpPacket::new_checked(&p[ipv6::HEADER_LEN..]).ok()
+}
+
+/// [`l4_checksum_ok`] for a TCP segment right after an IPv6 header.
+fn tcp6_checksum_ok(p: &[u8], field: u16) -> bool {
+    let l4 = &p[ipv6::HEADER_LEN..];
+    let pseudo = Ipv6Packet::new_unchecked(p).pseudo_header(next_header::TCP, l4.len() as u32);
+    field == checksum::fold(pseudo) || checksum::fold(pseudo + checksum::sum(l4)) == 0xffff
+}
+
+/// Whether two TCP/IPv6 packets belong to one flow as far as merging goes: version, traffic
+/// class, flow label, next header, hop limit and addresses equal (all of the fixed header but
+/// the payload length, as the kernel's IPv6 GRO asks), and the ports.
+fn same_ip6_flow(open: &[u8], p: &[u8]) -> bool {
+    open[0..4] == p[0..4] && open[6..ipv6::HEADER_LEN + 4] == p[6..ipv6::HEADER_LEN + 4]
 }
 
 /// Whether the transport checksum `field` of a whole IPv4 packet `p` (IPv4 header `hl`
@@ -122,6 +152,7 @@ impl Coalescer {
             next_seq: 0,
             closed: false,
             udp: false,
+            v6: false,
             uso: false,
         }
     }
@@ -159,12 +190,24 @@ impl Coalescer {
         }
     }
 
-    /// Offers one validated inner IPv4 packet (exactly its total length).
+    /// Offers one validated inner IPv4 or IPv6 packet (exactly its total length).
     pub fn offer(&mut self, p: &[u8]) -> Offer {
-        if self.uso && p.len() > 9 && p[9] == 17 {
-            return self.offer_udp(p);
+        match p.first() {
+            Some(b) if b >> 4 == 6 => self.offer_tcp::<true>(p),
+            _ if self.uso && p.len() > 9 && p[9] == 17 => self.offer_udp(p),
+            _ => self.offer_tcp::<false>(p),
         }
-        let Some((hl, t)) = tcp_view(p) else {
+    }
+
+    /// Offers a TCP/IPv4 (`V6`: TCP/IPv6) segment.
+    #[inline(always)]
+    fn offer_tcp<const V6: bool>(&mut self, p: &[u8]) -> Offer {
+        let view = if V6 {
+            tcp6_view(p).map(|t| (ipv6::HEADER_LEN, t))
+        } else {
+            tcp_view(p)
+        };
+        let Some((hl, t)) = view else {
             return Offer::Alone;
         };
         let headers = hl + usize::from(t.header_len());
@@ -177,16 +220,22 @@ impl Coalescer {
         {
             return Offer::Alone;
         }
-        if !l4_checksum_ok(p, hl, Protocol::Tcp, t.checksum()) {
+        let checksum_ok = if V6 {
+            tcp6_checksum_ok(p, t.checksum())
+        } else {
+            l4_checksum_ok(p, hl, Protocol::Tcp, t.checksum())
+        };
+        if !checksum_ok {
             return Offer::BadChecksum;
         }
         let psh = flags & tcp::PSH != 0;
         if self.len == 0 {
             let next_seq = t.seq().wrapping_add(payload as u32);
             self.open(p, headers, payload, next_seq, psh);
+            self.v6 = V6;
             return Offer::Taken;
         }
-        if self.udp || !self.matches(p, hl, &t, payload) {
+        if self.udp || self.v6 != V6 || !self.matches::<V6>(p, hl, &t, payload) {
             return Offer::FlushFirst;
         }
         let at = VNET_HDR_LEN + self.len;
@@ -252,6 +301,7 @@ impl Coalescer {
         self.seg = payload;
         self.count = 1;
         self.udp = false;
+        self.v6 = false;
         self.next_seq = next_seq;
         self.closed = closed;
     }
@@ -265,19 +315,31 @@ impl Coalescer {
             && self.len + payload <= MAX_IP
     }
 
-    /// Whether TCP segment `t` of `p` (IPv4 header `hl` bytes) continues the open packet:
-    /// room for it, no CWR, the same IPv4 fields and ports, the next sequence number, and ack,
-    /// window and options equal.
-    fn matches(&self, p: &[u8], hl: usize, t: &TcpPacket<&[u8]>, payload: usize) -> bool {
+    /// Whether TCP segment `t` of `p` (IP header `hl` bytes, IPv6 if `V6`) continues the open
+    /// packet of the same IP version: room for it, no CWR, the same IP fields and ports, the
+    /// next sequence number, and ack, window and options equal.
+    #[inline(always)]
+    fn matches<const V6: bool>(
+        &self,
+        p: &[u8],
+        hl: usize,
+        t: &TcpPacket<&[u8]>,
+        payload: usize,
+    ) -> bool {
         let headers = hl + usize::from(t.header_len());
         if !self.has_room(headers, payload) || t.flags() & tcp::CWR != 0 {
             return false;
         }
         let open = &self.buf[VNET_HDR_LEN..VNET_HDR_LEN + self.headers];
-        if !same_ip_flow(open, p, hl) {
+        let same_flow = if V6 {
+            same_ip6_flow(open, p)
+        } else {
+            same_ip_flow(open, p, hl)
+        };
+        if !same_flow {
             return false;
         }
-        // Same IPv4 header (length included) and same total header length: the open TCP
+        // Same IP header (length included) and same total header length: the open TCP
         // header is as long as this one.
         let o = TcpPacket::new_unchecked(&open[hl..]);
         t.seq() == self.next_seq
@@ -297,6 +359,22 @@ impl Coalescer {
         let pkt = &mut self.buf[VNET_HDR_LEN..VNET_HDR_LEN + len];
         let hdr = if self.count == 1 {
             crate::offload::tun_write_hdr(pkt, tun_mtu)
+        } else if self.v6 {
+            let hl = ipv6::HEADER_LEN;
+            let l4_len = len - hl;
+            let mut ip = Ipv6Packet::new_unchecked(&mut pkt[..]);
+            ip.set_payload_len(l4_len as u16);
+            let partial = checksum::fold(ip.pseudo_header(next_header::TCP, l4_len as u32));
+            // CWR segments never merge, so the ECN flag is never needed.
+            TcpPacket::new_unchecked(&mut pkt[hl..]).set_checksum(partial);
+            VnetHdr {
+                flags: F_NEEDS_CSUM,
+                gso_type: GSO_TCPV6,
+                hdr_len: self.headers as u16,
+                gso_size: self.seg as u16,
+                csum_start: hl as u16,
+                csum_offset: tcp::CHECKSUM_OFFSET as u16,
+            }
         } else {
             let (hl, src, dst) = {
                 let mut ip = Ipv4Packet::new_unchecked(&mut pkt[..]);
@@ -341,8 +419,8 @@ impl Coalescer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{fix_tcp_checksum, tcp_packet, udp_packet};
-    use crate::gso::segment_tcp4;
+    use crate::fixtures::{fix_tcp_checksum, tcp6_packet, tcp_packet, udp_packet, Tcp6};
+    use crate::gso::{segment_tcp4, segment_tcp6};
     use crate::offload::GSO_NONE;
     use crate::wire::tcp::{ACK, FIN, PSH, RST, SYN};
 
@@ -549,5 +627,154 @@ mod tests {
         tcp_mut(&mut d).set_ack(6); // ack differs
         fix_tcp_checksum(&mut d);
         assert_eq!(c.offer(&d), Offer::FlushFirst);
+    }
+
+    /// The TCP header of an IPv6 packet (TCP right after the fixed header), writable.
+    fn tcp6_mut(p: &mut [u8]) -> TcpPacket<&mut [u8]> {
+        TcpPacket::new_unchecked(&mut p[40..])
+    }
+
+    fn segments6(p: &[u8], mss: usize) -> Vec<Vec<u8>> {
+        let mut out = vec![0u8; 70000];
+        let t = segment_tcp6(p, mss, &[], &mut out).unwrap();
+        out[..t.total]
+            .chunks(t.seg_len)
+            .map(|c| c.to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn ipv6_segment_then_coalesce_restores_the_super_packet() {
+        let original = tcp6_packet(20_000, ACK | PSH, 77);
+        let segs = segments6(&original, 1378);
+        assert_eq!(segs.len(), 15);
+        let mut c = Coalescer::new();
+        for s in &segs {
+            assert_eq!(c.offer(s), Offer::Taken);
+        }
+        assert_eq!(c.wire_bytes(), segs.iter().map(Vec::len).sum::<usize>());
+        let out = c.flush(1450).unwrap().to_vec();
+        let hdr = VnetHdr::from_bytes(&out).unwrap();
+        assert_eq!(
+            hdr,
+            VnetHdr {
+                flags: F_NEEDS_CSUM,
+                gso_type: GSO_TCPV6,
+                hdr_len: 72,
+                gso_size: 1378,
+                csum_start: 40,
+                csum_offset: 16,
+            }
+        );
+        let pkt = &out[VNET_HDR_LEN..];
+        // Everything but the TCP checksum (now the partial value) is the original.
+        assert_eq!(pkt.len(), original.len());
+        assert_eq!(&pkt[..40 + 16], &original[..40 + 16]);
+        assert_eq!(&pkt[40 + 18..], &original[40 + 18..]);
+        let ip = Ipv6Packet::new_checked(pkt).unwrap();
+        let partial = checksum::fold(ip.pseudo_header(6, ip.payload_len().into()));
+        assert_eq!(tcp6_mut(&mut pkt.to_vec()).checksum(), partial);
+        assert!(!c.is_open());
+    }
+
+    #[test]
+    fn ipv6_flows_versions_and_header_fields_split() {
+        let p = tcp6_packet(5000, ACK, 1000);
+        let segs = segments6(&p, 1000);
+        let mut c = Coalescer::new();
+        assert_eq!(c.offer(&segs[0]), Offer::Taken);
+        assert_eq!(c.offer(&segs[2]), Offer::FlushFirst, "a gap");
+        // Another port, traffic class, hop limit, flow label or address: another flow.
+        let edits: [fn(&mut Vec<u8>); 5] = [
+            |s| tcp6_mut(s).set_src_port(40001),
+            |s| Ipv6Packet::new_unchecked(&mut s[..]).set_traffic_class(4),
+            |s| Ipv6Packet::new_unchecked(&mut s[..]).set_hop_limit(63),
+            |s| Ipv6Packet::new_unchecked(&mut s[..]).set_flow_label(1),
+            |s| s[39] ^= 1,
+        ];
+        for (i, edit) in edits.iter().enumerate() {
+            let mut other = segs[1].clone();
+            edit(&mut other);
+            fix_tcp_checksum(&mut other);
+            assert_eq!(c.offer(&other), Offer::FlushFirst, "edit {i}");
+        }
+        // An IPv4 segment after an IPv6 one, and the other way round.
+        assert_eq!(c.offer(&tcp_packet(1000, ACK, 2000)), Offer::FlushFirst);
+        assert_eq!(c.offer(&segs[1]), Offer::Taken);
+        assert_eq!(c.segments(), 2);
+        let out = c.flush(1450).unwrap();
+        assert_eq!(VnetHdr::from_bytes(out).unwrap().gso_type, GSO_TCPV6);
+        assert_eq!(c.offer(&tcp_packet(1000, ACK, 0)), Offer::Taken);
+        assert_eq!(c.offer(&segs[0]), Offer::FlushFirst);
+        c.flush(1450);
+        // Control segments, pure ACKs and extension headers go alone.
+        for f in [SYN | ACK, FIN | ACK, RST | ACK] {
+            assert_eq!(c.offer(&tcp6_packet(10, f, 0)), Offer::Alone);
+        }
+        assert_eq!(c.offer(&tcp6_packet(0, ACK, 0)), Offer::Alone);
+        let mut ext = segs[0].clone();
+        ext[6] = ipv6::next_header::DEST_OPTS;
+        assert_eq!(c.offer(&ext), Offer::Alone);
+        let mut padded = segs[0].clone();
+        padded.push(0);
+        assert_eq!(c.offer(&padded), Offer::Alone);
+        assert!(!c.is_open());
+    }
+
+    #[test]
+    fn ipv6_short_segment_psh_and_corruption() {
+        let p = tcp6_packet(2500, ACK | PSH, 0);
+        let mut segs = segments6(&p, 1000); // 1000, 1000, 500 (PSH on the last)
+        let mut c = Coalescer::new();
+        assert_eq!(c.offer(&segs[0]), Offer::Taken);
+        segs[1][100] ^= 0x10;
+        assert_eq!(c.offer(&segs[1]), Offer::BadChecksum);
+        segs[1][100] ^= 0x10;
+        for s in &segs[1..] {
+            assert_eq!(c.offer(s), Offer::Taken);
+        }
+        assert_eq!(c.offer(&tcp6_packet(1000, ACK, 2500)), Offer::FlushFirst);
+        let out = c.flush(1450).unwrap();
+        let merged = TcpPacket::new_checked(&out[VNET_HDR_LEN + 40..]).unwrap();
+        assert_eq!(merged.flags() & PSH, PSH);
+        // A partial checksum (a kernel peer over a virtual link) is accepted.
+        let mut partial = tcp6_packet(1000, ACK, 0);
+        let ip = Ipv6Packet::new_checked(&partial[..]).unwrap();
+        let pseudo = checksum::fold(ip.pseudo_header(6, 1032));
+        tcp6_mut(&mut partial).set_checksum(pseudo);
+        assert_eq!(Coalescer::new().offer(&partial), Offer::Taken);
+        // A single IPv6 segment flushes as itself.
+        let one = tcp6_packet(100, ACK, 5);
+        let mut c = Coalescer::with_udp();
+        assert_eq!(c.offer(&one), Offer::Taken);
+        let out = c.flush(1450).unwrap();
+        assert_eq!(&out[VNET_HDR_LEN..], &one[..]);
+        assert_eq!(VnetHdr::from_bytes(out).unwrap().gso_type, GSO_NONE);
+    }
+
+    #[test]
+    fn ipv6_super_packet_stays_within_64k() {
+        // 47 segments of 1400 bytes would pass 65,535 bytes: the 47th opens a new packet.
+        let spec = Tcp6::new(ACK, 0);
+        let mut c = Coalescer::new();
+        let mut seq = 0u32;
+        let mut taken = 0;
+        loop {
+            let mut s = spec;
+            s.tcp.seq = seq;
+            let seg = s.build(&[7u8; 1400]);
+            match c.offer(&seg) {
+                Offer::Taken => taken += 1,
+                other => {
+                    assert_eq!(other, Offer::FlushFirst);
+                    break;
+                }
+            }
+            seq = seq.wrapping_add(1400);
+        }
+        assert_eq!(taken, (65535 - 72) / 1400);
+        let out = c.flush(1450).unwrap();
+        assert!(out.len() - VNET_HDR_LEN <= 65535);
+        assert!(Ipv6Packet::new_checked(&out[VNET_HDR_LEN..]).is_ok());
     }
 }

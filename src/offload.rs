@@ -5,8 +5,9 @@
 
 use crate::wire::checksum;
 use crate::wire::ipv4::Protocol;
+use crate::wire::ipv6::{self, next_header};
 use crate::wire::tcp::{self, TcpPacket};
-use crate::wire::{Ipv4Packet, UdpPacket};
+use crate::wire::{Ipv4Packet, Ipv6Packet, UdpPacket};
 
 /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the kernel must complete the checksum at csum_start +
 /// csum_offset, whose field holds the pseudo-header sum.
@@ -15,6 +16,8 @@ pub const F_NEEDS_CSUM: u8 = 1;
 pub const GSO_NONE: u8 = 0;
 /// `VIRTIO_NET_HDR_GSO_TCPV4`.
 pub const GSO_TCPV4: u8 = 1;
+/// `VIRTIO_NET_HDR_GSO_TCPV6`: a TCP/IPv6 super-packet.
+pub const GSO_TCPV6: u8 = 4;
 /// `VIRTIO_NET_HDR_GSO_UDP_L4`: a UDP super-packet (USO), split into datagrams of
 /// `gso_size` payload bytes each.
 pub const GSO_UDP_L4: u8 = 5;
@@ -69,75 +72,125 @@ impl VnetHdr {
     }
 }
 
-/// Chooses the virtio-net header for an inner IPv4 packet about to be written to the TUN,
-/// whose MTU is `mtu`:
+/// Chooses the virtio-net header for an inner IPv4 or IPv6 packet about to be written to the
+/// TUN, whose MTU is `mtu`:
 /// * a TCP or UDP packet whose checksum field holds the partial value (the folded
 ///   pseudo-header sum, as a kernel peer leaves it) gets `F_NEEDS_CSUM`;
-/// * a TCP packet larger than `mtu` becomes a `GSO_TCPV4` super-packet the kernel segments
-///   (its checksum field is set to the partial value first if it held a full checksum);
-/// * anything else gets the empty header.
+/// * a TCP packet larger than `mtu` becomes a `GSO_TCPV4` (`GSO_TCPV6`) super-packet the
+///   kernel segments (its checksum field is set to the partial value first if it held a full
+///   checksum);
+/// * anything else gets the empty header, as does an IPv6 packet with extension headers or an
+///   IPv4 fragment.
 ///
 /// May rewrite the TCP checksum field of `packet`; never panics on any input.
 pub fn tun_write_hdr(packet: &mut [u8], mtu: usize) -> VnetHdr {
-    let none = VnetHdr::default();
+    if ipv6::ip_version(packet) == Some(6) {
+        return tun_write_hdr6(packet, mtu);
+    }
     let Ok(ip) = Ipv4Packet::new_checked(&*packet) else {
-        return none;
+        return VnetHdr::default();
     };
     if ip.more_frags() || ip.frag_offset() != 0 {
-        return none;
+        return VnetHdr::default();
     }
-    let hl = usize::from(ip.header_len());
-    let total = usize::from(ip.total_len());
-    let l4_len = total - hl;
-    let (csum_offset, min_l4) = match ip.protocol() {
-        Protocol::Tcp => (tcp::CHECKSUM_OFFSET, tcp::MIN_HEADER_LEN),
-        Protocol::Udp => (6, 8),
-        _ => return none,
+    let l4 = L4 {
+        start: usize::from(ip.header_len()),
+        end: usize::from(ip.total_len()),
+        tcp: match ip.protocol() {
+            Protocol::Tcp => true,
+            Protocol::Udp => false,
+            _ => return VnetHdr::default(),
+        },
     };
-    if l4_len < min_l4 {
-        return none;
-    }
     let partial = checksum::fold(checksum::pseudo_header(
         ip.src_addr(),
         ip.dst_addr(),
         u8::from(ip.protocol()),
-        l4_len as u16,
+        l4.len() as u16,
     ));
-    let is_tcp = ip.protocol() == Protocol::Tcp;
-    let needs_csum = VnetHdr {
-        flags: F_NEEDS_CSUM,
-        gso_type: GSO_NONE,
-        hdr_len: 0,
-        gso_size: 0,
-        csum_start: hl as u16,
-        csum_offset: csum_offset as u16,
-    };
-    let l4 = &mut packet[hl..total];
-    if is_tcp && total > mtu {
-        return tcp_super_packet_hdr(l4, hl, partial, mtu, needs_csum);
-    }
-    let field = if is_tcp {
-        TcpPacket::new_unchecked(&*l4).checksum()
-    } else {
-        UdpPacket::new_unchecked(&*l4).checksum()
-    };
-    // A UDP checksum of zero means "none" (RFC 768), never a partial value.
-    if field == partial && (is_tcp || field != 0) {
-        return needs_csum;
-    }
-    none
+    l4.hdr(packet, partial, mtu, GSO_TCPV4)
 }
 
-/// The `GSO_TCPV4` header (`needs_csum` with GSO added) for TCP segment `l4` after an IPv4
-/// header of `hl` bytes, the packet larger than `mtu`; sets the checksum field to the partial
-/// value `partial` the kernel needs for GSO. The empty header when the TCP header length is
-/// invalid or leaves no payload under `mtu`.
+/// [`tun_write_hdr`] for an IPv6 packet: TCP or UDP right after the fixed header.
+fn tun_write_hdr6(packet: &mut [u8], mtu: usize) -> VnetHdr {
+    let Ok(ip) = Ipv6Packet::new_checked(&*packet) else {
+        return VnetHdr::default();
+    };
+    let nh = ip.next_header();
+    let l4 = L4 {
+        start: ipv6::HEADER_LEN,
+        end: ip.packet().len(),
+        tcp: match nh {
+            next_header::TCP => true,
+            next_header::UDP => false,
+            _ => return VnetHdr::default(),
+        },
+    };
+    let partial = checksum::fold(ip.pseudo_header(nh, l4.len() as u32));
+    l4.hdr(packet, partial, mtu, GSO_TCPV6)
+}
+
+/// Where the TCP segment or UDP datagram of an IP packet lies.
+struct L4 {
+    /// Offset of the transport header (the IP header length).
+    start: usize,
+    /// End of the IP packet.
+    end: usize,
+    /// TCP (else UDP).
+    tcp: bool,
+}
+
+impl L4 {
+    fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// The header for the packet `packet` whose transport checksum's partial value is
+    /// `partial`; a TCP super-packet becomes `gso_type`.
+    fn hdr(&self, packet: &mut [u8], partial: u16, mtu: usize, gso_type: u8) -> VnetHdr {
+        let (csum_offset, min_l4) = match self.tcp {
+            true => (tcp::CHECKSUM_OFFSET, tcp::MIN_HEADER_LEN),
+            false => (6, 8),
+        };
+        if self.len() < min_l4 {
+            return VnetHdr::default();
+        }
+        let needs_csum = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: GSO_NONE,
+            hdr_len: 0,
+            gso_size: 0,
+            csum_start: self.start as u16,
+            csum_offset: csum_offset as u16,
+        };
+        let l4 = &mut packet[self.start..self.end];
+        if self.tcp && self.end > mtu {
+            return tcp_super_packet_hdr(l4, self.start, partial, mtu, needs_csum, gso_type);
+        }
+        let field = if self.tcp {
+            TcpPacket::new_unchecked(&*l4).checksum()
+        } else {
+            UdpPacket::new_unchecked(&*l4).checksum()
+        };
+        // A UDP checksum of zero means "none" (RFC 768), never a partial value.
+        if field == partial && (self.tcp || field != 0) {
+            return needs_csum;
+        }
+        VnetHdr::default()
+    }
+}
+
+/// The `gso_type` (`GSO_TCPV4` or `GSO_TCPV6`) header (`needs_csum` with GSO added) for TCP
+/// segment `l4` after an IP header of `hl` bytes, the packet larger than `mtu`; sets the
+/// checksum field to the partial value `partial` the kernel needs for GSO. The empty header
+/// when the TCP header length is invalid or leaves no payload under `mtu`.
 fn tcp_super_packet_hdr(
     l4: &mut [u8],
     hl: usize,
     partial: u16,
     mtu: usize,
     needs_csum: VnetHdr,
+    gso_type: u8,
 ) -> VnetHdr {
     let Ok(mut t) = TcpPacket::new_checked(l4) else {
         return VnetHdr::default();
@@ -155,7 +208,7 @@ fn tcp_super_packet_hdr(
         0
     };
     VnetHdr {
-        gso_type: GSO_TCPV4 | ecn,
+        gso_type: gso_type | ecn,
         hdr_len: hdr_len as u16,
         gso_size: (mtu - hdr_len) as u16,
         ..needs_csum
@@ -291,5 +344,101 @@ mod tests {
         let mut frag = tcp(100, None);
         frag[6] = 0x20;
         assert_eq!(tun_write_hdr(&mut frag, 1450), VnetHdr::default());
+    }
+
+    /// A TCP/IPv6 fixture segment with a 20-byte TCP header, `payload` zero bytes and the
+    /// given checksum field (the partial value when `None`).
+    fn tcp6(payload: usize, csum: Option<u16>) -> Vec<u8> {
+        let mut t = crate::fixtures::Tcp6::new(tcp::PSH | tcp::ACK, 0);
+        t.tcp.options = &[];
+        let mut p = t.build(&vec![0; payload]);
+        let c = csum.unwrap_or_else(|| partial6_of(&p));
+        TcpPacket::new_unchecked(&mut p[40..]).set_checksum(c);
+        p
+    }
+
+    fn partial6_of(p: &[u8]) -> u16 {
+        let ip = Ipv6Packet::new_checked(p).unwrap();
+        checksum::fold(ip.pseudo_header(ip.next_header(), ip.payload().len() as u32))
+    }
+
+    /// A UDP/IPv6 datagram fd10:0:0:1::2 -> fd10:0:0:2::2 with 8 payload bytes and the
+    /// checksum field `csum`.
+    fn udp6(csum: u16) -> Vec<u8> {
+        let mut p = tcp6(0, Some(0));
+        p.truncate(40 + 16);
+        p[4..6].copy_from_slice(&16u16.to_be_bytes());
+        p[6] = 17;
+        let mut u = UdpPacket::new_unchecked(&mut p[40..]);
+        u.set_len(16);
+        u.set_checksum(csum);
+        p
+    }
+
+    #[test]
+    fn ipv6_partial_checksums_get_needs_csum() {
+        let mut p = tcp6(100, None);
+        let h = tun_write_hdr(&mut p, 1450);
+        assert_eq!(
+            (h.flags, h.gso_type, h.csum_start, h.csum_offset),
+            (F_NEEDS_CSUM, GSO_NONE, 40, 16)
+        );
+        let partial = partial6_of(&udp6(0));
+        let mut u = udp6(partial);
+        let h = tun_write_hdr(&mut u, 1450);
+        assert_eq!(
+            (h.flags, h.csum_start, h.csum_offset),
+            (F_NEEDS_CSUM, 40, 6)
+        );
+        let mut full = tcp6(100, Some(0x1234));
+        assert_eq!(tun_write_hdr(&mut full, 1450), VnetHdr::default());
+        let mut u0 = udp6(0);
+        assert_eq!(tun_write_hdr(&mut u0, 1450), VnetHdr::default());
+    }
+
+    #[test]
+    fn ipv6_tcp_super_packet_becomes_gso_tcpv6() {
+        let mut p = tcp6(7000, None);
+        let h = tun_write_hdr(&mut p, 1450);
+        assert_eq!(
+            h,
+            VnetHdr {
+                flags: F_NEEDS_CSUM,
+                gso_type: GSO_TCPV6,
+                hdr_len: 60,
+                gso_size: 1390,
+                csum_start: 40,
+                csum_offset: 16,
+            }
+        );
+        let mut q = tcp6(7000, Some(0xbeef));
+        assert_eq!(tun_write_hdr(&mut q, 1450), h);
+        assert_eq!(
+            TcpPacket::new_unchecked(&q[40..]).checksum(),
+            partial6_of(&q)
+        );
+        let mut e = tcp6(7000, None);
+        let mut t = TcpPacket::new_unchecked(&mut e[40..]);
+        t.set_flags(t.flags() | tcp::CWR);
+        assert_eq!(tun_write_hdr(&mut e, 1450).gso_type, GSO_TCPV6 | GSO_ECN);
+    }
+
+    #[test]
+    fn ipv6_extension_headers_and_malformed_input_get_empty_header() {
+        let mut p = tcp6(7000, None);
+        p[6] = next_header::HOP_BY_HOP;
+        assert_eq!(tun_write_hdr(&mut p, 1450), VnetHdr::default());
+        let mut icmp = tcp6(100, None);
+        icmp[6] = next_header::ICMPV6;
+        assert_eq!(tun_write_hdr(&mut icmp, 1450), VnetHdr::default());
+        let mut short = tcp6(7000, None);
+        assert_eq!(tun_write_hdr(&mut short[..100], 1450), VnetHdr::default());
+        let mut bad = tcp6(7000, None);
+        TcpPacket::new_unchecked(&mut bad[40..]).set_header_len(4);
+        assert_eq!(tun_write_hdr(&mut bad, 1450), VnetHdr::default());
+        let mut tiny = tcp6(0, None);
+        tiny.truncate(40 + 10);
+        tiny[4..6].copy_from_slice(&10u16.to_be_bytes());
+        assert_eq!(tun_write_hdr(&mut tiny, 1450), VnetHdr::default());
     }
 }

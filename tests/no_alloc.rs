@@ -1,7 +1,9 @@
 //! The data path's per-packet work allocates nothing: the functions the workers call for each
 //! packet (`dataplane::packet::outbound` with segmentation and encapsulation, `inbound` with
 //! decapsulation and the receive checks, the coalescer, the virtio-net header) run under a
-//! counting global allocator that must see zero allocations once the buffers exist.
+//! counting global allocator that must see zero allocations once the buffers exist. The IPv6
+//! packet functions (segmentation, coalescing, flow hash, virtio-net header, ICMPv6 errors)
+//! are held to the same.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -11,10 +13,11 @@ use weft::buf::{PacketBuf, DEFAULT_HEADROOM};
 use weft::dataplane::packet::{self, Outbound, Shape};
 use weft::dataplane::{Backend, DatapathConfig, Offloads};
 use weft::encap::VxlanRx;
-use weft::fixtures::tcp_packet;
+use weft::fixtures::{tcp6_packet, tcp_packet};
 use weft::gro::{Coalescer, Offer};
 use weft::offload::{self, VnetHdr, VNET_HDR_LEN};
 use weft::table::{LeaseTable, LocalVtep, Peer};
+use weft::wire::icmpv6;
 use weft::wire::tcp::{ACK, PSH};
 use weft::wire::{EthernetAddress, Vni};
 
@@ -165,4 +168,49 @@ fn per_packet_path_allocates_nothing() {
         "every packet and segment was sent"
     );
     assert_eq!(delivered, 2_000);
+}
+
+#[test]
+fn ipv6_packet_functions_allocate_nothing() {
+    let mss = 1378;
+    let small = tcp6_packet(0, ACK, 1);
+    let full = tcp6_packet(mss, PSH | ACK, 1);
+    let jumbo = tcp6_packet(20 * mss, PSH | ACK, 1);
+    let prefix = [0x11u8; 22];
+    // The buffers a worker holds, allocated once.
+    let mut headers = vec![0u8; 64 * 1024];
+    let mut train = vec![0u8; 70_000];
+    let mut coalescer = Coalescer::new();
+    let mut tun_buf = vec![0u8; VNET_HDR_LEN + 65_535];
+    let mut icmp = [0u8; icmpv6::MAX_ERROR_LEN];
+    let gw = "fd10:0:0:2::".parse().unwrap();
+
+    let before = allocs();
+    let (mut segments, mut merged, mut hashes) = (0usize, 0usize, 0u32);
+    for _ in 0..1_000 {
+        for p in [&small, &full, &jumbo] {
+            hashes ^= weft::encap::flow_hash(p);
+            let dst = weft::encap::outbound_dst6(p).unwrap();
+            std::hint::black_box(dst);
+            let out = &mut tun_buf[..VNET_HDR_LEN + p.len()];
+            out[VNET_HDR_LEN..].copy_from_slice(p);
+            let hdr = offload::tun_write_hdr(&mut out[VNET_HDR_LEN..], 1450);
+            out[..VNET_HDR_LEN].copy_from_slice(&hdr.to_bytes());
+        }
+        let s = weft::gso::segment_tcp6_headers(&jumbo, mss, &prefix, &mut headers).unwrap();
+        segments += s.parts(&headers, &jumbo, 0..s.count).count();
+        // The receive side: the train's segments coalesce back into one super-packet.
+        let t = weft::gso::segment_tcp6(&jumbo, mss, &[], &mut train).unwrap();
+        for seg in train[..t.total].chunks(t.seg_len) {
+            assert_eq!(coalescer.offer(seg), Offer::Taken);
+        }
+        merged += coalescer.flush(1450).map_or(0, <[u8]>::len);
+        let n = icmpv6::write_packet_too_big(&full, gw, 1450, &mut icmp).unwrap();
+        std::hint::black_box(&icmp[..n]);
+    }
+    let after = allocs();
+    assert_eq!(after - before, 0, "allocations on the IPv6 packet path");
+    assert_eq!(segments, 1_000 * 40, "20 headers and 20 payloads per train");
+    assert_eq!(merged, 1_000 * (VNET_HDR_LEN + jumbo.len()));
+    std::hint::black_box(hashes);
 }

@@ -1,12 +1,14 @@
 //! Property tests of the packet layer: encap then decap is the identity for every valid
-//! inner packet, and no input makes any parser panic.
+//! inner packet, segmenting then coalescing gives the super-packet back (IPv4 and IPv6), and
+//! no input makes any parser panic.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use proptest::prelude::*;
 use weft::buf::PacketBuf;
 use weft::encap::{self, VxlanRx};
 use weft::wire::icmpv4::{self, Unreachable};
+use weft::wire::icmpv6;
 use weft::wire::ipv4::{Ipv4Repr, Protocol};
 use weft::wire::{EthernetAddress, Ipv4Packet, Subnet, Vni};
 
@@ -79,6 +81,12 @@ proptest! {
         let _ = encap::decap_vxlan_in_place(&mut buf, &rx);
         let mut out = [0u8; 600];
         let _ = icmpv4::write_unreachable(&data, Ipv4Addr::new(10, 1, 1, 0), Unreachable::Net, &mut out);
+        let _ = encap::outbound_dst6(&data);
+        let _ = encap::flow_hash6(&data);
+        let mut out6 = [0u8; icmpv6::MAX_ERROR_LEN];
+        let gw = Ipv6Addr::new(0xfd10, 0, 0, 1, 0, 0, 0, 0);
+        let _ = icmpv6::write_unreachable(&data, gw, icmpv6::Unreachable::NoRoute, &mut out6);
+        let _ = icmpv6::write_packet_too_big(&data, gw, 1280, &mut out6);
     }
 
     #[test]
@@ -122,10 +130,12 @@ proptest! {
 
 mod tcp_offload {
     use super::*;
-    use weft::fixtures::Tcp4;
+    use weft::fixtures::{Tcp4, Tcp6};
     use weft::gro::{Coalescer, Offer};
-    use weft::gso::segment_tcp4;
-    use weft::offload::{VnetHdr, GSO_TCPV4, VNET_HDR_LEN};
+    use weft::gso::{segment_tcp4, segment_tcp6, segment_tcp6_headers};
+    use weft::offload::{VnetHdr, GSO_TCPV4, GSO_TCPV6, VNET_HDR_LEN};
+    use weft::wire::icmpv6::{self, Icmpv6Packet};
+    use weft::wire::ipv6::Ipv6Packet;
     use weft::wire::tcp::{ACK, PSH};
 
     proptest! {
@@ -156,6 +166,101 @@ mod tcp_offload {
             if t.count > 1 {
                 prop_assert_eq!(hdr.gso_type, GSO_TCPV4);
                 prop_assert_eq!(usize::from(hdr.gso_size), mss);
+            }
+        }
+
+        /// The same for TCP over IPv6 (traffic class and flow label carried through): the
+        /// merged packet is the original but for the TCP checksum, now the partial value.
+        #[test]
+        fn segment_then_coalesce_ipv6(
+            payload in proptest::collection::vec(any::<u8>(), 1..20_000),
+            mss in 500usize..1500, seq in any::<u32>(), psh in any::<bool>(),
+            tc in any::<u8>(), flow in 0u32..1 << 20,
+        ) {
+            let flags = ACK | if psh { PSH } else { 0 };
+            let mut spec = Tcp6::new(flags, seq);
+            (spec.traffic_class, spec.flow_label) = (tc, flow);
+            let p = spec.build(&payload);
+            let mut out = vec![0u8; 40_000];
+            let t = segment_tcp6(&p, mss, &[], &mut out).unwrap();
+            prop_assert_eq!(t.count, payload.len().div_ceil(mss));
+            let mut c = Coalescer::new();
+            for s in out[..t.total].chunks(t.seg_len) {
+                prop_assert_eq!(c.offer(s), Offer::Taken);
+            }
+            let merged = c.flush(1450).unwrap().to_vec();
+            let hdr = VnetHdr::from_bytes(&merged).unwrap();
+            let pkt = &merged[VNET_HDR_LEN..];
+            prop_assert_eq!(pkt.len(), p.len());
+            prop_assert_eq!(&pkt[..56], &p[..56]);
+            prop_assert_eq!(&pkt[58..], &p[58..]);
+            if t.count > 1 {
+                prop_assert_eq!(hdr.gso_type, GSO_TCPV6);
+                prop_assert_eq!(usize::from(hdr.gso_size), mss);
+                prop_assert_eq!((hdr.csum_start, hdr.hdr_len), (40, 72));
+            }
+        }
+
+        /// IPv6 header-only segmentation gathers to the copied train, as for IPv4.
+        #[test]
+        fn header_segments_gather_to_the_train_ipv6(
+            payload in proptest::collection::vec(any::<u8>(), 0..20_000),
+            mss in 1usize..3000, seq in any::<u32>(), prefix_len in 0usize..60,
+        ) {
+            let p = Tcp6::new(PSH | ACK, seq).build(&payload);
+            let prefix = vec![0x42u8; prefix_len];
+            let mut out = vec![0u8; 200_000];
+            let mut hdrs = vec![0u8; 64 * 1024];
+            let copied = segment_tcp6(&p, mss, &prefix, &mut out);
+            let gathered = segment_tcp6_headers(&p, mss, &prefix, &mut hdrs);
+            match (copied, gathered) {
+                (Ok(t), Ok(s)) => {
+                    prop_assert_eq!((t.count, t.seg_len, t.total), (s.count, s.seg_len(), s.total()));
+                    let bytes: Vec<u8> = s.parts(&hdrs, &p, 0..s.count).flatten().copied().collect();
+                    prop_assert_eq!(&bytes[..], &out[..t.total]);
+                }
+                (Ok(_), Err(e)) => prop_assert_eq!(e, weft::gso::GsoError::NoRoom),
+                (Err(a), Err(b)) => prop_assert!(a == b || b == weft::gso::GsoError::NoRoom),
+                (Err(e), Ok(_)) => prop_assert!(false, "copy failed ({e}) where headers did not"),
+            }
+        }
+
+        /// A valid TCP/IPv6 packet with bytes flipped and cut: no offload function, parser or
+        /// ICMPv6 writer panics, and an ICMPv6 error written about it is valid.
+        #[test]
+        fn mutated_ipv6_packets_never_panic(
+            payload in proptest::collection::vec(any::<u8>(), 0..3000),
+            flips in proptest::collection::vec((0usize..120, any::<u8>()), 0..6),
+            cut in 0usize..3100, mss in 0usize..2000,
+        ) {
+            let mut p = Tcp6::new(PSH | ACK, 1).build(&payload);
+            for (i, v) in flips {
+                if let Some(b) = p.get_mut(i) { *b ^= v; }
+            }
+            p.truncate(cut.max(1));
+            let mut out = vec![0u8; 12_000];
+            let _ = segment_tcp6(&p, mss, &[0; 22], &mut out);
+            if let Ok(s) = segment_tcp6_headers(&p, mss, &[0; 22], &mut out) {
+                let _ = s.parts(&out, &p, 0..s.count + 1).count();
+            }
+            let mut c = Coalescer::new();
+            let _ = c.offer(&p);
+            let _ = c.offer(&p);
+            let _ = c.flush(1450);
+            let _ = weft::encap::flow_hash(&p);
+            let _ = weft::encap::outbound_dst6(&p);
+            let mut d = p.clone();
+            let _ = weft::offload::tun_write_hdr(&mut d, 1450);
+            if let Ok(ip) = Ipv6Packet::new_checked(&p[..]) {
+                let _ = (ip.traffic_class(), ip.flow_label(), ip.payload(), ip.upper_layer());
+            }
+            let gw = Ipv6Addr::new(0xfd10, 0, 0, 1, 0, 0, 0, 0);
+            let mut reply = [0u8; icmpv6::MAX_ERROR_LEN];
+            if let Ok(n) = icmpv6::write_packet_too_big(&p, gw, 1280, &mut reply) {
+                let ip = Ipv6Packet::new_checked(&reply[..n]).unwrap();
+                prop_assert_eq!(ip.packet().len(), n);
+                let icmp = Icmpv6Packet::new_checked(ip.payload()).unwrap();
+                prop_assert!(icmp.verify_checksum(gw, ip.dst_addr()));
             }
         }
 
@@ -193,6 +298,10 @@ mod tcp_offload {
             let mut out = vec![0u8; 8000];
             let _ = segment_tcp4(&data, mss, &[0; 22], &mut out);
             if let Ok(s) = weft::gso::segment_tcp4_headers(&data, mss, &[0; 22], &mut out) {
+                let _ = s.parts(&out, &data, 0..s.count + 1).count();
+            }
+            let _ = segment_tcp6(&data, mss, &[0; 22], &mut out);
+            if let Ok(s) = segment_tcp6_headers(&data, mss, &[0; 22], &mut out) {
                 let _ = s.parts(&out, &data, 0..s.count + 1).count();
             }
             for mut c in [Coalescer::new(), Coalescer::with_udp()] {

@@ -1,6 +1,6 @@
 //! The Internet checksum (RFC 1071) and its incremental update (RFC 1624).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// The ones'-complement sum of `data` as big-endian 16-bit words (an odd last byte padded
 /// with zero), folded to 16 bits and returned in a u64 so callers can add more sums (e.g.
@@ -39,6 +39,25 @@ pub fn checksum(data: &[u8]) -> u16 {
 /// The unfolded sum of the IPv4 pseudo-header (RFC 768, RFC 793) for `proto` and `len`.
 pub fn pseudo_header(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: u16) -> u64 {
     u64::from(u32::from(src)) + u64::from(u32::from(dst)) + u64::from(proto) + u64::from(len)
+}
+
+/// The unfolded sum of the IPv6 upper-layer pseudo-header (RFC 8200 section 8.1): source and
+/// destination, the upper-layer packet length `len` as 32 bits, and `next_header` (the
+/// upper-layer protocol, not an extension header's). Add the upper-layer packet's
+/// [`sum`] and [`fold`], as with [`pseudo_header`].
+pub fn pseudo_header6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, len: u32) -> u64 {
+    addr6_sum(src) + addr6_sum(dst) + u64::from(len) + u64::from(next_header)
+}
+
+/// An IPv6 address as the sum of its four big-endian 32-bit words: a 32-bit word `hi:lo` is
+/// `hi * 2^16 + lo`, which [`fold`] reduces to `hi + lo`, as for the IPv4 addresses in
+/// [`pseudo_header`].
+fn addr6_sum(a: Ipv6Addr) -> u64 {
+    let v = u128::from(a);
+    u64::from(v as u32)
+        + u64::from((v >> 32) as u32)
+        + u64::from((v >> 64) as u32)
+        + u64::from((v >> 96) as u32)
 }
 
 /// Updates a checksum after one 16-bit word changed from `old` to `new` (RFC 1624, eqn. 3).
@@ -102,6 +121,31 @@ mod tests {
         let whole = fold(sum(&data[..1500]));
         let parts = fold(sum(&data[..600]) + sum(&data[600..1500]));
         assert_eq!(whole, parts);
+    }
+
+    #[test]
+    fn ipv6_pseudo_header_matches_the_layout() {
+        // RFC 8200 section 8.1: src (16), dst (16), length (4), three zero bytes, next header.
+        let src: Ipv6Addr = "fd10:0:0:1::2".parse().unwrap();
+        let dst: Ipv6Addr = "fd10:0:0:2:8000:ffff:1234:abcd".parse().unwrap();
+        let ones = Ipv6Addr::from(u128::MAX);
+        for (src, dst, nh, len) in [
+            (src, dst, 6u8, 1440u32),
+            (dst, src, 58, 8),
+            (src, dst, 17, 0x0001_0010),
+            (ones, ones, 255, u32::MAX),
+        ] {
+            let mut layout = Vec::new();
+            layout.extend_from_slice(&src.octets());
+            layout.extend_from_slice(&dst.octets());
+            layout.extend_from_slice(&len.to_be_bytes());
+            layout.extend_from_slice(&[0, 0, 0, nh]);
+            assert_eq!(
+                fold(pseudo_header6(src, dst, nh, len)),
+                fold(sum(&layout)),
+                "next header {nh}, length {len}"
+            );
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod checksum;
 pub mod ethernet;
 pub mod icmpv4;
+pub mod icmpv6;
 pub mod ipv4;
 pub mod ipv6;
 pub mod subnet;
@@ -16,6 +17,7 @@ pub mod vxlan;
 
 pub use ethernet::{EtherType, EthernetAddress, EthernetFrame};
 pub use icmpv4::Icmpv4Packet;
+pub use icmpv6::Icmpv6Packet;
 pub use ipv4::Ipv4Packet;
 pub use ipv6::Ipv6Packet;
 pub use subnet::Subnet;

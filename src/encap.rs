@@ -5,8 +5,8 @@
 //!
 //! * vxlan (RFC 7348): `VXLAN header (8) | inner Ethernet (14, dst = peer VtepMAC,
 //!   src = our VtepMAC, type IPv4) | inner IPv4 packet`, sent to port 8472 by default; on a
-//!   dual-stack node IPv6 pod packets the same way (type IPv6, the nodes' IPv6 VTEP MACs)
-//!   over the IPv6 underlay, as flanneld's `flannel-v6.<VNI>` device carries them.
+//!   dual-stack node IPv6 pod packets the same way ([`vxlan_header6`]: type IPv6, the MACs of
+//!   the `flannel-v6.<VNI>` devices) over the IPv6 underlay.
 //! * udp (flannel's userspace backend): the inner IPv4 packet as-is, port 8285 by default.
 //!
 //! Receive-side checks follow DESIGN.md in order; every failure is a [`DropReason`], which
@@ -47,12 +47,32 @@ pub fn vxlan_header(
     local_mac: EthernetAddress,
     peer_mac: EthernetAddress,
 ) -> VxlanHeader {
+    header_for(vni, local_mac, peer_mac, EtherType::Ipv4)
+}
+
+/// The IPv6 twin of [`vxlan_header`]: inner EtherType IPv6 (0x86DD), as flannel's
+/// `flannel-v6.<VNI>` device sends; the MACs are those of the two IPv6 VTEPs.
+pub fn vxlan_header6(
+    vni: Vni,
+    local_mac: EthernetAddress,
+    peer_mac: EthernetAddress,
+) -> VxlanHeader {
+    header_for(vni, local_mac, peer_mac, EtherType::Ipv6)
+}
+
+/// VXLAN header with the I flag and `vni`, then the inner Ethernet header.
+fn header_for(
+    vni: Vni,
+    local_mac: EthernetAddress,
+    peer_mac: EthernetAddress,
+    ethertype: EtherType,
+) -> VxlanHeader {
     let mut h = [0u8; VXLAN_ENCAP_LEN];
     h[..vxlan::HEADER_LEN].copy_from_slice(&vxlan::header_bytes(vni));
     let eth = EthernetRepr {
         src: local_mac,
         dst: peer_mac,
-        ethertype: EtherType::Ipv4,
+        ethertype,
     };
     h[vxlan::HEADER_LEN..].copy_from_slice(&eth.to_bytes());
     h
@@ -550,6 +570,10 @@ mod tests {
                 0x08, 0x00,
             ]
         );
+        // The IPv6 twin differs in the EtherType only.
+        let h6 = vxlan_header6(Vni::new(0x010203).unwrap(), LOCAL_MAC, PEER_MAC);
+        assert_eq!(h6[..20], h[..20]);
+        assert_eq!(h6[20..], [0x86, 0xdd]);
     }
 
     #[test]

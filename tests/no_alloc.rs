@@ -3,11 +3,11 @@
 //! decapsulation and the receive checks, the coalescer, the virtio-net header) run under a
 //! counting global allocator that must see zero allocations once the buffers exist. The IPv6
 //! packet functions (segmentation, coalescing, flow hash, virtio-net header, ICMPv6 errors)
-//! are held to the same.
+//! and the lease table's lookups in both families are held to the same.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use weft::buf::{PacketBuf, DEFAULT_HEADROOM};
 use weft::dataplane::packet::{self, Outbound, Shape};
@@ -16,10 +16,10 @@ use weft::encap::VxlanRx;
 use weft::fixtures::{tcp6_packet, tcp_packet};
 use weft::gro::{Coalescer, Offer};
 use weft::offload::{self, VnetHdr, VNET_HDR_LEN};
-use weft::table::{LeaseTable, LocalVtep, Peer};
+use weft::table::{LeaseTable, LocalVtep, Peer, Peer6, PeerEvent, PeerSet, SharedTable};
 use weft::wire::icmpv6;
 use weft::wire::tcp::{ACK, PSH};
-use weft::wire::{EthernetAddress, Vni};
+use weft::wire::{EthernetAddress, Subnet6, Vni};
 
 struct Counting;
 
@@ -213,4 +213,70 @@ fn ipv6_packet_functions_allocate_nothing() {
     assert_eq!(segments, 1_000 * 40, "20 headers and 20 payloads per train");
     assert_eq!(merged, 1_000 * (VNET_HDR_LEN + jumbo.len()));
     std::hint::black_box(hashes);
+}
+
+#[test]
+fn table_lookups_allocate_nothing_in_either_family() {
+    let local = LocalVtep {
+        vni: Vni::new(1).unwrap(),
+        mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
+        port: 8472,
+    };
+    let local6 = LocalVtep {
+        mac: EthernetAddress([2, 0, 0, 0, 6, 1]),
+        ..local
+    };
+    let mac = |i: u32, six: u8| EthernetAddress([2, 0, 0, six, (i >> 8) as u8, i as u8]);
+    let subnet6 = |i: u32| (0xfd10_0000_0000_0000u128 | u128::from(i)) << 64;
+    let public6 = |i: u32| Ipv6Addr::from(0xfd77u128 << 112 | u128::from(i));
+    // /64 subnets take the 64-bit key, /96 ones (inside the same /64s) the 128-bit key.
+    let tables: Vec<SharedTable> = [64u8, 96]
+        .into_iter()
+        .map(|len6| {
+            let mut set = PeerSet::new(24).with_ipv6(len6);
+            set.apply((0..1_000u32).flat_map(|i| {
+                let v4 = Peer::new(
+                    format!("10.{}.{}.0/24", i >> 8, i & 0xff).parse().unwrap(),
+                    Ipv4Addr::from(0xac10_0000 + i),
+                    Some(mac(i, 0)),
+                    &local,
+                );
+                let v6 = Peer6::new(
+                    Subnet6::new(Ipv6Addr::from(subnet6(i)), len6).unwrap(),
+                    public6(i),
+                    Some(mac(i, 6)),
+                    &local6,
+                );
+                [PeerEvent::Upsert(v4), PeerEvent::Upsert6(v6)]
+            }));
+            SharedTable::new(set.snapshot(1))
+        })
+        .collect();
+    let mut readers: Vec<_> = tables.iter().map(SharedTable::reader).collect();
+    for r in &mut readers {
+        r.load();
+    }
+
+    let before = allocs();
+    let mut found = 0usize;
+    for i in 0..4_000u32 {
+        let table = readers[(i & 1) as usize].load();
+        let n = i % 1_100; // the last 100 miss
+        let dst4 = Ipv4Addr::from(0x0a00_0000 | (n << 8) | 9);
+        let dst6 = Ipv6Addr::from(subnet6(n) | 9);
+        let hits = [
+            table.lookup(std::hint::black_box(dst4)).is_some(),
+            table
+                .lookup_underlay(std::hint::black_box(Ipv4Addr::from(0xac10_0000 + n)))
+                .is_some(),
+            table.lookup6(std::hint::black_box(dst6)).is_some(),
+            table
+                .lookup_underlay6(std::hint::black_box(public6(n)))
+                .is_some(),
+        ];
+        found += hits.iter().filter(|h| **h).count();
+    }
+    assert_eq!(allocs() - before, 0, "allocations in table lookups");
+    // 3 full rounds of 1,100 and 700 more: 3,700 hits in each of the four lookups.
+    assert_eq!(found, 4 * 3_700);
 }

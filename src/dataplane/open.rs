@@ -103,7 +103,7 @@ impl Datapath {
         let tuns = open_tun(opts)?;
         let name = tuns[0].name().to_string();
         configure_tun(&tuns[0], opts.persist_tun, at)?;
-        let mut offloads = probe_tun_offloads(&tuns[0], opts)?;
+        let mut offloads = probe_tun_offloads(&tuns[0], opts, at.ipv6.is_some())?;
         let (workers, tx) = open_sockets(opts, at, tuns)?;
         probe_socket_offloads(&mut offloads, &workers, &tx, opts);
         let steered = opts.steer_by_cpu && workers.len() > 1 && steer_by_cpu(&workers);
@@ -187,9 +187,16 @@ fn configure_tun(tun: &Tun, persist: bool, at: &Placement) -> Result<(), Datapat
     Ok(())
 }
 
-/// Asks the TUN for TSO4 (kept) and for USO (probed, then turned off again).
-fn probe_tun_offloads(tun: &Tun, opts: &DatapathOptions) -> Result<Offloads, DatapathError> {
-    let tso_flags = libc::TUN_F_CSUM | libc::TUN_F_TSO4;
+/// Asks the TUN for TSO4 (and TSO6 on a dual-stack node: TCP over IPv6 super-packets, which
+/// the send side cuts to the IPv6 underlay's size) (kept) and for USO (probed, then turned off
+/// again).
+fn probe_tun_offloads(
+    tun: &Tun,
+    opts: &DatapathOptions,
+    ipv6: bool,
+) -> Result<Offloads, DatapathError> {
+    let tso6 = if ipv6 { libc::TUN_F_TSO6 } else { 0 };
+    let tso_flags = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | tso6;
     let tso = opts.tun_offload
         && match tun.set_offload(tso_flags) {
             Ok(()) => true,

@@ -395,14 +395,14 @@ mod tests {
             panic!("not sent");
         };
         assert!(matches!(p.shape, Shape::Whole));
-        assert_eq!(p.peer.public_ip, B_IP);
+        assert_eq!(p.peer.underlay().ip(), B_IP);
         assert_eq!((p.datagrams, p.inner_bytes), (1, inner.len()));
         assert_eq!(p.flow_hash, encap::flow_hash(&inner));
         assert_eq!(
-            &b.as_slice()[..p.peer.vxlan_header.len()],
-            &p.peer.vxlan_header[..]
+            &b.as_slice()[..p.peer.vxlan_header().len()],
+            &p.peer.vxlan_header()[..]
         );
-        assert_eq!(&b.as_slice()[p.peer.vxlan_header.len()..], &inner[..]);
+        assert_eq!(&b.as_slice()[p.peer.vxlan_header().len()..], &inner[..]);
         // The receiving node accepts what was sent, from the sender's address only.
         let (rx_cfg, rx_table) = node(2, true);
         assert_eq!(

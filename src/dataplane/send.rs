@@ -2,7 +2,7 @@
 //! batch per turn, with buffers allocated once.
 
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 
@@ -232,7 +232,10 @@ impl Encoder {
             Icmp6::Unreachable { from } => {
                 icmpv6::write_unreachable(packet, from, icmpv6::Unreachable::NoRoute, out)
             }
-            Icmp6::TooBig { from, mtu } => icmpv6::write_packet_too_big(packet, from, mtu, out),
+            Icmp6::TooBig { from, mtu } => {
+                let mtu = u32::try_from(mtu).unwrap_or(u32::MAX);
+                icmpv6::write_packet_too_big(packet, from, mtu, out)
+            }
         };
         if let Ok(len) = written {
             if tun.write(&self.icmp6_buf[..hdr_len + len]).is_ok() {
@@ -248,7 +251,10 @@ enum Icmp6 {
     /// Destination unreachable, no route (no lease inside the IPv6Network).
     Unreachable { from: std::net::Ipv6Addr },
     /// Packet too big: the IPv6 underlay carries at most `mtu`-byte pod packets.
-    TooBig { from: std::net::Ipv6Addr, mtu: usize },
+    TooBig {
+        from: std::net::Ipv6Addr,
+        mtu: usize,
+    },
 }
 
 impl Sender {

@@ -102,6 +102,15 @@ pub(super) fn spawn(
         mac: own.vtep_mac().unwrap_or_default(),
         port: config.backend.port,
     };
+    // The IPv6 half's entries carry our IPv6 VTEP MAC (flannel-v6's device has its own).
+    let local6 = LocalVtep {
+        mac: own.vtep_mac6().unwrap_or_default(),
+        ..local
+    };
+    let peers = match &config.ipv6 {
+        Some(v6) => PeerSet::new(config.subnet_len).with_ipv6(v6.subnet_len),
+        None => PeerSet::new(config.subnet_len),
+    };
     let (own_tx, own_rx) = watch::channel(own.clone());
     let (up_tx, up_rx) = watch::channel(true);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -112,7 +121,8 @@ pub(super) fn spawn(
         config: config.clone(),
         opts,
         local,
-        peers: PeerSet::new(config.subnet_len),
+        local6,
+        peers,
         own,
         own_tx,
         up_tx,
@@ -161,6 +171,8 @@ struct Runner {
     config: NetworkConfig,
     opts: StoreOptions,
     local: LocalVtep,
+    /// What the IPv6 half's entries are built with (our IPv6 VTEP MAC).
+    local6: LocalVtep,
     peers: PeerSet,
     own: OwnLease,
     own_tx: watch::Sender<OwnLease>,
@@ -307,6 +319,7 @@ impl Runner {
         let own_key = self.own.key(&self.keys);
         let mut own_kv = None;
         let mut next = Vec::with_capacity(listed.len());
+        let mut next6 = Vec::new();
         self.rejected.clear();
         for kv in listed {
             if kv.key == own_key.as_bytes() {
@@ -314,13 +327,19 @@ impl Runner {
                 continue;
             }
             match self.judge(&kv.key, &kv.value, kv.mod_revision) {
-                Ok(p) => next.push(p),
+                Ok((p, p6)) => {
+                    next.push(p);
+                    next6.extend(p6);
+                }
                 // An unusable update never removes what we knew about that subnet.
-                Err(Some(subnet)) => next.extend(self.peers.get(&subnet).copied()),
-                Err(None) => {}
+                Err((subnet, subnet6)) => {
+                    next.extend(subnet.and_then(|s| self.peers.get(&s)).copied());
+                    next6.extend(subnet6.and_then(|s| self.peers.get6(&s)).copied());
+                }
             }
         }
-        let changes = self.peers.replace(next);
+        let mut changes = self.peers.replace(next);
+        changes += self.peers.replace6(next6);
         self.publish(revision, changes);
         match own_kv {
             None => self.recreate_own().await,
@@ -373,18 +392,27 @@ impl Runner {
         }
     }
 
-    /// What an event on another node's key does to the peer set, if anything.
-    fn peer_event(&mut self, kind: EventType, kv: &etcd_client::KeyValue) -> Option<PeerEvent> {
-        match kind {
+    /// What an event on another node's key does to the peer set: nothing, or one event per
+    /// half of the lease (a dual-stack key names an IPv4 and an IPv6 subnet).
+    fn peer_event(
+        &mut self,
+        kind: EventType,
+        kv: &etcd_client::KeyValue,
+    ) -> impl Iterator<Item = PeerEvent> {
+        let (four, six) = match kind {
             EventType::Delete => {
                 self.rejected
                     .remove(String::from_utf8_lossy(kv.key()).as_ref());
-                self.keys.parse_subnet_key(kv.key()).map(PeerEvent::Remove)
+                match self.keys.parse_subnet_key_dual(kv.key()) {
+                    Some((s, s6)) => (Some(PeerEvent::Remove(s)), s6.map(PeerEvent::Remove6)),
+                    None => (None, None),
+                }
             }
-            EventType::Put => self
-                .judge(kv.key(), kv.value(), kv.mod_revision())
-                .ok()
-                .map(PeerEvent::Upsert),
-        }
+            EventType::Put => match self.judge(kv.key(), kv.value(), kv.mod_revision()) {
+                Ok((p, p6)) => (Some(PeerEvent::Upsert(p)), p6.map(PeerEvent::Upsert6)),
+                Err(_) => (None, None),
+            },
+        };
+        four.into_iter().chain(six)
     }
 }

@@ -175,7 +175,10 @@ impl Runner {
                     if let Err(e) = env {
                         tracing::error!(error = %crate::error::Chain(&e), "writing subnet.env failed");
                     }
-                    let changes = self.peers.apply([PeerEvent::Remove(own.subnet)]);
+                    let six = own.subnet6.map(PeerEvent::Remove6);
+                    let changes = self
+                        .peers
+                        .apply(std::iter::once(PeerEvent::Remove(own.subnet)).chain(six));
                     self.publish(self.revision, changes);
                 }
                 self.set_own(own);

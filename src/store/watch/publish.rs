@@ -10,11 +10,14 @@ use tokio::time::Instant;
 use super::{Runner, TABLE_LOG_EVERY};
 use crate::store::check::{self, LeaseProblem};
 use crate::store::record::BackendRecord;
-use crate::table::{Changes, LeaseReport, Peer, RejectedLease};
-use crate::wire::Subnet;
+use crate::table::{Changes, LeaseReport, Peer, Peer6, RejectedLease};
+use crate::wire::{Subnet, Subnet6};
 
 /// How many reported-bad records to remember before starting afresh.
 const MAX_WARNED: usize = 10_000;
+
+/// The subnets a lease key names (the IPv6 one for a dual-stack key), if it names any.
+pub(super) type KeySubnets = (Option<Subnet>, Option<Subnet6>);
 
 impl Runner {
     /// Records that the lease under `key` is not used, logging it once per key and revision.
@@ -29,15 +32,16 @@ impl Runner {
         self.rejected.insert(key, problem);
     }
 
-    /// Judges one key/value from etcd: the peer it gives, or `None` after recording why not.
-    /// `Err` carries the subnet the key names, if any, so that a bad update of a known lease
-    /// keeps what we knew (one bad record never removes a working peer).
+    /// Judges one key/value from etcd: the peer it gives and, on a dual-stack network whose
+    /// key names an IPv6 subnet, its IPv6 half; or `Err` after recording why not. `Err`
+    /// carries the subnets the key names, if any, so that a bad update of a known lease keeps
+    /// what we knew (one bad record never removes a working peer).
     pub(super) fn judge(
         &mut self,
         key: &[u8],
         value: &[u8],
         rev: i64,
-    ) -> Result<Peer, Option<Subnet>> {
+    ) -> Result<(Peer, Option<Peer6>), KeySubnets> {
         let j = check::judge(&self.keys, &self.config, key, value);
         let name = String::from_utf8_lossy(key).into_owned();
         match (j.subnet, j.verdict) {
@@ -47,13 +51,22 @@ impl Runner {
                     BackendRecord::Vxlan { vtep_mac, .. } => Some(vtep_mac),
                     _ => None,
                 };
-                Ok(Peer::new(subnet, rec.public_ip, mac, &self.local))
+                let peer = Peer::new(subnet, rec.public_ip, mac, &self.local);
+                // check_lease_v6 made sure a dual-stack key's record has its IPv6 half.
+                let six = match (&self.config.ipv6, j.subnet6, rec.public_ipv6) {
+                    (Some(_), Some(s6), Some(ip6)) => {
+                        let mac6 = rec.backend_v6.map(|b| b.vtep_mac);
+                        Some(Peer6::new(s6, ip6, mac6, &self.local6))
+                    }
+                    _ => None,
+                };
+                Ok((peer, six))
             }
             (subnet, Err(problem)) => {
                 self.reject(name, rev, problem);
-                Err(subnet)
+                Err((subnet, j.subnet6))
             }
-            (None, Ok(_)) => Err(None),
+            (None, Ok(_)) => Err((None, None)),
         }
     }
 

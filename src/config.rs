@@ -7,8 +7,8 @@
 //!
 //! Dual stack (`EnableIPv6`, `IPv6Network`, `IPv6SubnetLen`, `IPv6SubnetMin/Max`) and
 //! IPv6-only (`EnableIPv4: false`) configs are parsed and checked like IPv4-only ones; the
-//! node (`weft run`) refuses `EnableIPv6` with [`ConfigError::Ipv6NotForwarded`] until its
-//! data path forwards IPv6, while the store leases dual-stack subnets.
+//! node (`weft run`) refuses `EnableIPv6` with a backend that does not carry IPv6
+//! ([`ConfigError::Ipv6Backend`]), and the store refuses IPv6-only networks.
 //!
 //! Decoding each field (its JSON type, its text, the Backend section's defaults) is in
 //! `config/decode.rs`; the rules between fields and the defaults that follow from them are
@@ -242,10 +242,13 @@ pub enum ConfigError {
     /// warning about a changed config names it), hence not also a `#[source]`.
     #[error("Backend.VNI: {0}; use a VNI from 0 to 16777215 (flannel's default is 1)")]
     Vni(VniRangeError),
-    /// `EnableIPv6` is true: the config is valid, but weft's data path does not forward IPv6
-    /// yet, so the node refuses it at start (the parser and the store take it).
-    #[error("EnableIPv6 is true: weft parses dual-stack and IPv6-only configs but does not yet forward IPv6; set \"EnableIPv6\": false (with \"EnableIPv4\": true) to run weft on this network")]
-    Ipv6NotForwarded,
+    /// `EnableIPv6` is true with a backend that carries IPv4 only (the udp backend, as
+    /// flanneld's): the node refuses it at start.
+    #[error("EnableIPv6 is true but the {backend} backend carries IPv4 only (flanneld's does too); use \"Backend\": {{\"Type\": \"vxlan\"}} for a dual-stack network, or set \"EnableIPv6\": false")]
+    Ipv6Backend {
+        /// The backend's type name.
+        backend: &'static str,
+    },
     /// `EnableIPv4` and `EnableIPv6` are both false: the network would carry nothing.
     #[error("EnableIPv4 and EnableIPv6 are both false, so the network carries nothing; set \"EnableIPv4\": true or drop it")]
     NoIpFamily,

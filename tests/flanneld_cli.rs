@@ -163,16 +163,16 @@ fn iface_can_reach_picks_the_interface_that_routes_there() {
     assert!(status.contains("\"iface\": \"eth0\""), "{status}");
 }
 
-/// A flanneld v0.20.2 dual-stack network config: `weft run` refuses it, with the config
-/// error's words, until its data path forwards IPv6. It takes no lease and writes no
-/// subnet.env meanwhile, and comes up once the config is IPv4-only.
+/// A flanneld v0.20.2 dual-stack network config with the udp backend (IPv4 only, in
+/// flanneld too): `weft run` refuses it with the config error's words, takes no lease and
+/// writes no subnet.env meanwhile, and comes up once the config is IPv4-only.
 #[test]
-fn weft_run_refuses_a_dual_stack_config_and_takes_no_lease() {
+fn weft_run_refuses_a_dual_stack_udp_config_and_takes_no_lease() {
     require_root();
     let lab = Lab::builder().hosts(1).build();
     let etcd = Etcd::start_in(lab.segment(0));
     etcd.put_config(
-        r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fd10::/48","Backend":{"Type":"vxlan"}}"#,
+        r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fd10::/48","Backend":{"Type":"udp"}}"#,
     );
     let mut weft = StartingWeft::spawn(lab.host(0), etcd.endpoint(), &["-public-ipv6=fd77::10"]);
     std::thread::sleep(Duration::from_secs(3));
@@ -201,7 +201,7 @@ fn weft_run_refuses_a_dual_stack_config_and_takes_no_lease() {
     }
     let (status, log) = weft.stop();
     assert!(status.success(), "{log}");
-    assert!(log.contains("does not yet forward IPv6"), "{log}");
+    assert!(log.contains("udp backend carries IPv4 only"), "{log}");
 }
 
 #[test]

@@ -1274,7 +1274,7 @@ async fn a_refused_config_takes_no_lease_until_it_changes() {
     );
     opts.config_check = Some(|c: &NetworkConfig| {
         if c.enable_ipv6 {
-            Err(ConfigError::Ipv6NotForwarded)
+            Err(ConfigError::Ipv6Backend { backend: "vxlan" })
         } else {
             Ok(())
         }

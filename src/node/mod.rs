@@ -179,7 +179,7 @@ async fn serve_ops(
 fn store_options(opts: &NodeOptions, underlay: &Underlay) -> StoreOptions {
     let mut s = StoreOptions::new(opts.etcd.clone(), underlay.public_ip);
     s.public_ipv6 = underlay.public_ipv6;
-    s.config_check = Some(refuse_unforwarded_ipv6);
+    s.config_check = Some(refuse_ipv4_only_backends);
     s.subnet_file = opts.subnet_file.clone();
     s.renew_margin = opts.renew_margin;
     s.underlay_mtu = underlay.mtu;
@@ -188,13 +188,17 @@ fn store_options(opts: &NodeOptions, underlay: &Underlay) -> StoreOptions {
 }
 
 /// The node's check of the network config before it takes a lease: a config that enables
-/// IPv6 is refused (logged, read again every second, like an invalid one) until the data
-/// path forwards IPv6. The store itself leases dual-stack subnets.
-fn refuse_unforwarded_ipv6(config: &NetworkConfig) -> Result<(), ConfigError> {
-    if config.enable_ipv6 {
-        return Err(ConfigError::Ipv6NotForwarded);
+/// IPv6 with a backend that carries IPv4 only is refused (logged, read again every second,
+/// like an invalid one): the udp backend (flanneld's is IPv4-only too), and host-gw until
+/// direct routes carry IPv6.
+fn refuse_ipv4_only_backends(config: &NetworkConfig) -> Result<(), ConfigError> {
+    match config.backend.kind {
+        BackendType::Vxlan => Ok(()),
+        kind if config.enable_ipv6 => Err(ConfigError::Ipv6Backend {
+            backend: kind.as_str(),
+        }),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// With the lease in hand: the iptables rules, the data path and the routes, then the node
@@ -345,8 +349,12 @@ async fn serve(
                     store_alive = false;
                     continue;
                 }
-                let now = own_rx.borrow().subnet;
-                if now != own.subnet {
+                let (now, now6) = {
+                    let o = own_rx.borrow();
+                    (o.subnet, o.subnet6)
+                };
+                // The data path, TUN addresses and rules were set up for the old subnets.
+                if now != own.subnet || now6 != own.subnet6 {
                     return Ended::Failed(NodeError::SubnetChanged { old: own.subnet, new: now });
                 }
             }
@@ -538,19 +546,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_node_refuses_ipv6_networks_with_the_config_errors_message() {
+    fn the_node_refuses_ipv6_with_an_ipv4_only_backend() {
         let v4 = NetworkConfig::parse(r#"{"Network":"10.1.0.0/16"}"#).unwrap();
-        assert_eq!(refuse_unforwarded_ipv6(&v4), Ok(()));
-        for json in [
-            r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fd10::/48"}"#,
-            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd10::/48"}"#,
-        ] {
-            let cfg = NetworkConfig::parse(json).unwrap();
-            let e = refuse_unforwarded_ipv6(&cfg).unwrap_err();
-            assert_eq!(e, ConfigError::Ipv6NotForwarded);
-            assert!(e.to_string().contains("does not yet forward IPv6"), "{e}");
-            assert!(e.to_string().contains(r#""EnableIPv6": false"#), "{e}");
-        }
+        assert_eq!(refuse_ipv4_only_backends(&v4), Ok(()));
+        let udp4 = NetworkConfig::parse(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"udp"}}"#);
+        assert_eq!(refuse_ipv4_only_backends(&udp4.unwrap()), Ok(()));
+        // No Backend means flannel's default, udp: IPv4 only.
+        let dflt = NetworkConfig::parse(&format!(
+            "{}}}",
+            r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fd10::/48""#
+        ))
+        .unwrap();
+        assert!(refuse_ipv4_only_backends(&dflt).is_err());
+        let dual = r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fd10::/48""#;
+        let vxlan =
+            NetworkConfig::parse(&format!(r#"{dual},"Backend":{{"Type":"vxlan"}}}}"#)).unwrap();
+        assert_eq!(refuse_ipv4_only_backends(&vxlan), Ok(()));
+        let udp = NetworkConfig::parse(&format!(r#"{dual},"Backend":{{"Type":"udp"}}}}"#));
+        let e = refuse_ipv4_only_backends(&udp.unwrap()).unwrap_err();
+        assert_eq!(e, ConfigError::Ipv6Backend { backend: "udp" });
+        assert!(e.to_string().contains("carries IPv4 only"), "{e}");
+        assert!(e.to_string().contains(r#""EnableIPv6": false"#), "{e}");
         // The node's store options carry the check.
         use clap::Parser;
         let cli = crate::cli::commands::Cli::try_parse_from([
@@ -575,11 +591,15 @@ mod tests {
         assert_eq!(s.subnet_file, PathBuf::from("/tmp/weft-test/subnet.env"));
         assert_eq!(s.underlay_mtu, 9000);
         let check = s.config_check.expect("the node checks the config");
-        let dual = NetworkConfig::parse(
-            r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fd10::/48"}"#,
+        let udp = NetworkConfig::parse(
+            r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fd10::/48","Backend":{"Type":"udp"}}"#,
         )
         .unwrap();
-        assert_eq!(check(&dual), Err(ConfigError::Ipv6NotForwarded));
+        assert_eq!(
+            check(&udp),
+            Err(ConfigError::Ipv6Backend { backend: "udp" })
+        );
+        assert_eq!(check(&vxlan), Ok(()));
         assert_eq!(check(&v4), Ok(()));
     }
 }

@@ -2,7 +2,9 @@
 //! VXLAN configured as flanneld does (with its default offloads, and with them off as a
 //! wire-like reference), weft vxlan, and weft host-gw (no overlay: kernel routes via the peer),
 //! measured with the same tools in the same run and printed side by side, with the underlay
-//! itself (host to host, in the host-gw lab) as the ceiling.
+//! itself (host to host, in the host-gw lab) as the ceiling. The kernel and weft vxlan labs are
+//! dual stack (flanneld's `flannel-v6.<VNI>` beside `flannel.<VNI>`, weft's one TUN), and TCP
+//! over IPv6 (1 stream, pod to pod in VXLAN over the IPv6 underlay) is measured beside IPv4.
 //!
 //! CPU cost: around each TCP run the bench samples the whole machine's busy time from
 //! /proc/stat (user, system, irq, softirq: everything but idle and iowait) and, for weft, the
@@ -28,13 +30,13 @@ use std::time::Duration;
 
 use harness::{
     iperf3_tcp, iperf3_udp, require_root, Etcd, KernelFlannelNode, Lab, Netns, WeftNode,
-    VXLAN_CONFIG,
 };
-use weft::wire::Subnet;
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Numbers {
     tcp1: f64,
+    /// TCP over IPv6, 1 stream (NaN where the lab has no IPv6 pods).
+    tcp6_1: f64,
     tcp4: f64,
     udp64_pps: f64,
     /// 64-byte datagrams/s the client managed to send (received < sent: loss on the path).
@@ -120,13 +122,18 @@ fn tcp_streams(client: &Netns, server: &Netns, dst: Ipv4Addr, secs: u32, streams
 }
 
 fn measure(lab: &Lab, secs: u32, pids: &[u32]) -> Numbers {
-    measure_between(
-        lab.host(0).pod(0),
-        lab.host(1).pod(0),
-        b_addr(lab),
-        secs,
-        pids,
-    )
+    let (a, b) = (lab.host(0).pod(0), lab.host(1).pod(0));
+    let mut n = measure_between(a, b, b_addr(lab), secs, pids);
+    if lab.host(1).has_ipv6() {
+        let dst6 = b.addr6();
+        assert!(
+            a.wait_for_ping(dst6, Duration::from_secs(5)),
+            "{dst6} unreachable"
+        );
+        settle();
+        n.tcp6_1 = iperf3_tcp(a, b, dst6, secs).gbit_per_s;
+    }
+    n
 }
 
 fn b_addr(lab: &Lab) -> Ipv4Addr {
@@ -170,6 +177,7 @@ fn measure_between(a: &Netns, b: &Netns, dst: Ipv4Addr, secs: u32, pids: &[u32])
     let ping = a.ping(dst, 50);
     Numbers {
         tcp1,
+        tcp6_1: f64::NAN,
         tcp4,
         udp64_pps: udp.received_pps,
         udp64_sent_pps: udp.sent_pps,
@@ -182,28 +190,31 @@ fn measure_between(a: &Netns, b: &Netns, dst: Ipv4Addr, secs: u32, pids: &[u32])
 }
 
 fn kernel(offloads: bool, secs: u32) -> Numbers {
-    let mut lab = Lab::builder().hosts(2).build();
-    let s0 = Subnet::new(Ipv4Addr::new(10, 1, 1, 0), 24).expect("a /24");
-    let s1 = Subnet::new(Ipv4Addr::new(10, 1, 2, 0), 24).expect("a /24");
-    let k0 = KernelFlannelNode::builder(s0)
-        .offloads(offloads)
-        .install(lab.host(0));
-    let k1 = KernelFlannelNode::builder(s1)
-        .offloads(offloads)
-        .install(lab.host(1));
-    k0.peer_with(&k1);
-    k1.peer_with(&k0);
-    lab.host_mut(0).add_pod_with_mtu(s0, k0.mtu());
-    lab.host_mut(1).add_pod_with_mtu(s1, k1.mtu());
+    let mut lab = Lab::builder().hosts(2).ipv6().build();
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        let (s, s6) = (Lab::default_pod_subnet(i), Lab::default_pod_subnet6(i));
+        let k = KernelFlannelNode::builder(s)
+            .ipv6(s6)
+            .offloads(offloads)
+            .install(lab.host(i));
+        lab.host_mut(i).add_dual_pod_with_mtu(s, s6, k.mtu());
+        nodes.push(k);
+    }
+    nodes[0].peer_with(&nodes[1]);
+    nodes[1].peer_with(&nodes[0]);
     measure(&lab, secs, &[])
 }
 
+/// flannel's dual-stack vxlan config.
+const DUAL_STACK_VXLAN: &str = r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fd10::/48","Backend":{"Type":"vxlan"}}"#;
+
 fn weft(secs: u32, extra: &[&str]) -> Numbers {
-    let mut lab = Lab::builder().hosts(2).build();
+    let mut lab = Lab::builder().hosts(2).ipv6().build();
     let etcd = Etcd::start_in(lab.segment(0));
-    etcd.put_config(VXLAN_CONFIG);
-    let n0 = WeftNode::start_with_pod(&mut lab, 0, &etcd, extra);
-    let n1 = WeftNode::start_with_pod(&mut lab, 1, &etcd, extra);
+    etcd.put_config(DUAL_STACK_VXLAN);
+    let n0 = WeftNode::start_dual_with_pod(&mut lab, 0, &etcd, extra);
+    let n1 = WeftNode::start_dual_with_pod(&mut lab, 1, &etcd, extra);
     let pids: Vec<u32> = [n0.pid(), n1.pid()].into_iter().flatten().collect();
     let numbers = measure(&lab, secs, &pids);
     if std::env::var_os("WEFT_E2E_METRICS").is_some() {
@@ -247,6 +258,7 @@ fn main() {
     let only_weft = std::env::var("WEFT_E2E_ONLY").is_ok_and(|v| v == "weft");
     let skipped = Numbers {
         tcp1: f64::NAN,
+        tcp6_1: f64::NAN,
         tcp4: f64::NAN,
         udp64_pps: f64::NAN,
         udp64_sent_pps: f64::NAN,
@@ -332,6 +344,7 @@ fn print_table(title: &str, secs: u32, extra_s: &str, rounds: &[[Numbers; 5]]) {
         );
     };
     row("TCP, 1 stream (Gbit/s)", |n| n.tcp1);
+    row("TCP/IPv6, 1 stream (Gbit/s)", |n| n.tcp6_1);
     row("TCP, 4 streams (Gbit/s)", |n| n.tcp4);
     row("UDP 64 B (kpps received)", |n| n.udp64_pps / 1e3);
     row("UDP 64 B (kpps sent)", |n| n.udp64_sent_pps / 1e3);
@@ -342,5 +355,10 @@ fn print_table(title: &str, secs: u32, extra_s: &str, rounds: &[[Numbers; 5]]) {
         "of which weft's own threads: {:.1} CPU-ms/Gbit (1 stream), {:.1} (4 streams)",
         median(1, |n| n.weft_cpu1),
         median(1, |n| n.weft_cpu4)
+    );
+    println!(
+        "TCP over IPv6 / over IPv4, 1 stream: weft {:.2}x, kernel VXLAN {:.2}x",
+        median(1, |n| n.tcp6_1) / median(1, |n| n.tcp1),
+        median(0, |n| n.tcp6_1) / median(0, |n| n.tcp1)
     );
 }

@@ -20,7 +20,7 @@ use crate::dataplane::{Backend, Datapath, DatapathError, DatapathOptions, Ipv6Si
 use crate::encap::VxlanRx;
 use crate::error::Chain;
 use crate::host::masq::{self, Rules};
-use crate::host::routes::{self, RouteError, RouteOptions, RouteTable};
+use crate::host::routes::{self, RouteError, RouteOptions, RouteSide, RouteTable};
 use crate::host::{self, Underlay, UnderlayError};
 use crate::ops::status::IptablesState;
 use crate::ops::OpsState;
@@ -436,19 +436,32 @@ impl Routes {
         only_connected: bool,
     ) -> Result<Routes, NodeError> {
         let table = RouteTable::open()?;
+        // Dual stack: the IPv6 routes, for the IPv6Network from our IPv6 lease.
+        let ipv6 = match (&config.ipv6, own.subnet6, own.public_ipv6()) {
+            (Some(v6), Some(own_subnet), Some(own_ip)) => Some(RouteSide {
+                network: v6.network,
+                own_subnet,
+                own_ip,
+            }),
+            _ => None,
+        };
         info!(
             protocol = routes::RTPROT_WEFT,
             resync_secs = opts.route_resync.as_secs(),
             same_segment_only = only_connected,
+            ipv6 = ipv6.is_some(),
             "managing direct routes"
         );
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let options = RouteOptions {
             direct_only_connected: only_connected,
-            network: config.network,
             underlay_iface: underlay.iface.clone(),
-            own_subnet: own.subnet,
-            own_ip: underlay.public_ip,
+            ipv4: RouteSide {
+                network: config.network,
+                own_subnet: own.subnet,
+                own_ip: underlay.public_ip,
+            },
+            ipv6,
             resync: opts.route_resync,
         };
         let task = tokio::spawn(routes::run(table, ops.table.clone(), options, stop_rx));

@@ -189,11 +189,11 @@ fn store_options(opts: &NodeOptions, underlay: &Underlay) -> StoreOptions {
 
 /// The node's check of the network config before it takes a lease: a config that enables
 /// IPv6 with a backend that carries IPv4 only is refused (logged, read again every second,
-/// like an invalid one): the udp backend (flanneld's is IPv4-only too), and host-gw until
-/// direct routes carry IPv6.
+/// like an invalid one): the udp backend (flanneld's is IPv4-only too). host-gw carries IPv6
+/// along direct IPv6 routes.
 fn refuse_ipv4_only_backends(config: &NetworkConfig) -> Result<(), ConfigError> {
     match config.backend.kind {
-        BackendType::Vxlan => Ok(()),
+        BackendType::Vxlan | BackendType::HostGw => Ok(()),
         kind if config.enable_ipv6 => Err(ConfigError::Ipv6Backend {
             backend: kind.as_str(),
         }),
@@ -575,6 +575,9 @@ mod tests {
         let vxlan =
             NetworkConfig::parse(&format!(r#"{dual},"Backend":{{"Type":"vxlan"}}}}"#)).unwrap();
         assert_eq!(refuse_ipv4_only_backends(&vxlan), Ok(()));
+        let host_gw =
+            NetworkConfig::parse(&format!(r#"{dual},"Backend":{{"Type":"host-gw"}}}}"#)).unwrap();
+        assert_eq!(refuse_ipv4_only_backends(&host_gw), Ok(()));
         let udp = NetworkConfig::parse(&format!(r#"{dual},"Backend":{{"Type":"udp"}}}}"#));
         let e = refuse_ipv4_only_backends(&udp.unwrap()).unwrap_err();
         assert_eq!(e, ConfigError::Ipv6Backend { backend: "udp" });

@@ -280,6 +280,7 @@ eth0\t0040A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
         let a = |name: &str, addr: &str| IfAddr6 {
             name: name.into(),
             addr: addr.parse().unwrap(),
+            prefix_len: 64,
         };
         let addrs = vec![
             a("lo", "::1"),

@@ -20,7 +20,7 @@ use crate::dataplane::{Backend, Datapath, DatapathError, DatapathOptions, Ipv6Si
 use crate::encap::VxlanRx;
 use crate::error::Chain;
 use crate::host::masq::{self, Rules};
-use crate::host::routes::{self, RouteError, RouteOptions, RouteTable};
+use crate::host::routes::{self, RouteError, RouteOptions, RouteSide, RouteTable};
 use crate::host::{self, Underlay, UnderlayError};
 use crate::ops::status::IptablesState;
 use crate::ops::OpsState;
@@ -189,11 +189,11 @@ fn store_options(opts: &NodeOptions, underlay: &Underlay) -> StoreOptions {
 
 /// The node's check of the network config before it takes a lease: a config that enables
 /// IPv6 with a backend that carries IPv4 only is refused (logged, read again every second,
-/// like an invalid one): the udp backend (flanneld's is IPv4-only too), and host-gw until
-/// direct routes carry IPv6.
+/// like an invalid one): the udp backend (flanneld's is IPv4-only too). host-gw carries IPv6
+/// along direct IPv6 routes.
 fn refuse_ipv4_only_backends(config: &NetworkConfig) -> Result<(), ConfigError> {
     match config.backend.kind {
-        BackendType::Vxlan => Ok(()),
+        BackendType::Vxlan | BackendType::HostGw => Ok(()),
         kind if config.enable_ipv6 => Err(ConfigError::Ipv6Backend {
             backend: kind.as_str(),
         }),
@@ -436,19 +436,32 @@ impl Routes {
         only_connected: bool,
     ) -> Result<Routes, NodeError> {
         let table = RouteTable::open()?;
+        // Dual stack: the IPv6 routes, for the IPv6Network from our IPv6 lease.
+        let ipv6 = match (&config.ipv6, own.subnet6, own.public_ipv6()) {
+            (Some(v6), Some(own_subnet), Some(own_ip)) => Some(RouteSide {
+                network: v6.network,
+                own_subnet,
+                own_ip,
+            }),
+            _ => None,
+        };
         info!(
             protocol = routes::RTPROT_WEFT,
             resync_secs = opts.route_resync.as_secs(),
             same_segment_only = only_connected,
+            ipv6 = ipv6.is_some(),
             "managing direct routes"
         );
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let options = RouteOptions {
             direct_only_connected: only_connected,
-            network: config.network,
             underlay_iface: underlay.iface.clone(),
-            own_subnet: own.subnet,
-            own_ip: underlay.public_ip,
+            ipv4: RouteSide {
+                network: config.network,
+                own_subnet: own.subnet,
+                own_ip: underlay.public_ip,
+            },
+            ipv6,
             resync: opts.route_resync,
         };
         let task = tokio::spawn(routes::run(table, ops.table.clone(), options, stop_rx));
@@ -562,6 +575,9 @@ mod tests {
         let vxlan =
             NetworkConfig::parse(&format!(r#"{dual},"Backend":{{"Type":"vxlan"}}}}"#)).unwrap();
         assert_eq!(refuse_ipv4_only_backends(&vxlan), Ok(()));
+        let host_gw =
+            NetworkConfig::parse(&format!(r#"{dual},"Backend":{{"Type":"host-gw"}}}}"#)).unwrap();
+        assert_eq!(refuse_ipv4_only_backends(&host_gw), Ok(()));
         let udp = NetworkConfig::parse(&format!(r#"{dual},"Backend":{{"Type":"udp"}}}}"#));
         let e = refuse_ipv4_only_backends(&udp.unwrap()).unwrap_err();
         assert_eq!(e, ConfigError::Ipv6Backend { backend: "udp" });

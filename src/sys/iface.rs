@@ -159,6 +159,8 @@ pub struct IfAddr6 {
     pub name: String,
     /// The address.
     pub addr: Ipv6Addr,
+    /// Prefix length of its netmask (the on-link prefix it makes).
+    pub prefix_len: u8,
 }
 
 /// Every IPv6 address on this namespace's interfaces, in the kernel's order.
@@ -167,9 +169,16 @@ pub fn ipv6_addrs() -> io::Result<Vec<IfAddr6>> {
     let out = list
         .filter_map(|ifa| {
             let addr = ifa.address.as_ref()?.as_sockaddr_in6()?.ip();
+            // No netmask (or one that is not IPv6): a host address.
+            let prefix_len = ifa
+                .netmask
+                .as_ref()
+                .and_then(|m| m.as_sockaddr_in6())
+                .map_or(128, |m| u128::from(m.ip()).count_ones() as u8);
             Some(IfAddr6 {
                 name: ifa.interface_name,
                 addr,
+                prefix_len,
             })
         })
         .collect();
@@ -199,5 +208,16 @@ mod tests {
         assert!(all.contains(&lo), "{all:?}");
         assert!(mtu("lo").unwrap() >= 1280);
         assert_eq!(mtu("").unwrap_err().kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn ipv6_loopback_is_listed_with_its_prefix() {
+        let all = ipv6_addrs().unwrap();
+        let lo = IfAddr6 {
+            name: "lo".to_string(),
+            addr: Ipv6Addr::LOCALHOST,
+            prefix_len: 128,
+        };
+        assert!(all.contains(&lo), "{all:?}");
     }
 }

@@ -244,7 +244,7 @@ pub enum ConfigError {
     Vni(VniRangeError),
     /// `EnableIPv6` is true with a backend that carries IPv4 only (the udp backend, as
     /// flanneld's): the node refuses it at start.
-    #[error("EnableIPv6 is true but the {backend} backend carries IPv4 only (flanneld's does too); use \"Backend\": {{\"Type\": \"vxlan\"}} for a dual-stack network, or set \"EnableIPv6\": false")]
+    #[error("EnableIPv6 is true but the {backend} backend carries IPv4 only (flanneld's does too); use \"Backend\": {{\"Type\": \"vxlan\"}} (or host-gw) for a dual-stack network, or set \"EnableIPv6\": false")]
     Ipv6Backend {
         /// The backend's type name.
         backend: &'static str,

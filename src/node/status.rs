@@ -9,7 +9,7 @@ use std::time::Instant;
 use crate::config::NetworkConfig;
 use crate::dataplane::{Datapath, DatapathInfo};
 use crate::host::Underlay;
-use crate::ops::status::{IptablesState, Offloads};
+use crate::ops::status::{IptablesState, NodeStatus6, Offloads};
 use crate::ops::{NodeStatus, OpsState};
 use crate::store::subnet_env::read_previous_subnet;
 use crate::store::StoreHandle;
@@ -98,6 +98,15 @@ impl<'a> StatusPublisher<'a> {
             iptables,
             subnet_file: self.subnet_file.display().to_string(),
             etcd_endpoints: self.etcd_endpoints.to_vec(),
+            ipv6: match (&self.config.ipv6, own.subnet6, own.public_ipv6()) {
+                (Some(v6), Some(subnet), Some(public_ip)) => Some(NodeStatus6 {
+                    subnet: subnet.to_string(),
+                    network: v6.network.to_string(),
+                    public_ip,
+                    vtep_mac: own.vtep_mac6().map(|m| m.to_string()),
+                }),
+                _ => None,
+            },
             uptime_secs: self.started.elapsed().as_secs(),
         }
     }

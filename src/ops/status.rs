@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -57,6 +57,33 @@ pub struct NodeStatus {
     /// The etcd endpoints the node uses (for `weft doctor` without flags).
     #[serde(default)]
     pub etcd_endpoints: Vec<String>,
+    /// The IPv6 half of a dual-stack node.
+    #[serde(default)]
+    pub ipv6: Option<NodeStatus6>,
+}
+
+/// The IPv6 half of a dual-stack node, as `/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus6 {
+    /// This node's IPv6 subnet.
+    pub subnet: String,
+    /// The IPv6Network.
+    pub network: String,
+    /// The IPv6 address other nodes send to (`PublicIPv6`).
+    pub public_ip: Ipv6Addr,
+    /// This node's IPv6 VTEP MAC (vxlan).
+    pub vtep_mac: Option<String>,
+}
+
+/// The IPv6 half of a remote lease, as `/status` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus6 {
+    /// The peer's IPv6 subnet.
+    pub subnet: String,
+    /// Its `PublicIPv6`.
+    pub public_ip: Ipv6Addr,
+    /// Its IPv6 VTEP MAC (vxlan).
+    pub vtep_mac: Option<String>,
 }
 
 /// Offloads in force on the data path.
@@ -126,6 +153,9 @@ pub struct StatusDoc {
     /// PublicIPs that several leases name.
     #[serde(default)]
     pub public_ip_conflicts: Vec<ConflictStatus>,
+    /// The IPv6 halves of the remote leases (dual stack), in subnet order.
+    #[serde(default)]
+    pub peers6: Vec<PeerStatus6>,
 }
 
 /// A lease record the node does not use, as `/status` lists it.
@@ -195,9 +225,18 @@ impl NodeStatus {
             })
             .collect();
         peers.sort_by_key(|p| p.subnet.parse::<crate::wire::Subnet>().ok());
+        let peers6 = table
+            .iter6()
+            .map(|p| PeerStatus6 {
+                subnet: p.subnet.to_string(),
+                public_ip: p.public_ip,
+                vtep_mac: p.vtep_mac.map(|m| m.to_string()),
+            })
+            .collect();
         let doc = StatusDoc {
             node: self.clone(),
             peers,
+            peers6,
             packets: [
                 counters.tx_packets.load(Ordering::Relaxed),
                 counters.rx_packets.load(Ordering::Relaxed),
@@ -256,6 +295,16 @@ impl StatusDoc {
             n.iface,
             n.vtep_mac.as_deref().unwrap_or("-")
         );
+        if let Some(v6) = &n.ipv6 {
+            let _ = writeln!(
+                o,
+                "ipv6      {} in {}, underlay {}, VTEP MAC {}",
+                v6.subnet,
+                v6.network,
+                v6.public_ip,
+                v6.vtep_mac.as_deref().unwrap_or("-")
+            );
+        }
         let _ = writeln!(o, "tun       {} mtu {}", n.tun, n.mtu);
         let _ = writeln!(
             o,
@@ -329,6 +378,25 @@ impl StatusDoc {
                 p.rx_packets
             );
         }
+        if !self.peers6.is_empty() {
+            let w = self
+                .peers6
+                .iter()
+                .map(|p| p.subnet.len())
+                .max()
+                .unwrap_or(6);
+            let _ = writeln!(o, "\n{} remote IPv6 halves", self.peers6.len());
+            let _ = writeln!(o, "{:<w$}  {:<39}  VTEP MAC", "IPV6 SUBNET", "PUBLIC IPV6");
+            for p in &self.peers6 {
+                let _ = writeln!(
+                    o,
+                    "{:<w$}  {:<39}  {}",
+                    p.subnet,
+                    p.public_ip.to_string(),
+                    p.vtep_mac.as_deref().unwrap_or("-")
+                );
+            }
+        }
         for c in &self.public_ip_conflicts {
             let _ = writeln!(
                 o,
@@ -382,6 +450,7 @@ mod tests {
             iptables: IptablesState::Off,
             subnet_file: "/run/flannel/subnet.env".into(),
             etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
+            ipv6: None,
         }
     }
 

@@ -1,9 +1,8 @@
 //! Coalescing in userspace (GRO): consecutive in-order segments of one TCP/IPv4 or TCP/IPv6
 //! flow, and (when the kernel takes UDP super-packets, USO) consecutive equal-sized datagrams
 //! of one UDP/IPv4 flow, decapsulated from a received batch, are merged into one super-packet
-//! that
-//! the TUN takes with a virtio-net GSO header, so the kernel handles one packet where it would
-//! handle forty. Every segment's checksum is verified before it is merged. Pure code over
+//! that the TUN takes with a virtio-net GSO header, so the kernel handles one packet where it
+//! would handle forty. Every segment's checksum is verified before it is merged. Pure code over
 //! caller-owned buffers; the flow table is one open super-packet (segments of a train arrive
 //! back to back).
 
@@ -51,12 +50,33 @@ pub struct Coalescer {
     next_seq: u32,
     /// Whether the open packet may take more (a short segment or PSH closes it).
     closed: bool,
-    /// The open packet is UDP (else TCP).
-    udp: bool,
-    /// The open packet is IPv6 (else IPv4).
-    v6: bool,
+    /// What the open packet is.
+    kind: Kind,
     /// Merge UDP datagrams too (the TUN takes GSO_UDP_L4).
     uso: bool,
+}
+
+/// The protocols of an open super-packet: one value, so that one compare tells whether a
+/// segment may join it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// TCP/IPv4.
+    Tcp4,
+    /// TCP/IPv6.
+    Tcp6,
+    /// UDP/IPv4.
+    Udp4,
+}
+
+impl Kind {
+    /// TCP over IPv6 if `v6`, else over IPv4.
+    const fn tcp(v6: bool) -> Kind {
+        if v6 {
+            Kind::Tcp6
+        } else {
+            Kind::Tcp4
+        }
+    }
 }
 
 impl Default for Coalescer {
@@ -151,8 +171,7 @@ impl Coalescer {
             count: 0,
             next_seq: 0,
             closed: false,
-            udp: false,
-            v6: false,
+            kind: Kind::Tcp4,
             uso: false,
         }
     }
@@ -231,11 +250,10 @@ impl Coalescer {
         let psh = flags & tcp::PSH != 0;
         if self.len == 0 {
             let next_seq = t.seq().wrapping_add(payload as u32);
-            self.open(p, headers, payload, next_seq, psh);
-            self.v6 = V6;
+            self.open(Kind::tcp(V6), p, headers, payload, next_seq, psh);
             return Offer::Taken;
         }
-        if self.udp || self.v6 != V6 || !self.matches::<V6>(p, hl, &t, payload) {
+        if self.kind != Kind::tcp(V6) || !self.matches::<V6>(p, hl, &t, payload) {
             return Offer::FlushFirst;
         }
         let at = VNET_HDR_LEN + self.len;
@@ -270,12 +288,11 @@ impl Coalescer {
             return Offer::BadChecksum;
         }
         if self.len == 0 {
-            self.open(p, headers, payload, 0, false);
-            self.udp = true;
+            self.open(Kind::Udp4, p, headers, payload, 0, false);
             return Offer::Taken;
         }
         let open = &self.buf[VNET_HDR_LEN..VNET_HDR_LEN + self.headers];
-        let same_flow = self.udp
+        let same_flow = self.kind == Kind::Udp4
             && self.has_room(headers, payload)
             && self.count < MAX_UDP_SEGMENTS
             && same_ip_flow(open, p, hl);
@@ -292,16 +309,23 @@ impl Coalescer {
         Offer::Taken
     }
 
-    /// Opens a super-packet with `p` (`headers` bytes of headers, then `payload`), expecting
-    /// `next_seq` next (TCP) and closed at once if `closed`.
-    fn open(&mut self, p: &[u8], headers: usize, payload: usize, next_seq: u32, closed: bool) {
+    /// Opens a `kind` super-packet with `p` (`headers` bytes of headers, then `payload`),
+    /// expecting `next_seq` next (TCP) and closed at once if `closed`.
+    fn open(
+        &mut self,
+        kind: Kind,
+        p: &[u8],
+        headers: usize,
+        payload: usize,
+        next_seq: u32,
+        closed: bool,
+    ) {
         self.buf[VNET_HDR_LEN..VNET_HDR_LEN + p.len()].copy_from_slice(p);
         self.len = p.len();
         self.headers = headers;
         self.seg = payload;
         self.count = 1;
-        self.udp = false;
-        self.v6 = false;
+        self.kind = kind;
         self.next_seq = next_seq;
         self.closed = closed;
     }
@@ -359,7 +383,7 @@ impl Coalescer {
         let pkt = &mut self.buf[VNET_HDR_LEN..VNET_HDR_LEN + len];
         let hdr = if self.count == 1 {
             crate::offload::tun_write_hdr(pkt, tun_mtu)
-        } else if self.v6 {
+        } else if self.kind == Kind::Tcp6 {
             let hl = ipv6::HEADER_LEN;
             let l4_len = len - hl;
             let mut ip = Ipv6Packet::new_unchecked(&mut pkt[..]);
@@ -383,14 +407,11 @@ impl Coalescer {
                 (usize::from(ip.header_len()), ip.src_addr(), ip.dst_addr())
             };
             let l4_len = (len - hl) as u16;
-            let proto = if self.udp {
-                Protocol::Udp
-            } else {
-                Protocol::Tcp
-            };
+            let udp = self.kind == Kind::Udp4;
+            let proto = if udp { Protocol::Udp } else { Protocol::Tcp };
             let partial = checksum::fold(checksum::pseudo_header(src, dst, proto.into(), l4_len));
             let l4 = &mut pkt[hl..];
-            let (csum_offset, gso_type) = if self.udp {
+            let (csum_offset, gso_type) = if udp {
                 // The UDP length covers the whole super-packet too; the kernel rewrites it
                 // (and adjusts the checksum) for each datagram it cuts.
                 let mut u = UdpPacket::new_unchecked(l4);

@@ -131,15 +131,15 @@ fn ipv6_rules_land_in_ip6tables_and_a_rewrite_restores_them() {
     host.run(|| masq::apply6(n6, s6, BOTH))
         .unwrap_or_else(|e| panic!("apply6: {e}"));
 
-    // nat: FLANNEL-POSTRTG holds MasqIP6Rules in flanneld's order, POSTROUTING jumps to it
-    // first. --random-fully where this ip6tables and kernel take it, on both MASQUERADEs.
+    // nat: FLANNEL-POSTRTG holds the IPv4 rules' layout for the IPv6 prefixes, POSTROUTING
+    // jumps to it first. --random-fully where this ip6tables and kernel take it, on both MASQUERADEs.
     let nat = list(host, "ip6tables", "nat", "FLANNEL-POSTRTG");
     let random_fully = nat.iter().any(|l| l.ends_with("--random-fully"));
     let want = masq::restore_text6(n6, s6, BOTH, random_fully);
     assert_eq!(nat[0], "-N FLANNEL-POSTRTG");
     assert_eq!(nat[1..], appends(&want, "FLANNEL-POSTRTG"), "{nat:#?}");
-    assert_eq!(nat.len(), 6);
-    assert!(nat[3].contains("-s fd10::/48 ! -d ff00::/8") && nat[3].contains("MASQUERADE"));
+    assert_eq!(nat.len(), 7);
+    assert!(nat[5].contains("-s fd10::/48 ! -d ff00::/8") && nat[5].contains("MASQUERADE"));
     assert!(nat[4].contains("! -s fd10::/48 -d fd10:0:0:1::/64") && nat[4].ends_with("RETURN"));
     let post = list(host, "ip6tables", "nat", "POSTROUTING");
     assert_eq!(

@@ -190,11 +190,12 @@ enum Subnets6 {
         host_bits: u32,
         index: Index<u64>,
     },
-    /// Prefixes of 65 to 128 bits: the whole masked address is the key, and the subnet
-    /// number, folded to 64 bits, is hashed.
+    /// Prefixes of 65 to 128 bits: the whole masked address is the key. The upper 64 bits
+    /// are all prefix; what is hashed is them XOR the lower half's prefix bits shifted down,
+    /// so consecutive subnets of one /64 differ in the low bits as in the short case.
     Long {
-        /// Netmask of the prefix.
-        netmask: u128,
+        /// Netmask of the prefix over the lower 64 bits.
+        netmask: u64,
         /// `128 - prefix_len`, below 64.
         host_bits: u32,
         index: Index<Key128>,
@@ -213,7 +214,7 @@ impl Subnets6 {
             }
         } else {
             Subnets6::Long {
-                netmask: mask,
+                netmask: mask as u64,
                 host_bits: 128 - u32::from(prefix_len),
                 index: Index::with_capacity_for(n),
             }
@@ -233,7 +234,8 @@ impl Subnets6 {
             Subnets6::Long {
                 host_bits, index, ..
             } => {
-                index.insert(Key128::from(bits), fold(bits >> *host_bits), pos);
+                let key = Key128::from(bits);
+                index.insert(key, key.hi ^ (key.lo >> *host_bits), pos);
             }
         }
     }
@@ -256,8 +258,8 @@ impl Subnets6 {
                 host_bits,
                 index,
             } => {
-                let key = bits & netmask;
-                index.find(Key128::from(key), fold(key >> *host_bits))
+                let (hi, lo) = ((bits >> 64) as u64, bits as u64 & netmask);
+                index.find(Key128 { hi, lo }, hi ^ (lo >> *host_bits))
             }
         }
     }
@@ -300,7 +302,7 @@ impl LeaseTable {
     /// of two peers with the same subnet the first is kept. `revision` is the etcd revision
     /// the snapshot reflects (informational).
     pub fn from_peers(prefix_len: u8, peers: Vec<Peer>, revision: i64) -> LeaseTable {
-        Self::from_peers_dual_opt(prefix_len, peers, None, Vec::new(), revision)
+        Self::from_unsorted(prefix_len, peers, None, Vec::new(), revision)
     }
 
     /// As [`LeaseTable::from_peers`], with an IPv6 half built the same way from `peers6`:
@@ -312,10 +314,11 @@ impl LeaseTable {
         peers6: Vec<Peer6>,
         revision: i64,
     ) -> LeaseTable {
-        Self::from_peers_dual_opt(prefix_len, peers, Some(prefix_len6), peers6, revision)
+        Self::from_unsorted(prefix_len, peers, Some(prefix_len6), peers6, revision)
     }
 
-    fn from_peers_dual_opt(
+    /// Filters, sorts and de-duplicates each family's peers, then builds.
+    fn from_unsorted(
         prefix_len: u8,
         mut peers: Vec<Peer>,
         prefix_len6: Option<u8>,
@@ -423,7 +426,8 @@ impl LeaseTable {
     }
 
     /// An IPv6 peer whose lease has `src` as its `PublicIPv6` (receive path, IPv6). If
-    /// several carry the same address, the one with the lowest IPv6 subnet answers.
+    /// several carry the same address, the one with the lowest IPv6 subnet answers; which
+    /// inner sources that sender may use is answered by [`LeaseTable::lookup6`].
     #[inline]
     pub fn lookup_underlay6(&self, src: Ipv6Addr) -> Option<&Peer6> {
         let key = u128::from(src);

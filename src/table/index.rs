@@ -59,8 +59,10 @@ impl Key for u64 {
 /// would make it 32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Key128 {
-    hi: u64,
-    lo: u64,
+    /// The upper 64 bits (network order's first eight bytes).
+    pub(super) hi: u64,
+    /// The lower 64 bits.
+    pub(super) lo: u64,
 }
 
 impl Key for Key128 {

@@ -239,6 +239,22 @@ fn inner_at(datagram: &[u8], offset: usize) -> Result<Inner<'_>, DropReason> {
 /// Decapsulates a VXLAN UDP payload: I flag, VNI, inner Ethernet destination and type, then
 /// the inner IPv4 header. Reserved VXLAN bits are ignored (RFC 7348 section 5).
 pub fn decap_vxlan<'a>(datagram: &'a [u8], rx: &VxlanRx) -> Result<Inner<'a>, DropReason> {
+    match vxlan_ethertype(datagram, rx.vni, rx.vtep_mac)? {
+        EtherType::Ipv4 => {}
+        EtherType::Ipv6 => return Err(DropReason::InnerIpv6),
+        _ => return Err(DropReason::InnerNotIp),
+    }
+    inner_at(datagram, VXLAN_ENCAP_LEN)
+}
+
+/// The checks both families' VXLAN share, in DESIGN.md's order: the headers fit, the I flag,
+/// `vni`, the inner Ethernet destination `vtep_mac`; returns the inner EtherType.
+#[inline]
+fn vxlan_ethertype(
+    datagram: &[u8],
+    vni: Vni,
+    vtep_mac: EthernetAddress,
+) -> Result<EtherType, DropReason> {
     if datagram.len() < VXLAN_ENCAP_LEN {
         return Err(DropReason::Truncated);
     }
@@ -246,19 +262,14 @@ pub fn decap_vxlan<'a>(datagram: &'a [u8], rx: &VxlanRx) -> Result<Inner<'a>, Dr
     if !vx.has_vni() {
         return Err(DropReason::BadFlags);
     }
-    if vx.vni() != rx.vni {
+    if vx.vni() != vni {
         return Err(DropReason::WrongVni);
     }
     let eth = EthernetFrame::new_unchecked(vx.payload());
-    if eth.dst_addr() != rx.vtep_mac {
+    if eth.dst_addr() != vtep_mac {
         return Err(DropReason::WrongInnerMac);
     }
-    match eth.ethertype() {
-        EtherType::Ipv4 => {}
-        EtherType::Ipv6 => return Err(DropReason::InnerIpv6),
-        _ => return Err(DropReason::InnerNotIp),
-    }
-    inner_at(datagram, VXLAN_ENCAP_LEN)
+    Ok(eth.ethertype())
 }
 
 /// A validated inner IPv6 packet inside a received datagram.
@@ -281,21 +292,7 @@ pub fn decap_vxlan6<'a>(
     vni: Vni,
     vtep_mac: EthernetAddress,
 ) -> Result<Inner6<'a>, DropReason> {
-    if datagram.len() < VXLAN_ENCAP_LEN {
-        return Err(DropReason::Truncated);
-    }
-    let vx = VxlanPacket::new_unchecked(datagram);
-    if !vx.has_vni() {
-        return Err(DropReason::BadFlags);
-    }
-    if vx.vni() != vni {
-        return Err(DropReason::WrongVni);
-    }
-    let eth = EthernetFrame::new_unchecked(vx.payload());
-    if eth.dst_addr() != vtep_mac {
-        return Err(DropReason::WrongInnerMac);
-    }
-    match eth.ethertype() {
+    match vxlan_ethertype(datagram, vni, vtep_mac)? {
         EtherType::Ipv6 => {}
         EtherType::Ipv4 => return Err(DropReason::InnerIpv4),
         _ => return Err(DropReason::InnerNotIp),

@@ -156,17 +156,7 @@ pub fn outbound<'t>(
             Shape::Whole
         }
     };
-    let (datagrams, inner_bytes) = match shape {
-        Shape::Segments(s) => (s.count, s.total() - s.count * prefix.len()),
-        Shape::Whole => (1, b.len() - prefix.len()),
-    };
-    Outbound::Send(ToPeer {
-        peer: PeerRef::V4(peer),
-        flow_hash,
-        shape,
-        datagrams,
-        inner_bytes,
-    })
+    send(PeerRef::V4(peer), flow_hash, shape, prefix.len(), b.len())
 }
 
 /// [`outbound`] for an IPv6 packet on a dual-stack vxlan node: the IPv6 half of the
@@ -216,12 +206,24 @@ fn outbound6<'t>(
             Shape::Whole
         }
     };
+    send(PeerRef::V6(peer), flow_hash, shape, prefix.len(), b.len())
+}
+
+/// The packet leaves for `peer` as `shape`, each datagram behind a `prefix_len`-byte
+/// encapsulation (a whole packet is `len` bytes with it).
+fn send(
+    peer: PeerRef<'_>,
+    flow_hash: u32,
+    shape: Shape,
+    prefix_len: usize,
+    len: usize,
+) -> Outbound<'_> {
     let (datagrams, inner_bytes) = match shape {
-        Shape::Segments(s) => (s.count, s.total() - s.count * prefix.len()),
-        Shape::Whole => (1, b.len() - prefix.len()),
+        Shape::Segments(s) => (s.count, s.total() - s.count * prefix_len),
+        Shape::Whole => (1, len - prefix_len),
     };
     Outbound::Send(ToPeer {
-        peer: PeerRef::V6(peer),
+        peer,
         flow_hash,
         shape,
         datagrams,

@@ -169,11 +169,11 @@ impl Encoder {
         match packet::outbound(b, self.vnet, table, &self.cfg, seg_headers) {
             Outbound::Send(p) => {
                 // IPv6 peers are reached from the IPv6 send sockets, which follow the IPv4 ones.
-                let (sock, family_base) = match p.peer {
-                    PeerRef::V4(_) => (pick_socket(p.flow_hash, self.sockets), 0),
-                    PeerRef::V6(_) => (pick_socket(p.flow_hash, self.sockets), self.sockets),
+                let family_base = match p.peer {
+                    PeerRef::V4(_) => 0,
+                    PeerRef::V6(_) => self.sockets as u8,
                 };
-                let sock = sock + family_base as u8;
+                let sock = pick_socket(p.flow_hash, self.sockets) + family_base;
                 let (n, bytes) = (p.datagrams as u64, p.inner_bytes as u64);
                 local.packets += n;
                 local.bytes += bytes;

@@ -42,7 +42,7 @@ PY
 
 for t in "${targets[@]}"; do
   case "$t" in
-    decap_vxlan) seed "$t" vxlan ;;
+    decap_vxlan|decap_vxlan6) seed "$t" vxlan ;;
     lease_record|network_config) seed "$t" json ;;
     *) seed "$t" inner ;;
   esac

@@ -84,8 +84,11 @@ impl VnetHdr {
 ///
 /// May rewrite the TCP checksum field of `packet`; never panics on any input.
 pub fn tun_write_hdr(packet: &mut [u8], mtu: usize) -> VnetHdr {
-    if ipv6::ip_version(packet) == Some(6) {
-        return tun_write_hdr6(packet, mtu);
+    match ipv6::ip_version(packet) {
+        Some(6) => return tun_write_hdr6(packet, mtu),
+        Some(4) => {}
+        // Neither family: no offload is claimed for what the kernel will not parse.
+        _ => return VnetHdr::default(),
     }
     let Ok(ip) = Ipv4Packet::new_checked(&*packet) else {
         return VnetHdr::default();
@@ -277,6 +280,29 @@ mod tests {
         };
         assert_eq!(VnetHdr::from_bytes(&h.to_bytes()), Some(h));
         assert_eq!(VnetHdr::from_bytes(&[0; 9]), None);
+    }
+
+    #[test]
+    fn a_packet_of_neither_family_gets_no_offload() {
+        // Found by fuzz/tcp6_offload: an IPv4-shaped packet with version 0 (and 24 bytes of
+        // header) was given a NEEDS_CSUM header as if it were IPv4.
+        let mut p = packet(Protocol::Udp, &[0x9c, 0x41, 0x13, 0x88, 0, 0x1b, 0, 0]);
+        p.extend_from_slice(b"weft golden vector\n");
+        let total = p.len() as u16;
+        p[2..4].copy_from_slice(&total.to_be_bytes());
+        Ipv4Packet::new_unchecked(&mut p[..]).fill_checksum();
+        let partial = partial_of(&p);
+        p[26..28].copy_from_slice(&partial.to_be_bytes());
+        let h = tun_write_hdr(&mut p.clone(), 1450);
+        assert_eq!((h.flags, h.csum_start), (1, 20));
+        for version in [0u8, 5, 7, 15] {
+            p[0] = version << 4 | 5;
+            assert_eq!(
+                tun_write_hdr(&mut p, 1450),
+                VnetHdr::default(),
+                "version {version}"
+            );
+        }
     }
 
     #[test]

@@ -123,11 +123,14 @@ pub enum DropReason {
     /// Send: an IPv6 packet larger than the IPv6 underlay carries once encapsulated
     /// (answered with ICMPv6 packet too big).
     TooBig,
+    /// Send: the TUN handed over an IPv4 packet on an IPv6-only network (`EnableIPv4:
+    /// false`), which carries no IPv4 between nodes.
+    OutboundIpv4,
 }
 
 impl DropReason {
     /// Every reason, for registering counters up front.
-    pub const ALL: [DropReason; 18] = [
+    pub const ALL: [DropReason; 19] = [
         DropReason::Truncated,
         DropReason::BadFlags,
         DropReason::WrongVni,
@@ -146,6 +149,7 @@ impl DropReason {
         DropReason::OutboundIpv6,
         DropReason::OutboundMalformed,
         DropReason::TooBig,
+        DropReason::OutboundIpv4,
     ];
 
     /// The metrics label (`reason="wrong_vni"`).
@@ -169,6 +173,7 @@ impl DropReason {
             DropReason::OutboundIpv6 => "outbound_ipv6",
             DropReason::OutboundMalformed => "outbound_malformed",
             DropReason::TooBig => "too_big",
+            DropReason::OutboundIpv4 => "outbound_ipv4",
         }
     }
 

@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use weft::buf::{PacketBuf, DEFAULT_HEADROOM};
 use weft::dataplane::packet::{self, Outbound, Shape};
-use weft::dataplane::{Backend, DatapathConfig, Offloads};
+use weft::dataplane::{Backend, DatapathConfig, Ipv4Side, Offloads};
 use weft::encap::VxlanRx;
 use weft::fixtures::{tcp6_packet, tcp_packet};
 use weft::gro::{Coalescer, Offer};
@@ -73,8 +73,11 @@ fn node(me: u8) -> (DatapathConfig, LeaseTable) {
             vni,
             vtep_mac: mac(me),
         }),
-        local_subnet: format!("10.1.{me}.0/24").parse().unwrap(),
-        network: "10.1.0.0/16".parse().unwrap(),
+        ipv4: Some(Ipv4Side {
+            local_subnet: format!("10.1.{me}.0/24").parse().unwrap(),
+            network: "10.1.0.0/16".parse().unwrap(),
+            local_ip: std::net::Ipv4Addr::UNSPECIFIED,
+        }),
         ipv6: None,
         tun_mtu: 1450,
         batch_size: 64,

@@ -66,6 +66,19 @@ pub enum Backend {
     Udp,
 }
 
+/// The IPv4 half of the node: IPv4 pod traffic in VXLAN (or flannel's udp format) over IPv4
+/// UDP between the nodes' PublicIPs. Absent on an IPv6-only network (`EnableIPv4: false`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Side {
+    /// Our lease's subnet (inner IPv4 destinations must lie in it; its network address goes
+    /// on the TUN).
+    pub local_subnet: Subnet,
+    /// The whole overlay Network (routed to the TUN; no lease inside it -> ICMP unreachable).
+    pub network: Subnet,
+    /// The underlay IPv4 address the tunnel sockets bind to.
+    pub local_ip: std::net::Ipv4Addr,
+}
+
 /// The IPv6 half of a dual-stack node: IPv6 pod traffic in VXLAN over IPv6 UDP between the
 /// nodes' PublicIPv6 addresses, as flanneld's `flannel-v6.<VNI>` device carries it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,11 +102,9 @@ pub struct Ipv6Side {
 pub struct DatapathConfig {
     /// Encapsulation.
     pub backend: Backend,
-    /// This node's pod subnet (inner destinations must lie in it).
-    pub local_subnet: Subnet,
-    /// The whole overlay network (no lease inside it -> ICMP unreachable).
-    pub network: Subnet,
-    /// The IPv6 half of a dual-stack node (`None`: IPv6 pod packets are dropped).
+    /// The IPv4 half (`None` on an IPv6-only network: IPv4 pod packets are dropped).
+    pub ipv4: Option<Ipv4Side>,
+    /// The IPv6 half of a dual-stack or IPv6-only node (`None`: IPv6 pod packets are dropped).
     pub ipv6: Option<Ipv6Side>,
     /// The TUN's MTU (segment size for TCP super-packets written to it).
     pub tun_mtu: usize,
@@ -105,6 +116,14 @@ pub struct DatapathConfig {
     pub split: bool,
     /// Pin worker `i`'s threads to the `i`-th CPU this process may use (CPU-local steering).
     pub pin: bool,
+}
+
+impl DatapathConfig {
+    /// How many address families the node carries (1 or 2): the send sockets hold one set
+    /// per family, the IPv4 set first.
+    pub fn families(&self) -> usize {
+        usize::from(self.ipv4.is_some()) + usize::from(self.ipv6.is_some())
+    }
 }
 
 /// What the data path runs with, for status reports.
@@ -127,7 +146,9 @@ pub struct DatapathInfo {
 struct WorkerIo {
     /// Its TUN queue (the device itself when there is one worker).
     tun: Tun,
-    /// Its socket on the tunnel port (one of a SO_REUSEPORT group when there are several).
+    /// Its socket on the tunnel port (one of a SO_REUSEPORT group when there are several):
+    /// the IPv4 one, or on an IPv6-only network the IPv6 one (receive tells the families
+    /// apart by the sender's address).
     rx: UdpSocket,
     /// Its IPv6 socket on the tunnel port, on a dual-stack node.
     rx6: Option<UdpSocket>,

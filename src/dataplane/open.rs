@@ -2,7 +2,7 @@
 //! overlay MTU), the tunnel-port sockets and the shared send sockets, CPU-local steering, and
 //! the one offload probe at start that says what the kernel takes.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
 
 use tracing::{info, warn};
@@ -10,11 +10,10 @@ use tracing::{info, warn};
 use crate::sys::iface;
 use crate::sys::tun::Tun;
 use crate::table::SharedTable;
-use crate::wire::Subnet;
 
 use super::trains::MAX_GSO_SEGMENTS;
 use super::{
-    Backend, Datapath, DatapathConfig, DatapathError, DatapathInfo, Ipv6Side, WorkerIo,
+    Backend, Datapath, DatapathConfig, DatapathError, DatapathInfo, Ipv4Side, Ipv6Side, WorkerIo,
     MAX_SEND_SOCKETS, MAX_WORKERS,
 };
 
@@ -51,16 +50,14 @@ pub struct DatapathOptions {
 pub struct Placement {
     /// Encapsulation (with our VNI and VTEP MAC for vxlan).
     pub backend: Backend,
-    /// Our lease's subnet (its network address goes on the TUN).
-    pub local_subnet: Subnet,
-    /// The whole overlay network (routed to the TUN).
-    pub network: Subnet,
-    /// The IPv6 half of a dual-stack node (its IPv6Network is routed to the TUN too).
+    /// The IPv4 half: our subnet (its network address goes on the TUN), the Network (routed
+    /// to the TUN) and the underlay address; `None` on an IPv6-only network.
+    pub ipv4: Option<Ipv4Side>,
+    /// The IPv6 half (its IPv6Network is routed to the TUN too); with no IPv4 half, the only
+    /// one.
     pub ipv6: Option<Ipv6Side>,
     /// The TUN's MTU.
     pub tun_mtu: u32,
-    /// The underlay address the sockets bind to.
-    pub local_ip: Ipv4Addr,
     /// The tunnel port (8472 vxlan, 8285 udp by default).
     pub port: u16,
 }
@@ -115,7 +112,7 @@ impl Datapath {
             "offloads"
         );
         info!(
-            addr = %SocketAddr::from((at.local_ip, at.port)),
+            addr = ?at.ipv4.map(|v4| SocketAddr::from((v4.local_ip, at.port))),
             addr6 = ?at.ipv6.map(|v6| SocketAddr::from((v6.public_ip, at.port))),
             workers = workers.len(),
             source_ports = tx.len(),
@@ -130,8 +127,7 @@ impl Datapath {
         };
         let cfg = DatapathConfig {
             backend: at.backend,
-            local_subnet: at.local_subnet,
-            network: at.network,
+            ipv4: at.ipv4,
             ipv6: at.ipv6,
             tun_mtu: at.tun_mtu as usize,
             batch_size: opts.batch_size,
@@ -174,8 +170,10 @@ fn configure_tun(tun: &Tun, persist: bool, at: &Placement) -> Result<(), Datapat
     iface::set_mtu(name, at.tun_mtu).map_err(iface_err("MTU"))?;
     // Our subnet's network address with the Network's prefix: the kernel adds the route for
     // the whole Network via the TUN (flannel's udp backend configures its TUN the same).
-    iface::set_ipv4(name, at.local_subnet.addr(), at.network.prefix_len())
-        .map_err(iface_err("IPv4 address"))?;
+    if let Some(v4) = at.ipv4 {
+        iface::set_ipv4(name, v4.local_subnet.addr(), v4.network.prefix_len())
+            .map_err(iface_err("IPv4 address"))?;
+    }
     // The same for IPv6: the IPv6Network is routed to the TUN, our own IPv6 subnet (on the
     // bridge) stays more specific.
     if let Some(v6) = at.ipv6 {
@@ -183,7 +181,7 @@ fn configure_tun(tun: &Tun, persist: bool, at: &Placement) -> Result<(), Datapat
             .map_err(iface_err("IPv6 address"))?;
     }
     iface::set_up(name).map_err(iface_err("link up"))?;
-    info!(tun = %name, mtu = at.tun_mtu, addr = %at.local_subnet.addr(), route = %at.network, route6 = ?at.ipv6.map(|v6| v6.network), "TUN configured");
+    info!(tun = %name, mtu = at.tun_mtu, addr = ?at.ipv4.map(|v4| v4.local_subnet.addr()), route = ?at.ipv4.map(|v4| v4.network), route6 = ?at.ipv6.map(|v6| v6.network), "TUN configured");
     Ok(())
 }
 
@@ -261,21 +259,28 @@ fn probe_socket_offloads(
 /// Binds one tunnel-port socket per TUN queue (a SO_REUSEPORT group when there are several)
 /// and the shared send sockets on ephemeral ports (the outer source ports); on a dual-stack
 /// node the same again on the PublicIPv6. The send sockets are the IPv4 ones, then as many
-/// IPv6 ones.
+/// IPv6 ones. On an IPv6-only network a worker's first tunnel socket is its IPv6 one, and
+/// every send socket is IPv6.
 fn open_sockets(
     opts: &DatapathOptions,
     at: &Placement,
     tuns: Vec<Tun>,
 ) -> Result<(Vec<WorkerIo>, Vec<UdpSocket>), DatapathError> {
     let n = tuns.len();
+    let ip4 = at.ipv4.map(|v4| IpAddr::V4(v4.local_ip));
     let ip6 = at.ipv6.map(|v6| IpAddr::V6(v6.public_ip));
+    let (first, second) = match (ip4, ip6) {
+        (Some(a), b) => (a, b),
+        (None, Some(a)) => (a, None),
+        (None, None) => return Err(DatapathError::Setup("neither an IPv4 nor an IPv6 half")),
+    };
     let workers = tuns
         .into_iter()
         .map(|tun| {
             Ok(WorkerIo {
                 tun,
-                rx: bind_udp(at.local_ip.into(), at.port, n > 1)?,
-                rx6: ip6.map(|ip| bind_udp(ip, at.port, n > 1)).transpose()?,
+                rx: bind_udp(first, at.port, n > 1)?,
+                rx6: second.map(|ip| bind_udp(ip, at.port, n > 1)).transpose()?,
             })
         })
         .collect::<Result<Vec<_>, DatapathError>>()?;
@@ -284,11 +289,10 @@ fn open_sockets(
         k => k,
     }
     .clamp(1, MAX_SEND_SOCKETS);
-    let tx = std::iter::repeat_n(IpAddr::V4(at.local_ip), ports)
-        .chain(
-            ip6.into_iter()
-                .flat_map(|ip| std::iter::repeat_n(ip, ports)),
-        )
+    let tx = ip4
+        .into_iter()
+        .chain(ip6)
+        .flat_map(|ip| std::iter::repeat_n(ip, ports))
         .map(|ip| bind_udp(ip, 0, false))
         .collect::<Result<Vec<_>, _>>()?;
     Ok((workers, tx))

@@ -14,7 +14,7 @@ use crate::table::{LeaseTable, Peer, Peer6};
 use crate::wire::ipv6::Ipv6Packet;
 use crate::wire::{Subnet, Subnet6};
 
-use super::{Backend, DatapathConfig, Ipv6Side};
+use super::{Backend, DatapathConfig, Ipv4Side, Ipv6Side};
 
 /// What leaves for a peer: a datagram encapsulated in place, or a TCP super-packet's
 /// segments (headers written per segment, the payload left where it lies).
@@ -130,8 +130,11 @@ pub fn outbound<'t>(
         },
         Err(r) => return Outbound::Drop(r),
     };
+    let Some(v4) = &cfg.ipv4 else {
+        return Outbound::Drop(DropReason::OutboundIpv4);
+    };
     let Some(peer) = table.lookup(dst) else {
-        return no_lease(dst, table, cfg);
+        return no_lease(dst, table, v4);
     };
     let flow_hash = encap::flow_hash(b.as_slice());
     let prefix: &[u8] = match cfg.backend {
@@ -249,8 +252,8 @@ fn no_lease6<'t>(dst: Ipv6Addr, table: &LeaseTable, v6: &Ipv6Side) -> Outbound<'
 /// net-unreachable from the missing subnet's network address (where its node's VTEP would
 /// be: never one of this host's own addresses, which the kernel would drop as a martian
 /// arriving on the TUN); elsewhere it is dropped quietly.
-fn no_lease<'t>(dst: Ipv4Addr, table: &LeaseTable, cfg: &DatapathConfig) -> Outbound<'t> {
-    if cfg.network.contains(dst) && !cfg.local_subnet.contains(dst) {
+fn no_lease<'t>(dst: Ipv4Addr, table: &LeaseTable, v4: &Ipv4Side) -> Outbound<'t> {
+    if v4.network.contains(dst) && !v4.local_subnet.contains(dst) {
         let from = Subnet::containing(dst, table.prefix_len())
             .map(|s| s.addr())
             .unwrap_or(dst);
@@ -291,12 +294,15 @@ pub fn inbound<'a>(
     table: &LeaseTable,
     cfg: &DatapathConfig,
 ) -> Result<&'a [u8], DropReason> {
+    let Some(v4) = &cfg.ipv4 else {
+        return Err(DropReason::UnknownSender);
+    };
     let inner = match &cfg.backend {
         Backend::Vxlan(rx) => encap::decap_vxlan(datagram, rx)?,
         Backend::Udp => encap::decap_udp(datagram)?,
     };
     let src_owner = table.lookup(inner.src).map(|p| p.public_ip);
-    encap::check_inner_route(src_owner, sender, inner.dst, cfg.local_subnet)?;
+    encap::check_inner_route(src_owner, sender, inner.dst, v4.local_subnet)?;
     Ok(inner.packet)
 }
 
@@ -358,8 +364,11 @@ mod tests {
         };
         let cfg = DatapathConfig {
             backend,
-            local_subnet: format!("10.1.{me}.0/24").parse().unwrap(),
-            network: "10.1.0.0/16".parse().unwrap(),
+            ipv4: Some(Ipv4Side {
+                local_subnet: format!("10.1.{me}.0/24").parse().unwrap(),
+                network: "10.1.0.0/16".parse().unwrap(),
+                local_ip: Ipv4Addr::UNSPECIFIED,
+            }),
             ipv6: None,
             tun_mtu: 1450,
             batch_size: 8,

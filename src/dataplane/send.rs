@@ -168,10 +168,11 @@ impl Encoder {
         let seg_headers = self.headers.get_mut(slot).map(|h| &mut h[..]);
         match packet::outbound(b, self.vnet, table, &self.cfg, seg_headers) {
             Outbound::Send(p) => {
-                // IPv6 peers are reached from the IPv6 send sockets, which follow the IPv4 ones.
+                // IPv6 peers are reached from the IPv6 send sockets, which follow the IPv4 ones
+                // (the only ones on an IPv6-only network).
                 let family_base = match p.peer {
-                    PeerRef::V4(_) => 0,
-                    PeerRef::V6(_) => self.sockets as u8,
+                    PeerRef::V6(_) if self.cfg.ipv4.is_some() => self.sockets as u8,
+                    _ => 0,
                 };
                 let sock = pick_socket(p.flow_hash, self.sockets) + family_base;
                 let (n, bytes) = (p.datagrams as u64, p.inner_bytes as u64);

@@ -62,8 +62,12 @@ impl Datapath {
         if workers.is_empty() || workers.len() > MAX_WORKERS {
             return Err(DatapathError::Setup("1 to 16 workers are needed"));
         }
-        let families = if cfg.ipv6.is_some() { 2 } else { 1 };
-        if tx.is_empty() || tx.len() % families != 0 || tx.len() / families > MAX_SEND_SOCKETS {
+        let families = cfg.families();
+        if families == 0
+            || tx.is_empty()
+            || tx.len() % families != 0
+            || tx.len() / families > MAX_SEND_SOCKETS
+        {
             return Err(DatapathError::Setup(
                 "1 to 64 send sockets per address family are needed",
             ));
@@ -122,10 +126,7 @@ impl Datapath {
                 source,
             }
         })?;
-        let per_family = match cfg.ipv6 {
-            Some(_) => self.shared.tx.len() / 2,
-            None => self.shared.tx.len(),
-        };
+        let per_family = self.shared.tx.len() / cfg.families();
         let mut send = SendSide::new(i, &io.tun, cfg, table.reader(), per_family);
         let recv = RecvSide::new(i, &io.tun, cfg, table.reader());
         let io = Arc::new(io);

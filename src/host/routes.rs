@@ -556,9 +556,10 @@ pub struct RouteOptions {
     pub direct_only_connected: bool,
     /// The underlay interface (its prefixes decide "same segment").
     pub underlay_iface: String,
-    /// The IPv4 routes: the Network, our subnet and PublicIP.
-    pub ipv4: RouteSide<Subnet>,
-    /// On a dual-stack network, the IPv6 routes: the IPv6Network, our IPv6 subnet and
+    /// The IPv4 routes: the Network, our subnet and PublicIP. `None` (an IPv6-only network)
+    /// never touches the IPv4 table.
+    pub ipv4: Option<RouteSide<Subnet>>,
+    /// On a dual-stack or IPv6-only network, the IPv6 routes: the IPv6Network, our IPv6 subnet and
     /// PublicIPv6. `None` never touches the IPv6 table.
     pub ipv6: Option<RouteSide<Subnet6>>,
     /// Full reconcile period, also without table changes (`--route-resync-secs`).
@@ -576,8 +577,8 @@ fn policy<N: RoutePrefix>(opts: &RouteOptions) -> Result<DirectPolicy<N>, RouteE
 /// Keeps the direct routes in step with the published lease table until `stop` turns true:
 /// reconciles when a new table is published (polled every [`TABLE_POLL`]) and every
 /// `opts.resync`, so a deleted lease's route goes within a poll and a route removed by hand
-/// comes back within a resync. Each family (IPv4, and IPv6 when `opts.ipv6` is given) is
-/// reconciled on its own. Failures are logged (at most once per resync period while they
+/// comes back within a resync. Each family given (`opts.ipv4`, `opts.ipv6`) is reconciled on
+/// its own. Failures are logged (at most once per resync period while they
 /// repeat) and retried at the next resync.
 pub async fn run(
     routes: RouteTable,
@@ -590,7 +591,7 @@ pub async fn run(
     let mut resync = tokio::time::interval(opts.resync.max(Duration::from_millis(100)));
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seen: Option<Arc<LeaseTable>> = None;
-    let mut v4 = Keeper::new(opts.ipv4);
+    let mut v4 = opts.ipv4.map(Keeper::new);
     let mut v6 = opts.ipv6.map(Keeper::new);
     loop {
         let full = tokio::select! {
@@ -606,7 +607,9 @@ pub async fn run(
             continue;
         }
         seen = Some(now.clone());
-        v4.pass(&routes, &now, &opts, full).await;
+        if let Some(v4) = v4.as_mut() {
+            v4.pass(&routes, &now, &opts, full).await;
+        }
         if let Some(v6) = v6.as_mut() {
             v6.pass(&routes, &now, &opts, full).await;
         }

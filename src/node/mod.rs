@@ -16,7 +16,9 @@ use std::time::Duration;
 use tracing::{error, info, warn};
 
 use crate::config::{BackendType, ConfigError, NetworkConfig};
-use crate::dataplane::{Backend, Datapath, DatapathError, DatapathOptions, Ipv6Side, Placement};
+use crate::dataplane::{
+    Backend, Datapath, DatapathError, DatapathOptions, Ipv4Side, Ipv6Side, Placement,
+};
 use crate::encap::VxlanRx;
 use crate::error::Chain;
 use crate::host::masq::{self, Rules};
@@ -212,14 +214,20 @@ async fn run_with_lease(
 ) -> Result<(), NodeError> {
     let config = store.config().clone();
     let own = store.own_lease();
-    info!(subnet = %own.subnet, network = %config.network, backend = config.backend.kind.as_str(), "lease acquired");
+    // On an IPv6-only network the IPv4 half is flannel's empty 0.0.0.0/0: name the IPv6 one.
+    let subnets = match (config.enable_ipv4, own.subnet6) {
+        (true, Some(s6)) => format!("{} and {s6}", own.subnet),
+        (false, Some(s6)) => s6.to_string(),
+        (_, None) => own.subnet.to_string(),
+    };
+    info!(subnets = %subnets, network = %config.network, network6 = ?config.ipv6.as_ref().map(|v6| v6.network.to_string()), backend = config.backend.kind.as_str(), "lease acquired");
     ops.set_phase("lease acquired; starting the data path");
     let mut running = Running::start(opts, &config, &own, underlay, ops)?;
     let dp_info = running.dp.as_ref().map(|d| d.info().clone());
     let status = StatusPublisher::new(ops, &config, underlay, opts, dp_info);
     status.publish(running.dp.as_ref(), store, running.iptables.state);
     info!("node ready");
-    crate::ops::sd_notify(&format!("READY=1\nSTATUS=forwarding for {}", own.subnet));
+    crate::ops::sd_notify(&format!("READY=1\nSTATUS=forwarding for {subnets}"));
 
     let ended = serve(opts, store, &own, &mut running, &status, shutdown).await;
 
@@ -250,10 +258,14 @@ impl Running {
         ops: &OpsState,
     ) -> Result<Running, NodeError> {
         // Docker-style rules that masquerade pod-to-pod traffic: warned about, or rewritten.
-        masq::check_pitfalls(config.network, own.subnet, opts.fix_masquerade);
-        // Dual stack: the ip6tables rules for the IPv6Network and our IPv6 subnet.
+        if config.enable_ipv4 {
+            masq::check_pitfalls(config.network, own.subnet, opts.fix_masquerade);
+        }
+        // The iptables rules for the Network (none on an IPv6-only network, as flanneld), and
+        // the ip6tables rules for the IPv6Network and our IPv6 subnet.
+        let ipv4 = config.enable_ipv4.then_some(config.network);
         let ipv6 = config.ipv6.as_ref().map(|v6| v6.network).zip(own.subnet6);
-        let iptables = Iptables::start(opts, config.network, own.subnet, ipv6)?;
+        let iptables = Iptables::start(opts, ipv4, own.subnet, ipv6)?;
         let dp = match data_path_backend(config, own)? {
             Some(backend) => {
                 let at = placement(config, own, underlay, backend);
@@ -365,9 +377,14 @@ async fn serve(
 /// The encapsulation the data path runs, or none (host-gw: the kernel forwards).
 fn data_path_backend(config: &NetworkConfig, own: &OwnLease) -> Result<Option<Backend>, NodeError> {
     Ok(match config.backend.kind {
+        // An IPv6-only lease has only the IPv6 VTEP MAC; the IPv4 one then checks nothing
+        // (no IPv4 datagram is accepted without an IPv4 half).
         BackendType::Vxlan => Some(Backend::Vxlan(VxlanRx {
             vni: config.backend.vni,
-            vtep_mac: own.vtep_mac().ok_or(NodeError::NoVtepMac)?,
+            vtep_mac: own
+                .vtep_mac()
+                .or(own.vtep_mac6())
+                .ok_or(NodeError::NoVtepMac)?,
         })),
         BackendType::Udp => Some(Backend::Udp),
         BackendType::HostGw => None,
@@ -408,13 +425,17 @@ fn placement(
         }),
         _ => None,
     };
-    Placement {
-        backend,
+    // The IPv4 half, unless the network is IPv6-only.
+    let ipv4 = config.enable_ipv4.then_some(Ipv4Side {
         local_subnet: own.subnet,
         network: config.network,
+        local_ip: underlay.local_ip,
+    });
+    Placement {
+        backend,
+        ipv4,
         ipv6,
         tun_mtu,
-        local_ip: underlay.local_ip,
         port: config.backend.port,
     }
 }
@@ -456,11 +477,11 @@ impl Routes {
         let options = RouteOptions {
             direct_only_connected: only_connected,
             underlay_iface: underlay.iface.clone(),
-            ipv4: RouteSide {
+            ipv4: config.enable_ipv4.then_some(RouteSide {
                 network: config.network,
                 own_subnet: own.subnet,
                 own_ip: underlay.public_ip,
-            },
+            }),
             ipv6,
             resync: opts.route_resync,
         };
@@ -479,20 +500,22 @@ impl Routes {
 /// their state, rewritten every `--iptables-resync`.
 struct Iptables {
     rules: Rules,
-    network: Subnet,
+    /// The Network; `None` on an IPv6-only network never runs iptables.
+    network: Option<Subnet>,
     /// The IPv6Network and our IPv6 subnet, on a dual-stack node; `None` never runs ip6tables.
     ipv6: Option<(Subnet6, Subnet6)>,
     state: IptablesState,
 }
 
 impl Iptables {
-    /// Writes the rules the flags ask for, for both families when `ipv6` (the IPv6Network and
-    /// our IPv6 subnet) is given. Without the masquerade rules `--ip-masq` asked for, pods
+    /// Writes the rules the flags ask for: iptables for `network` (the Network, unless the
+    /// network is IPv6-only) and our `subnet`, ip6tables when `ipv6` (the IPv6Network and our
+    /// IPv6 subnet) is given. Without the masquerade rules `--ip-masq` asked for, pods
     /// leaving the overlay would carry their own addresses onto the underlay, so that is
     /// fatal in either family; failing forward rules only warn.
     fn start(
         opts: &NodeOptions,
-        network: Subnet,
+        network: Option<Subnet>,
         subnet: Subnet,
         ipv6: Option<(Subnet6, Subnet6)>,
     ) -> Result<Iptables, NodeError> {
@@ -511,7 +534,9 @@ impl Iptables {
         }
         keeper.state = match keeper.write(subnet) {
             Ok(()) => {
-                info!(network = %network, subnet = %subnet, masquerade = rules.masquerade, forward = rules.forward, "iptables rules written");
+                if let Some(network) = network {
+                    info!(network = %network, subnet = %subnet, masquerade = rules.masquerade, forward = rules.forward, "iptables rules written");
+                }
                 if let Some((network6, subnet6)) = ipv6 {
                     info!(network = %network6, subnet = %subnet6, "ip6tables rules written");
                 }
@@ -529,7 +554,10 @@ impl Iptables {
     /// Writes both families' rules (for `subnet`, our lease's, and the IPv6 subnet given at
     /// start), each whatever became of the other; the first error, if any.
     fn write(&self, subnet: Subnet) -> Result<(), masq::MasqError> {
-        let v4 = masq::apply(self.network, subnet, self.rules);
+        let v4 = match self.network {
+            Some(network) => masq::apply(network, subnet, self.rules),
+            None => Ok(()),
+        };
         let v6 = match self.ipv6 {
             Some((network6, subnet6)) => masq::apply6(network6, subnet6, self.rules),
             None => Ok(()),

@@ -11,7 +11,7 @@ use crate::dataplane::{Datapath, DatapathInfo};
 use crate::host::Underlay;
 use crate::ops::status::{IptablesState, NodeStatus6, Offloads};
 use crate::ops::{NodeStatus, OpsState};
-use crate::store::subnet_env::read_previous_subnet;
+use crate::store::subnet_env::{read_previous_ipv6_subnet, read_previous_subnet};
 use crate::store::StoreHandle;
 use crate::wire::Subnet;
 
@@ -73,9 +73,18 @@ impl<'a> StatusPublisher<'a> {
     ) -> NodeStatus {
         let own = store.own_lease();
         let info = self.datapath.as_ref();
+        // An IPv6-only network has no IPv4 half: "-" rather than flannel's empty 0.0.0.0/0.
+        let v4 = self.config.enable_ipv4;
+        let or_dash = |s: String| if v4 { s } else { "-".to_string() };
+        let env_written = match v4 {
+            true => read_previous_subnet(self.subnet_file) == Some(own.subnet),
+            false => {
+                own.subnet6.is_some() && read_previous_ipv6_subnet(self.subnet_file) == own.subnet6
+            }
+        };
         NodeStatus {
-            subnet: own.subnet.to_string(),
-            network: self.config.network.to_string(),
+            subnet: or_dash(own.subnet.to_string()),
+            network: or_dash(self.config.network.to_string()),
             backend: self.config.backend.kind.as_str().to_string(),
             iface: self.underlay.iface.clone(),
             public_ip: self.underlay.public_ip,
@@ -89,7 +98,7 @@ impl<'a> StatusPublisher<'a> {
                 .as_secs(),
             // host-gw has no data path: the kernel forwards.
             datapath_running: dp.is_none_or(Datapath::is_running),
-            subnet_env_written: read_previous_subnet(self.subnet_file) == Some(own.subnet),
+            subnet_env_written: env_written,
             offloads: info
                 .map(|i| Offloads::from(&i.offloads))
                 .unwrap_or_default(),

@@ -356,8 +356,48 @@ fn three_weft_nodes_dual_stack() {
     }
     harness::ping_all_pairs(&lab);
     harness::ping_all_pairs6(&lab);
+    // Per-peer counts for the IPv6 half of node 2's lease, on node 0, keyed by its
+    // PublicIPv6: the 100 MB each way show in packets and bytes both ways, and in
+    // `weft status`'s IPv6 rows.
+    let peer6 = |fam: &str, dir: &str| {
+        let (s6, ip6) = (nodes[2].subnet6.expect("dual stack"), lab.host(2).addr6());
+        nodes[0].metric(&format!(
+            "{fam}{{subnet=\"{s6}\",public_ip=\"{ip6}\",direction=\"{dir}\"}}"
+        ))
+    };
+    let before = [
+        peer6("weft_peer_packets_total", "tx"),
+        peer6("weft_peer_packets_total", "rx"),
+    ];
     harness::transfer6(&lab, 0, 2, 100 * MB);
     harness::transfer6(&lab, 2, 0, 100 * MB);
+    assert!(
+        peer6("weft_peer_bytes_total", "tx") > 100 * MB,
+        "IPv6 bytes sent to node 2"
+    );
+    assert!(
+        peer6("weft_peer_bytes_total", "rx") > 100 * MB,
+        "IPv6 bytes received from node 2"
+    );
+    let after = [
+        peer6("weft_peer_packets_total", "tx"),
+        peer6("weft_peer_packets_total", "rx"),
+    ];
+    assert!(
+        after[0] > before[0] + 1000 && after[1] > before[1] + 1000,
+        "IPv6 per-peer packets: {before:?} -> {after:?}"
+    );
+    let status = nodes[0].http("/status").expect("/status answers");
+    let doc: weft::ops::status::StatusDoc = serde_json::from_str(&status).expect("status JSON");
+    let row = doc
+        .peers6
+        .iter()
+        .find(|p| p.public_ip == lab.host(2).addr6())
+        .expect("node 2's IPv6 half in /status");
+    assert!(
+        row.tx_packets >= after[0] && row.rx_packets >= after[1],
+        "{row:?}"
+    );
     harness::transfer(&lab, 1, 0, 20 * MB);
     assert_eq!(nodes[0].metric("weft_leases"), 2);
     assert_eq!(nodes[0].drops("spoofed_source"), 0);

@@ -3,7 +3,7 @@
 //! decapsulation and the receive checks, the coalescer, the virtio-net header) run under a
 //! counting global allocator that must see zero allocations once the buffers exist. The IPv6
 //! packet functions (segmentation, coalescing, flow hash, virtio-net header, ICMPv6 errors)
-//! and the lease table's lookups in both families are held to the same.
+//! the lease table's lookups and the per-peer counting in both families are held to the same.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -282,4 +282,45 @@ fn table_lookups_allocate_nothing_in_either_family() {
     assert_eq!(allocs() - before, 0, "allocations in table lookups");
     // 3 full rounds of 1,100 and 700 more: 3,700 hits in each of the four lookups.
     assert_eq!(found, 4 * 3_700);
+}
+
+#[test]
+fn per_peer_counting_allocates_nothing_in_either_family() {
+    use std::sync::atomic::Ordering;
+    use weft::dataplane::{Counters, LocalCounters};
+    // The shared counters (their slot table) and a worker's local counts, allocated once.
+    let counters = Counters::default();
+    let mut local = LocalCounters::for_worker(0);
+    let base6 = u128::from("fd77::".parse::<Ipv6Addr>().unwrap());
+
+    let before = allocs();
+    for round in 0..200u32 {
+        // A batch to more peers than the local counts hold (early flushes), in both
+        // families; the first round claims every peer's slot.
+        for i in 0..12u32 {
+            local.peer(Ipv4Addr::from(0xc0a8_4000 + i), 1, 100, &counters, true);
+            local.peer(
+                Ipv6Addr::from(base6 + u128::from(i)),
+                2,
+                200,
+                &counters,
+                true,
+            );
+        }
+        local.flush_tx(&counters, 36);
+        local.peer(
+            Ipv6Addr::from(base6 + u128::from(round % 12)),
+            1,
+            10,
+            &counters,
+            false,
+        );
+        local.flush_rx(&counters, 1);
+    }
+    assert_eq!(allocs() - before, 0, "allocations in per-peer counting");
+    let six = counters.peers.get(Ipv6Addr::from(base6 + 3)).unwrap();
+    assert_eq!(six.tx_packets.load(Ordering::Relaxed), 400);
+    assert_eq!(six.rx_packets.load(Ordering::Relaxed), 200 / 12 + 1);
+    let four = counters.peers.get(Ipv4Addr::from(0xc0a8_4003)).unwrap();
+    assert_eq!(four.tx_bytes.load(Ordering::Relaxed), 200 * 100);
 }

@@ -1,7 +1,7 @@
 //! Packet counters shared by the workers and read by ops: totals each way and drops by reason.
 //! Workers count into a plain local copy and flush it once per batch (no atomics per packet).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::encap::DropReason;
@@ -12,10 +12,34 @@ const REASONS: usize = DropReason::ALL.len();
 /// which bounds the metrics' cardinality.
 pub const PEER_SLOTS: usize = 1024;
 
-/// Per-peer packet and byte counts each way, keyed by the peer's underlay address.
+/// A slot's key word: no peer yet.
+const FREE: u32 = 0;
+/// A slot's key word: a worker is writing its peer's address.
+const CLAIMING: u32 = 1;
+/// A slot's key word: the address is written and the slot is that peer's.
+const READY: u32 = 2;
+/// How long a worker waits for another to finish claiming a slot before counting under
+/// "other" (a claim is two stores: the wait is nanoseconds unless the claimer is preempted).
+const CLAIM_SPINS: u32 = 256;
+
+/// The table key of an underlay address: IPv4 as its IPv4-mapped IPv6 address, so both
+/// families share the slots (and the "other" slot) without colliding.
+#[inline]
+fn key_of(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+/// Per-peer packet and byte counts each way, keyed by the peer's underlay address (its
+/// PublicIP, or for the IPv6 half of a dual-stack lease its PublicIPv6).
 #[derive(Debug, Default)]
 pub struct PeerSlot {
-    ip: AtomicU32,
+    /// [`FREE`], [`CLAIMING`] or [`READY`]; the key below is valid once READY.
+    state: AtomicU32,
+    key_hi: AtomicU64,
+    key_lo: AtomicU64,
     /// Packets sent to the peer.
     pub tx_packets: AtomicU64,
     /// Inner bytes sent to the peer.
@@ -26,7 +50,36 @@ pub struct PeerSlot {
     pub rx_bytes: AtomicU64,
 }
 
-/// A fixed open-addressing table of [`PeerSlot`]s; slots are claimed lock-free on first use.
+impl PeerSlot {
+    /// Whether the slot is READY and holds `key`.
+    #[inline]
+    fn holds(&self, key: u128) -> bool {
+        self.state.load(Ordering::Acquire) == READY && self.key() == key
+    }
+
+    /// The key (meaningful once READY was read with Acquire).
+    #[inline]
+    fn key(&self) -> u128 {
+        (u128::from(self.key_hi.load(Ordering::Relaxed)) << 64)
+            | u128::from(self.key_lo.load(Ordering::Relaxed))
+    }
+
+    /// Waits (boundedly) for another worker's claim of this slot to complete; false when it
+    /// did not.
+    fn await_claim(&self) -> bool {
+        for _ in 0..CLAIM_SPINS {
+            if self.state.load(Ordering::Acquire) == READY {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        false
+    }
+}
+
+/// A fixed open-addressing table of [`PeerSlot`]s for peers of both families; slots are
+/// claimed lock-free on first use (a 128-bit key cannot be swapped in one step, so a slot is
+/// reserved by its state word, its key written, then published).
 #[derive(Debug)]
 pub struct PeerCounters {
     slots: Box<[PeerSlot]>,
@@ -41,36 +94,46 @@ impl Default for PeerCounters {
 }
 
 impl PeerCounters {
-    /// The slot of `ip`, claimed if new; the shared last slot when the table is full.
-    pub fn slot(&self, ip: Ipv4Addr) -> &PeerSlot {
-        let key = u32::from(ip).max(1);
+    /// The slot of `ip` (IPv4 or IPv6), claimed if new; the shared last slot when the table
+    /// is full, or in the rare case another worker's claim of a slot on the way does not
+    /// complete within a few hundred spins (never a second slot for the same peer).
+    pub fn slot(&self, ip: impl Into<IpAddr>) -> &PeerSlot {
+        let key = key_of(ip.into());
         let n = PEER_SLOTS - 1; // the last slot is "other"
-        let mut i = (key.wrapping_mul(0x9E37_79B9) >> 22) as usize % n;
+        let folded = (key >> 64) as u64 ^ key as u64;
+        let mut i = (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize % n;
         for _ in 0..n {
             let s = &self.slots[i];
-            match s.ip.load(Ordering::Relaxed) {
-                k if k == key => return s,
-                0 => match s
-                    .ip
-                    .compare_exchange(0, key, Ordering::Relaxed, Ordering::Relaxed)
+            let mut state = s.state.load(Ordering::Acquire);
+            if state == FREE {
+                match s
+                    .state
+                    .compare_exchange(FREE, CLAIMING, Ordering::Acquire, Ordering::Acquire)
                 {
-                    Ok(_) => return s,
-                    Err(k) if k == key => return s,
-                    Err(_) => {}
-                },
-                _ => {}
+                    Ok(_) => {
+                        s.key_hi.store((key >> 64) as u64, Ordering::Relaxed);
+                        s.key_lo.store(key as u64, Ordering::Relaxed);
+                        s.state.store(READY, Ordering::Release);
+                        return s;
+                    }
+                    Err(now) => state = now,
+                }
+            }
+            if state == CLAIMING && !s.await_claim() {
+                return self.other();
+            }
+            if s.key() == key {
+                return s;
             }
             i = (i + 1) % n;
         }
-        &self.slots[n]
+        self.other()
     }
 
     /// The slot of `ip` if it has one (for reading).
-    pub fn get(&self, ip: Ipv4Addr) -> Option<&PeerSlot> {
-        let key = u32::from(ip).max(1);
-        self.slots[..PEER_SLOTS - 1]
-            .iter()
-            .find(|s| s.ip.load(Ordering::Relaxed) == key)
+    pub fn get(&self, ip: impl Into<IpAddr>) -> Option<&PeerSlot> {
+        let key = key_of(ip.into());
+        self.slots[..PEER_SLOTS - 1].iter().find(|s| s.holds(key))
     }
 
     /// The shared slot of peers that found no slot of their own.
@@ -172,7 +235,7 @@ pub struct LocalCounters {
     pub refused_train_datagrams: u64,
     /// Drops by reason.
     pub drops: [u64; REASONS],
-    peers: [(Ipv4Addr, u64, u64); LOCAL_PEERS],
+    peers: [(IpAddr, u64, u64); LOCAL_PEERS],
     n_peers: usize,
     worker: usize,
 }
@@ -188,7 +251,7 @@ impl Default for LocalCounters {
             refused_trains: 0,
             refused_train_datagrams: 0,
             drops: [0; REASONS],
-            peers: [(Ipv4Addr::UNSPECIFIED, 0, 0); LOCAL_PEERS],
+            peers: [(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0, 0); LOCAL_PEERS],
             n_peers: 0,
             worker: 0,
         }
@@ -210,10 +273,19 @@ impl LocalCounters {
         self.drops[r.index()] += 1;
     }
 
-    /// Counts `packets` and `bytes` for the peer at `ip` (flushed with the batch; a batch
-    /// with more peers than fit flushes the oldest early into `shared`, direction `tx`).
+    /// Counts `packets` and `bytes` for the peer at `ip`, a PublicIP or a PublicIPv6
+    /// (flushed with the batch; a batch with more peers than fit flushes the oldest early
+    /// into `shared`, direction `tx`).
     #[inline]
-    pub fn peer(&mut self, ip: Ipv4Addr, packets: u64, bytes: u64, shared: &Counters, tx: bool) {
+    pub fn peer(
+        &mut self,
+        ip: impl Into<IpAddr>,
+        packets: u64,
+        bytes: u64,
+        shared: &Counters,
+        tx: bool,
+    ) {
+        let ip = ip.into();
         if let Some(e) = self.peers[..self.n_peers].iter_mut().find(|e| e.0 == ip) {
             e.1 += packets;
             e.2 += bytes;
@@ -342,5 +414,88 @@ mod tests {
                 .fetch_add(1, Ordering::Relaxed);
         }
         assert!(c.peers.other().tx_packets.load(Ordering::Relaxed) >= 10);
+    }
+
+    #[test]
+    fn ipv6_peers_count_apart_from_ipv4_and_from_each_other() {
+        use std::net::Ipv6Addr;
+        let c = Counters::default();
+        let mut l = LocalCounters::default();
+        // Two IPv6 peers in one /64, differing only in the low bits, and an IPv4 peer.
+        let a: Ipv6Addr = "fd77::a".parse().unwrap();
+        let b: Ipv6Addr = "fd77::b".parse().unwrap();
+        let v4 = Ipv4Addr::new(192, 168, 64, 10);
+        l.peer(a, 3, 300, &c, true);
+        l.peer(b, 1, 10, &c, true);
+        l.peer(v4, 7, 700, &c, true);
+        l.peer(a, 2, 200, &c, true);
+        l.flush_tx(&c, 13);
+        l.peer(IpAddr::V6(b), 5, 50, &c, false);
+        l.flush_rx(&c, 5);
+        let sa = c.peers.get(a).unwrap();
+        assert_eq!(sa.tx_packets.load(Ordering::Relaxed), 5);
+        assert_eq!(sa.tx_bytes.load(Ordering::Relaxed), 500);
+        let sb = c.peers.get(b).unwrap();
+        assert_eq!(sb.tx_packets.load(Ordering::Relaxed), 1);
+        assert_eq!(sb.rx_packets.load(Ordering::Relaxed), 5);
+        assert_eq!(sb.rx_bytes.load(Ordering::Relaxed), 50);
+        assert_eq!(
+            c.peers.get(v4).unwrap().tx_packets.load(Ordering::Relaxed),
+            7
+        );
+        assert!(!std::ptr::eq(sa, sb));
+        assert!(c
+            .peers
+            .get("fd77::c".parse::<Ipv6Addr>().unwrap())
+            .is_none());
+        assert!(c.peers.get(Ipv4Addr::new(192, 168, 64, 11)).is_none());
+        // Every IPv6 peer in one /64 (the hash must spread the low bits): slots of their own
+        // until the table is full, then "other"; asking again finds the same slot.
+        for i in 0..(PEER_SLOTS as u128 + 10) {
+            let ip = Ipv6Addr::from(u128::from(a) + 0x100 + i);
+            let s = c.peers.slot(ip);
+            s.tx_packets.fetch_add(1, Ordering::Relaxed);
+            assert!(std::ptr::eq(s, c.peers.slot(ip)));
+        }
+        // PEER_SLOTS - 1 slots of their own, three already taken (a, b, the IPv4 peer).
+        let own = PEER_SLOTS as u64 - 1 - 3;
+        let other = c.peers.other().tx_packets.load(Ordering::Relaxed);
+        assert_eq!(other, PEER_SLOTS as u64 + 10 - own);
+    }
+
+    #[test]
+    fn workers_racing_for_new_peers_get_one_slot_each() {
+        use std::net::Ipv6Addr;
+        let c = Counters::default();
+        let base = u128::from("fd77::".parse::<Ipv6Addr>().unwrap());
+        std::thread::scope(|t| {
+            for _ in 0..4 {
+                t.spawn(|| {
+                    for _ in 0..50 {
+                        for i in 0..200u128 {
+                            c.peers
+                                .slot(Ipv6Addr::from(base + i))
+                                .rx_packets
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        // Every peer has exactly one slot; nothing was lost (a claim not seen completing in
+        // time counts under "other", never in a second slot).
+        let mut counted = c.peers.other().rx_packets.load(Ordering::Relaxed);
+        for i in 0..200u128 {
+            let key = base + i;
+            let holders = c.peers.slots.iter().filter(|s| s.holds(key)).count();
+            assert_eq!(holders, 1, "peer {i}");
+            counted += c
+                .peers
+                .get(Ipv6Addr::from(key))
+                .unwrap()
+                .rx_packets
+                .load(Ordering::Relaxed);
+        }
+        assert_eq!(counted, 4 * 50 * 200);
     }
 }

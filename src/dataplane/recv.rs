@@ -29,10 +29,21 @@ pub(super) struct RecvSide {
 /// The sender of a datagram, once a lease was found that names it.
 #[derive(Debug, Clone, Copy)]
 enum From {
-    /// An IPv4 sender (a lease's PublicIP; its per-peer counters go under it).
+    /// An IPv4 sender (a lease's PublicIP).
     V4(Ipv4Addr),
     /// An IPv6 sender (a dual-stack peer's PublicIPv6).
     V6(Ipv6Addr),
+}
+
+impl From {
+    /// The sender's address, which its per-peer counters go under.
+    #[inline]
+    fn ip(self) -> IpAddr {
+        match self {
+            From::V4(s) => IpAddr::V4(s),
+            From::V6(s) => IpAddr::V6(s),
+        }
+    }
 }
 
 /// Where accepted packets go: into the coalescer's super-packets, or one by one.
@@ -128,8 +139,8 @@ impl RecvSide {
                 match inner {
                     Ok(p) => {
                         let delivered = self.to_tun.deliver(tun, p, local);
-                        if let (true, From::V4(ip)) = (delivered, from) {
-                            local.peer(ip, 1, p.len() as u64, counters, false);
+                        if delivered {
+                            local.peer(from.ip(), 1, p.len() as u64, counters, false);
                         }
                     }
                     Err(r) => local.drop(r),

@@ -178,9 +178,7 @@ impl Encoder {
                 let (n, bytes) = (p.datagrams as u64, p.inner_bytes as u64);
                 local.packets += n;
                 local.bytes += bytes;
-                if let PeerRef::V4(peer) = p.peer {
-                    local.peer(peer.public_ip, n, bytes, counters, true);
-                }
+                local.peer(p.peer.underlay().ip(), n, bytes, counters, true);
                 let (dst, max) = (p.peer.underlay(), self.train_max);
                 match p.shape {
                     Shape::Segments(segs) => self.outs.push_segments(slot, segs, dst, sock, max),

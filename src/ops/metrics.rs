@@ -1,6 +1,7 @@
 //! Prometheus text exposition of the node's counters.
 
 use std::fmt::Write;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::dataplane::Counters;
@@ -160,24 +161,36 @@ fn leases(o: &mut String, table: &LeaseTable) {
     );
 }
 
-/// Packets and bytes to and from each current remote lease, by direction.
+/// Packets and bytes to and from each current remote lease, by direction: IPv4 leases by
+/// subnet and PublicIP, then (dual stack) their IPv6 halves by IPv6 subnet and PublicIPv6.
 fn peers(o: &mut String, c: &Counters, table: &LeaseTable) {
-    let mut peers: Vec<_> = table.iter().collect();
-    peers.sort_by_key(|p| p.subnet);
+    let mut rows: Vec<(String, IpAddr)> = Vec::with_capacity(table.len() + table.len6());
+    let mut v4: Vec<_> = table.iter().map(|p| (p.subnet, p.public_ip)).collect();
+    v4.sort();
+    rows.extend(
+        v4.into_iter()
+            .map(|(s, ip)| (s.to_string(), IpAddr::V4(ip))),
+    );
+    let mut v6: Vec<_> = table.iter6().map(|p| (p.subnet, p.public_ip)).collect();
+    v6.sort();
+    rows.extend(
+        v6.into_iter()
+            .map(|(s, ip)| (s.to_string(), IpAddr::V6(ip))),
+    );
     let families = [
         (
             "weft_peer_packets_total",
-            "Packets to and from each remote lease, by direction.",
+            "Packets to and from each remote lease (each half of a dual-stack one), by direction.",
         ),
         (
             "weft_peer_bytes_total",
-            "Inner bytes to and from each remote lease, by direction.",
+            "Inner bytes to and from each remote lease (each half of a dual-stack one), by direction.",
         ),
     ];
     for (k, (name, help)) in families.into_iter().enumerate() {
         family(o, name, "counter", help);
-        for p in &peers {
-            let Some(s) = c.peers.get(p.public_ip) else {
+        for (subnet, ip) in &rows {
+            let Some(s) = c.peers.get(*ip) else {
                 continue;
             };
             let pair = match k {
@@ -187,9 +200,7 @@ fn peers(o: &mut String, c: &Counters, table: &LeaseTable) {
             for (dir, a) in pair {
                 let _ = writeln!(
                     o,
-                    "{name}{{subnet=\"{}\",public_ip=\"{}\",direction=\"{dir}\"}} {}",
-                    p.subnet,
-                    p.public_ip,
+                    "{name}{{subnet=\"{subnet}\",public_ip=\"{ip}\",direction=\"{dir}\"}} {}",
                     a.load(Ordering::Relaxed)
                 );
             }
@@ -314,5 +325,44 @@ mod tests {
             let (_, value) = line.rsplit_once(' ').unwrap();
             assert!(value.parse::<u64>().is_ok(), "{line}");
         }
+    }
+    #[test]
+    fn the_ipv6_half_of_a_lease_has_its_own_peer_series() {
+        use std::net::{Ipv4Addr, Ipv6Addr};
+        let local = crate::table::LocalVtep {
+            vni: crate::wire::Vni::new(1).unwrap(),
+            mac: crate::wire::EthernetAddress([2, 0, 0, 0, 0, 1]),
+            port: 8472,
+        };
+        let v4 = Ipv4Addr::new(192, 168, 64, 11);
+        let v6: Ipv6Addr = "fd77::b".parse().unwrap();
+        let peer = crate::table::Peer::new("10.1.2.0/24".parse().unwrap(), v4, None, &local);
+        let peer6 = crate::table::Peer6::new("fd10:0:0:2::/64".parse().unwrap(), v6, None, &local);
+        let table = LeaseTable::from_peers_dual(24, vec![peer], 64, vec![peer6], 1);
+        let c = Counters::default();
+        let mut l = LocalCounters::default();
+        l.peer(v4, 2, 200, &c, true);
+        l.peer(v6, 3, 3000, &c, true);
+        l.flush_tx(&c, 5);
+        l.peer(v6, 4, 400, &c, false);
+        l.flush_rx(&c, 4);
+        let text = render(&c, &table, None);
+        let series = |fam: &str, subnet: &str, ip: &str, dir: &str| {
+            let s = format!("{fam}{{subnet=\"{subnet}\",public_ip=\"{ip}\",direction=\"{dir}\"}}");
+            sample(&text, &s)
+        };
+        let p = "weft_peer_packets_total";
+        let b = "weft_peer_bytes_total";
+        assert_eq!(
+            series(p, "fd10:0:0:2::/64", "fd77::b", "tx"),
+            Some(3),
+            "{text}"
+        );
+        assert_eq!(series(b, "fd10:0:0:2::/64", "fd77::b", "tx"), Some(3000));
+        assert_eq!(series(p, "fd10:0:0:2::/64", "fd77::b", "rx"), Some(4));
+        assert_eq!(series(b, "fd10:0:0:2::/64", "fd77::b", "rx"), Some(400));
+        // The IPv4 half counts only its own traffic.
+        assert_eq!(series(p, "10.1.2.0/24", "192.168.64.11", "tx"), Some(2));
+        assert_eq!(series(p, "10.1.2.0/24", "192.168.64.11", "rx"), Some(0));
     }
 }

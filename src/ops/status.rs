@@ -84,6 +84,12 @@ pub struct PeerStatus6 {
     pub public_ip: Ipv6Addr,
     /// Its IPv6 VTEP MAC (vxlan).
     pub vtep_mac: Option<String>,
+    /// Packets sent to its PublicIPv6.
+    #[serde(default)]
+    pub tx_packets: u64,
+    /// Packets received from its PublicIPv6.
+    #[serde(default)]
+    pub rx_packets: u64,
 }
 
 /// Offloads in force on the data path.
@@ -205,32 +211,41 @@ impl NodeStatus {
         counters: &Counters,
         seen: &HashMap<Subnet, Instant>,
     ) -> String {
+        // Packets sent to and received from an underlay address.
+        let packets = |ip: std::net::IpAddr| {
+            counters.peers.get(ip).map_or((0, 0), |s| {
+                (
+                    s.tx_packets.load(Ordering::Relaxed),
+                    s.rx_packets.load(Ordering::Relaxed),
+                )
+            })
+        };
         let mut peers: Vec<PeerStatus> = table
             .iter()
             .map(|p| {
-                let slot = counters.peers.get(p.public_ip);
-                let n = |f: fn(
-                    &crate::dataplane::counters::PeerSlot,
-                ) -> &std::sync::atomic::AtomicU64| {
-                    slot.map_or(0, |s| f(s).load(Ordering::Relaxed))
-                };
+                let (tx_packets, rx_packets) = packets(p.public_ip.into());
                 PeerStatus {
                     subnet: p.subnet.to_string(),
                     public_ip: p.public_ip,
                     vtep_mac: p.vtep_mac.map(|m| m.to_string()),
                     age_secs: seen.get(&p.subnet).map_or(0, |t| t.elapsed().as_secs()),
-                    tx_packets: n(|s| &s.tx_packets),
-                    rx_packets: n(|s| &s.rx_packets),
+                    tx_packets,
+                    rx_packets,
                 }
             })
             .collect();
         peers.sort_by_key(|p| p.subnet.parse::<crate::wire::Subnet>().ok());
         let peers6 = table
             .iter6()
-            .map(|p| PeerStatus6 {
-                subnet: p.subnet.to_string(),
-                public_ip: p.public_ip,
-                vtep_mac: p.vtep_mac.map(|m| m.to_string()),
+            .map(|p| {
+                let (tx_packets, rx_packets) = packets(p.public_ip.into());
+                PeerStatus6 {
+                    subnet: p.subnet.to_string(),
+                    public_ip: p.public_ip,
+                    vtep_mac: p.vtep_mac.map(|m| m.to_string()),
+                    tx_packets,
+                    rx_packets,
+                }
             })
             .collect();
         let doc = StatusDoc {
@@ -384,16 +399,23 @@ impl StatusDoc {
                 .iter()
                 .map(|p| p.subnet.len())
                 .max()
-                .unwrap_or(6);
+                .unwrap_or(11)
+                .max(11);
             let _ = writeln!(o, "\n{} remote IPv6 halves", self.peers6.len());
-            let _ = writeln!(o, "{:<w$}  {:<39}  VTEP MAC", "IPV6 SUBNET", "PUBLIC IPV6");
+            let _ = writeln!(
+                o,
+                "{:<w$}  {:<39}  {:<17}  {:>12}  {:>12}",
+                "IPV6 SUBNET", "PUBLIC IPV6", "VTEP MAC", "SENT", "RECEIVED"
+            );
             for p in &self.peers6 {
                 let _ = writeln!(
                     o,
-                    "{:<w$}  {:<39}  {}",
+                    "{:<w$}  {:<39}  {:<17}  {:>12}  {:>12}",
                     p.subnet,
                     p.public_ip.to_string(),
-                    p.vtep_mac.as_deref().unwrap_or("-")
+                    p.vtep_mac.as_deref().unwrap_or("-"),
+                    p.tx_packets,
+                    p.rx_packets
                 );
             }
         }
@@ -499,5 +521,65 @@ mod tests {
             rows[1].find("192.168"),
             "aligned:\n{text}"
         );
+    }
+    #[test]
+    fn the_ipv6_halves_show_their_own_packet_counts() {
+        use crate::dataplane::LocalCounters;
+        use crate::table::Peer6;
+        let local = LocalVtep {
+            vni: Vni::new(1).unwrap(),
+            mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
+            port: 8472,
+        };
+        let v4 = Ipv4Addr::new(192, 168, 64, 11);
+        let v6: Ipv6Addr = "fd77::b".parse().unwrap();
+        let peer = Peer::new("10.1.4.0/24".parse().unwrap(), v4, None, &local);
+        let mac6 = Some(EthernetAddress([0x0e, 0x77, 0x76, 0, 0, 0x0b]));
+        let peer6 = Peer6::new("fd10:0:0:4::/64".parse().unwrap(), v6, mac6, &local);
+        let table = LeaseTable::from_peers_dual(24, vec![peer], 64, vec![peer6], 7);
+        let c = Counters::default();
+        let mut l = LocalCounters::default();
+        l.peer(v4, 1, 100, &c, true);
+        l.peer(v6, 12345, 1 << 20, &c, true);
+        l.flush_tx(&c, 8);
+        l.peer(v6, 678, 1 << 10, &c, false);
+        l.flush_rx(&c, 8);
+        let json = status().to_json(&table, &c, &HashMap::new());
+        let doc: StatusDoc = serde_json::from_str(&json).unwrap();
+        assert_eq!((doc.peers[0].tx_packets, doc.peers[0].rx_packets), (1, 0));
+        assert_eq!(
+            (doc.peers6[0].tx_packets, doc.peers6[0].rx_packets),
+            (12345, 678)
+        );
+        let text = doc.render();
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("fd10:0:0:4::/64"))
+            .unwrap_or_else(|| panic!("no IPv6 row:\n{text}"));
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            cols,
+            [
+                "fd10:0:0:4::/64",
+                "fd77::b",
+                "0e:77:76:00:00:0b",
+                "12345",
+                "678"
+            ],
+            "{text}"
+        );
+        let head = text.lines().find(|l| l.starts_with("IPV6 SUBNET")).unwrap();
+        assert_eq!(
+            head.find("RECEIVED").map(|i| i + 8),
+            Some(row.len()),
+            "aligned:\n{text}"
+        );
+        // A document from a weft without the IPv6 counts still reads.
+        let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
+        for k in ["tx_packets", "rx_packets"] {
+            old["peers6"][0].as_object_mut().unwrap().remove(k);
+        }
+        let doc: StatusDoc = serde_json::from_value(old).unwrap();
+        assert_eq!(doc.peers6[0].tx_packets, 0);
     }
 }

@@ -20,7 +20,9 @@
 //! * `WEFT_E2E_ONLY=weft`: measure weft alone (the other columns print NaN);
 //! * `WEFT_E2E_ARGS`: extra flags for the weft nodes (e.g. `--workers=1`);
 //! * `WEFT_E2E_METRICS`: print both weft nodes' non-zero metrics after the weft run;
-//! * `WEFT_BIN`: another weft build (e.g. the previous commit's) for a before/after pair.
+//! * `WEFT_BIN`: another weft build (e.g. the previous commit's) for a before/after pair;
+//! * `WEFT_E2E_IPV4_ONLY`: the weft lab is IPv4-only (for a `WEFT_BIN` older than dual
+//!   stack; its TCP over IPv6 prints NaN).
 
 #[path = "../tests/harness/mod.rs"]
 mod harness;
@@ -210,11 +212,24 @@ fn kernel(offloads: bool, secs: u32) -> Numbers {
 const DUAL_STACK_VXLAN: &str = r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fd10::/48","Backend":{"Type":"vxlan"}}"#;
 
 fn weft(secs: u32, extra: &[&str]) -> Numbers {
-    let mut lab = Lab::builder().hosts(2).ipv6().build();
+    let ipv4_only = std::env::var_os("WEFT_E2E_IPV4_ONLY").is_some();
+    let mut lab = match ipv4_only {
+        true => Lab::builder().hosts(2).build(),
+        false => Lab::builder().hosts(2).ipv6().build(),
+    };
     let etcd = Etcd::start_in(lab.segment(0));
-    etcd.put_config(DUAL_STACK_VXLAN);
-    let n0 = WeftNode::start_dual_with_pod(&mut lab, 0, &etcd, extra);
-    let n1 = WeftNode::start_dual_with_pod(&mut lab, 1, &etcd, extra);
+    let start = match ipv4_only {
+        true => {
+            etcd.put_config(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan"}}"#);
+            WeftNode::start_with_pod
+        }
+        false => {
+            etcd.put_config(DUAL_STACK_VXLAN);
+            WeftNode::start_dual_with_pod
+        }
+    };
+    let n0 = start(&mut lab, 0, &etcd, extra);
+    let n1 = start(&mut lab, 1, &etcd, extra);
     let pids: Vec<u32> = [n0.pid(), n1.pid()].into_iter().flatten().collect();
     let numbers = measure(&lab, secs, &pids);
     if std::env::var_os("WEFT_E2E_METRICS").is_some() {

@@ -122,6 +122,34 @@ fn parse_default_route(text: &str) -> Option<String> {
         .map(|(_, name)| name)
 }
 
+/// The interface of the IPv6 default route with the lowest metric (from
+/// `/proc/net/ipv6_route`), for a host without an IPv4 one.
+pub fn default_route6_iface() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/net/ipv6_route").ok()?;
+    parse_default_route6(&text)
+}
+
+fn parse_default_route6(text: &str) -> Option<String> {
+    const RTF_UP: u32 = 0x1;
+    const RTF_REJECT: u32 = 0x200;
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // dst dst_len src src_len next_hop metric refcnt use flags iface
+            if f.len() < 10 || f[1] != "00" || f[0].bytes().any(|b| b != b'0') {
+                return None;
+            }
+            let flags = u32::from_str_radix(f[8], 16).ok()?;
+            if flags & RTF_UP == 0 || flags & RTF_REJECT != 0 || f[9] == "lo" {
+                return None;
+            }
+            let metric = u32::from_str_radix(f[5], 16).ok()?;
+            Some((metric, f[9].to_string()))
+        })
+        .min()
+        .map(|(_, name)| name)
+}
+
 /// How to pick the underlay interface: flanneld's `-iface`, `-iface-regex`,
 /// `-iface-can-reach` and `-public-ip`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -183,7 +211,25 @@ fn by_regex(addrs: &[IfAddr], patterns: &[String]) -> Result<IfAddr, UnderlayErr
 /// `--iface-can-reach`; else the interface holding `--public-ip`; else the default route's
 /// interface. `public_ip` overrides the advertised address; `public_ipv6` is the advertised
 /// IPv6 address, else the chosen interface's global one.
+///
+/// A host whose chosen interface has no IPv4 address (an IPv6-only underlay) gets the same
+/// choice over its IPv6 addresses instead ([`choose_underlay6`]): the underlay then has no
+/// IPv4 address (`0.0.0.0`), which only an IPv6-only network (`EnableIPv4: false`) accepts.
 pub fn choose_underlay(spec: &UnderlaySpec) -> Result<Underlay, UnderlayError> {
+    match choose_underlay4(spec) {
+        Ok(u) => Ok(u),
+        Err(e) => match choose_underlay6(spec)? {
+            Some(u) => {
+                tracing::info!(iface = %u.iface, reason = %e, "no IPv4 underlay address; choosing by IPv6 (an IPv6-only network needs no IPv4 one)");
+                Ok(u)
+            }
+            None => Err(e),
+        },
+    }
+}
+
+/// [`choose_underlay`] by IPv4 address (flanneld's choice on an IPv4 or dual-stack network).
+fn choose_underlay4(spec: &UnderlaySpec) -> Result<Underlay, UnderlayError> {
     let (ifaces, public_ip) = (&spec.ifaces, spec.public_ip);
     let addrs = iface::ipv4_addrs().map_err(UnderlayError::List)?;
     let found: IfAddr = if !ifaces.is_empty() {
@@ -240,9 +286,80 @@ pub fn choose_underlay(spec: &UnderlaySpec) -> Result<Underlay, UnderlayError> {
     })
 }
 
+/// The underlay of a host without a usable IPv4 address, chosen over IPv6 addresses in
+/// flanneld's order: an `--iface` entry naming an interface or one of its IPv6 addresses; an
+/// `--iface-regex` matching an IPv6 address or an interface name; the interface holding
+/// `--public-ipv6`; the IPv6 default route's interface. `None` when nothing has a global IPv6
+/// address to advertise (the IPv4 error then stands).
+fn choose_underlay6(spec: &UnderlaySpec) -> Result<Option<Underlay>, UnderlayError> {
+    let addrs = iface::ipv6_addrs().map_err(UnderlayError::List)?;
+    let global: Vec<&IfAddr6> = addrs.iter().filter(|a| is_global_scope(a.addr)).collect();
+    let name = if !spec.ifaces.is_empty() {
+        spec.ifaces.iter().find_map(|want| {
+            let by_ip = want.parse::<Ipv6Addr>().ok();
+            global
+                .iter()
+                .find(|a| Some(a.addr) == by_ip || a.name == *want)
+                .map(|a| a.name.clone())
+        })
+    } else if !spec.iface_regex.is_empty() {
+        let mut hit = None;
+        for pattern in &spec.iface_regex {
+            let Ok(re) = regex::Regex::new(pattern) else {
+                continue;
+            };
+            hit = global
+                .iter()
+                .find(|a| re.is_match(&a.addr.to_string()))
+                .or_else(|| global.iter().find(|a| re.is_match(&a.name)))
+                .map(|a| a.name.clone());
+            if hit.is_some() {
+                break;
+            }
+        }
+        hit
+    } else if let Some(ip) = spec.public_ipv6 {
+        global.iter().find(|a| a.addr == ip).map(|a| a.name.clone())
+    } else {
+        default_route6_iface()
+    };
+    let Some(name) = name else {
+        return Ok(None);
+    };
+    let Some(public_ipv6) = spec.public_ipv6.or_else(|| global_ipv6_of(&addrs, &name)) else {
+        return Ok(None);
+    };
+    let mtu = iface::mtu(&name).map_err(|source| UnderlayError::Mtu {
+        iface: name.clone(),
+        source,
+    })?;
+    Ok(Some(Underlay {
+        iface: name,
+        local_ip: Ipv4Addr::UNSPECIFIED,
+        public_ip: spec.public_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        public_ipv6: Some(public_ipv6),
+        mtu,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_default_route_lowest_metric_up_not_rejecting() {
+        let z = "00000000000000000000000000000000";
+        let text = format!(
+            "{z} 00 {z} 00 fe800000000000000000000000000001 00000400 00000001 00000000 00000003 eth1\n\
+{z} 00 {z} 00 fe800000000000000000000000000001 00000100 00000001 00000000 00000003 eth0\n\
+{z} 00 {z} 00 {z} ffffffff 00000001 00000000 00200200 lo\n\
+fd770000000000000000000000000000 40 {z} 00 {z} 00000100 00000001 00000000 00000001 eth2\n"
+        );
+        assert_eq!(parse_default_route6(&text), Some("eth0".to_string()));
+        let only_reject = format!("{z} 00 {z} 00 {z} 00000001 00000001 00000000 00000201 eth0\n");
+        assert_eq!(parse_default_route6(&only_reject), None);
+        assert_eq!(parse_default_route6(""), None);
+    }
 
     #[test]
     fn default_route_lowest_metric() {

@@ -169,12 +169,15 @@ impl Local {
             Ok(view) => (view.config.backend.kind, view.config.backend.port),
             Err(_) => (self.backend, default_port(self.backend)),
         };
+        let ipv6_only = matches!(&etcd, Ok(view) if !view.config.enable_ipv4);
         DoctorInput {
             running: self.running,
+            ipv6_only,
             network: self
                 .env
                 .map(|e| e.network)
-                .or_else(|| etcd.as_ref().ok().map(|view| view.config.network)),
+                .or_else(|| etcd.as_ref().ok().map(|view| view.config.network))
+                .filter(|_| !ipv6_only),
             network6: self
                 .env
                 .and_then(|e| e.ipv6)
@@ -213,7 +216,11 @@ fn default_port(kind: BackendType) -> u16 {
 pub struct DoctorInput {
     /// Whether a weft of this network runs in this namespace (its instance socket is held).
     pub running: bool,
-    /// The overlay network (subnet.env's, else etcd's config), if known.
+    /// The network is IPv6-only (etcd's config says `EnableIPv4: false`): the IPv4 checks
+    /// (forwarding, rp_filter, FORWARD policy, masquerade) do not apply.
+    pub ipv6_only: bool,
+    /// The overlay network (subnet.env's, else etcd's config), if known; none on an
+    /// IPv6-only network.
     pub network: Option<Subnet>,
     /// The IPv6Network of a dual-stack network (subnet.env's, else etcd's config), if any.
     pub network6: Option<Subnet6>,
@@ -246,11 +253,14 @@ impl DoctorInput {
 
 /// Runs every check against this host (network namespace), in the order they print.
 pub fn run_checks(i: &DoctorInput) -> Vec<Finding> {
-    let mut out = vec![node(i), ip_forward()];
+    let v4 = !i.ipv6_only;
+    let mut out = vec![node(i)];
+    out.extend(v4.then(ip_forward));
     out.extend(ipv6_forwarding(i));
-    out.extend([rp_filter(i), forward_policy(i)]);
+    out.extend(v4.then(|| [rp_filter(i), forward_policy(i)]).into_iter().flatten());
     out.extend(ipv6_forward_policy(i));
-    out.extend([masquerade(i), bridge_nf_call_iptables(), etcd(i)]);
+    out.extend(v4.then(|| masquerade(i)));
+    out.extend([bridge_nf_call_iptables(), etcd(i)]);
     out.extend(udp_port(i));
     if let Ok(view) = &i.etcd {
         out.extend(lease_findings(view));

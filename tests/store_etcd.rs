@@ -1233,15 +1233,32 @@ async fn dual_stack_without_an_ipv6_address_is_a_clear_error() {
     assert!(raw_leases(&etcd).await.is_empty());
     assert!(!env_path.exists());
 
-    // An IPv6-only network (EnableIPv4 false) is refused plainly too.
+    // An IPv6-only network needs the IPv6 address just the same.
     put_config(
         &etcd,
         r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd25::/48","Backend":{"Type":"vxlan"}}"#,
     )
     .await;
+    let opts = store_opts(&etcd, Ipv4Addr::UNSPECIFIED, dir.path());
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        Store::start(opts, SharedTable::new(LeaseTable::empty(24))),
+    )
+    .await
+    .expect("answered at once");
+    assert!(matches!(r, Err(StoreError::NoPublicIpv6)), "{r:?}");
+    assert!(raw_leases(&etcd).await.is_empty());
+
+    // Without an IPv4 address (0.0.0.0, what an IPv6-only node passes) a network with IPv4
+    // is refused: only an IPv6-only network takes it.
+    put_config(
+        &etcd,
+        r#"{"Network":"10.25.0.0/16","EnableIPv6":true,"IPv6Network":"fd25::/48","Backend":{"Type":"vxlan"}}"#,
+    )
+    .await;
     let opts = dual_opts(
         &etcd,
-        Ipv4Addr::new(192, 168, 25, 1),
+        Ipv4Addr::UNSPECIFIED,
         "fd77::25:1".parse().unwrap(),
         dir.path(),
     );
@@ -1251,7 +1268,10 @@ async fn dual_stack_without_an_ipv6_address_is_a_clear_error() {
     )
     .await
     .expect("answered at once");
-    assert!(matches!(r, Err(StoreError::Ipv6Only)), "{r:?}");
+    let e = r.expect_err("no PublicIP to write");
+    assert!(matches!(e, StoreError::NoPublicIp), "{e}");
+    assert!(!e.is_transient());
+    assert!(e.to_string().contains("-public-ip="), "{e}");
     assert!(raw_leases(&etcd).await.is_empty());
 }
 

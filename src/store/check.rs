@@ -12,7 +12,13 @@
 //! As in flanneld, an IPv4-only key in a dual-stack network is an IPv4-only lease (it gets
 //! no IPv6 route), and the IPv6 half of a key is ignored when the network has no IPv6.
 //!
-//! Two leases may also name the same PublicIP (a stale record, a typo, a node that moved):
+//! On an IPv6-only network (`EnableIPv4: false`) a lease key is flanneld's
+//! `0.0.0.0-0&fd10:0:0:2::-64` and only its IPv6 half counts: [`check_key_families`] refuses
+//! a key with a real IPv4 part (or none of IPv6) there, and a `0.0.0.0-0&...` key on a network
+//! with IPv4; the record is read with [`LeaseRecord::parse_ipv6_only`] and judged by
+//! [`check_lease_v6`] alone (plus its backend type).
+//!
+//! Two leases may also name the same PublicIP (or PublicIPv6) (a stale record, a typo, a node that moved):
 //! [`conflicts`] finds them so they can be reported; the data path keeps both working.
 
 use std::collections::BTreeMap;
@@ -35,8 +41,10 @@ pub struct Judged {
 }
 
 /// Reads and judges one etcd key/value under the subnets prefix: key syntax (flannel's, so a
-/// key whose IPv6 part is bad is no lease at all), record syntax, then [`check_lease`] and
-/// [`check_lease_v6`].
+/// key whose IPv6 part is bad is no lease at all), the key's fit to the network's families
+/// ([`check_key_families`]; a key that does not fit names no subnet here), record syntax
+/// ([`LeaseRecord::parse_for`]), then [`check_lease`] (IPv4 half, or only the backend type
+/// on an IPv6-only network) and [`check_lease_v6`].
 pub fn judge(keys: &Keys, cfg: &NetworkConfig, key: &[u8], value: &[u8]) -> Judged {
     let Some((subnet, subnet6)) = keys.parse_subnet_key_dual(key) else {
         return Judged {
@@ -45,9 +53,23 @@ pub fn judge(keys: &Keys, cfg: &NetworkConfig, key: &[u8], value: &[u8]) -> Judg
             verdict: Err(LeaseProblem::BadKey),
         };
     };
-    let verdict = LeaseRecord::parse(value)
+    if let Err(problem) = check_key_families(cfg, subnet, subnet6) {
+        return Judged {
+            subnet: None,
+            subnet6: None,
+            verdict: Err(problem),
+        };
+    }
+    let verdict = LeaseRecord::parse_for(cfg, value)
         .map_err(LeaseProblem::Unreadable)
-        .and_then(|rec| check_lease(cfg, subnet, &rec).map(|()| rec))
+        .and_then(|rec| {
+            if cfg.enable_ipv4 {
+                check_lease(cfg, subnet, &rec)
+            } else {
+                check_backend(cfg, &rec)
+            }
+            .map(|()| rec)
+        })
         .and_then(|rec| check_lease_v6(cfg, subnet6, &rec).map(|()| rec));
     Judged {
         subnet: Some(subnet),
@@ -122,6 +144,14 @@ pub enum LeaseProblem {
     /// The vxlan IPv6 VTEP MAC (`BackendV6Data.VtepMAC`) is not a unicast MAC.
     #[error("BackendV6Data VtepMAC {0} is not a unicast MAC")]
     VtepMacV6(EthernetAddress),
+    /// A key of flanneld's IPv6-only form (`0.0.0.0-0&...`) on a network with IPv4.
+    #[error("the key is an IPv6-only lease (0.0.0.0-0&...), but the network has IPv4 (EnableIPv4 is not false)")]
+    Ipv6OnlyLease,
+    /// A key with an IPv4 subnet, or without an IPv6 one, on an IPv6-only network.
+    #[error(
+        "the network is IPv6-only (EnableIPv4 false): a lease key must be 0.0.0.0-0&<IPv6 subnet>"
+    )]
+    NotIpv6Only,
     /// The record belongs to another backend type than the network's.
     #[error("the lease is for backend {theirs:?}, the network runs {ours}")]
     OtherBackend {
@@ -148,11 +178,13 @@ impl LeaseProblem {
             LeaseProblem::MissingV6(_) => "missing_v6",
             LeaseProblem::PublicIpv6 { .. } => "public_ipv6",
             LeaseProblem::VtepMacV6(_) => "vtep_mac_v6",
+            LeaseProblem::Ipv6OnlyLease => "ipv6_only_lease",
+            LeaseProblem::NotIpv6Only => "not_ipv6_only",
         }
     }
 
     /// Every label, in a fixed order (so the metric shows zeros too).
-    pub const LABELS: [&'static str; 12] = [
+    pub const LABELS: [&'static str; 14] = [
         "bad_key",
         "unreadable",
         "outside_network",
@@ -165,6 +197,8 @@ impl LeaseProblem {
         "missing_v6",
         "public_ipv6",
         "vtep_mac_v6",
+        "ipv6_only_lease",
+        "not_ipv6_only",
     ];
 }
 
@@ -206,6 +240,26 @@ pub fn unusable_public_ipv6(ip: Ipv6Addr) -> Option<&'static str> {
     }
 }
 
+/// The IPv4 part of flanneld's IPv6-only lease keys: `0.0.0.0-0`, flannel's empty net.
+pub fn is_empty_ipv4(subnet: &Subnet) -> bool {
+    subnet.prefix_len() == 0 && subnet.addr().is_unspecified()
+}
+
+/// Whether a key's subnets fit the network's families: on an IPv6-only network the key must
+/// be `0.0.0.0-0&<IPv6 subnet>`; on a network with IPv4 it must not be `0.0.0.0-0&...`.
+pub fn check_key_families(
+    cfg: &NetworkConfig,
+    subnet: Subnet,
+    subnet6: Option<Subnet6>,
+) -> Result<(), LeaseProblem> {
+    match (cfg.enable_ipv4, is_empty_ipv4(&subnet)) {
+        (false, true) if subnet6.is_some() => Ok(()),
+        (false, _) => Err(LeaseProblem::NotIpv6Only),
+        (true, true) => Err(LeaseProblem::Ipv6OnlyLease),
+        (true, false) => Ok(()),
+    }
+}
+
 /// Judges the IPv6 half of a lease: `subnet6` from its key, `record` its parsed value. `Ok`
 /// when the network has no IPv6 (flanneld ignores the half then) or the key has no IPv6
 /// subnet (an IPv4-only lease, as flanneld treats it).
@@ -235,7 +289,14 @@ pub fn check_lease_v6(
     if let Some(why) = unusable_public_ipv6(ip) {
         return Err(LeaseProblem::PublicIpv6 { ip, why });
     }
-    if let BackendRecord::Vxlan { .. } = record.backend {
+    if v6.network.contains(ip) {
+        // Encapsulated packets to it would be routed into the overlay again.
+        return Err(LeaseProblem::PublicIpv6 {
+            ip,
+            why: "inside the IPv6Network",
+        });
+    }
+    if let BackendRecord::Vxlan { .. } | BackendRecord::VxlanIpv6Only = record.backend {
         // flanneld's vxlan backend skips a dual-stack lease whose BackendV6Data it cannot read.
         let data = record
             .backend_v6
@@ -272,13 +333,21 @@ pub fn check_lease(
             why,
         });
     }
+    check_backend(cfg, record)
+}
+
+/// Judges a record's backend against the network's: its type, and (vxlan with IPv4) the
+/// VTEP MAC of `BackendData`. An IPv6-only vxlan record has no `BackendData`; its VTEP is
+/// [`check_lease_v6`]'s.
+fn check_backend(cfg: &NetworkConfig, record: &LeaseRecord) -> Result<(), LeaseProblem> {
     match (cfg.backend.kind, &record.backend) {
         (BackendType::Vxlan, BackendRecord::Vxlan { vtep_mac, .. }) => {
-            if !vtep_mac.is_unicast() {
+            if cfg.enable_ipv4 && !vtep_mac.is_unicast() {
                 return Err(LeaseProblem::VtepMac(*vtep_mac));
             }
             Ok(())
         }
+        (BackendType::Vxlan, BackendRecord::VxlanIpv6Only) if !cfg.enable_ipv4 => Ok(()),
         (BackendType::HostGw, BackendRecord::HostGw) | (BackendType::Udp, _) => Ok(()),
         (kind, other) => Err(LeaseProblem::OtherBackend {
             theirs: other.type_name().to_string(),
@@ -290,12 +359,18 @@ pub fn check_lease(
 /// Every lease under the subnets prefix, judged: what a view (`weft doctor`) shows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LeaseView {
-    /// Usable leases: subnet and PublicIP, in key order.
+    /// Usable leases' IPv4 halves: subnet and PublicIP, in key order (none on an IPv6-only
+    /// network).
     pub usable: Vec<(Subnet, Ipv4Addr)>,
     /// Keys not used, and why.
     pub rejected: Vec<(String, LeaseProblem)>,
     /// PublicIPs that several usable leases name, with their keys.
     pub conflicts: Vec<(Ipv4Addr, Vec<String>)>,
+    /// Usable leases' IPv6 halves: IPv6 subnet and PublicIPv6, in key order (when the network
+    /// has IPv6).
+    pub usable6: Vec<(Subnet6, Ipv6Addr)>,
+    /// PublicIPv6s that several usable leases name, with their keys.
+    pub conflicts6: Vec<(Ipv6Addr, Vec<String>)>,
 }
 
 /// Judges a whole listing of `(key, value)` pairs under the subnets prefix.
@@ -305,10 +380,20 @@ pub fn judge_all<'a>(
     kvs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
 ) -> LeaseView {
     let mut view = LeaseView::default();
+    // The key of each usable IPv6 half, to name the keys of a PublicIPv6 conflict.
+    let mut keys6: BTreeMap<Subnet6, String> = BTreeMap::new();
     for (key, value) in kvs {
         let j = judge(keys, cfg, key, value);
         match (j.subnet, j.verdict) {
-            (Some(subnet), Ok(rec)) => view.usable.push((subnet, rec.public_ip)),
+            (Some(subnet), Ok(rec)) => {
+                if cfg.enable_ipv4 {
+                    view.usable.push((subnet, rec.public_ip));
+                }
+                if let (Some(_), Some(s6), Some(ip6)) = (&cfg.ipv6, j.subnet6, rec.public_ipv6) {
+                    view.usable6.push((s6, ip6));
+                    keys6.insert(s6, keys.subnet_dual(&subnet, Some(&s6)));
+                }
+            }
             (_, Err(p)) => view
                 .rejected
                 .push((String::from_utf8_lossy(key).into_owned(), p)),
@@ -319,15 +404,21 @@ pub fn judge_all<'a>(
         .into_iter()
         .map(|(ip, subnets)| (ip, subnets.iter().map(|s| keys.subnet(s)).collect()))
         .collect();
+    view.conflicts6 = conflicts(view.usable6.iter().copied())
+        .into_iter()
+        .map(|(ip, subnets)| {
+            let named = subnets.iter().filter_map(|s| keys6.get(s).cloned());
+            (ip, named.collect())
+        })
+        .collect();
     view
 }
 
-/// PublicIPs that more than one lease names, with the subnets that name them, in address
-/// order. `leases` are the usable leases (this node's own among them).
-pub fn conflicts(
-    leases: impl IntoIterator<Item = (Subnet, Ipv4Addr)>,
-) -> BTreeMap<Ipv4Addr, Vec<Subnet>> {
-    let mut by_ip: BTreeMap<Ipv4Addr, Vec<Subnet>> = BTreeMap::new();
+/// Underlay addresses (PublicIPs, or PublicIPv6s) that more than one lease names, with the
+/// subnets that name them, in address order. `leases` are the usable leases (this node's own
+/// among them) as `(subnet, address)`.
+pub fn conflicts<S: Ord, A: Ord>(leases: impl IntoIterator<Item = (S, A)>) -> BTreeMap<A, Vec<S>> {
+    let mut by_ip: BTreeMap<A, Vec<S>> = BTreeMap::new();
     for (subnet, ip) in leases {
         by_ip.entry(ip).or_default().push(subnet);
     }

@@ -718,4 +718,141 @@ mod tests {
             vec![sn("10.1.2.0/24"), sn("10.1.3.0/24")]
         );
     }
+
+    const V6_ONLY_CFG: &str = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd10::/48","Backend":{"Type":"vxlan"}}"#;
+    const V6_ONLY: &str = r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd77::2","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"9e:1a:77:20:4b:01"}}"#;
+    const V6_ONLY_KEY: &[u8] = b"/p/subnets/0.0.0.0-0&fd10:0:0:2::-64";
+
+    #[test]
+    fn an_ipv6_only_lease_passes_on_an_ipv6_only_network() {
+        let j = judge(
+            &Keys::new("/p"),
+            &cfg(V6_ONLY_CFG),
+            V6_ONLY_KEY,
+            V6_ONLY.as_bytes(),
+        );
+        assert_eq!(j.subnet, Some("0.0.0.0/0".parse().unwrap()));
+        assert_eq!(j.subnet6, Some("fd10:0:0:2::/64".parse().unwrap()));
+        assert!(j.verdict.is_ok(), "{:?}", j.verdict);
+        // A dual-stack node's record under an IPv6-only key: its IPv4 half is ignored.
+        assert_eq!(judge_dual(V6_ONLY_CFG, V6_ONLY_KEY, DUAL), Ok(()));
+    }
+
+    #[test]
+    fn keys_that_do_not_fit_the_network_s_families_are_refused() {
+        for key in [
+            "10.1.2.0-24&fd10:0:0:2::-64",
+            "0.0.0.0-0",
+            "10.1.2.0-24",
+            "0.0.0.0-8&fd10:0:0:2::-64",
+        ] {
+            let k = format!("/p/subnets/{key}");
+            let j = judge(
+                &Keys::new("/p"),
+                &cfg(V6_ONLY_CFG),
+                k.as_bytes(),
+                V6_ONLY.as_bytes(),
+            );
+            assert_eq!(j.verdict, Err(LeaseProblem::NotIpv6Only), "{key}");
+            assert_eq!((j.subnet, j.subnet6), (None, None), "{key}");
+        }
+        for c in [DUAL_CFG, VXLAN] {
+            let j = judge(&Keys::new("/p"), &cfg(c), V6_ONLY_KEY, DUAL.as_bytes());
+            assert_eq!(j.verdict, Err(LeaseProblem::Ipv6OnlyLease), "{c}");
+            assert_eq!((j.subnet, j.subnet6), (None, None));
+        }
+        assert!(LeaseProblem::LABELS.contains(&LeaseProblem::NotIpv6Only.label()));
+        assert!(LeaseProblem::LABELS.contains(&LeaseProblem::Ipv6OnlyLease.label()));
+    }
+
+    #[test]
+    fn ipv6_only_leases_get_the_ipv6_checks() {
+        let no_data = V6_ONLY
+            .split(r#","BackendV6Data""#)
+            .next()
+            .unwrap()
+            .to_string()
+            + "}";
+        let no_ip6 = V6_ONLY.replace(r#""fd77::2""#, "null");
+        let hg = r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd77::2","BackendType":"host-gw"}"#;
+        for (value, label) in [
+            (no_data.as_str(), "missing_v6"),
+            (no_ip6.as_str(), "missing_v6"),
+            (&V6_ONLY.replace("fd77::2", "fe80::2"), "public_ipv6"),
+            // The underlay inside the overlay: encapsulated packets would loop.
+            (&V6_ONLY.replace("fd77::2", "fd10:0:0:9::1"), "public_ipv6"),
+            (
+                &V6_ONLY.replace("9e:1a:77:20:4b:01", "33:33:00:00:00:01"),
+                "vtep_mac_v6",
+            ),
+            (hg, "other_backend"),
+            ("{", "unreadable"),
+        ] {
+            assert_eq!(
+                judge_dual(V6_ONLY_CFG, V6_ONLY_KEY, value),
+                Err(label),
+                "{value}"
+            );
+        }
+        for (key, label) in [
+            ("0.0.0.0-0&fd11:0:0:2::-64", "outside_network_v6"),
+            ("0.0.0.0-0&fd10:0:0:2::-80", "prefix_len_v6"),
+        ] {
+            let k = format!("/p/subnets/{key}");
+            assert_eq!(
+                judge_dual(V6_ONLY_CFG, k.as_bytes(), V6_ONLY),
+                Err(label),
+                "{key}"
+            );
+        }
+        // The same underlay check on a dual-stack network.
+        let inside = DUAL.replace("fd77::2", "fd10::7");
+        assert_eq!(judge_dual(DUAL_CFG, DUAL_KEY, &inside), Err("public_ipv6"));
+        // host-gw on an IPv6-only host-gw network is fine.
+        let hg_cfg = V6_ONLY_CFG.replace("vxlan", "host-gw");
+        assert_eq!(judge_dual(&hg_cfg, V6_ONLY_KEY, hg), Ok(()));
+    }
+
+    #[test]
+    fn judge_all_reports_ipv6_halves_and_public_ipv6_conflicts() {
+        let keys = Keys::new("/p");
+        let c = cfg(V6_ONLY_CFG);
+        let other = V6_ONLY.replace("9e:1a:77:20:4b:01", "9e:1a:77:20:4b:02");
+        let third = V6_ONLY.replace("fd77::2", "fd77::3");
+        let kvs: Vec<(&[u8], &[u8])> = vec![
+            (b"/p/subnets/0.0.0.0-0&fd10:0:0:2::-64", V6_ONLY.as_bytes()),
+            (b"/p/subnets/0.0.0.0-0&fd10:0:0:3::-64", other.as_bytes()),
+            (b"/p/subnets/0.0.0.0-0&fd10:0:0:4::-64", third.as_bytes()),
+            (b"/p/subnets/10.1.2.0-24&fd10:0:0:5::-64", DUAL.as_bytes()),
+        ];
+        let v = judge_all(&keys, &c, kvs);
+        assert!(v.usable.is_empty(), "no IPv4 halves: {:?}", v.usable);
+        assert!(
+            v.conflicts.is_empty(),
+            "0.0.0.0 is no PublicIP: {:?}",
+            v.conflicts
+        );
+        assert_eq!(v.usable6.len(), 3);
+        let reasons: Vec<_> = v.rejected.iter().map(|(_, p)| p.label()).collect();
+        assert_eq!(reasons, ["not_ipv6_only"]);
+        assert_eq!(
+            v.conflicts6,
+            vec![(
+                "fd77::2".parse().unwrap(),
+                vec![
+                    "/p/subnets/0.0.0.0-0&fd10:0:0:2::-64".to_string(),
+                    "/p/subnets/0.0.0.0-0&fd10:0:0:3::-64".to_string()
+                ]
+            )]
+        );
+        // Dual stack: both halves, each family's conflicts.
+        let dup = DUAL.replace("c6:d2:32:6f:8f:44", "c6:d2:32:6f:8f:45");
+        let kvs: Vec<(&[u8], &[u8])> = vec![
+            (DUAL_KEY, DUAL.as_bytes()),
+            (b"/p/subnets/10.1.3.0-24&fd10:0:0:3::-64", dup.as_bytes()),
+        ];
+        let v = judge_all(&keys, &cfg(DUAL_CFG), kvs);
+        assert_eq!((v.usable.len(), v.usable6.len()), (2, 2));
+        assert_eq!((v.conflicts.len(), v.conflicts6.len()), (1, 1));
+    }
 }

@@ -971,4 +971,107 @@ mod tests {
         assert!(compatible6(&v4, None));
         assert!(!compatible6(&v4, Some(&"fd10:0:0:2::/64".parse().unwrap())));
     }
+
+    fn v6_only() -> NetworkConfig {
+        cfg(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd10::/48","Backend":{"Type":"vxlan"}}"#,
+        )
+    }
+
+    #[test]
+    fn ipv6_only_records_are_flanneld_s() {
+        let v6 = OwnV6 {
+            public_ipv6: "fd77::1".parse().unwrap(),
+            vtep_mac: "9e:1a:77:20:4b:01".parse().unwrap(),
+        };
+        // Whatever IPv4 address and MAC are passed, none is written.
+        let ip = Ipv4Addr::new(192, 168, 77, 1);
+        let mac: EthernetAddress = "c6:d2:32:6f:8f:44".parse().unwrap();
+        let want = r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd77::1","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"9e:1a:77:20:4b:01"}}"#;
+        assert_eq!(own_record(&v6_only(), ip, mac, Some(v6)).to_json(), want);
+        assert_eq!(
+            own_record(&v6_only(), Ipv4Addr::UNSPECIFIED, NO_MAC, Some(v6)).to_json(),
+            want
+        );
+    }
+
+    #[test]
+    fn ipv6_only_subnets_are_chosen_in_ipv6_alone() {
+        let keys = Keys::new("/n");
+        let c = v6_only();
+        let mut r = req();
+        r.previous_subnet = Some("10.1.5.0/24".parse().unwrap());
+        r.previous_subnet6 = Some("fd10:0:0:5::/64".parse().unwrap());
+        let held = [
+            listed(&keys, "0.0.0.0-0&fd10:0:0:1::-64"),
+            listed(&keys, "0.0.0.0-0&fd10:0:0:2::-64"),
+        ];
+        let got = choose_free_subnets(&c, &r, &held).unwrap();
+        assert_eq!(
+            got,
+            Chosen {
+                subnet: "0.0.0.0/0".parse().unwrap(),
+                subnet6: r.previous_subnet6,
+                previous: false,
+                previous6: true,
+            }
+        );
+        // Held previous: a random free one, never a held one.
+        r.previous_subnet6 = Some("fd10:0:0:2::/64".parse().unwrap());
+        for _ in 0..20 {
+            let got = choose_free_subnets(&c, &r, &held).unwrap();
+            let s6 = got.subnet6.unwrap();
+            assert!(!held.iter().any(|l| l.subnet6 == Some(s6)), "{s6}");
+            assert!(!got.previous6);
+        }
+    }
+
+    #[test]
+    fn the_empty_ipv4_net_holds_no_ipv4_subnet() {
+        let keys = Keys::new("/n");
+        let v6_only_key = listed(&keys, "0.0.0.0-0&fd10:0:0:7::-64");
+        let s: Subnet = "10.1.9.0/24".parse().unwrap();
+        assert!(!v6_only_key.holds(&s, None));
+        assert!(v6_only_key.holds(&s, Some(&"fd10:0:0:7::/64".parse().unwrap())));
+        let empty: Subnet = "0.0.0.0/0".parse().unwrap();
+        let s6: Subnet6 = "fd10:0:0:8::/64".parse().unwrap();
+        assert!(!v6_only_key.holds(&empty, Some(&s6)));
+        assert!(listed(&keys, "0.0.0.0-0&fd10:0:0:8::-64").holds(&empty, Some(&s6)));
+        // A stray IPv6-only key on a dual-stack network blocks no IPv4 subnet.
+        let got = choose_free_subnets(&dual(), &req(), &[v6_only_key]).unwrap();
+        assert!(dual().is_leasable(&got.subnet), "{}", got.subnet);
+        assert_ne!(got.subnet6, Some("fd10:0:0:7::/64".parse().unwrap()));
+    }
+
+    #[test]
+    fn own_lease_accessors_tell_ipv6_only_from_dual_stack() {
+        let record = own_record(
+            &v6_only(),
+            Ipv4Addr::UNSPECIFIED,
+            NO_MAC,
+            Some(OwnV6 {
+                public_ipv6: "fd77::1".parse().unwrap(),
+                vtep_mac: "9e:1a:77:20:4b:01".parse().unwrap(),
+            }),
+        );
+        let mut own = OwnLease {
+            subnet: "0.0.0.0/0".parse().unwrap(),
+            subnet6: Some("fd10:0:0:2::/64".parse().unwrap()),
+            record,
+            etcd_lease: 1,
+            expires_at: Instant::now(),
+            revision: 1,
+        };
+        assert!(own.is_ipv6_only());
+        assert_eq!(own.subnet4(), None);
+        assert_eq!(own.vtep_mac(), None);
+        assert_eq!(own.vtep_mac6(), Some("9e:1a:77:20:4b:01".parse().unwrap()));
+        assert_eq!(
+            own.key(&Keys::new("/n")),
+            "/n/subnets/0.0.0.0-0&fd10:0:0:2::-64"
+        );
+        own.subnet = "10.1.2.0/24".parse().unwrap();
+        assert!(!own.is_ipv6_only());
+        assert_eq!(own.subnet4(), Some(own.subnet));
+    }
 }

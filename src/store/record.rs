@@ -479,4 +479,59 @@ mod tests {
             assert!(LeaseRecord::parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
     }
+
+    const V6_ONLY: &str = r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd77::1","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"9e:1a:77:20:4b:01"}}"#;
+
+    #[test]
+    fn ipv6_only_records_are_flanneld_s_and_read_only_on_ipv6_only_networks() {
+        let r = LeaseRecord::parse_ipv6_only(V6_ONLY.as_bytes()).unwrap();
+        assert_eq!(
+            r,
+            LeaseRecord {
+                public_ip: Ipv4Addr::UNSPECIFIED,
+                public_ipv6: Some("fd77::1".parse().unwrap()),
+                backend: BackendRecord::VxlanIpv6Only,
+                backend_v6: Some(VxlanV6Record {
+                    vni: 1,
+                    vtep_mac: "9e:1a:77:20:4b:01".parse().unwrap()
+                }),
+            }
+        );
+        assert_eq!(r.backend.type_name(), "vxlan");
+        assert_eq!(r.to_json(), V6_ONLY);
+        // On a network with IPv4 it is what it always was: no PublicIP, no BackendData.
+        assert_eq!(
+            LeaseRecord::parse(V6_ONLY.as_bytes()),
+            Err(RecordError::PublicIp("0.0.0.0".into()))
+        );
+        let with_ip = V6_ONLY.replace("0.0.0.0", "10.0.0.7");
+        let e = LeaseRecord::parse(with_ip.as_bytes()).unwrap_err();
+        assert!(matches!(e, RecordError::BackendData(_)), "{e}");
+        // The IPv4 half is ignored: a dual-stack record's BackendData, a real PublicIP, none.
+        let r = LeaseRecord::parse_ipv6_only(DUAL.as_bytes()).unwrap();
+        assert_eq!(r.backend, BackendRecord::VxlanIpv6Only);
+        assert_eq!(r.public_ipv6, Some("fd77::1".parse().unwrap()));
+        let bad_data = DUAL.replace(r#""VtepMAC":"c6:d2:32:6f:8f:44""#, r#""VtepMAC":"zz""#);
+        assert!(LeaseRecord::parse(bad_data.as_bytes()).is_err());
+        assert!(LeaseRecord::parse_ipv6_only(bad_data.as_bytes()).is_ok());
+        let no_ip = r#"{"PublicIPv6":"fd77::1","BackendType":"host-gw"}"#;
+        let r = LeaseRecord::parse_ipv6_only(no_ip.as_bytes()).unwrap();
+        assert_eq!(
+            (r.public_ip, r.backend),
+            (Ipv4Addr::UNSPECIFIED, BackendRecord::HostGw)
+        );
+        // What Go's decoder would refuse is still refused.
+        for bad in [
+            r#"{"PublicIP":"fd77::1","PublicIPv6":"fd77::1"}"#,
+            r#"{"PublicIP":0,"PublicIPv6":"fd77::1"}"#,
+            r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd77::g"}"#,
+            r#"{"PublicIP":"0.0.0.0","BackendType":"vxlan","BackendV6Data":{"VNI":1}}"#,
+            "[]",
+        ] {
+            assert!(
+                LeaseRecord::parse_ipv6_only(bad.as_bytes()).is_err(),
+                "{bad}"
+            );
+        }
+    }
 }

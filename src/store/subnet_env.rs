@@ -391,4 +391,47 @@ mod tests {
         let e = SubnetEnv::read(Path::new("/nonexistent/subnet.env")).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/subnet.env"));
     }
+
+    fn v6_only() -> SubnetEnv {
+        let empty: Subnet = "0.0.0.0/0".parse().unwrap();
+        SubnetEnv {
+            network: empty,
+            subnet: empty,
+            ..dual()
+        }
+    }
+
+    #[test]
+    fn ipv6_only_has_no_ipv4_lines() {
+        let text = "FLANNEL_IPV6_NETWORK=fd10::/48\nFLANNEL_IPV6_SUBNET=fd10:0:0:2::1/64\n\
+                    FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+        assert_eq!(v6_only().render(), text);
+        assert_eq!(SubnetEnv::parse(text), Ok(v6_only()));
+        assert!(v6_only().is_ipv6_only());
+        assert_eq!((v6_only().subnet4(), v6_only().network4()), (None, None));
+        assert!(!dual().is_ipv6_only() && !env().is_ipv6_only());
+        assert_eq!(dual().subnet4(), Some(env().subnet));
+        assert_eq!(env().network4(), Some(env().network));
+        // The previous subnets of an IPv6-only file: only the IPv6 one.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("subnet.env");
+        v6_only().write(&path).unwrap();
+        assert_eq!(SubnetEnv::read(&path).unwrap(), v6_only());
+        assert_eq!(read_previous_subnet(&path), None);
+        assert_eq!(
+            read_previous_ipv6_subnet(&path),
+            Some("fd10:0:0:2::/64".parse().unwrap())
+        );
+        // One IPv4 line alone, or no line of either family, is still a broken file.
+        let half = format!("FLANNEL_NETWORK=10.1.0.0/16\n{text}");
+        assert_eq!(SubnetEnv::parse(&half), Err("FLANNEL_SUBNET"));
+        let half = format!("FLANNEL_SUBNET=10.1.2.1/24\n{text}");
+        assert_eq!(SubnetEnv::parse(&half), Err("FLANNEL_NETWORK"));
+        assert_eq!(
+            SubnetEnv::parse("FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"),
+            Err("FLANNEL_NETWORK")
+        );
+        let zero = format!("FLANNEL_NETWORK=0.0.0.0/0\nFLANNEL_SUBNET=0.0.0.1/0\n{text}");
+        assert_eq!(SubnetEnv::parse(&zero), Err("FLANNEL_NETWORK"));
+    }
 }

@@ -1546,7 +1546,6 @@ async fn ipv6_only_nodes_lease_watch_and_keep_flanneld_s_keys() {
 async fn ipv6_only_node_asks_for_its_previous_ipv6_subnet_and_drops_an_old_dual_key() {
     init_tracing();
     let etcd = Etcd::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
     let cfg = put_config(&etcd, V6_ONLY_CFG).await;
     let ip6: Ipv6Addr = "fd77::31:1".parse().unwrap();
     // This node's lease from when the network was dual stack: same PublicIPv6, old key form.

@@ -145,6 +145,9 @@ pub struct LeaseReport {
     pub rejected: Vec<RejectedLease>,
     /// PublicIPs that several leases name (this node's own included), with their subnets.
     pub conflicts: Vec<(Ipv4Addr, Vec<Subnet>)>,
+    /// PublicIPv6s that several leases' IPv6 halves name (this node's own included), with
+    /// their IPv6 subnets.
+    pub conflicts6: Vec<(Ipv6Addr, Vec<Subnet6>)>,
 }
 
 /// An immutable snapshot of the remote leases, indexed by subnet and by underlay address, in

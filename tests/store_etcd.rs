@@ -1233,15 +1233,32 @@ async fn dual_stack_without_an_ipv6_address_is_a_clear_error() {
     assert!(raw_leases(&etcd).await.is_empty());
     assert!(!env_path.exists());
 
-    // An IPv6-only network (EnableIPv4 false) is refused plainly too.
+    // An IPv6-only network needs the IPv6 address just the same.
     put_config(
         &etcd,
         r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd25::/48","Backend":{"Type":"vxlan"}}"#,
     )
     .await;
+    let opts = store_opts(&etcd, Ipv4Addr::UNSPECIFIED, dir.path());
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        Store::start(opts, SharedTable::new(LeaseTable::empty(24))),
+    )
+    .await
+    .expect("answered at once");
+    assert!(matches!(r, Err(StoreError::NoPublicIpv6)), "{r:?}");
+    assert!(raw_leases(&etcd).await.is_empty());
+
+    // Without an IPv4 address (0.0.0.0, what an IPv6-only node passes) a network with IPv4
+    // is refused: only an IPv6-only network takes it.
+    put_config(
+        &etcd,
+        r#"{"Network":"10.25.0.0/16","EnableIPv6":true,"IPv6Network":"fd25::/48","Backend":{"Type":"vxlan"}}"#,
+    )
+    .await;
     let opts = dual_opts(
         &etcd,
-        Ipv4Addr::new(192, 168, 25, 1),
+        Ipv4Addr::UNSPECIFIED,
         "fd77::25:1".parse().unwrap(),
         dir.path(),
     );
@@ -1251,7 +1268,10 @@ async fn dual_stack_without_an_ipv6_address_is_a_clear_error() {
     )
     .await
     .expect("answered at once");
-    assert!(matches!(r, Err(StoreError::Ipv6Only)), "{r:?}");
+    let e = r.expect_err("no PublicIP to write");
+    assert!(matches!(e, StoreError::NoPublicIp), "{e}");
+    assert!(!e.is_transient());
+    assert!(e.to_string().contains("-public-ip="), "{e}");
     assert!(raw_leases(&etcd).await.is_empty());
 }
 
@@ -1296,4 +1316,356 @@ async fn a_refused_config_takes_no_lease_until_it_changes() {
     assert_eq!(h.own_lease().subnet6, None);
     assert_eq!(raw_leases(&etcd).await.len(), 1);
     h.shutdown().await;
+}
+
+// IPv6-only networks (EnableIPv4 false): flanneld's key `0.0.0.0-0&<IPv6 subnet>` and record
+// (`"PublicIP":"0.0.0.0"`, no BackendData), found again by PublicIPv6.
+
+const V6_ONLY_CFG: &str = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd30::/48","Backend":{"Type":"vxlan"}}"#;
+
+/// An IPv6-only node's options: no IPv4 address at all.
+fn v6_only_opts(etcd: &Etcd, ip6: Ipv6Addr, dir: &Path) -> StoreOptions {
+    let mut o = StoreOptions::new(etcd_opts(etcd), Ipv4Addr::UNSPECIFIED);
+    o.public_ipv6 = Some(ip6);
+    o.subnet_file = dir.join(format!("subnet-{ip6}.env"));
+    o
+}
+
+/// The key (without the prefix) and the record flanneld v0.20.2 writes for an IPv6-only
+/// vxlan node, byte for byte.
+fn flanneld_v6_only_lease(own: &store::OwnLease, ip6: Ipv6Addr) -> (String, String) {
+    let s6 = own.subnet6.expect("an IPv6 subnet");
+    let mac6 = own.vtep_mac6().expect("IPv6 VTEP MAC");
+    (
+        format!("0.0.0.0-0&{}", s6.key_string()),
+        format!(
+            r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"{ip6}","BackendType":"vxlan","BackendV6Data":{{"VNI":1,"VtepMAC":"{mac6}"}}}}"#
+        ),
+    )
+}
+
+/// The IPv6 half of the table as `IPv6 subnet -> (PublicIPv6, VTEP MAC)`.
+fn view6(t: &LeaseTable) -> BTreeMap<String, (Ipv6Addr, Option<EthernetAddress>)> {
+    t.iter6()
+        .map(|p| (p.subnet.to_string(), (p.public_ip, p.vtep_mac)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_only_nodes_lease_watch_and_keep_flanneld_s_keys() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = put_config(&etcd, V6_ONLY_CFG).await;
+    let v6cfg = cfg.ipv6.expect("IPv6 half");
+    let keys = Keys::new(PREFIX);
+    let (ip_a, ip_b): (Ipv6Addr, Ipv6Addr) =
+        ("fd77::30:1".parse().unwrap(), "fd77::30:2".parse().unwrap());
+    let opts_a = v6_only_opts(&etcd, ip_a, dir.path());
+    let (a, shared_a) = start_store(opts_a.clone()).await;
+    let (b, _shared_b) = start_store(v6_only_opts(&etcd, ip_b, dir.path())).await;
+    let (own_a, own_b) = (a.own_lease(), b.own_lease());
+    for own in [&own_a, &own_b] {
+        assert!(own.is_ipv6_only());
+        assert_eq!(own.subnet4(), None);
+        assert_eq!(own.vtep_mac(), None);
+        assert!(v6cfg.is_leasable(&own.subnet6.expect("IPv6 subnet")));
+    }
+    assert_ne!(own_a.subnet6, own_b.subnet6);
+    // The IPv6 VTEP MAC is derived from the IPv6 address alone, stable.
+    let mac_a = store::derive_vtep_mac6(ip_a, vni1(), EthernetAddress([0; 6]));
+    assert_eq!(own_a.vtep_mac6(), Some(mac_a));
+
+    // flanneld's keys and records, byte for byte.
+    let (key_a, value_a) = flanneld_v6_only_lease(&own_a, ip_a);
+    let mut want = vec![
+        (key_a.clone(), value_a.clone()),
+        flanneld_v6_only_lease(&own_b, ip_b),
+    ];
+    want.sort();
+    assert_eq!(raw_leases(&etcd).await, want);
+    let full_a = own_a.key(&keys);
+    assert_eq!(full_a, format!("{PREFIX}/subnets/{key_a}"));
+
+    // subnet.env: no IPv4 lines.
+    let s6 = own_a.subnet6.expect("IPv6 subnet");
+    assert_eq!(
+        std::fs::read_to_string(&opts_a.subnet_file).expect("subnet.env"),
+        format!(
+            "FLANNEL_IPV6_NETWORK=fd30::/48\nFLANNEL_IPV6_SUBNET={}/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+            s6.first_host()
+        )
+    );
+
+    // Each sees the other as an IPv6 peer, and nothing in IPv4.
+    let peer_b = own_b.subnet6.expect("IPv6 subnet").to_string();
+    assert!(
+        within(Duration::from_secs(5), || view6(&shared_a.load_full())
+            .get(&peer_b)
+            .is_some_and(
+                |(ip, mac)| *ip == ip_b && *mac == own_b.vtep_mac6()
+            ))
+        .await
+        .is_some(),
+        "{:?}",
+        view6(&shared_a.load_full())
+    );
+    assert_eq!(shared_a.load_full().len(), 0);
+
+    // A record written by hand as flanneld writes it is an IPv6 peer.
+    let flanneld_key = format!("{PREFIX}/subnets/0.0.0.0-0&fd30:0:0:99::-64");
+    put(
+        &etcd,
+        &flanneld_key,
+        r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd77::30:99","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"9e:1a:77:20:4b:99"}}"#,
+    )
+    .await;
+    let flanneld_peer = (
+        "fd77::30:99".parse::<Ipv6Addr>().unwrap(),
+        Some("9e:1a:77:20:4b:99".parse::<EthernetAddress>().unwrap()),
+    );
+    assert!(
+        within(Duration::from_secs(5), || view6(&shared_a.load_full())
+            .get("fd30:0:0:99::/64")
+            == Some(&flanneld_peer))
+        .await
+        .is_some(),
+        "{:?}",
+        view6(&shared_a.load_full())
+    );
+
+    // Keys that do not fit an IPv6-only network, and a bad record, are skipped and reported;
+    // the table keeps every peer, also when the misfits go away again.
+    let before = view6(&shared_a.load_full());
+    let bad = [
+        ("10.30.2.0-24&fd30:0:0:98::-64", "not_ipv6_only"),
+        ("0.0.0.0-0", "not_ipv6_only"),
+        ("0.0.0.0-0&fd30:0:0:97::-64", "unreadable"),
+    ];
+    for (key, _) in bad {
+        let value = if key.ends_with("97::-64") {
+            "{not json"
+        } else {
+            r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd77::30:98","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"9e:1a:77:20:4b:98"}}"#
+        };
+        put(&etcd, &format!("{PREFIX}/subnets/{key}"), value).await;
+    }
+    assert!(
+        within(Duration::from_secs(5), || {
+            let t = shared_a.load_full();
+            bad.iter().all(|(key, label)| {
+                t.report()
+                    .rejected
+                    .iter()
+                    .any(|r| r.key == format!("{PREFIX}/subnets/{key}") && r.reason == *label)
+            })
+        })
+        .await
+        .is_some(),
+        "{:?}",
+        shared_a.load_full().report().rejected
+    );
+    assert_eq!(view6(&shared_a.load_full()), before);
+    // The misfit key names our peer's IPv6 subnet: deleting it must not remove that peer.
+    put(
+        &etcd,
+        &format!(
+            "{PREFIX}/subnets/10.30.3.0-24&{}",
+            own_b.subnet6.unwrap().key_string()
+        ),
+        "{}",
+    )
+    .await;
+    for (key, _) in bad {
+        delete(&etcd, &format!("{PREFIX}/subnets/{key}")).await;
+    }
+    delete(
+        &etcd,
+        &format!(
+            "{PREFIX}/subnets/10.30.3.0-24&{}",
+            own_b.subnet6.unwrap().key_string()
+        ),
+    )
+    .await;
+    assert!(within(Duration::from_secs(5), || shared_a
+        .load_full()
+        .report()
+        .rejected
+        .is_empty())
+    .await
+    .is_some());
+    assert_eq!(view6(&shared_a.load_full()), before);
+
+    // Our key deleted: the same key comes back; overwritten: our record comes back.
+    delete(&etcd, &full_a).await;
+    assert!(
+        wait_for_value(&etcd, &full_a, &value_a, Duration::from_secs(2)).await,
+        "IPv6-only lease not re-created within 2 s: {:?}",
+        raw_leases(&etcd).await
+    );
+    put(
+        &etcd,
+        &full_a,
+        r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd77::30:66"}"#,
+    )
+    .await;
+    assert!(
+        wait_for_value(&etcd, &full_a, &value_a, Duration::from_secs(2)).await,
+        "IPv6-only record not restored within 2 s: {:?}",
+        raw_leases(&etcd).await
+    );
+    assert_eq!(a.own_lease().subnet6, own_a.subnet6);
+
+    // A restart finds the lease by PublicIPv6 (every record's PublicIP is 0.0.0.0), even
+    // without subnet.env; B's lease is untouched.
+    a.shutdown().await;
+    std::fs::remove_file(&opts_a.subnet_file).expect("remove subnet.env");
+    let (a, _) = start_store(opts_a.clone()).await;
+    assert_eq!(a.own_lease().subnet6, own_a.subnet6);
+    assert_eq!(b.own_lease().subnet6, own_b.subnet6);
+    assert_eq!(get(&etcd, &full_a).await.as_deref(), Some(value_a.as_str()));
+    assert_eq!(
+        store::read_previous_ipv6_subnet(&opts_a.subnet_file),
+        own_a.subnet6
+    );
+    let keys_now: Vec<String> = raw_leases(&etcd)
+        .await
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys_now.len(), 3, "{keys_now:?}");
+    assert!(
+        keys_now.iter().all(|k| k.starts_with("0.0.0.0-0&")),
+        "{keys_now:?}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_only_node_asks_for_its_previous_ipv6_subnet_and_drops_an_old_dual_key() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let cfg = put_config(&etcd, V6_ONLY_CFG).await;
+    let ip6: Ipv6Addr = "fd77::31:1".parse().unwrap();
+    // This node's lease from when the network was dual stack: same PublicIPv6, old key form.
+    let old_key = format!("{PREFIX}/subnets/10.31.2.0-24&fd30:0:0:5::-64");
+    put(
+        &etcd,
+        &old_key,
+        r#"{"PublicIP":"192.168.31.1","PublicIPv6":"fd77::31:1","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:31:01"},"BackendV6Data":{"VNI":1,"VtepMAC":"0e:00:00:00:31:02"}}"#,
+    )
+    .await;
+    let mut c = store::connect(&etcd_opts(&etcd)).await.expect("connect");
+    let req = AcquireRequest {
+        public_ip: Ipv4Addr::UNSPECIFIED,
+        public_ipv6: Some(ip6),
+        previous_subnet: None,
+        previous_subnet6: Some(subnet6("fd30:0:0:7::/64")),
+        ttl: store::LEASE_TTL,
+        vtep_mac: None,
+        vtep_mac6: None,
+    };
+    let own = acquire_lease(&mut c, &Keys::new(PREFIX), &cfg, &req)
+        .await
+        .expect("acquire");
+    assert_eq!(own.subnet6, Some(subnet6("fd30:0:0:7::/64")));
+    assert!(own.is_ipv6_only());
+    assert_eq!(get(&etcd, &old_key).await, None, "the old dual key is gone");
+    let keys_now: Vec<String> = raw_leases(&etcd)
+        .await
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys_now, ["0.0.0.0-0&fd30:0:0:7::-64"]);
+    // Taken by another node: the previous subnet is not asked for.
+    let other: Ipv6Addr = "fd77::31:2".parse().unwrap();
+    let req2 = AcquireRequest {
+        public_ipv6: Some(other),
+        ..req.clone()
+    };
+    let own2 = acquire_lease(&mut c, &Keys::new(PREFIX), &cfg, &req2)
+        .await
+        .expect("acquire");
+    assert_ne!(own2.subnet6, own.subnet6);
+    // IPv6-only leases are not IPv4 ones: a dual-stack network skips them, and its nodes
+    // still get every IPv4 subnet.
+    let dual = put_config(
+        &etcd,
+        r#"{"Network":"10.31.0.0/16","EnableIPv6":true,"IPv6Network":"fd30::/48","Backend":{"Type":"vxlan"}}"#,
+    )
+    .await;
+    let value = get(&etcd, &own.key(&Keys::new(PREFIX)))
+        .await
+        .expect("lease");
+    let j = store::judge(
+        &Keys::new(PREFIX),
+        &dual,
+        own.key(&Keys::new(PREFIX)).as_bytes(),
+        value.as_bytes(),
+    );
+    assert_eq!(
+        j.verdict.map(|_| ()).map_err(|p| p.label()),
+        Err("ipv6_only_lease")
+    );
+    let req3 = AcquireRequest {
+        public_ip: Ipv4Addr::new(192, 168, 31, 3),
+        public_ipv6: Some("fd77::31:3".parse().unwrap()),
+        ..req.clone()
+    };
+    let own3 = acquire_lease(&mut c, &Keys::new(PREFIX), &dual, &req3)
+        .await
+        .expect("acquire on the dual-stack network");
+    assert!(dual.is_leasable(&own3.subnet));
+    assert!(own3.subnet6 != own.subnet6 && own3.subnet6 != own2.subnet6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_only_nodes_racing_get_distinct_subnets() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    // 15 leasable IPv6 subnets, eight nodes at once, every key under the same 0.0.0.0-0.
+    let cfg = put_config(
+        &etcd,
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd32::/60","Backend":{"Type":"vxlan"}}"#,
+    )
+    .await;
+    let v6cfg = cfg.ipv6.expect("IPv6 half");
+    assert_eq!(v6cfg.subnet_count(), 15);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 1..=8u16 {
+        let ip6 = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0x32, i);
+        let (cfg, etcd_o) = (cfg.clone(), etcd_opts(&etcd));
+        tasks.spawn(async move {
+            let mut c = store::connect(&etcd_o).await.expect("connect");
+            let req = AcquireRequest {
+                public_ip: Ipv4Addr::UNSPECIFIED,
+                public_ipv6: Some(ip6),
+                previous_subnet: None,
+                previous_subnet6: None,
+                ttl: store::LEASE_TTL,
+                vtep_mac: None,
+                vtep_mac6: None,
+            };
+            let own = acquire_lease(&mut c, &Keys::new(PREFIX), &cfg, &req)
+                .await
+                .expect("acquire");
+            (ip6, own)
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        all.push(r.expect("task"));
+    }
+    let v6: HashSet<Subnet6> = all.iter().filter_map(|(_, o)| o.subnet6).collect();
+    assert_eq!(v6.len(), 8, "shared IPv6 subnets: {all:?}");
+    assert!(v6.iter().all(|s| v6cfg.is_leasable(s)));
+    let mut stored = raw_leases(&etcd).await;
+    let mut want: Vec<(String, String)> = all
+        .iter()
+        .map(|(ip6, own)| flanneld_v6_only_lease(own, *ip6))
+        .collect();
+    stored.sort();
+    want.sort();
+    assert_eq!(stored, want);
 }

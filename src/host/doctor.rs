@@ -702,6 +702,7 @@ eth0\t0003010A\t0B40A8C0\t0003\t0\t0\t0\t00FFFFFF\n";
             usable: vec![("10.1.2.0/24".parse().unwrap(), ip)],
             rejected: vec![("/p/subnets/x".into(), crate::store::LeaseProblem::BadKey)],
             conflicts: vec![(ip, vec!["/p/subnets/a".into(), "/p/subnets/b".into()])],
+            ..LeaseView::default()
         };
         let found = lease_findings(&view);
         assert_eq!(found.len(), 2);

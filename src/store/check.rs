@@ -12,7 +12,13 @@
 //! As in flanneld, an IPv4-only key in a dual-stack network is an IPv4-only lease (it gets
 //! no IPv6 route), and the IPv6 half of a key is ignored when the network has no IPv6.
 //!
-//! Two leases may also name the same PublicIP (a stale record, a typo, a node that moved):
+//! On an IPv6-only network (`EnableIPv4: false`) a lease key is flanneld's
+//! `0.0.0.0-0&fd10:0:0:2::-64` and only its IPv6 half counts: [`check_key_families`] refuses
+//! a key with a real IPv4 part (or none of IPv6) there, and a `0.0.0.0-0&...` key on a network
+//! with IPv4; the record is read with [`LeaseRecord::parse_ipv6_only`] and judged by
+//! [`check_lease_v6`] alone (plus its backend type).
+//!
+//! Two leases may also name the same PublicIP (or PublicIPv6) (a stale record, a typo, a node that moved):
 //! [`conflicts`] finds them so they can be reported; the data path keeps both working.
 
 use std::collections::BTreeMap;
@@ -35,8 +41,10 @@ pub struct Judged {
 }
 
 /// Reads and judges one etcd key/value under the subnets prefix: key syntax (flannel's, so a
-/// key whose IPv6 part is bad is no lease at all), record syntax, then [`check_lease`] and
-/// [`check_lease_v6`].
+/// key whose IPv6 part is bad is no lease at all), the key's fit to the network's families
+/// ([`check_key_families`]; a key that does not fit names no subnet here), record syntax
+/// ([`LeaseRecord::parse_for`]), then [`check_lease`] (IPv4 half, or only the backend type
+/// on an IPv6-only network) and [`check_lease_v6`].
 pub fn judge(keys: &Keys, cfg: &NetworkConfig, key: &[u8], value: &[u8]) -> Judged {
     let Some((subnet, subnet6)) = keys.parse_subnet_key_dual(key) else {
         return Judged {
@@ -45,9 +53,23 @@ pub fn judge(keys: &Keys, cfg: &NetworkConfig, key: &[u8], value: &[u8]) -> Judg
             verdict: Err(LeaseProblem::BadKey),
         };
     };
-    let verdict = LeaseRecord::parse(value)
+    if let Err(problem) = check_key_families(cfg, subnet, subnet6) {
+        return Judged {
+            subnet: None,
+            subnet6: None,
+            verdict: Err(problem),
+        };
+    }
+    let verdict = LeaseRecord::parse_for(cfg, value)
         .map_err(LeaseProblem::Unreadable)
-        .and_then(|rec| check_lease(cfg, subnet, &rec).map(|()| rec))
+        .and_then(|rec| {
+            if cfg.enable_ipv4 {
+                check_lease(cfg, subnet, &rec)
+            } else {
+                check_backend(cfg, &rec)
+            }
+            .map(|()| rec)
+        })
         .and_then(|rec| check_lease_v6(cfg, subnet6, &rec).map(|()| rec));
     Judged {
         subnet: Some(subnet),
@@ -122,6 +144,14 @@ pub enum LeaseProblem {
     /// The vxlan IPv6 VTEP MAC (`BackendV6Data.VtepMAC`) is not a unicast MAC.
     #[error("BackendV6Data VtepMAC {0} is not a unicast MAC")]
     VtepMacV6(EthernetAddress),
+    /// A key of flanneld's IPv6-only form (`0.0.0.0-0&...`) on a network with IPv4.
+    #[error("the key is an IPv6-only lease (0.0.0.0-0&...), but the network has IPv4 (EnableIPv4 is not false)")]
+    Ipv6OnlyLease,
+    /// A key with an IPv4 subnet, or without an IPv6 one, on an IPv6-only network.
+    #[error(
+        "the network is IPv6-only (EnableIPv4 false): a lease key must be 0.0.0.0-0&<IPv6 subnet>"
+    )]
+    NotIpv6Only,
     /// The record belongs to another backend type than the network's.
     #[error("the lease is for backend {theirs:?}, the network runs {ours}")]
     OtherBackend {
@@ -148,11 +178,13 @@ impl LeaseProblem {
             LeaseProblem::MissingV6(_) => "missing_v6",
             LeaseProblem::PublicIpv6 { .. } => "public_ipv6",
             LeaseProblem::VtepMacV6(_) => "vtep_mac_v6",
+            LeaseProblem::Ipv6OnlyLease => "ipv6_only_lease",
+            LeaseProblem::NotIpv6Only => "not_ipv6_only",
         }
     }
 
     /// Every label, in a fixed order (so the metric shows zeros too).
-    pub const LABELS: [&'static str; 12] = [
+    pub const LABELS: [&'static str; 14] = [
         "bad_key",
         "unreadable",
         "outside_network",
@@ -165,6 +197,8 @@ impl LeaseProblem {
         "missing_v6",
         "public_ipv6",
         "vtep_mac_v6",
+        "ipv6_only_lease",
+        "not_ipv6_only",
     ];
 }
 
@@ -206,6 +240,26 @@ pub fn unusable_public_ipv6(ip: Ipv6Addr) -> Option<&'static str> {
     }
 }
 
+/// The IPv4 part of flanneld's IPv6-only lease keys: `0.0.0.0-0`, flannel's empty net.
+pub fn is_empty_ipv4(subnet: &Subnet) -> bool {
+    subnet.prefix_len() == 0 && subnet.addr().is_unspecified()
+}
+
+/// Whether a key's subnets fit the network's families: on an IPv6-only network the key must
+/// be `0.0.0.0-0&<IPv6 subnet>`; on a network with IPv4 it must not be `0.0.0.0-0&...`.
+pub fn check_key_families(
+    cfg: &NetworkConfig,
+    subnet: Subnet,
+    subnet6: Option<Subnet6>,
+) -> Result<(), LeaseProblem> {
+    match (cfg.enable_ipv4, is_empty_ipv4(&subnet)) {
+        (false, true) if subnet6.is_some() => Ok(()),
+        (false, _) => Err(LeaseProblem::NotIpv6Only),
+        (true, true) => Err(LeaseProblem::Ipv6OnlyLease),
+        (true, false) => Ok(()),
+    }
+}
+
 /// Judges the IPv6 half of a lease: `subnet6` from its key, `record` its parsed value. `Ok`
 /// when the network has no IPv6 (flanneld ignores the half then) or the key has no IPv6
 /// subnet (an IPv4-only lease, as flanneld treats it).
@@ -235,7 +289,14 @@ pub fn check_lease_v6(
     if let Some(why) = unusable_public_ipv6(ip) {
         return Err(LeaseProblem::PublicIpv6 { ip, why });
     }
-    if let BackendRecord::Vxlan { .. } = record.backend {
+    if v6.network.contains(ip) {
+        // Encapsulated packets to it would be routed into the overlay again.
+        return Err(LeaseProblem::PublicIpv6 {
+            ip,
+            why: "inside the IPv6Network",
+        });
+    }
+    if let BackendRecord::Vxlan { .. } | BackendRecord::VxlanIpv6Only = record.backend {
         // flanneld's vxlan backend skips a dual-stack lease whose BackendV6Data it cannot read.
         let data = record
             .backend_v6
@@ -272,13 +333,21 @@ pub fn check_lease(
             why,
         });
     }
+    check_backend(cfg, record)
+}
+
+/// Judges a record's backend against the network's: its type, and (vxlan with IPv4) the
+/// VTEP MAC of `BackendData`. An IPv6-only vxlan record has no `BackendData`; its VTEP is
+/// [`check_lease_v6`]'s.
+fn check_backend(cfg: &NetworkConfig, record: &LeaseRecord) -> Result<(), LeaseProblem> {
     match (cfg.backend.kind, &record.backend) {
         (BackendType::Vxlan, BackendRecord::Vxlan { vtep_mac, .. }) => {
-            if !vtep_mac.is_unicast() {
+            if cfg.enable_ipv4 && !vtep_mac.is_unicast() {
                 return Err(LeaseProblem::VtepMac(*vtep_mac));
             }
             Ok(())
         }
+        (BackendType::Vxlan, BackendRecord::VxlanIpv6Only) if !cfg.enable_ipv4 => Ok(()),
         (BackendType::HostGw, BackendRecord::HostGw) | (BackendType::Udp, _) => Ok(()),
         (kind, other) => Err(LeaseProblem::OtherBackend {
             theirs: other.type_name().to_string(),
@@ -290,12 +359,18 @@ pub fn check_lease(
 /// Every lease under the subnets prefix, judged: what a view (`weft doctor`) shows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LeaseView {
-    /// Usable leases: subnet and PublicIP, in key order.
+    /// Usable leases' IPv4 halves: subnet and PublicIP, in key order (none on an IPv6-only
+    /// network).
     pub usable: Vec<(Subnet, Ipv4Addr)>,
     /// Keys not used, and why.
     pub rejected: Vec<(String, LeaseProblem)>,
     /// PublicIPs that several usable leases name, with their keys.
     pub conflicts: Vec<(Ipv4Addr, Vec<String>)>,
+    /// Usable leases' IPv6 halves: IPv6 subnet and PublicIPv6, in key order (when the network
+    /// has IPv6).
+    pub usable6: Vec<(Subnet6, Ipv6Addr)>,
+    /// PublicIPv6s that several usable leases name, with their keys.
+    pub conflicts6: Vec<(Ipv6Addr, Vec<String>)>,
 }
 
 /// Judges a whole listing of `(key, value)` pairs under the subnets prefix.
@@ -305,10 +380,20 @@ pub fn judge_all<'a>(
     kvs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
 ) -> LeaseView {
     let mut view = LeaseView::default();
+    // The key of each usable IPv6 half, to name the keys of a PublicIPv6 conflict.
+    let mut keys6: BTreeMap<Subnet6, String> = BTreeMap::new();
     for (key, value) in kvs {
         let j = judge(keys, cfg, key, value);
         match (j.subnet, j.verdict) {
-            (Some(subnet), Ok(rec)) => view.usable.push((subnet, rec.public_ip)),
+            (Some(subnet), Ok(rec)) => {
+                if cfg.enable_ipv4 {
+                    view.usable.push((subnet, rec.public_ip));
+                }
+                if let (Some(_), Some(s6), Some(ip6)) = (&cfg.ipv6, j.subnet6, rec.public_ipv6) {
+                    view.usable6.push((s6, ip6));
+                    keys6.insert(s6, keys.subnet_dual(&subnet, Some(&s6)));
+                }
+            }
             (_, Err(p)) => view
                 .rejected
                 .push((String::from_utf8_lossy(key).into_owned(), p)),
@@ -319,15 +404,21 @@ pub fn judge_all<'a>(
         .into_iter()
         .map(|(ip, subnets)| (ip, subnets.iter().map(|s| keys.subnet(s)).collect()))
         .collect();
+    view.conflicts6 = conflicts(view.usable6.iter().copied())
+        .into_iter()
+        .map(|(ip, subnets)| {
+            let named = subnets.iter().filter_map(|s| keys6.get(s).cloned());
+            (ip, named.collect())
+        })
+        .collect();
     view
 }
 
-/// PublicIPs that more than one lease names, with the subnets that name them, in address
-/// order. `leases` are the usable leases (this node's own among them).
-pub fn conflicts(
-    leases: impl IntoIterator<Item = (Subnet, Ipv4Addr)>,
-) -> BTreeMap<Ipv4Addr, Vec<Subnet>> {
-    let mut by_ip: BTreeMap<Ipv4Addr, Vec<Subnet>> = BTreeMap::new();
+/// Underlay addresses (PublicIPs, or PublicIPv6s) that more than one lease names, with the
+/// subnets that name them, in address order. `leases` are the usable leases (this node's own
+/// among them) as `(subnet, address)`.
+pub fn conflicts<S: Ord, A: Ord>(leases: impl IntoIterator<Item = (S, A)>) -> BTreeMap<A, Vec<S>> {
+    let mut by_ip: BTreeMap<A, Vec<S>> = BTreeMap::new();
     for (subnet, ip) in leases {
         by_ip.entry(ip).or_default().push(subnet);
     }
@@ -626,5 +717,142 @@ mod tests {
             c[&ip("192.168.77.2")],
             vec![sn("10.1.2.0/24"), sn("10.1.3.0/24")]
         );
+    }
+
+    const V6_ONLY_CFG: &str = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd10::/48","Backend":{"Type":"vxlan"}}"#;
+    const V6_ONLY: &str = r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd77::2","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"9e:1a:77:20:4b:01"}}"#;
+    const V6_ONLY_KEY: &[u8] = b"/p/subnets/0.0.0.0-0&fd10:0:0:2::-64";
+
+    #[test]
+    fn an_ipv6_only_lease_passes_on_an_ipv6_only_network() {
+        let j = judge(
+            &Keys::new("/p"),
+            &cfg(V6_ONLY_CFG),
+            V6_ONLY_KEY,
+            V6_ONLY.as_bytes(),
+        );
+        assert_eq!(j.subnet, Some("0.0.0.0/0".parse().unwrap()));
+        assert_eq!(j.subnet6, Some("fd10:0:0:2::/64".parse().unwrap()));
+        assert!(j.verdict.is_ok(), "{:?}", j.verdict);
+        // A dual-stack node's record under an IPv6-only key: its IPv4 half is ignored.
+        assert_eq!(judge_dual(V6_ONLY_CFG, V6_ONLY_KEY, DUAL), Ok(()));
+    }
+
+    #[test]
+    fn keys_that_do_not_fit_the_network_s_families_are_refused() {
+        for key in [
+            "10.1.2.0-24&fd10:0:0:2::-64",
+            "0.0.0.0-0",
+            "10.1.2.0-24",
+            "0.0.0.0-8&fd10:0:0:2::-64",
+        ] {
+            let k = format!("/p/subnets/{key}");
+            let j = judge(
+                &Keys::new("/p"),
+                &cfg(V6_ONLY_CFG),
+                k.as_bytes(),
+                V6_ONLY.as_bytes(),
+            );
+            assert_eq!(j.verdict, Err(LeaseProblem::NotIpv6Only), "{key}");
+            assert_eq!((j.subnet, j.subnet6), (None, None), "{key}");
+        }
+        for c in [DUAL_CFG, VXLAN] {
+            let j = judge(&Keys::new("/p"), &cfg(c), V6_ONLY_KEY, DUAL.as_bytes());
+            assert_eq!(j.verdict, Err(LeaseProblem::Ipv6OnlyLease), "{c}");
+            assert_eq!((j.subnet, j.subnet6), (None, None));
+        }
+        assert!(LeaseProblem::LABELS.contains(&LeaseProblem::NotIpv6Only.label()));
+        assert!(LeaseProblem::LABELS.contains(&LeaseProblem::Ipv6OnlyLease.label()));
+    }
+
+    #[test]
+    fn ipv6_only_leases_get_the_ipv6_checks() {
+        let no_data = V6_ONLY
+            .split(r#","BackendV6Data""#)
+            .next()
+            .unwrap()
+            .to_string()
+            + "}";
+        let no_ip6 = V6_ONLY.replace(r#""fd77::2""#, "null");
+        let hg = r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd77::2","BackendType":"host-gw"}"#;
+        for (value, label) in [
+            (no_data.as_str(), "missing_v6"),
+            (no_ip6.as_str(), "missing_v6"),
+            (&V6_ONLY.replace("fd77::2", "fe80::2"), "public_ipv6"),
+            // The underlay inside the overlay: encapsulated packets would loop.
+            (&V6_ONLY.replace("fd77::2", "fd10:0:0:9::1"), "public_ipv6"),
+            (
+                &V6_ONLY.replace("9e:1a:77:20:4b:01", "33:33:00:00:00:01"),
+                "vtep_mac_v6",
+            ),
+            (hg, "other_backend"),
+            ("{", "unreadable"),
+        ] {
+            assert_eq!(
+                judge_dual(V6_ONLY_CFG, V6_ONLY_KEY, value),
+                Err(label),
+                "{value}"
+            );
+        }
+        for (key, label) in [
+            ("0.0.0.0-0&fd11:0:0:2::-64", "outside_network_v6"),
+            ("0.0.0.0-0&fd10:0:0:2::-80", "prefix_len_v6"),
+        ] {
+            let k = format!("/p/subnets/{key}");
+            assert_eq!(
+                judge_dual(V6_ONLY_CFG, k.as_bytes(), V6_ONLY),
+                Err(label),
+                "{key}"
+            );
+        }
+        // The same underlay check on a dual-stack network.
+        let inside = DUAL.replace("fd77::2", "fd10::7");
+        assert_eq!(judge_dual(DUAL_CFG, DUAL_KEY, &inside), Err("public_ipv6"));
+        // host-gw on an IPv6-only host-gw network is fine.
+        let hg_cfg = V6_ONLY_CFG.replace("vxlan", "host-gw");
+        assert_eq!(judge_dual(&hg_cfg, V6_ONLY_KEY, hg), Ok(()));
+    }
+
+    #[test]
+    fn judge_all_reports_ipv6_halves_and_public_ipv6_conflicts() {
+        let keys = Keys::new("/p");
+        let c = cfg(V6_ONLY_CFG);
+        let other = V6_ONLY.replace("9e:1a:77:20:4b:01", "9e:1a:77:20:4b:02");
+        let third = V6_ONLY.replace("fd77::2", "fd77::3");
+        let kvs: Vec<(&[u8], &[u8])> = vec![
+            (b"/p/subnets/0.0.0.0-0&fd10:0:0:2::-64", V6_ONLY.as_bytes()),
+            (b"/p/subnets/0.0.0.0-0&fd10:0:0:3::-64", other.as_bytes()),
+            (b"/p/subnets/0.0.0.0-0&fd10:0:0:4::-64", third.as_bytes()),
+            (b"/p/subnets/10.1.2.0-24&fd10:0:0:5::-64", DUAL.as_bytes()),
+        ];
+        let v = judge_all(&keys, &c, kvs);
+        assert!(v.usable.is_empty(), "no IPv4 halves: {:?}", v.usable);
+        assert!(
+            v.conflicts.is_empty(),
+            "0.0.0.0 is no PublicIP: {:?}",
+            v.conflicts
+        );
+        assert_eq!(v.usable6.len(), 3);
+        let reasons: Vec<_> = v.rejected.iter().map(|(_, p)| p.label()).collect();
+        assert_eq!(reasons, ["not_ipv6_only"]);
+        assert_eq!(
+            v.conflicts6,
+            vec![(
+                "fd77::2".parse().unwrap(),
+                vec![
+                    "/p/subnets/0.0.0.0-0&fd10:0:0:2::-64".to_string(),
+                    "/p/subnets/0.0.0.0-0&fd10:0:0:3::-64".to_string()
+                ]
+            )]
+        );
+        // Dual stack: both halves, each family's conflicts.
+        let dup = DUAL.replace("c6:d2:32:6f:8f:44", "c6:d2:32:6f:8f:45");
+        let kvs: Vec<(&[u8], &[u8])> = vec![
+            (DUAL_KEY, DUAL.as_bytes()),
+            (b"/p/subnets/10.1.3.0-24&fd10:0:0:3::-64", dup.as_bytes()),
+        ];
+        let v = judge_all(&keys, &cfg(DUAL_CFG), kvs);
+        assert_eq!((v.usable.len(), v.usable6.len()), (2, 2));
+        assert_eq!((v.conflicts.len(), v.conflicts6.len()), (1, 1));
     }
 }

@@ -8,6 +8,7 @@ use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp
 use rand::Rng;
 use tokio::time::Instant;
 
+use super::check::is_empty_ipv4;
 use super::record::{BackendRecord, LeaseRecord, RecordError, VxlanV6Record};
 use super::vtep::{derive_vtep_mac, derive_vtep_mac6};
 use super::{Keys, StoreError};
@@ -97,12 +98,14 @@ pub(crate) async fn list_raw(
 }
 
 /// Lists every lease key whose name is a subnet (the acquire step's view: any key, valid
-/// record or not, holds its subnets), with the store revision of the read. A key whose IPv6
-/// part flannel would not read still holds its IPv4 subnet here: better a subnet skipped
-/// than one handed out twice.
+/// record or not, holds its subnets), with the store revision of the read; records are read
+/// as `cfg`'s network reads them ([`LeaseRecord::parse_for`]). A key whose IPv6 part flannel
+/// would not read still holds its IPv4 subnet here: better a subnet skipped than one handed
+/// out twice.
 pub(crate) async fn list_leases(
     client: &mut Client,
     keys: &Keys,
+    cfg: &NetworkConfig,
 ) -> Result<(Vec<Listed>, i64), StoreError> {
     let (raw, revision) = list_raw(client, keys).await?;
     let listed = raw
@@ -114,7 +117,7 @@ pub(crate) async fn list_leases(
             Some(Listed {
                 subnet,
                 subnet6,
-                record: LeaseRecord::parse(&kv.value),
+                record: LeaseRecord::parse_for(cfg, &kv.value),
                 etcd_lease: kv.etcd_lease,
                 key: kv.key,
             })
@@ -124,17 +127,26 @@ pub(crate) async fn list_leases(
 }
 
 impl Listed {
-    /// Whether this key holds `subnet` or `subnet6` (overlapping either counts).
+    /// Whether this key holds `subnet` or `subnet6` (overlapping either counts). flannel's
+    /// empty IPv4 net (`0.0.0.0-0`, IPv6-only keys) holds no IPv4 subnet, nor is it held.
     pub(crate) fn holds(&self, subnet: &Subnet, subnet6: Option<&Subnet6>) -> bool {
-        self.subnet.overlaps(subnet)
+        (self.holds_ipv4() && !is_empty_ipv4(subnet) && self.subnet.overlaps(subnet))
             || matches!((self.subnet6, subnet6), (Some(a), Some(b)) if a.overlaps(b))
+    }
+
+    /// Whether the key's IPv4 part holds any IPv4 subnet (not flannel's empty net).
+    fn holds_ipv4(&self) -> bool {
+        !is_empty_ipv4(&self.subnet)
     }
 }
 
 /// What this node asks for when acquiring its lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AcquireRequest {
-    /// This node's underlay address (`--public-ip`).
+    /// This node's underlay address (`--public-ip`). On an IPv6-only network it is not
+    /// used (the record says `"PublicIP":"0.0.0.0"`, as flanneld's) and may be
+    /// [`Ipv4Addr::UNSPECIFIED`]; on a network with IPv4 it must be a real address
+    /// ([`StoreError::NoPublicIp`] otherwise).
     pub public_ip: Ipv4Addr,
     /// This node's underlay IPv6 address (`--public-ipv6`), written as `PublicIPv6`; needed
     /// when the network enables IPv6, unused otherwise.
@@ -154,12 +166,18 @@ pub struct AcquireRequest {
 }
 
 /// This node's lease as held in etcd.
+///
+/// On an IPv6-only network (`EnableIPv4: false`) the lease is flanneld's IPv6-only one: key
+/// `0.0.0.0-0&fd10:0:0:2::-64`, `subnet` is flannel's empty net `0.0.0.0/0` (what the key
+/// says) and only `subnet6` is leased. Code outside the store must read the IPv4 subnet with
+/// [`OwnLease::subnet4`], never `subnet`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnLease {
-    /// The leased subnet.
+    /// The IPv4 part of the key: the leased subnet, or `0.0.0.0/0` for an IPv6-only lease
+    /// (outside the store use [`OwnLease::subnet4`]).
     pub subnet: Subnet,
     /// The leased IPv6 subnet, when the network enables IPv6 (the key is then the dual
-    /// `10.1.2.0-24&fd10:0:0:2::-64`).
+    /// `10.1.2.0-24&fd10:0:0:2::-64`, or `0.0.0.0-0&fd10:0:0:2::-64` IPv6-only).
     pub subnet6: Option<Subnet6>,
     /// The record stored under the subnet's key.
     pub record: LeaseRecord,
@@ -173,7 +191,17 @@ pub struct OwnLease {
 }
 
 impl OwnLease {
-    /// The VTEP MAC this node advertises (vxlan backend only).
+    /// The leased IPv4 subnet; `None` for an IPv6-only lease.
+    pub fn subnet4(&self) -> Option<Subnet> {
+        (!self.is_ipv6_only()).then_some(self.subnet)
+    }
+
+    /// Whether this is an IPv6-only lease (key `0.0.0.0-0&<IPv6 subnet>`).
+    pub fn is_ipv6_only(&self) -> bool {
+        is_ipv6_only_pair(&self.subnet, self.subnet6.as_ref())
+    }
+
+    /// The VTEP MAC this node advertises (vxlan backend with IPv4 only).
     pub fn vtep_mac(&self) -> Option<EthernetAddress> {
         match self.record.backend {
             BackendRecord::Vxlan { vtep_mac, .. } => Some(vtep_mac),
@@ -196,6 +224,12 @@ impl OwnLease {
     pub fn key(&self, keys: &Keys) -> String {
         keys.subnet_dual(&self.subnet, self.subnet6.as_ref())
     }
+}
+
+/// Whether a key's subnets are an IPv6-only lease's: flannel's empty IPv4 net and an IPv6
+/// subnet.
+fn is_ipv6_only_pair(subnet: &Subnet, subnet6: Option<&Subnet6>) -> bool {
+    subnet6.is_some() && is_empty_ipv4(subnet)
 }
 
 /// Whether a lease fits the current config (flannel's `isSubnetConfigCompat`).
@@ -222,7 +256,9 @@ pub(crate) struct OwnV6 {
 }
 
 /// The record this node writes for the configured backend; `v6` adds `PublicIPv6` and, for
-/// vxlan, `BackendV6Data` (flanneld's dual-stack record).
+/// vxlan, `BackendV6Data` (flanneld's dual-stack record). On an IPv6-only network it is
+/// flanneld's IPv6-only record: `"PublicIP":"0.0.0.0"` and no `BackendData` (`public_ip` and
+/// `vtep_mac` are not used).
 pub(crate) fn own_record(
     cfg: &NetworkConfig,
     public_ip: Ipv4Addr,
@@ -230,9 +266,18 @@ pub(crate) fn own_record(
     v6: Option<OwnV6>,
 ) -> LeaseRecord {
     let vni = cfg.backend.vni.get();
+    let public_ip = if cfg.enable_ipv4 {
+        public_ip
+    } else {
+        Ipv4Addr::UNSPECIFIED
+    };
     let (backend, backend_v6) = match cfg.backend.kind {
         BackendType::Vxlan => (
-            BackendRecord::Vxlan { vni, vtep_mac },
+            if cfg.enable_ipv4 {
+                BackendRecord::Vxlan { vni, vtep_mac }
+            } else {
+                BackendRecord::VxlanIpv6Only
+            },
             v6.map(|v6| VxlanV6Record {
                 vni,
                 vtep_mac: v6.vtep_mac,
@@ -316,7 +361,9 @@ pub(crate) async fn put_with_fresh_grant(
 /// An IPv6 subnet can sit under any IPv4 part, so no key comparison can tell it is free;
 /// for a dual-stack key, `listed_at` (the revision of the listing the subnets were chosen
 /// from) makes the creation fail when any lease key was created since, and the caller
-/// chooses again from a fresh listing.
+/// chooses again from a fresh listing. An IPv6-only key (`0.0.0.0-0&...`, whose IPv4 part
+/// every IPv6-only lease shares) is created only if it does not exist, under the same
+/// guard.
 pub(crate) async fn create_if_absent(
     client: &mut Client,
     keys: &Keys,
@@ -328,10 +375,14 @@ pub(crate) async fn create_if_absent(
     let (id, expires_at) = grant(client, ttl).await?;
     let key = keys.subnet_dual(&subnet, subnet6.as_ref());
     let v4_key = keys.subnet(&subnet);
-    let mut free = vec![
-        Compare::version(v4_key.as_str(), CompareOp::Equal, 0),
-        Compare::version(format!("{v4_key}&"), CompareOp::Equal, 0).with_prefix(),
-    ];
+    let mut free = if is_ipv6_only_pair(&subnet, subnet6.as_ref()) {
+        vec![Compare::version(key.as_str(), CompareOp::Equal, 0)]
+    } else {
+        vec![
+            Compare::version(v4_key.as_str(), CompareOp::Equal, 0),
+            Compare::version(format!("{v4_key}&"), CompareOp::Equal, 0).with_prefix(),
+        ]
+    };
     if subnet6.is_some() {
         free.push(
             Compare::create_revision(keys.subnets_dir(), CompareOp::Less, listed_at + 1)
@@ -394,21 +445,30 @@ pub(crate) async fn renew(
 /// else a random one of the first 100 free from IPv6SubnetMin), the key is
 /// `10.1.2.0-24&fd10:0:0:2::-64` and the record carries `PublicIPv6` and (vxlan)
 /// `BackendV6Data`. Every key holds both of its subnets against every node.
+///
+/// On an IPv6-only network (`EnableIPv4: false`) the lease is IPv6-only, in flanneld's key
+/// and record form (`0.0.0.0-0&fd10:0:0:2::-64`, `"PublicIP":"0.0.0.0"`, no `BackendData`);
+/// see [`acquire_ipv6_only`].
 pub async fn acquire_lease(
     client: &mut Client,
     keys: &Keys,
     cfg: &NetworkConfig,
     req: &AcquireRequest,
 ) -> Result<OwnLease, StoreError> {
-    if !cfg.enable_ipv4 {
-        return Err(StoreError::Ipv6Only);
-    }
     let public_ipv6 = match cfg.ipv6 {
         Some(_) => Some(req.public_ipv6.ok_or(StoreError::NoPublicIpv6)?),
         None => None,
     };
+    if !cfg.enable_ipv4 {
+        // The config enables IPv6 whenever it disables IPv4.
+        let public_ipv6 = public_ipv6.ok_or(StoreError::NoPublicIpv6)?;
+        return acquire_ipv6_only(client, keys, cfg, req, public_ipv6).await;
+    }
+    if req.public_ip.is_unspecified() {
+        return Err(StoreError::NoPublicIp);
+    }
     for _ in 0..RACE_RETRIES {
-        let (leases, listed_at) = list_leases(client, keys).await?;
+        let (leases, listed_at) = list_leases(client, keys, cfg).await?;
 
         // flanneld finds its lease by PublicIP alone, in dual stack too.
         let mine = leases
@@ -468,7 +528,78 @@ pub async fn acquire_lease(
     })
 }
 
-/// Takes over `l`, the lease that already carries our PublicIP, with a fresh grant, keeping
+/// Acquires an IPv6-only lease. flanneld finds "its" lease by PublicIP, which is 0.0.0.0 for
+/// every IPv6-only node; weft finds it by PublicIPv6 instead: the lease whose record names
+/// `public_ipv6` is reused if its key is the canonical `0.0.0.0-0&<IPv6 subnet>` with an
+/// IPv6 subnet the config may hand out, else deleted. Otherwise the IPv6 subnet from
+/// subnet.env if free, else a random one of the first 100 free ones, created with the
+/// dual-stack path's compare-and-create (nothing created since the listing); lost races are
+/// retried.
+async fn acquire_ipv6_only(
+    client: &mut Client,
+    keys: &Keys,
+    cfg: &NetworkConfig,
+    req: &AcquireRequest,
+    public_ipv6: Ipv6Addr,
+) -> Result<OwnLease, StoreError> {
+    for _ in 0..RACE_RETRIES {
+        let (leases, listed_at) = list_leases(client, keys, cfg).await?;
+
+        let mine = leases
+            .iter()
+            .find(|l| matches!(&l.record, Ok(r) if r.public_ipv6 == Some(public_ipv6)));
+        if let Some(l) = mine {
+            let canonical = keys.subnet_dual(&l.subnet, l.subnet6.as_ref());
+            if is_ipv6_only_pair(&l.subnet, l.subnet6.as_ref())
+                && compatible6(cfg, l.subnet6.as_ref())
+                && canonical.as_bytes() == l.key.as_slice()
+            {
+                return reuse_lease(client, keys, cfg, req, Some(public_ipv6), l).await;
+            }
+            let key = String::from_utf8_lossy(&l.key).into_owned();
+            tracing::info!(%key, "this node's old lease does not fit the IPv6-only network config; deleting it");
+            client
+                .delete(l.key.clone(), None)
+                .await
+                .map_err(|source| StoreError::LeaseDelete {
+                    subnet: l.subnet,
+                    source,
+                })?;
+            continue;
+        }
+
+        let chosen = choose_free_subnets(cfg, req, &leases)?;
+        let v6 = OwnV6 {
+            public_ipv6,
+            vtep_mac: req
+                .vtep_mac6
+                .unwrap_or_else(|| derive_vtep_mac6(public_ipv6, cfg.backend.vni, NO_MAC)),
+        };
+        let record = own_record(cfg, req.public_ip, NO_MAC, Some(v6));
+        let pair = (chosen.subnet, chosen.subnet6);
+        let created = create_if_absent(client, keys, pair, record, req.ttl, listed_at).await?;
+        if let Some(own) = created {
+            tracing::info!(
+                subnet6 = ?own.subnet6.map(|s| s.to_string()),
+                public_ipv6 = %public_ipv6,
+                reused_previous6 = chosen.previous6,
+                "acquired a new IPv6-only lease"
+            );
+            return Ok(own);
+        }
+        tracing::debug!(subnet6 = ?chosen.subnet6.map(|s| s.to_string()), "another node took the IPv6 subnet first, or created a lease since the listing; trying again");
+    }
+    Err(StoreError::AcquireRaces {
+        attempts: RACE_RETRIES,
+    })
+}
+
+/// No IPv4 VTEP MAC (an IPv6-only node has no IPv4 VTEP); never a derived MAC, which is
+/// always locally administered.
+const NO_MAC: EthernetAddress = EthernetAddress([0; 6]);
+
+/// Takes over `l`, the lease that already carries our PublicIP (our PublicIPv6 on an
+/// IPv6-only network), with a fresh grant, keeping
 /// the VTEP MACs it names (else the requested ones, else derived ones).
 async fn reuse_lease(
     client: &mut Client,
@@ -484,11 +615,20 @@ async fn reuse_lease(
             backend_v6,
             ..
         }) => (Some(*vtep_mac), backend_v6.map(|d| d.vtep_mac)),
+        Ok(LeaseRecord {
+            backend: BackendRecord::VxlanIpv6Only,
+            backend_v6,
+            ..
+        }) => (None, backend_v6.map(|d| d.vtep_mac)),
         _ => (None, None),
     };
-    let mac = old_mac
-        .or(req.vtep_mac)
-        .unwrap_or_else(|| derive_vtep_mac(req.public_ip, cfg.backend.vni));
+    let mac = if cfg.enable_ipv4 {
+        old_mac
+            .or(req.vtep_mac)
+            .unwrap_or_else(|| derive_vtep_mac(req.public_ip, cfg.backend.vni))
+    } else {
+        NO_MAC
+    };
     let v6 = public_ipv6.map(|ip6| OwnV6 {
         public_ipv6: ip6,
         vtep_mac: old_mac6
@@ -501,7 +641,8 @@ async fn reuse_lease(
     tracing::info!(
         subnet = %own.subnet,
         subnet6 = ?own.subnet6.map(|s| s.to_string()),
-        public_ip = %req.public_ip,
+        public_ip = %own.record.public_ip,
+        public_ipv6 = ?public_ipv6.map(|ip| ip.to_string()),
         "reusing the lease that carries this node's public IP"
     );
     Ok(own)
@@ -523,13 +664,18 @@ struct Chosen {
 ///
 /// flanneld takes the previous subnets only as a pair (and then does not check the IPv6 one
 /// is free); here each is taken on its own when free, so a node moving to dual stack keeps
-/// its IPv4 subnet and no IPv6 subnet is ever handed out twice.
+/// its IPv4 subnet and no IPv6 subnet is ever handed out twice. On an IPv6-only network the
+/// IPv4 part is the config's empty `0.0.0.0/0`.
 fn choose_free_subnets(
     cfg: &NetworkConfig,
     req: &AcquireRequest,
     leases: &[Listed],
 ) -> Result<Chosen, StoreError> {
-    let (subnet, previous) = choose_free_subnet(cfg, req, leases)?;
+    let (subnet, previous) = if cfg.enable_ipv4 {
+        choose_free_subnet(cfg, req, leases)?
+    } else {
+        (cfg.network, false)
+    };
     let (subnet6, previous6) = match choose_free_subnet6(cfg, req, leases)? {
         Some((s6, prev)) => (Some(s6), prev),
         None => (None, false),
@@ -548,16 +694,12 @@ fn choose_free_subnet(
     req: &AcquireRequest,
     leases: &[Listed],
 ) -> Result<(Subnet, bool), StoreError> {
-    let same_len: HashSet<Subnet> = leases
-        .iter()
-        .filter(|l| l.subnet.prefix_len() == cfg.subnet_len)
-        .map(|l| l.subnet)
+    let held = leases.iter().filter(|l| l.holds_ipv4()).map(|l| l.subnet);
+    let same_len: HashSet<Subnet> = held
+        .clone()
+        .filter(|s| s.prefix_len() == cfg.subnet_len)
         .collect();
-    let odd: Vec<Subnet> = leases
-        .iter()
-        .filter(|l| l.subnet.prefix_len() != cfg.subnet_len)
-        .map(|l| l.subnet)
-        .collect();
+    let odd: Vec<Subnet> = held.filter(|s| s.prefix_len() != cfg.subnet_len).collect();
     let taken = |s: &Subnet| same_len.contains(s) || odd.iter().any(|o| o.overlaps(s));
 
     if let Some(s) = req
@@ -828,5 +970,108 @@ mod tests {
         let v4 = cfg(r#"{"Network":"10.1.0.0/16"}"#);
         assert!(compatible6(&v4, None));
         assert!(!compatible6(&v4, Some(&"fd10:0:0:2::/64".parse().unwrap())));
+    }
+
+    fn v6_only() -> NetworkConfig {
+        cfg(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd10::/48","Backend":{"Type":"vxlan"}}"#,
+        )
+    }
+
+    #[test]
+    fn ipv6_only_records_are_flanneld_s() {
+        let v6 = OwnV6 {
+            public_ipv6: "fd77::1".parse().unwrap(),
+            vtep_mac: "9e:1a:77:20:4b:01".parse().unwrap(),
+        };
+        // Whatever IPv4 address and MAC are passed, none is written.
+        let ip = Ipv4Addr::new(192, 168, 77, 1);
+        let mac: EthernetAddress = "c6:d2:32:6f:8f:44".parse().unwrap();
+        let want = r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd77::1","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"9e:1a:77:20:4b:01"}}"#;
+        assert_eq!(own_record(&v6_only(), ip, mac, Some(v6)).to_json(), want);
+        assert_eq!(
+            own_record(&v6_only(), Ipv4Addr::UNSPECIFIED, NO_MAC, Some(v6)).to_json(),
+            want
+        );
+    }
+
+    #[test]
+    fn ipv6_only_subnets_are_chosen_in_ipv6_alone() {
+        let keys = Keys::new("/n");
+        let c = v6_only();
+        let mut r = req();
+        r.previous_subnet = Some("10.1.5.0/24".parse().unwrap());
+        r.previous_subnet6 = Some("fd10:0:0:5::/64".parse().unwrap());
+        let held = [
+            listed(&keys, "0.0.0.0-0&fd10:0:0:1::-64"),
+            listed(&keys, "0.0.0.0-0&fd10:0:0:2::-64"),
+        ];
+        let got = choose_free_subnets(&c, &r, &held).unwrap();
+        assert_eq!(
+            got,
+            Chosen {
+                subnet: "0.0.0.0/0".parse().unwrap(),
+                subnet6: r.previous_subnet6,
+                previous: false,
+                previous6: true,
+            }
+        );
+        // Held previous: a random free one, never a held one.
+        r.previous_subnet6 = Some("fd10:0:0:2::/64".parse().unwrap());
+        for _ in 0..20 {
+            let got = choose_free_subnets(&c, &r, &held).unwrap();
+            let s6 = got.subnet6.unwrap();
+            assert!(!held.iter().any(|l| l.subnet6 == Some(s6)), "{s6}");
+            assert!(!got.previous6);
+        }
+    }
+
+    #[test]
+    fn the_empty_ipv4_net_holds_no_ipv4_subnet() {
+        let keys = Keys::new("/n");
+        let v6_only_key = listed(&keys, "0.0.0.0-0&fd10:0:0:7::-64");
+        let s: Subnet = "10.1.9.0/24".parse().unwrap();
+        assert!(!v6_only_key.holds(&s, None));
+        assert!(v6_only_key.holds(&s, Some(&"fd10:0:0:7::/64".parse().unwrap())));
+        let empty: Subnet = "0.0.0.0/0".parse().unwrap();
+        let s6: Subnet6 = "fd10:0:0:8::/64".parse().unwrap();
+        assert!(!v6_only_key.holds(&empty, Some(&s6)));
+        assert!(listed(&keys, "0.0.0.0-0&fd10:0:0:8::-64").holds(&empty, Some(&s6)));
+        // A stray IPv6-only key on a dual-stack network blocks no IPv4 subnet.
+        let got = choose_free_subnets(&dual(), &req(), &[v6_only_key]).unwrap();
+        assert!(dual().is_leasable(&got.subnet), "{}", got.subnet);
+        assert_ne!(got.subnet6, Some("fd10:0:0:7::/64".parse().unwrap()));
+    }
+
+    #[test]
+    fn own_lease_accessors_tell_ipv6_only_from_dual_stack() {
+        let record = own_record(
+            &v6_only(),
+            Ipv4Addr::UNSPECIFIED,
+            NO_MAC,
+            Some(OwnV6 {
+                public_ipv6: "fd77::1".parse().unwrap(),
+                vtep_mac: "9e:1a:77:20:4b:01".parse().unwrap(),
+            }),
+        );
+        let mut own = OwnLease {
+            subnet: "0.0.0.0/0".parse().unwrap(),
+            subnet6: Some("fd10:0:0:2::/64".parse().unwrap()),
+            record,
+            etcd_lease: 1,
+            expires_at: Instant::now(),
+            revision: 1,
+        };
+        assert!(own.is_ipv6_only());
+        assert_eq!(own.subnet4(), None);
+        assert_eq!(own.vtep_mac(), None);
+        assert_eq!(own.vtep_mac6(), Some("9e:1a:77:20:4b:01".parse().unwrap()));
+        assert_eq!(
+            own.key(&Keys::new("/n")),
+            "/n/subnets/0.0.0.0-0&fd10:0:0:2::-64"
+        );
+        own.subnet = "10.1.2.0/24".parse().unwrap();
+        assert!(!own.is_ipv6_only());
+        assert_eq!(own.subnet4(), Some(own.subnet));
     }
 }

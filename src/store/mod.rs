@@ -2,7 +2,7 @@
 //!
 //! It owns everything weft keeps in etcd: reading the network config at `<prefix>/config`,
 //! acquiring and renewing this node's lease at `<prefix>/subnets/<net>-<len>` (dual stack:
-//! `<net>-<len>&<net6>-<len6>`), and watching every other node's lease. Remote leases flow
+//! `<net>-<len>&<net6>-<len6>`; IPv6-only: `0.0.0.0-0&<net6>-<len6>`), and watching every other node's lease. Remote leases flow
 //! one way: watch events -> [`PeerSet`] -> an immutable [`LeaseTable`] published into the
 //! [`SharedTable`] the data plane reads.
 //!
@@ -284,9 +284,10 @@ pub enum StoreError {
     /// The network enables IPv6 but this node has no underlay IPv6 address to advertise.
     #[error("the network config enables IPv6 but this node has no IPv6 address to advertise as PublicIPv6: pass -public-ipv6=<address>, or give the underlay interface a global IPv6 address")]
     NoPublicIpv6,
-    /// The network is IPv6-only (`EnableIPv4: false`), which weft does not lease.
-    #[error("EnableIPv4 is false: weft does not lease IPv6-only networks (every weft lease has an IPv4 subnet); set \"EnableIPv4\": true")]
-    Ipv6Only,
+    /// The network has IPv4 but this node has no underlay IPv4 address to advertise (the
+    /// request's `public_ip` is `0.0.0.0`, which only an IPv6-only network accepts).
+    #[error("the network config enables IPv4 but this node has no IPv4 address to advertise as PublicIP: pass -public-ip=<address>, or give the underlay interface an IPv4 address")]
+    NoPublicIp,
     /// Other nodes kept winning the race for the chosen subnets.
     #[error("lost the race for a free subnet {attempts} times in a row; try again")]
     AcquireRaces {

@@ -140,4 +140,23 @@ mod tests {
         let s6 = Some("fd10:0:0:2::/64".parse().unwrap());
         assert_eq!(subnet_env(&opts(), &cfg, s, s6).render(), want);
     }
+
+    #[test]
+    fn ipv6_only_subnet_env_is_flanneld_s() {
+        let cfg = NetworkConfig::parse(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd10::/48","Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        let env = subnet_env(
+            &opts(),
+            &cfg,
+            cfg.network,
+            Some("fd10:0:0:2::/64".parse().unwrap()),
+        );
+        assert_eq!(
+            env.render(),
+            "FLANNEL_IPV6_NETWORK=fd10::/48\nFLANNEL_IPV6_SUBNET=fd10:0:0:2::1/64\n\
+             FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+        );
+    }
 }

@@ -7,10 +7,16 @@
 //! A dual-stack node (key `10.1.2.0-24&fd10:0:0:2::-64`) adds its underlay IPv6 address as
 //! `PublicIPv6` and, with vxlan, `BackendV6Data`: the VNI and the MAC of its second VTEP
 //! (`flannel-v6.<VNI>`), in the same form as `BackendData`.
+//!
+//! An IPv6-only node (key `0.0.0.0-0&fd10:0:0:2::-64`) writes `"PublicIP":"0.0.0.0"` and,
+//! with vxlan, only `BackendV6Data` (flanneld's vxlan backend fills `BackendData` only when it
+//! has an IPv4 device). Such a record is read with [`LeaseRecord::parse_ipv6_only`], which
+//! ignores the IPv4 half; [`LeaseRecord::parse`] (IPv4 and dual-stack networks) refuses it.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::config::gojson::{GoObject, GoValue};
+use crate::config::NetworkConfig;
 use crate::wire::EthernetAddress;
 
 /// The backend part of a lease record.
@@ -25,6 +31,9 @@ pub enum BackendRecord {
         /// `BackendData.VtepMAC`: the node's VTEP MAC.
         vtep_mac: EthernetAddress,
     },
+    /// `"BackendType":"vxlan"` without `BackendData`: an IPv6-only node's record, whose only
+    /// VTEP is in [`LeaseRecord::backend_v6`].
+    VxlanIpv6Only,
     /// `"BackendType":"host-gw"` (no data).
     HostGw,
     /// Any other backend type, kept by name (e.g. `ipip`, `wireguard`).
@@ -36,7 +45,7 @@ impl BackendRecord {
     pub fn type_name(&self) -> &str {
         match self {
             BackendRecord::None => "",
-            BackendRecord::Vxlan { .. } => "vxlan",
+            BackendRecord::Vxlan { .. } | BackendRecord::VxlanIpv6Only => "vxlan",
             BackendRecord::HostGw => "host-gw",
             BackendRecord::Other(s) => s,
         }
@@ -61,7 +70,8 @@ pub struct LeaseRecord {
     pub public_ipv6: Option<Ipv6Addr>,
     /// `BackendType` and `BackendData`.
     pub backend: BackendRecord,
-    /// `BackendV6Data` of a vxlan record; read and written only with a vxlan `backend`.
+    /// `BackendV6Data` of a vxlan record; read and written only with a vxlan `backend`
+    /// (`Vxlan` or `VxlanIpv6Only`).
     pub backend_v6: Option<VxlanV6Record>,
 }
 
@@ -89,51 +99,30 @@ pub enum RecordError {
 }
 
 impl LeaseRecord {
-    /// Parses a record the way flanneld's Go decoder would, then checks what weft needs.
+    /// Parses a record the way flanneld's Go decoder would, then checks what weft needs on a
+    /// network with IPv4 (IPv4-only or dual stack): a usable `PublicIP` and, for vxlan, a
+    /// valid `BackendData`.
     pub fn parse(bytes: &[u8]) -> Result<LeaseRecord, RecordError> {
-        let text = std::str::from_utf8(bytes).map_err(|e| RecordError::Json(e.to_string()))?;
-        let o = GoObject::parse(text).map_err(RecordError::Json)?;
+        let o = object(bytes)?;
         let public_ip = match o.get("PublicIP") {
-            Some(GoValue::String(s)) => s
-                .parse::<Ipv4Addr>()
-                .map_err(|_| RecordError::PublicIp(format!("{s:?} is not an IPv4 address")))?,
+            Some(GoValue::String(s)) => parse_public_ip(s)?,
             Some(_) => return Err(RecordError::FieldType("PublicIP")),
             None => return Err(RecordError::PublicIp("missing".into())),
         };
         if public_ip.is_unspecified() {
             return Err(RecordError::PublicIp("0.0.0.0".into()));
         }
-        let public_ipv6 = match o.get("PublicIPv6") {
-            Some(GoValue::String(s)) => Some(parse_public_ipv6(s)?),
-            Some(_) => return Err(RecordError::FieldType("PublicIPv6")),
-            None => None,
-        };
-        let backend_type = match o.get("BackendType") {
-            Some(GoValue::String(s)) => s.as_str(),
-            Some(_) => return Err(RecordError::FieldType("BackendType")),
-            None => "",
-        };
-        let mut backend_v6 = None;
-        let backend = match backend_type {
-            "" => BackendRecord::None,
-            "host-gw" => BackendRecord::HostGw,
+        let public_ipv6 = public_ipv6(&o)?;
+        let (backend, backend_v6) = match backend_type(&o)? {
             "vxlan" => {
                 let data = o
                     .get("BackendData")
                     .and_then(GoValue::as_object)
                     .ok_or_else(|| RecordError::BackendData("missing".into()))?;
                 let (vni, vtep_mac) = vxlan_data(data).map_err(RecordError::BackendData)?;
-                backend_v6 = match o.get("BackendV6Data") {
-                    None => None,
-                    Some(GoValue::Object(d6)) => {
-                        let (vni, vtep_mac) = vxlan_data(d6).map_err(RecordError::BackendV6Data)?;
-                        Some(VxlanV6Record { vni, vtep_mac })
-                    }
-                    Some(_) => return Err(RecordError::FieldType("BackendV6Data")),
-                };
-                BackendRecord::Vxlan { vni, vtep_mac }
+                (BackendRecord::Vxlan { vni, vtep_mac }, backend_v6(&o)?)
             }
-            other => BackendRecord::Other(other.to_string()),
+            other => (other_backend(other), None),
         };
         Ok(LeaseRecord {
             public_ip,
@@ -141,6 +130,44 @@ impl LeaseRecord {
             backend,
             backend_v6,
         })
+    }
+
+    /// Parses a record on an IPv6-only network (`EnableIPv4: false`), where only its IPv6
+    /// half counts: `PublicIP` must still be IPv4 text, as Go's decoder needs, but may be
+    /// `0.0.0.0` or missing, and `BackendData` is not read (a vxlan record is
+    /// [`BackendRecord::VxlanIpv6Only`]). Whether `PublicIPv6` and `BackendV6Data` are there
+    /// is [`check_lease_v6`](super::check::check_lease_v6)'s to judge.
+    pub fn parse_ipv6_only(bytes: &[u8]) -> Result<LeaseRecord, RecordError> {
+        let o = object(bytes)?;
+        let public_ip = match o.get("PublicIP") {
+            Some(GoValue::String(s)) => parse_public_ip(s)?,
+            Some(_) => return Err(RecordError::FieldType("PublicIP")),
+            None => Ipv4Addr::UNSPECIFIED,
+        };
+        let public_ipv6 = public_ipv6(&o)?;
+        let (backend, backend_v6) = match backend_type(&o)? {
+            "vxlan" => (BackendRecord::VxlanIpv6Only, backend_v6(&o)?),
+            other => (other_backend(other), None),
+        };
+        Ok(LeaseRecord {
+            public_ip,
+            public_ipv6,
+            backend,
+            backend_v6,
+        })
+    }
+
+    /// Parses a record as the network `cfg` reads it: [`parse_ipv6_only`] on an IPv6-only
+    /// network, else [`parse`].
+    ///
+    /// [`parse`]: LeaseRecord::parse
+    /// [`parse_ipv6_only`]: LeaseRecord::parse_ipv6_only
+    pub fn parse_for(cfg: &NetworkConfig, bytes: &[u8]) -> Result<LeaseRecord, RecordError> {
+        if cfg.enable_ipv4 {
+            Self::parse(bytes)
+        } else {
+            Self::parse_ipv6_only(bytes)
+        }
     }
 
     /// The record as flanneld writes it, byte for byte.
@@ -163,11 +190,11 @@ impl LeaseRecord {
                 out.push_str(&format!(
                     ",\"BackendType\":\"vxlan\",\"BackendData\":{{\"VNI\":{vni},\"VtepMAC\":\"{vtep_mac}\"}}"
                 ));
-                if let Some(VxlanV6Record { vni, vtep_mac }) = self.backend_v6 {
-                    out.push_str(&format!(
-                        ",\"BackendV6Data\":{{\"VNI\":{vni},\"VtepMAC\":\"{vtep_mac}\"}}"
-                    ));
-                }
+                self.push_backend_v6(&mut out);
+            }
+            BackendRecord::VxlanIpv6Only => {
+                out.push_str(",\"BackendType\":\"vxlan\"");
+                self.push_backend_v6(&mut out);
             }
             BackendRecord::HostGw => out.push_str(",\"BackendType\":\"host-gw\""),
             BackendRecord::Other(t) => out.push_str(&format!(
@@ -177,6 +204,66 @@ impl LeaseRecord {
         }
         out.push('}');
         out
+    }
+
+    /// Appends `,"BackendV6Data":{...}` when the record has one.
+    fn push_backend_v6(&self, out: &mut String) {
+        if let Some(VxlanV6Record { vni, vtep_mac }) = self.backend_v6 {
+            out.push_str(&format!(
+                ",\"BackendV6Data\":{{\"VNI\":{vni},\"VtepMAC\":\"{vtep_mac}\"}}"
+            ));
+        }
+    }
+}
+
+/// The record's JSON object.
+fn object(bytes: &[u8]) -> Result<GoObject, RecordError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| RecordError::Json(e.to_string()))?;
+    GoObject::parse(text).map_err(RecordError::Json)
+}
+
+/// `PublicIP` text as an IPv4 address.
+fn parse_public_ip(s: &str) -> Result<Ipv4Addr, RecordError> {
+    s.parse::<Ipv4Addr>()
+        .map_err(|_| RecordError::PublicIp(format!("{s:?} is not an IPv4 address")))
+}
+
+/// `PublicIPv6`, `None` when absent or `null`.
+fn public_ipv6(o: &GoObject) -> Result<Option<Ipv6Addr>, RecordError> {
+    match o.get("PublicIPv6") {
+        Some(GoValue::String(s)) => Ok(Some(parse_public_ipv6(s)?)),
+        Some(_) => Err(RecordError::FieldType("PublicIPv6")),
+        None => Ok(None),
+    }
+}
+
+/// `BackendType`, `""` when absent.
+fn backend_type(o: &GoObject) -> Result<&str, RecordError> {
+    match o.get("BackendType") {
+        Some(GoValue::String(s)) => Ok(s.as_str()),
+        Some(_) => Err(RecordError::FieldType("BackendType")),
+        None => Ok(""),
+    }
+}
+
+/// A backend other than vxlan, by its `BackendType`.
+fn other_backend(backend_type: &str) -> BackendRecord {
+    match backend_type {
+        "" => BackendRecord::None,
+        "host-gw" => BackendRecord::HostGw,
+        other => BackendRecord::Other(other.to_string()),
+    }
+}
+
+/// A vxlan record's `BackendV6Data`, `None` when absent.
+fn backend_v6(o: &GoObject) -> Result<Option<VxlanV6Record>, RecordError> {
+    match o.get("BackendV6Data") {
+        None => Ok(None),
+        Some(GoValue::Object(d6)) => {
+            let (vni, vtep_mac) = vxlan_data(d6).map_err(RecordError::BackendV6Data)?;
+            Ok(Some(VxlanV6Record { vni, vtep_mac }))
+        }
+        Some(_) => Err(RecordError::FieldType("BackendV6Data")),
     }
 }
 
@@ -390,6 +477,61 @@ mod tests {
             b"\xff\xfe",
         ] {
             assert!(LeaseRecord::parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    const V6_ONLY: &str = r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd77::1","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"9e:1a:77:20:4b:01"}}"#;
+
+    #[test]
+    fn ipv6_only_records_are_flanneld_s_and_read_only_on_ipv6_only_networks() {
+        let r = LeaseRecord::parse_ipv6_only(V6_ONLY.as_bytes()).unwrap();
+        assert_eq!(
+            r,
+            LeaseRecord {
+                public_ip: Ipv4Addr::UNSPECIFIED,
+                public_ipv6: Some("fd77::1".parse().unwrap()),
+                backend: BackendRecord::VxlanIpv6Only,
+                backend_v6: Some(VxlanV6Record {
+                    vni: 1,
+                    vtep_mac: "9e:1a:77:20:4b:01".parse().unwrap()
+                }),
+            }
+        );
+        assert_eq!(r.backend.type_name(), "vxlan");
+        assert_eq!(r.to_json(), V6_ONLY);
+        // On a network with IPv4 it is what it always was: no PublicIP, no BackendData.
+        assert_eq!(
+            LeaseRecord::parse(V6_ONLY.as_bytes()),
+            Err(RecordError::PublicIp("0.0.0.0".into()))
+        );
+        let with_ip = V6_ONLY.replace("0.0.0.0", "10.0.0.7");
+        let e = LeaseRecord::parse(with_ip.as_bytes()).unwrap_err();
+        assert!(matches!(e, RecordError::BackendData(_)), "{e}");
+        // The IPv4 half is ignored: a dual-stack record's BackendData, a real PublicIP, none.
+        let r = LeaseRecord::parse_ipv6_only(DUAL.as_bytes()).unwrap();
+        assert_eq!(r.backend, BackendRecord::VxlanIpv6Only);
+        assert_eq!(r.public_ipv6, Some("fd77::1".parse().unwrap()));
+        let bad_data = DUAL.replace(r#""VtepMAC":"c6:d2:32:6f:8f:44""#, r#""VtepMAC":"zz""#);
+        assert!(LeaseRecord::parse(bad_data.as_bytes()).is_err());
+        assert!(LeaseRecord::parse_ipv6_only(bad_data.as_bytes()).is_ok());
+        let no_ip = r#"{"PublicIPv6":"fd77::1","BackendType":"host-gw"}"#;
+        let r = LeaseRecord::parse_ipv6_only(no_ip.as_bytes()).unwrap();
+        assert_eq!(
+            (r.public_ip, r.backend),
+            (Ipv4Addr::UNSPECIFIED, BackendRecord::HostGw)
+        );
+        // What Go's decoder would refuse is still refused.
+        for bad in [
+            r#"{"PublicIP":"fd77::1","PublicIPv6":"fd77::1"}"#,
+            r#"{"PublicIP":0,"PublicIPv6":"fd77::1"}"#,
+            r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd77::g"}"#,
+            r#"{"PublicIP":"0.0.0.0","BackendType":"vxlan","BackendV6Data":{"VNI":1}}"#,
+            "[]",
+        ] {
+            assert!(
+                LeaseRecord::parse_ipv6_only(bad.as_bytes()).is_err(),
+                "{bad}"
+            );
         }
     }
 }

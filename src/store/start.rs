@@ -41,7 +41,10 @@ impl Store {
         );
         let own = acquire_until_held(&mut client, &keys, &config, &opts).await?;
         write_subnet_env(&opts, &config, own.subnet, own.subnet6)?;
-        shared.publish(LeaseTable::empty(config.subnet_len));
+        shared.publish(match &config.ipv6 {
+            Some(v6) => LeaseTable::empty_dual(config.subnet_len, v6.subnet_len),
+            None => LeaseTable::empty(config.subnet_len),
+        });
         Ok(watch::spawn(client, keys, config, opts, own, shared))
     }
 }

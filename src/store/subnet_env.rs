@@ -8,7 +8,9 @@
 //! ```
 //! A dual-stack node adds `FLANNEL_IPV6_NETWORK=fd10::/48` and
 //! `FLANNEL_IPV6_SUBNET=fd10:0:0:2::1/64` after `FLANNEL_SUBNET`, as flanneld's
-//! `WriteSubnetFile` does.
+//! `WriteSubnetFile` does. An IPv6-only node (`EnableIPv4: false`) writes no
+//! `FLANNEL_NETWORK` and `FLANNEL_SUBNET` lines, only the IPv6 ones, MTU and IPMASQ; its
+//! [`SubnetEnv`] holds flannel's empty net `0.0.0.0/0` in `network` and `subnet`.
 //! It is written atomically (temporary file in the same directory, then rename), so a reader
 //! never sees half a file.
 
@@ -19,11 +21,15 @@ use std::path::{Path, PathBuf};
 use crate::wire::{Subnet, Subnet6};
 
 /// The contents of a subnet.env file.
+///
+/// An IPv6-only node's file (no IPv4 lines) has `network` and `subnet` `0.0.0.0/0` and
+/// `ipv6` set; read its IPv4 half with [`SubnetEnv::subnet4`] and [`SubnetEnv::network4`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SubnetEnv {
-    /// `FLANNEL_NETWORK`: the whole overlay.
+    /// `FLANNEL_NETWORK`: the whole overlay (`0.0.0.0/0` when IPv6-only).
     pub network: Subnet,
-    /// The node's lease; written as its first host address, `FLANNEL_SUBNET=10.1.2.1/24`.
+    /// The node's lease; written as its first host address, `FLANNEL_SUBNET=10.1.2.1/24`
+    /// (`0.0.0.0/0` when IPv6-only).
     pub subnet: Subnet,
     /// The IPv6 half of a dual-stack node (`FLANNEL_IPV6_NETWORK`, `FLANNEL_IPV6_SUBNET`).
     pub ipv6: Option<SubnetEnv6>,
@@ -66,15 +72,33 @@ pub enum SubnetEnvError {
 }
 
 impl SubnetEnv {
+    /// Whether this is an IPv6-only node's file: no IPv4 network (`0.0.0.0/0`), an IPv6 half.
+    pub fn is_ipv6_only(&self) -> bool {
+        self.ipv6.is_some() && is_empty_net(&self.network)
+    }
+
+    /// The node's IPv4 lease; `None` for an IPv6-only node.
+    pub fn subnet4(&self) -> Option<Subnet> {
+        (!self.is_ipv6_only()).then_some(self.subnet)
+    }
+
+    /// The IPv4 overlay; `None` for an IPv6-only node.
+    pub fn network4(&self) -> Option<Subnet> {
+        (!self.is_ipv6_only()).then_some(self.network)
+    }
+
     /// The file's text, variables in flanneld's order: NETWORK, SUBNET, IPV6_NETWORK,
-    /// IPV6_SUBNET, MTU, IPMASQ.
+    /// IPV6_SUBNET, MTU, IPMASQ (an IPv6-only node's without the first two).
     pub fn render(&self) -> String {
-        let mut out = format!(
-            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\n",
-            self.network,
-            self.subnet.first_host(),
-            self.subnet.prefix_len(),
-        );
+        let mut out = String::new();
+        if !self.is_ipv6_only() {
+            out.push_str(&format!(
+                "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\n",
+                self.network,
+                self.subnet.first_host(),
+                self.subnet.prefix_len(),
+            ));
+        }
         if let Some(v6) = &self.ipv6 {
             out.push_str(&format!(
                 "FLANNEL_IPV6_NETWORK={}\nFLANNEL_IPV6_SUBNET={}/{}\n",
@@ -125,7 +149,8 @@ impl SubnetEnv {
         })
     }
 
-    /// Parses the file's text; on failure names the bad variable.
+    /// Parses the file's text; on failure names the bad variable. A file with IPv6 lines
+    /// and neither `FLANNEL_NETWORK` nor `FLANNEL_SUBNET` is an IPv6-only node's.
     pub fn parse(text: &str) -> Result<SubnetEnv, &'static str> {
         let var = |name: &str| {
             text.lines()
@@ -134,12 +159,23 @@ impl SubnetEnv {
                 .find(|(k, _)| k.trim() == name)
                 .map(|(_, v)| v.trim().trim_matches('"'))
         };
-        let network = var("FLANNEL_NETWORK")
-            .and_then(|v| v.parse::<Subnet>().ok())
-            .ok_or("FLANNEL_NETWORK")?;
-        let subnet = var("FLANNEL_SUBNET")
-            .and_then(parse_host_cidr)
-            .ok_or("FLANNEL_SUBNET")?;
+        let no_ipv4 = var("FLANNEL_NETWORK").is_none() && var("FLANNEL_SUBNET").is_none();
+        let ipv6_lines =
+            var("FLANNEL_IPV6_NETWORK").is_some() || var("FLANNEL_IPV6_SUBNET").is_some();
+        let (network, subnet) = if no_ipv4 && ipv6_lines {
+            let empty =
+                Subnet::containing(Ipv4Addr::UNSPECIFIED, 0).map_err(|_| "FLANNEL_NETWORK")?;
+            (empty, empty)
+        } else {
+            let network = var("FLANNEL_NETWORK")
+                .and_then(|v| v.parse::<Subnet>().ok())
+                .filter(|n| !is_empty_net(n))
+                .ok_or("FLANNEL_NETWORK")?;
+            let subnet = var("FLANNEL_SUBNET")
+                .and_then(parse_host_cidr)
+                .ok_or("FLANNEL_SUBNET")?;
+            (network, subnet)
+        };
         let mtu = var("FLANNEL_MTU")
             .and_then(|v| v.parse().ok())
             .ok_or("FLANNEL_MTU")?;
@@ -187,6 +223,11 @@ pub fn read_previous_ipv6_subnet(path: &Path) -> Option<Subnet6> {
         .filter_map(|l| l.trim().split_once('='))
         .find(|(k, _)| k.trim() == "FLANNEL_IPV6_SUBNET")
         .and_then(|(_, v)| parse_host_cidr6(v.trim().trim_matches('"')))
+}
+
+/// flannel's empty IPv4 net, `0.0.0.0/0`: no IPv4 half.
+fn is_empty_net(n: &Subnet) -> bool {
+    n.prefix_len() == 0 && n.addr().is_unspecified()
 }
 
 /// `fd10:0:0:2::1/64` -> `fd10:0:0:2::/64`.
@@ -349,5 +390,48 @@ mod tests {
         );
         let e = SubnetEnv::read(Path::new("/nonexistent/subnet.env")).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/subnet.env"));
+    }
+
+    fn v6_only() -> SubnetEnv {
+        let empty: Subnet = "0.0.0.0/0".parse().unwrap();
+        SubnetEnv {
+            network: empty,
+            subnet: empty,
+            ..dual()
+        }
+    }
+
+    #[test]
+    fn ipv6_only_has_no_ipv4_lines() {
+        let text = "FLANNEL_IPV6_NETWORK=fd10::/48\nFLANNEL_IPV6_SUBNET=fd10:0:0:2::1/64\n\
+                    FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+        assert_eq!(v6_only().render(), text);
+        assert_eq!(SubnetEnv::parse(text), Ok(v6_only()));
+        assert!(v6_only().is_ipv6_only());
+        assert_eq!((v6_only().subnet4(), v6_only().network4()), (None, None));
+        assert!(!dual().is_ipv6_only() && !env().is_ipv6_only());
+        assert_eq!(dual().subnet4(), Some(env().subnet));
+        assert_eq!(env().network4(), Some(env().network));
+        // The previous subnets of an IPv6-only file: only the IPv6 one.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("subnet.env");
+        v6_only().write(&path).unwrap();
+        assert_eq!(SubnetEnv::read(&path).unwrap(), v6_only());
+        assert_eq!(read_previous_subnet(&path), None);
+        assert_eq!(
+            read_previous_ipv6_subnet(&path),
+            Some("fd10:0:0:2::/64".parse().unwrap())
+        );
+        // One IPv4 line alone, or no line of either family, is still a broken file.
+        let half = format!("FLANNEL_NETWORK=10.1.0.0/16\n{text}");
+        assert_eq!(SubnetEnv::parse(&half), Err("FLANNEL_SUBNET"));
+        let half = format!("FLANNEL_SUBNET=10.1.2.1/24\n{text}");
+        assert_eq!(SubnetEnv::parse(&half), Err("FLANNEL_NETWORK"));
+        assert_eq!(
+            SubnetEnv::parse("FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"),
+            Err("FLANNEL_NETWORK")
+        );
+        let zero = format!("FLANNEL_NETWORK=0.0.0.0/0\nFLANNEL_SUBNET=0.0.0.1/0\n{text}");
+        assert_eq!(SubnetEnv::parse(&zero), Err("FLANNEL_NETWORK"));
     }
 }

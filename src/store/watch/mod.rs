@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::check::LeaseProblem;
+use super::check::{check_key_families, LeaseProblem};
 use super::lease::{self, OwnLease};
 use super::options::StoreOptions;
 use super::retry::{Backoff, RepeatLog};
@@ -328,7 +328,7 @@ impl Runner {
             }
             match self.judge(&kv.key, &kv.value, kv.mod_revision) {
                 Ok((p, p6)) => {
-                    next.push(p);
+                    next.extend(p);
                     next6.extend(p6);
                 }
                 // An unusable update never removes what we knew about that subnet.
@@ -403,13 +403,18 @@ impl Runner {
             EventType::Delete => {
                 self.rejected
                     .remove(String::from_utf8_lossy(kv.key()).as_ref());
+                // A key that does not fit the network's families was never a peer: deleting
+                // it removes nothing (not another key's peer with the same IPv6 subnet).
                 match self.keys.parse_subnet_key_dual(kv.key()) {
-                    Some((s, s6)) => (Some(PeerEvent::Remove(s)), s6.map(PeerEvent::Remove6)),
-                    None => (None, None),
+                    Some((s, s6)) if check_key_families(&self.config, s, s6).is_ok() => (
+                        self.config.enable_ipv4.then_some(PeerEvent::Remove(s)),
+                        s6.map(PeerEvent::Remove6),
+                    ),
+                    _ => (None, None),
                 }
             }
             EventType::Put => match self.judge(kv.key(), kv.value(), kv.mod_revision()) {
-                Ok((p, p6)) => (Some(PeerEvent::Upsert(p)), p6.map(PeerEvent::Upsert6)),
+                Ok((p, p6)) => (p.map(PeerEvent::Upsert), p6.map(PeerEvent::Upsert6)),
                 Err(_) => (None, None),
             },
         };

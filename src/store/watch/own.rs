@@ -1,7 +1,8 @@
 //! Keeping this node's lease while the store runs: renewing it before it expires, writing
 //! our record back when someone overwrites the key, and re-creating the key when it is
 //! deleted (moving to a new subnet, and rewriting subnet.env, if another node took ours).
-//! A dual-stack lease keeps its one key (`10.1.2.0-24&fd10:0:0:2::-64`) through all of it.
+//! A dual-stack lease keeps its one key (`10.1.2.0-24&fd10:0:0:2::-64`) through all of it,
+//! and so does an IPv6-only one (`0.0.0.0-0&fd10:0:0:2::-64`).
 
 use std::time::Duration;
 
@@ -113,7 +114,7 @@ impl Runner {
         // subnet may have gone to a key under another IPv4 subnet.
         let mut listed_at = 0;
         if subnet6.is_some() {
-            match lease::list_leases(&mut self.client, &self.keys).await {
+            match lease::list_leases(&mut self.client, &self.keys, &self.config).await {
                 Ok((leases, rev)) => {
                     if leases.iter().any(|l| l.holds(&subnet, subnet6.as_ref())) {
                         return self.reacquire_own(subnet, subnet6).await;
@@ -155,7 +156,7 @@ impl Runner {
         let req = AcquireRequest {
             public_ip: self.opts.public_ip,
             public_ipv6: self.opts.public_ipv6,
-            previous_subnet: Some(subnet),
+            previous_subnet: self.own.subnet4(),
             previous_subnet6: subnet6,
             ttl: self.opts.lease_ttl,
             vtep_mac: self.own.vtep_mac(),
@@ -175,10 +176,9 @@ impl Runner {
                     if let Err(e) = env {
                         tracing::error!(error = %crate::error::Chain(&e), "writing subnet.env failed");
                     }
+                    let four = own.subnet4().map(PeerEvent::Remove);
                     let six = own.subnet6.map(PeerEvent::Remove6);
-                    let changes = self
-                        .peers
-                        .apply(std::iter::once(PeerEvent::Remove(own.subnet)).chain(six));
+                    let changes = self.peers.apply(four.into_iter().chain(six));
                     self.publish(self.revision, changes);
                 }
                 self.set_own(own);

@@ -2,7 +2,7 @@
 //! unusable one once), the report of rejected and conflicting leases that rides with each
 //! snapshot, publishing, and the rate-limited "lease table updated" line.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -32,26 +32,29 @@ impl Runner {
         self.rejected.insert(key, problem);
     }
 
-    /// Judges one key/value from etcd: the peer it gives and, on a dual-stack network whose
-    /// key names an IPv6 subnet, its IPv6 half; or `Err` after recording why not. `Err`
-    /// carries the subnets the key names, if any, so that a bad update of a known lease keeps
-    /// what we knew (one bad record never removes a working peer).
+    /// Judges one key/value from etcd: the peer it gives (none on an IPv6-only network) and,
+    /// on a network with IPv6 whose key names an IPv6 subnet, its IPv6 half; or `Err` after
+    /// recording why not. `Err` carries the subnets the key names, if any, so that a bad
+    /// update of a known lease keeps what we knew (one bad record never removes a working
+    /// peer); a key that does not fit the network's families names none.
     pub(super) fn judge(
         &mut self,
         key: &[u8],
         value: &[u8],
         rev: i64,
-    ) -> Result<(Peer, Option<Peer6>), KeySubnets> {
+    ) -> Result<(Option<Peer>, Option<Peer6>), KeySubnets> {
         let j = check::judge(&self.keys, &self.config, key, value);
         let name = String::from_utf8_lossy(key).into_owned();
         match (j.subnet, j.verdict) {
             (Some(subnet), Ok(rec)) => {
                 self.rejected.remove(&name);
-                let mac = match rec.backend {
-                    BackendRecord::Vxlan { vtep_mac, .. } => Some(vtep_mac),
-                    _ => None,
-                };
-                let peer = Peer::new(subnet, rec.public_ip, mac, &self.local);
+                let four = self.config.enable_ipv4.then(|| {
+                    let mac = match rec.backend {
+                        BackendRecord::Vxlan { vtep_mac, .. } => Some(vtep_mac),
+                        _ => None,
+                    };
+                    Peer::new(subnet, rec.public_ip, mac, &self.local)
+                });
                 // check_lease_v6 made sure a dual-stack key's record has its IPv6 half.
                 let six = match (&self.config.ipv6, j.subnet6, rec.public_ipv6) {
                     (Some(_), Some(s6), Some(ip6)) => {
@@ -60,7 +63,7 @@ impl Runner {
                     }
                     _ => None,
                 };
-                Ok((peer, six))
+                Ok((four, six))
             }
             (subnet, Err(problem)) => {
                 self.reject(name, rev, problem);
@@ -82,29 +85,43 @@ impl Runner {
                 detail: p.to_string(),
             })
             .collect();
+        // On an IPv6-only network our lease's IPv4 half is flannel's empty net, no address.
+        let own4 = self.own.subnet4().map(|s| (s, self.own.record.public_ip));
         let conflicts: Vec<(Ipv4Addr, Vec<Subnet>)> = check::conflicts(
             self.peers
                 .iter()
                 .map(|p| (p.subnet, p.public_ip))
-                .chain([(self.own.subnet, self.own.record.public_ip)]),
+                .chain(own4),
         )
         .into_iter()
         .collect();
         for (ip, subnets) in &conflicts {
-            if !self
-                .report
-                .conflicts
-                .iter()
-                .any(|(i, s)| i == ip && s == subnets)
-            {
+            if !self.report.conflicts.contains(&(*ip, subnets.clone())) {
                 let list: Vec<String> = subnets.iter().map(Subnet::to_string).collect();
-                let ours = *ip == self.own.record.public_ip;
+                let ours = own4.is_some_and(|(_, own)| *ip == own);
                 tracing::warn!(public_ip = %ip, subnets = %list.join(","), names_this_node = ours, "several leases name one PublicIP: packets from it are accepted for any of them, packets to them all go there; delete the stale record(s)");
+            }
+        }
+        let own6 = self.own.subnet6.zip(self.own.public_ipv6());
+        let conflicts6: Vec<(Ipv6Addr, Vec<Subnet6>)> = check::conflicts(
+            self.peers
+                .iter6()
+                .map(|p| (p.subnet, p.public_ip))
+                .chain(own6),
+        )
+        .into_iter()
+        .collect();
+        for (ip, subnets) in &conflicts6 {
+            if !self.report.conflicts6.contains(&(*ip, subnets.clone())) {
+                let list: Vec<String> = subnets.iter().map(Subnet6::to_string).collect();
+                let ours = own6.is_some_and(|(_, own)| *ip == own);
+                tracing::warn!(public_ipv6 = %ip, subnets6 = %list.join(","), names_this_node = ours, "several leases name one PublicIPv6: IPv6 packets from it are accepted for any of them, packets to them all go there; delete the stale record(s)");
             }
         }
         LeaseReport {
             rejected,
             conflicts,
+            conflicts6,
         }
     }
 

@@ -169,13 +169,16 @@ impl Local {
             Ok(view) => (view.config.backend.kind, view.config.backend.port),
             Err(_) => (self.backend, default_port(self.backend)),
         };
-        let ipv6_only = matches!(&etcd, Ok(view) if !view.config.enable_ipv4);
+        let ipv6_only = self.env.map_or_else(
+            || matches!(&etcd, Ok(view) if !view.config.enable_ipv4),
+            |e| e.is_ipv6_only(),
+        );
         DoctorInput {
             running: self.running,
             ipv6_only,
             network: self
                 .env
-                .map(|e| e.network)
+                .and_then(|e| e.network4())
                 .or_else(|| etcd.as_ref().ok().map(|view| view.config.network))
                 .filter(|_| !ipv6_only),
             network6: self
@@ -186,7 +189,7 @@ impl Local {
                     let view = etcd.as_ref().ok()?;
                     view.config.ipv6.map(|v6| v6.network)
                 }),
-            subnet: self.env.map(|e| e.subnet),
+            subnet: self.env.and_then(|e| e.subnet4()),
             pod_mtu: self.env.map(|e| e.mtu),
             tun: self.tun,
             underlay_mtu: self.underlay_mtu,
@@ -257,7 +260,11 @@ pub fn run_checks(i: &DoctorInput) -> Vec<Finding> {
     let mut out = vec![node(i)];
     out.extend(v4.then(ip_forward));
     out.extend(ipv6_forwarding(i));
-    out.extend(v4.then(|| [rp_filter(i), forward_policy(i)]).into_iter().flatten());
+    out.extend(
+        v4.then(|| [rp_filter(i), forward_policy(i)])
+            .into_iter()
+            .flatten(),
+    );
     out.extend(ipv6_forward_policy(i));
     out.extend(v4.then(|| masquerade(i)));
     out.extend([bridge_nf_call_iptables(), etcd(i)]);
@@ -520,13 +527,19 @@ fn lease_findings(view: &LeaseView) -> Vec<Finding> {
             format!("correct or delete them: etcdctl del {}", keys.join(" ")),
         ));
     }
-    for (ip, keys) in &view.conflicts {
-        out.push(finding(
+    let named = |ip: &dyn std::fmt::Display, keys: &[String], what: &str| {
+        finding(
             "public_ip_conflict",
             Severity::Warn,
-            format!("PublicIP {ip} is named by {}", keys.join(" and ")),
+            format!("{what} {ip} is named by {}", keys.join(" and ")),
             "delete the stale record (the node at that address rewrites its own): etcdctl del <stale key>".into(),
-        ));
+        )
+    };
+    for (ip, keys) in &view.conflicts {
+        out.push(named(ip, keys, "PublicIP"));
+    }
+    for (ip, keys) in &view.conflicts6 {
+        out.push(named(ip, keys, "PublicIPv6"));
     }
     out
 }

@@ -93,10 +93,10 @@ pub enum NodeError {
     /// Our subnet changed under us (someone else took it while we were away).
     #[error("our subnet changed from {old} to {new}; restarting is required")]
     SubnetChanged {
-        /// The subnet configured on the TUN.
-        old: Subnet,
-        /// The subnet now leased.
-        new: Subnet,
+        /// The subnets configured on the TUN (IPv4, IPv6 or both).
+        old: String,
+        /// The subnets now leased.
+        new: String,
     },
     /// Another weft of the same network runs in this network namespace.
     #[error("single instance")]
@@ -215,11 +215,7 @@ async fn run_with_lease(
     let config = store.config().clone();
     let own = store.own_lease();
     // On an IPv6-only network the IPv4 half is flannel's empty 0.0.0.0/0: name the IPv6 one.
-    let subnets = match (config.enable_ipv4, own.subnet6) {
-        (true, Some(s6)) => format!("{} and {s6}", own.subnet),
-        (false, Some(s6)) => s6.to_string(),
-        (_, None) => own.subnet.to_string(),
-    };
+    let subnets = subnets_of(&own);
     info!(subnets = %subnets, network = %config.network, network6 = ?config.ipv6.as_ref().map(|v6| v6.network.to_string()), backend = config.backend.kind.as_str(), "lease acquired");
     ops.set_phase("lease acquired; starting the data path");
     let mut running = Running::start(opts, &config, &own, underlay, ops)?;
@@ -258,12 +254,12 @@ impl Running {
         ops: &OpsState,
     ) -> Result<Running, NodeError> {
         // Docker-style rules that masquerade pod-to-pod traffic: warned about, or rewritten.
-        if config.enable_ipv4 {
-            masq::check_pitfalls(config.network, own.subnet, opts.fix_masquerade);
+        if let Some(subnet) = own.subnet4() {
+            masq::check_pitfalls(config.network, subnet, opts.fix_masquerade);
         }
         // The iptables rules for the Network (none on an IPv6-only network, as flanneld), and
         // the ip6tables rules for the IPv6Network and our IPv6 subnet.
-        let ipv4 = config.enable_ipv4.then_some(config.network);
+        let ipv4 = own.subnet4().map(|_| config.network);
         let ipv6 = config.ipv6.as_ref().map(|v6| v6.network).zip(own.subnet6);
         let iptables = Iptables::start(opts, ipv4, own.subnet, ipv6)?;
         let dp = match data_path_backend(config, own)? {
@@ -361,16 +357,26 @@ async fn serve(
                     store_alive = false;
                     continue;
                 }
-                let (now, now6) = {
-                    let o = own_rx.borrow();
-                    (o.subnet, o.subnet6)
-                };
+                let now = own_rx.borrow().clone();
                 // The data path, TUN addresses and rules were set up for the old subnets.
-                if now != own.subnet || now6 != own.subnet6 {
-                    return Ended::Failed(NodeError::SubnetChanged { old: own.subnet, new: now });
+                if now.subnet != own.subnet || now.subnet6 != own.subnet6 {
+                    return Ended::Failed(NodeError::SubnetChanged {
+                        old: subnets_of(own),
+                        new: subnets_of(&now),
+                    });
                 }
             }
         }
+    }
+}
+
+/// The lease's subnets in words: `10.1.2.0/24`, `10.1.2.0/24 and fd10:0:0:2::/64`, or on an
+/// IPv6-only network `fd10:0:0:2::/64` (not flannel's empty IPv4 net of its key).
+fn subnets_of(own: &OwnLease) -> String {
+    match (own.subnet4(), own.subnet6) {
+        (Some(s), Some(s6)) => format!("{s} and {s6}"),
+        (None, Some(s6)) => s6.to_string(),
+        (s, None) => s.unwrap_or(own.subnet).to_string(),
     }
 }
 
@@ -426,8 +432,8 @@ fn placement(
         _ => None,
     };
     // The IPv4 half, unless the network is IPv6-only.
-    let ipv4 = config.enable_ipv4.then_some(Ipv4Side {
-        local_subnet: own.subnet,
+    let ipv4 = own.subnet4().map(|local_subnet| Ipv4Side {
+        local_subnet,
         network: config.network,
         local_ip: underlay.local_ip,
     });
@@ -477,9 +483,9 @@ impl Routes {
         let options = RouteOptions {
             direct_only_connected: only_connected,
             underlay_iface: underlay.iface.clone(),
-            ipv4: config.enable_ipv4.then_some(RouteSide {
+            ipv4: own.subnet4().map(|own_subnet| RouteSide {
                 network: config.network,
-                own_subnet: own.subnet,
+                own_subnet,
                 own_ip: underlay.public_ip,
             }),
             ipv6,

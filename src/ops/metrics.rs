@@ -156,8 +156,8 @@ fn leases(o: &mut String, table: &LeaseTable) {
         o,
         "weft_lease_conflicts",
         "gauge",
-        "PublicIPs that more than one lease names.",
-        report.conflicts.len() as u64,
+        "PublicIPs (and PublicIPv6s) that more than one lease names.",
+        (report.conflicts.len() + report.conflicts6.len()) as u64,
     );
 }
 

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataplane::Counters;
 use crate::table::LeaseTable;
-use crate::wire::Subnet;
+use crate::wire::{Subnet, Subnet6};
 
 /// A snapshot of what the node is and does, refreshed once a second.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -156,7 +156,7 @@ pub struct StatusDoc {
     /// Lease records in etcd that are not used, and why.
     #[serde(default)]
     pub rejected_leases: Vec<RejectedStatus>,
-    /// PublicIPs that several leases name.
+    /// PublicIPs (and PublicIPv6s) that several leases name.
     #[serde(default)]
     pub public_ip_conflicts: Vec<ConflictStatus>,
     /// The IPv6 halves of the remote leases (dual stack), in subnet order.
@@ -178,8 +178,8 @@ pub struct RejectedStatus {
 /// A PublicIP several leases name, as `/status` lists it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConflictStatus {
-    /// The PublicIP.
-    pub public_ip: Ipv4Addr,
+    /// The PublicIP (or the PublicIPv6 of several leases' IPv6 halves).
+    pub public_ip: IpAddr,
     /// The subnets whose leases name it.
     pub subnets: Vec<String>,
 }
@@ -276,9 +276,19 @@ impl NodeStatus {
                 .conflicts
                 .iter()
                 .map(|(ip, subnets)| ConflictStatus {
-                    public_ip: *ip,
+                    public_ip: IpAddr::V4(*ip),
                     subnets: subnets.iter().map(Subnet::to_string).collect(),
                 })
+                .chain(
+                    table
+                        .report()
+                        .conflicts6
+                        .iter()
+                        .map(|(ip, subnets)| ConflictStatus {
+                            public_ip: IpAddr::V6(*ip),
+                            subnets: subnets.iter().map(Subnet6::to_string).collect(),
+                        }),
+                )
                 .collect(),
         };
         serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))

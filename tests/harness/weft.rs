@@ -194,6 +194,24 @@ impl WeftNode {
         node
     }
 
+    /// Starts weft on host `i` of an IPv6-only network (`-public-ipv6` the host's address)
+    /// and attaches a pod on its IPv6 subnet. The pod also gets an address of a host-local
+    /// IPv4 subnet (`10.200.<i+1>.0/24`, which no node routes) because the harness's pods
+    /// always have one; the overlay carries only IPv6.
+    pub fn start_v6only_with_pod(lab: &mut Lab, i: usize, etcd: &Etcd, extra: &[&str]) -> WeftNode {
+        let host = lab.host(i);
+        let node = WeftNode::builder(host, etcd)
+            .public_ipv6(host.addr6())
+            .flags(extra)
+            .start();
+        let s6 = node
+            .subnet6
+            .expect("an IPv6-only lease (FLANNEL_IPV6_SUBNET)");
+        let local4 = format!("10.200.{}.0/24", i + 1).parse().expect("a subnet");
+        lab.host_mut(i).add_dual_pod_with_mtu(local4, s6, node.mtu);
+        node
+    }
+
     /// A dual-stack node on `lab`'s host `i` (`-public-ipv6` its underlay IPv6 address),
     /// then a dual-stack pod in its two subnets with its MTU.
     pub fn start_dual_with_pod(lab: &mut Lab, i: usize, etcd: &Etcd, extra: &[&str]) -> WeftNode {

@@ -215,7 +215,7 @@ async fn run_with_lease(
     let config = store.config().clone();
     let own = store.own_lease();
     // On an IPv6-only network the IPv4 half is flannel's empty 0.0.0.0/0: name the IPv6 one.
-    let subnets = subnets_of(&own);
+    let subnets = own.subnets();
     info!(subnets = %subnets, network = %config.network, network6 = ?config.ipv6.as_ref().map(|v6| v6.network.to_string()), backend = config.backend.kind.as_str(), "lease acquired");
     ops.set_phase("lease acquired; starting the data path");
     let mut running = Running::start(opts, &config, &own, underlay, ops)?;
@@ -361,22 +361,12 @@ async fn serve(
                 // The data path, TUN addresses and rules were set up for the old subnets.
                 if now.subnet != own.subnet || now.subnet6 != own.subnet6 {
                     return Ended::Failed(NodeError::SubnetChanged {
-                        old: subnets_of(own),
-                        new: subnets_of(&now),
+                        old: own.subnets(),
+                        new: now.subnets(),
                     });
                 }
             }
         }
-    }
-}
-
-/// The lease's subnets in words: `10.1.2.0/24`, `10.1.2.0/24 and fd10:0:0:2::/64`, or on an
-/// IPv6-only network `fd10:0:0:2::/64` (not flannel's empty IPv4 net of its key).
-fn subnets_of(own: &OwnLease) -> String {
-    match (own.subnet4(), own.subnet6) {
-        (Some(s), Some(s6)) => format!("{s} and {s6}"),
-        (None, Some(s6)) => s6.to_string(),
-        (s, None) => s.unwrap_or(own.subnet).to_string(),
     }
 }
 

@@ -196,6 +196,17 @@ impl OwnLease {
         (!self.is_ipv6_only()).then_some(self.subnet)
     }
 
+    /// The lease's subnets in words, for logs: `10.1.2.0/24`, `10.1.2.0/24 and
+    /// fd10:0:0:2::/64`, or for an IPv6-only lease `fd10:0:0:2::/64` (not the empty IPv4 net
+    /// its key holds).
+    pub fn subnets(&self) -> String {
+        match (self.subnet4(), self.subnet6) {
+            (Some(s), Some(s6)) => format!("{s} and {s6}"),
+            (None, Some(s6)) => s6.to_string(),
+            (s, None) => s.unwrap_or(self.subnet).to_string(),
+        }
+    }
+
     /// Whether this is an IPv6-only lease (key `0.0.0.0-0&<IPv6 subnet>`).
     pub fn is_ipv6_only(&self) -> bool {
         is_ipv6_only_pair(&self.subnet, self.subnet6.as_ref())
@@ -331,9 +342,10 @@ pub(crate) async fn put_with_fresh_grant(
     ttl: Duration,
 ) -> Result<OwnLease, StoreError> {
     let (id, expires_at) = grant(client, ttl).await?;
+    let key = keys.subnet_dual(&subnet, subnet6.as_ref());
     let put = client
         .put(
-            keys.subnet_dual(&subnet, subnet6.as_ref()),
+            key.as_str(),
             record.to_json(),
             Some(PutOptions::new().with_lease(id)),
         )
@@ -342,7 +354,7 @@ pub(crate) async fn put_with_fresh_grant(
         Ok(r) => r.header().map(|h| h.revision()).unwrap_or(0),
         Err(source) => {
             revoke_quietly(client, id).await;
-            return Err(StoreError::LeaseRenew { subnet, source });
+            return Err(StoreError::LeaseRenew { key, source });
         }
     };
     Ok(OwnLease {
@@ -409,7 +421,7 @@ pub(crate) async fn create_if_absent(
         }
         Err(source) => {
             revoke_quietly(client, id).await;
-            Err(StoreError::LeaseCreate { subnet, source })
+            Err(StoreError::LeaseCreate { key, source })
         }
     }
 }
@@ -489,10 +501,7 @@ pub async fn acquire_lease(
             client
                 .delete(l.key.clone(), None)
                 .await
-                .map_err(|source| StoreError::LeaseDelete {
-                    subnet: l.subnet,
-                    source,
-                })?;
+                .map_err(|source| StoreError::LeaseDelete { key, source })?;
             continue;
         }
 
@@ -561,10 +570,7 @@ async fn acquire_ipv6_only(
             client
                 .delete(l.key.clone(), None)
                 .await
-                .map_err(|source| StoreError::LeaseDelete {
-                    subnet: l.subnet,
-                    source,
-                })?;
+                .map_err(|source| StoreError::LeaseDelete { key, source })?;
             continue;
         }
 
@@ -639,8 +645,7 @@ async fn reuse_lease(
     let own = put_with_fresh_grant(client, keys, (l.subnet, l.subnet6), record, req.ttl).await?;
     revoke_quietly(client, l.etcd_lease).await;
     tracing::info!(
-        subnet = %own.subnet,
-        subnet6 = ?own.subnet6.map(|s| s.to_string()),
+        subnets = %own.subnets(),
         public_ip = %own.record.public_ip,
         public_ipv6 = ?public_ipv6.map(|ip| ip.to_string()),
         "reusing the lease that carries this node's public IP"

@@ -231,28 +231,28 @@ pub enum StoreError {
         source: etcd_client::Error,
     },
     /// Creating this node's lease key failed.
-    #[error("creating lease {subnet}")]
+    #[error("creating lease {key}")]
     LeaseCreate {
-        /// The subnet.
-        subnet: Subnet,
+        /// The lease's etcd key (it names both subnets of a dual-stack or IPv6-only lease).
+        key: String,
         /// The client's error.
         #[source]
         source: etcd_client::Error,
     },
     /// Re-writing this node's lease (reuse or renewal) failed.
-    #[error("renewing lease {subnet}")]
+    #[error("renewing lease {key}")]
     LeaseRenew {
-        /// The subnet.
-        subnet: Subnet,
+        /// The lease's etcd key.
+        key: String,
         /// The client's error.
         #[source]
         source: etcd_client::Error,
     },
     /// Deleting a stale lease of this node failed.
-    #[error("deleting stale lease {subnet}")]
+    #[error("deleting stale lease {key}")]
     LeaseDelete {
-        /// The subnet.
-        subnet: Subnet,
+        /// The lease's etcd key.
+        key: String,
         /// The client's error.
         #[source]
         source: etcd_client::Error,

@@ -385,7 +385,7 @@ impl Runner {
         let changes = self.peers.apply(batch);
         self.publish(revision, changes);
         if own_deleted {
-            tracing::warn!(subnet = %self.own.subnet, "this node's lease was deleted from etcd; re-creating it");
+            tracing::warn!(subnets = %self.own.subnets(), "this node's lease was deleted from etcd; re-creating it");
             self.recreate_own().await;
         } else if let Some(value) = own_overwritten {
             self.restore_own(&value).await;

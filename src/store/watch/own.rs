@@ -81,7 +81,7 @@ impl Runner {
     pub(super) async fn restore_own(&mut self, found: &[u8]) {
         if !self.own_damaged {
             let found = String::from_utf8_lossy(&found[..found.len().min(200)]).into_owned();
-            tracing::warn!(subnet = %self.own.subnet, found = %found, "this node's lease was overwritten in etcd; writing this node's record back");
+            tracing::warn!(subnets = %self.own.subnets(), found = %found, "this node's lease was overwritten in etcd; writing this node's record back");
         }
         let old = self.own.etcd_lease;
         match lease::put_with_fresh_grant(
@@ -95,7 +95,7 @@ impl Runner {
         {
             Ok(own) => {
                 lease::revoke_quietly(&mut self.client, old).await;
-                tracing::info!(subnet = %own.subnet, "this node's lease record restored");
+                tracing::info!(subnets = %own.subnets(), "this node's lease record restored");
                 self.set_own(own);
             }
             Err(e) => {

@@ -142,9 +142,7 @@ impl Runner {
                 .snapshot(self.revision)
                 .with_report(self.report.clone()),
         );
-        self.unlogged.added += changes.added;
-        self.unlogged.updated += changes.updated;
-        self.unlogged.removed += changes.removed;
+        self.unlogged += changes;
         self.flush_table_log();
     }
 
@@ -164,6 +162,10 @@ impl Runner {
             updated = c.updated,
             removed = c.removed,
             peers = self.peers.len(),
+            added6 = c.added6,
+            updated6 = c.updated6,
+            removed6 = c.removed6,
+            peers6 = self.peers.len6(),
             revision = self.revision,
             "lease table updated"
         );

@@ -183,3 +183,50 @@ fn ipv6_only_with_the_udp_backend_is_refused() {
     assert!(stderr.contains("udp backend carries IPv4 only"), "{stderr}");
     assert!(etcd.list(&format!("{PREFIX}/subnets/")).is_empty());
 }
+
+/// `-iface` given as the underlay's IPv6 address picks the interface by IPv6 (no interface
+/// has that IPv4 address); its IPv4 address still serves the IPv4 half, so a dual-stack
+/// node runs as with `-iface=eth0`, advertising both addresses.
+#[test]
+fn iface_given_as_an_ipv6_address() {
+    require_root();
+    let mut lab = Lab::builder().hosts(2).ipv6().build();
+    let etcd = Etcd::start_in(lab.segment(0));
+    etcd.put_config(
+        r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fd10::/48","Backend":{"Type":"vxlan"}}"#,
+    );
+    let host = lab.host(0);
+    let endpoints = format!("-etcd-endpoints={}", etcd.endpoint());
+    let iface = format!("-iface={}", host.addr6());
+    let ops = format!("--healthz-port={}", harness::OPS_PORT);
+    let n0 = WeftNode::start_raw(
+        host,
+        &[],
+        &[&endpoints, &iface, "--healthz-ip=127.0.0.1", &ops],
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&n0.http("/status").expect("/status")).expect("JSON");
+    let node = &status["node"];
+    assert_eq!(node["iface"], "eth0", "{status}");
+    assert_eq!(node["public_ip"], host.addr().to_string(), "{status}");
+    assert_eq!(
+        node["ipv6"]["public_ip"],
+        host.addr6().to_string(),
+        "{status}"
+    );
+    let s6 = n0.subnet6.expect("a dual-stack lease");
+    let key = format!(
+        "{PREFIX}/subnets/{}&{}",
+        n0.subnet.key_string(),
+        s6.key_string()
+    );
+    let rec: serde_json::Value =
+        serde_json::from_str(&etcd.get(&key).expect("the lease")).expect("JSON");
+    assert_eq!(rec["PublicIP"], host.addr().to_string(), "{rec}");
+    assert_eq!(rec["PublicIPv6"], host.addr6().to_string(), "{rec}");
+    // And it forwards: a dual-stack peer's pod answers in both families.
+    lab.host_mut(0).add_dual_pod_with_mtu(n0.subnet, s6, n0.mtu);
+    let _n1 = WeftNode::start_dual_with_pod(&mut lab, 1, &etcd, &[]);
+    harness::ping_all_pairs(&lab);
+    harness::ping_all_pairs6(&lab);
+}

@@ -212,15 +212,16 @@ fn by_regex(addrs: &[IfAddr], patterns: &[String]) -> Result<IfAddr, UnderlayErr
 /// interface. `public_ip` overrides the advertised address; `public_ipv6` is the advertised
 /// IPv6 address, else the chosen interface's global one.
 ///
-/// A host whose chosen interface has no IPv4 address (an IPv6-only underlay) gets the same
-/// choice over its IPv6 addresses instead ([`choose_underlay6`]): the underlay then has no
-/// IPv4 address (`0.0.0.0`), which only an IPv6-only network (`EnableIPv4: false`) accepts.
+/// When no interface qualifies by IPv4 (a host without IPv4, or `-iface` given as an IPv6
+/// address) the same choice is made over IPv6 addresses instead ([`choose_underlay6`]); an
+/// interface without an IPv4 address then gives no IPv4 underlay (`0.0.0.0`), which only an
+/// IPv6-only network (`EnableIPv4: false`) accepts.
 pub fn choose_underlay(spec: &UnderlaySpec) -> Result<Underlay, UnderlayError> {
     match choose_underlay4(spec) {
         Ok(u) => Ok(u),
         Err(e) => match choose_underlay6(spec)? {
             Some(u) => {
-                tracing::info!(iface = %u.iface, reason = %e, "no IPv4 underlay address; choosing by IPv6 (an IPv6-only network needs no IPv4 one)");
+                tracing::info!(iface = %u.iface, reason = %e, "no interface qualifies by IPv4; chose the underlay by IPv6");
                 Ok(u)
             }
             None => Err(e),
@@ -286,8 +287,8 @@ fn choose_underlay4(spec: &UnderlaySpec) -> Result<Underlay, UnderlayError> {
     })
 }
 
-/// The underlay of a host without a usable IPv4 address, chosen over IPv6 addresses in
-/// flanneld's order: an `--iface` entry naming an interface or one of its IPv6 addresses; an
+/// The underlay chosen over IPv6 addresses, when no interface qualifies by IPv4 (a host
+/// without IPv4, or an `-iface` given as an IPv6 address), in flanneld's order: an `--iface` entry naming an interface or one of its IPv6 addresses; an
 /// `--iface-regex` matching an IPv6 address or an interface name; the interface holding
 /// `--public-ipv6`; the IPv6 default route's interface. `None` when nothing has a global IPv6
 /// address to advertise (the IPv4 error then stands).
@@ -333,10 +334,17 @@ fn choose_underlay6(spec: &UnderlaySpec) -> Result<Option<Underlay>, UnderlayErr
         iface: name.clone(),
         source,
     })?;
+    // The interface chosen by IPv6 may still have an IPv4 address (an `-iface` given as an
+    // IPv6 address on a dual-stack host): the IPv4 half then uses it, as flanneld does.
+    let local_ip = iface::ipv4_addrs()
+        .map_err(UnderlayError::List)?
+        .into_iter()
+        .find(|a| a.name == name)
+        .map_or(Ipv4Addr::UNSPECIFIED, |a| a.addr);
     Ok(Some(Underlay {
         iface: name,
-        local_ip: Ipv4Addr::UNSPECIFIED,
-        public_ip: spec.public_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        local_ip,
+        public_ip: spec.public_ip.unwrap_or(local_ip),
         public_ipv6: Some(public_ipv6),
         mtu,
     }))

@@ -1,4 +1,5 @@
-//! IPv6-only networks (`EnableIPv4: false`) end to end: real weft nodes, real etcd, namespaces.
+//! IPv6-only networks (`EnableIPv4: false`) end to end, vxlan and host-gw: real weft nodes,
+//! real etcd, namespaces.
 //! Each node leases only an IPv6 subnet, under flannel's key for one
 //! (`0.0.0.0-0&fd10:0:0:2::-64`, `"PublicIP":"0.0.0.0"`, no `BackendData`), writes
 //! subnet.env without the IPv4 lines, and carries IPv6 pods only: no IPv4 address or route on
@@ -228,5 +229,43 @@ fn iface_given_as_an_ipv6_address() {
     lab.host_mut(0).add_dual_pod_with_mtu(n0.subnet, s6, n0.mtu);
     let _n1 = WeftNode::start_dual_with_pod(&mut lab, 1, &etcd, &[]);
     harness::ping_all_pairs(&lab);
+    harness::ping_all_pairs6(&lab);
+}
+
+/// An IPv6-only host-gw network: each node routes the other's IPv6 subnet via its
+/// PublicIPv6 (protocol 87) and adds no IPv4 route; pods ping over IPv6.
+#[test]
+fn ipv6_only_host_gw() {
+    require_root();
+    let mut lab = Lab::builder().hosts(2).ipv6().build();
+    let etcd = Etcd::start_in(lab.segment(0));
+    etcd.put_config(
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd10::/48","Backend":{"Type":"host-gw"}}"#,
+    );
+    let nodes: Vec<WeftNode> = (0..2)
+        .map(|i| WeftNode::start_v6only_with_pod(&mut lab, i, &etcd, &[]))
+        .collect();
+    for (i, j) in [(0, 1), (1, 0)] {
+        let host = lab.host(i);
+        let peer6 = nodes[j].subnet6.expect("an IPv6 subnet");
+        let want = format!("{peer6} via {} dev eth0 ", lab.host(j).addr6());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let routes = loop {
+            let r = host.ip(&["-6", "route", "show", "proto", "87"]);
+            if r.contains(&want) || std::time::Instant::now() > deadline {
+                break r;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(
+            routes.contains(&want),
+            "host {i}: want {want:?} in\n{routes}"
+        );
+        let v4 = host.ip(&["-4", "route", "show", "proto", "87"]);
+        assert!(
+            v4.trim().is_empty(),
+            "IPv4 routes on an IPv6-only network:\n{v4}"
+        );
+    }
     harness::ping_all_pairs6(&lab);
 }

@@ -459,8 +459,8 @@ pub(crate) async fn renew(
 /// `BackendV6Data`. Every key holds both of its subnets against every node.
 ///
 /// On an IPv6-only network (`EnableIPv4: false`) the lease is IPv6-only, in flanneld's key
-/// and record form (`0.0.0.0-0&fd10:0:0:2::-64`, `"PublicIP":"0.0.0.0"`, no `BackendData`);
-/// see [`acquire_ipv6_only`].
+/// and record form (`0.0.0.0-0&fd10:0:0:2::-64`, `"PublicIP":"0.0.0.0"`, no `BackendData`),
+/// and this node's existing lease is the one naming its PublicIPv6.
 pub async fn acquire_lease(
     client: &mut Client,
     keys: &Keys,
@@ -471,26 +471,34 @@ pub async fn acquire_lease(
         Some(_) => Some(req.public_ipv6.ok_or(StoreError::NoPublicIpv6)?),
         None => None,
     };
-    if !cfg.enable_ipv4 {
-        // The config enables IPv6 whenever it disables IPv4.
-        let public_ipv6 = public_ipv6.ok_or(StoreError::NoPublicIpv6)?;
-        return acquire_ipv6_only(client, keys, cfg, req, public_ipv6).await;
-    }
-    if req.public_ip.is_unspecified() {
+    if cfg.enable_ipv4 && req.public_ip.is_unspecified() {
         return Err(StoreError::NoPublicIp);
     }
+    // flanneld finds its lease by PublicIP alone, in dual stack too. On an IPv6-only network
+    // that is 0.0.0.0 for every node (flanneld's nodes take over each other's leases there):
+    // weft finds its lease by PublicIPv6 instead. The config enables IPv6 whenever it
+    // disables IPv4, so `public_ipv6` is then known.
+    let is_mine = |r: &LeaseRecord| match cfg.enable_ipv4 {
+        true => r.public_ip == req.public_ip,
+        false => public_ipv6.is_some() && r.public_ipv6 == public_ipv6,
+    };
+    // Our key's IPv4 part: a subnet of the Network, or on an IPv6-only network flannel's
+    // empty net `0.0.0.0-0`.
+    let fits4 = |l: &Listed| match cfg.enable_ipv4 {
+        true => compatible(cfg, &l.subnet),
+        false => is_ipv6_only_pair(&l.subnet, l.subnet6.as_ref()),
+    };
     for _ in 0..RACE_RETRIES {
         let (leases, listed_at) = list_leases(client, keys, cfg).await?;
 
-        // flanneld finds its lease by PublicIP alone, in dual stack too.
         let mine = leases
             .iter()
-            .find(|l| matches!(&l.record, Ok(r) if r.public_ip == req.public_ip));
+            .find(|l| matches!(&l.record, Ok(r) if is_mine(r)));
         if let Some(l) = mine {
             // A key in another form than ours (an IPv6 part flannel would not read) is
             // replaced too: renewing would write a second key beside it.
             let canonical = keys.subnet_dual(&l.subnet, l.subnet6.as_ref());
-            if compatible(cfg, &l.subnet)
+            if fits4(l)
                 && compatible6(cfg, l.subnet6.as_ref())
                 && canonical.as_bytes() == l.key.as_slice()
             {
@@ -506,9 +514,13 @@ pub async fn acquire_lease(
         }
 
         let chosen = choose_free_subnets(cfg, req, &leases)?;
-        let mac = req
-            .vtep_mac
-            .unwrap_or_else(|| derive_vtep_mac(req.public_ip, cfg.backend.vni));
+        // An IPv6-only node has no IPv4 VTEP (`own_record` writes no BackendData).
+        let mac = match cfg.enable_ipv4 {
+            true => req
+                .vtep_mac
+                .unwrap_or_else(|| derive_vtep_mac(req.public_ip, cfg.backend.vni)),
+            false => NO_MAC,
+        };
         let v6 = public_ipv6.map(|ip6| OwnV6 {
             public_ipv6: ip6,
             vtep_mac: req
@@ -520,9 +532,8 @@ pub async fn acquire_lease(
         let created = create_if_absent(client, keys, pair, record, req.ttl, listed_at).await?;
         if let Some(own) = created {
             tracing::info!(
-                subnet = %own.subnet,
-                subnet6 = ?own.subnet6.map(|s| s.to_string()),
-                public_ip = %req.public_ip,
+                subnets = %own.subnets(),
+                public_ip = %own.record.public_ip,
                 public_ipv6 = ?public_ipv6.map(|ip| ip.to_string()),
                 reused_previous = chosen.previous,
                 reused_previous6 = chosen.previous6,
@@ -530,70 +541,7 @@ pub async fn acquire_lease(
             );
             return Ok(own);
         }
-        tracing::debug!(subnet = %chosen.subnet, "another node took the subnet first; trying again");
-    }
-    Err(StoreError::AcquireRaces {
-        attempts: RACE_RETRIES,
-    })
-}
-
-/// Acquires an IPv6-only lease. flanneld finds "its" lease by PublicIP, which is 0.0.0.0 for
-/// every IPv6-only node; weft finds it by PublicIPv6 instead: the lease whose record names
-/// `public_ipv6` is reused if its key is the canonical `0.0.0.0-0&<IPv6 subnet>` with an
-/// IPv6 subnet the config may hand out, else deleted. Otherwise the IPv6 subnet from
-/// subnet.env if free, else a random one of the first 100 free ones, created with the
-/// dual-stack path's compare-and-create (nothing created since the listing); lost races are
-/// retried.
-async fn acquire_ipv6_only(
-    client: &mut Client,
-    keys: &Keys,
-    cfg: &NetworkConfig,
-    req: &AcquireRequest,
-    public_ipv6: Ipv6Addr,
-) -> Result<OwnLease, StoreError> {
-    for _ in 0..RACE_RETRIES {
-        let (leases, listed_at) = list_leases(client, keys, cfg).await?;
-
-        let mine = leases
-            .iter()
-            .find(|l| matches!(&l.record, Ok(r) if r.public_ipv6 == Some(public_ipv6)));
-        if let Some(l) = mine {
-            let canonical = keys.subnet_dual(&l.subnet, l.subnet6.as_ref());
-            if is_ipv6_only_pair(&l.subnet, l.subnet6.as_ref())
-                && compatible6(cfg, l.subnet6.as_ref())
-                && canonical.as_bytes() == l.key.as_slice()
-            {
-                return reuse_lease(client, keys, cfg, req, Some(public_ipv6), l).await;
-            }
-            let key = String::from_utf8_lossy(&l.key).into_owned();
-            tracing::info!(%key, "this node's old lease does not fit the IPv6-only network config; deleting it");
-            client
-                .delete(l.key.clone(), None)
-                .await
-                .map_err(|source| StoreError::LeaseDelete { key, source })?;
-            continue;
-        }
-
-        let chosen = choose_free_subnets(cfg, req, &leases)?;
-        let v6 = OwnV6 {
-            public_ipv6,
-            vtep_mac: req
-                .vtep_mac6
-                .unwrap_or_else(|| derive_vtep_mac6(public_ipv6, cfg.backend.vni, NO_MAC)),
-        };
-        let record = own_record(cfg, req.public_ip, NO_MAC, Some(v6));
-        let pair = (chosen.subnet, chosen.subnet6);
-        let created = create_if_absent(client, keys, pair, record, req.ttl, listed_at).await?;
-        if let Some(own) = created {
-            tracing::info!(
-                subnet6 = ?own.subnet6.map(|s| s.to_string()),
-                public_ipv6 = %public_ipv6,
-                reused_previous6 = chosen.previous6,
-                "acquired a new IPv6-only lease"
-            );
-            return Ok(own);
-        }
-        tracing::debug!(subnet6 = ?chosen.subnet6.map(|s| s.to_string()), "another node took the IPv6 subnet first, or created a lease since the listing; trying again");
+        tracing::debug!(subnet = %chosen.subnet, subnet6 = ?chosen.subnet6.map(|s| s.to_string()), "another node took the subnet first, or created a lease since the listing; trying again");
     }
     Err(StoreError::AcquireRaces {
         attempts: RACE_RETRIES,

@@ -188,8 +188,14 @@ fn global_ipv6_of(addrs: &[IfAddr6], name: &str) -> Option<Ipv6Addr> {
         .map(|a| a.addr)
 }
 
-/// The first address matched by `patterns`, each tried first against addresses, then names.
-fn by_regex(addrs: &[IfAddr], patterns: &[String]) -> Result<IfAddr, UnderlayError> {
+/// The first interface address (of either family) matched by `patterns`, each tried first
+/// against every address (`addr` gives its text), then against every interface name.
+fn by_regex<'a, T>(
+    addrs: &'a [T],
+    patterns: &[String],
+    addr: impl Fn(&T) -> String,
+    name: impl Fn(&T) -> &str,
+) -> Result<&'a T, UnderlayError> {
     for pattern in patterns {
         let re = regex::Regex::new(pattern).map_err(|e| UnderlayError::BadRegex {
             pattern: pattern.clone(),
@@ -197,13 +203,18 @@ fn by_regex(addrs: &[IfAddr], patterns: &[String]) -> Result<IfAddr, UnderlayErr
         })?;
         let hit = addrs
             .iter()
-            .find(|a| re.is_match(&a.addr.to_string()))
-            .or_else(|| addrs.iter().find(|a| re.is_match(&a.name)));
+            .find(|a| re.is_match(&addr(a)))
+            .or_else(|| addrs.iter().find(|a| re.is_match(name(a))));
         if let Some(a) = hit {
-            return Ok(a.clone());
+            return Ok(a);
         }
     }
     Err(UnderlayError::NoIfaceRegex(patterns.to_vec()))
+}
+
+/// [`by_regex`] over IPv4 interface addresses.
+fn by_regex4(addrs: &[IfAddr], patterns: &[String]) -> Result<IfAddr, UnderlayError> {
+    by_regex(addrs, patterns, |a| a.addr.to_string(), |a| &a.name).cloned()
 }
 
 /// Picks the underlay as flanneld does: the first `--iface` entry (name or address) that
@@ -245,7 +256,7 @@ fn choose_underlay4(spec: &UnderlaySpec) -> Result<Underlay, UnderlayError> {
             })
             .ok_or_else(|| UnderlayError::NoIface(ifaces.to_vec()))?
     } else if !spec.iface_regex.is_empty() {
-        by_regex(&addrs, &spec.iface_regex)?
+        by_regex4(&addrs, &spec.iface_regex)?
     } else if let Some(dst) = spec.iface_can_reach {
         let (name, _) = route_for(dst).ok_or(UnderlayError::Unreachable(dst))?;
         addrs
@@ -304,21 +315,16 @@ fn choose_underlay6(spec: &UnderlaySpec) -> Result<Option<Underlay>, UnderlayErr
                 .map(|a| a.name.clone())
         })
     } else if !spec.iface_regex.is_empty() {
-        let mut hit = None;
-        for pattern in &spec.iface_regex {
-            let Ok(re) = regex::Regex::new(pattern) else {
-                continue;
-            };
-            hit = global
-                .iter()
-                .find(|a| re.is_match(&a.addr.to_string()))
-                .or_else(|| global.iter().find(|a| re.is_match(&a.name)))
-                .map(|a| a.name.clone());
-            if hit.is_some() {
-                break;
-            }
+        match by_regex(
+            &global,
+            &spec.iface_regex,
+            |a| a.addr.to_string(),
+            |a| &a.name,
+        ) {
+            Ok(a) => Some(a.name.clone()),
+            Err(UnderlayError::NoIfaceRegex(_)) => None,
+            Err(e) => return Err(e),
         }
-        hit
     } else if let Some(ip) = spec.public_ipv6 {
         global.iter().find(|a| a.addr == ip).map(|a| a.name.clone())
     } else {
@@ -471,19 +477,19 @@ eth0\t0040A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
             },
         ];
         let pats = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(by_regex(&addrs, &pats(&["^ens"])).unwrap().name, "ens5");
-        assert_eq!(by_regex(&addrs, &pats(&[r"^10\."])).unwrap().name, "ens5");
+        assert_eq!(by_regex4(&addrs, &pats(&["^ens"])).unwrap().name, "ens5");
+        assert_eq!(by_regex4(&addrs, &pats(&[r"^10\."])).unwrap().name, "ens5");
         // The first pattern that matches anything wins.
         assert_eq!(
-            by_regex(&addrs, &pats(&["^wlan", "^eth"])).unwrap().name,
+            by_regex4(&addrs, &pats(&["^wlan", "^eth"])).unwrap().name,
             "eth0"
         );
         assert!(matches!(
-            by_regex(&addrs, &pats(&["^wlan"])),
+            by_regex4(&addrs, &pats(&["^wlan"])),
             Err(UnderlayError::NoIfaceRegex(_))
         ));
         assert!(matches!(
-            by_regex(&addrs, &pats(&["("])),
+            by_regex4(&addrs, &pats(&["("])),
             Err(UnderlayError::BadRegex { .. })
         ));
     }

@@ -423,6 +423,43 @@ mod tests {
         }
         assert_eq!(payload, original.payload());
     }
+    /// `segment_tcp{4,6}` or `segment_tcp{4,6}_headers`: (packet, mss, prefix, out).
+    type Segmenter<R> = fn(&[u8], usize, &[u8], &mut [u8]) -> Result<R, GsoError>;
+
+    /// Segments `p` both ways, as a copied train (`copy`) and as headers plus payload parts
+    /// (`headers`): the counts agree, all parts gather to the train's bytes, and any middle
+    /// run of segments to its stretch of the train. Returns the train for further checks.
+    fn gathers_to_the_train(
+        p: &[u8],
+        mss: usize,
+        prefix: &[u8],
+        copy: Segmenter<Train>,
+        headers: Segmenter<Segments>,
+        what: &str,
+    ) -> (Vec<u8>, Train) {
+        let mut copied = vec![0u8; 140_000];
+        let t = copy(p, mss, prefix, &mut copied).unwrap();
+        let mut hdrs = vec![0u8; 64 * 1024];
+        let s = headers(p, mss, prefix, &mut hdrs).unwrap();
+        assert_eq!(
+            (s.count, s.seg_len(), s.total()),
+            (t.count, t.seg_len, t.total),
+            "{what}"
+        );
+        let gathered: Vec<u8> = s.parts(&hdrs, p, 0..s.count).flatten().copied().collect();
+        assert_eq!(gathered, &copied[..t.total], "{what}");
+        if s.count > 2 {
+            let mid: Vec<u8> = s
+                .parts(&hdrs, p, 1..s.count - 1)
+                .flatten()
+                .copied()
+                .collect();
+            assert_eq!(mid, &copied[t.seg_len..(s.count - 1) * t.seg_len], "{what}");
+            assert!(s.parts(&hdrs, p, 1..s.count - 1).all(|x| !x.is_empty()));
+        }
+        (copied, t)
+    }
+
     #[test]
     fn headers_and_parts_gather_the_copied_train() {
         let prefix = [0x5a; 22];
@@ -434,26 +471,8 @@ mod tests {
             (65483, 1448),
         ] {
             let p = tcp_packet(payload, PSH | ACK | FIN, 77);
-            let mut copied = vec![0u8; 140_000];
-            let t = segment_tcp4(&p, mss, &prefix, &mut copied).unwrap();
-            let mut hdrs = vec![0u8; 64 * 1024];
-            let s = segment_tcp4_headers(&p, mss, &prefix, &mut hdrs).unwrap();
-            assert_eq!(
-                (s.count, s.seg_len(), s.total()),
-                (t.count, t.seg_len, t.total)
-            );
-            let gathered: Vec<u8> = s.parts(&hdrs, &p, 0..s.count).flatten().copied().collect();
-            assert_eq!(gathered, &copied[..t.total], "payload {payload} mss {mss}");
-            // Any run of segments gathers to the same bytes as its stretch of the train.
-            if s.count > 2 {
-                let mid: Vec<u8> = s
-                    .parts(&hdrs, &p, 1..s.count - 1)
-                    .flatten()
-                    .copied()
-                    .collect();
-                assert_eq!(mid, &copied[t.seg_len..(s.count - 1) * t.seg_len]);
-                assert!(s.parts(&hdrs, &p, 1..s.count - 1).all(|x| !x.is_empty()));
-            }
+            let what = format!("payload {payload} mss {mss}");
+            gathers_to_the_train(&p, mss, &prefix, segment_tcp4, segment_tcp4_headers, &what);
         }
         let p = tcp_packet(3000, ACK, 0);
         assert_eq!(
@@ -597,16 +616,9 @@ mod tests {
             (65463, 1428),
         ] {
             let p = tcp6_packet(payload, PSH | ACK | FIN, 77);
-            let mut copied = vec![0u8; 140_000];
-            let t = segment_tcp6(&p, mss, &prefix, &mut copied).unwrap();
-            let mut hdrs = vec![0u8; 64 * 1024];
-            let s = segment_tcp6_headers(&p, mss, &prefix, &mut hdrs).unwrap();
-            assert_eq!(
-                (s.count, s.seg_len(), s.total()),
-                (t.count, t.seg_len, t.total)
-            );
-            let gathered: Vec<u8> = s.parts(&hdrs, &p, 0..s.count).flatten().copied().collect();
-            assert_eq!(gathered, &copied[..t.total], "payload {payload} mss {mss}");
+            let what = format!("payload {payload} mss {mss}");
+            let (copied, t) =
+                gathers_to_the_train(&p, mss, &prefix, segment_tcp6, segment_tcp6_headers, &what);
             for seg in copied[..t.total].chunks(t.seg_len) {
                 assert!(tcp6_ok(&seg[22..]));
             }

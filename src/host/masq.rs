@@ -114,14 +114,7 @@ impl Rules {
 /// The `iptables-restore` input that (re)writes the chains `rules` asks for, for `network` and
 /// this node's `subnet`; `random_fully` adds `--random-fully` to the MASQUERADE rules.
 pub fn restore_text(network: Subnet, subnet: Subnet, rules: Rules, random_fully: bool) -> String {
-    let mut out = String::new();
-    if rules.masquerade {
-        out.push_str(&nat_text(network, subnet, random_fully));
-    }
-    if rules.forward {
-        out.push_str(&forward_text(network));
-    }
-    out
+    restore_text_of(network, subnet, MULTICAST4, rules, random_fully)
 }
 
 /// The `ip6tables-restore` input that (re)writes the chains `rules` asks for, for the
@@ -133,9 +126,21 @@ pub fn restore_text6(
     rules: Rules,
     random_fully: bool,
 ) -> String {
+    restore_text_of(network, subnet, MULTICAST6, rules, random_fully)
+}
+
+/// Either family's restore input: the same chains and rule layout, with that family's
+/// multicast range left unmasqueraded.
+fn restore_text_of(
+    network: impl Display,
+    subnet: impl Display,
+    multicast: &str,
+    rules: Rules,
+    random_fully: bool,
+) -> String {
     let mut out = String::new();
     if rules.masquerade {
-        out.push_str(&nat_text6(network, subnet, random_fully));
+        out.push_str(&nat_text(&network, &subnet, multicast, random_fully));
     }
     if rules.forward {
         out.push_str(&forward_text(network));
@@ -143,7 +148,15 @@ pub fn restore_text6(
     out
 }
 
-fn nat_text(network: Subnet, subnet: Subnet, random_fully: bool) -> String {
+/// The nat chain: pod to pod (our subnet to the Network and back) and traffic from outside
+/// to our subnet keep their sources; leaving the Network (but for `multicast`) and the
+/// host's own traffic into it are masqueraded.
+fn nat_text(
+    network: &dyn Display,
+    subnet: &dyn Display,
+    multicast: &str,
+    random_fully: bool,
+) -> String {
     let rf = if random_fully { " --random-fully" } else { "" };
     let (n, s) = (network.to_string(), subnet.to_string());
     format!(
@@ -153,26 +166,7 @@ fn nat_text(network: Subnet, subnet: Subnet, random_fully: bool) -> String {
          -A {NAT_CHAIN} -s {s} -d {n} -m comment --comment \"flanneld masq\" -j RETURN\n\
          -A {NAT_CHAIN} -s {n} -d {s} -m comment --comment \"flanneld masq\" -j RETURN\n\
          -A {NAT_CHAIN} ! -s {n} -d {s} -m comment --comment \"flanneld masq\" -j RETURN\n\
-         -A {NAT_CHAIN} -s {n} ! -d {MULTICAST4} -m comment --comment \"flanneld masq\" -j MASQUERADE{rf}\n\
-         -A {NAT_CHAIN} ! -s {n} -d {n} -m comment --comment \"flanneld masq\" -j MASQUERADE{rf}\n\
-         COMMIT\n"
-    )
-}
-
-/// The IPv4 rules for IPv6: pod to pod (our subnet to the IPv6Network and back) and traffic
-/// from outside to our subnet keep their sources; leaving the IPv6Network (but for
-/// multicast) and the host's own traffic into it are masqueraded.
-fn nat_text6(network: Subnet6, subnet: Subnet6, random_fully: bool) -> String {
-    let rf = if random_fully { " --random-fully" } else { "" };
-    let (n, s) = (network.to_string(), subnet.to_string());
-    format!(
-        "*nat\n\
-         :{NAT_CHAIN} - [0:0]\n\
-         -A {NAT_CHAIN} -m mark --mark {KUBE_MARK} -m comment --comment \"flanneld masq\" -j RETURN\n\
-         -A {NAT_CHAIN} -s {s} -d {n} -m comment --comment \"flanneld masq\" -j RETURN\n\
-         -A {NAT_CHAIN} -s {n} -d {s} -m comment --comment \"flanneld masq\" -j RETURN\n\
-         -A {NAT_CHAIN} ! -s {n} -d {s} -m comment --comment \"flanneld masq\" -j RETURN\n\
-         -A {NAT_CHAIN} -s {n} ! -d {MULTICAST6} -m comment --comment \"flanneld masq\" -j MASQUERADE{rf}\n\
+         -A {NAT_CHAIN} -s {n} ! -d {multicast} -m comment --comment \"flanneld masq\" -j MASQUERADE{rf}\n\
          -A {NAT_CHAIN} ! -s {n} -d {n} -m comment --comment \"flanneld masq\" -j MASQUERADE{rf}\n\
          COMMIT\n"
     )

@@ -9,7 +9,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use harness::{
-    iperf3_tcp, iperf3_udp, lease_json, netns_list, require_root, run, sweep_stale_labs,
+    iperf3_tcp, iperf3_udp, lease_json, netns_add, netns_list, require_root, run, sweep_stale_labs,
     tcp_transfer, vtep_mac_for, KernelFlannelNode, Lab,
 };
 use weft::wire::{EthernetAddress, Subnet};
@@ -284,7 +284,9 @@ fn stale_lab_namespaces_are_swept() {
     require_root();
     // pid 0x7fffffff exceeds any pid_max, so its "owner" is certainly gone.
     let name = format!("wt7fffffff-{}-x", std::process::id());
-    run(&["ip", "netns", "add", &name]);
+    // The harness's retrying add: a bare `ip netns add` lost the iproute2 race on
+    // /run/netns to a parallel test once.
+    netns_add(&name);
     let swept = sweep_stale_labs();
     let listed = netns_list();
     if listed.contains(&name) {

@@ -114,20 +114,26 @@ pub struct Netns {
     name: String,
 }
 
+/// `ip netns add name`, panicking on failure; the namespace is not deleted when done (see
+/// [`Netns::new`] for one that is).
+pub fn netns_add(name: &str) {
+    // Parallel first uses of /run/netns can race in iproute2; one retry covers it.
+    let mut out = run_unchecked(&["ip", "netns", "add", name], EXEC_TIMEOUT);
+    if !out.status.success() && !netns_list().iter().any(|n| n == name) {
+        std::thread::sleep(Duration::from_millis(50));
+        out = run_unchecked(&["ip", "netns", "add", name], EXEC_TIMEOUT);
+    }
+    assert!(
+        out.status.success(),
+        "{}",
+        describe(&format!("ip netns add {name}"), &out)
+    );
+}
+
 impl Netns {
     /// Creates the namespace `name` (with `lo` up); panics if it exists already.
     pub fn new(name: &str) -> Netns {
-        // Parallel first uses of /run/netns can race in iproute2; one retry covers it.
-        let mut out = run_unchecked(&["ip", "netns", "add", name], EXEC_TIMEOUT);
-        if !out.status.success() && !netns_list().iter().any(|n| n == name) {
-            std::thread::sleep(Duration::from_millis(50));
-            out = run_unchecked(&["ip", "netns", "add", name], EXEC_TIMEOUT);
-        }
-        assert!(
-            out.status.success(),
-            "{}",
-            describe(&format!("ip netns add {name}"), &out)
-        );
+        netns_add(name);
         let ns = Netns {
             name: name.to_string(),
         };

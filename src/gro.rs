@@ -6,7 +6,10 @@
 //! caller-owned buffers; the flow table is one open super-packet (segments of a train arrive
 //! back to back).
 
-use crate::offload::{VnetHdr, F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VNET_HDR_LEN};
+use crate::offload::{
+    VnetHdr, F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, UDP_MAX_SEGMENTS as MAX_UDP_SEGMENTS,
+    VNET_HDR_LEN,
+};
 use crate::wire::checksum;
 use crate::wire::ipv4::Protocol;
 use crate::wire::ipv6::{self, next_header};
@@ -16,8 +19,6 @@ use crate::wire::{Ipv4Packet, Ipv6Packet, UdpPacket};
 /// Largest super-packet: an IPv4 packet's total-length field (IPv6 super-packets are held to
 /// the same 64 KiB, as the kernel's GRO does without BIG TCP).
 const MAX_IP: usize = 65535;
-/// Most datagrams one UDP super-packet carries (the kernel's UDP_MAX_SEGMENTS).
-use crate::sys::mmsg::UDP_MAX_SEGMENTS as MAX_UDP_SEGMENTS;
 
 /// What the caller must do with a packet offered to the coalescer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

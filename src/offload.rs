@@ -24,6 +24,11 @@ pub const GSO_UDP_L4: u8 = 5;
 /// `VIRTIO_NET_HDR_GSO_ECN`: the TCP super-packet carries CWR.
 pub const GSO_ECN: u8 = 0x80;
 
+/// Most datagrams one UDP super-packet carries, in either direction: the kernel's
+/// `UDP_MAX_SEGMENTS` (64; Linux 6.9 raised it to 128, so 64 holds on every kernel with UDP
+/// GSO). The limit of a UDP_SEGMENT send and of a USO super-packet written to the TUN.
+pub const UDP_MAX_SEGMENTS: usize = 64;
+
 /// Length of the header as the TUN exchanges it (no mergeable-buffer count).
 pub const VNET_HDR_LEN: usize = 10;
 

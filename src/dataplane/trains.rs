@@ -16,7 +16,7 @@ use super::MAX_SEND_SOCKETS;
 const SOCKET_SLOTS: usize = 2 * MAX_SEND_SOCKETS;
 
 /// Most datagrams one UDP_SEGMENT send may carry (the kernel's UDP_MAX_SEGMENTS).
-pub(super) use crate::sys::mmsg::UDP_MAX_SEGMENTS as MAX_GSO_SEGMENTS;
+pub(super) use crate::offload::UDP_MAX_SEGMENTS as MAX_GSO_SEGMENTS;
 /// Most bytes one UDP_SEGMENT send may carry (a UDP length must fit 16 bits).
 const MAX_GSO_BYTES: usize = 65000;
 /// Room for the per-segment headers of one super-packet: 64 KiB holds 885 header blocks of

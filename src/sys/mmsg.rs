@@ -19,9 +19,7 @@ use nix::sys::socket::{getsockopt, setsockopt, sockopt};
 use super::retry_eintr;
 use crate::buf::{Meta, PacketBuf};
 
-/// Most datagrams one UDP_SEGMENT send may carry: the kernel's `UDP_MAX_SEGMENTS` (64; Linux
-/// 6.9 raised it to 128, so 64 holds on every kernel with UDP GSO).
-pub const UDP_MAX_SEGMENTS: usize = 64;
+pub use crate::offload::UDP_MAX_SEGMENTS;
 
 /// Room for one control message carrying an int, 8-byte aligned.
 type Ctrl = [u64; 4];

@@ -29,7 +29,7 @@ use crate::wire::vxlan::Vni;
 use crate::wire::{EthernetAddress, Subnet, Subnet6};
 use index::{fold, position, Index, Key128};
 
-pub use set::{Changes, PeerEvent, PeerSet};
+pub use set::{Changes, Clash, Lease, LeaseKey, PeerEvent, PeerSet};
 
 /// Length of the precomputed VXLAN + inner Ethernet header (8 + 14 bytes).
 pub const ENCAP_HEADER_LEN: usize = VXLAN_ENCAP_LEN;
@@ -613,7 +613,10 @@ mod tests {
             t.lookup("10.1.3.1".parse().unwrap()).unwrap().public_ip,
             "192.168.64.5".parse::<Ipv4Addr>().unwrap()
         );
-        let c = s.replace([b2, peer("10.1.4.0/24", "192.168.64.6", None)]);
+        let c = s.replace([
+            PeerEvent::Upsert(b2),
+            PeerEvent::Upsert(peer("10.1.4.0/24", "192.168.64.6", None)),
+        ]);
         assert_eq!((c.added, c.updated, c.removed), (1, 0, 1));
         assert!(s.get(&"10.1.2.0/24".parse().unwrap()).is_none());
         assert_eq!(s.len(), 2);
@@ -841,13 +844,18 @@ mod tests {
         );
         assert_eq!(t.lookup_underlay6(v6("fd77::5")), Some(&b2));
         assert!(t.lookup_underlay6(v6("fd77::4")).is_none());
-        // Each family's re-list replaces that family only.
-        let c = s.replace6([b2, peer6("fd10:0:0:4::/64", "fd77::6", None)]);
+        // A re-list replaces the whole set, counting each family's difference.
+        let c4 = peer6("fd10:0:0:4::/64", "fd77::6", None);
+        let c = s.replace([PeerEvent::Upsert6(b2), PeerEvent::Upsert6(c4)]);
         assert_eq!((c.added6, c.updated6, c.removed6), (1, 0, 1));
         assert_eq!((c.added, c.updated, c.removed), (0, 0, 0));
         assert!(s.get6(&"fd10:0:0:2::/64".parse().unwrap()).is_none());
         assert_eq!(s.len6(), 2);
-        let c = s.replace([v4]);
+        let c = s.replace([
+            PeerEvent::Upsert(v4),
+            PeerEvent::Upsert6(b2),
+            PeerEvent::Upsert6(c4),
+        ]);
         assert_eq!((c.added, c.added6, c.removed6), (1, 0, 0));
         assert_eq!((s.len(), s.len6()), (1, 2));
         let c = s.apply([PeerEvent::Remove6(b2.subnet)]);
@@ -864,7 +872,7 @@ mod tests {
         let mut s4 = PeerSet::new(24);
         let c = s4.apply([PeerEvent::Upsert6(a)]);
         assert!(c.is_empty());
-        assert_eq!(s4.replace6([a]), Changes::default());
+        assert_eq!(s4.replace([PeerEvent::Upsert6(a)]), Changes::default());
         assert_eq!(s4.len6(), 0);
         assert_eq!(s4.snapshot(1).prefix_len6(), None);
     }

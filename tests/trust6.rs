@@ -564,14 +564,11 @@ fn duplicate_public_ipv6_leaves_the_ipv6_tunnel_working() {
 /// A record under a fresh IPv4 key that names the genuine peer's IPv6 subnet with another
 /// PublicIPv6 (an IPv6 subnet can sit under any IPv4 part, so etcd's keys do not keep two
 /// leases from naming one): it must not take over b's IPv6 subnet, and deleting it must not
-/// take b's IPv6 half away.
-///
-/// Ignored while it fails: today the newer record wins (PeerSet keys IPv6 halves by subnet
-/// alone), so a's IPv6 route to b's subnet moves to the claimer's PublicIPv6 and IPv6 pod
-/// traffic to b is lost, with nothing rejected or reported; deleting the claim then removes
-/// b's IPv6 half too. Run with `--run-ignored only`.
+/// take b's IPv6 half away. The same for a record naming a's own IPv6 subnet. Both are
+/// refused as `subnet_taken` and listed with their holder. (Before the fix the newer record
+/// won: a's IPv6 route to b's subnet moved to the claimer and IPv6 traffic to b was lost,
+/// and deleting the claim removed b's IPv6 half.)
 #[test]
-#[ignore = "bug: a second lease naming a live IPv6 subnet takes it over (see the doc comment)"]
 fn a_lease_claiming_a_live_ipv6_subnet_changes_no_route() {
     require_root();
     let (lab, etcd, a, b) = dual_cluster(HOST_GW_DUAL, &["--route-resync-secs=1"], true);
@@ -585,6 +582,14 @@ fn a_lease_claiming_a_live_ipv6_subnet_changes_no_route() {
         &claim,
         &record("host-gw", "192.168.64.97", V6::Ip("fd77::97")),
     ]);
+    // And one naming a's own IPv6 subnet.
+    let a6 = a.subnet6.expect("a dual-stack lease");
+    let own_claim = format!("{PREFIX}/subnets/10.1.220.0-24&{}", a6.key_string());
+    etcd.ctl(&[
+        "put",
+        &own_claim,
+        &record("host-gw", "192.168.64.96", V6::Ip("fd77::96")),
+    ]);
     // Several route resyncs and table polls later:
     std::thread::sleep(Duration::from_secs(3));
     let six = peers(&a).1;
@@ -597,10 +602,28 @@ fn a_lease_claiming_a_live_ipv6_subnet_changes_no_route() {
         a.metric("weft_lease_conflicts")
     );
     assert_eq!(six, peers_before.1, "b's IPv6 peer changed");
+    assert_eq!(peers(&a).0, peers_before.0, "an IPv4 peer changed");
+    assert_eq!(
+        a.metric("weft_leases_rejected{reason=\"subnet_taken\"}"),
+        2,
+        "both claims refused as subnet_taken; /status rejected {:?}",
+        status_doc(&a).rejected_leases
+    );
+    let rejected = status_doc(&a).rejected_leases;
+    let listed = |key: &str, holder: &str| {
+        rejected
+            .iter()
+            .any(|r| format!("{r:?}").contains(key) && format!("{r:?}").contains(holder))
+    };
+    assert!(
+        listed("10.1.219.0-24", &b6.key_string()) && listed("10.1.220.0-24", "own lease"),
+        "each claim is listed with its holder: {rejected:?}"
+    );
     genuine_peer_works(&lab);
 
-    // The claim goes: b's IPv6 half stays.
+    // The claims go: b's IPv6 half stays.
     etcd.ctl(&["del", &claim]);
+    etcd.ctl(&["del", &own_claim]);
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
         weft_route(h0, "-6", &b6.to_string()).as_deref(),
@@ -611,6 +634,11 @@ fn a_lease_claiming_a_live_ipv6_subnet_changes_no_route() {
         peers(&a).1,
         peers_before.1,
         "deleting the claim changed b's IPv6 peer"
+    );
+    assert_eq!(
+        a.metric("weft_leases_rejected{reason=\"subnet_taken\"}"),
+        0,
+        "deleted claims are no longer listed"
     );
     ping_all_pairs6(&lab);
     drop((a, b));

@@ -152,6 +152,14 @@ pub enum LeaseProblem {
         "the network is IPv6-only (EnableIPv4 false): a lease key must be 0.0.0.0-0&<IPv6 subnet>"
     )]
     NotIpv6Only,
+    /// The key names a subnet (in either family) that another lease key holds: the one
+    /// created first, or this node's own lease. Two keys can name one subnet (an IPv6 subnet
+    /// may sit under any IPv4 part); only the holder's lease is used.
+    #[error("it names a subnet that {holder} holds (two lease keys may not share a subnet; the one created first keeps it): delete the stale or mistaken key")]
+    SubnetTaken {
+        /// `the lease <key>` of the holder, or `this node's own lease`.
+        holder: String,
+    },
     /// The record belongs to another backend type than the network's.
     #[error("the lease is for backend {theirs:?}, the network runs {ours}")]
     OtherBackend {
@@ -180,11 +188,12 @@ impl LeaseProblem {
             LeaseProblem::VtepMacV6(_) => "vtep_mac_v6",
             LeaseProblem::Ipv6OnlyLease => "ipv6_only_lease",
             LeaseProblem::NotIpv6Only => "not_ipv6_only",
+            LeaseProblem::SubnetTaken { .. } => "subnet_taken",
         }
     }
 
     /// Every label, in a fixed order (so the metric shows zeros too).
-    pub const LABELS: [&'static str; 14] = [
+    pub const LABELS: [&'static str; 15] = [
         "bad_key",
         "unreadable",
         "outside_network",
@@ -199,6 +208,7 @@ impl LeaseProblem {
         "vtep_mac_v6",
         "ipv6_only_lease",
         "not_ipv6_only",
+        "subnet_taken",
     ];
 }
 

@@ -4,11 +4,12 @@ use std::collections::HashSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 use rand::Rng;
 use tokio::time::Instant;
 
 use super::check::is_empty_ipv4;
+use super::list::for_each_lease;
 use super::record::{BackendRecord, LeaseRecord, RecordError, VxlanV6Record};
 use super::vtep::{derive_vtep_mac, derive_vtep_mac6};
 use super::{Keys, StoreError};
@@ -49,15 +50,6 @@ pub(crate) async fn read_config_with(
     parse(&text).map_err(|source| StoreError::ConfigInvalid { key, source })
 }
 
-/// One key under `<prefix>/subnets/` as listed, unjudged.
-#[derive(Debug, Clone)]
-pub(crate) struct RawLease {
-    pub key: Vec<u8>,
-    pub value: Vec<u8>,
-    pub etcd_lease: i64,
-    pub mod_revision: i64,
-}
-
 /// One lease key as listed, its subnets read from the key.
 #[derive(Debug, Clone)]
 pub(crate) struct Listed {
@@ -70,33 +62,6 @@ pub(crate) struct Listed {
     pub etcd_lease: i64,
 }
 
-/// Lists every key under the subnets prefix; returns them and the store revision of the read.
-pub(crate) async fn list_raw(
-    client: &mut Client,
-    keys: &Keys,
-) -> Result<(Vec<RawLease>, i64), StoreError> {
-    let dir = keys.subnets_dir();
-    let resp = client
-        .get(dir.as_str(), Some(GetOptions::new().with_prefix()))
-        .await
-        .map_err(|source| StoreError::LeaseList {
-            prefix: dir.clone(),
-            source,
-        })?;
-    let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-    let listed = resp
-        .kvs()
-        .iter()
-        .map(|kv| RawLease {
-            key: kv.key().to_vec(),
-            value: kv.value().to_vec(),
-            etcd_lease: kv.lease(),
-            mod_revision: kv.mod_revision(),
-        })
-        .collect();
-    Ok((listed, revision))
-}
-
 /// Lists every lease key whose name is a subnet (the acquire step's view: any key, valid
 /// record or not, holds its subnets), with the store revision of the read; records are read
 /// as `cfg`'s network reads them ([`LeaseRecord::parse_for`]). A key whose IPv6 part flannel
@@ -107,22 +72,22 @@ pub(crate) async fn list_leases(
     keys: &Keys,
     cfg: &NetworkConfig,
 ) -> Result<(Vec<Listed>, i64), StoreError> {
-    let (raw, revision) = list_raw(client, keys).await?;
-    let listed = raw
-        .into_iter()
-        .filter_map(|kv| {
-            let (subnet, subnet6) = keys
-                .parse_subnet_key_dual(&kv.key)
-                .or_else(|| Some((keys.parse_subnet_key(&kv.key)?, None)))?;
-            Some(Listed {
+    let mut listed = Vec::new();
+    let revision = for_each_lease(client, keys, |kv| {
+        let subnets = keys
+            .parse_subnet_key_dual(kv.key())
+            .or_else(|| Some((keys.parse_subnet_key(kv.key())?, None)));
+        if let Some((subnet, subnet6)) = subnets {
+            listed.push(Listed {
                 subnet,
                 subnet6,
-                record: LeaseRecord::parse_for(cfg, &kv.value),
-                etcd_lease: kv.etcd_lease,
-                key: kv.key,
-            })
-        })
-        .collect();
+                record: LeaseRecord::parse_for(cfg, kv.value()),
+                etcd_lease: kv.lease(),
+                key: kv.key().to_vec(),
+            });
+        }
+    })
+    .await?;
     Ok((listed, revision))
 }
 
@@ -228,6 +193,14 @@ impl OwnLease {
     /// The underlay IPv6 address this node advertises (`PublicIPv6`).
     pub fn public_ipv6(&self) -> Option<Ipv6Addr> {
         self.record.public_ipv6
+    }
+
+    /// This lease's key as the subnets it names.
+    pub fn lease_key(&self) -> crate::table::LeaseKey {
+        crate::table::LeaseKey {
+            subnet: self.subnet,
+            subnet6: self.subnet6,
+        }
     }
 
     /// The etcd key of this lease: `<prefix>/subnets/10.1.2.0-24`, or with an IPv6 subnet

@@ -1,5 +1,13 @@
 //! The control plane's working copy of the remote leases ([`PeerSet`]), the events that
 //! change it, and what each batch changed.
+//!
+//! A lease is an etcd key naming one subnet, or two (dual stack: `10.1.2.0-24&fd10:0:0:2::-64`),
+//! and each subnet it names is one half of the set. Two keys can name the same subnet (an
+//! IPv6 subnet may sit under any IPv4 part, and `10.1.2.0-24` and `10.1.2.0-24&...` are two
+//! keys), whether by mistake or by malice: a subnet is then held by the key created first
+//! (lowest etcd create revision, then key order), whichever order events or a listing bring
+//! them in, and the other key gives nothing until the holder goes. The node's own key holds
+//! its own subnets against every other key. Deleting a key removes only what it holds.
 
 use std::collections::btree_map::{BTreeMap, Entry};
 use std::ops::AddAssign;
@@ -7,21 +15,99 @@ use std::ops::AddAssign;
 use super::{LeaseTable, Peer, Peer6};
 use crate::wire::{Subnet, Subnet6};
 
+/// A lease's etcd key, as the subnets it names: the IPv4 subnet (flannel's empty `0.0.0.0/0`
+/// in an IPv6-only key) and, in a dual-stack or IPv6-only key, the IPv6 subnet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LeaseKey {
+    /// The key's IPv4 part.
+    pub subnet: Subnet,
+    /// The key's IPv6 part, if it has one.
+    pub subnet6: Option<Subnet6>,
+}
+
+impl LeaseKey {
+    /// flannel's empty IPv4 net, the IPv4 part of an IPv6-only key (`0.0.0.0-0&...`).
+    pub const EMPTY_IPV4: Subnet = Subnet::EMPTY;
+
+    /// The key of a plain IPv4 lease (`10.1.2.0-24`).
+    pub fn v4(subnet: Subnet) -> LeaseKey {
+        LeaseKey {
+            subnet,
+            subnet6: None,
+        }
+    }
+
+    /// The key of an IPv6-only lease (`0.0.0.0-0&fd10:0:0:2::-64`).
+    pub fn v6_only(subnet6: Subnet6) -> LeaseKey {
+        LeaseKey {
+            subnet: Self::EMPTY_IPV4,
+            subnet6: Some(subnet6),
+        }
+    }
+}
+
+/// One lease as the store judged it: its key, when etcd created it, and the halves it gives
+/// (either may be absent: an IPv6-only network has no IPv4 half, an IPv4 key no IPv6 one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// The etcd key.
+    pub key: LeaseKey,
+    /// The key's etcd create revision: of two keys naming one subnet the older holds it.
+    pub created: i64,
+    /// The IPv4 half.
+    pub peer: Option<Peer>,
+    /// The IPv6 half.
+    pub peer6: Option<Peer6>,
+}
+
 /// A change to the set of remote leases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerEvent {
-    /// A lease was created or changed.
+    /// A lease key was created or changed.
+    Put(Lease),
+    /// A lease key was deleted or expired: what it held goes.
+    Delete(LeaseKey),
+    /// Shorthand: the plain IPv4 key of this peer's subnet was put (created at revision 0).
     Upsert(Peer),
-    /// A lease was deleted or expired.
+    /// Shorthand: the plain IPv4 key of this subnet was deleted.
     Remove(Subnet),
-    /// A lease's IPv6 half was created or changed.
+    /// Shorthand: the IPv6-only key of this peer's subnet was put (created at revision 0).
     Upsert6(Peer6),
-    /// A lease's IPv6 half was deleted or expired.
+    /// Shorthand: the IPv6-only key of this subnet was deleted.
     Remove6(Subnet6),
 }
 
+impl PeerEvent {
+    /// The event in its long form: a put lease or a deleted key.
+    fn into_long(self) -> Result<Lease, LeaseKey> {
+        let lease = |key, peer, peer6| Lease {
+            key,
+            created: 0,
+            peer,
+            peer6,
+        };
+        match self {
+            PeerEvent::Put(l) => Ok(l),
+            PeerEvent::Delete(k) => Err(k),
+            PeerEvent::Upsert(p) => Ok(lease(LeaseKey::v4(p.subnet), Some(p), None)),
+            PeerEvent::Remove(s) => Err(LeaseKey::v4(s)),
+            PeerEvent::Upsert6(p) => Ok(lease(LeaseKey::v6_only(p.subnet), None, Some(p))),
+            PeerEvent::Remove6(s) => Err(LeaseKey::v6_only(s)),
+        }
+    }
+}
+
+/// A lease that names a subnet another key holds: it gives nothing while the holder is there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clash {
+    /// The key that gives nothing.
+    pub loser: LeaseKey,
+    /// The key holding the subnet (`None`: this node's own lease).
+    pub holder: Option<LeaseKey>,
+}
+
 /// What applying events changed, for one log line per batch; each family counts apart.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changes {
     /// Leases that were not there before.
     pub added: usize,
@@ -35,12 +121,26 @@ pub struct Changes {
     pub updated6: usize,
     /// IPv6 halves that went away.
     pub removed6: usize,
+    /// Keys that name a subnet another key holds, found by this batch (a key that loses a
+    /// subnet it held to an older key is among them).
+    pub clashes: Vec<Clash>,
 }
 
 impl Changes {
     /// Whether nothing changed in either family.
     pub fn is_empty(&self) -> bool {
-        *self == Changes::default()
+        self.counts() == Changes::default().counts() && self.clashes.is_empty()
+    }
+
+    fn counts(&self) -> [usize; 6] {
+        [
+            self.added,
+            self.updated,
+            self.removed,
+            self.added6,
+            self.updated6,
+            self.removed6,
+        ]
     }
 }
 
@@ -52,6 +152,7 @@ impl AddAssign for Changes {
         self.added6 += o.added6;
         self.updated6 += o.updated6;
         self.removed6 += o.removed6;
+        self.clashes.extend(o.clashes);
     }
 }
 
@@ -61,6 +162,21 @@ struct Tally {
     added: usize,
     updated: usize,
     removed: usize,
+}
+
+/// A half in the set: the peer, the key holding it and that key's create revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Held<P> {
+    peer: P,
+    key: LeaseKey,
+    created: i64,
+}
+
+impl<P> Held<P> {
+    /// Whether this holder came first: created earlier, or at once and earlier in key order.
+    fn precedes(&self, created: i64, key: &LeaseKey) -> bool {
+        (self.created, &self.key) < (created, key)
+    }
 }
 
 /// Inserts `v` at `k` and counts it as added or updated (or not at all when unchanged).
@@ -78,6 +194,14 @@ fn upsert<K: Ord, V: PartialEq>(map: &mut BTreeMap<K, V>, k: K, v: V, t: &mut Ta
     }
 }
 
+/// Removes the half at `k` if `key` holds it, counting it.
+fn release<K: Ord, P>(map: &mut BTreeMap<K, Held<P>>, k: &K, key: &LeaseKey, t: &mut Tally) {
+    if map.get(k).is_some_and(|h| h.key == *key) {
+        map.remove(k);
+        t.removed += 1;
+    }
+}
+
 /// What turning `old` into `new` adds, updates and removes.
 fn diff<K: Ord, V: PartialEq>(old: &BTreeMap<K, V>, new: &BTreeMap<K, V>) -> Tally {
     let mut t = Tally::default();
@@ -92,8 +216,8 @@ fn diff<K: Ord, V: PartialEq>(old: &BTreeMap<K, V>, new: &BTreeMap<K, V>) -> Tal
     t
 }
 
-/// Both families' tallies as one [`Changes`].
-fn changes(four: Tally, six: Tally) -> Changes {
+/// Both families' tallies and the clashes as one [`Changes`].
+fn changes(four: Tally, six: Tally, clashes: Vec<Clash>) -> Changes {
     Changes {
         added: four.added,
         updated: four.updated,
@@ -101,6 +225,7 @@ fn changes(four: Tally, six: Tally) -> Changes {
         added6: six.added,
         updated6: six.updated,
         removed6: six.removed,
+        clashes,
     }
 }
 
@@ -109,10 +234,20 @@ fn changes(four: Tally, six: Tally) -> Changes {
 #[derive(Debug, Clone)]
 pub struct PeerSet {
     prefix_len: u8,
-    peers: BTreeMap<Subnet, Peer>,
-    /// The network's IPv6SubnetLen; `None` without IPv6, and IPv6 events are then ignored.
+    peers: BTreeMap<Subnet, Held<Peer>>,
+    /// The network's IPv6SubnetLen; `None` without IPv6, and IPv6 halves are then ignored.
     prefix_len6: Option<u8>,
-    peers6: BTreeMap<Subnet6, Peer6>,
+    peers6: BTreeMap<Subnet6, Held<Peer6>>,
+    /// This node's own key: the subnets it names are held against every other key.
+    own: Option<LeaseKey>,
+}
+
+/// A batch's counts and clashes while it is applied.
+#[derive(Debug, Default)]
+struct Batch {
+    four: Tally,
+    six: Tally,
+    clashes: Vec<Clash>,
 }
 
 impl PeerSet {
@@ -123,6 +258,7 @@ impl PeerSet {
             peers: BTreeMap::new(),
             prefix_len6: None,
             peers6: BTreeMap::new(),
+            own: None,
         }
     }
 
@@ -134,61 +270,176 @@ impl PeerSet {
         }
     }
 
-    /// Applies events in order. Peers whose prefix length differs from the set's (in their
+    /// This set, holding the subnets `own` (this node's lease key) names for this node: a
+    /// lease of another key naming one of them gives nothing.
+    pub fn with_own(self, own: LeaseKey) -> PeerSet {
+        PeerSet {
+            own: Some(own),
+            ..self
+        }
+    }
+
+    /// Makes `own` this node's key (the node moved to new subnets): whatever another key
+    /// held of its subnets goes, reported as clashes with this node.
+    pub fn set_own(&mut self, own: LeaseKey) -> Changes {
+        self.own = Some(own);
+        let mut b = Batch::default();
+        let four = self.peers.get(&own.subnet).map(|h| h.key);
+        let six = own
+            .subnet6
+            .and_then(|s6| self.peers6.get(&s6))
+            .map(|h| h.key);
+        for key in four.into_iter().chain(six).filter(|k| *k != own) {
+            b.clashes.push(Clash {
+                loser: key,
+                holder: None,
+            });
+            self.release(&key, &mut b);
+        }
+        changes(b.four, b.six, b.clashes)
+    }
+
+    /// An empty set that takes what this one takes (prefix lengths, this node's key).
+    pub fn emptied(&self) -> PeerSet {
+        PeerSet {
+            peers: BTreeMap::new(),
+            peers6: BTreeMap::new(),
+            ..*self
+        }
+    }
+
+    /// Applies events in order. Halves whose prefix length differs from the set's (in their
     /// family) are ignored, as are IPv6 halves when the set has no IPv6.
     pub fn apply(&mut self, events: impl IntoIterator<Item = PeerEvent>) -> Changes {
-        let (mut four, mut six) = (Tally::default(), Tally::default());
+        let mut b = Batch::default();
         for e in events {
-            match e {
-                PeerEvent::Upsert(p) if p.subnet.prefix_len() == self.prefix_len => {
-                    upsert(&mut self.peers, p.subnet, p, &mut four);
-                }
-                PeerEvent::Upsert6(p) if Some(p.subnet.prefix_len()) == self.prefix_len6 => {
-                    upsert(&mut self.peers6, p.subnet, p, &mut six);
-                }
-                PeerEvent::Upsert(_) | PeerEvent::Upsert6(_) => {}
-                PeerEvent::Remove(s) => {
-                    four.removed += usize::from(self.peers.remove(&s).is_some());
-                }
-                PeerEvent::Remove6(s) => {
-                    six.removed += usize::from(self.peers6.remove(&s).is_some());
-                }
+            match e.into_long() {
+                Ok(lease) => self.put(lease, &mut b),
+                Err(key) => self.release(&key, &mut b),
             }
         }
-        changes(four, six)
+        changes(b.four, b.six, b.clashes)
     }
 
-    /// Replaces the IPv4 half (after a re-list) and reports the difference; the IPv6 half is
-    /// [`PeerSet::replace6`]'s.
-    pub fn replace(&mut self, peers: impl IntoIterator<Item = Peer>) -> Changes {
-        let mut next = PeerSet::new(self.prefix_len);
-        next.apply(peers.into_iter().map(PeerEvent::Upsert));
-        let four = diff(&self.peers, &next.peers);
-        self.peers = next.peers;
-        changes(four, Tally::default())
+    /// Replaces the whole set (after a re-list) with what `events` give applied to an empty
+    /// set, and reports the difference and the clashes among them.
+    pub fn replace(&mut self, events: impl IntoIterator<Item = PeerEvent>) -> Changes {
+        let mut next = self.emptied();
+        let built = next.apply(events);
+        let mut c = self.replace_with(next);
+        c.clashes = built.clashes;
+        c
     }
 
-    /// Replaces the IPv6 half (after a re-list) and reports the difference.
-    pub fn replace6(&mut self, peers: impl IntoIterator<Item = Peer6>) -> Changes {
-        let mut next = BTreeMap::new();
-        for p in peers {
-            if Some(p.subnet.prefix_len()) == self.prefix_len6 {
-                upsert(&mut next, p.subnet, p, &mut Tally::default());
+    /// Replaces the whole set with `next` (built from [`PeerSet::emptied`]) and reports the
+    /// difference (no clashes: `next`'s own applies reported those).
+    pub fn replace_with(&mut self, next: PeerSet) -> Changes {
+        let (four, six) = (
+            diff(&self.peers, &next.peers),
+            diff(&self.peers6, &next.peers6),
+        );
+        *self = next;
+        changes(four, six, Vec::new())
+    }
+
+    /// Puts `l`: its halves, unless a key that came first holds one of their subnets (then
+    /// it gives nothing, and loses what it held); keys that came later lose what they held.
+    fn put(&mut self, l: Lease, b: &mut Batch) {
+        let peer = l.peer.filter(|p| p.subnet.prefix_len() == self.prefix_len);
+        let peer6 = l
+            .peer6
+            .filter(|p| Some(p.subnet.prefix_len()) == self.prefix_len6);
+        if let Some(own) = self.own.filter(|own| *own != l.key) {
+            let ours4 = peer.is_some_and(|p| p.subnet == own.subnet);
+            let ours6 = peer6.is_some_and(|p| Some(p.subnet) == own.subnet6);
+            if ours4 || ours6 {
+                b.clashes.push(Clash {
+                    loser: l.key,
+                    holder: None,
+                });
+                return self.release(&l.key, b);
             }
         }
-        let six = diff(&self.peers6, &next);
-        self.peers6 = next;
-        changes(Tally::default(), six)
+        let holders = [
+            peer.and_then(|p| self.peers.get(&p.subnet))
+                .map(|h| (h.key, h.precedes(l.created, &l.key))),
+            peer6
+                .and_then(|p| self.peers6.get(&p.subnet))
+                .map(|h| (h.key, h.precedes(l.created, &l.key))),
+        ];
+        let others = holders.into_iter().flatten().filter(|(k, _)| *k != l.key);
+        let mut displaced = Vec::new();
+        for (holder, first) in others {
+            if first {
+                b.clashes.push(Clash {
+                    loser: l.key,
+                    holder: Some(holder),
+                });
+                return self.release(&l.key, b);
+            }
+            displaced.push(holder);
+        }
+        for holder in displaced {
+            b.clashes.push(Clash {
+                loser: holder,
+                holder: Some(l.key),
+            });
+            self.release(&holder, b);
+        }
+        let (key, created) = (l.key, l.created);
+        match peer {
+            Some(peer) => upsert(
+                &mut self.peers,
+                peer.subnet,
+                Held { peer, key, created },
+                &mut b.four,
+            ),
+            None => release(&mut self.peers, &key.subnet, &key, &mut b.four),
+        }
+        match (peer6, key.subnet6) {
+            (Some(peer), _) => upsert(
+                &mut self.peers6,
+                peer.subnet,
+                Held { peer, key, created },
+                &mut b.six,
+            ),
+            (None, Some(s6)) => release(&mut self.peers6, &s6, &key, &mut b.six),
+            (None, None) => {}
+        }
+    }
+
+    /// Removes what `key` holds.
+    fn release(&mut self, key: &LeaseKey, b: &mut Batch) {
+        release(&mut self.peers, &key.subnet, key, &mut b.four);
+        if let Some(s6) = &key.subnet6 {
+            release(&mut self.peers6, s6, key, &mut b.six);
+        }
+    }
+
+    /// What `key` holds, as the lease that put it (`None` when it holds nothing).
+    pub fn lease_of(&self, key: &LeaseKey) -> Option<Lease> {
+        let four = self.peers.get(&key.subnet).filter(|h| h.key == *key);
+        let six = key
+            .subnet6
+            .and_then(|s6| self.peers6.get(&s6))
+            .filter(|h| h.key == *key);
+        let created = four.map(|h| h.created).or(six.map(|h| h.created))?;
+        Some(Lease {
+            key: *key,
+            created,
+            peer: four.map(|h| h.peer),
+            peer6: six.map(|h| h.peer),
+        })
     }
 
     /// The peer for `subnet`, if any.
     pub fn get(&self, subnet: &Subnet) -> Option<&Peer> {
-        self.peers.get(subnet)
+        self.peers.get(subnet).map(|h| &h.peer)
     }
 
     /// The IPv6 peer for `subnet`, if any.
     pub fn get6(&self, subnet: &Subnet6) -> Option<&Peer6> {
-        self.peers6.get(subnet)
+        self.peers6.get(subnet).map(|h| &h.peer)
     }
 
     /// The number of peers.
@@ -208,12 +459,12 @@ impl PeerSet {
 
     /// The peers, ordered by subnet.
     pub fn iter(&self) -> impl Iterator<Item = &Peer> + '_ {
-        self.peers.values()
+        self.peers.values().map(|h| &h.peer)
     }
 
     /// The IPv6 peers, ordered by subnet.
     pub fn iter6(&self) -> impl Iterator<Item = &Peer6> + '_ {
-        self.peers6.values()
+        self.peers6.values().map(|h| &h.peer)
     }
 
     /// The IPv6 prefix length this set takes; `None` without IPv6.
@@ -226,10 +477,178 @@ impl PeerSet {
         // BTreeMap order is subnet order and keys are unique: no sort needed.
         LeaseTable::build(
             self.prefix_len,
-            self.peers.values().copied().collect(),
+            self.iter().copied().collect(),
             self.prefix_len6,
-            self.peers6.values().copied().collect(),
+            self.iter6().copied().collect(),
             revision,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::LocalVtep;
+    use crate::wire::vxlan::Vni;
+    use crate::wire::EthernetAddress;
+
+    fn local() -> LocalVtep {
+        LocalVtep {
+            vni: Vni::new(1).unwrap(),
+            mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
+            port: 8472,
+        }
+    }
+
+    fn s4(s: &str) -> Subnet {
+        s.parse().unwrap()
+    }
+
+    fn s6(s: &str) -> Subnet6 {
+        s.parse().unwrap()
+    }
+
+    /// The dual-stack lease `v4&v6` created at `created`, its node at 192.168.64.`n` and
+    /// fd77::`n`.
+    fn dual(v4: &str, v6: &str, created: i64, n: u8) -> Lease {
+        let key = LeaseKey {
+            subnet: s4(v4),
+            subnet6: Some(s6(v6)),
+        };
+        Lease {
+            key,
+            created,
+            peer: Some(Peer::new(
+                key.subnet,
+                std::net::Ipv4Addr::new(192, 168, 64, n),
+                None,
+                &local(),
+            )),
+            peer6: Some(Peer6::new(
+                s6(v6),
+                format!("fd77::{n}").parse().unwrap(),
+                None,
+                &local(),
+            )),
+        }
+    }
+
+    fn set() -> PeerSet {
+        PeerSet::new(24).with_ipv6(64)
+    }
+
+    fn holder6(s: &PeerSet, v6: &str) -> Option<LeaseKey> {
+        s.peers6.get(&s6(v6)).map(|h| h.key)
+    }
+
+    #[test]
+    fn the_key_created_first_holds_a_shared_ipv6_subnet_in_any_order() {
+        let genuine = dual("10.1.2.0/24", "fd10:0:0:2::/64", 5, 2);
+        let claim = dual("10.1.9.0/24", "fd10:0:0:2::/64", 9, 9);
+        for order in [[genuine, claim], [claim, genuine]] {
+            let mut s = set();
+            let c = s.apply(order.map(PeerEvent::Put));
+            assert_eq!(holder6(&s, "fd10:0:0:2::/64"), Some(genuine.key));
+            assert_eq!(s.get6(&s6("fd10:0:0:2::/64")), genuine.peer6.as_ref());
+            // The claim gives nothing at all, not even its own IPv4 subnet.
+            assert!(s.get(&s4("10.1.9.0/24")).is_none(), "{order:?}");
+            assert_eq!((s.len(), s.len6()), (1, 1));
+            assert_eq!(
+                c.clashes,
+                [Clash {
+                    loser: claim.key,
+                    holder: Some(genuine.key)
+                }]
+            );
+            // Deleting the claim removes nothing of the holder's.
+            let c = s.apply([PeerEvent::Delete(claim.key)]);
+            assert_eq!((c.removed, c.removed6), (0, 0));
+            assert_eq!(s.lease_of(&genuine.key), Some(genuine));
+            // Deleting the holder removes what it held.
+            let c = s.apply([PeerEvent::Delete(genuine.key)]);
+            assert_eq!((c.removed, c.removed6), (1, 1));
+            assert!(s.lease_of(&genuine.key).is_none());
+        }
+    }
+
+    #[test]
+    fn an_older_key_takes_a_subnet_from_a_newer_one_whole() {
+        let newer = dual("10.1.3.0/24", "fd10:0:0:3::/64", 10, 3);
+        let older = dual("10.1.8.0/24", "fd10:0:0:3::/64", 4, 8);
+        let mut s = set();
+        s.apply([PeerEvent::Put(newer)]);
+        let c = s.apply([PeerEvent::Put(older)]);
+        assert_eq!(
+            c.clashes,
+            [Clash {
+                loser: newer.key,
+                holder: Some(older.key)
+            }]
+        );
+        // The newer key loses both halves; the older holds both of its own.
+        assert!(s.get(&s4("10.1.3.0/24")).is_none());
+        assert_eq!(s.lease_of(&older.key), Some(older));
+        assert_eq!((c.added, c.removed, c.added6, c.removed6), (1, 1, 1, 1));
+        // A re-list in key order (newer first) agrees.
+        let c = s.replace([PeerEvent::Put(newer), PeerEvent::Put(older)]);
+        assert_eq!(s.lease_of(&older.key), Some(older));
+        assert_eq!(c.clashes.len(), 1);
+        assert_eq!((c.added, c.removed, c.added6, c.removed6), (0, 0, 0, 0));
+    }
+
+    #[test]
+    fn a_plain_and_a_dual_key_naming_one_ipv4_subnet_clash_too() {
+        let plain = Lease {
+            key: LeaseKey::v4(s4("10.1.4.0/24")),
+            created: 3,
+            peer: dual("10.1.4.0/24", "fd10:0:0:4::/64", 3, 4).peer,
+            peer6: None,
+        };
+        let twin = dual("10.1.4.0/24", "fd10:0:0:7::/64", 7, 7);
+        let mut s = set();
+        let c = s.apply([PeerEvent::Put(twin), PeerEvent::Put(plain)]);
+        assert_eq!(s.get(&s4("10.1.4.0/24")), plain.peer.as_ref());
+        assert!(s.get6(&s6("fd10:0:0:7::/64")).is_none());
+        assert_eq!(c.clashes.len(), 1);
+        // Equal create revisions: key order decides.
+        let mut t = set();
+        let early = Lease {
+            created: 7,
+            ..plain
+        };
+        t.apply([PeerEvent::Put(twin), PeerEvent::Put(early)]);
+        assert_eq!(t.get(&s4("10.1.4.0/24")), early.peer.as_ref());
+    }
+
+    #[test]
+    fn this_nodes_subnets_are_held_against_every_other_key() {
+        let own = LeaseKey {
+            subnet: s4("10.1.5.0/24"),
+            subnet6: Some(s6("fd10:0:0:5::/64")),
+        };
+        let mut s = set().with_own(own);
+        let six = dual("10.1.6.0/24", "fd10:0:0:5::/64", 1, 6);
+        let four = dual("10.1.5.0/24", "fd10:0:0:6::/64", 1, 5);
+        let c = s.apply([PeerEvent::Put(six), PeerEvent::Put(four)]);
+        assert_eq!((s.len(), s.len6()), (0, 0));
+        assert!(c.clashes.iter().all(|c| c.holder.is_none()));
+        assert_eq!(c.clashes.len(), 2);
+        // Moving to new subnets evicts whoever held them.
+        let fine = dual("10.1.7.0/24", "fd10:0:0:9::/64", 1, 7);
+        s.apply([PeerEvent::Put(fine)]);
+        let moved = LeaseKey {
+            subnet: s4("10.1.7.0/24"),
+            subnet6: Some(s6("fd10:0:0:a::/64")),
+        };
+        let c = s.set_own(moved);
+        assert_eq!((c.removed, c.removed6), (1, 1));
+        assert_eq!(
+            c.clashes,
+            [Clash {
+                loser: fine.key,
+                holder: None
+            }]
+        );
+        assert!(s.emptied().own == Some(moved));
     }
 }

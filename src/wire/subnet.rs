@@ -31,6 +31,12 @@ pub enum SubnetError {
 }
 
 impl Subnet {
+    /// `0.0.0.0/0`: flannel's empty net, the IPv4 part of an IPv6-only lease key.
+    pub const EMPTY: Subnet = Subnet {
+        addr: Ipv4Addr::UNSPECIFIED,
+        prefix_len: 0,
+    };
+
     /// Builds a subnet; the address must have no host bits set.
     pub fn new(addr: Ipv4Addr, prefix_len: u8) -> Result<Self, SubnetError> {
         if prefix_len > 32 {

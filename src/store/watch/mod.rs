@@ -20,12 +20,13 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::check::{check_key_families, LeaseProblem};
-use super::lease::{self, OwnLease};
+use super::lease::OwnLease;
+use super::list::for_each_lease;
 use super::options::StoreOptions;
 use super::retry::{Backoff, RepeatLog};
 use super::{Keys, StoreError};
 use crate::config::NetworkConfig;
-use crate::table::{Changes, LeaseReport, LocalVtep, PeerEvent, PeerSet, SharedTable};
+use crate::table::{Changes, LeaseKey, LeaseReport, LocalVtep, PeerEvent, PeerSet, SharedTable};
 
 mod config_change;
 mod own;
@@ -110,7 +111,8 @@ pub(super) fn spawn(
     let peers = match &config.ipv6 {
         Some(v6) => PeerSet::new(config.subnet_len).with_ipv6(v6.subnet_len),
         None => PeerSet::new(config.subnet_len),
-    };
+    }
+    .with_own(own.lease_key());
     let (own_tx, own_rx) = watch::channel(own.clone());
     let (up_tx, up_rx) = watch::channel(true);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -269,7 +271,9 @@ impl Runner {
                     }
                     self.etcd_back();
                     let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-                    self.on_events(resp.events(), rev).await;
+                    if self.on_events(resp.events(), rev).await {
+                        return Followed::Relist;
+                    }
                 }
                 Wake::Message(Ok(None)) => {
                     self.etcd_lost("the lease watch stream ended");
@@ -312,48 +316,58 @@ impl Runner {
         }
     }
 
-    /// Lists every lease, diffs against the current set, publishes; returns the revision.
+    /// Lists every lease (page by page, judging each record as it arrives into a fresh set),
+    /// diffs against the current set, publishes; returns the revision.
     async fn resync(&mut self) -> Result<i64, StoreError> {
-        let (listed, revision) = lease::list_raw(&mut self.client, &self.keys).await?;
-        self.etcd_back();
+        // Clones: the listing's callback needs `self` for judging.
+        let (mut client, keys) = (self.client.clone(), self.keys.clone());
         let own_key = self.own.key(&self.keys);
         let mut own_kv = None;
-        let mut next = Vec::with_capacity(listed.len());
-        let mut next6 = Vec::new();
+        let mut next = self.peers.emptied();
+        let mut clashes = Vec::new();
         self.rejected.clear();
-        for kv in listed {
-            if kv.key == own_key.as_bytes() {
-                own_kv = Some(kv);
-                continue;
+        let revision = for_each_lease(&mut client, &keys, |kv| {
+            if kv.key() == own_key.as_bytes() {
+                own_kv = Some((kv.value().to_vec(), kv.lease(), kv.mod_revision()));
+                return;
             }
-            match self.judge(&kv.key, &kv.value, kv.mod_revision) {
-                Ok((p, p6)) => {
-                    next.extend(p);
-                    next6.extend(p6);
-                }
-                // An unusable update never removes what we knew about that subnet.
-                Err((subnet, subnet6)) => {
-                    next.extend(subnet.and_then(|s| self.peers.get(&s)).copied());
-                    next6.extend(subnet6.and_then(|s| self.peers.get6(&s)).copied());
-                }
+            let lease = match self.judge(
+                kv.key(),
+                kv.value(),
+                kv.mod_revision(),
+                kv.create_revision(),
+            ) {
+                Ok(lease) => Some(lease),
+                // An unusable update never removes what we knew about that key.
+                Err(key) => key.and_then(|k| self.peers.lease_of(&k)),
+            };
+            if let Some(lease) = lease {
+                clashes.extend(next.apply([PeerEvent::Put(lease)]).clashes);
             }
-        }
-        let mut changes = self.peers.replace(next);
-        changes += self.peers.replace6(next6);
+        })
+        .await?;
+        self.etcd_back();
+        let mut changes = self.peers.replace_with(next);
+        changes.clashes = clashes;
         self.publish(revision, changes);
         match own_kv {
             None => self.recreate_own().await,
-            Some(kv) if !self.is_own(&kv.value, kv.etcd_lease, kv.mod_revision) => {
-                self.restore_own(&kv.value).await
+            Some((value, etcd_lease, rev)) if !self.is_own(&value, etcd_lease, rev) => {
+                self.restore_own(&value).await
             }
             Some(_) => {}
         }
+        // Memory the listing and the old set used is returned to the system (glibc keeps
+        // freed heap otherwise, and a re-list of 65,000 leases frees tens of MB).
+        crate::sys::release_free_memory();
         Ok(revision)
     }
 
     /// Applies one watch response: peers changed in one batch and one publish, then the
-    /// config change is reported and our own key repaired if someone touched it.
-    async fn on_events(&mut self, events: &[etcd_client::Event], revision: i64) {
+    /// config change is reported and our own key repaired if someone touched it. True when
+    /// the leases must be listed again: a deleted key held a subnet that another key was
+    /// refused, and that key is judged anew only by a listing.
+    async fn on_events(&mut self, events: &[etcd_client::Event], revision: i64) -> bool {
         let mut batch = Vec::with_capacity(events.len());
         let mut own_deleted = false;
         let mut own_overwritten: Option<Vec<u8>> = None;
@@ -382,7 +396,9 @@ impl Runner {
             }
             batch.extend(self.peer_event(ev.event_type(), kv));
         }
+        let deletes = batch.iter().any(|e| matches!(e, PeerEvent::Delete(_)));
         let changes = self.peers.apply(batch);
+        let freed = changes.removed + changes.removed6 > 0;
         self.publish(revision, changes);
         if own_deleted {
             tracing::warn!(subnets = %self.own.subnets(), "this node's lease was deleted from etcd; re-creating it");
@@ -390,34 +406,47 @@ impl Runner {
         } else if let Some(value) = own_overwritten {
             self.restore_own(&value).await;
         }
+        let refused = self
+            .rejected
+            .values()
+            .any(|p| matches!(p, LeaseProblem::SubnetTaken { .. }));
+        if deletes && freed && refused {
+            tracing::info!("a lease that held a subnet another key was refused is gone; listing the leases again");
+            return true;
+        }
+        false
     }
 
-    /// What an event on another node's key does to the peer set: nothing, or one event per
-    /// half of the lease (a dual-stack key names an IPv4 and an IPv6 subnet).
-    fn peer_event(
-        &mut self,
-        kind: EventType,
-        kv: &etcd_client::KeyValue,
-    ) -> impl Iterator<Item = PeerEvent> {
-        let (four, six) = match kind {
+    /// What an event on another node's key does to the peer set: nothing, the lease put, or
+    /// the key deleted.
+    fn peer_event(&mut self, kind: EventType, kv: &etcd_client::KeyValue) -> Option<PeerEvent> {
+        match kind {
             EventType::Delete => {
                 self.rejected
                     .remove(String::from_utf8_lossy(kv.key()).as_ref());
                 // A key that does not fit the network's families was never a peer: deleting
-                // it removes nothing (not another key's peer with the same IPv6 subnet).
+                // it removes nothing. Any other key releases what it holds, and only that.
                 match self.keys.parse_subnet_key_dual(kv.key()) {
-                    Some((s, s6)) if check_key_families(&self.config, s, s6).is_ok() => (
-                        self.config.enable_ipv4.then_some(PeerEvent::Remove(s)),
-                        s6.map(PeerEvent::Remove6),
-                    ),
-                    _ => (None, None),
+                    Some((subnet, subnet6)) => {
+                        // A refused key is listed under its canonical name (see `publish`).
+                        self.rejected
+                            .remove(&self.keys.subnet_dual(&subnet, subnet6.as_ref()));
+                        check_key_families(&self.config, subnet, subnet6)
+                            .ok()
+                            .map(|()| PeerEvent::Delete(LeaseKey { subnet, subnet6 }))
+                    }
+                    None => None,
                 }
             }
-            EventType::Put => match self.judge(kv.key(), kv.value(), kv.mod_revision()) {
-                Ok((p, p6)) => (p.map(PeerEvent::Upsert), p6.map(PeerEvent::Upsert6)),
-                Err(_) => (None, None),
-            },
-        };
-        four.into_iter().chain(six)
+            EventType::Put => self
+                .judge(
+                    kv.key(),
+                    kv.value(),
+                    kv.mod_revision(),
+                    kv.create_revision(),
+                )
+                .ok()
+                .map(PeerEvent::Put),
+        }
     }
 }

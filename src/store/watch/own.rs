@@ -12,7 +12,6 @@ use super::Runner;
 use crate::store::lease::{self, acquire_lease, AcquireRequest, OwnLease};
 use crate::store::options::{write_subnet_env, StoreOptions};
 use crate::store::record::LeaseRecord;
-use crate::table::PeerEvent;
 use crate::wire::{Subnet, Subnet6};
 
 /// How soon a failed renewal is tried again.
@@ -176,9 +175,8 @@ impl Runner {
                     if let Err(e) = env {
                         tracing::error!(error = %crate::error::Chain(&e), "writing subnet.env failed");
                     }
-                    let four = own.subnet4().map(PeerEvent::Remove);
-                    let six = own.subnet6.map(PeerEvent::Remove6);
-                    let changes = self.peers.apply(four.into_iter().chain(six));
+                    // Whatever another key held of our new subnets is no peer any more.
+                    let changes = self.peers.set_own(own.lease_key());
                     self.publish(self.revision, changes);
                 }
                 self.set_own(own);

@@ -10,14 +10,11 @@ use tokio::time::Instant;
 use super::{Runner, TABLE_LOG_EVERY};
 use crate::store::check::{self, LeaseProblem};
 use crate::store::record::BackendRecord;
-use crate::table::{Changes, LeaseReport, Peer, Peer6, RejectedLease};
+use crate::table::{Changes, Clash, Lease, LeaseKey, LeaseReport, Peer, Peer6, RejectedLease};
 use crate::wire::{Subnet, Subnet6};
 
 /// How many reported-bad records to remember before starting afresh.
 const MAX_WARNED: usize = 10_000;
-
-/// The subnets a lease key names (the IPv6 one for a dual-stack key), if it names any.
-pub(super) type KeySubnets = (Option<Subnet>, Option<Subnet6>);
 
 impl Runner {
     /// Records that the lease under `key` is not used, logging it once per key and revision.
@@ -32,17 +29,19 @@ impl Runner {
         self.rejected.insert(key, problem);
     }
 
-    /// Judges one key/value from etcd: the peer it gives (none on an IPv6-only network) and,
-    /// on a network with IPv6 whose key names an IPv6 subnet, its IPv6 half; or `Err` after
-    /// recording why not. `Err` carries the subnets the key names, if any, so that a bad
+    /// Judges one key/value from etcd (`created` is the key's etcd create revision): the
+    /// lease it gives, with its IPv4 half (none on an IPv6-only network) and, on a network
+    /// with IPv6 whose key names an IPv6 subnet, its IPv6 half; or `Err` after recording why
+    /// not. `Err` carries the key if it names subnets that fit the network, so that a bad
     /// update of a known lease keeps what we knew (one bad record never removes a working
-    /// peer); a key that does not fit the network's families names none.
+    /// peer).
     pub(super) fn judge(
         &mut self,
         key: &[u8],
         value: &[u8],
         rev: i64,
-    ) -> Result<(Option<Peer>, Option<Peer6>), KeySubnets> {
+        created: i64,
+    ) -> Result<Lease, Option<LeaseKey>> {
         let j = check::judge(&self.keys, &self.config, key, value);
         let name = String::from_utf8_lossy(key).into_owned();
         match (j.subnet, j.verdict) {
@@ -63,13 +62,43 @@ impl Runner {
                     }
                     _ => None,
                 };
-                Ok((four, six))
+                Ok(Lease {
+                    key: LeaseKey {
+                        subnet,
+                        subnet6: j.subnet6,
+                    },
+                    created,
+                    peer: four,
+                    peer6: six,
+                })
             }
             (subnet, Err(problem)) => {
                 self.reject(name, rev, problem);
-                Err((subnet, j.subnet6))
+                Err(subnet.map(|subnet| LeaseKey {
+                    subnet,
+                    subnet6: j.subnet6,
+                }))
             }
-            (None, Ok(_)) => Err((None, None)),
+            (None, Ok(_)) => Err(None),
+        }
+    }
+
+    /// Records the keys that name a subnet another key holds (`clashes` from the peer set)
+    /// as unused. They are listed under their canonical key, which is the key as stored
+    /// unless its IPv6 part was written in a longer form.
+    fn refuse(&mut self, clashes: Vec<Clash>) {
+        for c in clashes {
+            let name = self
+                .keys
+                .subnet_dual(&c.loser.subnet, c.loser.subnet6.as_ref());
+            let holder = match c.holder {
+                Some(k) => format!(
+                    "the lease {}",
+                    self.keys.subnet_dual(&k.subnet, k.subnet6.as_ref())
+                ),
+                None => "this node's own lease".to_string(),
+            };
+            self.reject(name, 0, LeaseProblem::SubnetTaken { holder });
         }
     }
 
@@ -127,10 +156,11 @@ impl Runner {
 
     /// Publishes a new snapshot at `revision` (0: unchanged) unless nothing changed, and
     /// counts `changes` towards the next "lease table updated" line.
-    pub(super) fn publish(&mut self, revision: i64, changes: Changes) {
+    pub(super) fn publish(&mut self, revision: i64, mut changes: Changes) {
         if revision > 0 {
             self.revision = revision;
         }
+        self.refuse(std::mem::take(&mut changes.clashes));
         let report = self.build_report();
         if changes.is_empty() && self.published_once && report == *self.report {
             return;

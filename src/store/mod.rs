@@ -21,6 +21,7 @@ use crate::wire::{Subnet, Subnet6};
 
 pub mod check;
 mod lease;
+mod list;
 mod options;
 pub mod record;
 mod retry;

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::list::for_each_lease;
 use super::{connect, judge_all, lease, EtcdOptions, Keys, LeaseView, StoreError};
 use crate::config::NetworkConfig;
 
@@ -48,12 +49,15 @@ async fn read(opts: &EtcdOptions) -> Result<NetworkView, StoreError> {
     // Dual-stack configs too: doctor checks a flanneld node's IPv6 half as well.
     let config =
         lease::read_config_with(&mut client, &keys, NetworkConfig::parse_dual_stack).await?;
-    let (raw, _) = lease::list_raw(&mut client, &keys).await?;
+    let mut raw = Vec::new();
+    for_each_lease(&mut client, &keys, |kv| {
+        raw.push((kv.key().to_vec(), kv.value().to_vec()));
+    })
+    .await?;
     let leases = judge_all(
         &keys,
         &config,
-        raw.iter()
-            .map(|kv| (kv.key.as_slice(), kv.value.as_slice())),
+        raw.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
     );
     Ok(NetworkView { config, leases })
 }

@@ -101,6 +101,11 @@ impl StartingWeft {
         self.proc.as_mut().is_some_and(|p| p.is_running())
     }
 
+    /// The weft process id, `None` once stopped.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(Proc::pid)
+    }
+
     /// Waits up to `timeout` for it to exit by itself.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         self.proc.as_mut()?.wait_timeout(timeout)
@@ -287,7 +292,7 @@ impl WeftNode {
 
     /// The weft process id (for CPU accounting from /proc), `None` once stopped.
     pub fn pid(&self) -> Option<u32> {
-        self.run.proc.as_ref().map(Proc::pid)
+        self.run.pid()
     }
 
     /// Sends `sig` to the weft process.

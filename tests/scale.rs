@@ -1,0 +1,160 @@
+//! Measurements at scale, not checks (ignored by default, run by hand; the README names the
+//! command): a node starting on a network of 65,000 leases (a /8 in /24s, IPv4 only), how
+//! soon it forwards to a real peer and how much memory it holds. Needs root.
+//!
+//! `cargo nextest run --profile ci --run-ignored only -E 'binary(scale)' --no-capture`
+//! (`WEFT_BIN` runs another build, for before/after pairs; `WEFT_SCALE_LEASES` changes the
+//! count.)
+
+mod harness;
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use harness::{require_root, Etcd, Lab, StartingWeft, WeftNode, PREFIX};
+
+/// A /8 in /24s: 65,535 leasable subnets from SubnetMin 10.0.1.0.
+const CONFIG: &str = r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#;
+
+/// Puts per transaction (etcd's default --max-txn-ops is 128).
+const PER_TXN: usize = 100;
+
+/// The lease record of fake node `i`: a distinct unicast PublicIP outside the Network and a
+/// VTEP MAC, as flanneld writes it.
+fn record(i: u32) -> String {
+    let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 16, 0, 0)) + i);
+    let [_, _, a, b] = ip.octets();
+    format!(
+        r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0e:f1:00:{:02x}:{a:02x}:{b:02x}"}}}}"#,
+        i >> 16
+    )
+}
+
+/// Writes `n` leases for subnets 10.x.y.0/24 from subnet number 200 on (above the 100 that
+/// nodes pick from), in transactions, from inside the etcd's namespace.
+fn put_leases(lab: &Lab, etcd: &Etcd, n: u32) {
+    lab.segment(0).run(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let mut client = etcd.client().await.expect("etcd client");
+            let keys: Vec<u32> = (200..200 + n).collect();
+            for chunk in keys.chunks(PER_TXN) {
+                let ops: Vec<etcd_client::TxnOp> = chunk
+                    .iter()
+                    .map(|&i| {
+                        let key = format!("{PREFIX}/subnets/10.{}.{}.0-24", i >> 8, i & 0xff);
+                        etcd_client::TxnOp::put(key, record(i), None)
+                    })
+                    .collect();
+                client
+                    .txn(etcd_client::Txn::new().and_then(ops))
+                    .await
+                    .expect("txn");
+            }
+        });
+    });
+}
+
+/// `VmRSS` and `VmHWM` (peak) of `pid`, in KiB.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn epoch_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The first `[epoch] ... bytes from` line of `ping -D` output: when the first reply came.
+fn first_reply(ping_out: &str) -> Option<f64> {
+    ping_out
+        .lines()
+        .find(|l| l.contains("bytes from"))
+        .and_then(|l| l.strip_prefix('['))
+        .and_then(|l| l.split(']').next())
+        .and_then(|t| t.parse().ok())
+}
+
+#[test]
+#[ignore = "measurement; prints numbers"]
+fn measure_start_on_65000_leases() {
+    require_root();
+    let n: u32 = std::env::var("WEFT_SCALE_LEASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(65_000);
+    let mut lab = Lab::builder().hosts(2).build();
+    let etcd = Etcd::start_in(lab.segment(0));
+    etcd.put_config(CONFIG);
+    // Node 0 takes its lease and gets a pod, then stops (its lease stays); node 1 is the
+    // real peer it must reach.
+    let a = WeftNode::start_with_pod(&mut lab, 0, &etcd, &[]);
+    let b = WeftNode::start_with_pod(&mut lab, 1, &etcd, &[]);
+    harness::ping_all_pairs(&lab);
+    let _ = a.stop();
+
+    let t = Instant::now();
+    put_leases(&lab, &etcd, n);
+    eprintln!("{n} leases written in {:.1} s", t.elapsed().as_secs_f64());
+    // Node 1 learns them all before node 0 starts, so the peer is ready.
+    let learned = harness::wait_until(Duration::from_secs(60), || {
+        b.metric("weft_leases") >= u64::from(n)
+    });
+    assert!(learned.is_some(), "node 1 did not learn the leases");
+
+    let (pa, pb) = (lab.host(0).pod(0), lab.host(1).pod(0));
+    let dst = pb.addr().to_string();
+    // No -w: with a deadline, ping stops at the first error (net unreachable while the node
+    // is down). It runs until SIGINT.
+    let ping = pa.spawn(&["ping", "-n", "-D", "-i", "0.01", &dst]);
+    std::thread::sleep(Duration::from_millis(200));
+    let started = epoch_secs();
+    let node = StartingWeft::spawn(lab.host(0), etcd.endpoint(), &[]);
+    let up = harness::wait_until(Duration::from_secs(20), || {
+        node.get("/status").is_some_and(|(code, _)| code == 200)
+    });
+    if up.is_none() {
+        let (_, log) = node.stop();
+        panic!("node 0 never served /status:\n{log}");
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let pid = node.pid().expect("running");
+    let (rss, hwm) = rss_kib(pid);
+    let leases = node
+        .get("/metrics")
+        .and_then(|(_, m)| weft::ops::metrics::sample(&m, "weft_leases"))
+        .unwrap_or(0);
+    // SIGINT: ping flushes what it printed (its stdout is a pipe, block-buffered) and exits.
+    ping.signal(libc::SIGINT);
+    let out = ping.output_within(Duration::from_secs(5));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = first_reply(&text).map(|at| at - started);
+    eprintln!(
+        "start on {leases} leases: /status after {:.3} s, first forwarded ping after {}, \
+         RSS {:.1} MiB (peak {:.1} MiB)",
+        up.map_or(0.0, |d| d.as_secs_f64()),
+        first.map_or("none".to_string(), |s| format!("{s:.3} s")),
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0,
+    );
+    assert!(
+        first.is_some(),
+        "no ping got through:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(leases >= u64::from(n), "node 0 holds {leases} leases");
+    drop(node);
+    drop(b);
+}

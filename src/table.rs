@@ -165,6 +165,9 @@ pub struct LeaseTable {
     by_underlay: Index<u32>,
     /// The IPv6 half, empty in an IPv4-only table.
     six: Half6,
+    /// When each peer's lease was first seen (seconds since the Unix epoch), in `peers`'
+    /// order; empty when not known (a table not built from a [`PeerSet`]). For the views.
+    first_seen: Box<[u32]>,
     revision: i64,
     report: Arc<LeaseReport>,
 }
@@ -365,9 +368,28 @@ impl LeaseTable {
             by_subnet,
             by_underlay,
             six: Half6::build(prefix_len6, peers6),
+            first_seen: Box::default(),
             revision,
             report: Arc::default(),
         }
+    }
+
+    /// This snapshot with the first-seen time of each peer, in peer order.
+    fn with_first_seen(mut self, first_seen: Box<[u32]>) -> LeaseTable {
+        if first_seen.len() == self.peers.len() {
+            self.first_seen = first_seen;
+        }
+        self
+    }
+
+    /// The peers, ordered by subnet, each with how long ago (seconds) its lease was first
+    /// seen by this process (0 when not known).
+    pub fn iter_with_age(&self) -> impl ExactSizeIterator<Item = (&Peer, u64)> + '_ {
+        let now = set::now_secs();
+        self.peers.iter().enumerate().map(move |(i, p)| {
+            let since = self.first_seen.get(i).copied().unwrap_or(now);
+            (p, u64::from(now.saturating_sub(since)))
+        })
     }
 
     /// This snapshot with the store's report of skipped and conflicting leases attached.

@@ -1,9 +1,8 @@
 //! The node's status as `/status`, `/readyz` and `weft status` see it: a [`NodeStatus`]
 //! snapshot published once a second, and when each remote lease was first seen.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::NetworkConfig;
@@ -13,7 +12,6 @@ use crate::ops::status::{IptablesState, NodeStatus6, Offloads};
 use crate::ops::{NodeStatus, OpsState};
 use crate::store::subnet_env::{read_previous_ipv6_subnet, read_previous_subnet};
 use crate::store::StoreHandle;
-use crate::wire::Subnet;
 
 /// Publishes the node's status into the ops state.
 pub(super) struct StatusPublisher<'a> {
@@ -57,7 +55,6 @@ impl<'a> StatusPublisher<'a> {
         self.ops
             .status
             .store(Some(Arc::new(self.snapshot(dp, store, iptables))));
-        note_peers(&self.ops.peer_seen, &self.ops.table.load_full());
     }
 
     /// Withdraws the status (the node is stopping: alive, no longer ready).
@@ -118,15 +115,5 @@ impl<'a> StatusPublisher<'a> {
             },
             uptime_secs: self.started.elapsed().as_secs(),
         }
-    }
-}
-
-/// Keeps `seen` (when each current lease was first seen, for `weft status`'s AGE column) in
-/// step with `table`.
-fn note_peers(seen: &Mutex<HashMap<Subnet, Instant>>, table: &crate::table::LeaseTable) {
-    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-    seen.retain(|s, _| table.lookup(s.addr()).is_some_and(|p| p.subnet == *s));
-    for p in table.iter() {
-        seen.entry(p.subnet).or_insert_with(Instant::now);
     }
 }

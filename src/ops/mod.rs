@@ -12,9 +12,7 @@ pub mod metrics;
 pub mod server;
 pub mod status;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use hyper::{Method, StatusCode};
@@ -22,7 +20,6 @@ use tracing::warn;
 
 use crate::dataplane::Counters;
 use crate::table::SharedTable;
-use crate::wire::Subnet;
 
 pub use server::{bind, serve, spawn, OpsServer};
 pub use status::NodeStatus;
@@ -38,8 +35,6 @@ pub struct OpsState {
     pub table: SharedTable,
     /// The node's latest status, `None` until the node is up.
     pub status: Arc<ArcSwapOption<NodeStatus>>,
-    /// When each current lease was first seen (for its age), kept by the node.
-    pub peer_seen: Arc<Mutex<HashMap<Subnet, Instant>>>,
     /// What the node is doing while `status` is `None` (why it is not ready).
     pub phase: Arc<ArcSwap<String>>,
 }
@@ -51,7 +46,6 @@ impl OpsState {
             counters: Arc::new(ArcSwap::from_pointee(Counters::default())),
             table,
             status: Arc::new(ArcSwapOption::empty()),
-            peer_seen: Arc::default(),
             phase: Arc::new(ArcSwap::from_pointee("starting".to_string())),
         }
     }
@@ -130,11 +124,7 @@ pub fn route(method: &Method, path: &str, state: &OpsState) -> Reply {
             Some(s) => Reply {
                 status: StatusCode::OK,
                 content_type: "application/json",
-                body: s.to_json(
-                    &state.table.load_full(),
-                    &state.counters.load(),
-                    &state.peer_seen.lock().unwrap_or_else(|e| e.into_inner()),
-                ),
+                body: s.to_json(&state.table.load_full(), &state.counters.load()),
             },
             None => Reply::text(StatusCode::SERVICE_UNAVAILABLE, starting()),
         },

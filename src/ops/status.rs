@@ -1,10 +1,8 @@
 //! The node's status as the ops endpoints report it, and its JSON form for `weft status`.
 
-use std::collections::HashMap;
 use std::fmt::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -205,12 +203,7 @@ impl NodeStatus {
 
     /// The `/status` JSON: this status, the lease table with per-peer counts and ages, and
     /// the counters.
-    pub fn to_json(
-        &self,
-        table: &LeaseTable,
-        counters: &Counters,
-        seen: &HashMap<Subnet, Instant>,
-    ) -> String {
+    pub fn to_json(&self, table: &LeaseTable, counters: &Counters) -> String {
         // Packets sent to and received from an underlay address.
         let packets = |ip: std::net::IpAddr| {
             counters.peers.get(ip).map_or((0, 0), |s| {
@@ -221,14 +214,14 @@ impl NodeStatus {
             })
         };
         let mut peers: Vec<PeerStatus> = table
-            .iter()
-            .map(|p| {
+            .iter_with_age()
+            .map(|(p, age_secs)| {
                 let (tx_packets, rx_packets) = packets(p.public_ip.into());
                 PeerStatus {
                     subnet: p.subnet.to_string(),
                     public_ip: p.public_ip,
                     vtep_mac: p.vtep_mac.map(|m| m.to_string()),
-                    age_secs: seen.get(&p.subnet).map_or(0, |t| t.elapsed().as_secs()),
+                    age_secs,
                     tx_packets,
                     rx_packets,
                 }
@@ -518,7 +511,7 @@ mod tests {
         ];
         let table = LeaseTable::from_peers(24, peers, 7);
         let c = Counters::default();
-        let json = status().to_json(&table, &c, &HashMap::new());
+        let json = status().to_json(&table, &c);
         let doc: StatusDoc = serde_json::from_str(&json).unwrap();
         assert_eq!(doc.node, status());
         assert_eq!(doc.peers[0].subnet, "10.1.4.0/24", "sorted by address");
@@ -554,7 +547,7 @@ mod tests {
         l.flush_tx(&c, 8);
         l.peer(v6, 678, 1 << 10, &c, false);
         l.flush_rx(&c, 8);
-        let json = status().to_json(&table, &c, &HashMap::new());
+        let json = status().to_json(&table, &c);
         let doc: StatusDoc = serde_json::from_str(&json).unwrap();
         assert_eq!((doc.peers[0].tx_packets, doc.peers[0].rx_packets), (1, 0));
         assert_eq!(

@@ -8,12 +8,17 @@
 //! still too large (a few records near etcd's 1.5 MiB value limit) is read again in halves,
 //! down to one key per page.
 
+use std::time::{Duration, Instant};
+
 use etcd_client::{Client, GetOptions, KeyValue};
 
 use super::{Keys, StoreError};
 
-/// Keys per page: about 180 KB of flannel records.
-const PAGE: i64 = 1_000;
+/// Keys per page: about 1.5 MB of flannel records. Fewer, larger pages cost etcd less: it
+/// counts every key left in the range for each page it serves (the response's `count`), so
+/// n keys in pages of p cost it about n^2/2p steps (65,000 keys in pages of 1,000 took etcd
+/// 0.7 s here; in pages of 8,000, 0.15 s).
+const PAGE: i64 = 8_000;
 
 /// gRPC's `OUT_OF_RANGE`, which the client reports for a response over its decoding limit.
 const GRPC_OUT_OF_RANGE: i32 = 11;
@@ -49,12 +54,17 @@ pub(crate) async fn for_each_lease(
     let mut from = dir.as_bytes().to_vec();
     let mut revision = 0;
     let mut page = PAGE;
+    let (started, mut keys_seen, mut pages, mut waited) =
+        (Instant::now(), 0usize, 0u32, Duration::ZERO);
     loop {
         let mut opts = GetOptions::new().with_range(end.clone()).with_limit(page);
         if revision > 0 {
             opts = opts.with_revision(revision);
         }
-        let resp = match client.get(from.clone(), Some(opts)).await {
+        let asked = Instant::now();
+        let got = client.get(from.clone(), Some(opts)).await;
+        waited += asked.elapsed();
+        let resp = match got {
             Ok(r) => r,
             Err(e) if too_large(&e) && page > 1 => {
                 page = (page / 2).max(1);
@@ -73,13 +83,25 @@ pub(crate) async fn for_each_lease(
         for kv in resp.kvs() {
             f(kv);
         }
+        keys_seen += resp.kvs().len();
+        pages += 1;
         match (resp.more(), resp.kvs().last()) {
             (true, Some(last)) => {
                 // The next page starts just after the last key read.
                 from = last.key().to_vec();
                 from.push(0);
             }
-            _ => return Ok(revision),
+            _ => {
+                tracing::debug!(
+                    keys = keys_seen,
+                    pages,
+                    revision,
+                    total_ms = started.elapsed().as_millis() as u64,
+                    etcd_ms = waited.as_millis() as u64,
+                    "leases listed"
+                );
+                return Ok(revision);
+            }
         }
     }
 }

@@ -461,6 +461,50 @@ async fn malformed_record_leaves_every_other_entry_intact() {
     h.shutdown().await;
 }
 
+/// Records near etcd's 1.5 MiB request limit under the subnets prefix (a mistake, or
+/// malice) make a page of the listing larger than the client decodes (4 MiB): the page is read
+/// again in halves, the node still starts, and every usable lease is found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_records_do_not_stop_the_listing() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    put_config(
+        &etcd,
+        r#"{"Network":"10.9.0.0/16","SubnetMin":"10.9.210.0","Backend":{"Type":"vxlan"}}"#,
+    )
+    .await;
+    for i in 1..=5u8 {
+        put_peer(
+            &etcd,
+            &format!("10.9.{}.0/24", 20 + i),
+            [192, 168, 9, 20 + i],
+        )
+        .await;
+    }
+    // Four records of 1.2 MB each, between the good ones in key order: 4.8 MB in one page.
+    let big = "x".repeat(1_200_000);
+    for i in 0..4u8 {
+        put(&etcd, &format!("{PREFIX}/subnets/10.9.2{i}.5-32"), &big).await;
+    }
+    let (h, shared) =
+        start_store(store_opts(&etcd, Ipv4Addr::new(192, 168, 9, 1), dir.path())).await;
+    assert!(
+        within(Duration::from_secs(5), || shared.load_full().len() == 5)
+            .await
+            .is_some(),
+        "{:?}",
+        view(&shared.load_full())
+    );
+    let report = shared.load_full().report().rejected.clone();
+    assert_eq!(
+        report.iter().filter(|r| r.key.ends_with("-32")).count(),
+        4,
+        "the large records are listed as unused: {report:?}"
+    );
+    h.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_outage_keeps_the_table_and_catches_up() {
     init_tracing();

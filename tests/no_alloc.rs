@@ -80,6 +80,7 @@ fn node(me: u8) -> (DatapathConfig, LeaseTable) {
         }),
         ipv6: None,
         tun_mtu: 1450,
+        mtu4: 1450,
         batch_size: 64,
         offloads: Offloads {
             tun_tso: true,

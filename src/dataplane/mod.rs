@@ -92,8 +92,9 @@ pub struct Ipv6Side {
     /// Our IPv6 VTEP MAC (vxlan): the inner destination MAC of IPv6 frames sent to us.
     pub vtep_mac: Option<EthernetAddress>,
     /// The largest IPv6 pod packet that fits the IPv6 underlay once encapsulated (the
-    /// underlay MTU less 70 bytes, as flanneld sizes `flannel-v6.<VNI>`): larger ones are
-    /// answered with ICMPv6 packet too big, TCP super-packets are cut to fit.
+    /// underlay MTU less 70 bytes, as flanneld sizes `flannel-v6.<VNI>`; the send side
+    /// follows the underlay's MTU): larger ones are answered with ICMPv6 packet too big, TCP
+    /// super-packets are cut to fit.
     pub mtu: usize,
 }
 
@@ -108,6 +109,13 @@ pub struct DatapathConfig {
     pub ipv6: Option<Ipv6Side>,
     /// The TUN's MTU (segment size for TCP super-packets written to it).
     pub tun_mtu: usize,
+    /// The largest IPv4 pod packet that fits the underlay once encapsulated (the underlay's
+    /// MTU less the encapsulation), as of this batch: the send side follows the underlay's
+    /// MTU ([`Datapath::set_underlay_mtu`]). A larger packet with DF set is answered with
+    /// ICMP fragmentation needed, as a router would, so the pod's TCP lowers its MSS; one
+    /// without DF is sent, and the outer packet fragments; TCP super-packets are cut into
+    /// segments that fit.
+    pub mtu4: usize,
     /// Packets per batch.
     pub batch_size: usize,
     /// What the kernel takes (probed at start).
@@ -123,6 +131,19 @@ impl DatapathConfig {
     /// per family, the IPv4 set first.
     pub fn families(&self) -> usize {
         usize::from(self.ipv4.is_some()) + usize::from(self.ipv6.is_some())
+    }
+
+    /// Sizes the pod packets that fit an underlay of `mtu` bytes once encapsulated, in each
+    /// family ([`DatapathConfig::mtu4`], [`Ipv6Side::mtu`]).
+    pub fn fit_underlay(&mut self, mtu: usize) {
+        let overhead = match self.backend {
+            Backend::Vxlan(_) => crate::encap::VXLAN_OVERHEAD,
+            Backend::Udp => crate::encap::UDP_OVERHEAD,
+        };
+        self.mtu4 = mtu.saturating_sub(overhead);
+        if let Some(v6) = &mut self.ipv6 {
+            v6.mtu = mtu.saturating_sub(crate::encap::VXLAN6_OVERHEAD);
+        }
     }
 }
 

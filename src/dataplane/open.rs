@@ -58,6 +58,8 @@ pub struct Placement {
     pub ipv6: Option<Ipv6Side>,
     /// The TUN's MTU.
     pub tun_mtu: u32,
+    /// The underlay interface's MTU at start (the data path then follows it).
+    pub underlay_mtu: u32,
     /// The tunnel port (8472 vxlan, 8285 udp by default).
     pub port: u16,
 }
@@ -125,17 +127,19 @@ impl Datapath {
             workers: workers.len() as u32,
             threads_per_worker: opts.threads_per_worker,
         };
-        let cfg = DatapathConfig {
+        let mut cfg = DatapathConfig {
             backend: at.backend,
             ipv4: at.ipv4,
             ipv6: at.ipv6,
             tun_mtu: at.tun_mtu as usize,
+            mtu4: 0,
             batch_size: opts.batch_size,
             offloads,
             split: opts.threads_per_worker >= 2,
             pin: steered,
         };
-        Datapath::start(workers, tx, table, cfg, info)
+        cfg.fit_underlay(at.underlay_mtu as usize);
+        Datapath::start(workers, tx, table, cfg, info, at.underlay_mtu)
     }
 }
 

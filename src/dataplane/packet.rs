@@ -12,6 +12,8 @@ use crate::gso;
 use crate::offload::{self, VnetHdr, VNET_HDR_LEN};
 use crate::table::{LeaseTable, Peer, Peer6};
 use crate::wire::ipv6::Ipv6Packet;
+use crate::wire::tcp::TcpPacket;
+use crate::wire::Ipv4Packet;
 use crate::wire::{Subnet, Subnet6};
 
 use super::{Backend, DatapathConfig, Ipv4Side, Ipv6Side};
@@ -87,6 +89,14 @@ pub enum Outbound<'t> {
         /// The reply's source: the missing IPv6 subnet's network address.
         from: Ipv6Addr,
     },
+    /// An IPv4 packet with DF set, larger than the underlay carries once encapsulated (a
+    /// `too_big` drop): answer with ICMP fragmentation needed, so the pod lowers its path MTU.
+    TooBig {
+        /// The reply's source: the destination's subnet's network address.
+        from: Ipv4Addr,
+        /// The next-hop MTU to report.
+        mtu: usize,
+    },
     /// An IPv6 packet larger than the IPv6 underlay carries once encapsulated (a
     /// `too_big` drop): answer with ICMPv6 packet too big, so the pod lowers its path MTU.
     TooBig6 {
@@ -144,13 +154,27 @@ pub fn outbound<'t>(
     let gso = vhdr.gso_type & !offload::GSO_ECN;
     let shape = match seg_headers {
         Some(h) if gso == offload::GSO_TCPV4 => {
-            match gso::segment_tcp4_headers(b.as_slice(), usize::from(vhdr.gso_size), prefix, h) {
+            // Segments that would not fit the underlay once encapsulated are cut smaller: a
+            // smaller segment size than the TUN asked for is still valid TCP, and nothing is
+            // lost while the pod's path MTU is still the old one.
+            let fits = tcp4_headers_len(b.as_slice())
+                .map_or(usize::MAX, |hl| cfg.mtu4.saturating_sub(hl).max(1));
+            let mss = usize::from(vhdr.gso_size).min(fits);
+            match gso::segment_tcp4_headers(b.as_slice(), mss, prefix, h) {
                 Ok(segs) => Shape::Segments(segs),
                 Err(_) => return Outbound::Drop(DropReason::OutboundMalformed),
             }
         }
         _ if vhdr.gso_type != offload::GSO_NONE => {
             return Outbound::Drop(DropReason::OutboundMalformed)
+        }
+        // Too large for the underlay once encapsulated: with DF, tell the sender as a router
+        // would; without, send it and let the outer packet fragment, as Linux's VXLAN does.
+        _ if b.len() > cfg.mtu4 && dont_frag(b.as_slice()) => {
+            return Outbound::TooBig {
+                from: peer.subnet.addr(),
+                mtu: cfg.mtu4,
+            }
         }
         _ => {
             if let Err(r) = finish_whole(b, &vhdr, prefix) {
@@ -210,6 +234,19 @@ fn outbound6<'t>(
         }
     };
     send(PeerRef::V6(peer), flow_hash, shape, prefix.len(), b.len())
+}
+
+/// The bytes of IPv4 and TCP headers in front of a TCP/IPv4 packet's payload, if it parses.
+fn tcp4_headers_len(packet: &[u8]) -> Option<usize> {
+    let ip = Ipv4Packet::new_checked(packet).ok()?;
+    let ihl = usize::from(ip.header_len());
+    let tcp = TcpPacket::new_checked(packet.get(ihl..)?).ok()?;
+    Some(ihl + usize::from(tcp.header_len()))
+}
+
+/// Whether an IPv4 packet carries DF (a packet that does not parse: no).
+fn dont_frag(packet: &[u8]) -> bool {
+    Ipv4Packet::new_checked(packet).is_ok_and(|ip| ip.dont_frag())
 }
 
 /// The packet leaves for `peer` as `shape`, each datagram behind a `prefix_len`-byte
@@ -371,11 +408,14 @@ mod tests {
             }),
             ipv6: None,
             tun_mtu: 1450,
+            mtu4: 0,
             batch_size: 8,
             offloads: Default::default(),
             split: true,
             pin: false,
         };
+        let mut cfg = cfg;
+        cfg.fit_underlay(1500);
         (cfg, LeaseTable::from_peers(24, vec![peer], 1))
     }
 
@@ -429,6 +469,97 @@ mod tests {
             inbound(b.as_slice(), B_IP, &table, &cfg),
             Err(DropReason::WrongInnerMac)
         );
+    }
+
+    /// A 10.1.1.2 -> 10.1.2.2 TCP packet of `len` bytes with DF set or clear.
+    fn sized(len: usize, df: bool) -> Vec<u8> {
+        // The fixture's TCP header carries 12 bytes of options: 52 bytes of headers.
+        let mut p = tcp_packet(len - 52, 0x18, 1);
+        assert_eq!(p.len(), len);
+        let mut ip = crate::wire::Ipv4Packet::new_unchecked(&mut p[..]);
+        ip.set_dont_frag_only(df);
+        ip.fill_checksum();
+        p
+    }
+
+    #[test]
+    fn a_packet_over_the_underlay_gets_frag_needed_with_df_and_leaves_without() {
+        let (mut cfg, table) = node(1, true);
+        // A 1450-byte pod packet fits a 1500-byte underlay; after it falls to 1400, 1350 fit.
+        let mut b = buf(None, &sized(1450, true));
+        assert!(matches!(
+            outbound(&mut b, false, &table, &cfg, None),
+            Outbound::Send(_)
+        ));
+        cfg.fit_underlay(1400);
+        assert_eq!(cfg.mtu4, 1350);
+        let full = sized(1450, true);
+        let mut b = buf(None, &full);
+        match outbound(&mut b, false, &table, &cfg, None) {
+            Outbound::TooBig { from, mtu } => {
+                assert_eq!((from, mtu), (Ipv4Addr::new(10, 1, 2, 0), 1350));
+            }
+            o => panic!("{o:?}"),
+        }
+        // The reply the send side writes: fragmentation needed, next-hop MTU 1350.
+        let mut out = [0u8; crate::wire::icmpv4::MAX_ERROR_LEN];
+        let why = crate::wire::icmpv4::Unreachable::FragNeeded { mtu: 1350 };
+        let n = crate::wire::icmpv4::write_unreachable(
+            &full,
+            Ipv4Addr::new(10, 1, 2, 0),
+            why,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!((out[20], out[21]), (3, 4));
+        assert_eq!(u16::from_be_bytes([out[26], out[27]]), 1350);
+        assert!(n > 28);
+        // Exactly the limit still leaves; without DF any size leaves (the outer fragments).
+        let mut b = buf(None, &sized(1350, true));
+        assert!(matches!(
+            outbound(&mut b, false, &table, &cfg, None),
+            Outbound::Send(_)
+        ));
+        let mut b = buf(None, &sized(1450, false));
+        assert!(matches!(
+            outbound(&mut b, false, &table, &cfg, None),
+            Outbound::Send(_)
+        ));
+        // The udp backend adds 28 bytes, not 50.
+        let (mut udp, udp_table) = node(1, false);
+        udp.fit_underlay(1400);
+        assert_eq!(udp.mtu4, 1372);
+        let mut b = buf(None, &sized(1372, true));
+        assert!(matches!(
+            outbound(&mut b, false, &udp_table, &udp, None),
+            Outbound::Send(_)
+        ));
+    }
+
+    #[test]
+    fn a_super_packet_is_cut_to_what_the_underlay_carries() {
+        let (mut cfg, table) = node(1, true);
+        cfg.fit_underlay(1400);
+        let inner = tcp_packet(4 * 1398, 0x18, 1);
+        let vhdr = VnetHdr {
+            flags: offload::F_NEEDS_CSUM,
+            gso_type: offload::GSO_TCPV4,
+            hdr_len: 52,
+            gso_size: 1398,
+            csum_start: 20,
+            csum_offset: 16,
+        };
+        let mut headers = vec![0u8; super::super::trains::HEADERS_CAPACITY];
+        let mut b = buf(Some(vhdr), &inner);
+        let Outbound::Send(p) = outbound(&mut b, true, &table, &cfg, Some(&mut headers)) else {
+            panic!("not sent");
+        };
+        let Shape::Segments(segs) = p.shape else {
+            panic!("not segmented");
+        };
+        // 52 bytes of headers: 1298-byte payloads, 5 segments of at most 1350 bytes.
+        assert_eq!(segs.count, 5);
+        assert_eq!(segs.seg_len() - p.peer.vxlan_header().len(), 1350);
     }
 
     #[test]

@@ -28,6 +28,8 @@ const SUPER_PACKETS_PER_SEND: usize = 4;
 /// The send side of a worker: TUN queue -> underlay, with its buffers (allocated once).
 pub(super) struct SendSide {
     reader: TableReader,
+    /// The underlay MTU the encoder's sizes were last fitted to.
+    underlay_mtu: u32,
     batch: Batch,
     enc: Encoder,
     sender: Sender,
@@ -75,6 +77,7 @@ impl SendSide {
         let gso_segments = cfg.offloads.udp_gso.unwrap_or(1);
         SendSide {
             reader,
+            underlay_mtu: 0,
             batch: Batch::new(n_max, MAX_PACKET + DEFAULT_HEADROOM, DEFAULT_HEADROOM),
             enc: Encoder {
                 vnet,
@@ -118,7 +121,12 @@ impl SendSide {
         tun: &Tun,
         tx: &[UdpSocket],
         counters: &Counters,
+        underlay_mtu: u32,
     ) -> Result<Turn, DatapathError> {
+        if underlay_mtu != self.underlay_mtu {
+            self.underlay_mtu = underlay_mtu;
+            self.enc.cfg.fit_underlay(underlay_mtu as usize);
+        }
         let n_max = self.enc.cfg.batch_size.max(1);
         let (bufs, _) = self.batch.slots_mut();
         let table = self.reader.load();
@@ -187,7 +195,13 @@ impl Encoder {
             }
             Outbound::Unreachable { from } => {
                 local.drop(DropReason::NoLease);
-                self.reply_unreachable(b.as_slice(), from, tun, local);
+                self.reply_unreachable(b.as_slice(), from, Unreachable::Net, tun, local);
+            }
+            Outbound::TooBig { from, mtu } => {
+                local.drop(DropReason::TooBig);
+                let mtu = u16::try_from(mtu).unwrap_or(u16::MAX);
+                let why = Unreachable::FragNeeded { mtu };
+                self.reply_unreachable(b.as_slice(), from, why, tun, local);
             }
             Outbound::Unreachable6 { from } => {
                 local.drop(DropReason::NoLease);
@@ -204,18 +218,19 @@ impl Encoder {
         }
     }
 
-    /// Writes an ICMP net-unreachable for `packet` from `from` back to the TUN (behind a zero
-    /// virtio-net header when the TUN has one: no offload for the reply).
+    /// Writes an ICMP destination unreachable (`why`) for `packet` from `from` back to the
+    /// TUN (behind a zero virtio-net header when the TUN has one: no offload for the reply).
     fn reply_unreachable(
         &mut self,
         packet: &[u8],
         from: std::net::Ipv4Addr,
+        why: Unreachable,
         tun: &Tun,
         local: &mut LocalCounters,
     ) {
         let hdr_len = if self.vnet { VNET_HDR_LEN } else { 0 };
         let out = &mut self.icmp_buf[hdr_len..];
-        if let Ok(len) = icmpv4::write_unreachable(packet, from, Unreachable::Net, out) {
+        if let Ok(len) = icmpv4::write_unreachable(packet, from, why, out) {
             if tun.write(&self.icmp_buf[..hdr_len + len]).is_ok() {
                 local.icmp += 1;
             }

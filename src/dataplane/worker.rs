@@ -4,7 +4,7 @@
 
 use std::net::UdpSocket;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -30,13 +30,17 @@ struct Stop {
     fd: EventFd,
 }
 
-/// What every worker thread shares: the send sockets, the stop signal and the counters.
+/// What every worker thread shares: the send sockets, the stop signal, the counters and the
+/// underlay's current MTU.
 #[derive(Debug)]
 struct Shared {
     /// The IPv4 send sockets, then (dual stack) as many IPv6 ones.
     tx: Box<[UdpSocket]>,
     stop: Stop,
     counters: Arc<Counters>,
+    /// The underlay interface's MTU, as the node last read it: the send side sizes what fits
+    /// from it once per batch.
+    underlay_mtu: AtomicU32,
 }
 
 /// The running data path: its workers (and through them the TUN queues and sockets). Stopped
@@ -51,13 +55,14 @@ pub struct Datapath {
 impl Datapath {
     /// Starts one worker per [`WorkerIo`]; all of them send through `tx` (the inner flow's
     /// hash picks the socket, hence the outer source port): the IPv4 sockets, then on a
-    /// dual-stack node as many IPv6 ones.
+    /// dual-stack node as many IPv6 ones. `underlay_mtu` is the underlay's MTU now.
     pub(super) fn start(
         workers: Vec<WorkerIo>,
         tx: Vec<UdpSocket>,
         table: SharedTable,
         cfg: DatapathConfig,
         info: DatapathInfo,
+        underlay_mtu: u32,
     ) -> Result<Datapath, DatapathError> {
         if workers.is_empty() || workers.len() > MAX_WORKERS {
             return Err(DatapathError::Setup("1 to 16 workers are needed"));
@@ -83,6 +88,7 @@ impl Datapath {
             tx: tx.into_boxed_slice(),
             stop,
             counters: Arc::new(Counters::default()),
+            underlay_mtu: AtomicU32::new(underlay_mtu),
         });
         let n = workers.len();
         let mut dp = Datapath {
@@ -138,7 +144,8 @@ impl Datapath {
         }
         self.spawn(format!("weft-dp{i}tx"), cpu, move |name| {
             run_one_side(name, w.tun.as_fd(), &sh.stop, || {
-                send.run_once(&w.tun, &sh.tx, &sh.counters)
+                let mtu = sh.underlay_mtu.load(Ordering::Relaxed);
+                send.run_once(&w.tun, &sh.tx, &sh.counters, mtu)
             })
         })?;
         let sh = self.shared.clone();
@@ -171,6 +178,17 @@ impl Datapath {
             })?;
         self.workers.push((name, h));
         Ok(())
+    }
+
+    /// Tells the send side the underlay interface's MTU (the node reads it once a second);
+    /// true when it changed. From the next batch on, pod packets are sized against it.
+    pub fn set_underlay_mtu(&self, mtu: u32) -> bool {
+        self.shared.underlay_mtu.swap(mtu, Ordering::Relaxed) != mtu
+    }
+
+    /// The underlay MTU the send side sizes pod packets against.
+    pub fn underlay_mtu(&self) -> u32 {
+        self.shared.underlay_mtu.load(Ordering::Relaxed)
     }
 
     /// The packet counters.
@@ -262,7 +280,8 @@ fn run_both(
             wrote += recv.run_once(&io.tun, rx6, &sh.counters)?.taken;
         }
         if ready & TUN != 0 || wrote > 0 {
-            send.run_once(&io.tun, &sh.tx, &sh.counters)?;
+            let mtu = sh.underlay_mtu.load(Ordering::Relaxed);
+            send.run_once(&io.tun, &sh.tx, &sh.counters, mtu)?;
         }
         match sleep_on(name, &fds[..fd_count(io)], &sh.stop)? {
             Some(mask) => ready = mask,

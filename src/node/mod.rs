@@ -225,7 +225,7 @@ async fn run_with_lease(
     info!("node ready");
     crate::ops::sd_notify(&format!("READY=1\nSTATUS=forwarding for {subnets}"));
 
-    let ended = serve(opts, store, &own, &mut running, &status, shutdown).await;
+    let ended = serve(opts, underlay, store, &own, &mut running, &status, shutdown).await;
 
     info!("stopping");
     crate::ops::sd_notify("STOPPING=1");
@@ -324,9 +324,11 @@ enum Ended {
 }
 
 /// Once a second: resync the iptables rules when due, publish the status, check the data
-/// path; and watch our own lease for a subnet change. Until one of those ends it.
+/// path and tell it the underlay's MTU; and watch our own lease for a subnet change. Until
+/// one of those ends it.
 async fn serve(
     opts: &NodeOptions,
+    underlay: &Underlay,
     store: &StoreHandle,
     own: &OwnLease,
     running: &mut Running,
@@ -347,8 +349,11 @@ async fn serve(
                     running.iptables.resync(store.own_lease().subnet);
                 }
                 status.publish(running.dp.as_ref(), store, running.iptables.state);
-                if running.dp.as_ref().is_some_and(|d| !d.is_running()) {
-                    return Ended::DatapathFailed;
+                if let Some(dp) = &running.dp {
+                    if !dp.is_running() {
+                        return Ended::DatapathFailed;
+                    }
+                    follow_underlay_mtu(dp, &underlay.iface);
                 }
             }
             changed = own_rx.changed(), if store_alive => {
@@ -367,6 +372,27 @@ async fn serve(
                 }
             }
         }
+    }
+}
+
+/// Tells the data path the underlay interface's MTU, logging a change: when it falls below
+/// what the pods' MTU needs, pod packets with DF set are answered with ICMP fragmentation
+/// needed (packet too big) instead of fragmenting, and TCP super-packets are cut to fit.
+fn follow_underlay_mtu(dp: &Datapath, iface: &str) {
+    let Ok(mtu) = crate::sys::iface::mtu(iface) else {
+        return;
+    };
+    let was = dp.underlay_mtu();
+    if dp.set_underlay_mtu(mtu) {
+        let tun = dp.info().mtu;
+        warn!(
+            iface,
+            was,
+            now = mtu,
+            tun_mtu = tun,
+            "underlay MTU changed: pod packets that no longer fit once encapsulated get ICMP \
+             fragmentation needed / packet too big (DF set) or fragment (DF clear)"
+        );
     }
 }
 
@@ -432,6 +458,7 @@ fn placement(
         ipv4,
         ipv6,
         tun_mtu,
+        underlay_mtu: underlay.mtu,
         port: config.backend.port,
     }
 }

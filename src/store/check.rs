@@ -369,40 +369,41 @@ fn check_backend(cfg: &NetworkConfig, record: &LeaseRecord) -> Result<(), LeaseP
 /// Every lease under the subnets prefix, judged: what a view (`weft doctor`) shows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LeaseView {
-    /// Usable leases' IPv4 halves: subnet and PublicIP, in key order (none on an IPv6-only
+    /// Usable leases' IPv4 halves: subnet and PublicIP, in subnet order (none on an IPv6-only
     /// network).
     pub usable: Vec<(Subnet, Ipv4Addr)>,
     /// Keys not used, and why.
     pub rejected: Vec<(String, LeaseProblem)>,
     /// PublicIPs that several usable leases name, with their keys.
     pub conflicts: Vec<(Ipv4Addr, Vec<String>)>,
-    /// Usable leases' IPv6 halves: IPv6 subnet and PublicIPv6, in key order (when the network
-    /// has IPv6).
+    /// Usable leases' IPv6 halves: IPv6 subnet and PublicIPv6, in subnet order (when the
+    /// network has IPv6).
     pub usable6: Vec<(Subnet6, Ipv6Addr)>,
     /// PublicIPv6s that several usable leases name, with their keys.
     pub conflicts6: Vec<(Ipv6Addr, Vec<String>)>,
 }
 
-/// Judges a whole listing of `(key, value)` pairs under the subnets prefix.
+/// Judges a whole listing of `(key, value, create revision)` under the subnets prefix, as the
+/// node does: of two keys naming one subnet (in either family) the one created first holds
+/// it, and the other is `subnet_taken` (see [`crate::table::PeerSet`]).
 pub fn judge_all<'a>(
     keys: &Keys,
     cfg: &NetworkConfig,
-    kvs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    kvs: impl IntoIterator<Item = (&'a [u8], &'a [u8], i64)>,
 ) -> LeaseView {
     let mut view = LeaseView::default();
-    // The key of each usable IPv6 half, to name the keys of a PublicIPv6 conflict.
-    let mut keys6: BTreeMap<Subnet6, String> = BTreeMap::new();
-    for (key, value) in kvs {
+    // Usable leases in (create revision, key) order, then admitted while their subnets are
+    // free: the node's own rule.
+    let mut usable = Vec::new();
+    for (key, value, created) in kvs {
         let j = judge(keys, cfg, key, value);
         match (j.subnet, j.verdict) {
             (Some(subnet), Ok(rec)) => {
-                if cfg.enable_ipv4 {
-                    view.usable.push((subnet, rec.public_ip));
-                }
-                if let (Some(_), Some(s6), Some(ip6)) = (&cfg.ipv6, j.subnet6, rec.public_ipv6) {
-                    view.usable6.push((s6, ip6));
-                    keys6.insert(s6, keys.subnet_dual(&subnet, Some(&s6)));
-                }
+                let lease = crate::table::LeaseKey {
+                    subnet,
+                    subnet6: j.subnet6,
+                };
+                usable.push((created, lease, key, rec));
             }
             (_, Err(p)) => view
                 .rejected
@@ -410,6 +411,40 @@ pub fn judge_all<'a>(
             (None, Ok(_)) => {}
         }
     }
+    usable.sort_by_key(|u| (u.0, u.1));
+    let mut held4: BTreeMap<Subnet, crate::table::LeaseKey> = BTreeMap::new();
+    let mut held6: BTreeMap<Subnet6, crate::table::LeaseKey> = BTreeMap::new();
+    // The key of each usable IPv6 half, to name the keys of a PublicIPv6 conflict.
+    let mut keys6: BTreeMap<Subnet6, String> = BTreeMap::new();
+    for (_, lease, key, rec) in usable {
+        let four = cfg.enable_ipv4.then_some(lease.subnet);
+        let six = cfg.ipv6.as_ref().and(lease.subnet6);
+        let holder = four
+            .and_then(|s| held4.get(&s))
+            .or_else(|| six.and_then(|s| held6.get(&s)));
+        if let Some(h) = holder {
+            let holder = format!(
+                "the lease {}",
+                keys.subnet_dual(&h.subnet, h.subnet6.as_ref())
+            );
+            let name = String::from_utf8_lossy(key).into_owned();
+            view.rejected
+                .push((name, LeaseProblem::SubnetTaken { holder }));
+            continue;
+        }
+        if let Some(s) = four {
+            held4.insert(s, lease);
+            view.usable.push((s, rec.public_ip));
+        }
+        if let (Some(s6), Some(ip6)) = (six, rec.public_ipv6) {
+            held6.insert(s6, lease);
+            view.usable6.push((s6, ip6));
+            keys6.insert(s6, keys.subnet_dual(&lease.subnet, Some(&s6)));
+        }
+    }
+    // Subnet order.
+    view.usable.sort();
+    view.usable6.sort();
     view.conflicts = conflicts(view.usable.iter().copied())
         .into_iter()
         .map(|(ip, subnets)| (ip, subnets.iter().map(|s| keys.subnet(s)).collect()))
@@ -573,7 +608,7 @@ mod tests {
             (b"/p/subnets/192.168.77.0-24", GOOD.as_bytes()),
             (b"/p/subnets/odd", GOOD.as_bytes()),
         ];
-        let v = judge_all(&keys, &c, kvs);
+        let v = judge_all(&keys, &c, kvs.into_iter().map(|(k, v)| (k, v, 0)));
         assert_eq!(v.usable.len(), 2);
         let reasons: Vec<_> = v.rejected.iter().map(|(_, p)| p.label()).collect();
         assert_eq!(reasons, ["outside_network", "bad_key"]);
@@ -586,6 +621,41 @@ mod tests {
                     "/p/subnets/10.1.3.0-24".to_string()
                 ]
             )]
+        );
+    }
+
+    #[test]
+    fn judge_all_gives_a_shared_subnet_to_the_key_created_first() {
+        let keys = Keys::new("/p");
+        let other = DUAL
+            .replace("fd77::2", "fd77::9")
+            .replace("192.168.77.2", "192.168.77.9");
+        let genuine: &[u8] = b"/p/subnets/10.1.2.0-24&fd10:0:0:2::-64";
+        let claim: &[u8] = b"/p/subnets/10.1.1.0-24&fd10:0:0:2::-64";
+        // The claim sorts first in the listing but was created later.
+        let kvs = vec![(claim, other.as_bytes(), 9), (genuine, DUAL.as_bytes(), 4)];
+        let v = judge_all(&keys, &cfg(DUAL_CFG), kvs);
+        assert_eq!(
+            v.usable6,
+            vec![(
+                "fd10:0:0:2::/64".parse().unwrap(),
+                "fd77::2".parse().unwrap()
+            )]
+        );
+        assert_eq!(
+            v.usable,
+            vec![(
+                "10.1.2.0/24".parse().unwrap(),
+                "192.168.77.2".parse().unwrap()
+            )]
+        );
+        assert_eq!(v.rejected.len(), 1);
+        let (key, problem) = &v.rejected[0];
+        assert_eq!(key, "/p/subnets/10.1.1.0-24&fd10:0:0:2::-64");
+        assert_eq!(problem.label(), "subnet_taken");
+        assert!(
+            problem.to_string().contains("10.1.2.0-24&fd10:0:0:2::-64"),
+            "{problem}"
         );
     }
 
@@ -835,7 +905,7 @@ mod tests {
             (b"/p/subnets/0.0.0.0-0&fd10:0:0:4::-64", third.as_bytes()),
             (b"/p/subnets/10.1.2.0-24&fd10:0:0:5::-64", DUAL.as_bytes()),
         ];
-        let v = judge_all(&keys, &c, kvs);
+        let v = judge_all(&keys, &c, kvs.into_iter().map(|(k, v)| (k, v, 0)));
         assert!(v.usable.is_empty(), "no IPv4 halves: {:?}", v.usable);
         assert!(
             v.conflicts.is_empty(),
@@ -861,7 +931,11 @@ mod tests {
             (DUAL_KEY, DUAL.as_bytes()),
             (b"/p/subnets/10.1.3.0-24&fd10:0:0:3::-64", dup.as_bytes()),
         ];
-        let v = judge_all(&keys, &cfg(DUAL_CFG), kvs);
+        let v = judge_all(
+            &keys,
+            &cfg(DUAL_CFG),
+            kvs.into_iter().map(|(k, v)| (k, v, 0)),
+        );
         assert_eq!((v.usable.len(), v.usable6.len()), (2, 2));
         assert_eq!((v.conflicts.len(), v.conflicts6.len()), (1, 1));
     }

@@ -51,13 +51,13 @@ async fn read(opts: &EtcdOptions) -> Result<NetworkView, StoreError> {
         lease::read_config_with(&mut client, &keys, NetworkConfig::parse_dual_stack).await?;
     let mut raw = Vec::new();
     for_each_lease(&mut client, &keys, |kv| {
-        raw.push((kv.key().to_vec(), kv.value().to_vec()));
+        raw.push((kv.key().to_vec(), kv.value().to_vec(), kv.create_revision()));
     })
     .await?;
     let leases = judge_all(
         &keys,
         &config,
-        raw.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+        raw.iter().map(|(k, v, c)| (k.as_slice(), v.as_slice(), *c)),
     );
     Ok(NetworkView { config, leases })
 }

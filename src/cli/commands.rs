@@ -127,6 +127,16 @@ pub struct RunArgs {
     /// the CPU handling it, so waking a worker is a local context switch (needs CAP_BPF).
     #[arg(long = "steer-by-cpu", env = "WEFT_STEER_BY_CPU", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub steer_by_cpu: bool,
+    /// Where to keep the node's last good state (config, own lease, lease table), so that a
+    /// restart forwards at once, before etcd answers; default `weft.state` beside the subnet
+    /// file; `none` keeps no state.
+    #[arg(long = "state-file", env = "WEFT_STATE_FILE")]
+    pub state_file: Option<PathBuf>,
+    /// Take over from the weft running for this etcd prefix in this network namespace: its
+    /// TUN queues and sockets are handed over while it runs, so no packet is lost; it exits
+    /// once this one forwards. Without a running weft, start normally.
+    #[arg(long = "takeover", env = "WEFT_TAKEOVER", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub takeover: bool,
     /// Log verbosity like flanneld's -v: 0 info, 1-2 debug, 3+ trace (RUST_LOG overrides).
     #[arg(short = 'v', long = "v", env = "FLANNELD_V", default_value_t = 0)]
     pub verbosity: u8,
@@ -134,6 +144,16 @@ pub struct RunArgs {
 
 impl RunArgs {
     /// What the node runs with.
+    /// The state file: `--state-file`, `none` for none, else beside the subnet file.
+    pub fn state_file(&self) -> Option<PathBuf> {
+        match &self.state_file {
+            Some(p) if p.as_os_str() == "none" || p.as_os_str().is_empty() => None,
+            Some(p) => Some(p.clone()),
+            None => Some(crate::store::state::default_path(&self.node.subnet_file)),
+        }
+    }
+
+    /// The node's options from the flags.
     pub fn node_options(&self) -> NodeOptions {
         NodeOptions {
             etcd: self.etcd.to_options(),
@@ -153,6 +173,8 @@ impl RunArgs {
                 .then(|| SocketAddr::new(self.healthz_ip, self.healthz_port)),
             fix_masquerade: self.fix_masquerade,
             route_resync: Duration::from_secs(u64::from(self.route_resync_secs)),
+            state_file: self.state_file(),
+            takeover: self.takeover,
             datapath: DatapathOptions {
                 tun_name: self.tun_name.clone(),
                 persist_tun: self.persist_tun,

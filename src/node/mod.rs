@@ -58,6 +58,11 @@ pub struct NodeOptions {
     pub route_resync: Duration,
     /// The data path's flags: TUN, batches, offloads, workers.
     pub datapath: DatapathOptions,
+    /// Where the node keeps its last good state (`None`: nowhere): a restart forwards from it
+    /// at once, before etcd answers.
+    pub state_file: Option<PathBuf>,
+    /// Take over from the weft running for this network in this namespace (`--takeover`).
+    pub takeover: bool,
 }
 
 /// Why the node could not start or had to stop.
@@ -135,12 +140,17 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
         "underlay chosen"
     );
 
-    ops.set_phase("waiting for etcd: no network config or lease yet");
-    let store = tokio::select! {
-        s = Store::start(store_options(&opts, &underlay), shared.clone()) => s?,
-        _ = &mut shutdown => {
-            info!("stopped before the node was up");
-            return Ok(());
+    let store = match saved_state(&opts, &underlay) {
+        Some(resume) => Store::resume(store_options(&opts, &underlay), shared.clone(), resume)?,
+        None => {
+            ops.set_phase("waiting for etcd: no network config or lease yet");
+            tokio::select! {
+                s = Store::start(store_options(&opts, &underlay), shared.clone()) => s?,
+                _ = &mut shutdown => {
+                    info!("stopped before the node was up");
+                    return Ok(());
+                }
+            }
         }
     };
     // Whatever happens from here on, the store is shut down on this one path.
@@ -177,6 +187,43 @@ async fn serve_ops(
     Ok((http, local))
 }
 
+/// The state this node saved when it last ran, if it is usable: for this prefix and this
+/// node, its lease not expired, its config one the node takes. Why not is logged.
+fn saved_state(opts: &NodeOptions, underlay: &Underlay) -> Option<crate::store::state::Resume> {
+    use crate::store::state::{Expect, SavedState};
+    let path = opts.state_file.as_ref()?;
+    let saved = match SavedState::read(path) {
+        Ok(Some(s)) => s,
+        Ok(None) => return None,
+        Err(e) => {
+            warn!(path = %path.display(), error = %Chain(&e), "state file not used; starting from etcd");
+            return None;
+        }
+    };
+    let expect = Expect {
+        prefix: &opts.etcd.prefix,
+        public_ip: underlay.public_ip,
+        public_ipv6: underlay.public_ipv6,
+        config_check: Some(refuse_ipv4_only_backends),
+    };
+    match saved.check(&expect, std::time::SystemTime::now()) {
+        Ok(resume) => {
+            info!(
+                path = %path.display(),
+                subnets = %resume.own.subnets(),
+                leases = resume.leases.len(),
+                revision = resume.revision,
+                "starting from the saved state: forwarding before etcd answers"
+            );
+            Some(resume)
+        }
+        Err(e) => {
+            warn!(path = %path.display(), error = %Chain(&e), "state file not used; starting from etcd");
+            None
+        }
+    }
+}
+
 /// The store's options from the flags and the underlay.
 fn store_options(opts: &NodeOptions, underlay: &Underlay) -> StoreOptions {
     let mut s = StoreOptions::new(opts.etcd.clone(), underlay.public_ip);
@@ -186,6 +233,7 @@ fn store_options(opts: &NodeOptions, underlay: &Underlay) -> StoreOptions {
     s.renew_margin = opts.renew_margin;
     s.underlay_mtu = underlay.mtu;
     s.ip_masq = opts.ip_masq;
+    s.state_file = opts.state_file.clone();
     s
 }
 

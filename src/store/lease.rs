@@ -34,6 +34,15 @@ pub(crate) async fn read_config_with(
     keys: &Keys,
     parse: fn(&str) -> Result<NetworkConfig, crate::config::ConfigError>,
 ) -> Result<NetworkConfig, StoreError> {
+    read_config_text(client, keys, parse).await.map(|(c, _)| c)
+}
+
+/// [`read_config_with`], also giving the config's text as etcd holds it (for the state file).
+pub(crate) async fn read_config_text(
+    client: &mut Client,
+    keys: &Keys,
+    parse: fn(&str) -> Result<NetworkConfig, crate::config::ConfigError>,
+) -> Result<(NetworkConfig, String), StoreError> {
     let key = keys.config();
     let resp = client
         .get(key.as_str(), None)
@@ -46,8 +55,9 @@ pub(crate) async fn read_config_with(
         .kvs()
         .first()
         .ok_or_else(|| StoreError::ConfigMissing { key: key.clone() })?;
-    let text = String::from_utf8_lossy(kv.value());
-    parse(&text).map_err(|source| StoreError::ConfigInvalid { key, source })
+    let text = String::from_utf8_lossy(kv.value()).into_owned();
+    let config = parse(&text).map_err(|source| StoreError::ConfigInvalid { key, source })?;
+    Ok((config, text))
 }
 
 /// One lease key as listed, its subnets read from the key.

@@ -26,6 +26,7 @@ mod options;
 pub mod record;
 mod retry;
 mod start;
+pub mod state;
 pub mod subnet_env;
 pub mod view;
 pub mod vtep;
@@ -65,6 +66,11 @@ impl Keys {
                 p.to_string()
             },
         }
+    }
+
+    /// The prefix, without a trailing `/`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// `<prefix>/config`.

@@ -42,6 +42,9 @@ pub struct StoreOptions {
     /// What the caller refuses in a valid network config (the node: IPv6 until its data
     /// path forwards it); `None` takes every valid config.
     pub config_check: Option<ConfigCheck>,
+    /// Where the store keeps its last good state ([`crate::store::state`]); `None` keeps
+    /// none.
+    pub state_file: Option<PathBuf>,
 }
 
 impl StoreOptions {
@@ -59,6 +62,7 @@ impl StoreOptions {
             vtep_mac: None,
             vtep_mac6: None,
             config_check: None,
+            state_file: None,
         }
     }
 }

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// First delay before retrying etcd after a failure; doubles up to [`MAX_BACKOFF`].
@@ -35,15 +34,6 @@ impl Backoff {
         let d = self.next;
         self.next = (d * 2).min(MAX_BACKOFF);
         d
-    }
-
-    /// Waits for the next delay; `true` if `stop` fired first.
-    pub(super) async fn sleep_or_stop(&mut self, stop: &mut watch::Receiver<bool>) -> bool {
-        let d = self.next_delay();
-        tokio::select! {
-            _ = tokio::time::sleep(d) => false,
-            _ = stop.changed() => true,
-        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use etcd_client::Client;
 
-use super::lease::{acquire_lease, read_config, AcquireRequest, OwnLease};
+use super::lease::{acquire_lease, read_config_text, AcquireRequest, OwnLease};
 use super::options::{write_subnet_env, ConfigCheck, StoreOptions};
 use super::retry::{Backoff, RepeatLog};
 use super::subnet_env::{read_previous_ipv6_subnet, read_previous_subnet};
@@ -31,7 +31,8 @@ impl Store {
     pub async fn start(opts: StoreOptions, shared: SharedTable) -> Result<StoreHandle, StoreError> {
         let mut client = connect_until_up(&opts.etcd).await?;
         let keys = Keys::new(&opts.etcd.prefix);
-        let config = read_config_until_valid(&mut client, &keys, opts.config_check).await;
+        let (config, config_text) =
+            read_config_until_valid(&mut client, &keys, opts.config_check).await;
         tracing::info!(
             network = %config.network,
             subnet_len = config.subnet_len,
@@ -45,13 +46,55 @@ impl Store {
             Some(v6) => LeaseTable::empty_dual(config.subnet_len, v6.subnet_len),
             None => LeaseTable::empty(config.subnet_len),
         });
-        Ok(watch::spawn(client, keys, config, opts, own, shared))
+        let start = watch::Start {
+            keys,
+            config,
+            config_text,
+            opts,
+            own,
+            resumed: None,
+        };
+        Ok(watch::spawn(Some(client), start, shared))
+    }
+
+    /// Starts from a saved state (a state file, or a running node's handover) without
+    /// waiting for etcd: the state's leases are published into `shared` at once, subnet.env
+    /// is written, and the store connects to etcd in the background, then reconciles (our
+    /// lease kept or re-created under the same key, the leases listed anew) as a store that
+    /// lost etcd for a while does.
+    pub fn resume(
+        opts: StoreOptions,
+        shared: SharedTable,
+        resume: super::state::Resume,
+    ) -> Result<StoreHandle, StoreError> {
+        let keys = Keys::new(&opts.etcd.prefix);
+        let super::state::Resume {
+            config,
+            config_text,
+            own,
+            revision,
+            leases,
+            rejected,
+        } = resume;
+        write_subnet_env(&opts, &config, own.subnet, own.subnet6)?;
+        for (key, problem) in &rejected {
+            tracing::warn!(%key, reason = problem.label(), error = %problem, "skipping a lease from the state file");
+        }
+        let start = watch::Start {
+            keys,
+            config,
+            config_text,
+            opts,
+            own,
+            resumed: Some((leases, revision)),
+        };
+        Ok(watch::spawn(None, start, shared))
     }
 }
 
 /// Connects to etcd, retrying (with backoff, logging each new reason) while the failure is
 /// one that etcd coming up can fix.
-async fn connect_until_up(etcd: &EtcdOptions) -> Result<Client, StoreError> {
+pub(super) async fn connect_until_up(etcd: &EtcdOptions) -> Result<Client, StoreError> {
     let mut log = RepeatLog::default();
     let mut backoff = Backoff::new();
     loop {
@@ -71,23 +114,27 @@ async fn connect_until_up(etcd: &EtcdOptions) -> Result<Client, StoreError> {
 
 /// Reads `<prefix>/config` every [`CONFIG_RETRY`] until it holds a valid network config
 /// that `check` (if any) accepts: a missing, broken or refused config is an operator's job
-/// to fix, so this never gives up.
+/// to fix, so this never gives up. Returns the config and its text.
 async fn read_config_until_valid(
     client: &mut Client,
     keys: &Keys,
     check: Option<ConfigCheck>,
-) -> NetworkConfig {
+) -> (NetworkConfig, String) {
     let mut log = RepeatLog::default();
     loop {
-        let read = read_config(client, keys).await.and_then(|c| match check {
-            Some(check) => check(&c)
-                .map(|()| c)
-                .map_err(|source| StoreError::ConfigInvalid {
-                    key: keys.config(),
-                    source,
-                }),
-            None => Ok(c),
-        });
+        let read = read_config_text(client, keys, NetworkConfig::parse)
+            .await
+            .and_then(|(c, text)| match check {
+                Some(check) => {
+                    check(&c)
+                        .map(|()| (c, text))
+                        .map_err(|source| StoreError::ConfigInvalid {
+                            key: keys.config(),
+                            source,
+                        })
+                }
+                None => Ok((c, text)),
+            });
         match read {
             Ok(c) => return c,
             Err(e) => {

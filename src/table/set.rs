@@ -473,6 +473,30 @@ impl PeerSet {
         })
     }
 
+    /// Every lease in the set, each key once with the halves it holds, in key order.
+    pub fn leases(&self) -> Vec<Lease> {
+        let mut out: BTreeMap<LeaseKey, Lease> = BTreeMap::new();
+        for h in self.peers.values() {
+            let l = out.entry(h.key).or_insert(Lease {
+                key: h.key,
+                created: h.created,
+                peer: None,
+                peer6: None,
+            });
+            l.peer = Some(h.peer);
+        }
+        for h in self.peers6.values() {
+            let l = out.entry(h.key).or_insert(Lease {
+                key: h.key,
+                created: h.created,
+                peer: None,
+                peer6: None,
+            });
+            l.peer6 = Some(h.peer);
+        }
+        out.into_values().collect()
+    }
+
     /// The peer for `subnet`, if any.
     pub fn get(&self, subnet: &Subnet) -> Option<&Peer> {
         self.peers.get(subnet).map(|h| &h.peer)

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, EventType, WatchOptions, WatchResponse, WatchStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -24,6 +24,7 @@ use super::lease::OwnLease;
 use super::list::for_each_lease;
 use super::options::StoreOptions;
 use super::retry::{Backoff, RepeatLog};
+use super::state::SavedState;
 use super::{Keys, StoreError};
 use crate::config::NetworkConfig;
 use crate::table::{Changes, LeaseKey, LeaseReport, LocalVtep, PeerEvent, PeerSet, SharedTable};
@@ -31,6 +32,9 @@ use crate::table::{Changes, LeaseKey, LeaseReport, LocalVtep, PeerEvent, PeerSet
 mod config_change;
 mod own;
 mod publish;
+mod save;
+
+use save::StateKeeper;
 
 /// How soon a failed re-creation of our deleted lease is tried again.
 const RECREATE_RETRY: Duration = Duration::from_millis(500);
@@ -44,6 +48,8 @@ pub struct StoreHandle {
     config: NetworkConfig,
     own: watch::Receiver<OwnLease>,
     etcd_up: watch::Receiver<bool>,
+    /// Asks the task for its state (a takeover hands it over).
+    state: mpsc::Sender<oneshot::Sender<SavedState>>,
     stop: Option<watch::Sender<bool>>,
     task: Option<JoinHandle<()>>,
 }
@@ -69,7 +75,15 @@ impl StoreHandle {
         *self.etcd_up.borrow()
     }
 
-    /// Stops the task and waits for it.
+    /// The store's state as the state file holds it (for a takeover); `None` when the task
+    /// has ended.
+    pub async fn saved_state(&self) -> Option<SavedState> {
+        let (tx, rx) = oneshot::channel();
+        self.state.send(tx).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Stops the task (which writes the state file a last time) and waits for it.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(true);
@@ -88,16 +102,30 @@ impl Drop for StoreHandle {
     }
 }
 
+/// What the store task starts from.
+pub(super) struct Start {
+    pub(super) keys: Keys,
+    pub(super) config: NetworkConfig,
+    /// The config's text, as etcd holds it (for the state file).
+    pub(super) config_text: String,
+    pub(super) opts: StoreOptions,
+    pub(super) own: OwnLease,
+    /// A saved state's leases and their revision: published at once, before etcd answers.
+    pub(super) resumed: Option<(Vec<super::state::RawLease>, i64)>,
+}
+
 /// Starts the task that keeps `own` and follows every other lease; its table goes to
-/// `shared`. Returns the handle that stops it.
-pub(super) fn spawn(
-    client: Client,
-    keys: Keys,
-    config: NetworkConfig,
-    opts: StoreOptions,
-    own: OwnLease,
-    shared: SharedTable,
-) -> StoreHandle {
+/// `shared`. Without a `client` (a start from a saved state) it connects first, in the
+/// background. Returns the handle that stops it.
+pub(super) fn spawn(client: Option<Client>, start: Start, shared: SharedTable) -> StoreHandle {
+    let Start {
+        keys,
+        config,
+        config_text,
+        opts,
+        own,
+        resumed,
+    } = start;
     let local = LocalVtep {
         vni: config.backend.vni,
         mac: own.vtep_mac().unwrap_or_default(),
@@ -114,13 +142,16 @@ pub(super) fn spawn(
     }
     .with_own(own.lease_key());
     let (own_tx, own_rx) = watch::channel(own.clone());
-    let (up_tx, up_rx) = watch::channel(true);
+    let (up_tx, up_rx) = watch::channel(client.is_some());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let runner = Runner {
+    let (state_tx, state_rx) = mpsc::channel(4);
+    let state_path = opts.state_file.clone();
+    let mut runner = Runner {
         renew_at: own::renew_deadline(&own, &opts),
         client,
         keys,
         config: config.clone(),
+        config_text,
         opts,
         local,
         local6,
@@ -139,12 +170,30 @@ pub(super) fn spawn(
         revision: 0,
         unlogged: Changes::default(),
         logged_at: None,
+        state: StateKeeper::new(state_path),
+        state_rx,
+        check_config: false,
     };
+    if let Some((leases, revision)) = resumed {
+        let events = super::state::lease_events(
+            &runner.keys,
+            &runner.config,
+            &runner.local,
+            &runner.local6,
+            &leases,
+        );
+        let changes = runner.peers.apply(events);
+        runner.publish(revision, changes);
+        // The config may have changed in etcd while this node was away: said once etcd
+        // answers.
+        runner.check_config = true;
+    }
     let task = tokio::spawn(runner.run(stop_rx));
     StoreHandle {
         config,
         own: own_rx,
         etcd_up: up_rx,
+        state: state_tx,
         stop: Some(stop_tx),
         task: Some(task),
     }
@@ -155,6 +204,7 @@ enum Wake {
     Stop,
     Timer,
     Message(Result<Option<WatchResponse>, etcd_client::Error>),
+    StateRequest(oneshot::Sender<SavedState>),
 }
 
 /// How following one watch stream ended.
@@ -168,9 +218,12 @@ enum Followed {
 
 /// The watch task's state: our lease, the peers, and what has been published and logged.
 struct Runner {
-    client: Client,
+    /// `None` until the first connection of a store started from a saved state.
+    client: Option<Client>,
     keys: Keys,
     config: NetworkConfig,
+    /// The config's text as etcd held it when the node started.
+    config_text: String,
     opts: StoreOptions,
     local: LocalVtep,
     /// What the IPv6 half's entries are built with (our IPv6 VTEP MAC).
@@ -198,29 +251,42 @@ struct Runner {
     unlogged: Changes,
     /// When the last "lease table updated" line was written.
     logged_at: Option<Instant>,
+    /// The state file: whether and when to write it.
+    state: StateKeeper,
+    /// Requests for the current state.
+    state_rx: mpsc::Receiver<oneshot::Sender<SavedState>>,
+    /// Started from a saved state: compare etcd's config with ours once it answers.
+    check_config: bool,
 }
 
 impl Runner {
     async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        self.follow_etcd(&mut stop).await;
+        // The last state, for the next start.
+        self.save_state(true).await;
+    }
+
+    /// Lists and watches until `stop` fires, through every outage.
+    async fn follow_etcd(&mut self, stop: &mut watch::Receiver<bool>) {
         let mut backoff = Backoff::new();
         loop {
             let mut stream = match self.open_watch().await {
                 Ok(s) => s,
                 Err(why) => {
                     self.etcd_lost(&why);
-                    if backoff.sleep_or_stop(&mut stop).await {
+                    if self.wait_or_stop(backoff.next_delay(), stop).await {
                         return;
                     }
                     continue;
                 }
             };
             let opened = Instant::now();
-            if self.follow(&mut stream, &mut stop).await == Followed::Stop {
+            if self.follow(&mut stream, stop).await == Followed::Stop {
                 return;
             }
             // A watch that breaks at once again and again must not spin.
             if opened.elapsed() < Duration::from_secs(1) {
-                if backoff.sleep_or_stop(&mut stop).await {
+                if self.wait_or_stop(backoff.next_delay(), stop).await {
                     return;
                 }
             } else {
@@ -229,16 +295,45 @@ impl Runner {
         }
     }
 
+    /// Waits `delay` (etcd out of reach), answering state requests meanwhile; true when
+    /// `stop` fired.
+    async fn wait_or_stop(&mut self, delay: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+        let until = Instant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return true,
+                _ = tokio::time::sleep_until(until) => return false,
+                Some(reply) = self.state_rx.recv() => {
+                    let _ = reply.send(self.capture_state());
+                }
+            }
+        }
+    }
+
     /// Lists every lease (publishing the result) and opens a watch from just after the
     /// listing; on failure, why etcd counts as lost.
     async fn open_watch(&mut self) -> Result<WatchStream, String> {
+        let mut client = match self.client.clone() {
+            Some(c) => c,
+            None => {
+                let c = super::connect(&self.opts.etcd)
+                    .await
+                    .map_err(|e| crate::error::Chain(&e).to_string())?;
+                self.client = Some(c.clone());
+                c
+            }
+        };
         let since = match self.resync().await {
             Ok(rev) => rev + 1,
             Err(e) => return Err(crate::error::Chain(&e).to_string()),
         };
+        if self.check_config {
+            self.check_config = false;
+            self.compare_config(&mut client).await;
+        }
         let dir = self.keys.root();
         let opts = WatchOptions::new().with_prefix().with_start_revision(since);
-        self.client
+        client
             .watch(dir.as_str(), Some(opts))
             .await
             .map_err(|e| format!("opening the watch: {e}"))
@@ -256,10 +351,17 @@ impl Runner {
                 _ = stop.changed() => Wake::Stop,
                 _ = tokio::time::sleep_until(deadline) => Wake::Timer,
                 m = stream.message() => Wake::Message(m),
+                Some(reply) = self.state_rx.recv() => Wake::StateRequest(reply),
             };
             match wake {
                 Wake::Stop => return Followed::Stop,
-                Wake::Timer => self.on_timer().await,
+                Wake::StateRequest(reply) => {
+                    let _ = reply.send(self.capture_state());
+                }
+                Wake::Timer => {
+                    self.on_timer().await;
+                    self.save_state(false).await;
+                }
                 Wake::Message(Ok(Some(resp))) => {
                     if resp.compact_revision() > 0 || resp.canceled() {
                         tracing::warn!(
@@ -295,6 +397,9 @@ impl Runner {
         if let (false, Some(logged)) = (self.unlogged.is_empty(), self.logged_at) {
             at = at.min(logged + TABLE_LOG_EVERY);
         }
+        if let Some(due) = self.state.due(self.peers.len()) {
+            at = at.min(due);
+        }
         at
     }
 
@@ -320,7 +425,10 @@ impl Runner {
     /// diffs against the current set, publishes; returns the revision.
     async fn resync(&mut self) -> Result<i64, StoreError> {
         // Clones: the listing's callback needs `self` for judging.
-        let (mut client, keys) = (self.client.clone(), self.keys.clone());
+        let Some(mut client) = self.client.clone() else {
+            return Ok(self.revision);
+        };
+        let keys = self.keys.clone();
         let own_key = self.own.key(&self.keys);
         let mut own_kv = None;
         let mut next = self.peers.emptied();

@@ -54,7 +54,11 @@ impl Runner {
 
     /// Renews our lease with a fresh grant; on failure tries again in [`RENEW_RETRY`].
     async fn renew_own(&mut self) {
-        match lease::renew(&mut self.client, &self.keys, &self.own, self.opts.lease_ttl).await {
+        // Only after a listing succeeded, so the client exists.
+        let Some(mut client) = self.client.clone() else {
+            return;
+        };
+        match lease::renew(&mut client, &self.keys, &self.own, self.opts.lease_ttl).await {
             Ok(next) => {
                 tracing::info!(subnet = %next.subnet, "lease renewed");
                 self.set_own(next);
@@ -67,6 +71,7 @@ impl Runner {
     }
 
     fn set_own(&mut self, own: OwnLease) {
+        self.state.changed();
         self.renew_at = renew_deadline(&own, &self.opts);
         self.own = own.clone();
         self.own_missing = false;
@@ -78,13 +83,17 @@ impl Runner {
     /// node owns its lease, so write our record back with a fresh grant and retire the old one.
     /// On failure the next timer tick tries again.
     pub(super) async fn restore_own(&mut self, found: &[u8]) {
+        // Only after a listing succeeded, so the client exists.
+        let Some(mut client) = self.client.clone() else {
+            return;
+        };
         if !self.own_damaged {
             let found = String::from_utf8_lossy(&found[..found.len().min(200)]).into_owned();
             tracing::warn!(subnets = %self.own.subnets(), found = %found, "this node's lease was overwritten in etcd; writing this node's record back");
         }
         let old = self.own.etcd_lease;
         match lease::put_with_fresh_grant(
-            &mut self.client,
+            &mut client,
             &self.keys,
             (self.own.subnet, self.own.subnet6),
             self.own.record.clone(),
@@ -93,7 +102,7 @@ impl Runner {
         .await
         {
             Ok(own) => {
-                lease::revoke_quietly(&mut self.client, old).await;
+                lease::revoke_quietly(&mut client, old).await;
                 tracing::info!(subnets = %own.subnets(), "this node's lease record restored");
                 self.set_own(own);
             }
@@ -108,12 +117,16 @@ impl Runner {
     /// once; if another node got either subnet first, acquire a new lease and rewrite
     /// subnet.env.
     pub(super) async fn recreate_own(&mut self) {
+        // Only after a listing succeeded, so the client exists.
+        let Some(mut client) = self.client.clone() else {
+            return;
+        };
         let (subnet, subnet6) = (self.own.subnet, self.own.subnet6);
         // A dual-stack key is re-created from a listing (see `create_if_absent`): our IPv6
         // subnet may have gone to a key under another IPv4 subnet.
         let mut listed_at = 0;
         if subnet6.is_some() {
-            match lease::list_leases(&mut self.client, &self.keys, &self.config).await {
+            match lease::list_leases(&mut client, &self.keys, &self.config).await {
                 Ok((leases, rev)) => {
                     if leases.iter().any(|l| l.holds(&subnet, subnet6.as_ref())) {
                         return self.reacquire_own(subnet, subnet6).await;
@@ -128,7 +141,7 @@ impl Runner {
             }
         }
         let created = lease::create_if_absent(
-            &mut self.client,
+            &mut client,
             &self.keys,
             (subnet, subnet6),
             self.own.record.clone(),
@@ -152,6 +165,10 @@ impl Runner {
     /// Another node holds our old key: acquire a lease as at start (the old subnets are
     /// asked for first); a new subnet means a new subnet.env and one peer fewer if we had it.
     async fn reacquire_own(&mut self, subnet: Subnet, subnet6: Option<Subnet6>) {
+        // Only after a listing succeeded, so the client exists.
+        let Some(mut client) = self.client.clone() else {
+            return;
+        };
         let req = AcquireRequest {
             public_ip: self.opts.public_ip,
             public_ipv6: self.opts.public_ipv6,
@@ -161,7 +178,7 @@ impl Runner {
             vtep_mac: self.own.vtep_mac(),
             vtep_mac6: self.own.vtep_mac6(),
         };
-        match acquire_lease(&mut self.client, &self.keys, &self.config, &req).await {
+        match acquire_lease(&mut client, &self.keys, &self.config, &req).await {
             Ok(own) => {
                 if own.subnet != subnet || own.subnet6 != subnet6 {
                     tracing::warn!(

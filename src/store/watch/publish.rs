@@ -166,6 +166,7 @@ impl Runner {
             return;
         }
         self.published_once = true;
+        self.state.changed();
         self.report = Arc::new(report);
         self.shared.publish(
             self.peers

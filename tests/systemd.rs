@@ -155,3 +155,36 @@ fn ready_and_stopping_are_notified() {
     let n = sock.recv(&mut buf).expect("STOPPING notification");
     assert_eq!(&buf[..n], b"STOPPING=1");
 }
+
+/// With systemd's watchdog on (`WATCHDOG_USEC`), the node pings it (`WATCHDOG=1`) about once
+/// a second while its data path makes progress, idle as it is here.
+#[test]
+fn the_watchdog_is_fed_while_the_data_path_runs() {
+    require_root();
+    let lab = Lab::builder().hosts(1).build();
+    let etcd = Etcd::start_in(lab.segment(0));
+    etcd.put_config(VXLAN_CONFIG);
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let env = format!("NOTIFY_SOCKET={}", sock_path.display());
+    let node = WeftNode::start_with_env(lab.host(0), &etcd, &[&env, "WATCHDOG_USEC=3000000"], &[]);
+    let mut buf = [0u8; 512];
+    let start = std::time::Instant::now();
+    let mut pings = 0;
+    while start.elapsed() < Duration::from_secs(5) {
+        let n = sock.recv(&mut buf).expect("a notification");
+        if &buf[..n] == b"WATCHDOG=1" {
+            pings += 1;
+        }
+    }
+    let (status, log) = node.stop();
+    assert!(status.success());
+    assert!(
+        (3..=7).contains(&pings),
+        "{pings} watchdog pings in 5 s:\n{log}"
+    );
+    assert!(log.contains("systemd watchdog"), "{log}");
+}

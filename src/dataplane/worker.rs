@@ -4,7 +4,7 @@
 
 use std::net::UdpSocket;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -22,6 +22,13 @@ use super::{
 
 /// What a worker thread returns.
 type WorkerResult = Result<(), DatapathError>;
+
+/// How long an idle worker thread sleeps before it wakes to beat its heartbeat: a thread
+/// that stops beating for longer is wedged (the watchdog's view), not idle.
+pub const IDLE_BEAT: std::time::Duration = std::time::Duration::from_millis(1000);
+
+/// Most worker threads (two per worker).
+const MAX_THREADS: usize = 2 * MAX_WORKERS;
 
 /// Tells workers to stop: a flag they check between batches and an eventfd that wakes them.
 #[derive(Debug)]
@@ -41,6 +48,9 @@ struct Shared {
     /// The underlay interface's MTU, as the node last read it: the send side sizes what fits
     /// from it once per batch.
     underlay_mtu: AtomicU32,
+    /// One heartbeat per worker thread, in start order: advanced each time the thread
+    /// handles a batch or wakes from an idle wait.
+    beats: [AtomicU64; MAX_THREADS],
 }
 
 /// The running data path: its workers (and through them the TUN queues and sockets). Stopped
@@ -49,6 +59,9 @@ struct Shared {
 pub struct Datapath {
     shared: Arc<Shared>,
     workers: Vec<(String, JoinHandle<WorkerResult>)>,
+    /// Each worker's devices, also held by its threads: kept here so that a handover can
+    /// take them back once the threads have stopped.
+    devices: Vec<Arc<WorkerIo>>,
     info: DatapathInfo,
 }
 
@@ -89,11 +102,13 @@ impl Datapath {
             stop,
             counters: Arc::new(Counters::default()),
             underlay_mtu: AtomicU32::new(underlay_mtu),
+            beats: std::array::from_fn(|_| AtomicU64::new(0)),
         });
         let n = workers.len();
         let mut dp = Datapath {
             shared,
             workers: Vec::with_capacity(2 * n),
+            devices: Vec::with_capacity(n),
             info,
         };
         let cpus = match cfg.pin {
@@ -136,21 +151,24 @@ impl Datapath {
         let mut send = SendSide::new(i, &io.tun, cfg, table.reader(), per_family);
         let recv = RecvSide::new(i, &io.tun, cfg, table.reader());
         let io = Arc::new(io);
+        self.devices.push(io.clone());
         let (sh, w) = (self.shared.clone(), io.clone());
+        // Each thread's heartbeat is the slot of its start order.
+        let slot = self.workers.len();
         if !cfg.split {
             return self.spawn(format!("weft-dp{i}"), cpu, move |name| {
-                run_both(name, &w, send, recv, &sh)
+                run_both(name, &w, send, recv, &sh, &sh.beats[slot])
             });
         }
         self.spawn(format!("weft-dp{i}tx"), cpu, move |name| {
-            run_one_side(name, w.tun.as_fd(), &sh.stop, || {
+            run_one_side(name, w.tun.as_fd(), &sh.stop, &sh.beats[slot], || {
                 let mtu = sh.underlay_mtu.load(Ordering::Relaxed);
                 send.run_once(&w.tun, &sh.tx, &sh.counters, mtu)
             })
         })?;
         let sh = self.shared.clone();
         self.spawn(format!("weft-dp{i}rx"), cpu, move |name| {
-            run_receive(name, &io, recv, &sh)
+            run_receive(name, &io, recv, &sh, &sh.beats[slot + 1])
         })
     }
 
@@ -189,6 +207,20 @@ impl Datapath {
     /// The underlay MTU the send side sizes pod packets against.
     pub fn underlay_mtu(&self) -> u32 {
         self.shared.underlay_mtu.load(Ordering::Relaxed)
+    }
+
+    /// Each worker thread's heartbeat, in start order: it advances whenever the thread
+    /// handles a batch or wakes from an idle wait (at least every [`IDLE_BEAT`]).
+    pub fn heartbeats(&self) -> Vec<u64> {
+        self.shared.beats[..self.workers.len()]
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// The worker threads' names, in start order.
+    pub fn thread_names(&self) -> Vec<String> {
+        self.workers.iter().map(|(n, _)| n.clone()).collect()
     }
 
     /// The packet counters.
@@ -239,10 +271,11 @@ impl Drop for Datapath {
     }
 }
 
-/// Sleeps until one of `fds` is readable or the data path stops: `None` for stop, else the
-/// readable descriptors (bit `i` for `fds[i]`).
+/// Sleeps until one of `fds` is readable, the data path stops or [`IDLE_BEAT`] passes:
+/// `None` for stop, else the readable descriptors (bit `i` for `fds[i]`; 0 after the idle
+/// timeout).
 fn sleep_on(name: &str, fds: &[BorrowedFd<'_>], stop: &Stop) -> Result<Option<u32>, DatapathError> {
-    match wait_any_readable(fds, &stop.fd, -1) {
+    match wait_any_readable(fds, &stop.fd, IDLE_BEAT.as_millis() as i32) {
         Ok(_) if stop.flag.load(Ordering::Acquire) => Ok(None),
         Ok(Wake::Stop) => Ok(None),
         Ok(Wake::Ready(mask)) => Ok(Some(mask)),
@@ -262,6 +295,7 @@ fn run_both(
     mut send: SendSide,
     mut recv: RecvSide,
     sh: &Shared,
+    beat: &AtomicU64,
 ) -> Result<(), DatapathError> {
     const TUN: u32 = 1;
     const SOCK: u32 = 2;
@@ -272,6 +306,7 @@ fn run_both(
     // send side looks too (the local stack may have answered already).
     let mut ready = TUN | SOCK | SOCK6;
     while !sh.stop.flag.load(Ordering::Acquire) {
+        beat.fetch_add(1, Ordering::Relaxed);
         let mut wrote = 0;
         if ready & SOCK != 0 {
             wrote = recv.run_once(&io.tun, &io.rx, &sh.counters)?.taken;
@@ -314,11 +349,13 @@ fn run_receive(
     io: &WorkerIo,
     mut recv: RecvSide,
     sh: &Shared,
+    beat: &AtomicU64,
 ) -> Result<(), DatapathError> {
     let fds = worker_fds(io);
     let socks = &fds[1..fd_count(io)];
     let mut ready = u32::MAX;
     while !sh.stop.flag.load(Ordering::Acquire) {
+        beat.fetch_add(1, Ordering::Relaxed);
         let mut busy = 0;
         if ready & 1 != 0 && !recv.run_once(&io.tun, &io.rx, &sh.counters)?.drained {
             busy |= 1;
@@ -350,9 +387,11 @@ fn run_one_side(
     name: &str,
     fd: BorrowedFd<'_>,
     stop: &Stop,
+    beat: &AtomicU64,
     mut batch: impl FnMut() -> Result<Turn, DatapathError>,
 ) -> Result<(), DatapathError> {
     while !stop.flag.load(Ordering::Acquire) {
+        beat.fetch_add(1, Ordering::Relaxed);
         if batch()?.drained && sleep_on(name, &[fd], stop)?.is_none() {
             break;
         }

@@ -7,6 +7,7 @@
 //! forwards along the direct routes; vxlan with `DirectRouting` runs both.
 
 mod status;
+pub mod watchdog;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -384,6 +385,7 @@ async fn serve(
     shutdown: &mut (impl Future<Output = ()> + Unpin),
 ) -> Ended {
     let resync_ticks = opts.iptables_resync.as_secs().max(1);
+    let mut feeder = WatchdogFeeder::from_env();
     let mut own_rx = store.subscribe_own_lease();
     let mut store_alive = true;
     let mut ticks: u64 = 0;
@@ -403,6 +405,7 @@ async fn serve(
                     }
                     follow_underlay_mtu(dp, &underlay.iface);
                 }
+                feeder.tick(running.dp.as_ref());
             }
             changed = own_rx.changed(), if store_alive => {
                 if changed.is_err() {
@@ -417,6 +420,63 @@ async fn serve(
                         old: own.subnets(),
                         new: now.subnets(),
                     });
+                }
+            }
+        }
+    }
+}
+
+/// Feeds systemd's watchdog from the serve loop while every data-path thread makes progress.
+struct WatchdogFeeder {
+    /// Whether systemd asked for pings.
+    enabled: bool,
+    dog: watchdog::Watchdog,
+    /// The stall being reported (logged once per stall).
+    stalled: bool,
+}
+
+impl WatchdogFeeder {
+    fn from_env() -> WatchdogFeeder {
+        let interval = watchdog::interval_from_env();
+        if let Some(i) = interval {
+            info!(
+                interval_ms = i.as_millis() as u64,
+                "systemd watchdog: pinging while every data-path thread makes progress"
+            );
+        }
+        WatchdogFeeder {
+            enabled: interval.is_some(),
+            dog: watchdog::Watchdog::default(),
+            stalled: false,
+        }
+    }
+
+    /// One tick of the serve loop: ping unless a data-path thread is wedged (host-gw, with no
+    /// data path: the tick itself shows the runtime answers).
+    fn tick(&mut self, dp: Option<&Datapath>) {
+        if !self.enabled {
+            return;
+        }
+        let verdict = match dp {
+            Some(dp) => self
+                .dog
+                .check(&dp.heartbeats(), std::time::Instant::now())
+                .map_err(|s| (s, dp.thread_names())),
+            None => Ok(()),
+        };
+        match verdict {
+            Ok(()) => {
+                if self.stalled {
+                    info!("every data-path thread makes progress again; feeding the watchdog");
+                    self.stalled = false;
+                }
+                crate::ops::sd_notify("WATCHDOG=1");
+            }
+            Err((s, names)) => {
+                if !self.stalled {
+                    let thread = names.get(s.thread).cloned().unwrap_or_default();
+                    error!(%thread, stalled_secs = s.for_.as_secs(), "a data-path thread makes no progress: no longer feeding systemd's watchdog, which will restart weft");
+                    self.stalled = true;
                 }
             }
         }

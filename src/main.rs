@@ -68,6 +68,9 @@ fn run(a: &RunArgs) -> Result<()> {
         println!("weft {}", env!("CARGO_PKG_VERSION"));
         return Ok(());
     }
+    if a.detach {
+        return detach();
+    }
     let kube = a.kube.given();
     if !kube.is_empty() {
         bail!(
@@ -102,6 +105,39 @@ fn run(a: &RunArgs) -> Result<()> {
     // hold up the exit.
     rt.shutdown_timeout(std::time::Duration::from_millis(100));
     result
+}
+
+/// `weft run --detach`: starts this binary again without `--detach` in a process group of
+/// its own, its standard output a pipe to here, and waits until it says it forwards (exit
+/// 0) or ends (its failure). Its standard error (the log) is ours.
+fn detach() -> Result<()> {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("finding this binary")?;
+    let args: Vec<std::ffi::OsString> = std::env::args_os()
+        .skip(1)
+        .filter(|a| {
+            a != "--detach" && a != "-detach" && a != "--detach=true" && a != "-detach=true"
+        })
+        .collect();
+    let mut child = std::process::Command::new(&exe)
+        .args(&args)
+        .env(weft::ops::DETACHED_ENV, "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {}", exe.display()))?;
+    let pid = child.id();
+    let out = child.stdout.take().context("the child's standard output")?;
+    for line in std::io::BufReader::new(out).lines() {
+        if line.is_ok_and(|l| l.trim() == weft::ops::READY_LINE) {
+            eprintln!("weft: the node (pid {pid}) forwards; detached");
+            return Ok(());
+        }
+    }
+    let status = child.wait().context("waiting for the node")?;
+    bail!("the node (pid {pid}) ended before it forwarded: {status}")
 }
 
 fn status(a: &StatusArgs) -> Result<()> {

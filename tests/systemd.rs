@@ -122,6 +122,10 @@ fn make_install_puts_every_file_where_the_unit_says() {
         std::fs::read_to_string(other.path().join("etc/systemd/system/weft.service")).unwrap();
     assert!(unit.contains("ExecStart=/opt/weft/bin/weft run"), "{unit}");
     assert!(
+        unit.contains("ExecReload=/opt/weft/bin/weft run --takeover --detach"),
+        "{unit}"
+    );
+    assert!(
         unit.contains("Documentation=file:///opt/weft/share/doc/weft/README.md"),
         "{unit}"
     );

@@ -137,6 +137,11 @@ pub struct RunArgs {
     /// once this one forwards. Without a running weft, start normally.
     #[arg(long = "takeover", env = "WEFT_TAKEOVER", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub takeover: bool,
+    /// Run the node as a child process in the background and return once it forwards (exit
+    /// 0), or when it failed (its exit status): `ExecReload=weft run --takeover --detach`
+    /// makes `systemctl reload` the upgrade.
+    #[arg(long = "detach", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub detach: bool,
     /// Log verbosity like flanneld's -v: 0 info, 1-2 debug, 3+ trace (RUST_LOG overrides).
     #[arg(short = 'v', long = "v", env = "FLANNELD_V", default_value_t = 0)]
     pub verbosity: u8,

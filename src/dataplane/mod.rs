@@ -49,7 +49,7 @@ use crate::wire::{EthernetAddress, Subnet, Subnet6};
 pub use counters::{Counters, LocalCounters, MAX_WORKERS};
 pub use open::{DatapathOptions, Offloads, Placement};
 
-pub use worker::Datapath;
+pub use worker::{Datapath, IDLE_BEAT};
 
 /// Largest datagram or TUN read a buffer holds (a kernel peer's GSO super-datagram).
 const MAX_PACKET: usize = 65535;
@@ -162,17 +162,38 @@ pub struct DatapathInfo {
     pub threads_per_worker: u8,
 }
 
+/// A data path's open devices, outside any worker thread: what a handover passes to the
+/// process taking over ([`Datapath::stop_keeping_devices`], [`Datapath::adopt`]).
+#[derive(Debug)]
+pub struct Devices {
+    /// Each worker's TUN queue and tunnel sockets.
+    pub workers: Vec<WorkerIo>,
+    /// The send sockets: the IPv4 ones, then (dual stack) as many IPv6 ones.
+    pub tx: Vec<UdpSocket>,
+}
+
 /// One worker's own devices.
 #[derive(Debug)]
-struct WorkerIo {
+pub struct WorkerIo {
     /// Its TUN queue (the device itself when there is one worker).
-    tun: Tun,
+    pub tun: Tun,
     /// Its socket on the tunnel port (one of a SO_REUSEPORT group when there are several):
     /// the IPv4 one, or on an IPv6-only network the IPv6 one (receive tells the families
     /// apart by the sender's address).
-    rx: UdpSocket,
+    pub rx: UdpSocket,
     /// Its IPv6 socket on the tunnel port, on a dual-stack node.
-    rx6: Option<UdpSocket>,
+    pub rx6: Option<UdpSocket>,
+}
+
+impl WorkerIo {
+    /// Second descriptors for the same open queue and sockets.
+    fn try_clone(&self) -> io::Result<WorkerIo> {
+        Ok(WorkerIo {
+            tun: self.tun.try_clone()?,
+            rx: self.rx.try_clone()?,
+            rx6: self.rx6.as_ref().map(UdpSocket::try_clone).transpose()?,
+        })
+    }
 }
 
 /// What one batch turn of a side did.

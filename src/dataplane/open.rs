@@ -13,8 +13,8 @@ use crate::table::SharedTable;
 
 use super::trains::MAX_GSO_SEGMENTS;
 use super::{
-    Backend, Datapath, DatapathConfig, DatapathError, DatapathInfo, Ipv4Side, Ipv6Side, WorkerIo,
-    MAX_SEND_SOCKETS, MAX_WORKERS,
+    Backend, Datapath, DatapathConfig, DatapathError, DatapathInfo, Devices, Ipv4Side, Ipv6Side,
+    WorkerIo, MAX_SEND_SOCKETS, MAX_WORKERS,
 };
 
 /// Socket buffer size asked for on the underlay UDP sockets.
@@ -100,10 +100,45 @@ impl Datapath {
         table: SharedTable,
     ) -> Result<Datapath, DatapathError> {
         let tuns = open_tun(opts)?;
-        let name = tuns[0].name().to_string();
         configure_tun(&tuns[0], opts.persist_tun, at)?;
-        let mut offloads = probe_tun_offloads(&tuns[0], opts, at.ipv6.is_some())?;
         let (workers, tx) = open_sockets(opts, at, tuns)?;
+        Self::run_on(Devices { workers, tx }, opts, at, table)
+    }
+
+    /// Runs on devices another process handed over ([`Datapath::stop_keeping_devices`]
+    /// there): the TUN keeps its address, routes and MTU; the offloads are probed again and
+    /// persistence set as the flags say. Nothing is opened or bound.
+    pub fn adopt(
+        devices: Devices,
+        opts: &DatapathOptions,
+        at: &Placement,
+        table: SharedTable,
+    ) -> Result<Datapath, DatapathError> {
+        let first = devices
+            .workers
+            .first()
+            .ok_or(DatapathError::Setup("no TUN queue handed over"))?;
+        first.tun.set_persist(opts.persist_tun)?;
+        info!(tun = %first.tun.name(), workers = devices.workers.len(), send_sockets = devices.tx.len(), "taking over the running data path's devices");
+        Self::run_on(devices, opts, at, table)
+    }
+
+    /// Probes the offloads on `devices` and starts the workers on them.
+    fn run_on(
+        devices: Devices,
+        opts: &DatapathOptions,
+        at: &Placement,
+        table: SharedTable,
+    ) -> Result<Datapath, DatapathError> {
+        let Devices { workers, tx } = devices;
+        let name = workers
+            .first()
+            .map(|w| w.tun.name().to_string())
+            .unwrap_or_default();
+        let mut offloads = match workers.first() {
+            Some(w) => probe_tun_offloads(&w.tun, opts, at.ipv6.is_some())?,
+            None => return Err(DatapathError::Setup("1 to 16 workers are needed")),
+        };
         probe_socket_offloads(&mut offloads, &workers, &tx, opts);
         let steered = opts.steer_by_cpu && workers.len() > 1 && steer_by_cpu(&workers);
         info!(

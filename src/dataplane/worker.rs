@@ -248,6 +248,32 @@ impl Datapath {
         self.halt()
     }
 
+    /// Stops the workers but keeps the devices open (second descriptors for the same TUN
+    /// queues and sockets, taken before the workers stop): packets arriving meanwhile wait
+    /// in the TUN queues and socket buffers for whoever reads them next. For a handover.
+    pub fn stop_keeping_devices(mut self) -> Result<super::Devices, DatapathError> {
+        let kept = (|| {
+            let workers = self
+                .devices
+                .iter()
+                .map(|io| io.try_clone())
+                .collect::<std::io::Result<Vec<_>>>()?;
+            let tx = self
+                .shared
+                .tx
+                .iter()
+                .map(UdpSocket::try_clone)
+                .collect::<std::io::Result<Vec<_>>>()?;
+            Ok(super::Devices { workers, tx })
+        })()
+        .map_err(|source| DatapathError::Start {
+            what: "duplicating the devices for a handover",
+            source,
+        })?;
+        self.halt()?;
+        Ok(kept)
+    }
+
     /// Signals the workers to stop and joins them; the first worker error.
     fn halt(&mut self) -> Result<(), DatapathError> {
         self.shared.stop.flag.store(true, Ordering::Release);

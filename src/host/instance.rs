@@ -65,9 +65,35 @@ impl InstanceLock {
         }
     }
 
+    /// Takes the socket a running weft of `prefix` handed over (a takeover): it must be
+    /// bound to this prefix's name. The name stays held throughout: both processes hold the
+    /// same socket until the old one exits.
+    pub fn adopt(socket: UnixListener, prefix: &str) -> Result<InstanceLock, InstanceError> {
+        let name = socket_name(prefix);
+        let bound = socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_abstract_name().map(<[u8]>::to_vec));
+        if bound.as_deref() != Some(name.as_bytes()) {
+            return Err(InstanceError::Socket {
+                name,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "the handed-over socket is bound to another name",
+                ),
+            });
+        }
+        Ok(InstanceLock { socket, name })
+    }
+
     /// Another handle on the socket, for serving on it (`weft status` asks it).
     pub fn listener(&self) -> std::io::Result<UnixListener> {
         self.socket.try_clone()
+    }
+
+    /// The socket's descriptor, to hand over to a process taking over.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.socket)
     }
 
     /// The abstract socket name held.

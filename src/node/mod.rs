@@ -6,7 +6,9 @@
 //! stop, its subnet changes or the data path fails. host-gw runs no data path: the kernel
 //! forwards along the direct routes; vxlan with `DirectRouting` runs both.
 
+mod handover;
 mod status;
+pub mod takeover;
 pub mod watchdog;
 
 use std::future::Future;
@@ -107,6 +109,12 @@ pub enum NodeError {
     /// Another weft of the same network runs in this network namespace.
     #[error("single instance")]
     Instance(#[from] crate::host::instance::InstanceError),
+    /// Taking over from the running weft failed (it carries on).
+    #[error("taking over from the running weft (it keeps forwarding)")]
+    Takeover(#[from] takeover::TakeoverError),
+    /// The state a takeover handed over is not usable.
+    #[error("taking over from the running weft (it keeps forwarding): its state")]
+    TakeoverState(#[from] crate::store::state::StateError),
 }
 
 /// A task that stops when this value goes.
@@ -118,19 +126,113 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Runs the node until `shutdown` completes or something fails for good.
+/// Runs the node until `shutdown` completes or something fails for good. With `--takeover`
+/// and a weft running for the same network here, it takes that node's data path over first
+/// ([`takeover`]).
 pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
     tokio::pin!(shutdown);
+    if opts.takeover {
+        if let Some(taker) = handover::ask(&opts)? {
+            return handover::take(&opts, taker, &mut shutdown).await;
+        }
+        info!("--takeover: no weft runs for this network in this namespace; starting normally");
+    }
     // Before anything touches etcd, the subnet file, a port or a device.
     let instance = crate::host::instance::InstanceLock::acquire(&opts.etcd.prefix)?;
     tracing::debug!(socket = instance.name(), "single-instance socket held");
     // The ops server comes first, as flanneld serves healthz before it reads its config:
     // /healthz answers while etcd is out of reach, /readyz says why the node is not ready,
-    // and the state is filled in as the node comes up. Dropping `_servers` stops them.
-    let shared = SharedTable::new(LeaseTable::empty(32));
-    let ops = OpsState::new(shared.clone());
-    let _servers = serve_ops(&opts, &instance, &ops).await?;
-    ops.set_phase("choosing the underlay interface");
+    // and the state is filled in as the node comes up. Dropping the servers stops them.
+    let ops_listener = match opts.healthz {
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .map_err(|source| NodeError::Healthz { addr, source })?,
+        ),
+        None => None,
+    };
+    let base = Base::new(&opts, instance, ops_listener)?;
+    base.ops.set_phase("choosing the underlay interface");
+    let underlay = choose_underlay(&opts)?;
+    let store = match saved_state(&opts, &underlay) {
+        Some(resume) => {
+            Store::resume(store_options(&opts, &underlay), base.shared.clone(), resume)?
+        }
+        None => {
+            base.ops
+                .set_phase("waiting for etcd: no network config or lease yet");
+            tokio::select! {
+                s = Store::start(store_options(&opts, &underlay), base.shared.clone()) => s?,
+                _ = &mut shutdown => {
+                    info!("stopped before the node was up");
+                    return Ok(());
+                }
+            }
+        }
+    };
+    // Whatever happens from here on, the store is shut down on this one path.
+    let outcome = run_with_lease(&opts, &base, &underlay, &store, None, &mut shutdown).await;
+    store.shutdown().await;
+    outcome
+}
+
+/// What every node runs beside its lease: the single-instance socket, the ops servers (and
+/// a second handle on the ops listener, for a takeover) and the state they read.
+struct Base {
+    instance: crate::host::instance::InstanceLock,
+    /// The ops listener's second handle (the server task holds the first).
+    ops_listener: Option<std::net::TcpListener>,
+    shared: SharedTable,
+    ops: OpsState,
+    _http: Option<crate::ops::server::OpsServer>,
+    _local: Option<AbortOnDrop>,
+}
+
+impl Base {
+    /// Serves the ops endpoints on `ops_listener` (`--healthz-port`) and `weft status` on
+    /// the instance socket.
+    fn new(
+        opts: &NodeOptions,
+        instance: crate::host::instance::InstanceLock,
+        ops_listener: Option<std::net::TcpListener>,
+    ) -> Result<Base, NodeError> {
+        let shared = SharedTable::new(LeaseTable::empty(32));
+        let ops = OpsState::new(shared.clone());
+        let http = match &ops_listener {
+            Some(l) => {
+                let addr = l.local_addr().ok().or(opts.healthz);
+                let serving = l
+                    .try_clone()
+                    .and_then(|l| crate::ops::server::spawn_on(l, ops.clone()));
+                Some(serving.map_err(|source| NodeError::Healthz {
+                    addr: addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+                    source,
+                })?)
+            }
+            None => None,
+        };
+        let local = match instance.listener() {
+            Ok(l) => Some(AbortOnDrop(tokio::spawn(crate::ops::local::serve(
+                l,
+                ops.clone(),
+            )))),
+            Err(e) => {
+                warn!(error = %e, "no local status socket: `weft status` needs --healthz-port");
+                None
+            }
+        };
+        Ok(Base {
+            instance,
+            ops_listener,
+            shared,
+            ops,
+            _http: http,
+            _local: local,
+        })
+    }
+}
+
+/// Chooses the underlay interface as the flags say, and logs it.
+fn choose_underlay(opts: &NodeOptions) -> Result<Underlay, NodeError> {
     let underlay = host::choose_underlay(&opts.underlay)?;
     info!(
         iface = %underlay.iface,
@@ -140,52 +242,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
         mtu = underlay.mtu,
         "underlay chosen"
     );
-
-    let store = match saved_state(&opts, &underlay) {
-        Some(resume) => Store::resume(store_options(&opts, &underlay), shared.clone(), resume)?,
-        None => {
-            ops.set_phase("waiting for etcd: no network config or lease yet");
-            tokio::select! {
-                s = Store::start(store_options(&opts, &underlay), shared.clone()) => s?,
-                _ = &mut shutdown => {
-                    info!("stopped before the node was up");
-                    return Ok(());
-                }
-            }
-        }
-    };
-    // Whatever happens from here on, the store is shut down on this one path.
-    let outcome = run_with_lease(&opts, &underlay, &store, &ops, &mut shutdown).await;
-    store.shutdown().await;
-    outcome
-}
-
-/// The ops HTTP server (`--healthz-port`) and the local status socket (`weft status`
-/// without flags); both stop when the returned values are dropped.
-async fn serve_ops(
-    opts: &NodeOptions,
-    instance: &crate::host::instance::InstanceLock,
-    ops: &OpsState,
-) -> Result<(Option<crate::ops::server::OpsServer>, Option<AbortOnDrop>), NodeError> {
-    let http = match opts.healthz {
-        Some(addr) => Some(
-            crate::ops::spawn(addr, ops.clone())
-                .await
-                .map_err(|source| NodeError::Healthz { addr, source })?,
-        ),
-        None => None,
-    };
-    let local = match instance.listener() {
-        Ok(l) => Some(AbortOnDrop(tokio::spawn(crate::ops::local::serve(
-            l,
-            ops.clone(),
-        )))),
-        Err(e) => {
-            warn!(error = %e, "no local status socket: `weft status` needs --healthz-port");
-            None
-        }
-    };
-    Ok((http, local))
+    Ok(underlay)
 }
 
 /// The state this node saved when it last ran, if it is usable: for this prefix and this
@@ -252,36 +309,83 @@ fn refuse_ipv4_only_backends(config: &NetworkConfig) -> Result<(), ConfigError> 
     }
 }
 
-/// With the lease in hand: the iptables rules, the data path and the routes, then the node
-/// serves until it stops; everything started here stops when this returns.
+/// With the lease in hand: the iptables rules, the data path (on the devices a takeover
+/// handed over, if any) and the routes, then the node serves until it stops; everything
+/// started here stops when this returns.
 async fn run_with_lease(
     opts: &NodeOptions,
+    base: &Base,
     underlay: &Underlay,
     store: &StoreHandle,
-    ops: &OpsState,
+    taking: Option<handover::Taking>,
     shutdown: &mut (impl Future<Output = ()> + Unpin),
 ) -> Result<(), NodeError> {
+    let ops = &base.ops;
     let config = store.config().clone();
     let own = store.own_lease();
     // On an IPv6-only network the IPv4 half is flannel's empty 0.0.0.0/0: name the IPv6 one.
     let subnets = own.subnets();
     info!(subnets = %subnets, network = %config.network, network6 = ?config.ipv6.as_ref().map(|v6| v6.network.to_string()), backend = config.backend.kind.as_str(), "lease acquired");
     ops.set_phase("lease acquired; starting the data path");
-    let mut running = Running::start(opts, &config, &own, underlay, ops)?;
+    let (devices, taking) = match taking {
+        Some(t) => (t.devices, Some(t.taker)),
+        None => (None, None),
+    };
+    let mut running = match Running::start(opts, &config, &own, underlay, ops, devices) {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(mut t) = taking {
+                t.abort(&anyhow_chain(&e));
+            }
+            return Err(e);
+        }
+    };
+    if let Some(t) = taking {
+        handover::complete(t, &mut running)?;
+    }
     let dp_info = running.dp.as_ref().map(|d| d.info().clone());
     let status = StatusPublisher::new(ops, &config, underlay, opts, dp_info);
     status.publish(running.dp.as_ref(), store, running.iptables.state);
     info!("node ready");
     crate::ops::sd_notify(&format!("READY=1\nSTATUS=forwarding for {subnets}"));
+    crate::ops::tell_detached_parent();
 
-    let ended = serve(opts, underlay, store, &own, &mut running, &status, shutdown).await;
+    let (takeover_tx, takeover_rx) = tokio::sync::mpsc::channel(1);
+    *ops.takeover.lock().unwrap_or_else(|e| e.into_inner()) = Some(takeover_tx);
+    let ctx = Serving {
+        opts,
+        base,
+        underlay,
+        store,
+        own: &own,
+        status: &status,
+    };
+    let ended = serve(&ctx, &mut running, takeover_rx, shutdown).await;
+    *ops.takeover.lock().unwrap_or_else(|e| e.into_inner()) = None;
 
     info!("stopping");
-    crate::ops::sd_notify("STOPPING=1");
+    if !matches!(ended, Ended::TakenOver { .. }) {
+        crate::ops::sd_notify("STOPPING=1");
+    }
     // Alive while it drains, no longer ready.
     ops.set_phase("stopping");
     status.clear();
     running.stop(ended, opts).await
+}
+
+/// An error and its causes on one line, for a message to another process.
+fn anyhow_chain(e: &NodeError) -> String {
+    Chain(e).to_string()
+}
+
+/// What the serve loop works with besides the running parts.
+struct Serving<'a> {
+    opts: &'a NodeOptions,
+    base: &'a Base,
+    underlay: &'a Underlay,
+    store: &'a StoreHandle,
+    own: &'a OwnLease,
+    status: &'a StatusPublisher<'a>,
 }
 
 /// What runs while the node holds its lease: flannel's iptables rules, the data path (none
@@ -293,14 +397,16 @@ struct Running {
 }
 
 impl Running {
-    /// Starts them in order; what started before a failure stops as the error returns
-    /// (dropping a [`Datapath`] stops its workers).
+    /// Starts them in order, the data path on `devices` when a takeover handed them over;
+    /// what started before a failure stops as the error returns (dropping a [`Datapath`]
+    /// stops its workers).
     fn start(
         opts: &NodeOptions,
         config: &NetworkConfig,
         own: &OwnLease,
         underlay: &Underlay,
         ops: &OpsState,
+        devices: Option<crate::dataplane::Devices>,
     ) -> Result<Running, NodeError> {
         // Docker-style rules that masquerade pod-to-pod traffic: warned about, or rewritten.
         if let Some(subnet) = own.subnet4() {
@@ -314,7 +420,10 @@ impl Running {
         let dp = match data_path_backend(config, own)? {
             Some(backend) => {
                 let at = placement(config, own, underlay, backend);
-                let dp = Datapath::open(&opts.datapath, &at, ops.table.clone())?;
+                let dp = match devices {
+                    Some(d) => Datapath::adopt(d, &opts.datapath, &at, ops.table.clone())?,
+                    None => Datapath::open(&opts.datapath, &at, ops.table.clone())?,
+                };
                 ops.set_counters(dp.counters().clone());
                 Some(dp)
             }
@@ -351,6 +460,11 @@ impl Running {
                 Ok(())
             }
             Ended::Failed(e) => Err(e),
+            Ended::TakenOver { pid } => {
+                dp_result?;
+                info!(pid, "handed over to the new process; exiting");
+                Ok(())
+            }
             Ended::DatapathFailed => {
                 let e = dp_result
                     .err()
@@ -370,20 +484,30 @@ enum Ended {
     DatapathFailed,
     /// Something else failed for good.
     Failed(NodeError),
+    /// Another process took the data path over and forwards now.
+    TakenOver {
+        /// Its process id.
+        pid: u32,
+    },
 }
 
 /// Once a second: resync the iptables rules when due, publish the status, check the data
 /// path and tell it the underlay's MTU; and watch our own lease for a subnet change. Until
 /// one of those ends it.
 async fn serve(
-    opts: &NodeOptions,
-    underlay: &Underlay,
-    store: &StoreHandle,
-    own: &OwnLease,
+    ctx: &Serving<'_>,
     running: &mut Running,
-    status: &StatusPublisher<'_>,
+    mut takeovers: tokio::sync::mpsc::Receiver<std::os::unix::net::UnixStream>,
     shutdown: &mut (impl Future<Output = ()> + Unpin),
 ) -> Ended {
+    let Serving {
+        opts,
+        underlay,
+        store,
+        own,
+        status,
+        ..
+    } = *ctx;
     let resync_ticks = opts.iptables_resync.as_secs().max(1);
     let mut feeder = WatchdogFeeder::from_env();
     let mut own_rx = store.subscribe_own_lease();
@@ -406,6 +530,12 @@ async fn serve(
                     follow_underlay_mtu(dp, &underlay.iface);
                 }
                 feeder.tick(running.dp.as_ref());
+            }
+            Some(conn) = takeovers.recv() => {
+                match handover::give(ctx, running, conn).await {
+                    Ok(pid) => return Ended::TakenOver { pid },
+                    Err(e) => warn!(error = %Chain(&e), "takeover failed; this node carries on forwarding"),
+                }
             }
             changed = own_rx.changed(), if store_alive => {
                 if changed.is_err() {
@@ -437,7 +567,7 @@ struct WatchdogFeeder {
 
 impl WatchdogFeeder {
     fn from_env() -> WatchdogFeeder {
-        let interval = watchdog::interval_from_env();
+        let interval = watchdog::interval();
         if let Some(i) = interval {
             info!(
                 interval_ms = i.as_millis() as u64,

@@ -14,6 +14,20 @@ use std::time::{Duration, Instant};
 /// idle wake-ups, well under any sensible `WatchdogSec=`.
 pub const STALL_AFTER: Duration = Duration::from_secs(4);
 
+/// The watchdog interval a takeover inherited from the process it took over from.
+static INHERITED: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+
+/// Keeps the watchdog interval of the process this one took over from (systemd gives a
+/// process started by `systemctl reload` none of its own).
+pub fn inherit_interval(interval: Duration) {
+    let _ = INHERITED.set(interval);
+}
+
+/// The watchdog interval to ping at: systemd's for this process, else the inherited one.
+pub fn interval() -> Option<Duration> {
+    interval_from_env().or_else(|| INHERITED.get().copied())
+}
+
 /// The watchdog interval systemd asked for, if it asked this process: `WATCHDOG_USEC`, for
 /// us when `WATCHDOG_PID` is unset or ours (as `sd_watchdog_enabled` decides).
 pub fn interval_from_env() -> Option<Duration> {

@@ -4,22 +4,27 @@
 //! The socket is the abstract unix socket the node holds for as long as it runs
 //! ([`crate::host::instance`]): one per etcd network per network namespace, so a client in the
 //! same namespace reaches exactly that node, and nodes in other namespaces (tests, the demo)
-//! never answer for it. The exchange is one-shot: on accept the node writes the HTTP status
-//! code of its `/status` answer on the first line, then the body, and closes. The client
-//! sends nothing.
+//! never answer for it. The client sends one line, `status` (clients before this one sent
+//! nothing; the node answers them after [`FIRST_LINE_WAIT`]): the node writes the HTTP status
+//! code of its `/status` answer on the first line, then the body, and closes. A process
+//! taking over from the node sends `takeover <protocol>` instead, and the connection goes to
+//! the node's handover ([`crate::node::takeover`]).
 
 use std::io::Read;
 use std::os::linux::net::SocketAddrExt;
 use std::time::Duration;
 
 use hyper::Method;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::debug;
 
 use super::{route, OpsState};
 
 /// How long a client waits for the whole answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the node waits for a client's first line before answering with the status.
+pub const FIRST_LINE_WAIT: Duration = Duration::from_millis(300);
 
 /// Why the running node could not be asked.
 #[derive(Debug, thiserror::Error)]
@@ -56,15 +61,72 @@ pub async fn serve(listener: std::os::unix::net::UnixListener, state: OpsState) 
         Err(e) => return debug!(error = %e, "no local status socket"),
     };
     loop {
-        let Ok((mut conn, _)) = listener.accept().await else {
+        let Ok((conn, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let reply = route(&Method::GET, "/status", &state);
-        let text = format!("{}\n{}", reply.status.as_u16(), reply.body);
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(CLIENT_TIMEOUT, conn.write_all(text.as_bytes())).await;
-        });
+        let state = state.clone();
+        tokio::spawn(async move { answer(conn, state).await });
+    }
+}
+
+/// Reads the client's first line (bounded in time and length) and answers it.
+async fn answer(mut conn: tokio::net::UnixStream, state: OpsState) {
+    let mut line = Vec::new();
+    let read = tokio::time::timeout(FIRST_LINE_WAIT, async {
+        let mut b = [0u8; 1];
+        while line.len() < 64 {
+            match conn.read(&mut b).await {
+                Ok(1) if b[0] != b'\n' => line.push(b[0]),
+                _ => break,
+            }
+        }
+    })
+    .await;
+    let _ = read;
+    let line = String::from_utf8_lossy(&line).into_owned();
+    if let Some(protocol) = crate::node::takeover::parse_hello(&line) {
+        return hand_to_node(conn, protocol, &state);
+    }
+    let reply = route(&Method::GET, "/status", &state);
+    let text = format!("{}\n{}", reply.status.as_u16(), reply.body);
+    let _ = tokio::time::timeout(CLIENT_TIMEOUT, conn.write_all(text.as_bytes())).await;
+}
+
+/// A takeover request: to the node, if it speaks the protocol and is up to hand over.
+fn hand_to_node(conn: tokio::net::UnixStream, protocol: u32, state: &OpsState) {
+    use crate::node::takeover::{refuse, PROTOCOL};
+    let Ok(conn) = conn
+        .into_std()
+        .and_then(|c| c.set_nonblocking(false).map(|()| c))
+    else {
+        return;
+    };
+    if protocol != PROTOCOL {
+        return refuse(
+            &conn,
+            &format!("it speaks takeover protocol {PROTOCOL}, the new process {protocol}: stop it, then start the new one"),
+        );
+    }
+    let tx = state
+        .takeover
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    match tx {
+        Some(tx) => {
+            if let Err(e) = tx.try_send(conn) {
+                let conn = match e {
+                    tokio::sync::mpsc::error::TrySendError::Full(c)
+                    | tokio::sync::mpsc::error::TrySendError::Closed(c) => c,
+                };
+                refuse(&conn, "another takeover is under way");
+            }
+        }
+        None => refuse(
+            &conn,
+            "it is not up yet (starting or stopping); try again when it forwards",
+        ),
     }
 }
 
@@ -84,6 +146,8 @@ pub fn fetch(name: &str) -> Result<String, LocalStatusError> {
         Err(e) => return Err(io(e)),
     };
     conn.set_read_timeout(Some(CLIENT_TIMEOUT)).map_err(io)?;
+    // Older nodes write at once and ignore this line; newer ones read it.
+    std::io::Write::write_all(&mut conn, b"status\n").map_err(io)?;
     let mut text = String::new();
     conn.read_to_string(&mut text).map_err(io)?;
     let (code, body) = text.split_once('\n').unwrap_or((text.as_str(), ""));

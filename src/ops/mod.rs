@@ -12,7 +12,7 @@ pub mod metrics;
 pub mod server;
 pub mod status;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use hyper::{Method, StatusCode};
@@ -37,7 +37,47 @@ pub struct OpsState {
     pub status: Arc<ArcSwapOption<NodeStatus>>,
     /// What the node is doing while `status` is `None` (why it is not ready).
     pub phase: Arc<ArcSwap<String>>,
+    /// Where takeover requests go while the node can hand over (`None`: it cannot now).
+    pub takeover: Arc<Mutex<Option<TakeoverRequests>>>,
 }
+
+/// systemd's notification socket: `NOTIFY_SOCKET`, else the one a takeover inherited from
+/// the process it took over from ([`inherit_notify_socket`]).
+pub fn notify_socket() -> Option<std::ffi::OsString> {
+    std::env::var_os("NOTIFY_SOCKET")
+        .or_else(|| INHERITED_NOTIFY.get().map(std::ffi::OsString::from))
+}
+
+/// The notification socket a takeover inherited.
+static INHERITED_NOTIFY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Uses `path` as systemd's notification socket when this process was given none (a process
+/// started by `systemctl reload` to take over from the service's main process).
+pub fn inherit_notify_socket(path: &str) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        let _ = INHERITED_NOTIFY.set(path.to_string());
+    }
+}
+
+/// The environment variable that marks a node started by `weft run --detach`: it says
+/// [`READY_LINE`] on its standard output (a pipe to the parent) once it forwards.
+pub const DETACHED_ENV: &str = "WEFT_DETACHED";
+
+/// What a detached node writes to its parent when it forwards.
+pub const READY_LINE: &str = "weft: forwarding";
+
+/// Tells the `weft run --detach` parent, if this node has one, that it forwards.
+pub fn tell_detached_parent() {
+    if std::env::var_os(DETACHED_ENV).is_some() {
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "{READY_LINE}");
+        let _ = out.flush();
+    }
+}
+
+/// The node's queue of takeover requests (connections on its instance socket).
+pub type TakeoverRequests = tokio::sync::mpsc::Sender<std::os::unix::net::UnixStream>;
 
 impl OpsState {
     /// State for a node that is starting: no status, zero counters, `table` as published.
@@ -47,6 +87,7 @@ impl OpsState {
             table,
             status: Arc::new(ArcSwapOption::empty()),
             phase: Arc::new(ArcSwap::from_pointee("starting".to_string())),
+            takeover: Arc::default(),
         }
     }
 
@@ -135,7 +176,7 @@ pub fn route(method: &Method, path: &str, state: &OpsState) -> Reply {
 /// Tells systemd (Type=notify) about the service's state, when `NOTIFY_SOCKET` is set:
 /// `READY=1` once ready, `STOPPING=1` on the way out. Errors are logged, never fatal.
 pub fn sd_notify(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+    let Some(path) = notify_socket() else {
         return;
     };
     let sent = (|| -> std::io::Result<()> {

@@ -81,6 +81,19 @@ pub async fn spawn(addr: SocketAddr, state: OpsState) -> std::io::Result<OpsServ
     })
 }
 
+/// Serves the endpoints on an already bound listener (bound by the node, or handed over by
+/// the weft it takes over from) until the returned handle is dropped.
+pub fn spawn_on(listener: std::net::TcpListener, state: OpsState) -> std::io::Result<OpsServer> {
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
+    let addr = listener.local_addr()?;
+    info!(%addr, "serving /healthz, /readyz, /metrics and /status");
+    Ok(OpsServer {
+        task: tokio::spawn(serve(listener, state)),
+        addr,
+    })
+}
+
 /// The HTTP answer to `req`: the routed reply; for HEAD the same headers (Content-Length of
 /// the GET body) and no body; `Allow` with a 405.
 pub fn respond<B>(req: &Request<B>, state: &OpsState) -> Response<Full<Bytes>> {

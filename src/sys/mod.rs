@@ -3,6 +3,7 @@
 //! safe code built on these.
 #![allow(unsafe_code)]
 
+pub mod fdpass;
 pub mod iface;
 pub mod mmsg;
 pub mod steer;

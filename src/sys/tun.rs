@@ -139,6 +139,53 @@ impl Tun {
         Ok(tun)
     }
 
+    /// Takes an open TUN queue handed over by another process: asks the kernel which device
+    /// it is (TUNGETIFF) and whether it carries virtio-net headers. A descriptor that is not
+    /// a TUN device is refused.
+    pub fn from_fd(fd: OwnedFd) -> Result<Tun, TunError> {
+        // SAFETY: ifreq is plain old data; all-zero is a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        retry_eintr(|| {
+            // SAFETY: TUNGETIFF writes one ifreq, which `req` is.
+            Errno::result(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNGETIFF, &mut req) })
+        })
+        .map_err(|source| TunError::Ioctl {
+            what: "TUNGETIFF",
+            name: format!("descriptor {}", fd.as_raw_fd()),
+            source,
+        })?;
+        let bytes = req.ifr_name.map(|c| c as u8);
+        let name = match CStr::from_bytes_until_nul(&bytes) {
+            Ok(c) => c.to_string_lossy().into_owned(),
+            Err(_) => String::from_utf8_lossy(&bytes).into_owned(),
+        };
+        // SAFETY: TUNGETIFF filled ifr_flags (the union's flags member) on success.
+        let flags = i32::from(unsafe { req.ifr_ifru.ifru_flags });
+        if flags & libc::IFF_TUN == 0 {
+            return Err(TunError::Name(format!("{name} is not a TUN device")));
+        }
+        Ok(Tun {
+            fd,
+            name,
+            vnet_hdr: flags & libc::IFF_VNET_HDR != 0,
+        })
+    }
+
+    /// The descriptor, to hand over to another process (which gets the same open queue).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// A second descriptor for the same open queue: the queue stays attached, and what waits
+    /// in it stays queued, until the last of them closes.
+    pub fn try_clone(&self) -> io::Result<Tun> {
+        Ok(Tun {
+            fd: self.fd.try_clone()?,
+            name: self.name.clone(),
+            vnet_hdr: self.vnet_hdr,
+        })
+    }
+
     fn ioctl_err(&self, what: &'static str, source: io::Error) -> TunError {
         TunError::Ioctl {
             what,

@@ -61,6 +61,18 @@ impl StartingWeft {
         Self::spawn_raw(host, &[], &[], &flags)
     }
 
+    /// [`StartingWeft::spawn`] with extra `NAME=value` environment entries for the process.
+    pub fn spawn_with_env(
+        host: &Host,
+        endpoint: &str,
+        env: &[&str],
+        extra: &[&str],
+    ) -> StartingWeft {
+        let flags = node_flags(endpoint, extra);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        Self::spawn_raw(host, env, &[], &flags)
+    }
+
     /// `env RUST_LOG=weft=debug <env> <wrapper> weft run <args> -subnet-file=<temp>` in
     /// `host`, not waited for.
     fn spawn_raw(host: &Host, env: &[&str], wrapper: &[&str], args: &[&str]) -> StartingWeft {

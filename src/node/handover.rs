@@ -1,0 +1,245 @@
+//! The node's side of a takeover ([`super::takeover`] has the exchange): a new process
+//! taking over a running node's data path at start ([`ask`], [`take`], [`complete`]), and a
+//! running node giving it away from its serve loop ([`give`]).
+
+use std::future::Future;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::time::SystemTime;
+
+use tracing::{info, warn};
+
+use super::takeover::{Giver, Offer, TakeoverError, Taker, PROTOCOL};
+use super::{
+    choose_underlay, data_path_backend, placement, refuse_ipv4_only_backends, run_with_lease,
+    store_options, Base, NodeError, NodeOptions, Running, Serving,
+};
+use crate::dataplane::{Datapath, Devices};
+use crate::error::Chain;
+use crate::host::instance::InstanceLock;
+use crate::host::Underlay;
+use crate::store::state::{Expect, SavedState};
+use crate::store::Store;
+
+/// A takeover under way in the new process: the exchange, and the devices it got.
+pub(super) struct Taking {
+    pub(super) taker: Taker,
+    pub(super) devices: Option<Devices>,
+}
+
+/// Runs a blocking step of the exchange (bounded by its timeouts) without holding up the
+/// runtime's other tasks.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// Asks the weft running for this network here to hand over; `None` when none runs.
+pub(super) fn ask(opts: &NodeOptions) -> Result<Option<Taker>, NodeError> {
+    Ok(Taker::connect(&opts.etcd.prefix)?)
+}
+
+/// Whether this process can take over what `offer` describes: the same TUN device and the
+/// same underlay addresses (its devices and lease are bound to them).
+fn compatible(opts: &NodeOptions, underlay: &Underlay, offer: &Offer) -> Result<(), String> {
+    if offer.protocol != PROTOCOL {
+        return Err(format!(
+            "the running weft speaks takeover protocol {}, this one {PROTOCOL}",
+            offer.protocol
+        ));
+    }
+    if offer.prefix.trim_end_matches('/') != opts.etcd.prefix.trim_end_matches('/') {
+        return Err(format!(
+            "the running weft serves etcd prefix {}, this one {}",
+            offer.prefix, opts.etcd.prefix
+        ));
+    }
+    if let Some(tun) = &offer.tun {
+        if *tun != opts.datapath.tun_name {
+            return Err(format!(
+                "the running weft forwards through {tun}, this one is configured for {} (--tun-name)",
+                opts.datapath.tun_name
+            ));
+        }
+    }
+    if offer.public_ip != underlay.public_ip || offer.public_ipv6 != underlay.public_ipv6 {
+        return Err(format!(
+            "the running weft's PublicIP is {} (PublicIPv6 {:?}), this one chose {} (PublicIPv6 {:?}) on {}",
+            offer.public_ip, offer.public_ipv6, underlay.public_ip, underlay.public_ipv6, underlay.iface
+        ));
+    }
+    Ok(())
+}
+
+/// The new process, from the running node's offer until this one serves in its place.
+pub(super) async fn take(
+    opts: &NodeOptions,
+    mut taker: Taker,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> Result<(), NodeError> {
+    let underlay = match choose_underlay(opts) {
+        Ok(u) => u,
+        Err(e) => {
+            taker.abort(&Chain(&e).to_string());
+            return Err(e);
+        }
+    };
+    let (offer, state) = blocking(|| taker.receive_offer())?;
+    info!(pid = offer.pid, version = %offer.weft_version, tun = ?offer.tun, "the running weft offers its data path");
+    if let Err(why) = compatible(opts, &underlay, &offer) {
+        taker.abort(&why);
+        return Err(TakeoverError::Refused(why).into());
+    }
+    let expect = Expect {
+        prefix: &opts.etcd.prefix,
+        public_ip: underlay.public_ip,
+        public_ipv6: underlay.public_ipv6,
+        config_check: Some(refuse_ipv4_only_backends),
+    };
+    let resume = match SavedState::decode(&state).and_then(|s| s.check(&expect, SystemTime::now()))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            taker.abort(&format!("its state is not usable: {}", Chain(&e)));
+            return Err(e.into());
+        }
+    };
+    for (key, problem) in &resume.rejected {
+        warn!(%key, reason = problem.label(), error = %problem, "skipping a lease from the running weft's state");
+    }
+    let received = blocking(|| taker.accept())?;
+    failpoint("after-devices");
+    let instance = match InstanceLock::adopt(received.instance, &opts.etcd.prefix) {
+        Ok(i) => i,
+        Err(e) => {
+            taker.abort(&Chain(&e).to_string());
+            return Err(e.into());
+        }
+    };
+    // The running node's ops listener when this one serves the same address; else its own.
+    let ops_listener = match (opts.healthz, received.ops) {
+        (Some(addr), Some(l)) if offer.healthz == Some(addr) => Some(l),
+        (Some(addr), _) => match std::net::TcpListener::bind(addr) {
+            Ok(l) => Some(l),
+            Err(source) => {
+                let e = NodeError::Healthz { addr, source };
+                taker.abort(&Chain(&e).to_string());
+                return Err(e);
+            }
+        },
+        (None, _) => None,
+    };
+    if let Some(path) = &offer.notify_socket {
+        crate::ops::inherit_notify_socket(path);
+    }
+    if let Some(usec) = offer.watchdog_usec {
+        super::watchdog::inherit_interval(std::time::Duration::from_micros(usec));
+    }
+    let base = Base::new(opts, instance, ops_listener)?;
+    let store = match Store::resume(store_options(opts, &underlay), base.shared.clone(), resume) {
+        Ok(s) => s,
+        Err(e) => {
+            taker.abort(&Chain(&e).to_string());
+            return Err(e.into());
+        }
+    };
+    let taking = Taking {
+        taker,
+        devices: received.devices,
+    };
+    let outcome = run_with_lease(opts, &base, &underlay, &store, Some(taking), shutdown).await;
+    store.shutdown().await;
+    outcome
+}
+
+/// Fault injection for the tests of a takeover that fails half-way: with
+/// `WEFT_TAKEOVER_FAILPOINT=<name>` the process dies at the point `name` (as a crash would:
+/// no clean-up, its descriptors closed by the kernel).
+fn failpoint(name: &str) {
+    if std::env::var("WEFT_TAKEOVER_FAILPOINT").is_ok_and(|v| v == name) {
+        tracing::error!(failpoint = name, "WEFT_TAKEOVER_FAILPOINT: dying here");
+        std::process::exit(101);
+    }
+}
+
+/// The new process's data path runs on the handed-over devices: tell the running node and
+/// wait for it to let go. `Err`: it did not, and may forward again, so this one stops.
+pub(super) fn complete(mut taker: Taker, running: &mut Running) -> Result<(), NodeError> {
+    if let Err(e) = blocking(|| taker.forwarding()) {
+        if let Some(dp) = running.dp.take() {
+            // Stop our workers at once; our copies of the descriptors close with them.
+            let _ = dp.stop();
+        }
+        return Err(e.into());
+    }
+    crate::ops::sd_notify(&format!("MAINPID={}", std::process::id()));
+    info!("took over from the running weft: forwarding on its devices");
+    Ok(())
+}
+
+/// The running node: gives its data path to the process that asked on `conn`. `Ok(pid)`:
+/// the new process forwards and this one must exit. On `Err` this node forwards as before
+/// (its workers run again on its own descriptors if they had stopped).
+pub(super) async fn give(
+    ctx: &Serving<'_>,
+    running: &mut Running,
+    conn: UnixStream,
+) -> Result<u32, NodeError> {
+    let mut giver = Giver::new(conn);
+    let Some(state) = ctx.store.saved_state().await else {
+        let why = "its store is not running";
+        super::takeover::refuse(giver_conn(&giver), why);
+        return Err(TakeoverError::Refused(why.into()).into());
+    };
+    let offer = Offer {
+        protocol: PROTOCOL,
+        weft_version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+        prefix: ctx.opts.etcd.prefix.clone(),
+        tun: running.dp.as_ref().map(|d| d.info().tun.clone()),
+        workers: running.dp.as_ref().map_or(0, |d| d.info().workers as usize),
+        iface: ctx.underlay.iface.clone(),
+        public_ip: ctx.underlay.public_ip,
+        public_ipv6: ctx.underlay.public_ipv6,
+        healthz: ctx
+            .base
+            .ops_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok()),
+        notify_socket: crate::ops::notify_socket().map(|p| p.to_string_lossy().into_owned()),
+        watchdog_usec: super::watchdog::interval().map(|d| d.as_micros() as u64),
+    };
+    let pid = blocking(|| giver.offer(&offer, &state.encode()))?;
+    info!(pid, "a new process takes over: handing the data path over");
+    let devices = match running.dp.take() {
+        Some(dp) => Some(dp.stop_keeping_devices()?),
+        None => None,
+    };
+    let ops_fd = ctx.base.ops_listener.as_ref().map(|l| l.as_fd());
+    let given = blocking(|| giver.hand_over(devices.as_ref(), ops_fd, ctx.base.instance.fd()));
+    match given {
+        Ok(()) => {
+            crate::ops::sd_notify(&format!("MAINPID={pid}"));
+            Ok(pid)
+        }
+        Err(e) => {
+            if let Some(d) = devices {
+                let config = ctx.store.config();
+                let own = ctx.store.own_lease();
+                if let Some(backend) = data_path_backend(config, &own)? {
+                    let at = placement(config, &own, ctx.underlay, backend);
+                    let dp =
+                        Datapath::adopt(d, &ctx.opts.datapath, &at, ctx.base.ops.table.clone())?;
+                    ctx.base.ops.set_counters(dp.counters().clone());
+                    running.dp = Some(dp);
+                    warn!("the takeover did not complete: forwarding again on this node's own devices");
+                }
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// The connection of a giver, for a last word.
+fn giver_conn(g: &Giver) -> &UnixStream {
+    g.conn()
+}

@@ -11,21 +11,15 @@ use tracing::{info, warn};
 
 use super::takeover::{Giver, Offer, TakeoverError, Taker, PROTOCOL};
 use super::{
-    choose_underlay, data_path_backend, placement, refuse_ipv4_only_backends, run_with_lease,
+    choose_underlay, data_path_backend, placement, refuse_ipv4_only_backends, serve_node,
     store_options, Base, NodeError, NodeOptions, Running, Serving,
 };
-use crate::dataplane::{Datapath, Devices};
+use crate::dataplane::Datapath;
 use crate::error::Chain;
 use crate::host::instance::InstanceLock;
 use crate::host::Underlay;
 use crate::store::state::{Expect, SavedState};
 use crate::store::Store;
-
-/// A takeover under way in the new process: the exchange, and the devices it got.
-pub(super) struct Taking {
-    pub(super) taker: Taker,
-    pub(super) devices: Option<Devices>,
-}
 
 /// Runs a blocking step of the exchange (bounded by its timeouts) without holding up the
 /// runtime's other tasks.
@@ -103,29 +97,58 @@ pub(super) async fn take(
             return Err(e.into());
         }
     };
-    for (key, problem) in &resume.rejected {
-        warn!(%key, reason = problem.label(), error = %problem, "skipping a lease from the running weft's state");
-    }
-    let received = blocking(|| taker.accept())?;
-    failpoint("after-devices");
-    let instance = match InstanceLock::adopt(received.instance, &opts.etcd.prefix) {
-        Ok(i) => i,
+    // Everything that does not need the devices happens while the running node still
+    // forwards: the store (the state's table published), the iptables rules, the routes.
+    let ops = super::fresh_ops();
+    let store = match Store::resume(store_options(opts, &underlay), ops.table.clone(), resume) {
+        Ok(s) => s,
         Err(e) => {
             taker.abort(&Chain(&e).to_string());
             return Err(e.into());
         }
     };
-    // The running node's ops listener when this one serves the same address; else its own.
+    let outcome = take_devices(opts, taker, &offer, &underlay, ops, &store, shutdown).await;
+    store.shutdown().await;
+    outcome
+}
+
+/// From the store running to serving: the rules and routes, then the devices (the running
+/// node stops its workers for as short a time as it takes this one to start its own).
+async fn take_devices(
+    opts: &NodeOptions,
+    mut taker: Taker,
+    offer: &Offer,
+    underlay: &Underlay,
+    ops: crate::ops::OpsState,
+    store: &crate::store::StoreHandle,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> Result<(), NodeError> {
+    let config = store.config().clone();
+    let own = store.own_lease();
+    super::log_lease(&config, &own);
+    let mut running = match Running::prepare(opts, &config, &own, underlay, &ops) {
+        Ok(r) => r,
+        Err(e) => {
+            taker.abort(&Chain(&e).to_string());
+            return Err(e);
+        }
+    };
+    let received = blocking(|| taker.accept())?;
+    failpoint("after-devices");
+    let attached = running.attach(opts, &config, &own, underlay, &ops, received.devices);
+    if let Err(e) = attached {
+        taker.abort(&Chain(&e).to_string());
+        return Err(e);
+    }
+    complete(taker, &mut running)?;
+    // The node serves from here: its instance socket and ops listener are the old one's.
+    let instance = InstanceLock::adopt(received.instance, &opts.etcd.prefix)?;
     let ops_listener = match (opts.healthz, received.ops) {
         (Some(addr), Some(l)) if offer.healthz == Some(addr) => Some(l),
-        (Some(addr), _) => match std::net::TcpListener::bind(addr) {
-            Ok(l) => Some(l),
-            Err(source) => {
-                let e = NodeError::Healthz { addr, source };
-                taker.abort(&Chain(&e).to_string());
-                return Err(e);
-            }
-        },
+        (Some(addr), _) => Some(
+            std::net::TcpListener::bind(addr)
+                .map_err(|source| NodeError::Healthz { addr, source })?,
+        ),
         (None, _) => None,
     };
     if let Some(path) = &offer.notify_socket {
@@ -134,21 +157,9 @@ pub(super) async fn take(
     if let Some(usec) = offer.watchdog_usec {
         super::watchdog::inherit_interval(std::time::Duration::from_micros(usec));
     }
-    let base = Base::new(opts, instance, ops_listener)?;
-    let store = match Store::resume(store_options(opts, &underlay), base.shared.clone(), resume) {
-        Ok(s) => s,
-        Err(e) => {
-            taker.abort(&Chain(&e).to_string());
-            return Err(e.into());
-        }
-    };
-    let taking = Taking {
-        taker,
-        devices: received.devices,
-    };
-    let outcome = run_with_lease(opts, &base, &underlay, &store, Some(taking), shutdown).await;
-    store.shutdown().await;
-    outcome
+    crate::ops::sd_notify(&format!("MAINPID={}", std::process::id()));
+    let base = Base::new(opts, instance, ops_listener, ops)?;
+    serve_node(opts, &base, underlay, store, running, shutdown).await
 }
 
 /// Fault injection for the tests of a takeover that fails half-way: with
@@ -171,7 +182,6 @@ pub(super) fn complete(mut taker: Taker, running: &mut Running) -> Result<(), No
         }
         return Err(e.into());
     }
-    crate::ops::sd_notify(&format!("MAINPID={}", std::process::id()));
     info!("took over from the running weft: forwarding on its devices");
     Ok(())
 }

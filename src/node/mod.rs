@@ -150,18 +150,20 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
         ),
         None => None,
     };
-    let base = Base::new(&opts, instance, ops_listener)?;
+    let base = Base::new(&opts, instance, ops_listener, fresh_ops())?;
     base.ops.set_phase("choosing the underlay interface");
     let underlay = choose_underlay(&opts)?;
     let store = match saved_state(&opts, &underlay) {
-        Some(resume) => {
-            Store::resume(store_options(&opts, &underlay), base.shared.clone(), resume)?
-        }
+        Some(resume) => Store::resume(
+            store_options(&opts, &underlay),
+            base.ops.table.clone(),
+            resume,
+        )?,
         None => {
             base.ops
                 .set_phase("waiting for etcd: no network config or lease yet");
             tokio::select! {
-                s = Store::start(store_options(&opts, &underlay), base.shared.clone()) => s?,
+                s = Store::start(store_options(&opts, &underlay), base.ops.table.clone()) => s?,
                 _ = &mut shutdown => {
                     info!("stopped before the node was up");
                     return Ok(());
@@ -170,7 +172,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
         }
     };
     // Whatever happens from here on, the store is shut down on this one path.
-    let outcome = run_with_lease(&opts, &base, &underlay, &store, None, &mut shutdown).await;
+    let outcome = run_with_lease(&opts, &base, &underlay, &store, &mut shutdown).await;
     store.shutdown().await;
     outcome
 }
@@ -181,7 +183,7 @@ struct Base {
     instance: crate::host::instance::InstanceLock,
     /// The ops listener's second handle (the server task holds the first).
     ops_listener: Option<std::net::TcpListener>,
-    shared: SharedTable,
+    /// What the ops endpoints read (the published table among it).
     ops: OpsState,
     _http: Option<crate::ops::server::OpsServer>,
     _local: Option<AbortOnDrop>,
@@ -194,9 +196,8 @@ impl Base {
         opts: &NodeOptions,
         instance: crate::host::instance::InstanceLock,
         ops_listener: Option<std::net::TcpListener>,
+        ops: OpsState,
     ) -> Result<Base, NodeError> {
-        let shared = SharedTable::new(LeaseTable::empty(32));
-        let ops = OpsState::new(shared.clone());
         let http = match &ops_listener {
             Some(l) => {
                 let addr = l.local_addr().ok().or(opts.healthz);
@@ -223,12 +224,16 @@ impl Base {
         Ok(Base {
             instance,
             ops_listener,
-            shared,
             ops,
             _http: http,
             _local: local,
         })
     }
+}
+
+/// The ops state of a node that is starting: an empty table, no status yet.
+fn fresh_ops() -> OpsState {
+    OpsState::new(SharedTable::new(LeaseTable::empty(32)))
 }
 
 /// Chooses the underlay interface as the flags say, and logs it.
@@ -309,40 +314,43 @@ fn refuse_ipv4_only_backends(config: &NetworkConfig) -> Result<(), ConfigError> 
     }
 }
 
-/// With the lease in hand: the iptables rules, the data path (on the devices a takeover
-/// handed over, if any) and the routes, then the node serves until it stops; everything
-/// started here stops when this returns.
+/// With the lease in hand: the iptables rules, the data path and the routes, then the node
+/// serves until it stops; everything started here stops when this returns.
 async fn run_with_lease(
     opts: &NodeOptions,
     base: &Base,
     underlay: &Underlay,
     store: &StoreHandle,
-    taking: Option<handover::Taking>,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> Result<(), NodeError> {
+    let config = store.config().clone();
+    let own = store.own_lease();
+    log_lease(&config, &own);
+    base.ops.set_phase("lease acquired; starting the data path");
+    let mut running = Running::prepare(opts, &config, &own, underlay, &base.ops)?;
+    running.attach(opts, &config, &own, underlay, &base.ops, None)?;
+    serve_node(opts, base, underlay, store, running, shutdown).await
+}
+
+/// Logs the lease the node runs with.
+fn log_lease(config: &NetworkConfig, own: &OwnLease) {
+    // On an IPv6-only network the IPv4 half is flannel's empty 0.0.0.0/0: name the IPv6 one.
+    info!(subnets = %own.subnets(), network = %config.network, network6 = ?config.ipv6.as_ref().map(|v6| v6.network.to_string()), backend = config.backend.kind.as_str(), "lease acquired");
+}
+
+/// With everything running: say so, serve until told to stop (or handed over), then stop.
+async fn serve_node(
+    opts: &NodeOptions,
+    base: &Base,
+    underlay: &Underlay,
+    store: &StoreHandle,
+    mut running: Running,
     shutdown: &mut (impl Future<Output = ()> + Unpin),
 ) -> Result<(), NodeError> {
     let ops = &base.ops;
     let config = store.config().clone();
     let own = store.own_lease();
-    // On an IPv6-only network the IPv4 half is flannel's empty 0.0.0.0/0: name the IPv6 one.
     let subnets = own.subnets();
-    info!(subnets = %subnets, network = %config.network, network6 = ?config.ipv6.as_ref().map(|v6| v6.network.to_string()), backend = config.backend.kind.as_str(), "lease acquired");
-    ops.set_phase("lease acquired; starting the data path");
-    let (devices, taking) = match taking {
-        Some(t) => (t.devices, Some(t.taker)),
-        None => (None, None),
-    };
-    let mut running = match Running::start(opts, &config, &own, underlay, ops, devices) {
-        Ok(r) => r,
-        Err(e) => {
-            if let Some(mut t) = taking {
-                t.abort(&anyhow_chain(&e));
-            }
-            return Err(e);
-        }
-    };
-    if let Some(t) = taking {
-        handover::complete(t, &mut running)?;
-    }
     let dp_info = running.dp.as_ref().map(|d| d.info().clone());
     let status = StatusPublisher::new(ops, &config, underlay, opts, dp_info);
     status.publish(running.dp.as_ref(), store, running.iptables.state);
@@ -373,11 +381,6 @@ async fn run_with_lease(
     running.stop(ended, opts).await
 }
 
-/// An error and its causes on one line, for a message to another process.
-fn anyhow_chain(e: &NodeError) -> String {
-    Chain(e).to_string()
-}
-
 /// What the serve loop works with besides the running parts.
 struct Serving<'a> {
     opts: &'a NodeOptions,
@@ -397,16 +400,14 @@ struct Running {
 }
 
 impl Running {
-    /// Starts them in order, the data path on `devices` when a takeover handed them over;
-    /// what started before a failure stops as the error returns (dropping a [`Datapath`]
-    /// stops its workers).
-    fn start(
+    /// The iptables rules and the direct-route reconciler (no data path yet:
+    /// [`Running::attach`]); what started before a failure stops as the error returns.
+    fn prepare(
         opts: &NodeOptions,
         config: &NetworkConfig,
         own: &OwnLease,
         underlay: &Underlay,
         ops: &OpsState,
-        devices: Option<crate::dataplane::Devices>,
     ) -> Result<Running, NodeError> {
         // Docker-style rules that masquerade pod-to-pod traffic: warned about, or rewritten.
         if let Some(subnet) = own.subnet4() {
@@ -417,26 +418,38 @@ impl Running {
         let ipv4 = own.subnet4().map(|_| config.network);
         let ipv6 = config.ipv6.as_ref().map(|v6| v6.network).zip(own.subnet6);
         let iptables = Iptables::start(opts, ipv4, own.subnet, ipv6)?;
-        let dp = match data_path_backend(config, own)? {
-            Some(backend) => {
-                let at = placement(config, own, underlay, backend);
-                let dp = match devices {
-                    Some(d) => Datapath::adopt(d, &opts.datapath, &at, ops.table.clone())?,
-                    None => Datapath::open(&opts.datapath, &at, ops.table.clone())?,
-                };
-                ops.set_counters(dp.counters().clone());
-                Some(dp)
-            }
-            None => None,
-        };
         let routes = direct_routes(config)
             .map(|only_connected| Routes::start(opts, config, own, underlay, ops, only_connected))
             .transpose()?;
         Ok(Running {
             iptables,
-            dp,
+            dp: None,
             routes,
         })
+    }
+
+    /// Starts the data path (none for host-gw): on `devices` when a takeover handed them
+    /// over, else on devices it opens.
+    fn attach(
+        &mut self,
+        opts: &NodeOptions,
+        config: &NetworkConfig,
+        own: &OwnLease,
+        underlay: &Underlay,
+        ops: &OpsState,
+        devices: Option<crate::dataplane::Devices>,
+    ) -> Result<(), NodeError> {
+        let Some(backend) = data_path_backend(config, own)? else {
+            return Ok(());
+        };
+        let at = placement(config, own, underlay, backend);
+        let dp = match devices {
+            Some(d) => Datapath::adopt(d, &opts.datapath, &at, ops.table.clone())?,
+            None => Datapath::open(&opts.datapath, &at, ops.table.clone())?,
+        };
+        ops.set_counters(dp.counters().clone());
+        self.dp = Some(dp);
+        Ok(())
     }
 
     /// The one way down: the route reconciler stops (its routes stay in place, as flanneld

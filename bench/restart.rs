@@ -108,7 +108,19 @@ fn ping_result(ping: Proc) -> (Vec<f64>, u32) {
             Some((t, seq))
         })
         .collect();
-    let sent = replies.iter().map(|r| r.1).max().unwrap_or(0);
+    // Pings sent after the last answered one: in flight at the stop if only one or two,
+    // else lost (the path never came back).
+    let answered = replies.iter().map(|r| r.1).max().unwrap_or(0);
+    let transmitted: u32 = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(answered);
+    let sent = match transmitted.saturating_sub(answered) {
+        0..=2 => answered,
+        _ => transmitted,
+    };
     if std::env::var_os("WEFT_RESTART_METRICS").is_some() {
         let got: std::collections::HashSet<u32> = replies.iter().map(|r| r.1).collect();
         let missing: Vec<u32> = (1..=sent).filter(|s| !got.contains(s)).collect();
@@ -117,22 +129,28 @@ fn ping_result(ping: Proc) -> (Vec<f64>, u32) {
     (replies.into_iter().map(|r| r.0).collect(), sent)
 }
 
-/// The longest run of 0.1 s intervals under 1% of the median rate, in seconds.
-fn longest_stall(iperf: &serde_json::Value) -> f64 {
-    let rates: Vec<f64> = iperf["intervals"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|i| i["sum"]["bits_per_second"].as_f64())
-                .collect()
+/// The longest run of 0.1 s intervals under 1% of the median rate, in seconds, from iperf3's
+/// text report (`-f m`: Mbits/sec); intervals missing at the end (the stream died) count as
+/// stalled.
+fn longest_stall(iperf: &str) -> f64 {
+    let mut rates: Vec<f64> = iperf
+        .lines()
+        .filter(|l| l.contains("Mbits/sec") && !l.contains("sender") && !l.contains("receiver"))
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let at = w.iter().position(|x| *x == "Mbits/sec")?;
+            w.get(at.checked_sub(1)?)?.parse().ok()
         })
-        .unwrap_or_default();
+        .collect();
     if rates.is_empty() {
         return f64::NAN;
     }
-    let mut sorted = rates.clone();
+    rates.resize(rates.len().max(RUN_SECS as usize * 10), 0.0);
+    // The stream's own rate: the median before the event.
+    let before = (EVENT_AT.as_millis() / 100) as usize;
+    let mut sorted = rates[..before.min(rates.len())].to_vec();
     sorted.sort_by(f64::total_cmp);
-    let low = sorted[sorted.len() / 2] * 0.01;
+    let low = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0) * 0.01;
     let (mut run, mut worst) = (0usize, 0usize);
     for r in rates {
         run = if r < low { run + 1 } else { 0 };
@@ -159,9 +177,31 @@ fn measure(way: Way, takeover: bool) -> Budget {
     std::thread::sleep(Duration::from_secs(3));
     let (p0, p1) = (lab.host(0).pod(0), lab.host(1).pod(0));
     let ping = p1.spawn(&["ping", "-n", "-D", "-i", "0.001", &p0.addr().to_string()]);
-    let server = p1.iperf3_server(5201);
+    let server = p1.spawn(&["iperf3", "-s", "-1", "-p", "5201"]);
+    std::thread::sleep(Duration::from_millis(200));
     let (iperf, started) = std::thread::scope(|s| {
-        let client = s.spawn(|| p0.iperf3_client(p1.addr(), 5201, RUN_SECS, &["-i", "0.1"]));
+        let client = s.spawn(|| {
+            // Text output flushed per interval, not JSON: a stream on a path that never comes
+            // back is cut off at the end of the run and its intervals so far still count.
+            let out = p0.exec_within(
+                &[
+                    "iperf3",
+                    "-c",
+                    &p1.addr().to_string(),
+                    "-p",
+                    "5201",
+                    "-t",
+                    &RUN_SECS.to_string(),
+                    "-i",
+                    "0.1",
+                    "--forceflush",
+                    "-f",
+                    "m",
+                ],
+                Duration::from_secs(u64::from(RUN_SECS) + 2),
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        });
         std::thread::sleep(EVENT_AT);
         let mut frozen = None;
         let mut a = Some(a);
@@ -212,23 +252,33 @@ fn measure(way: Way, takeover: bool) -> Budget {
         (json, started)
     });
     drop(server.output_within(Duration::from_secs(5)));
-    let (times, sent) = ping_result(ping);
+    let stopped = epoch();
+    let (mut times, sent) = ping_result(ping);
+    // A path that never came back: the gap runs to the stop.
+    if times.last().is_some_and(|&t| t < started) {
+        times.push(stopped);
+    }
     let lost = sent.saturating_sub(times.len() as u32);
-    let mut gap = (0.0f64, f64::NAN);
+    // The longest gap between answered pings, and the first answered after the start that
+    // ends a gap of 10 ms or more (the path coming back).
+    let mut gap = 0.0f64;
+    let mut back = None;
     for w in times.windows(2) {
-        if w[1] - w[0] > gap.0 {
-            gap = (w[1] - w[0], w[1]);
+        gap = gap.max(w[1] - w[0]);
+        if back.is_none() && w[1] > started && w[1] - w[0] >= 0.01 {
+            back = Some(w[1]);
         }
     }
-    let first_ms = if gap.0 < 0.01 {
-        0.0
-    } else {
-        (gap.1 - started) * 1000.0
+    let first_ms = match back {
+        Some(t) if t < stopped => (t - started) * 1000.0,
+        // Only the stop ended the gap: never (within the run).
+        Some(_) => f64::NAN,
+        None => 0.0,
     };
     Budget {
         sent,
         lost,
-        gap_ms: gap.0 * 1000.0,
+        gap_ms: gap * 1000.0,
         stall_s: longest_stall(&iperf),
         first_ms,
     }

@@ -50,8 +50,14 @@ struct Shared {
     underlay_mtu: AtomicU32,
     /// One heartbeat per worker thread, in start order: advanced each time the thread
     /// handles a batch or wakes from an idle wait.
-    beats: [AtomicU64; MAX_THREADS],
+    beats: [Beat; MAX_THREADS],
 }
+
+/// A worker thread's heartbeat, on a cache line of its own: the threads advance theirs on
+/// every turn, and sharing a line would make each advance a cache miss for the others.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Beat(AtomicU64);
 
 /// The running data path: its workers (and through them the TUN queues and sockets). Stopped
 /// by [`Datapath::stop`], which reports a worker's error, or by dropping it.
@@ -102,7 +108,7 @@ impl Datapath {
             stop,
             counters: Arc::new(Counters::default()),
             underlay_mtu: AtomicU32::new(underlay_mtu),
-            beats: std::array::from_fn(|_| AtomicU64::new(0)),
+            beats: std::array::from_fn(|_| Beat::default()),
         });
         let n = workers.len();
         let mut dp = Datapath {
@@ -157,18 +163,18 @@ impl Datapath {
         let slot = self.workers.len();
         if !cfg.split {
             return self.spawn(format!("weft-dp{i}"), cpu, move |name| {
-                run_both(name, &w, send, recv, &sh, &sh.beats[slot])
+                run_both(name, &w, send, recv, &sh, &sh.beats[slot].0)
             });
         }
         self.spawn(format!("weft-dp{i}tx"), cpu, move |name| {
-            run_one_side(name, w.tun.as_fd(), &sh.stop, &sh.beats[slot], || {
+            run_one_side(name, w.tun.as_fd(), &sh.stop, &sh.beats[slot].0, || {
                 let mtu = sh.underlay_mtu.load(Ordering::Relaxed);
                 send.run_once(&w.tun, &sh.tx, &sh.counters, mtu)
             })
         })?;
         let sh = self.shared.clone();
         self.spawn(format!("weft-dp{i}rx"), cpu, move |name| {
-            run_receive(name, &io, recv, &sh, &sh.beats[slot + 1])
+            run_receive(name, &io, recv, &sh, &sh.beats[slot + 1].0)
         })
     }
 
@@ -214,7 +220,7 @@ impl Datapath {
     pub fn heartbeats(&self) -> Vec<u64> {
         self.shared.beats[..self.workers.len()]
             .iter()
-            .map(|b| b.load(Ordering::Relaxed))
+            .map(|b| b.0.load(Ordering::Relaxed))
             .collect()
     }
 

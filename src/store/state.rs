@@ -12,7 +12,7 @@
 //! (it is stored as the record etcd would hold). The same document travels from a running
 //! node to the one taking over from it ([`crate::node`]'s takeover).
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -281,33 +281,10 @@ impl SavedState {
     /// flushed to disk, then renamed over the old one (a reader or a crash sees the old
     /// state or the new, never half of one).
     pub fn write(&self, path: &Path) -> Result<(), StateError> {
-        let io = |source| StateError::Io {
+        super::subnet_env::write_atomically(path, &self.encode()).map_err(|source| StateError::Io {
             path: path.to_path_buf(),
             source,
-        };
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| STATE_FILE_NAME.into());
-        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-        let res = (|| {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)?;
-            f.write_all(&self.encode())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)
-        })();
-        if res.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        res.map_err(io)
+        })
     }
 
     /// Reads the state at `path`; `Ok(None)` when there is none. Only a regular file is

@@ -116,25 +116,10 @@ impl SubnetEnv {
 
     /// Writes the file atomically, creating its directory if needed.
     pub fn write(&self, path: &Path) -> Result<(), SubnetEnvError> {
-        let io = |source| SubnetEnvError::Io {
+        write_atomically(path, self.render().as_bytes()).map_err(|source| SubnetEnvError::Io {
             path: path.to_path_buf(),
             source,
-        };
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let mut tmp = tempfile_in(dir, path).map_err(io)?;
-        let res = (|| {
-            tmp.1.write_all(self.render().as_bytes())?;
-            tmp.1.sync_all()?;
-            std::fs::rename(&tmp.0, path)
-        })();
-        if res.is_err() {
-            let _ = std::fs::remove_file(&tmp.0);
-        }
-        res.map_err(io)
+        })
     }
 
     /// Reads a subnet.env file (as written by flanneld or weft).
@@ -246,6 +231,27 @@ fn parse_host_cidr(v: &str) -> Option<Subnet> {
 }
 
 /// Creates a uniquely named temporary file next to `target`.
+/// Writes `bytes` to `path` so that a reader (or a crash) sees the old contents or the new,
+/// never a part: a new temporary file in the same directory (created with it if needed),
+/// flushed to disk, then renamed over `path`. The temporary file goes on failure.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)?;
+    let (tmp, mut file) = tempfile_in(dir, path)?;
+    let res = (|| {
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
 fn tempfile_in(dir: &Path, target: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
     let base = target
         .file_name()

@@ -63,6 +63,16 @@ pub(crate) fn ifreq_for(name: &str) -> Option<libc::ifreq> {
     Some(req)
 }
 
+/// The interface name the kernel wrote into `req`: NUL-terminated within IFNAMSIZ, or
+/// without a NUL all of it.
+fn ifr_name(req: &libc::ifreq) -> String {
+    let bytes = req.ifr_name.map(|c| c as u8);
+    match CStr::from_bytes_until_nul(&bytes) {
+        Ok(c) => c.to_string_lossy().into_owned(),
+        Err(_) => String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
 impl Tun {
     /// Opens (or creates) the TUN device `name`; with `vnet_hdr` every packet read or written
     /// starts with a [`VNET_HDR_LEN`]-byte virtio-net header.
@@ -115,15 +125,9 @@ impl Tun {
             name: name.to_string(),
             source,
         })?;
-        // The kernel NUL-terminates ifr_name within IFNAMSIZ; without a NUL, take it all.
-        let bytes = req.ifr_name.map(|c| c as u8);
-        let actual = match CStr::from_bytes_until_nul(&bytes) {
-            Ok(c) => c.to_string_lossy().into_owned(),
-            Err(_) => String::from_utf8_lossy(&bytes).into_owned(),
-        };
         let tun = Tun {
             fd,
-            name: actual,
+            name: ifr_name(&req),
             vnet_hdr,
         };
         if vnet_hdr {
@@ -154,11 +158,7 @@ impl Tun {
             name: format!("descriptor {}", fd.as_raw_fd()),
             source,
         })?;
-        let bytes = req.ifr_name.map(|c| c as u8);
-        let name = match CStr::from_bytes_until_nul(&bytes) {
-            Ok(c) => c.to_string_lossy().into_owned(),
-            Err(_) => String::from_utf8_lossy(&bytes).into_owned(),
-        };
+        let name = ifr_name(&req);
         // SAFETY: TUNGETIFF filled ifr_flags (the union's flags member) on success.
         let flags = i32::from(unsafe { req.ifr_ifru.ifru_flags });
         if flags & libc::IFF_TUN == 0 {

@@ -475,24 +475,20 @@ impl PeerSet {
 
     /// Every lease in the set, each key once with the halves it holds, in key order.
     pub fn leases(&self) -> Vec<Lease> {
-        let mut out: BTreeMap<LeaseKey, Lease> = BTreeMap::new();
-        for h in self.peers.values() {
-            let l = out.entry(h.key).or_insert(Lease {
-                key: h.key,
-                created: h.created,
+        fn of(out: &mut BTreeMap<LeaseKey, Lease>, key: LeaseKey, created: i64) -> &mut Lease {
+            out.entry(key).or_insert(Lease {
+                key,
+                created,
                 peer: None,
                 peer6: None,
-            });
-            l.peer = Some(h.peer);
+            })
+        }
+        let mut out = BTreeMap::new();
+        for h in self.peers.values() {
+            of(&mut out, h.key, h.created).peer = Some(h.peer);
         }
         for h in self.peers6.values() {
-            let l = out.entry(h.key).or_insert(Lease {
-                key: h.key,
-                created: h.created,
-                peer: None,
-                peer6: None,
-            });
-            l.peer6 = Some(h.peer);
+            of(&mut out, h.key, h.created).peer6 = Some(h.peer);
         }
         out.into_values().collect()
     }
@@ -747,5 +743,27 @@ mod tests {
         // A table not built from a set knows no ages: 0.
         let t = LeaseTable::from_peers(24, vec![a.peer.unwrap()], 0);
         assert_eq!(t.iter_with_age().next().map(|(_, age)| age), Some(0));
+    }
+
+    #[test]
+    fn leases_give_each_key_once_with_its_halves() {
+        let both = dual("10.1.2.0/24", "fd10:0:0:2::/64", 5, 2);
+        let v4 = Lease {
+            key: LeaseKey::v4(s4("10.1.3.0/24")),
+            created: 6,
+            peer: dual("10.1.3.0/24", "fd10:0:0:3::/64", 6, 3).peer,
+            peer6: None,
+        };
+        let v6 = Lease {
+            key: LeaseKey::v6_only(s6("fd10:0:0:4::/64")),
+            created: 7,
+            peer: None,
+            peer6: dual("10.1.4.0/24", "fd10:0:0:4::/64", 7, 4).peer6,
+        };
+        let mut s = set();
+        s.apply([v6, both, v4].map(PeerEvent::Put));
+        let mut want = vec![both, v4, v6];
+        want.sort_by_key(|l| l.key);
+        assert_eq!(s.leases(), want);
     }
 }

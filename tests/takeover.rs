@@ -246,3 +246,40 @@ impl Drop for Detached {
         }
     }
 }
+
+/// The instance socket is an abstract socket (no file permissions): any process in the
+/// namespace can connect. A takeover asked by another user is refused, so a TUN queue (every
+/// pod's traffic) never goes to it, and the node carries on.
+#[test]
+fn a_takeover_asked_by_another_user_is_refused() {
+    require_root();
+    let (lab, _etcd, mut a, _b) = cluster(&[]);
+    let script = format!(
+        "import socket\ns=socket.socket(socket.AF_UNIX,socket.SOCK_STREAM)\n\
+         s.connect('\\0weft{PREFIX}')\ns.sendall(b'takeover 1\\n')\ns.settimeout(5)\n\
+         print(s.recv(4096)[8:].decode())"
+    );
+    let out = lab.host(0).exec(&[
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        // Debian's python3 (deps.sh installs it), not a shim under root's home.
+        "/usr/bin/python3",
+        "-c",
+        &script,
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("only uid 0 may take this node over"),
+        "{said}"
+    );
+    assert!(a.is_running());
+    let (pa, pb) = (lab.host(0).pod(0), lab.host(1).pod(0));
+    assert!(pa.ping(pb.addr(), 3).all_replied());
+    let (_, log) = a.stop();
+    assert!(
+        log.contains("takeover asked by another user; refused"),
+        "{log}"
+    );
+}

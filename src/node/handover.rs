@@ -186,18 +186,21 @@ pub(super) fn complete(mut taker: Taker, running: &mut Running) -> Result<(), No
     Ok(())
 }
 
-/// The running node: gives its data path to the process that asked on `conn`. `Ok(pid)`:
-/// the new process forwards and this one must exit. On `Err` this node forwards as before
-/// (its workers run again on its own descriptors if they had stopped).
-pub(super) async fn give(
+/// A takeover offer on its way: the exchange until the new process has accepted (it runs on
+/// a thread of its own; the node forwards and serves meanwhile).
+pub(super) type Offering = tokio::task::JoinHandle<(Giver, Result<u32, TakeoverError>)>;
+
+/// The running node, steps 2 and 3: offers its data path and state to the process that asked
+/// on `conn`. The returned task ends when the new process accepted (its pid) or refused.
+pub(super) async fn offer(
     ctx: &Serving<'_>,
-    running: &mut Running,
+    running: &Running,
     conn: UnixStream,
-) -> Result<u32, NodeError> {
-    let mut giver = Giver::new(conn);
+) -> Result<Offering, NodeError> {
+    let giver = Giver::new(conn);
     let Some(state) = ctx.store.saved_state().await else {
         let why = "its store is not running";
-        super::takeover::refuse(giver_conn(&giver), why);
+        super::takeover::refuse(giver.conn(), why);
         return Err(TakeoverError::Refused(why.into()).into());
     };
     let offer = Offer {
@@ -218,7 +221,24 @@ pub(super) async fn give(
         notify_socket: crate::ops::notify_socket().map(|p| p.to_string_lossy().into_owned()),
         watchdog_usec: super::watchdog::interval().map(|d| d.as_micros() as u64),
     };
-    let pid = blocking(|| giver.offer(&offer, &state.encode()))?;
+    let bytes = state.encode();
+    Ok(tokio::task::spawn_blocking(move || {
+        let mut giver = giver;
+        let accepted = giver.offer(&offer, &bytes);
+        (giver, accepted)
+    }))
+}
+
+/// The running node, steps 4 to 6, once the new process (`pid`) accepted: stops its workers,
+/// hands the devices over and waits (at most a few seconds) until the new one forwards.
+/// `Ok(pid)`: this node must exit. On `Err` it forwards as before, its workers running again
+/// on its own descriptors.
+pub(super) fn give(
+    ctx: &Serving<'_>,
+    running: &mut Running,
+    mut giver: Giver,
+    pid: u32,
+) -> Result<u32, NodeError> {
     info!(pid, "a new process takes over: handing the data path over");
     let devices = match running.dp.take() {
         Some(dp) => Some(dp.stop_keeping_devices()?),
@@ -247,9 +267,4 @@ pub(super) async fn give(
             Err(e.into())
         }
     }
-}
-
-/// The connection of a giver, for a last word.
-fn giver_conn(g: &Giver) -> &UnixStream {
-    g.conn()
 }

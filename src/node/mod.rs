@@ -523,6 +523,8 @@ async fn serve(
     } = *ctx;
     let resync_ticks = opts.iptables_resync.as_secs().max(1);
     let mut feeder = WatchdogFeeder::from_env();
+    // A takeover whose offer is out (the node forwards meanwhile).
+    let mut offering: Option<handover::Offering> = None;
     let mut own_rx = store.subscribe_own_lease();
     let mut store_alive = true;
     let mut ticks: u64 = 0;
@@ -545,7 +547,26 @@ async fn serve(
                 feeder.tick(running.dp.as_ref());
             }
             Some(conn) = takeovers.recv() => {
-                match handover::give(ctx, running, conn).await {
+                if offering.is_some() {
+                    takeover::refuse(&conn, "another takeover is under way");
+                    continue;
+                }
+                match handover::offer(ctx, running, conn).await {
+                    Ok(task) => offering = Some(task),
+                    Err(e) => warn!(error = %Chain(&e), "takeover failed; this node carries on forwarding"),
+                }
+            }
+            answered = offer_answer(&mut offering) => {
+                offering = None;
+                let given = match answered {
+                    Ok((giver, Ok(pid))) => handover::give(ctx, running, giver, pid),
+                    Ok((_, Err(e))) => Err(e.into()),
+                    Err(e) => {
+                        warn!(error = %e, "takeover offer task failed");
+                        continue;
+                    }
+                };
+                match given {
                     Ok(pid) => return Ended::TakenOver { pid },
                     Err(e) => warn!(error = %Chain(&e), "takeover failed; this node carries on forwarding"),
                 }
@@ -566,6 +587,16 @@ async fn serve(
                 }
             }
         }
+    }
+}
+
+/// The answer to a takeover offer, when one is out; never otherwise.
+async fn offer_answer(
+    offering: &mut Option<handover::Offering>,
+) -> Result<(takeover::Giver, Result<u32, takeover::TakeoverError>), tokio::task::JoinError> {
+    match offering.as_mut() {
+        Some(task) => task.await,
+        None => std::future::pending().await,
     }
 }
 

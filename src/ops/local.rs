@@ -102,6 +102,22 @@ fn hand_to_node(conn: tokio::net::UnixStream, protocol: u32, state: &OpsState) {
     else {
         return;
     };
+    // Abstract sockets carry no permissions: any process in the namespace can connect. Only
+    // this node's own user may take its devices (a TUN queue reads every pod's traffic).
+    let peer = nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials);
+    let me = nix::unistd::geteuid().as_raw();
+    match peer {
+        Ok(c) if c.uid() == me => {}
+        Ok(c) => {
+            tracing::warn!(
+                uid = c.uid(),
+                pid = c.pid(),
+                "takeover asked by another user; refused"
+            );
+            return refuse(&conn, &format!("only uid {me} may take this node over"));
+        }
+        Err(e) => return refuse(&conn, &format!("reading the caller's credentials: {e}")),
+    }
     if protocol != PROTOCOL {
         return refuse(
             &conn,

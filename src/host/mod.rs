@@ -5,6 +5,7 @@
 pub mod doctor;
 pub mod instance;
 pub mod masq;
+pub mod plumbing;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 

@@ -9,6 +9,7 @@
 mod handover;
 mod status;
 pub mod takeover;
+mod upkeep;
 pub mod watchdog;
 
 use std::future::Future;
@@ -353,7 +354,7 @@ async fn serve_node(
     let subnets = own.subnets();
     let dp_info = running.dp.as_ref().map(|d| d.info().clone());
     let status = StatusPublisher::new(ops, &config, underlay, opts, dp_info);
-    status.publish(running.dp.as_ref(), store, running.iptables.state);
+    status.publish(running.dp.as_ref(), store, running.iptables.state, &[]);
     info!("node ready");
     crate::ops::sd_notify(&format!("READY=1\nSTATUS=forwarding for {subnets}"));
     crate::ops::tell_detached_parent();
@@ -525,6 +526,7 @@ async fn serve(
     let mut feeder = WatchdogFeeder::from_env();
     // A takeover whose offer is out (the node forwards meanwhile).
     let mut offering: Option<handover::Offering> = None;
+    let mut upkeep = upkeep::Upkeep::new(running.dp.as_ref(), store.config(), own, underlay);
     let mut own_rx = store.subscribe_own_lease();
     let mut store_alive = true;
     let mut ticks: u64 = 0;
@@ -537,14 +539,19 @@ async fn serve(
                 if ticks % resync_ticks == 0 {
                     running.iptables.resync(store.own_lease().subnet);
                 }
-                status.publish(running.dp.as_ref(), store, running.iptables.state);
                 if let Some(dp) = &running.dp {
                     if !dp.is_running() {
                         return Ended::DatapathFailed;
                     }
                     follow_underlay_mtu(dp, &underlay.iface);
                 }
+                upkeep.check(running.dp.as_ref(), &ctx.base.ops.table.load_full()).await;
+                status.publish(running.dp.as_ref(), store, running.iptables.state, upkeep.problems());
                 feeder.tick(running.dp.as_ref());
+            }
+            _ = upkeep.changed() => {
+                upkeep.check(running.dp.as_ref(), &ctx.base.ops.table.load_full()).await;
+                status.publish(running.dp.as_ref(), store, running.iptables.state, upkeep.problems());
             }
             Some(conn) = takeovers.recv() => {
                 if offering.is_some() {

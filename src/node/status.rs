@@ -51,10 +51,11 @@ impl<'a> StatusPublisher<'a> {
         dp: Option<&Datapath>,
         store: &StoreHandle,
         iptables: IptablesState,
+        problems: &[String],
     ) {
-        self.ops
-            .status
-            .store(Some(Arc::new(self.snapshot(dp, store, iptables))));
+        let mut s = self.snapshot(dp, store, iptables);
+        s.problems = problems.to_vec();
+        self.ops.status.store(Some(Arc::new(s)));
     }
 
     /// Withdraws the status (the node is stopping: alive, no longer ready).
@@ -114,6 +115,7 @@ impl<'a> StatusPublisher<'a> {
                 _ => None,
             },
             uptime_secs: self.started.elapsed().as_secs(),
+            problems: Vec::new(),
         }
     }
 }

@@ -58,6 +58,10 @@ pub struct NodeStatus {
     /// The IPv6 half of a dual-stack node.
     #[serde(default)]
     pub ipv6: Option<NodeStatus6>,
+    /// What stops the data path from working now (the TUN's plumbing that could not be put
+    /// back, the underlay address gone, every send failing); empty when nothing does.
+    #[serde(default)]
+    pub problems: Vec<String>,
 }
 
 /// The IPv6 half of a dual-stack node, as `/status` shows it.
@@ -198,6 +202,7 @@ impl NodeStatus {
         if self.iptables == IptablesState::Failed {
             r.push("iptables rules could not be written".to_string());
         }
+        r.extend(self.problems.iter().cloned());
         r
     }
 
@@ -476,6 +481,7 @@ mod tests {
             subnet_file: "/run/flannel/subnet.env".into(),
             etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
             ipv6: None,
+            problems: Vec::new(),
         }
     }
 

@@ -61,6 +61,15 @@ pub fn set_mtu(name: &str, mtu: u32) -> io::Result<()> {
     ioctl(libc::SIOCSIFMTU, &mut r)
 }
 
+/// Whether an interface is administratively up (IFF_UP).
+pub fn is_up(name: &str) -> io::Result<bool> {
+    let mut r = req(name)?;
+    ioctl(libc::SIOCGIFFLAGS, &mut r)?;
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    let flags = unsafe { r.ifr_ifru.ifru_flags };
+    Ok(i32::from(flags) & libc::IFF_UP != 0)
+}
+
 /// Brings an interface up (IFF_UP | IFF_RUNNING), keeping its other flags.
 pub fn set_up(name: &str) -> io::Result<()> {
     let mut r = req(name)?;

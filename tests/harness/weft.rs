@@ -344,6 +344,11 @@ impl WeftNode {
         )
     }
 
+    /// GET `path` from the node's ops server: status code and body, whatever the code.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        ops_get(&self.run.ns, path)
+    }
+
     /// GET `path` from the node's ops server, `None` when it does not answer 2xx.
     pub fn http(&self, path: &str) -> Option<String> {
         let (code, body) = ops_get(&self.run.ns, path)?;

@@ -8,10 +8,9 @@
 
 mod harness;
 
-use std::net::Ipv4Addr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use harness::{require_root, Etcd, Lab, StartingWeft, WeftNode, PREFIX};
+use harness::{require_root, Etcd, Lab, StartingWeft, WeftNode};
 
 /// A /8 in /24s: 65,535 leasable subnets from SubnetMin 10.0.1.0.
 const CONFIG: &str = r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#;
@@ -26,50 +25,7 @@ const MILESTONES: &[&str] = &[
     "lease table updated",
     "node ready",
     "leases listed",
-    "MALLINFO",
 ];
-
-/// Puts per transaction (etcd's default --max-txn-ops is 128).
-const PER_TXN: usize = 100;
-
-/// The lease record of fake node `i`: a distinct unicast PublicIP outside the Network and a
-/// VTEP MAC, as flanneld writes it.
-fn record(i: u32) -> String {
-    let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 16, 0, 0)) + i);
-    let [_, _, a, b] = ip.octets();
-    format!(
-        r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0e:f1:00:{:02x}:{a:02x}:{b:02x}"}}}}"#,
-        i >> 16
-    )
-}
-
-/// Writes `n` leases for subnets 10.x.y.0/24 from subnet number 200 on (above the 100 that
-/// nodes pick from), in transactions, from inside the etcd's namespace.
-fn put_leases(lab: &Lab, etcd: &Etcd, n: u32) {
-    lab.segment(0).run(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let mut client = etcd.client().await.expect("etcd client");
-            let keys: Vec<u32> = (200..200 + n).collect();
-            for chunk in keys.chunks(PER_TXN) {
-                let ops: Vec<etcd_client::TxnOp> = chunk
-                    .iter()
-                    .map(|&i| {
-                        let key = format!("{PREFIX}/subnets/10.{}.{}.0-24", i >> 8, i & 0xff);
-                        etcd_client::TxnOp::put(key, record(i), None)
-                    })
-                    .collect();
-                client
-                    .txn(etcd_client::Txn::new().and_then(ops))
-                    .await
-                    .expect("txn");
-            }
-        });
-    });
-}
 
 /// `VmRSS` and `VmHWM` (peak) of `pid`, in KiB.
 fn rss_kib(pid: u32) -> (u64, u64) {
@@ -119,7 +75,7 @@ fn measure_start_on_65000_leases() {
     let _ = a.stop();
 
     let t = Instant::now();
-    put_leases(&lab, &etcd, n);
+    harness::bulk::apply(lab.segment(0), &etcd, 200..200 + n, false);
     eprintln!("{n} leases written in {:.1} s", t.elapsed().as_secs_f64());
     // Node 1 learns them all before node 0 starts, so the peer is ready.
     let learned = harness::wait_until(Duration::from_secs(60), || {

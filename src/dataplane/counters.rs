@@ -8,9 +8,18 @@ use crate::encap::DropReason;
 
 const REASONS: usize = DropReason::ALL.len();
 
-/// Peers with counters of their own; more peers than this share the last slot ("other"),
-/// which bounds the metrics' cardinality.
+/// Peers with counters of their own at once (one slot is "other"); more peers than that
+/// share the "other" slot, which bounds the metrics' cardinality. A slot is given back when
+/// its peer's lease has left the table ([`PeerCounters::sweep`]).
 pub const PEER_SLOTS: usize = 1024;
+
+/// How long a departed peer's slot is kept before it can be given back (longer than any
+/// worker holds an old table snapshot), unless its last counts are not exported yet.
+pub const RETIRE_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long a departed peer's slot waits at most for its last counts to be exported (a node
+/// nobody scrapes still gives slots back).
+pub const EXPORT_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// A slot's key word: no peer yet.
 const FREE: u32 = 0;
@@ -18,6 +27,8 @@ const FREE: u32 = 0;
 const CLAIMING: u32 = 1;
 /// A slot's key word: the address is written and the slot is that peer's.
 const READY: u32 = 2;
+/// A slot's key word: given back; a new peer may claim it, and a search goes on past it.
+const DEAD: u32 = 3;
 /// How long a worker waits for another to finish claiming a slot before counting under
 /// "other" (a claim is two stores: the wait is nanoseconds unless the claimer is preempted).
 const CLAIM_SPINS: u32 = 256;
@@ -79,55 +90,137 @@ impl PeerSlot {
 
 /// A fixed open-addressing table of [`PeerSlot`]s for peers of both families; slots are
 /// claimed lock-free on first use (a 128-bit key cannot be swapped in one step, so a slot is
-/// reserved by its state word, its key written, then published).
+/// reserved by its state word, its key written, then published) and given back by the
+/// control plane when their peer's lease has gone ([`PeerCounters::sweep`]): a given-back
+/// slot is a tombstone that searches go past and a new peer may claim.
 #[derive(Debug)]
 pub struct PeerCounters {
     slots: Box<[PeerSlot]>,
+    /// Peers that found no slot (counted at each flush of their counts).
+    overflow: AtomicU64,
+    /// How many times the per-peer series were exported (`/metrics` renders).
+    exports: AtomicU64,
+    /// Slots of peers whose lease has gone, waiting to be given back (control plane only:
+    /// the data path never takes this lock).
+    retiring: std::sync::Mutex<Vec<Retiring>>,
+}
+
+/// A departed peer's slot on its way back.
+#[derive(Debug, Clone)]
+pub struct Retiring {
+    index: usize,
+    key: u128,
+    /// The lease's subnet, for the departed peer's last exported series.
+    pub subnet: String,
+    since: std::time::Instant,
+    exports: u64,
+}
+
+impl Retiring {
+    /// The departed peer's underlay address.
+    pub fn ip(&self) -> IpAddr {
+        let v6 = std::net::Ipv6Addr::from(self.key);
+        match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        }
+    }
+}
+
+/// What a sweep did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Slots found whose peer's lease has gone.
+    pub retired: usize,
+    /// Slots given back.
+    pub freed: usize,
+    /// Slots in use after the sweep.
+    pub used: usize,
 }
 
 impl Default for PeerCounters {
     fn default() -> Self {
         PeerCounters {
             slots: (0..PEER_SLOTS).map(|_| PeerSlot::default()).collect(),
+            overflow: AtomicU64::new(0),
+            exports: AtomicU64::new(0),
+            retiring: std::sync::Mutex::new(Vec::new()),
         }
     }
 }
 
+/// Where a search for a key ended.
+enum Probe {
+    /// The key's slot.
+    Found(usize),
+    /// Not there: the slot to claim for it (the first tombstone on the way, else the free
+    /// slot that ended the search).
+    Claim(usize),
+    /// Not there, and no slot to claim.
+    Full,
+    /// A claim on the way did not complete in time.
+    Busy,
+}
+
 impl PeerCounters {
     /// The slot of `ip` (IPv4 or IPv6), claimed if new; the shared last slot when the table
-    /// is full, or in the rare case another worker's claim of a slot on the way does not
-    /// complete within a few hundred spins (never a second slot for the same peer).
+    /// is full (counted as overflow), or in the rare case another worker's claim of a slot
+    /// on the way does not complete within a few hundred spins.
     pub fn slot(&self, ip: impl Into<IpAddr>) -> &PeerSlot {
         let key = key_of(ip.into());
+        for _ in 0..4 {
+            let i = match self.probe(key) {
+                Probe::Found(i) => return &self.slots[i],
+                Probe::Claim(i) => i,
+                Probe::Full => {
+                    self.overflow.fetch_add(1, Ordering::Relaxed);
+                    return self.other();
+                }
+                Probe::Busy => return self.other(),
+            };
+            let s = &self.slots[i];
+            let seen = s.state.load(Ordering::Acquire);
+            if (seen == FREE || seen == DEAD)
+                && s.state
+                    .compare_exchange(seen, CLAIMING, Ordering::Acquire, Ordering::Acquire)
+                    .is_ok()
+            {
+                s.key_hi.store((key >> 64) as u64, Ordering::Relaxed);
+                s.key_lo.store(key as u64, Ordering::Relaxed);
+                s.state.store(READY, Ordering::Release);
+                return s;
+            }
+            // Another worker claimed it first (perhaps for this very peer): search again.
+        }
+        self.other()
+    }
+
+    /// Searches for `key` from its home slot.
+    fn probe(&self, key: u128) -> Probe {
         let n = PEER_SLOTS - 1; // the last slot is "other"
         let folded = (key >> 64) as u64 ^ key as u64;
         let mut i = (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize % n;
+        let mut tombstone = None;
         for _ in 0..n {
             let s = &self.slots[i];
             let mut state = s.state.load(Ordering::Acquire);
-            if state == FREE {
-                match s
-                    .state
-                    .compare_exchange(FREE, CLAIMING, Ordering::Acquire, Ordering::Acquire)
-                {
-                    Ok(_) => {
-                        s.key_hi.store((key >> 64) as u64, Ordering::Relaxed);
-                        s.key_lo.store(key as u64, Ordering::Relaxed);
-                        s.state.store(READY, Ordering::Release);
-                        return s;
-                    }
-                    Err(now) => state = now,
+            if state == CLAIMING {
+                if !s.await_claim() {
+                    return Probe::Busy;
                 }
+                state = READY;
             }
-            if state == CLAIMING && !s.await_claim() {
-                return self.other();
-            }
-            if s.key() == key {
-                return s;
+            match state {
+                READY if s.key() == key => return Probe::Found(i),
+                DEAD => {
+                    tombstone.get_or_insert(i);
+                }
+                FREE => return Probe::Claim(tombstone.unwrap_or(i)),
+                _ => {}
             }
             i = (i + 1) % n;
         }
-        self.other()
+        tombstone.map_or(Probe::Full, Probe::Claim)
     }
 
     /// The slot of `ip` if it has one (for reading).
@@ -139,6 +232,93 @@ impl PeerCounters {
     /// The shared slot of peers that found no slot of their own.
     pub fn other(&self) -> &PeerSlot {
         &self.slots[PEER_SLOTS - 1]
+    }
+
+    /// How many times a peer's counts found no slot of their own.
+    pub fn overflow(&self) -> u64 {
+        self.overflow.load(Ordering::Relaxed)
+    }
+
+    /// Slots in use.
+    pub fn used(&self) -> usize {
+        self.slots[..PEER_SLOTS - 1]
+            .iter()
+            .filter(|s| s.state.load(Ordering::Acquire) == READY)
+            .count()
+    }
+
+    /// The departed peers whose last counts are still shown, with their slots.
+    pub fn retiring(&self) -> Vec<(Retiring, &PeerSlot)> {
+        let list = self.retiring.lock().unwrap_or_else(|e| e.into_inner());
+        list.iter()
+            .map(|r| (r.clone(), &self.slots[r.index]))
+            .collect()
+    }
+
+    /// Notes that the per-peer series were exported (a `/metrics` render): a departed peer's
+    /// slot can go once its last counts were.
+    pub fn exported(&self) {
+        self.exports.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Gives back the slots of peers whose lease has gone (control plane, about once a
+    /// second): `live` says whether an address is a current lease's (and its subnet). A slot
+    /// is first marked retiring; after [`RETIRE_AFTER`], and once its last counts were
+    /// exported (or after [`EXPORT_WAIT`] without an export), it is zeroed and given back. A
+    /// lease that comes back before keeps its slot and counts.
+    pub fn sweep(
+        &self,
+        now: std::time::Instant,
+        live: impl Fn(IpAddr) -> bool,
+        subnet_of: impl Fn(IpAddr) -> Option<String>,
+    ) -> Swept {
+        let mut out = Swept::default();
+        let exports = self.exports.load(Ordering::Relaxed);
+        let mut list = self.retiring.lock().unwrap_or_else(|e| e.into_inner());
+        // Back before it went: keeps its slot.
+        list.retain(|r| !live(r.ip()));
+        for (i, s) in self.slots[..PEER_SLOTS - 1].iter().enumerate() {
+            if s.state.load(Ordering::Acquire) != READY {
+                continue;
+            }
+            let key = s.key();
+            if list.iter().any(|r| r.index == i) {
+                continue;
+            }
+            let ip = Retiring {
+                index: i,
+                key,
+                subnet: String::new(),
+                since: now,
+                exports,
+            }
+            .ip();
+            if !live(ip) {
+                out.retired += 1;
+                list.push(Retiring {
+                    index: i,
+                    key,
+                    subnet: subnet_of(ip).unwrap_or_default(),
+                    since: now,
+                    exports,
+                });
+            }
+        }
+        list.retain(|r| {
+            let age = now.saturating_duration_since(r.since);
+            let done = age >= RETIRE_AFTER && (exports > r.exports || age >= EXPORT_WAIT);
+            if done {
+                let s = &self.slots[r.index];
+                for c in [&s.tx_packets, &s.tx_bytes, &s.rx_packets, &s.rx_bytes] {
+                    c.store(0, Ordering::Relaxed);
+                }
+                s.state.store(DEAD, Ordering::Release);
+                out.freed += 1;
+            }
+            !done
+        });
+        out.used = self.used();
+        out
     }
 }
 
@@ -497,5 +677,94 @@ mod tests {
                 .load(Ordering::Relaxed);
         }
         assert_eq!(counted, 4 * 50 * 200);
+    }
+
+    #[test]
+    fn slots_of_departed_peers_are_given_back_after_their_last_export() {
+        use std::time::{Duration, Instant};
+        let c = Counters::default();
+        let ip = |i: u32| Ipv4Addr::from(0x0c00_0000 + i);
+        // Fill every slot.
+        for i in 0..(PEER_SLOTS as u32 - 1) {
+            c.peers
+                .slot(ip(i))
+                .tx_packets
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        assert_eq!(c.peers.used(), PEER_SLOTS - 1);
+        let late = ip(5000);
+        assert!(std::ptr::eq(c.peers.slot(late), c.peers.other()));
+        assert_eq!(c.peers.overflow(), 1);
+        // Every lease but the first ten leaves.
+        let live = |a: IpAddr| matches!(a, IpAddr::V4(v) if u32::from(v) < 0x0c00_0000 + 10);
+        let label = |_: IpAddr| Some("10.9.0.0/24".to_string());
+        let t0 = Instant::now();
+        let s = c.peers.sweep(t0, live, label);
+        assert_eq!((s.retired, s.freed), (PEER_SLOTS - 11, 0));
+        // Shown once more (their last counts), not given back before RETIRE_AFTER...
+        assert_eq!(c.peers.retiring().len(), PEER_SLOTS - 11);
+        c.peers.exported();
+        assert_eq!(
+            c.peers
+                .sweep(t0 + Duration::from_secs(1), live, label)
+                .freed,
+            0
+        );
+        // ...and then they are, zeroed.
+        let s = c.peers.sweep(t0 + RETIRE_AFTER, live, label);
+        assert_eq!((s.freed, s.used), (PEER_SLOTS - 11, 10));
+        assert!(c.peers.retiring().is_empty());
+        assert!(c.peers.get(ip(500)).is_none());
+        // The live ones kept their slots and counts; new peers get slots again.
+        assert_eq!(
+            c.peers
+                .get(ip(3))
+                .unwrap()
+                .tx_packets
+                .load(Ordering::Relaxed),
+            1
+        );
+        let fresh = c.peers.slot(late);
+        assert!(!std::ptr::eq(fresh, c.peers.other()));
+        assert_eq!(fresh.tx_packets.load(Ordering::Relaxed), 0);
+        assert!(
+            std::ptr::eq(fresh, c.peers.slot(late)),
+            "found again past tombstones"
+        );
+        for i in 0..10 {
+            assert!(std::ptr::eq(
+                c.peers.get(ip(i)).unwrap(),
+                c.peers.slot(ip(i))
+            ));
+        }
+    }
+
+    #[test]
+    fn a_departed_slot_waits_for_an_export_and_a_returning_lease_keeps_it() {
+        use std::time::{Duration, Instant};
+        let c = Counters::default();
+        let a = Ipv4Addr::new(192, 168, 64, 20);
+        c.peers.slot(a).rx_bytes.fetch_add(7, Ordering::Relaxed);
+        let t0 = Instant::now();
+        let gone = |_: IpAddr| false;
+        let label = |_: IpAddr| None;
+        assert_eq!(c.peers.sweep(t0, gone, label).retired, 1);
+        // Not exported since: kept past RETIRE_AFTER, given back after EXPORT_WAIT.
+        assert_eq!(
+            c.peers
+                .sweep(t0 + Duration::from_secs(60), gone, label)
+                .freed,
+            0
+        );
+        // The lease comes back: the slot stays, with its counts.
+        let back = |ip: IpAddr| ip == IpAddr::V4(a);
+        c.peers.sweep(t0 + Duration::from_secs(61), back, label);
+        assert!(c.peers.retiring().is_empty());
+        assert_eq!(c.peers.get(a).unwrap().rx_bytes.load(Ordering::Relaxed), 7);
+        // Gone again and never exported: given back after EXPORT_WAIT all the same.
+        let t1 = t0 + Duration::from_secs(62);
+        c.peers.sweep(t1, gone, label);
+        assert_eq!(c.peers.sweep(t1 + EXPORT_WAIT, gone, label).freed, 1);
+        assert!(c.peers.get(a).is_none());
     }
 }

@@ -545,7 +545,9 @@ async fn serve(
                     }
                     follow_underlay_mtu(dp, &underlay.iface);
                 }
-                upkeep.check(running.dp.as_ref(), &ctx.base.ops.table.load_full()).await;
+                let table = ctx.base.ops.table.load_full();
+                upkeep.check(running.dp.as_ref(), &table).await;
+                upkeep.sweep_counters(running.dp.as_ref(), table);
                 status.publish(running.dp.as_ref(), store, running.iptables.state, upkeep.problems());
                 feeder.tick(running.dp.as_ref());
             }

@@ -28,6 +28,11 @@ pub(super) struct Upkeep {
     problems: Vec<String>,
     /// Messages sent and send errors at the last check.
     sent: (u64, u64),
+    /// The lease table at the last sweep of the per-peer counters (a departed peer's subnet
+    /// is looked up there).
+    swept: Option<std::sync::Arc<LeaseTable>>,
+    /// Per-peer slot overflows at the last check, and when that was last logged.
+    overflow: (u64, Option<std::time::Instant>),
 }
 
 impl Upkeep {
@@ -82,6 +87,8 @@ impl Upkeep {
             iface: underlay.iface.clone(),
             problems: Vec::new(),
             sent: (0, 0),
+            swept: None,
+            overflow: (0, None),
         }
     }
 
@@ -100,6 +107,51 @@ impl Upkeep {
     /// What stops the data path now (empty when nothing does).
     pub(super) fn problems(&self) -> &[String] {
         &self.problems
+    }
+
+    /// Gives back the per-peer counter slots of leases that left (`table` is the published
+    /// lease table), and says when peers find no slot.
+    pub(super) fn sweep_counters(
+        &mut self,
+        dp: Option<&Datapath>,
+        table: std::sync::Arc<LeaseTable>,
+    ) {
+        let Some(dp) = dp else {
+            return;
+        };
+        let peers = &dp.counters().peers;
+        let prev = self.swept.clone().unwrap_or_else(|| table.clone());
+        let live = |ip: IpAddr| match ip {
+            IpAddr::V4(a) => table.lookup_underlay(a).is_some(),
+            IpAddr::V6(a) => table.lookup_underlay6(a).is_some(),
+        };
+        let subnet_of = |ip: IpAddr| match ip {
+            IpAddr::V4(a) => prev.lookup_underlay(a).map(|p| p.subnet.to_string()),
+            IpAddr::V6(a) => prev.lookup_underlay6(a).map(|p| p.subnet.to_string()),
+        };
+        let swept = peers.sweep(std::time::Instant::now(), live, subnet_of);
+        if swept.freed > 0 {
+            tracing::debug!(
+                freed = swept.freed,
+                used = swept.used,
+                "per-peer counter slots given back"
+            );
+        }
+        let overflow = peers.overflow();
+        let quiet = self
+            .overflow
+            .1
+            .is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(60));
+        if overflow > self.overflow.0 && !quiet {
+            warn!(
+                slots = crate::dataplane::counters::PEER_SLOTS - 1,
+                used = swept.used,
+                "every per-peer counter slot is in use: further peers count only in the totals (weft_peer_slots_overflow_total; logged at most once a minute)"
+            );
+            self.overflow.1 = Some(std::time::Instant::now());
+        }
+        self.overflow.0 = overflow;
+        self.swept = Some(table);
     }
 
     /// Checks everything, repairing the plumbing; `table` is the published lease table.

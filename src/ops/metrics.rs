@@ -187,12 +187,17 @@ fn peers(o: &mut String, c: &Counters, table: &LeaseTable) {
             "Inner bytes to and from each remote lease (each half of a dual-stack one), by direction.",
         ),
     ];
+    // Leases that left since the last export: their last counts, once more.
+    let retiring = c.peers.retiring();
     for (k, (name, help)) in families.into_iter().enumerate() {
         family(o, name, "counter", help);
-        for (subnet, ip) in &rows {
-            let Some(s) = c.peers.get(*ip) else {
-                continue;
-            };
+        let current = rows
+            .iter()
+            .filter_map(|(subnet, ip)| Some((subnet.as_str(), *ip, c.peers.get(*ip)?)));
+        let departed = retiring
+            .iter()
+            .map(|(r, s)| (r.subnet.as_str(), r.ip(), *s));
+        for (subnet, ip, s) in current.chain(departed) {
             let pair = match k {
                 0 => [("tx", &s.tx_packets), ("rx", &s.rx_packets)],
                 _ => [("tx", &s.tx_bytes), ("rx", &s.rx_bytes)],
@@ -206,6 +211,32 @@ fn peers(o: &mut String, c: &Counters, table: &LeaseTable) {
             }
         }
     }
+    c.peers.exported();
+    family(
+        o,
+        "weft_peer_slots_used",
+        "gauge",
+        "Per-peer counter slots in use (a slot is given back a few seconds after its lease left, once its last counts were exported).",
+    );
+    let _ = writeln!(o, "weft_peer_slots_used {}", c.peers.used());
+    family(
+        o,
+        "weft_peer_slots",
+        "gauge",
+        "Per-peer counter slots: peers beyond this many at once count only in the totals.",
+    );
+    let _ = writeln!(
+        o,
+        "weft_peer_slots {}",
+        crate::dataplane::counters::PEER_SLOTS - 1
+    );
+    family(
+        o,
+        "weft_peer_slots_overflow_total",
+        "counter",
+        "Times a peer's counts found no per-peer slot free (they count only in the totals).",
+    );
+    let _ = writeln!(o, "weft_peer_slots_overflow_total {}", c.peers.overflow());
 }
 
 /// Reads one sample (`name{labels} value` or `name value`) from exposition text.

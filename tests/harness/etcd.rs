@@ -492,3 +492,69 @@ fn make_certs(dir: &Path, server_ip: &str) -> TlsFiles {
         server_key: dir.join("server.key"),
     }
 }
+
+/// Fake vxlan leases in bulk on a network in /24s of 10.0.0.0/8 (a /8 config): lease `i` is
+/// subnet `10.<i/256>.<i%256>.0/24` with PublicIP 172.16.0.0 + `i` (no host has it: its
+/// packets go nowhere) and a VTEP MAC of its own.
+pub mod bulk {
+    use std::net::Ipv4Addr;
+
+    use super::{Etcd, PREFIX};
+    use crate::harness::netns::Netns;
+
+    /// Puts per transaction (etcd's default --max-txn-ops is 128).
+    const PER_TXN: usize = 100;
+
+    /// The key of fake lease `i`.
+    pub fn key(i: u32) -> String {
+        format!("{PREFIX}/subnets/10.{}.{}.0-24", i >> 8, i & 0xff)
+    }
+
+    /// The PublicIP of fake lease `i`.
+    pub fn public_ip(i: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 16, 0, 0)) + i)
+    }
+
+    /// An address inside fake lease `i`'s subnet.
+    pub fn pod(i: u32) -> Ipv4Addr {
+        Ipv4Addr::new(10, (i >> 8) as u8, (i & 0xff) as u8, 1)
+    }
+
+    /// The record of fake lease `i`, as flanneld writes it.
+    pub fn record(i: u32) -> String {
+        let ip = public_ip(i);
+        let [_, _, a, b] = ip.octets();
+        format!(
+            r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0e:f1:00:{:02x}:{a:02x}:{b:02x}"}}}}"#,
+            i >> 16
+        )
+    }
+
+    /// Puts (or with `delete` deletes) fake leases `ids`, in transactions, from inside `ns`
+    /// (the namespace the lab's etcd listens in).
+    pub fn apply(ns: &Netns, etcd: &Etcd, ids: impl Iterator<Item = u32>, delete: bool) {
+        let ids: Vec<u32> = ids.collect();
+        ns.run(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let mut client = etcd.client().await.expect("etcd client");
+                for chunk in ids.chunks(PER_TXN) {
+                    let ops: Vec<etcd_client::TxnOp> = chunk
+                        .iter()
+                        .map(|&i| match delete {
+                            true => etcd_client::TxnOp::delete(key(i), None),
+                            false => etcd_client::TxnOp::put(key(i), record(i), None),
+                        })
+                        .collect();
+                    client
+                        .txn(etcd_client::Txn::new().and_then(ops))
+                        .await
+                        .expect("txn");
+                }
+            });
+        });
+    }
+}

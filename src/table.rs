@@ -148,6 +148,21 @@ pub struct LeaseReport {
     /// PublicIPv6s that several leases' IPv6 halves name (this node's own included), with
     /// their IPv6 subnets.
     pub conflicts6: Vec<(Ipv6Addr, Vec<Subnet6>)>,
+    /// Usable vxlan leases that name another VNI than this node's, in key order: their
+    /// nodes and this one drop each other's packets.
+    pub other_vni: Vec<OtherVni>,
+}
+
+/// A vxlan lease whose record names another VNI than the network config's (a cluster in
+/// the middle of a `Backend.VNI` change).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtherVni {
+    /// The etcd key.
+    pub key: String,
+    /// The record's field: `BackendData.VNI` or `BackendV6Data.VNI`.
+    pub field: &'static str,
+    /// The VNI the record names.
+    pub vni: u32,
 }
 
 /// An immutable snapshot of the remote leases, indexed by subnet and by underlay address, in
@@ -169,6 +184,8 @@ pub struct LeaseTable {
     /// order; empty when not known (a table not built from a [`PeerSet`]). For the views.
     first_seen: Box<[u32]>,
     revision: i64,
+    /// How many snapshots were published before this one (set by [`SharedTable::publish`]).
+    generation: u64,
     report: Arc<LeaseReport>,
 }
 
@@ -370,6 +387,7 @@ impl LeaseTable {
             six: Half6::build(prefix_len6, peers6),
             first_seen: Box::default(),
             revision,
+            generation: 0,
             report: Arc::default(),
         }
     }
@@ -479,6 +497,11 @@ impl LeaseTable {
     pub fn revision(&self) -> i64 {
         self.revision
     }
+
+    /// How many snapshots were published before this one: the store's table builds.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
 }
 
 impl<'a> IntoIterator for &'a LeaseTable {
@@ -505,7 +528,9 @@ impl SharedTable {
     }
 
     /// Makes `table` the current snapshot; readers see it on their next load.
-    pub fn publish(&self, table: LeaseTable) {
+    pub fn publish(&self, mut table: LeaseTable) {
+        // One writer (the store): no race between this load and the store.
+        table.generation = self.inner.load().generation + 1;
         self.inner.store(Arc::new(table));
     }
 

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use harness::{bulk, require_root, wait_until, Etcd, Lab, Netns, WeftNode};
 
-/// A /8 in /24s: room for thousands of leases.
-const CONFIG: &str = r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#;
+/// A /8 in /24s: room for thousands of leases. The nodes take subnets from 10.100.0.0 up,
+/// clear of the fake leases (10.0.x to 10.5.x).
+const CONFIG: &str = r#"{"Network":"10.0.0.0/8","SubnetLen":24,"SubnetMin":"10.100.0.0","Backend":{"Type":"vxlan"}}"#;
 
 /// One UDP datagram from `pod` into each of fake leases `ids`.
 fn traffic_to(pod: &Netns, ids: impl Iterator<Item = u32>) {

@@ -134,3 +134,54 @@ fn measure_start_on_65000_leases() {
     }
     drop(b);
 }
+
+/// The node's process CPU time so far (user + system), in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit(')').next().unwrap_or_default();
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15, i.e. 11 and 12 after the state field.
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    // SAFETY: sysconf takes no pointers.
+    #[allow(unsafe_code)]
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 / hz
+}
+
+/// Not a check: what single-lease events cost the node. A writer puts `WEFT_SCALE_EVENTS`
+/// (default 10,000) leases one by one, as joins arrive in a large cluster, then deletes them
+/// one by one; prints the node's CPU seconds for each and how long the writer took.
+/// `WEFT_BIN=target/release/weft cargo nextest run --profile ci --run-ignored only -E 'test(single_lease)' --no-capture`
+#[test]
+#[ignore = "measurement; prints numbers"]
+fn measure_single_lease_events() {
+    require_root();
+    let n: u32 = std::env::var("WEFT_SCALE_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let mut lab = Lab::builder().hosts(2).build();
+    let etcd = Etcd::start_in(lab.segment(0));
+    etcd.put_config(CONFIG);
+    let a = WeftNode::start_with_pod(&mut lab, 0, &etcd, &[]);
+    let pid = a.pid().expect("running");
+    for (what, delete) in [("puts", false), ("deletes", true)] {
+        let cpu0 = cpu_secs(pid);
+        let t = Instant::now();
+        harness::bulk::one_by_one(lab.segment(0), &etcd, 200..200 + n, delete);
+        let wrote = t.elapsed().as_secs_f64();
+        let want = if delete { 0 } else { u64::from(n) };
+        let caught =
+            harness::wait_until(Duration::from_secs(120), || a.metric("weft_leases") == want);
+        let cpu = cpu_secs(pid) - cpu0;
+        eprintln!(
+            "{n} single-lease {what}: writer {wrote:.1} s, node caught up {:.1} s after, node CPU {cpu:.2} s",
+            caught.map_or(f64::NAN, |d| d.as_secs_f64())
+        );
+    }
+    drop(a);
+}

@@ -8,7 +8,7 @@ use std::os::fd::AsFd;
 use tracing::{info, warn};
 
 use crate::sys::iface;
-use crate::sys::tun::Tun;
+use crate::sys::tun::{Tun, TunError};
 use crate::table::SharedTable;
 
 use super::trains::MAX_GSO_SEGMENTS;
@@ -183,6 +183,8 @@ fn open_tun(opts: &DatapathOptions) -> Result<Vec<Tun>, DatapathError> {
     let queues = worker_count(opts.workers, usize::from(opts.threads_per_worker));
     match Tun::open_queues(&opts.tun_name, true, queues) {
         Ok(t) => Ok(t),
+        // Not a TUN at all (a tap, a bridge): no other mode opens it.
+        Err(e @ TunError::NotTun { .. }) => Err(e.into()),
         // A device left persistent by a run in the other queue mode refuses this one
         // (EINVAL): take it as it is.
         Err(e) if queues > 1 => {

@@ -541,7 +541,34 @@ fn lease_findings(view: &LeaseView) -> Vec<Finding> {
     for (ip, keys) in &view.conflicts6 {
         out.push(named(ip, keys, "PublicIPv6"));
     }
+    out.extend(vni_mismatch(view));
     out
+}
+
+/// Leases that name another VNI than the network config: their nodes run another
+/// `Backend.VNI` (a cluster in the middle of a change), and each side drops what the other
+/// sends. (The port cannot be compared: flannel's records do not carry it.)
+fn vni_mismatch(view: &LeaseView) -> Option<Finding> {
+    let first = view.vni_mismatches.first()?;
+    let list: Vec<String> = view
+        .vni_mismatches
+        .iter()
+        .map(|m| format!("{} ({} {})", m.key, m.field, m.vni))
+        .collect();
+    Some(finding(
+        "vni",
+        Severity::Fail,
+        format!(
+            "{} lease(s) name another VNI than the network config's Backend.VNI {}: {}; their nodes and the rest drop each other's packets",
+            list.len(),
+            first.expected,
+            list.join(", ")
+        ),
+        format!(
+            "make Backend.VNI the same everywhere: restart the nodes of those leases (they then run the config's VNI {}); or, if the config's VNI is the mistake, set it back in the network config and restart the nodes that run {}",
+            first.expected, first.expected
+        ),
+    ))
 }
 
 /// Every remote lease must route through weft (the TUN, or the peer as gateway for
@@ -734,6 +761,34 @@ eth0\t0003010A\t0B40A8C0\t0003\t0\t0\t0\t00FFFFFF\n";
         );
         i.etcd = Ok(view);
         assert_eq!(etcd(&i).detail, "reachable, 1 leases");
+        // A lease of another VNI.
+        let odd = LeaseView {
+            vni_mismatches: vec![crate::store::VniMismatch {
+                key: "/p/subnets/10.1.3.0-24".into(),
+                field: "BackendData.VNI",
+                vni: 2,
+                expected: 1,
+            }],
+            ..LeaseView::default()
+        };
+        let found = lease_findings(&odd);
+        let vni = found
+            .iter()
+            .find(|f| f.check == "vni")
+            .expect("a vni finding");
+        assert_eq!(vni.severity, Severity::Fail);
+        assert_eq!(
+            vni.detail,
+            "1 lease(s) name another VNI than the network config's Backend.VNI 1: \
+             /p/subnets/10.1.3.0-24 (BackendData.VNI 2); their nodes and the rest drop each \
+             other's packets"
+        );
+        assert!(
+            vni.fix
+                .starts_with("make Backend.VNI the same everywhere: restart the nodes"),
+            "{}",
+            vni.fix
+        );
         let clean = lease_findings(&LeaseView::default());
         assert_eq!(
             clean,

@@ -40,6 +40,13 @@ pub enum UnderlayError {
     /// No `--iface` entry matches a local interface name or address.
     #[error("none of --iface {0:?} names a local interface or IPv4 address; check `ip -4 addr`")]
     NoIface(Vec<String>),
+    /// An `--iface` entry names an interface that exists but has no IPv4 address (nor a
+    /// global IPv6 one to choose the underlay by instead).
+    #[error("--iface {iface}: the interface exists but has no IPv4 address: give it one (ip addr add <address>/<length> dev {iface}), pass --iface of an interface that has one, or pass --public-ip=<an IPv4 address of this host> instead of --iface")]
+    IfaceNoIpv4 {
+        /// The interface.
+        iface: String,
+    },
     /// No `--iface-regex` entry matches a local interface address or name.
     #[error("none of --iface-regex {0:?} matches a local IPv4 address or interface name; check `ip -4 addr`")]
     NoIfaceRegex(Vec<String>),
@@ -255,7 +262,7 @@ fn choose_underlay4(spec: &UnderlaySpec) -> Result<Underlay, UnderlayError> {
                     .find(|a| Some(a.addr) == by_ip || a.name == *want)
                     .cloned()
             })
-            .ok_or_else(|| UnderlayError::NoIface(ifaces.to_vec()))?
+            .ok_or_else(|| no_iface(ifaces, |name| nix::net::if_::if_nametoindex(name).is_ok()))?
     } else if !spec.iface_regex.is_empty() {
         by_regex4(&addrs, &spec.iface_regex)?
     } else if let Some(dst) = spec.iface_can_reach {
@@ -297,6 +304,21 @@ fn choose_underlay4(spec: &UnderlaySpec) -> Result<Underlay, UnderlayError> {
         public_ipv6,
         mtu,
     })
+}
+
+/// Why no `--iface` entry gave an IPv4 underlay: the first entry that names an interface
+/// that `exists` (without an IPv4 address, or it would have been chosen), else none names
+/// anything here.
+fn no_iface(ifaces: &[String], exists: impl Fn(&str) -> bool) -> UnderlayError {
+    let named = ifaces
+        .iter()
+        .find(|want| want.parse::<std::net::IpAddr>().is_err() && exists(want));
+    match named {
+        Some(iface) => UnderlayError::IfaceNoIpv4 {
+            iface: iface.clone(),
+        },
+        None => UnderlayError::NoIface(ifaces.to_vec()),
+    }
 }
 
 /// The underlay chosen over IPv6 addresses, when no interface qualifies by IPv4 (a host
@@ -493,5 +515,25 @@ eth0\t0040A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
             by_regex4(&addrs, &pats(&["("])),
             Err(UnderlayError::BadRegex { .. })
         ));
+    }
+
+    #[test]
+    fn an_iface_that_exists_without_ipv4_is_named_with_the_fix() {
+        let given = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let exists = |name: &str| name == "dummy0" || name == "eth1";
+        let e = no_iface(&given(&["nope0", "dummy0", "eth1"]), exists);
+        assert!(
+            matches!(&e, UnderlayError::IfaceNoIpv4 { iface } if iface == "dummy0"),
+            "{e}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "--iface dummy0: the interface exists but has no IPv4 address: give it one (ip addr \
+             add <address>/<length> dev dummy0), pass --iface of an interface that has one, or \
+             pass --public-ip=<an IPv4 address of this host> instead of --iface"
+        );
+        // Addresses and names of no interface: nothing here matches.
+        let e = no_iface(&given(&["192.0.2.1", "nope0"]), exists);
+        assert!(matches!(e, UnderlayError::NoIface(_)), "{e}");
     }
 }

@@ -159,6 +159,20 @@ fn leases(o: &mut String, table: &LeaseTable) {
         "PublicIPs (and PublicIPv6s) that more than one lease names.",
         (report.conflicts.len() + report.conflicts6.len()) as u64,
     );
+    single(
+        o,
+        "weft_table_publishes_total",
+        "counter",
+        "Lease table snapshots published to the data path (watch events within 50 ms share one).",
+        table.generation(),
+    );
+    single(
+        o,
+        "weft_leases_other_vni",
+        "gauge",
+        "Usable vxlan leases whose record names another VNI than this node's (their packets and ours are dropped).",
+        report.other_vni.len() as u64,
+    );
 }
 
 /// Packets and bytes to and from each current remote lease, by direction: IPv4 leases by

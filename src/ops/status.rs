@@ -164,6 +164,20 @@ pub struct StatusDoc {
     /// The IPv6 halves of the remote leases (dual stack), in subnet order.
     #[serde(default)]
     pub peers6: Vec<PeerStatus6>,
+    /// Leases that name another VNI than this node's.
+    #[serde(default)]
+    pub other_vni: Vec<OtherVniStatus>,
+}
+
+/// A lease whose record names another VNI than this node runs, as `/status` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OtherVniStatus {
+    /// The etcd key.
+    pub key: String,
+    /// The record's field (`BackendData.VNI`, `BackendV6Data.VNI`).
+    pub field: String,
+    /// The VNI it names.
+    pub vni: u32,
 }
 
 /// A lease record the node does not use, as `/status` lists it.
@@ -267,6 +281,16 @@ impl NodeStatus {
                     key: r.key.clone(),
                     reason: r.reason.to_string(),
                     detail: r.detail.clone(),
+                })
+                .collect(),
+            other_vni: table
+                .report()
+                .other_vni
+                .iter()
+                .map(|v| OtherVniStatus {
+                    key: v.key.clone(),
+                    field: v.field.to_string(),
+                    vni: v.vni,
                 })
                 .collect(),
             public_ip_conflicts: table
@@ -433,6 +457,13 @@ impl StatusDoc {
                 "\nCONFLICT  PublicIP {} is named by the leases of {}: delete the stale record(s)",
                 c.public_ip,
                 c.subnets.join(", ")
+            );
+        }
+        for v in &self.other_vni {
+            let _ = writeln!(
+                o,
+                "\nVNI       the lease {} names {} {}, not this node's: its node and this one drop each other's packets (weft doctor)",
+                v.key, v.field, v.vni
             );
         }
         if !self.rejected_leases.is_empty() {

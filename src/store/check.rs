@@ -366,6 +366,44 @@ fn check_backend(cfg: &NetworkConfig, record: &LeaseRecord) -> Result<(), LeaseP
     }
 }
 
+/// A usable vxlan lease that names another VNI than the network config's `Backend.VNI`: its
+/// node runs another VNI (a cluster in the middle of a VNI change), so each side drops the
+/// other's packets. Only the VNI can be compared: flannel's lease records do not carry the
+/// port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VniMismatch {
+    /// The lease's key.
+    pub key: String,
+    /// The record's field: `BackendData.VNI`, or `BackendV6Data.VNI` for the IPv6 half.
+    pub field: &'static str,
+    /// The VNI the record names.
+    pub vni: u32,
+    /// The network config's `Backend.VNI`.
+    pub expected: u32,
+}
+
+/// The VNIs of a vxlan `record` that are not the network config's `Backend.VNI`, as
+/// `(field, vni)`: `BackendData.VNI` (when the network has IPv4) and `BackendV6Data.VNI`
+/// (when it has IPv6). Nothing for the other backends, which have no VNI.
+pub fn vni_mismatches(cfg: &NetworkConfig, record: &LeaseRecord) -> Vec<(&'static str, u32)> {
+    if cfg.backend.kind != BackendType::Vxlan {
+        return Vec::new();
+    }
+    let expected = cfg.backend.vni.get();
+    let four = match record.backend {
+        BackendRecord::Vxlan { vni, .. } if cfg.enable_ipv4 => Some(("BackendData.VNI", vni)),
+        _ => None,
+    };
+    let six = match (&cfg.ipv6, record.backend_v6) {
+        (Some(_), Some(v6)) => Some(("BackendV6Data.VNI", v6.vni)),
+        _ => None,
+    };
+    four.into_iter()
+        .chain(six)
+        .filter(|&(_, vni)| vni != expected)
+        .collect()
+}
+
 /// Every lease under the subnets prefix, judged: what a view (`weft doctor`) shows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LeaseView {
@@ -381,6 +419,8 @@ pub struct LeaseView {
     pub usable6: Vec<(Subnet6, Ipv6Addr)>,
     /// PublicIPv6s that several usable leases name, with their keys.
     pub conflicts6: Vec<(Ipv6Addr, Vec<String>)>,
+    /// Usable vxlan leases whose VNI is not the network config's, in key order.
+    pub vni_mismatches: Vec<VniMismatch>,
 }
 
 /// Judges a whole listing of `(key, value, create revision)` under the subnets prefix, as the
@@ -432,6 +472,15 @@ pub fn judge_all<'a>(
                 .push((name, LeaseProblem::SubnetTaken { holder }));
             continue;
         }
+        let name = String::from_utf8_lossy(key);
+        for (field, vni) in vni_mismatches(cfg, &rec) {
+            view.vni_mismatches.push(VniMismatch {
+                key: name.clone().into_owned(),
+                field,
+                vni,
+                expected: cfg.backend.vni.get(),
+            });
+        }
         if let Some(s) = four {
             held4.insert(s, lease);
             view.usable.push((s, rec.public_ip));
@@ -442,7 +491,9 @@ pub fn judge_all<'a>(
             keys6.insert(s6, keys.subnet_dual(&lease.subnet, Some(&s6)));
         }
     }
-    // Subnet order.
+    // Subnet order; the VNI mismatches in key order.
+    view.vni_mismatches
+        .sort_by(|a, b| (&a.key, a.field).cmp(&(&b.key, b.field)));
     view.usable.sort();
     view.usable6.sort();
     view.conflicts = conflicts(view.usable.iter().copied())
@@ -938,5 +989,54 @@ mod tests {
         );
         assert_eq!((v.usable.len(), v.usable6.len()), (2, 2));
         assert_eq!((v.conflicts.len(), v.conflicts6.len()), (1, 1));
+    }
+
+    #[test]
+    fn judge_all_lists_leases_of_another_vni() {
+        let keys = Keys::new("/p");
+        let vni2 = GOOD
+            .replace("\"VNI\":1", "\"VNI\":2")
+            .replace("192.168.77.2", "192.168.77.3");
+        let kvs: Vec<(&[u8], &[u8])> = vec![
+            (b"/p/subnets/10.1.3.0-24", vni2.as_bytes()),
+            (b"/p/subnets/10.1.2.0-24", GOOD.as_bytes()),
+        ];
+        let v = judge_all(
+            &keys,
+            &cfg(VXLAN),
+            kvs.clone().into_iter().map(|(k, v)| (k, v, 0)),
+        );
+        // Still usable (the record is well formed); listed as another VNI.
+        assert_eq!(v.usable.len(), 2);
+        assert_eq!(
+            v.vni_mismatches,
+            [VniMismatch {
+                key: "/p/subnets/10.1.3.0-24".into(),
+                field: "BackendData.VNI",
+                vni: 2,
+                expected: 1,
+            }]
+        );
+        // With Backend.VNI 2 it is the other lease that differs.
+        let c2 = cfg(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"vxlan","VNI":2}}"#);
+        let v = judge_all(&keys, &c2, kvs.into_iter().map(|(k, v)| (k, v, 0)));
+        let odd: Vec<_> = v
+            .vni_mismatches
+            .iter()
+            .map(|m| (m.key.as_str(), m.vni, m.expected))
+            .collect();
+        assert_eq!(odd, [("/p/subnets/10.1.2.0-24", 1, 2)]);
+        // Dual stack: each half's VNI; host-gw has none.
+        let dual = DUAL.replace(
+            "\"BackendV6Data\":{\"VNI\":1",
+            "\"BackendV6Data\":{\"VNI\":7",
+        );
+        let r = rec(&dual);
+        assert_eq!(
+            vni_mismatches(&cfg(DUAL_CFG), &r),
+            [("BackendV6Data.VNI", 7)]
+        );
+        let hostgw = cfg(r#"{"Network":"10.1.0.0/16","Backend":{"Type":"host-gw"}}"#);
+        assert!(vni_mismatches(&hostgw, &rec(&vni2)).is_empty());
     }
 }

@@ -11,7 +11,7 @@
 //! [`SharedTable`]: crate::table::SharedTable
 
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
@@ -20,6 +20,7 @@ use crate::config::ConfigError;
 use crate::wire::{Subnet, Subnet6};
 
 pub mod check;
+mod file;
 mod lease;
 mod list;
 mod options;
@@ -32,7 +33,9 @@ pub mod view;
 pub mod vtep;
 mod watch;
 
-pub use check::{check_lease, judge, judge_all, Judged, LeaseProblem, LeaseView};
+pub use check::{
+    check_lease, judge, judge_all, vni_mismatches, Judged, LeaseProblem, LeaseView, VniMismatch,
+};
 pub use lease::{acquire_lease, read_config, AcquireRequest, OwnLease};
 pub use options::{ConfigCheck, StoreOptions};
 pub use record::{BackendRecord, LeaseRecord, RecordError, VxlanV6Record};
@@ -331,10 +334,17 @@ impl StoreError {
     }
 }
 
-fn read_tls_file(path: &PathBuf) -> Result<Vec<u8>, StoreError> {
-    std::fs::read(path).map_err(|source| StoreError::TlsFile {
-        path: path.clone(),
-        source,
+/// The most of an etcd TLS file read (a CA bundle of every public root is about 200 KB).
+const MAX_TLS_FILE_BYTES: u64 = 4 << 20;
+
+/// Reads a TLS file: only a regular file (a FIFO there would block the start), bounded.
+fn read_tls_file(path: &Path) -> Result<Vec<u8>, StoreError> {
+    file::read_regular(path, MAX_TLS_FILE_BYTES).map_err(|e| StoreError::TlsFile {
+        path: path.to_path_buf(),
+        source: match e {
+            file::FileError::Io(source) => source,
+            other => std::io::Error::other(other),
+        },
     })
 }
 
@@ -463,6 +473,29 @@ mod tests {
         assert!(k
             .parse_subnet_key_dual(key)
             .is_some_and(|(_, s6)| s6.is_some()));
+    }
+
+    #[test]
+    fn a_tls_file_that_is_a_fifo_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("ca.pem");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(read_tls_file(&path).map(|_| ()));
+        });
+        let e = rx
+            .recv_timeout(Duration::from_secs(2))
+            .expect("reading a FIFO as a TLS file blocked")
+            .unwrap_err();
+        assert_eq!(
+            crate::error::Chain(&e).to_string(),
+            format!(
+                "reading etcd TLS file {}: is a FIFO, not a regular file",
+                fifo.display()
+            )
+        );
     }
 
     #[test]

@@ -44,6 +44,11 @@ pub(super) struct RepeatLog {
 }
 
 impl RepeatLog {
+    /// A log that has logged nothing yet (usable in a `static`).
+    pub(super) const fn new() -> RepeatLog {
+        RepeatLog { last: None }
+    }
+
     /// Whether `msg` is due: new text, or the same text last logged [`REPEAT_LOG`] ago.
     pub(super) fn should_log(&mut self, msg: &str) -> bool {
         let now = Instant::now();

@@ -12,15 +12,14 @@
 //! (it is stored as the record etcd would hold). The same document travels from a running
 //! node to the one taking over from it ([`crate::node`]'s takeover).
 
-use std::io::Read;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use super::check::{self, LeaseProblem};
+use super::file::FileError;
 use super::lease::OwnLease;
 use super::record::{BackendRecord, LeaseRecord, VxlanV6Record};
 use super::Keys;
@@ -281,7 +280,7 @@ impl SavedState {
     /// flushed to disk, then renamed over the old one (a reader or a crash sees the old
     /// state or the new, never half of one).
     pub fn write(&self, path: &Path) -> Result<(), StateError> {
-        super::subnet_env::write_atomically(path, &self.encode()).map_err(|source| StateError::Io {
+        super::file::write_atomically(path, &self.encode()).map_err(|source| StateError::Io {
             path: path.to_path_buf(),
             source,
         })
@@ -295,30 +294,20 @@ impl SavedState {
             path: path.to_path_buf(),
             source,
         };
-        // O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer; what
-        // was opened is then checked to be a regular file (where the flag does nothing).
-        let f = match std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(path)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io(e)),
+        let bytes = match super::file::read_regular(path, MAX_STATE_BYTES) {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(FileError::Io(source)) => return Err(io(source)),
+            Err(FileError::NotRegular { .. }) => {
+                return Err(StateError::NotAFile(path.to_path_buf()))
+            }
+            Err(FileError::TooLarge { limit }) => {
+                return Err(StateError::Length {
+                    expected: limit,
+                    found: limit + 1,
+                })
+            }
         };
-        if !f.metadata().map_err(io)?.file_type().is_file() {
-            return Err(StateError::NotAFile(path.to_path_buf()));
-        }
-        let mut bytes = Vec::new();
-        f.take(MAX_STATE_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(io)?;
-        if bytes.len() as u64 > MAX_STATE_BYTES {
-            return Err(StateError::Length {
-                expected: MAX_STATE_BYTES,
-                found: bytes.len() as u64,
-            });
-        }
         Self::decode(&bytes).map(Some)
     }
 

@@ -12,13 +12,20 @@
 //! `FLANNEL_NETWORK` and `FLANNEL_SUBNET` lines, only the IPv6 ones, MTU and IPMASQ; its
 //! [`SubnetEnv`] holds flannel's empty net `0.0.0.0/0` in `network` and `subnet`.
 //! It is written atomically (temporary file in the same directory, then rename), so a reader
-//! never sees half a file.
+//! never sees half a file. It is read only if it is a regular file, and at most
+//! [`MAX_SUBNET_ENV_BYTES`] of it: a FIFO or a device at the path is refused (named in the
+//! error or the warning), never waited on or read for ever, and the next write replaces it.
 
-use std::io::Write;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
+use super::file::{self, FileError};
+use super::retry::RepeatLog;
 use crate::wire::{Subnet, Subnet6};
+
+/// The most of a subnet.env read: the file is a few hundred bytes.
+pub const MAX_SUBNET_ENV_BYTES: u64 = 64 << 10;
 
 /// The contents of a subnet.env file.
 ///
@@ -60,6 +67,22 @@ pub enum SubnetEnvError {
         /// The I/O error.
         #[source]
         source: std::io::Error,
+    },
+    /// The path names something else than a regular file (a FIFO, a device, a directory).
+    #[error("subnet file {path} is a {kind}, not a regular file: remove it, or point -subnet-file at a regular file")]
+    NotAFile {
+        /// The file.
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
+    },
+    /// The file is far larger than any subnet.env.
+    #[error("subnet file {path} is larger than {limit} bytes: not a subnet.env")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The most bytes read.
+        limit: u64,
     },
     /// A required variable is missing or malformed.
     #[error("subnet file {path}: {var} is missing or malformed")]
@@ -114,20 +137,36 @@ impl SubnetEnv {
         out
     }
 
-    /// Writes the file atomically, creating its directory if needed.
+    /// Writes the file atomically, creating its directory if needed. Whatever else is at the
+    /// path (a FIFO, a device node, a symbolic link) is replaced by the regular file, with a
+    /// warning; a directory there is an error.
     pub fn write(&self, path: &Path) -> Result<(), SubnetEnvError> {
-        write_atomically(path, self.render().as_bytes()).map_err(|source| SubnetEnvError::Io {
-            path: path.to_path_buf(),
-            source,
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            match file::kind_of(meta.file_type()) {
+                None => {}
+                Some("directory") => {
+                    return Err(SubnetEnvError::NotAFile {
+                        path: path.to_path_buf(),
+                        kind: "directory",
+                    })
+                }
+                Some(kind) => {
+                    let points_to = std::fs::read_link(path).ok();
+                    tracing::warn!(path = %path.display(), was = kind, points_to = ?points_to, "the subnet file is not a regular file; replacing it with one (nothing is written into what was there)");
+                }
+            }
+        }
+        file::write_atomically(path, self.render().as_bytes()).map_err(|source| {
+            SubnetEnvError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
         })
     }
 
-    /// Reads a subnet.env file (as written by flanneld or weft).
+    /// Reads a subnet.env file (as written by flanneld or weft); only a regular file is read.
     pub fn read(path: &Path) -> Result<SubnetEnv, SubnetEnvError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SubnetEnvError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = read_text(path)?;
         Self::parse(&text).map_err(|var| SubnetEnvError::Parse {
             path: path.to_path_buf(),
             var,
@@ -187,27 +226,63 @@ impl SubnetEnv {
     }
 }
 
-/// Reads only the lease from a subnet.env (what flanneld does at start); `None` if the file
-/// is missing or has no usable `FLANNEL_SUBNET`.
-pub fn read_previous_subnet(path: &Path) -> Option<Subnet> {
-    let text = std::fs::read_to_string(path).ok()?;
+/// The text of the subnet.env at `path`: a regular file of at most
+/// [`MAX_SUBNET_ENV_BYTES`], in UTF-8.
+fn read_text(path: &Path) -> Result<String, SubnetEnvError> {
+    let bytes = file::read_regular(path, MAX_SUBNET_ENV_BYTES).map_err(|e| {
+        let path = path.to_path_buf();
+        match e {
+            FileError::Io(source) => SubnetEnvError::Io { path, source },
+            FileError::NotRegular { kind } => SubnetEnvError::NotAFile { path, kind },
+            FileError::TooLarge { limit } => SubnetEnvError::TooLarge { path, limit },
+        }
+    })?;
+    String::from_utf8(bytes).map_err(|e| SubnetEnvError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    })
+}
+
+/// The warnings of [`previous_var`], each logged once (again after a while if it persists:
+/// the node's status reads the file every second).
+static PREVIOUS_LOG: Mutex<RepeatLog> = Mutex::new(RepeatLog::new());
+
+/// The value of `var` in the subnet.env at `path`, for asking for the same subnet again. A
+/// missing file has none; one that cannot be read (not a regular file, too large,
+/// unreadable) has none either, with a warning.
+fn previous_var(path: &Path, var: &str) -> Option<String> {
+    let text = match read_text(path) {
+        Ok(t) => t,
+        Err(SubnetEnvError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return None
+        }
+        Err(e) => {
+            let msg = crate::error::Chain(&e).to_string();
+            let mut log = PREVIOUS_LOG.lock().unwrap_or_else(|p| p.into_inner());
+            if log.should_log(&msg) {
+                tracing::warn!(error = %msg, "no previous subnet from the subnet file: the lease is any free subnet, and the file is replaced once it is written");
+            }
+            return None;
+        }
+    };
     text.lines()
         .rev()
         .filter_map(|l| l.trim().split_once('='))
-        .find(|(k, _)| k.trim() == "FLANNEL_SUBNET")
-        .and_then(|(_, v)| parse_host_cidr(v.trim().trim_matches('"')))
+        .find(|(k, _)| k.trim() == var)
+        .map(|(_, v)| v.trim().trim_matches('"').to_string())
+}
+
+/// Reads only the lease from a subnet.env (what flanneld does at start); `None` if the file
+/// is missing, is not a regular file (logged) or has no usable `FLANNEL_SUBNET`.
+pub fn read_previous_subnet(path: &Path) -> Option<Subnet> {
+    parse_host_cidr(&previous_var(path, "FLANNEL_SUBNET")?)
 }
 
 /// Reads only the IPv6 lease from a subnet.env (flanneld reads `FLANNEL_IPV6_SUBNET` at
-/// start to ask for the same IPv6 subnet again); `None` if the file is missing or has no
-/// usable `FLANNEL_IPV6_SUBNET`.
+/// start to ask for the same IPv6 subnet again); `None` if the file is missing, is not a
+/// regular file (logged) or has no usable `FLANNEL_IPV6_SUBNET`.
 pub fn read_previous_ipv6_subnet(path: &Path) -> Option<Subnet6> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines()
-        .rev()
-        .filter_map(|l| l.trim().split_once('='))
-        .find(|(k, _)| k.trim() == "FLANNEL_IPV6_SUBNET")
-        .and_then(|(_, v)| parse_host_cidr6(v.trim().trim_matches('"')))
+    parse_host_cidr6(&previous_var(path, "FLANNEL_IPV6_SUBNET")?)
 }
 
 /// flannel's empty IPv4 net, `0.0.0.0/0`: no IPv4 half.
@@ -228,51 +303,6 @@ fn parse_host_cidr6(v: &str) -> Option<Subnet6> {
 fn parse_host_cidr(v: &str) -> Option<Subnet> {
     let (a, l) = v.split_once('/')?;
     Subnet::containing(a.parse::<Ipv4Addr>().ok()?, l.parse().ok()?).ok()
-}
-
-/// Creates a uniquely named temporary file next to `target`.
-/// Writes `bytes` to `path` so that a reader (or a crash) sees the old contents or the new,
-/// never a part: a new temporary file in the same directory (created with it if needed),
-/// flushed to disk, then renamed over `path`. The temporary file goes on failure.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir)?;
-    let (tmp, mut file) = tempfile_in(dir, path)?;
-    let res = (|| {
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
-}
-
-fn tempfile_in(dir: &Path, target: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
-    let base = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "subnet.env".into());
-    for attempt in 0..100u32 {
-        let p = dir.join(format!(".{base}.{}.{attempt}.tmp", std::process::id()));
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&p)
-        {
-            Ok(f) => return Ok((p, f)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(std::io::Error::new(
-        std::io::ErrorKind::AlreadyExists,
-        "no free temporary file name",
-    ))
 }
 
 #[cfg(test)]
@@ -396,6 +426,75 @@ mod tests {
         );
         let e = SubnetEnv::read(Path::new("/nonexistent/subnet.env")).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/subnet.env"));
+    }
+
+    /// `f(path)` on another thread; fails the test if it takes over 2 s (a FIFO open that
+    /// waits for a writer, a read of /dev/zero that never ends).
+    fn within_2s<T: Send + 'static>(path: &Path, f: impl FnOnce(&Path) -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = path.to_path_buf();
+        std::thread::spawn(move || {
+            let _ = tx.send(f(&path));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(2))
+            .expect("reading the subnet file did not return within 2 s")
+    }
+
+    #[test]
+    fn a_fifo_or_a_device_is_never_read_and_the_write_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("subnet.env");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert_eq!(within_2s(&fifo, read_previous_subnet), None);
+        assert_eq!(within_2s(&fifo, read_previous_ipv6_subnet), None);
+        let e = within_2s(&fifo, SubnetEnv::read).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "subnet file {} is a FIFO, not a regular file: remove it, or point -subnet-file at a regular file",
+                fifo.display()
+            )
+        );
+        // The lease's file replaces the FIFO.
+        env().write(&fifo).unwrap();
+        assert_eq!(SubnetEnv::read(&fifo).unwrap(), env());
+
+        let zero = dir.path().join("zero.env");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        assert_eq!(within_2s(&zero, read_previous_subnet), None);
+        let e = within_2s(&zero, SubnetEnv::read).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SubnetEnvError::NotAFile {
+                    kind: "character device",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // The link is replaced; /dev/zero is untouched.
+        env().write(&zero).unwrap();
+        assert!(std::fs::symlink_metadata(&zero).unwrap().is_file());
+        assert_eq!(read_previous_subnet(&zero), Some(env().subnet));
+
+        // A huge regular file is read up to the bound only.
+        let big = dir.path().join("big.env");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(MAX_SUBNET_ENV_BYTES + 1).unwrap();
+        let e = SubnetEnv::read(&big).unwrap_err();
+        assert!(matches!(e, SubnetEnvError::TooLarge { .. }), "{e}");
+        assert_eq!(read_previous_subnet(&big), None);
+
+        // A directory is neither read nor replaced.
+        let sub = dir.path().join("dir.env");
+        std::fs::create_dir(&sub).unwrap();
+        let e = env().write(&sub).unwrap_err();
+        assert!(
+            e.to_string().contains("is a directory, not a regular file"),
+            "{e}"
+        );
+        assert!(sub.is_dir());
     }
 
     fn v6_only() -> SubnetEnv {

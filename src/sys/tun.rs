@@ -30,6 +30,18 @@ pub enum TunError {
         #[source]
         source: io::Error,
     },
+    /// The name belongs to an interface that is not a TUN device (a tap, a bridge ...), which
+    /// TUNSETIFF refuses with EINVAL.
+    #[error("an interface named {name} exists and is a {kind}, not a TUN device: pass --tun-name=<another name>, or delete it (ip link delete {name})")]
+    NotTun {
+        /// The name.
+        name: String,
+        /// What the interface is (`TAP device`, `bridge`, `dummy device` ...).
+        kind: String,
+        /// TUNSETIFF's error.
+        #[source]
+        source: io::Error,
+    },
     /// A later ioctl on the device failed.
     #[error("{what} on {name} failed")]
     Ioctl {
@@ -71,6 +83,99 @@ fn ifr_name(req: &libc::ifreq) -> String {
         Ok(c) => c.to_string_lossy().into_owned(),
         Err(_) => String::from_utf8_lossy(&bytes).into_owned(),
     }
+}
+
+/// TUNSETIFF's failure for `name`, saying what the interface is when the name belongs to one
+/// that is not a TUN device (the kernel says only EINVAL).
+fn set_iff_error(name: &str, source: io::Error) -> TunError {
+    let other_kind = match source.raw_os_error() {
+        Some(libc::EINVAL) => match driver_of(name) {
+            Ok((driver, bus_info)) => not_tun_kind(&driver, &bus_info),
+            // The interface is gone, or never was: the error is something else.
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => None,
+            // It exists but does not say what it is: not a TUN device, which always does.
+            Err(_) => Some("network interface of another kind".to_string()),
+        },
+        _ => None,
+    };
+    match other_kind {
+        Some(kind) => TunError::NotTun {
+            name: name.to_string(),
+            kind,
+            source,
+        },
+        None => TunError::SetIff {
+            name: name.to_string(),
+            source,
+        },
+    }
+}
+
+/// What an interface whose ethtool driver information is `driver` and `bus_info` is, when it
+/// is not a TUN device; `None` for a TUN device (the tun driver's bus is `tun` or `tap`).
+fn not_tun_kind(driver: &str, bus_info: &str) -> Option<String> {
+    match (driver, bus_info) {
+        ("tun", "tun") => None,
+        ("tun", "tap") => Some("TAP device".to_string()),
+        ("bridge", _) => Some("bridge".to_string()),
+        ("", _) => Some("network interface of another kind".to_string()),
+        (driver, _) => Some(format!("{driver} device")),
+    }
+}
+
+/// `ETHTOOL_GDRVINFO` of `<linux/ethtool.h>` (the libc crate has SIOCETHTOOL but not the
+/// ethtool commands).
+const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
+
+/// `struct ethtool_drvinfo` of `<linux/ethtool.h>`.
+#[repr(C)]
+struct EthtoolDrvinfo {
+    cmd: u32,
+    driver: [u8; 32],
+    version: [u8; 32],
+    fw_version: [u8; 32],
+    bus_info: [u8; 32],
+    erom_version: [u8; 32],
+    reserved2: [u8; 12],
+    n_priv_flags: u32,
+    n_stats: u32,
+    testinfo_len: u32,
+    eedump_len: u32,
+    regdump_len: u32,
+}
+
+/// The driver and bus of interface `name` in this network namespace, as `ethtool -i` shows
+/// them (`tun` and `tap` for a tap, `bridge` for a bridge); ENODEV when there is no such
+/// interface.
+fn driver_of(name: &str) -> io::Result<(String, String)> {
+    let mut req = ifreq_for(name).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut info = EthtoolDrvinfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        version: [0; 32],
+        fw_version: [0; 32],
+        bus_info: [0; 32],
+        erom_version: [0; 32],
+        reserved2: [0; 12],
+        n_priv_flags: 0,
+        n_stats: 0,
+        testinfo_len: 0,
+        eedump_len: 0,
+        regdump_len: 0,
+    };
+    req.ifr_ifru.ifru_data = (&mut info as *mut EthtoolDrvinfo).cast();
+    let sock = super::udp4_socket()?;
+    retry_eintr(|| {
+        // SAFETY: SIOCETHTOOL with ETHTOOL_GDRVINFO reads the ifreq and writes one
+        // ethtool_drvinfo through ifru_data, which points at `info`, alive and unaliased
+        // for the call.
+        Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut req) })
+    })?;
+    let text = |b: &[u8]| match CStr::from_bytes_until_nul(b) {
+        Ok(c) => c.to_string_lossy().into_owned(),
+        Err(_) => String::from_utf8_lossy(b).into_owned(),
+    };
+    Ok((text(&info.driver), text(&info.bus_info)))
 }
 
 impl Tun {
@@ -121,10 +226,7 @@ impl Tun {
             // SAFETY: TUNSETIFF reads and writes one ifreq, which `req` is.
             Errno::result(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) })
         })
-        .map_err(|source| TunError::SetIff {
-            name: name.to_string(),
-            source,
-        })?;
+        .map_err(|source| set_iff_error(name, source))?;
         let tun = Tun {
             fd,
             name: ifr_name(&req),
@@ -257,5 +359,44 @@ impl AsFd for Tun {
 impl AsRawFd for Tun {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kind_of_an_interface_that_is_not_a_tun_device() {
+        assert_eq!(not_tun_kind("tun", "tun"), None);
+        assert_eq!(not_tun_kind("tun", "tap").as_deref(), Some("TAP device"));
+        assert_eq!(not_tun_kind("bridge", "N/A").as_deref(), Some("bridge"));
+        assert_eq!(not_tun_kind("dummy", "").as_deref(), Some("dummy device"));
+        assert_eq!(not_tun_kind("veth", "").as_deref(), Some("veth device"));
+        assert_eq!(
+            not_tun_kind("", "").as_deref(),
+            Some("network interface of another kind")
+        );
+        // ethtool_drvinfo is the kernel's 196 bytes.
+        assert_eq!(std::mem::size_of::<EthtoolDrvinfo>(), 196);
+    }
+
+    #[test]
+    fn not_tun_names_the_kind_and_the_fix() {
+        let e = TunError::NotTun {
+            name: "weft0".into(),
+            kind: "TAP device".into(),
+            source: io::Error::from_raw_os_error(libc::EINVAL),
+        };
+        assert_eq!(
+            e.to_string(),
+            "an interface named weft0 exists and is a TAP device, not a TUN device: pass \
+             --tun-name=<another name>, or delete it (ip link delete weft0)"
+        );
+        // Another error than EINVAL, or a name no interface has: TUNSETIFF's own error.
+        let e = set_iff_error("weft0", io::Error::from_raw_os_error(libc::EPERM));
+        assert!(matches!(e, TunError::SetIff { .. }), "{e}");
+        let e = set_iff_error("wtnone9", io::Error::from_raw_os_error(libc::EINVAL));
+        assert!(matches!(e, TunError::SetIff { .. }), "{e}");
     }
 }

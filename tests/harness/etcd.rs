@@ -530,6 +530,28 @@ pub mod bulk {
         )
     }
 
+    /// Puts (or with `delete` deletes) fake leases `ids` one request each, as a large
+    /// cluster's joins and leaves arrive, from inside `ns`.
+    pub fn one_by_one(ns: &Netns, etcd: &Etcd, ids: impl Iterator<Item = u32>, delete: bool) {
+        let ids: Vec<u32> = ids.collect();
+        ns.run(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let mut c = etcd.client().await.expect("etcd client");
+                for i in ids {
+                    match delete {
+                        false => c.put(key(i), record(i), None).await.map(drop),
+                        true => c.delete(key(i), None).await.map(drop),
+                    }
+                    .expect("etcd");
+                }
+            });
+        });
+    }
+
     /// Puts (or with `delete` deletes) fake leases `ids`, in transactions, from inside `ns`
     /// (the namespace the lab's etcd listens in).
     pub fn apply(ns: &Netns, etcd: &Etcd, ids: impl Iterator<Item = u32>, delete: bool) {

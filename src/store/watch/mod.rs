@@ -40,6 +40,9 @@ use save::StateKeeper;
 const RECREATE_RETRY: Duration = Duration::from_millis(500);
 /// At most one "lease table updated" line per this interval; changes in between are summed.
 const TABLE_LOG_EVERY: Duration = Duration::from_secs(1);
+/// At most one table published per this interval while watch events stream in (the first
+/// event after a quiet spell goes out at once).
+const PUBLISH_EVERY: Duration = Duration::from_millis(50);
 
 /// A running store. Dropping it (or [`StoreHandle::shutdown`]) stops the task; the lease
 /// stays in etcd until it expires, so a restarted node gets it back.
@@ -161,6 +164,7 @@ pub(super) fn spawn(client: Option<Client>, start: Start, shared: SharedTable) -
         up_tx,
         shared,
         warned: HashSet::new(),
+        other_vni: BTreeMap::new(),
         rejected: BTreeMap::new(),
         report: Arc::default(),
         own_missing: false,
@@ -173,6 +177,9 @@ pub(super) fn spawn(client: Option<Client>, start: Start, shared: SharedTable) -
         state: StateKeeper::new(state_path),
         state_rx,
         check_config: false,
+        published_at: None,
+        pending: Changes::default(),
+        publish_due: None,
     };
     if let Some((leases, revision)) = resumed {
         let events = super::state::lease_events(
@@ -235,6 +242,8 @@ struct Runner {
     shared: SharedTable,
     /// `(key, mod_revision)` of records already reported as unusable.
     warned: HashSet<(String, i64)>,
+    /// Usable vxlan leases naming another VNI than ours, by key: `(field, vni)` each.
+    other_vni: BTreeMap<String, Vec<(&'static str, u32)>>,
     /// Records under the subnets prefix that are not used, by key.
     rejected: BTreeMap<String, LeaseProblem>,
     /// The report attached to the last published table.
@@ -257,6 +266,11 @@ struct Runner {
     state_rx: mpsc::Receiver<oneshot::Sender<SavedState>>,
     /// Started from a saved state: compare etcd's config with ours once it answers.
     check_config: bool,
+    /// When the last table went out.
+    published_at: Option<Instant>,
+    /// Changes applied but not published yet, and when they will be.
+    pending: Changes,
+    publish_due: Option<Instant>,
 }
 
 impl Runner {
@@ -359,6 +373,7 @@ impl Runner {
                     let _ = reply.send(self.capture_state());
                 }
                 Wake::Timer => {
+                    self.publish_if_due();
                     self.on_timer().await;
                     self.save_state(false).await;
                 }
@@ -400,6 +415,9 @@ impl Runner {
         if let Some(due) = self.state.due(self.peers.len()) {
             at = at.min(due);
         }
+        if let Some(due) = self.publish_due {
+            at = at.min(due);
+        }
         at
     }
 
@@ -434,6 +452,7 @@ impl Runner {
         let mut next = self.peers.emptied();
         let mut clashes = Vec::new();
         self.rejected.clear();
+        self.other_vni.clear();
         let revision = for_each_lease(&mut client, &keys, |kv| {
             if kv.key() == own_key.as_bytes() {
                 own_kv = Some((kv.value().to_vec(), kv.lease(), kv.mod_revision()));
@@ -507,7 +526,7 @@ impl Runner {
         let deletes = batch.iter().any(|e| matches!(e, PeerEvent::Delete(_)));
         let changes = self.peers.apply(batch);
         let freed = changes.removed + changes.removed6 > 0;
-        self.publish(revision, changes);
+        self.publish_soon(revision, changes);
         if own_deleted {
             tracing::warn!(subnets = %self.own.subnets(), "this node's lease was deleted from etcd; re-creating it");
             self.recreate_own().await;
@@ -530,8 +549,9 @@ impl Runner {
     fn peer_event(&mut self, kind: EventType, kv: &etcd_client::KeyValue) -> Option<PeerEvent> {
         match kind {
             EventType::Delete => {
-                self.rejected
-                    .remove(String::from_utf8_lossy(kv.key()).as_ref());
+                let name = String::from_utf8_lossy(kv.key());
+                self.rejected.remove(name.as_ref());
+                self.other_vni.remove(name.as_ref());
                 // A key that does not fit the network's families was never a peer: deleting
                 // it removes nothing. Any other key releases what it holds, and only that.
                 match self.keys.parse_subnet_key_dual(kv.key()) {

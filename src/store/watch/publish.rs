@@ -7,10 +7,12 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::{Runner, TABLE_LOG_EVERY};
+use super::{Runner, PUBLISH_EVERY, TABLE_LOG_EVERY};
 use crate::store::check::{self, LeaseProblem};
 use crate::store::record::BackendRecord;
-use crate::table::{Changes, Clash, Lease, LeaseKey, LeaseReport, Peer, Peer6, RejectedLease};
+use crate::table::{
+    Changes, Clash, Lease, LeaseKey, LeaseReport, OtherVni, Peer, Peer6, RejectedLease,
+};
 use crate::wire::{Subnet, Subnet6};
 
 /// How many reported-bad records to remember before starting afresh.
@@ -23,6 +25,7 @@ impl Runner {
             // Forgetting only means a bad record may be reported once more.
             self.warned.clear();
         }
+        self.other_vni.remove(&key);
         if self.warned.insert((key.clone(), rev)) {
             tracing::warn!(%key, revision = rev, reason = problem.label(), error = %problem, "skipping a lease record from etcd");
         }
@@ -47,6 +50,7 @@ impl Runner {
         match (j.subnet, j.verdict) {
             (Some(subnet), Ok(rec)) => {
                 self.rejected.remove(&name);
+                self.note_vni(name, rev, check::vni_mismatches(&self.config, &rec));
                 let four = self.config.enable_ipv4.then(|| {
                     let mac = match rec.backend {
                         BackendRecord::Vxlan { vtep_mac, .. } => Some(vtep_mac),
@@ -81,6 +85,20 @@ impl Runner {
             }
             (None, Ok(_)) => Err(None),
         }
+    }
+
+    /// Remembers whether the usable lease under `key` names another VNI than ours, warning
+    /// once per key and revision when it does.
+    fn note_vni(&mut self, key: String, rev: i64, odd: Vec<(&'static str, u32)>) {
+        if odd.is_empty() {
+            self.other_vni.remove(&key);
+            return;
+        }
+        if self.other_vni.get(&key) != Some(&odd) {
+            let vnis: Vec<String> = odd.iter().map(|(f, v)| format!("{f} {v}")).collect();
+            tracing::warn!(%key, revision = rev, theirs = %vnis.join(", "), ours = self.config.backend.vni.get(), "a lease names another VNI than this node's Backend.VNI: its node and this one drop each other's packets; run every node with one Backend.VNI (weft doctor says which)");
+        }
+        self.other_vni.insert(key, odd);
     }
 
     /// Records the keys that name a subnet another key holds (`clashes` from the peer set)
@@ -147,10 +165,22 @@ impl Runner {
                 tracing::warn!(public_ipv6 = %ip, subnets6 = %list.join(","), names_this_node = ours, "several leases name one PublicIPv6: IPv6 packets from it are accepted for any of them, packets to them all go there; delete the stale record(s)");
             }
         }
+        let other_vni = self
+            .other_vni
+            .iter()
+            .flat_map(|(key, odd)| {
+                odd.iter().map(|&(field, vni)| OtherVni {
+                    key: key.clone(),
+                    field,
+                    vni,
+                })
+            })
+            .collect();
         LeaseReport {
             rejected,
             conflicts,
             conflicts6,
+            other_vni,
         }
     }
 
@@ -161,11 +191,14 @@ impl Runner {
             self.revision = revision;
         }
         self.refuse(std::mem::take(&mut changes.clashes));
+        changes += std::mem::take(&mut self.pending);
+        self.publish_due = None;
         let report = self.build_report();
         if changes.is_empty() && self.published_once && report == *self.report {
             return;
         }
         self.published_once = true;
+        self.published_at = Some(Instant::now());
         self.state.changed();
         self.report = Arc::new(report);
         self.shared.publish(
@@ -175,6 +208,35 @@ impl Runner {
         );
         self.unlogged += changes;
         self.flush_table_log();
+    }
+
+    /// Publishes `changes` (watch events) at once when no table went out within
+    /// [`PUBLISH_EVERY`], else with whatever else arrives until then: a stream of single-lease
+    /// events (a large cluster's joins, renewals, leaves) costs a table build per interval,
+    /// not per event, and the first event of a quiet spell is not held back. Keys that name
+    /// a held subnet are refused at once either way.
+    pub(super) fn publish_soon(&mut self, revision: i64, mut changes: Changes) {
+        if revision > 0 {
+            self.revision = revision;
+        }
+        self.refuse(std::mem::take(&mut changes.clashes));
+        self.pending += changes;
+        let now = Instant::now();
+        let due = self.published_at.map_or(now, |at| at + PUBLISH_EVERY);
+        if due <= now {
+            let pending = std::mem::take(&mut self.pending);
+            self.publish(0, pending);
+        } else {
+            self.publish_due = Some(due);
+        }
+    }
+
+    /// Publishes what waits, once its time has come.
+    pub(super) fn publish_if_due(&mut self) {
+        if self.publish_due.is_some_and(|at| at <= Instant::now()) {
+            let pending = std::mem::take(&mut self.pending);
+            self.publish(0, pending);
+        }
     }
 
     /// Writes the summed table changes as one line, at most once per [`TABLE_LOG_EVERY`], so

@@ -46,7 +46,8 @@ install:
 	install -D -m 0644 systemd/weft.env.example $(DESTDIR)/etc/weft/weft.env.example
 	install -d -m 0700 $(DESTDIR)/etc/weft/tls
 	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/weft/README.md
-	install -D -m 0644 docs/architecture.md $(DESTDIR)$(PREFIX)/share/doc/weft/docs/architecture.md
+	install -d -m 0755 $(DESTDIR)$(PREFIX)/share/doc/weft/docs
+	install -m 0644 docs/*.md $(DESTDIR)$(PREFIX)/share/doc/weft/docs/
 
 demo: build
 	@scripts/demo.sh

@@ -167,7 +167,9 @@ fn doctor(a: &DoctorArgs) -> Result<()> {
             doctor::ETCD_TIMEOUT,
         ))
         .map_err(|e| format!("{:#}", anyhow::Error::new(e)));
-    let findings = doctor::run_checks(&local.into_input(etcd));
+    let mut input = local.into_input(etcd);
+    input.flanneld = rt.block_on(doctor::gather_flanneld(&input));
+    let findings = doctor::run_checks(&input);
     print!("{}", doctor::render(&findings));
     if findings.iter().any(|f| f.severity == Severity::Fail) {
         std::process::exit(1);

@@ -244,6 +244,9 @@ fn dual_stack_lab_routes_ipv6_across_segments() {
         (a.addr6(), "B -> A"),
         (lab.outside().addr6(), "B -> outside"),
     ] {
+        // The first packets wait for neighbour discovery on both segments (and the router's
+        // addresses' DAD): wait for the path, then count.
+        b.wait_for_ping(dst, std::time::Duration::from_secs(10));
         let ping = b.ping(dst, 2);
         assert!(ping.all_replied(), "{what}:\n{}", ping.output);
     }

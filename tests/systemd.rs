@@ -87,6 +87,7 @@ fn make_install_puts_every_file_where_the_unit_says() {
         ("/etc/weft/weft.env.example", 0o644),
         ("/etc/weft/tls", 0o700),
         ("/usr/local/share/doc/weft/README.md", 0o644),
+        ("/usr/local/share/doc/weft/docs/operations.md", 0o644),
     ] {
         use std::os::unix::fs::PermissionsExt;
         let meta = std::fs::metadata(at(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -107,6 +108,8 @@ fn make_install_puts_every_file_where_the_unit_says() {
         }
     }
     verify(&unit);
+    // flanneld and weft never run together on a node: starting one stops the other.
+    assert!(unit.contains("\nConflicts=flanneld.service\n"), "{unit}");
 
     // PREFIX moves the binary and the README, and the unit follows.
     let other = tempfile::tempdir().unwrap();

@@ -34,8 +34,9 @@ pub enum Command {
     /// Runs the node service: takes a subnet lease in etcd, configures the TUN device and
     /// carries pod traffic to and from the other nodes until SIGTERM. Takes flanneld's flags.
     Run(Box<RunArgs>),
-    /// Shows the running node's lease, its lease table, etcd and data-path state, read from
-    /// the node's /status endpoint (the same --healthz-ip/--healthz-port as `weft run`).
+    /// Shows the running node's lease, its lease table, etcd and data-path state. Without
+    /// flags it asks the weft running in this network namespace over its instance socket (no
+    /// port needed); --healthz-port asks a node's ops port instead.
     Status(StatusArgs),
     /// Checks this host for what breaks an overlay (ip_forward, rp_filter, FORWARD policy, the
     /// docker masquerade pitfall, bridge netfilter, MTUs) and prints each finding with its fix.

@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::flanneld::FlannelDevice;
 use super::masq::{self, fixed_rule, masquerade_pitfalls, Family};
 use crate::config::{BackendType, DEFAULT_SUBNET_FILE, DEFAULT_TUN_NAME, UDP_DEFAULT_PORT};
 use crate::encap::{UDP_OVERHEAD, VXLAN_OVERHEAD};
@@ -200,7 +201,13 @@ impl Local {
             },
             tunnel: kind != BackendType::HostGw,
             port,
+            subnet6: self.env.and_then(|e| e.ipv6).map(|v6| v6.subnet),
+            vni: match &etcd {
+                Ok(view) if kind == BackendType::Vxlan => Some(view.config.backend.vni.get()),
+                _ => None,
+            },
             etcd: etcd.map(|view| view.leases),
+            flanneld: FlanneldLeft::default(),
         }
     }
 }
@@ -244,6 +251,69 @@ pub struct DoctorInput {
     /// What etcd said: every lease, judged as the node judges them, or why it could not be
     /// asked.
     pub etcd: Result<LeaseView, String>,
+    /// This node's IPv6 subnet (subnet.env), if any.
+    pub subnet6: Option<Subnet6>,
+    /// The config's VNI (vxlan), when etcd could say.
+    pub vni: Option<u32>,
+    /// What flanneld runs or left here ([`gather_flanneld`]; empty until gathered).
+    pub flanneld: FlanneldLeft,
+}
+
+/// What flanneld runs or left in this network namespace, as `weft doctor` found it.
+#[derive(Debug, Clone, Default)]
+pub struct FlanneldLeft {
+    /// Processes named flanneld in this network namespace.
+    pub pids: Vec<u32>,
+    /// Interfaces with flannel's names, or why they could not be listed.
+    pub devices: Vec<FlannelDevice>,
+    /// Routes inside the Network (IPv6Network) that weft does not own.
+    pub routes: Vec<String>,
+    /// Why the devices or routes could not be listed.
+    pub error: Option<String>,
+}
+
+/// Looks for flanneld in this namespace: its process, its devices, routes inside the
+/// networks that weft does not own (rtnetlink: run inside a tokio runtime).
+pub async fn gather_flanneld(i: &DoctorInput) -> FlanneldLeft {
+    use super::flanneld::{self, IpNet};
+    use std::net::IpAddr;
+    let v4 = |s: Subnet| IpNet {
+        addr: IpAddr::V4(s.addr()),
+        len: s.prefix_len(),
+    };
+    let v6 = |s: Subnet6| IpNet {
+        addr: IpAddr::V6(s.addr()),
+        len: s.prefix_len(),
+    };
+    let nets: Vec<IpNet> = i
+        .network
+        .map(v4)
+        .into_iter()
+        .chain(i.network6.map(v6))
+        .collect();
+    let own: Vec<IpNet> = i
+        .subnet
+        .map(v4)
+        .into_iter()
+        .chain(i.subnet6.map(v6))
+        .collect();
+    let mut out = FlanneldLeft {
+        pids: flanneld::running_flanneld(),
+        ..FlanneldLeft::default()
+    };
+    let found = async {
+        let devices = flanneld::flannel_devices(&nets).await?;
+        let routes = flanneld::routes_not_ours(&nets, &i.tun, &own).await?;
+        Ok::<_, flanneld::LeftoverError>((devices, routes))
+    };
+    match found.await {
+        Ok((devices, routes)) => {
+            out.devices = devices;
+            out.routes = routes;
+        }
+        Err(e) => out.error = Some(crate::error::Chain(&e).to_string()),
+    }
+    out
 }
 
 impl DoctorInput {
@@ -257,7 +327,7 @@ impl DoctorInput {
 /// Runs every check against this host (network namespace), in the order they print.
 pub fn run_checks(i: &DoctorInput) -> Vec<Finding> {
     let v4 = !i.ipv6_only;
-    let mut out = vec![node(i)];
+    let mut out = vec![node(i), flanneld_process(i)];
     out.extend(v4.then(ip_forward));
     out.extend(ipv6_forwarding(i));
     out.extend(
@@ -273,8 +343,130 @@ pub fn run_checks(i: &DoctorInput) -> Vec<Finding> {
         out.extend(lease_findings(view));
     }
     out.extend(routes(i));
+    out.extend(flannel_devices(i));
+    out.extend(routes_not_ours(i));
     out.extend(tun_mtu(i));
     out
+}
+
+/// flanneld must not run beside weft.
+fn flanneld_process(i: &DoctorInput) -> Finding {
+    if i.flanneld.pids.is_empty() {
+        return fine("flanneld", "no flanneld process in this network namespace");
+    }
+    let pids: Vec<String> = i.flanneld.pids.iter().map(u32::to_string).collect();
+    finding(
+        "flanneld",
+        Severity::Fail,
+        format!(
+            "flanneld runs in this network namespace (pid {}): it and weft fight over the lease, the tunnel port and the routes",
+            pids.join(", ")
+        ),
+        format!(
+            "systemctl stop flanneld && systemctl disable flanneld (or kill {}), then systemctl restart weft",
+            pids.join(" ")
+        ),
+    )
+}
+
+/// Devices flanneld left: weft removes its own on start; others are only reported.
+fn flannel_devices(i: &DoctorInput) -> Option<Finding> {
+    use super::flanneld::{held, judge, Expected, Verdict, FLANNEL_VXLAN_PORT};
+    if let Some(e) = &i.flanneld.error {
+        return Some(finding(
+            "flannel_devices",
+            Severity::Warn,
+            format!("could not look for flanneld's devices and routes: {e}"),
+            "run weft doctor as root".into(),
+        ));
+    }
+    if i.flanneld.devices.is_empty() {
+        return Some(fine("flannel_devices", "no flannel.<VNI> device"));
+    }
+    let want = Expected {
+        vni: i.vni,
+        port: if i.vni.is_some() {
+            i.port
+        } else {
+            FLANNEL_VXLAN_PORT
+        },
+        tunnel_port: if i.tunnel { i.port } else { 0 },
+    };
+    let mut severity = Severity::Warn;
+    let mut details = Vec::new();
+    let mut fixes = Vec::new();
+    for d in &i.flanneld.devices {
+        match judge(d, &want) {
+            Verdict::Remove => {
+                severity = Severity::Fail;
+                details.push(format!("{} (flanneld's, holds {})", d.name, held(d)));
+                fixes.push(if i.running {
+                    format!("ip link delete {} (weft removes it when it starts: systemctl restart weft)", d.name)
+                } else {
+                    format!("start weft (it removes {} on start), or ip link delete {}", d.name, d.name)
+                });
+            }
+            Verdict::Harmless => {
+                details.push(format!("{} (flanneld's, holds nothing weft needs)", d.name));
+                fixes.push(format!(
+                    "ip link delete {} when flanneld is gone for good",
+                    d.name
+                ));
+            }
+            Verdict::NotFlanneld(why) => {
+                details.push(format!(
+                    "{} (not certainly flanneld's: {why}; weft leaves it alone)",
+                    d.name
+                ));
+                fixes.push(format!(
+                    "if it is left from flanneld: ip link delete {}",
+                    d.name
+                ));
+            }
+        }
+    }
+    Some(finding(
+        "flannel_devices",
+        severity,
+        details.join("; "),
+        fixes.join("; "),
+    ))
+}
+
+/// Routes inside the Network that weft does not own: flanneld's leftovers or someone else's.
+fn routes_not_ours(i: &DoctorInput) -> Option<Finding> {
+    if i.flanneld.error.is_some() || (i.network.is_none() && i.network6.is_none()) {
+        return None;
+    }
+    let routes = &i.flanneld.routes;
+    let Some(first) = routes.first() else {
+        return Some(fine(
+            "foreign_routes",
+            "no route inside the Network that weft does not own",
+        ));
+    };
+    const SHOWN: usize = 8;
+    let mut list = routes
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if routes.len() > SHOWN {
+        list.push_str(&format!("; and {} more", routes.len() - SHOWN));
+    }
+    let dst = first.split_whitespace().next().unwrap_or(first);
+    Some(finding(
+        "foreign_routes",
+        Severity::Warn,
+        format!(
+            "{} route(s) inside the Network that weft does not own: {list}",
+            routes.len()
+        ),
+        format!(
+            "each one that nothing else on this host needs: ip route del <its destination> (e.g. ip route del {dst}); flanneld's host-gw routes that match a lease exactly (its subnet via its PublicIP) are adopted by weft when it runs host-gw or DirectRouting; routes through a flannel.<VNI> device go with the device"
+        ),
+    ))
 }
 
 /// Whether weft runs here at all.
@@ -476,18 +668,34 @@ fn udp_port(i: &DoctorInput) -> Option<Finding> {
                 if bound { "bound by weft" } else { "free" }
             ),
         ),
-        (false, true) => finding(
-            "udp_port",
-            Severity::Fail,
-            format!(
-                "UDP {} is held by another process while weft is not running",
-                i.port
+        (false, true) => match i
+            .flanneld
+            .devices
+            .iter()
+            .find(|d| d.kind == "vxlan" && d.port == Some(i.port))
+        {
+            Some(d) => finding(
+                "udp_port",
+                Severity::Fail,
+                format!("UDP {} is held by the VXLAN device {}", i.port, d.name),
+                format!(
+                    "start weft (it removes flanneld's device on start), or ip link delete {}",
+                    d.name
+                ),
             ),
-            format!(
-                "stop whatever holds it (another weft or flanneld?): ss -ulpn 'sport = :{}'",
-                i.port
+            None => finding(
+                "udp_port",
+                Severity::Fail,
+                format!(
+                    "UDP {} is held by another process while weft is not running",
+                    i.port
+                ),
+                format!(
+                    "stop whatever holds it (another weft or flanneld?): ss -ulpn 'sport = :{}'",
+                    i.port
+                ),
             ),
-        ),
+        },
         (true, false) => finding(
             "udp_port",
             Severity::Fail,

@@ -3,6 +3,7 @@
 //! rules and sysctls.
 
 pub mod doctor;
+pub mod flanneld;
 pub mod instance;
 pub mod masq;
 pub mod plumbing;

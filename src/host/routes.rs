@@ -249,8 +249,13 @@ pub fn wanted_routes<N: RoutePrefix>(
 pub struct MainRoutes<N: RoutePrefix = Subnet> {
     /// Our routes (protocol 87) inside the Network: subnet -> gateway.
     pub ours: BTreeMap<N, N::Addr>,
-    /// Destinations of every other route in the main table (never replaced or removed).
+    /// Destinations of every other route in the main table (never replaced or removed,
+    /// except as [`MainRoutes::flanneld`] says).
     pub foreign: BTreeSet<N>,
+    /// Routes inside the Network that look like flanneld's host-gw routes (unicast, a
+    /// gateway, protocol `boot`, which its netlink library writes): subnet -> gateway. One
+    /// that a lease asks for exactly (its subnet via its PublicIP) is adopted.
+    pub flanneld: BTreeMap<N, N::Addr>,
 }
 
 impl<N: RoutePrefix> Default for MainRoutes<N> {
@@ -258,6 +263,7 @@ impl<N: RoutePrefix> Default for MainRoutes<N> {
         MainRoutes {
             ours: BTreeMap::new(),
             foreign: BTreeSet::new(),
+            flanneld: BTreeMap::new(),
         }
     }
 }
@@ -271,6 +277,9 @@ pub struct RoutePlan<N: RoutePrefix = Subnet> {
     pub remove: Vec<(N, N::Addr)>,
     /// Wanted routes not installed because a route weft does not own has that destination.
     pub blocked: Vec<(N, N::Addr)>,
+    /// flanneld's routes that are exactly what a lease asks for: made weft's own (protocol
+    /// 87) in place, so they follow the lease from then on.
+    pub adopt: Vec<(N, N::Addr)>,
 }
 
 impl<N: RoutePrefix> Default for RoutePlan<N> {
@@ -279,6 +288,7 @@ impl<N: RoutePrefix> Default for RoutePlan<N> {
             install: Vec::new(),
             remove: Vec::new(),
             blocked: Vec::new(),
+            adopt: Vec::new(),
         }
     }
 }
@@ -286,7 +296,7 @@ impl<N: RoutePrefix> Default for RoutePlan<N> {
 impl<N: RoutePrefix> RoutePlan<N> {
     /// Whether the kernel already matches (as far as weft may change it).
     pub fn is_empty(&self) -> bool {
-        self.install.is_empty() && self.remove.is_empty()
+        self.install.is_empty() && self.remove.is_empty() && self.adopt.is_empty()
     }
 }
 
@@ -295,12 +305,16 @@ pub fn plan<N: RoutePrefix>(
     current: &MainRoutes<N>,
     wanted: &BTreeMap<N, N::Addr>,
 ) -> RoutePlan<N> {
-    let (blocked, missing): (Vec<_>, Vec<_>) = wanted
+    let (adopt, rest): (Vec<_>, Vec<_>) = wanted
         .iter()
         .filter(|(s, gw)| current.ours.get(s) != Some(gw))
         .map(|(s, gw)| (*s, *gw))
+        .partition(|(s, gw)| !current.ours.contains_key(s) && current.flanneld.get(s) == Some(gw));
+    let (blocked, missing): (Vec<_>, Vec<_>) = rest
+        .into_iter()
         .partition(|(s, _)| current.foreign.contains(s) && !current.ours.contains_key(s));
     RoutePlan {
+        adopt,
         install: missing,
         remove: current
             .ours
@@ -370,6 +384,9 @@ pub struct RouteTable {
 enum Kind<N: RoutePrefix> {
     /// One of ours: unicast in the main table, protocol 87, with a gateway.
     Ours(N, N::Addr),
+    /// Unicast in the main table, protocol `boot`, with a gateway: how flanneld's host-gw
+    /// (and DirectRouting) routes look.
+    Flanneld(N, N::Addr),
     /// Any other route of the family in the main table, by destination.
     Foreign(N),
 }
@@ -406,6 +423,9 @@ fn classify<N: RoutePrefix>(msg: &RouteMessage) -> Option<Kind<N>> {
         Some(gw) if u8::from(h.protocol) == RTPROT_WEFT && h.kind == RouteType::Unicast => {
             Some(Kind::Ours(subnet, gw))
         }
+        Some(gw) if h.protocol == RouteProtocol::Boot && h.kind == RouteType::Unicast => {
+            Some(Kind::Flanneld(subnet, gw))
+        }
         _ => Some(Kind::Foreign(subnet)),
     }
 }
@@ -415,7 +435,7 @@ fn classify<N: RoutePrefix>(msg: &RouteMessage) -> Option<Kind<N>> {
 fn ours<N: RoutePrefix>(msg: &RouteMessage) -> Option<(N, N::Addr)> {
     match classify::<N>(msg)? {
         Kind::Ours(s, gw) => Some((s, gw)),
-        Kind::Foreign(_) => None,
+        Kind::Foreign(_) | Kind::Flanneld(..) => None,
     }
 }
 
@@ -450,6 +470,12 @@ impl RouteTable {
             match kind {
                 Kind::Ours(s, gw) if network.holds_prefix(&s) => {
                     out.ours.insert(s, gw);
+                }
+                Kind::Flanneld(s, gw) => {
+                    if network.holds_prefix(&s) {
+                        out.flanneld.insert(s, gw);
+                    }
+                    out.foreign.insert(s);
                 }
                 Kind::Ours(s, _) | Kind::Foreign(s) => {
                     out.foreign.insert(s);
@@ -517,6 +543,16 @@ impl RouteTable {
         for &(subnet, gateway) in &p.remove {
             match self.remove(subnet, gateway).await {
                 Ok(()) => info!(%subnet, %gateway, "route removed"),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        for &(subnet, gateway) in &p.adopt {
+            match self.install(subnet, gateway, true).await {
+                Ok(()) => {
+                    info!(%subnet, %gateway, protocol = RTPROT_WEFT, "adopted a route flanneld left (exactly this lease's subnet via its PublicIP) as weft's own: it follows the lease from now on")
+                }
                 Err(e) => {
                     first_err.get_or_insert(e);
                 }
@@ -781,6 +817,7 @@ mod tests {
             ]
             .into(),
             foreign: BTreeSet::new(),
+            ..MainRoutes::default()
         };
         let wanted: BTreeMap<_, _> = [
             (sn([10, 1, 1, 0], 24), gw(10)),
@@ -801,8 +838,50 @@ mod tests {
         let settled = MainRoutes {
             ours: wanted.clone(),
             foreign: BTreeSet::new(),
+            ..MainRoutes::default()
         };
         assert!(plan(&settled, &wanted).is_empty());
+    }
+
+    #[test]
+    fn flanneld_routes_a_lease_asks_for_exactly_are_adopted() {
+        let gw = |d| Ipv4Addr::new(192, 168, 64, d);
+        // flanneld left 10.1.7.0/24 via .10 (the lease's), 10.1.8.0/24 via .99 (not the
+        // lease's gateway) and 10.1.9.0/24 via .12 (no lease): only the first is adopted.
+        let theirs: BTreeMap<_, _> = [
+            (sn([10, 1, 7, 0], 24), gw(10)),
+            (sn([10, 1, 8, 0], 24), gw(99)),
+            (sn([10, 1, 9, 0], 24), gw(12)),
+        ]
+        .into();
+        let current = MainRoutes {
+            ours: BTreeMap::new(),
+            foreign: theirs.keys().copied().collect(),
+            flanneld: theirs,
+        };
+        let wanted: BTreeMap<_, _> = [
+            (sn([10, 1, 7, 0], 24), gw(10)),
+            (sn([10, 1, 8, 0], 24), gw(11)),
+        ]
+        .into();
+        let p = plan(&current, &wanted);
+        assert_eq!(p.adopt, vec![(sn([10, 1, 7, 0], 24), gw(10))]);
+        assert_eq!(p.blocked, vec![(sn([10, 1, 8, 0], 24), gw(11))]);
+        assert!(p.install.is_empty() && p.remove.is_empty());
+        // Once adopted it is ours, and follows the lease like any other.
+        let adopted = MainRoutes {
+            ours: [(sn([10, 1, 7, 0], 24), gw(10))].into(),
+            foreign: [sn([10, 1, 8, 0], 24), sn([10, 1, 9, 0], 24)].into(),
+            flanneld: [
+                (sn([10, 1, 8, 0], 24), gw(99)),
+                (sn([10, 1, 9, 0], 24), gw(12)),
+            ]
+            .into(),
+        };
+        let moved: BTreeMap<_, _> = [(sn([10, 1, 7, 0], 24), gw(20))].into();
+        let p = plan(&adopted, &moved);
+        assert_eq!(p.install, vec![(sn([10, 1, 7, 0], 24), gw(20))]);
+        assert!(p.adopt.is_empty());
     }
 
     #[test]
@@ -812,6 +891,7 @@ mod tests {
         let current = MainRoutes {
             ours: BTreeMap::new(),
             foreign: [sn([10, 1, 7, 0], 24)].into(),
+            ..MainRoutes::default()
         };
         let wanted: BTreeMap<_, _> = [
             (sn([10, 1, 7, 0], 24), gw(10)),
@@ -1011,6 +1091,7 @@ mod tests {
             .into(),
             // A route of another protocol to a prefix a lease asks for.
             foreign: [sn6("fd10:0:0:7::/64"), sn6("::/0")].into(),
+            ..MainRoutes::default()
         };
         let wanted: BTreeMap<_, _> = [
             (sn6("fd10:0:0:1::/64"), ip6("fd77::a")),
@@ -1037,6 +1118,7 @@ mod tests {
             ]
             .into(),
             foreign: current.foreign.clone(),
+            ..MainRoutes::default()
         };
         let p = plan(&settled, &wanted);
         assert!(p.is_empty(), "{p:?}");

@@ -81,6 +81,15 @@ pub enum NodeError {
     /// The direct routes (host-gw, DirectRouting) could not be managed.
     #[error("direct routes")]
     Routes(#[from] RouteError),
+    /// flanneld runs in this network namespace.
+    #[error("flanneld is running in this network namespace (pid {pids:?}): stop it first (systemctl stop flanneld; systemctl disable flanneld), then start weft with the same flags")]
+    FlanneldRunning {
+        /// Its process ids.
+        pids: Vec<u32>,
+    },
+    /// What flanneld left could not be looked at or removed.
+    #[error("clearing what flanneld left")]
+    Leftovers(#[from] crate::host::flanneld::LeftoverError),
     /// The vxlan lease carries no VTEP MAC.
     #[error("our vxlan lease has no VtepMAC")]
     NoVtepMac,
@@ -141,6 +150,11 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> Resul
     // Before anything touches etcd, the subnet file, a port or a device.
     let instance = crate::host::instance::InstanceLock::acquire(&opts.etcd.prefix)?;
     tracing::debug!(socket = instance.name(), "single-instance socket held");
+    // A flanneld still running here would fight over the lease, the port and the routes.
+    let flanneld = crate::host::flanneld::running_flanneld();
+    if !flanneld.is_empty() {
+        return Err(NodeError::FlanneldRunning { pids: flanneld });
+    }
     // The ops server comes first, as flanneld serves healthz before it reads its config:
     // /healthz answers while etcd is out of reach, /readyz says why the node is not ready,
     // and the state is filled in as the node comes up. Dropping the servers stops them.
@@ -328,6 +342,8 @@ async fn run_with_lease(
     let own = store.own_lease();
     log_lease(&config, &own);
     base.ops.set_phase("lease acquired; starting the data path");
+    // flanneld's VXLAN device, if it left one, holds the port and routes weft needs.
+    crate::host::flanneld::clear_leftovers(&config).await?;
     let mut running = Running::prepare(opts, &config, &own, underlay, &base.ops)?;
     running.attach(opts, &config, &own, underlay, &base.ops, None)?;
     serve_node(opts, base, underlay, store, running, shutdown).await

@@ -74,17 +74,24 @@ impl StartingWeft {
     }
 
     /// `env RUST_LOG=weft=debug <env> <wrapper> weft run <args> -subnet-file=<temp>` in
-    /// `host`, not waited for.
+    /// `host`, not waited for. An `-subnet-file=<path>` among `args` (a file flanneld
+    /// wrote, say) is used instead of the temporary one.
     fn spawn_raw(host: &Host, env: &[&str], wrapper: &[&str], args: &[&str]) -> StartingWeft {
         let dir = tempfile::tempdir().expect("weft tempdir");
-        let subnet_file = dir.path().join("subnet.env");
+        let given = args.iter().find_map(|a| {
+            a.strip_prefix("-subnet-file=")
+                .or_else(|| a.strip_prefix("--subnet-file="))
+        });
+        let subnet_file = given.map_or_else(|| dir.path().join("subnet.env"), PathBuf::from);
         let sf = format!("-subnet-file={}", subnet_file.display());
         let mut argv = vec!["env", "RUST_LOG=weft=debug"];
         argv.extend_from_slice(env);
         argv.extend_from_slice(wrapper);
         argv.extend_from_slice(&[weft_bin(), "run"]);
         argv.extend_from_slice(args);
-        argv.push(&sf);
+        if given.is_none() {
+            argv.push(&sf);
+        }
         StartingWeft {
             proc: Some(host.spawn(&argv)),
             ns: host.name().to_string(),

@@ -178,6 +178,9 @@ pub struct LeaseTable {
     peers: Box<[Peer]>,
     by_subnet: Index<u32>,
     by_underlay: Index<u32>,
+    /// PublicIPs that several peers name, with their subnets (both sorted); found while the
+    /// underlay index is built, so a table without any costs nothing more.
+    shared: Box<[(Ipv4Addr, Vec<Subnet>)]>,
     /// The IPv6 half, empty in an IPv4-only table.
     six: Half6,
     /// When each peer's lease was first seen (seconds since the Unix epoch), in `peers`'
@@ -197,6 +200,8 @@ struct Half6 {
     /// IPv6 peers ordered by subnet.
     peers: Box<[Peer6]>,
     by_subnet: Subnets6,
+    /// PublicIPv6s that several IPv6 peers name, with their IPv6 subnets (both sorted).
+    shared: Box<[(Ipv6Addr, Vec<Subnet6>)]>,
     /// Keyed by the whole `PublicIPv6`, hashed folded to 64 bits.
     by_underlay: Index<Key128>,
 }
@@ -288,6 +293,32 @@ impl Subnets6 {
     }
 }
 
+/// The addresses that several peers name, from the positions whose underlay insert found
+/// the address taken (`again`): `of(pos)` gives the address, the peer's subnet and the
+/// subnet of the peer the index holds for it. Sorted by address, each with its subnets sorted.
+fn group_shared<A: Ord + Copy, S: Ord + Copy>(
+    again: &[u32],
+    of: impl Fn(u32) -> (A, S, S),
+) -> Box<[(A, Vec<S>)]> {
+    if again.is_empty() {
+        return Box::default();
+    }
+    let mut by_ip: std::collections::BTreeMap<A, Vec<S>> = std::collections::BTreeMap::new();
+    for &pos in again {
+        let (ip, subnet, first) = of(pos);
+        let subnets = by_ip.entry(ip).or_insert_with(|| vec![first]);
+        subnets.push(subnet);
+    }
+    by_ip
+        .into_iter()
+        .map(|(ip, mut subnets)| {
+            subnets.sort_unstable();
+            subnets.dedup();
+            (ip, subnets)
+        })
+        .collect()
+}
+
 impl Half6 {
     /// Builds from IPv6 peers already filtered to `prefix_len`, sorted and unique by subnet.
     fn build(prefix_len: Option<u8>, peers: Vec<Peer6>) -> Half6 {
@@ -295,16 +326,26 @@ impl Half6 {
         // Without IPv6 the index is empty and its netmask irrelevant: every lookup misses.
         let mut by_subnet = Subnets6::with_capacity_for(prefix_len.unwrap_or(0), peers.len());
         let mut by_underlay = Index::with_capacity_for(peers.len());
+        let mut again = Vec::new();
         for (pos, p) in peers.iter().enumerate() {
             let pos = position(pos);
             by_subnet.insert(p.subnet.addr(), pos);
             let ip = u128::from(p.public_ip);
-            by_underlay.insert(Key128::from(ip), fold(ip), pos);
+            if !by_underlay.insert(Key128::from(ip), fold(ip), pos) {
+                again.push(pos);
+            }
         }
+        let shared = group_shared(&again, |pos| {
+            let p = &peers[pos as usize];
+            let ip = u128::from(p.public_ip);
+            let first = by_underlay.find(Key128::from(ip), fold(ip)).unwrap_or(pos);
+            (p.public_ip, p.subnet, peers[first as usize].subnet)
+        });
         Half6 {
             prefix_len,
             peers: peers.into_boxed_slice(),
             by_subnet,
+            shared,
             by_underlay,
         }
     }
@@ -370,13 +411,22 @@ impl LeaseTable {
         let host_bits = 32 - u32::from(prefix_len);
         let mut by_subnet = Index::with_capacity_for(peers.len());
         let mut by_underlay = Index::with_capacity_for(peers.len());
+        let mut again = Vec::new();
         for (pos, p) in peers.iter().enumerate() {
             let pos = position(pos);
             let key = u32::from(p.subnet.addr());
             by_subnet.insert(key, key.checked_shr(host_bits).unwrap_or(0), pos);
             let ip = u32::from(p.public_ip);
-            by_underlay.insert(ip, ip, pos);
+            if !by_underlay.insert(ip, ip, pos) {
+                again.push(pos);
+            }
         }
+        let shared = group_shared(&again, |pos| {
+            let p = &peers[pos as usize];
+            let ip = u32::from(p.public_ip);
+            let first = by_underlay.find(ip, ip).unwrap_or(pos);
+            (p.public_ip, p.subnet, peers[first as usize].subnet)
+        });
         LeaseTable {
             prefix_len,
             netmask: Subnet::mask_bits(prefix_len),
@@ -384,6 +434,7 @@ impl LeaseTable {
             peers: peers.into_boxed_slice(),
             by_subnet,
             by_underlay,
+            shared,
             six: Half6::build(prefix_len6, peers6),
             first_seen: Box::default(),
             revision,
@@ -498,6 +549,16 @@ impl LeaseTable {
         self.revision
     }
 
+    /// PublicIPs that several peers name, with their subnets, sorted (found while building).
+    pub fn shared_public_ips(&self) -> &[(Ipv4Addr, Vec<Subnet>)] {
+        &self.shared
+    }
+
+    /// PublicIPv6s that several IPv6 peers name, with their IPv6 subnets, sorted.
+    pub fn shared_public_ips6(&self) -> &[(Ipv6Addr, Vec<Subnet6>)] {
+        &self.six.shared
+    }
+
     /// How many snapshots were published before this one: the store's table builds.
     pub fn generation(&self) -> u64 {
         self.generation
@@ -607,6 +668,42 @@ mod tests {
         assert_eq!(p.underlay.to_string(), "192.168.64.3:8472");
         let udp = peer("10.1.3.0/24", "192.168.64.4", None);
         assert_eq!(udp.vxlan_header, [0; ENCAP_HEADER_LEN]);
+    }
+
+    #[test]
+    fn public_ips_several_peers_name_are_found_while_building() {
+        let t = LeaseTable::from_peers(
+            24,
+            vec![
+                peer("10.1.5.0/24", "192.168.64.9", None),
+                peer("10.1.3.0/24", "192.168.64.4", None),
+                peer("10.1.2.0/24", "192.168.64.9", None),
+                peer("10.1.7.0/24", "192.168.64.9", None),
+                peer("10.1.4.0/24", "192.168.64.4", None),
+                peer("10.1.6.0/24", "192.168.64.6", None),
+            ],
+            0,
+        );
+        let s = |x: &str| x.parse::<Subnet>().unwrap();
+        assert_eq!(
+            t.shared_public_ips(),
+            [
+                (
+                    Ipv4Addr::new(192, 168, 64, 4),
+                    vec![s("10.1.3.0/24"), s("10.1.4.0/24")]
+                ),
+                (
+                    Ipv4Addr::new(192, 168, 64, 9),
+                    vec![s("10.1.2.0/24"), s("10.1.5.0/24"), s("10.1.7.0/24")]
+                ),
+            ]
+        );
+        assert!(
+            LeaseTable::from_peers(24, vec![peer("10.1.5.0/24", "192.168.64.9", None)], 0)
+                .shared_public_ips()
+                .is_empty()
+        );
+        assert!(t.shared_public_ips6().is_empty());
     }
 
     #[test]

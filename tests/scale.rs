@@ -155,6 +155,7 @@ fn cpu_secs(pid: u32) -> f64 {
 /// Not a check: what single-lease events cost the node. A writer puts `WEFT_SCALE_EVENTS`
 /// (default 10,000) leases one by one, as joins arrive in a large cluster, then deletes them
 /// one by one; prints the node's CPU seconds for each and how long the writer took.
+/// `WEFT_SCALE_BASE` leases are put in bulk first (each publish rebuilds the table of all).
 /// `WEFT_BIN=target/release/weft cargo nextest run --profile ci --run-ignored only -E 'test(single_lease)' --no-capture`
 #[test]
 #[ignore = "measurement; prints numbers"]
@@ -164,22 +165,42 @@ fn measure_single_lease_events() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
+    // Leases already there (in bulk) before the single events: what each publish rebuilds.
+    let base: u32 = std::env::var("WEFT_SCALE_BASE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let mut lab = Lab::builder().hosts(2).build();
     let etcd = Etcd::start_in(lab.segment(0));
-    etcd.put_config(CONFIG);
+    // The node's own subnet clear of the fake leases (10.0.200.0 to 10.253.x.0).
+    etcd.put_config(
+        r#"{"Network":"10.0.0.0/8","SubnetLen":24,"SubnetMin":"10.254.0.0","Backend":{"Type":"vxlan"}}"#,
+    );
     let a = WeftNode::start_with_pod(&mut lab, 0, &etcd, &[]);
     let pid = a.pid().expect("running");
+    // Fake lease i is 10.<i / 256>.<i % 256>.0/24: the events take 200.., the base 11,000..
+    assert!(
+        n <= 10_000 && base <= 54_000,
+        "at most 10,000 events beside 54,000 leases"
+    );
+    if base > 0 {
+        harness::bulk::apply(lab.segment(0), &etcd, 11_000..11_000 + base, false);
+        let seen = harness::wait_until(Duration::from_secs(120), || {
+            a.metric("weft_leases") == u64::from(base)
+        });
+        assert!(seen.is_some(), "the {base} leases never arrived");
+    }
     for (what, delete) in [("puts", false), ("deletes", true)] {
         let cpu0 = cpu_secs(pid);
         let t = Instant::now();
         harness::bulk::one_by_one(lab.segment(0), &etcd, 200..200 + n, delete);
         let wrote = t.elapsed().as_secs_f64();
-        let want = if delete { 0 } else { u64::from(n) };
+        let want = u64::from(base) + if delete { 0 } else { u64::from(n) };
         let caught =
             harness::wait_until(Duration::from_secs(120), || a.metric("weft_leases") == want);
         let cpu = cpu_secs(pid) - cpu0;
         eprintln!(
-            "{n} single-lease {what}: writer {wrote:.1} s, node caught up {:.1} s after, node CPU {cpu:.2} s",
+            "{n} single-lease {what} beside {base} leases: writer {wrote:.1} s, node caught up {:.1} s after, node CPU {cpu:.2} s",
             caught.map_or(f64::NAN, |d| d.as_secs_f64())
         );
     }

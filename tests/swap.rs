@@ -341,3 +341,73 @@ fn a_running_flanneld_is_refused() {
     drop(b);
     drop(flanneld);
 }
+
+/// Dual stack: host 0 left as a dual-stack flanneld vxlan node leaves it (`flannel.1` and
+/// `flannel-v6.1`, the dual-stack lease, subnet.env with its IPv6 lines, a dual-stack pod),
+/// host 1 runs weft. weft on host 0 removes both devices and the pods reach each other in
+/// both families.
+#[test]
+fn a_dual_stack_flanneld_node_swaps_to_weft() {
+    require_root();
+    let mut lab = Lab::builder().hosts(2).ipv6().build();
+    let etcd = Etcd::start_in(lab.segment(0));
+    etcd.put_config(
+        r#"{"Network":"10.1.0.0/16","EnableIPv6":true,"IPv6Network":"fd10::/48","Backend":{"Type":"vxlan"}}"#,
+    );
+    let (s0, s6) = (
+        subnet("10.1.200.0/24"),
+        "fd10:0:0:c8::/64".parse().expect("a /64"),
+    );
+    let k0 = KernelFlannelNode::builder(s0).ipv6(s6).install(lab.host(0));
+    k0.publish(&etcd, 86_400);
+    let w1 = WeftNode::start_dual_with_pod(&mut lab, 1, &etcd, &[]);
+    let w1_s6 = w1.subnet6.expect("dual stack");
+    let key = format!(
+        "{}/subnets/{}&{}",
+        harness::PREFIX,
+        w1.subnet.key_string(),
+        w1_s6.key_string()
+    );
+    let record = etcd.get(&key).expect("weft's lease");
+    let tail = key
+        .strip_prefix(&format!("{}/subnets/", harness::PREFIX))
+        .expect("under the prefix");
+    k0.apply_lease(tail, &record);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sf = dir.path().join("subnet.env");
+    let first6 = std::net::Ipv6Addr::from(u128::from(s6.addr()) + 1);
+    std::fs::write(
+        &sf,
+        format!(
+            "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.200.1/24\nFLANNEL_IPV6_NETWORK=fd10::/48\nFLANNEL_IPV6_SUBNET={first6}/64\nFLANNEL_MTU={}\nFLANNEL_IPMASQ=false\n",
+            k0.mtu()
+        ),
+    )
+    .expect("subnet.env");
+    lab.host_mut(0).add_dual_pod_with_mtu(s0, s6, k0.mtu());
+    harness::ping_all_pairs(&lab);
+    harness::ping_all_pairs6(&lab);
+
+    let sfa = format!("-subnet-file={}", sf.display());
+    let w0 = WeftNode::builder(lab.host(0), &etcd)
+        .public_ipv6(lab.host(0).addr6())
+        .flags(&[&sfa])
+        .start();
+    assert_eq!((w0.subnet, w0.subnet6), (s0, Some(s6)));
+    for dev in ["flannel.1", "flannel-v6.1"] {
+        assert!(
+            !lab.host(0).ip_ok(&["link", "show", dev]),
+            "{dev} is still there"
+        );
+    }
+    harness::ping_all_pairs(&lab);
+    harness::ping_all_pairs6(&lab);
+    harness::transfer6(&lab, 0, 1, 10 * MB);
+    let (status, log) = w0.stop();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("device=flannel.1") && log.contains("device=flannel-v6.1"),
+        "the log does not name both devices:\n{log}"
+    );
+    drop(w1);
+}

@@ -2,7 +2,6 @@
 //! unusable one once), the report of rejected and conflicting leases that rides with each
 //! snapshot, publishing, and the rate-limited "lease table updated" line.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -11,7 +10,7 @@ use super::{Runner, PUBLISH_EVERY, TABLE_LOG_EVERY};
 use crate::store::check::{self, LeaseProblem};
 use crate::store::record::BackendRecord;
 use crate::table::{
-    Changes, Clash, Lease, LeaseKey, LeaseReport, OtherVni, Peer, Peer6, RejectedLease,
+    Changes, Clash, Lease, LeaseKey, LeaseReport, LeaseTable, OtherVni, Peer, Peer6, RejectedLease,
 };
 use crate::wire::{Subnet, Subnet6};
 
@@ -120,9 +119,11 @@ impl Runner {
         }
     }
 
-    /// The report for the next snapshot: rejected records, and PublicIPs that several usable
-    /// leases name (ours among them). A new or changed conflict is logged.
-    fn build_report(&self) -> LeaseReport {
+    /// The report for the next snapshot `table`: rejected records, leases of another VNI,
+    /// and PublicIPs that several usable leases name (ours among them: the table found the
+    /// others while building its underlay index, so this costs O(conflicts), not
+    /// O(leases)). A new or changed conflict is logged.
+    fn build_report(&self, table: &LeaseTable) -> LeaseReport {
         let rejected = self
             .rejected
             .iter()
@@ -134,14 +135,9 @@ impl Runner {
             .collect();
         // On an IPv6-only network our lease's IPv4 half is flannel's empty net, no address.
         let own4 = self.own.subnet4().map(|s| (s, self.own.record.public_ip));
-        let conflicts: Vec<(Ipv4Addr, Vec<Subnet>)> = check::conflicts(
-            self.peers
-                .iter()
-                .map(|p| (p.subnet, p.public_ip))
-                .chain(own4),
-        )
-        .into_iter()
-        .collect();
+        let conflicts = with_own(table.shared_public_ips(), own4, |ip| {
+            table.lookup_underlay(ip).map(|p| p.subnet)
+        });
         for (ip, subnets) in &conflicts {
             if !self.report.conflicts.contains(&(*ip, subnets.clone())) {
                 let list: Vec<String> = subnets.iter().map(Subnet::to_string).collect();
@@ -150,14 +146,9 @@ impl Runner {
             }
         }
         let own6 = self.own.subnet6.zip(self.own.public_ipv6());
-        let conflicts6: Vec<(Ipv6Addr, Vec<Subnet6>)> = check::conflicts(
-            self.peers
-                .iter6()
-                .map(|p| (p.subnet, p.public_ip))
-                .chain(own6),
-        )
-        .into_iter()
-        .collect();
+        let conflicts6 = with_own(table.shared_public_ips6(), own6, |ip| {
+            table.lookup_underlay6(ip).map(|p| p.subnet)
+        });
         for (ip, subnets) in &conflicts6 {
             if !self.report.conflicts6.contains(&(*ip, subnets.clone())) {
                 let list: Vec<String> = subnets.iter().map(Subnet6::to_string).collect();
@@ -193,7 +184,14 @@ impl Runner {
         self.refuse(std::mem::take(&mut changes.clashes));
         changes += std::mem::take(&mut self.pending);
         self.publish_due = None;
-        let report = self.build_report();
+        // The new snapshot, when the peers changed; otherwise the report is judged against
+        // the table already out (the same peers), and a snapshot is built only if it differs.
+        let fresh = (!changes.is_empty() || !self.published_once)
+            .then(|| self.peers.snapshot(self.revision));
+        let report = match &fresh {
+            Some(t) => self.build_report(t),
+            None => self.build_report(&self.shared.load_full()),
+        };
         if changes.is_empty() && self.published_once && report == *self.report {
             return;
         }
@@ -201,11 +199,9 @@ impl Runner {
         self.published_at = Some(Instant::now());
         self.state.changed();
         self.report = Arc::new(report);
-        self.shared.publish(
-            self.peers
-                .snapshot(self.revision)
-                .with_report(self.report.clone()),
-        );
+        let snapshot = fresh.unwrap_or_else(|| self.peers.snapshot(self.revision));
+        self.shared
+            .publish(snapshot.with_report(self.report.clone()));
         self.unlogged += changes;
         self.flush_table_log();
     }
@@ -262,5 +258,53 @@ impl Runner {
             revision = self.revision,
             "lease table updated"
         );
+    }
+}
+
+/// The PublicIP(v6)s several leases name: those among the peers (`shared`, sorted by
+/// address), and the one this node's own lease (`own`: subnet and address) shares with a
+/// peer, whose subnet `holder` gives. Sorted by address, each with its subnets sorted.
+fn with_own<A: Ord + Copy, S: Ord + Copy>(
+    shared: &[(A, Vec<S>)],
+    own: Option<(S, A)>,
+    holder: impl Fn(A) -> Option<S>,
+) -> Vec<(A, Vec<S>)> {
+    let mut out = shared.to_vec();
+    if let Some((subnet, ip)) = own {
+        match out.binary_search_by_key(&ip, |(a, _)| *a) {
+            Ok(i) => {
+                out[i].1.push(subnet);
+                out[i].1.sort_unstable();
+            }
+            Err(i) => {
+                if let Some(peer) = holder(ip) {
+                    let mut subnets = vec![peer, subnet];
+                    subnets.sort_unstable();
+                    out.insert(i, (ip, subnets));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_own;
+
+    #[test]
+    fn the_own_lease_joins_the_conflicts_it_shares() {
+        let shared = vec![(2u8, vec![20u8, 21]), (5, vec![50, 52])];
+        // Ours shares 5 with two peers, then 3 with one peer (holder), then nobody's.
+        assert_eq!(
+            with_own(&shared, Some((51, 5)), |_| None),
+            [(2, vec![20, 21]), (5, vec![50, 51, 52])]
+        );
+        assert_eq!(
+            with_own(&shared, Some((31, 3)), |ip| (ip == 3).then_some(30)),
+            [(2, vec![20, 21]), (3, vec![30, 31]), (5, vec![50, 52])]
+        );
+        assert_eq!(with_own(&shared, Some((9, 9)), |_| None), shared);
+        assert_eq!(with_own(&shared, None, |_| Some(1)), shared);
     }
 }

@@ -20,6 +20,10 @@
 //! * `WEFT_E2E_ONLY=weft`: measure weft alone (the other columns print NaN);
 //! * `WEFT_E2E_ARGS`: extra flags for the weft nodes (e.g. `--workers=1`);
 //! * `WEFT_E2E_METRICS`: print both weft nodes' non-zero metrics after the weft run;
+//! * `WEFT_E2E_WAKEUPS`: around weft's 1-stream TCP runs (IPv4, then IPv6) print, for each
+//!   node, each data-path thread's context switches (voluntary: it slept and was woken;
+//!   involuntary: preempted) and CPU time, with the batches each direction handled, so
+//!   wake-ups per batch show where a packet train waits;
 //! * `WEFT_BIN`: another weft build (e.g. the previous commit's) for a before/after pair;
 //! * `WEFT_E2E_IPV4_ONLY`: the weft lab is IPv4-only (for a `WEFT_BIN` older than dual
 //!   stack; its TCP over IPv6 prints NaN).
@@ -124,7 +128,26 @@ fn tcp_streams(client: &Netns, server: &Netns, dst: Ipv4Addr, secs: u32, streams
 }
 
 fn measure(lab: &Lab, secs: u32, pids: &[u32]) -> Numbers {
+    measure_with(lab, secs, pids, &[])
+}
+
+/// [`measure`], with the wake-up breakdown of `nodes` (sender, receiver) around the 1-stream
+/// TCP runs when `WEFT_E2E_WAKEUPS` is set.
+fn measure_with(lab: &Lab, secs: u32, pids: &[u32], nodes: &[&WeftNode]) -> Numbers {
     let (a, b) = (lab.host(0).pod(0), lab.host(1).pod(0));
+    let wakeups = std::env::var_os("WEFT_E2E_WAKEUPS").is_some() && !nodes.is_empty();
+    if wakeups {
+        let dst = b_addr(lab);
+        assert!(
+            a.wait_for_ping(dst, Duration::from_secs(5)),
+            "{dst} unreachable"
+        );
+        settle();
+        let before = Wakeups::sample(nodes);
+        let g = iperf3_tcp(a, b, dst, secs).gbit_per_s;
+        Wakeups::sample(nodes)
+            .print_since(&before, &format!("TCP over IPv4, 1 stream, {g:.2} Gbit/s"));
+    }
     let mut n = measure_between(a, b, b_addr(lab), secs, pids);
     if lab.host(1).has_ipv6() {
         let dst6 = b.addr6();
@@ -133,9 +156,119 @@ fn measure(lab: &Lab, secs: u32, pids: &[u32]) -> Numbers {
             "{dst6} unreachable"
         );
         settle();
+        let before = wakeups.then(|| Wakeups::sample(nodes));
         n.tcp6_1 = iperf3_tcp(a, b, dst6, secs).gbit_per_s;
+        if let Some(before) = before {
+            Wakeups::sample(nodes).print_since(
+                &before,
+                &format!("TCP over IPv6, 1 stream, {:.2} Gbit/s", n.tcp6_1),
+            );
+        }
     }
     n
+}
+
+/// Per-thread scheduler counts of the weft nodes and their batch counters, at one moment.
+struct Wakeups {
+    /// (node, thread name) -> (voluntary, involuntary context switches, seconds on a CPU,
+    /// seconds runnable but waiting for one: /proc/<tid>/schedstat).
+    threads: std::collections::BTreeMap<(usize, String), (u64, u64, f64, f64)>,
+    /// When it was taken.
+    at: std::time::Instant,
+    /// node -> (tx batches, tx packets, rx batches, rx packets).
+    batches: Vec<[u64; 4]>,
+}
+
+impl Wakeups {
+    fn sample(nodes: &[&WeftNode]) -> Wakeups {
+        let mut threads = std::collections::BTreeMap::new();
+        let mut batches = Vec::new();
+        for (i, n) in nodes.iter().enumerate() {
+            let pid = n.pid().expect("running");
+            for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let dir = task.path();
+                let name = std::fs::read_to_string(dir.join("comm"))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
+                if !name.starts_with("weft-dp") {
+                    continue;
+                }
+                let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+                let field = |f: &str| {
+                    status
+                        .lines()
+                        .find_map(|l| l.strip_prefix(f))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0u64)
+                };
+                // schedstat: nanoseconds on a CPU, nanoseconds waiting on a run queue, slices.
+                let sched = std::fs::read_to_string(dir.join("schedstat")).unwrap_or_default();
+                let ns: Vec<f64> = sched
+                    .split_whitespace()
+                    .map(|x| x.parse::<f64>().unwrap_or(0.0) / 1e9)
+                    .collect();
+                let e = threads.entry((i, name)).or_insert((0, 0, 0.0, 0.0));
+                e.0 += field("voluntary_ctxt_switches:");
+                e.1 += field("nonvoluntary_ctxt_switches:");
+                e.2 += ns.first().copied().unwrap_or(0.0);
+                e.3 += ns.get(1).copied().unwrap_or(0.0);
+            }
+            let m = |s: &str| n.metric(s);
+            batches.push([
+                m(r#"weft_batches_total{direction="tx"}"#),
+                m(r#"weft_batch_packets_total{direction="tx"}"#),
+                m(r#"weft_batches_total{direction="rx"}"#),
+                m(r#"weft_batch_packets_total{direction="rx"}"#),
+            ]);
+        }
+        Wakeups {
+            threads,
+            batches,
+            at: std::time::Instant::now(),
+        }
+    }
+
+    fn print_since(&self, before: &Wakeups, what: &str) {
+        let wall = self.at.duration_since(before.at).as_secs_f64();
+        eprintln!("wake-ups during {what} ({wall:.1} s):");
+        for (i, role) in ["sender", "receiver"].iter().enumerate() {
+            let (Some(b1), Some(b0)) = (self.batches.get(i), before.batches.get(i)) else {
+                continue;
+            };
+            let d: Vec<u64> = (0..4).map(|k| b1[k] - b0[k]).collect();
+            eprintln!(
+                "  {role}: tx {} batches ({:.1} packets each), rx {} batches ({:.1} packets each)",
+                d[0],
+                d[1] as f64 / d[0].max(1) as f64,
+                d[2],
+                d[3] as f64 / d[2].max(1) as f64
+            );
+            for ((node, name), (v1, n1, c1, w1)) in
+                self.threads.iter().filter(|((n, _), _)| *n == i)
+            {
+                let (v0, n0, c0, w0) = before
+                    .threads
+                    .get(&(*node, name.clone()))
+                    .copied()
+                    .unwrap_or_default();
+                let batches = if name.ends_with("tx") { d[0] } else { d[2] };
+                let (on, waiting) = (c1 - c0, w1 - w0);
+                eprintln!(
+                    "    {name}: on a CPU {on:.2} s, runnable but waiting {waiting:.2} s, asleep {:.2} s; {} woken, {} preempted; {:.2} wake-ups per {} batch",
+                    (wall - on - waiting).max(0.0),
+                    v1 - v0,
+                    n1 - n0,
+                    (v1 - v0) as f64 / batches.max(1) as f64,
+                    if name.ends_with("tx") { "tx" } else { "rx" },
+                );
+            }
+        }
+    }
 }
 
 fn b_addr(lab: &Lab) -> Ipv4Addr {
@@ -231,7 +364,7 @@ fn weft(secs: u32, extra: &[&str]) -> Numbers {
     let n0 = start(&mut lab, 0, &etcd, extra);
     let n1 = start(&mut lab, 1, &etcd, extra);
     let pids: Vec<u32> = [n0.pid(), n1.pid()].into_iter().flatten().collect();
-    let numbers = measure(&lab, secs, &pids);
+    let numbers = measure_with(&lab, secs, &pids, &[&n0, &n1]);
     if std::env::var_os("WEFT_E2E_METRICS").is_some() {
         for (name, n) in [("sender", &n0), ("receiver", &n1)] {
             let text = n.http("/metrics").unwrap_or_default();

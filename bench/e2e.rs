@@ -23,7 +23,8 @@
 //! * `WEFT_E2E_WAKEUPS`: around weft's 1-stream TCP runs (IPv4, then IPv6) print, for each
 //!   node, each data-path thread's context switches (voluntary: it slept and was woken;
 //!   involuntary: preempted) and CPU time, with the batches each direction handled, so
-//!   wake-ups per batch show where a packet train waits;
+//!   wake-ups per batch show where a packet train waits; with `WEFT_E2E_PERF=<dir>` also
+//!   `perf record -g` of each node during those runs (`<dir>/ipv4-sender.data` ...);
 //! * `WEFT_BIN`: another weft build (e.g. the previous commit's) for a before/after pair;
 //! * `WEFT_E2E_IPV4_ONLY`: the weft lab is IPv4-only (for a `WEFT_BIN` older than dual
 //!   stack; its TCP over IPv6 prints NaN).
@@ -144,7 +145,9 @@ fn measure_with(lab: &Lab, secs: u32, pids: &[u32], nodes: &[&WeftNode]) -> Numb
         );
         settle();
         let before = Wakeups::sample(nodes);
+        let perf = profile(nodes, "ipv4");
         let g = iperf3_tcp(a, b, dst, secs).gbit_per_s;
+        drop(perf);
         Wakeups::sample(nodes)
             .print_since(&before, &format!("TCP over IPv4, 1 stream, {g:.2} Gbit/s"));
     }
@@ -157,7 +160,9 @@ fn measure_with(lab: &Lab, secs: u32, pids: &[u32], nodes: &[&WeftNode]) -> Numb
         );
         settle();
         let before = wakeups.then(|| Wakeups::sample(nodes));
+        let perf = wakeups.then(|| profile(nodes, "ipv6"));
         n.tcp6_1 = iperf3_tcp(a, b, dst6, secs).gbit_per_s;
+        drop(perf);
         if let Some(before) = before {
             Wakeups::sample(nodes).print_since(
                 &before,
@@ -168,6 +173,54 @@ fn measure_with(lab: &Lab, secs: u32, pids: &[u32], nodes: &[&WeftNode]) -> Numb
     n
 }
 
+/// With `WEFT_E2E_PERF=<dir>`: `perf record -g` of both weft nodes into
+/// `<dir>/<what>-{sender,receiver}.data` until the returned guard drops (SIGINT lets perf
+/// write its file). Read with `perf report -i <file> --comm weft-dp0tx --no-children`.
+fn profile(nodes: &[&WeftNode], what: &str) -> Profile {
+    let Some(dir) = std::env::var_os("WEFT_E2E_PERF") else {
+        return Profile(Vec::new());
+    };
+    let _ = std::fs::create_dir_all(&dir);
+    nodes
+        .iter()
+        .zip(["sender", "receiver"])
+        .filter_map(|(n, role)| {
+            let out = std::path::Path::new(&dir).join(format!("{what}-{role}.data"));
+            std::process::Command::new("perf")
+                .args(["record", "-q", "-F", "999", "-g", "-p"])
+                .arg(n.pid()?.to_string())
+                .arg("-o")
+                .arg(out)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .ok()
+        })
+        .collect::<Vec<_>>()
+        .into()
+}
+
+/// Stops [`profile`]'s perf processes (SIGINT, then waits for them to write their files).
+struct Profile(Vec<std::process::Child>);
+
+impl From<Vec<std::process::Child>> for Profile {
+    fn from(v: Vec<std::process::Child>) -> Profile {
+        Profile(v)
+    }
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            );
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Per-thread scheduler counts of the weft nodes and their batch counters, at one moment.
 struct Wakeups {
     /// (node, thread name) -> (voluntary, involuntary context switches, seconds on a CPU,
@@ -175,8 +228,9 @@ struct Wakeups {
     threads: std::collections::BTreeMap<(usize, String), (u64, u64, f64, f64)>,
     /// When it was taken.
     at: std::time::Instant,
-    /// node -> (tx batches, tx packets, rx batches, rx packets).
-    batches: Vec<[u64; 4]>,
+    /// node -> (tx batches, their messages, rx batches, their messages, packets sent,
+    /// packets received).
+    batches: Vec<[u64; 6]>,
 }
 
 impl Wakeups {
@@ -224,6 +278,8 @@ impl Wakeups {
                 m(r#"weft_batch_packets_total{direction="tx"}"#),
                 m(r#"weft_batches_total{direction="rx"}"#),
                 m(r#"weft_batch_packets_total{direction="rx"}"#),
+                m(r#"weft_packets_total{direction="tx"}"#),
+                m(r#"weft_packets_total{direction="rx"}"#),
             ]);
         }
         Wakeups {
@@ -240,13 +296,15 @@ impl Wakeups {
             let (Some(b1), Some(b0)) = (self.batches.get(i), before.batches.get(i)) else {
                 continue;
             };
-            let d: Vec<u64> = (0..4).map(|k| b1[k] - b0[k]).collect();
+            let d: Vec<u64> = (0..6).map(|k| b1[k] - b0[k]).collect();
             eprintln!(
-                "  {role}: tx {} batches ({:.1} packets each), rx {} batches ({:.1} packets each)",
+                "  {role}: tx {} batches ({:.1} TUN reads, {:.1} packets sent each), rx {} batches ({:.1} socket messages, {:.1} packets delivered each)",
                 d[0],
                 d[1] as f64 / d[0].max(1) as f64,
+                d[4] as f64 / d[0].max(1) as f64,
                 d[2],
-                d[3] as f64 / d[2].max(1) as f64
+                d[3] as f64 / d[2].max(1) as f64,
+                d[5] as f64 / d[2].max(1) as f64
             );
             for ((node, name), (v1, n1, c1, w1)) in
                 self.threads.iter().filter(|((n, _), _)| *n == i)

@@ -146,10 +146,15 @@ fn measure_with(lab: &Lab, secs: u32, pids: &[u32], nodes: &[&WeftNode]) -> Numb
         settle();
         let before = Wakeups::sample(nodes);
         let perf = profile(nodes, "ipv4");
-        let g = iperf3_tcp(a, b, dst, secs).gbit_per_s;
+        let t = iperf3_tcp(a, b, dst, secs);
         drop(perf);
-        Wakeups::sample(nodes)
-            .print_since(&before, &format!("TCP over IPv4, 1 stream, {g:.2} Gbit/s"));
+        Wakeups::sample(nodes).print_since(
+            &before,
+            &format!(
+                "TCP over IPv4, 1 stream, {:.2} Gbit/s, {} retransmits",
+                t.gbit_per_s, t.retransmits
+            ),
+        );
     }
     let mut n = measure_between(a, b, b_addr(lab), secs, pids);
     if lab.host(1).has_ipv6() {
@@ -161,12 +166,16 @@ fn measure_with(lab: &Lab, secs: u32, pids: &[u32], nodes: &[&WeftNode]) -> Numb
         settle();
         let before = wakeups.then(|| Wakeups::sample(nodes));
         let perf = wakeups.then(|| profile(nodes, "ipv6"));
-        n.tcp6_1 = iperf3_tcp(a, b, dst6, secs).gbit_per_s;
+        let t = iperf3_tcp(a, b, dst6, secs);
+        n.tcp6_1 = t.gbit_per_s;
         drop(perf);
         if let Some(before) = before {
             Wakeups::sample(nodes).print_since(
                 &before,
-                &format!("TCP over IPv6, 1 stream, {:.2} Gbit/s", n.tcp6_1),
+                &format!(
+                    "TCP over IPv6, 1 stream, {:.2} Gbit/s, {} retransmits",
+                    n.tcp6_1, t.retransmits
+                ),
             );
         }
     }
@@ -229,8 +238,8 @@ struct Wakeups {
     /// When it was taken.
     at: std::time::Instant,
     /// node -> (tx batches, their messages, rx batches, their messages, packets sent,
-    /// packets received).
-    batches: Vec<[u64; 6]>,
+    /// packets received, drops of every reason).
+    batches: Vec<[u64; 7]>,
 }
 
 impl Wakeups {
@@ -280,6 +289,12 @@ impl Wakeups {
                 m(r#"weft_batch_packets_total{direction="rx"}"#),
                 m(r#"weft_packets_total{direction="tx"}"#),
                 m(r#"weft_packets_total{direction="rx"}"#),
+                n.http("/metrics")
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.starts_with("weft_drops_total{"))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                    .sum(),
             ]);
         }
         Wakeups {
@@ -296,15 +311,16 @@ impl Wakeups {
             let (Some(b1), Some(b0)) = (self.batches.get(i), before.batches.get(i)) else {
                 continue;
             };
-            let d: Vec<u64> = (0..6).map(|k| b1[k] - b0[k]).collect();
+            let d: Vec<u64> = (0..7).map(|k| b1[k] - b0[k]).collect();
             eprintln!(
-                "  {role}: tx {} batches ({:.1} TUN reads, {:.1} packets sent each), rx {} batches ({:.1} socket messages, {:.1} packets delivered each)",
+                "  {role}: tx {} batches ({:.1} TUN reads, {:.1} packets sent each), rx {} batches ({:.1} socket messages, {:.1} packets delivered each), {} drops",
                 d[0],
                 d[1] as f64 / d[0].max(1) as f64,
                 d[4] as f64 / d[0].max(1) as f64,
                 d[2],
                 d[3] as f64 / d[2].max(1) as f64,
-                d[5] as f64 / d[2].max(1) as f64
+                d[5] as f64 / d[2].max(1) as f64,
+                d[6]
             );
             for ((node, name), (v1, n1, c1, w1)) in
                 self.threads.iter().filter(|((n, _), _)| *n == i)

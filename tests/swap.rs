@@ -157,6 +157,10 @@ fn a_flanneld_vxlan_node_swaps_to_weft() {
         "{report}"
     );
     assert!(line(&report, "flanneld").starts_with("ok"), "{report}");
+    assert!(
+        line(&report, "udp_port").contains("UDP 8472 is held by the VXLAN device flannel.1"),
+        "{report}"
+    );
 
     // The swap, under a 10 ms ping stream from the weft peer's pod.
     let ping = ping_stream(lab.host(1).pod(0), pod0);

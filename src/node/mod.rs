@@ -342,9 +342,18 @@ async fn run_with_lease(
     let own = store.own_lease();
     log_lease(&config, &own);
     base.ops.set_phase("lease acquired; starting the data path");
-    // flanneld's VXLAN device, if it left one, holds the port and routes weft needs.
-    crate::host::flanneld::clear_leftovers(&config).await?;
+    // flanneld's VXLAN device, if it left one, holds the port and routes weft needs. It
+    // forwards until it goes: with a data path to start, it goes just before that (after the
+    // iptables rules), so the pods' gap is only the data path's start; the direct-route
+    // reconciler must not see its routes, so with direct routes it goes first.
+    let routes_first = direct_routes(&config).is_some();
+    if routes_first {
+        crate::host::flanneld::clear_leftovers(&config).await?;
+    }
     let mut running = Running::prepare(opts, &config, &own, underlay, &base.ops)?;
+    if !routes_first {
+        crate::host::flanneld::clear_leftovers(&config).await?;
+    }
     running.attach(opts, &config, &own, underlay, &base.ops, None)?;
     serve_node(opts, base, underlay, store, running, shutdown).await
 }

@@ -8,8 +8,8 @@
 //! genuine peer's PublicIPv6 is a reported conflict that adds only its own routes and leaves
 //! the genuine peer working, with direct routes and through the IPv6 tunnel. The genuine peer
 //! keeps carrying pod traffic in both families throughout (ping, checksummed transfers). A
-//! second lease naming the genuine peer's IPv6 subnet must not take it over (ignored: it
-//! does today). Real weft, real etcd, network namespaces. Needs root.
+//! second lease naming the genuine peer's IPv6 subnet does not take it over (the key created
+//! first holds a subnet). Real weft, real etcd, network namespaces. Needs root.
 
 mod harness;
 

@@ -301,12 +301,7 @@ pub async fn gather_flanneld(i: &DoctorInput) -> FlanneldLeft {
         pids: flanneld::running_flanneld(),
         ..FlanneldLeft::default()
     };
-    let found = async {
-        let devices = flanneld::flannel_devices(&nets).await?;
-        let routes = flanneld::routes_not_ours(&nets, &i.tun, &own).await?;
-        Ok::<_, flanneld::LeftoverError>((devices, routes))
-    };
-    match found.await {
+    match flanneld::survey(&nets, &i.tun, &own).await {
         Ok((devices, routes)) => {
             out.devices = devices;
             out.routes = routes;

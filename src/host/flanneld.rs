@@ -199,18 +199,35 @@ pub fn held(dev: &FlannelDevice) -> String {
     parts.join(", ")
 }
 
-/// The network namespace's flannel-named devices, each with its routes inside `nets`
-/// (the Network and the IPv6Network).
-pub async fn flannel_devices(nets: &[IpNet]) -> Result<Vec<FlannelDevice>, LeftoverError> {
+/// What flanneld left here, as `weft doctor` reports it: the flannel-named devices (each
+/// with its routes inside `nets`) and the routes inside `nets` that weft does not own (see
+/// [`routes_not_ours`]), from one dump of the interfaces and one of the routes.
+pub async fn survey(
+    nets: &[IpNet],
+    tun: &str,
+    own: &[IpNet],
+) -> Result<(Vec<FlannelDevice>, Vec<String>), LeftoverError> {
     let handle = open()?;
-    list(&handle, nets).await
+    let links = dump_links(&handle).await?;
+    let routes = dump_routes(&handle).await?;
+    Ok((
+        devices(&links, &routes, nets),
+        routes_not_ours(&links, &routes, nets, tun, own),
+    ))
 }
 
 /// Removes the flanneld devices in weft's way (see the module's rules) and logs each, and
-/// warns about every flannel-named device it leaves alone; the devices removed.
+/// warns about every flannel-named device it leaves alone; the devices removed. The routes
+/// are listed only when a flannel-named device is there (a start without one costs one
+/// interface dump).
 pub async fn clear_leftovers(config: &NetworkConfig) -> Result<Vec<FlannelDevice>, LeftoverError> {
     let handle = open()?;
-    let devices = list(&handle, &networks(config)).await?;
+    let links = dump_links(&handle).await?;
+    if !links.iter().any(|l| describe(l).is_some()) {
+        return Ok(Vec::new());
+    }
+    let routes = dump_routes(&handle).await?;
+    let devices = devices(&links, &routes, &networks(config));
     let want = Expected::from_config(config);
     let mut removed = Vec::new();
     for dev in devices {
@@ -294,23 +311,47 @@ fn open() -> Result<Handle, LeftoverError> {
     Ok(handle)
 }
 
-async fn list(handle: &Handle, nets: &[IpNet]) -> Result<Vec<FlannelDevice>, LeftoverError> {
-    let links: Vec<LinkMessage> =
-        handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|source| LeftoverError::Dump {
-                what: "interfaces",
-                source,
-            })?;
-    let mut devices: Vec<FlannelDevice> = links.iter().filter_map(describe).collect();
-    if devices.is_empty() {
-        return Ok(devices);
+/// Every interface of this network namespace.
+async fn dump_links(handle: &Handle) -> Result<Vec<LinkMessage>, LeftoverError> {
+    handle
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|source| LeftoverError::Dump {
+            what: "interfaces",
+            source,
+        })
+}
+
+/// A route from a dump, as far as these checks look at it.
+#[derive(Debug, Clone)]
+struct Route {
+    /// Its table (the attribute's, which holds tables above 255, else the header's).
+    table: u32,
+    /// Whether it is a unicast route.
+    unicast: bool,
+    /// Its protocol number.
+    protocol: u8,
+    /// Destination and prefix length.
+    dst: IpAddr,
+    len: u8,
+    /// Gateway and output interface, if it has them.
+    gw: Option<IpAddr>,
+    oif: Option<u32>,
+}
+
+impl Route {
+    /// Whether it is in the main table.
+    fn in_main(&self) -> bool {
+        self.table == u32::from(rtnetlink::packet_route::route::RouteHeader::RT_TABLE_MAIN)
     }
-    let indexes: BTreeSet<u32> = devices.iter().map(|d| d.index).collect();
+}
+
+/// The routes of both families with a destination.
+async fn dump_routes(handle: &Handle) -> Result<Vec<Route>, LeftoverError> {
+    let mut out = Vec::new();
     for (family, what) in [
         (AddressFamily::Inet, "IPv4 routes"),
         (AddressFamily::Inet6, "IPv6 routes"),
@@ -319,56 +360,66 @@ async fn list(handle: &Handle, nets: &[IpNet]) -> Result<Vec<FlannelDevice>, Lef
             AddressFamily::Inet6 => RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
             _ => RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
         };
-        let routes: Vec<RouteMessage> = handle
+        let msgs: Vec<RouteMessage> = handle
             .route()
             .get(req)
             .execute()
             .try_collect()
             .await
             .map_err(|source| LeftoverError::Dump { what, source })?;
-        for r in &routes {
-            // The main table's unicast routes: the device's own address (table local) is
-            // the device, not a route through it.
-            let main = u32::from(rtnetlink::packet_route::route::RouteHeader::RT_TABLE_MAIN);
-            let table = r
-                .attributes
-                .iter()
-                .find_map(|a| match a {
-                    RouteAttribute::Table(t) => Some(*t),
-                    _ => None,
-                })
-                .unwrap_or(u32::from(r.header.table));
-            if table != main || r.header.kind != rtnetlink::packet_route::route::RouteType::Unicast
-            {
-                continue;
-            }
-            let Some((oif, dst, len)) = route_out(r) else {
-                continue;
-            };
-            if !indexes.contains(&oif) || !nets.iter().any(|n| n.holds(dst, len)) {
-                continue;
-            }
-            if let Some(d) = devices.iter_mut().find(|d| d.index == oif) {
-                d.routes.push(format!("{dst}/{len}"));
-            }
-        }
+        out.extend(msgs.iter().filter_map(parse_route));
     }
-    Ok(devices)
+    Ok(out)
 }
 
-/// The output interface and destination of a route with both.
-fn route_out(r: &RouteMessage) -> Option<(u32, IpAddr, u8)> {
-    let mut oif = None;
-    let mut dst = None;
+/// A dumped route's [`Route`]; `None` without a destination.
+fn parse_route(r: &RouteMessage) -> Option<Route> {
+    let h = &r.header;
+    let mut table = u32::from(h.table);
+    let (mut dst, mut gw, mut oif) = (None, None, None);
+    let addr = |a: &RouteAddress| match a {
+        RouteAddress::Inet(a) => Some(IpAddr::V4(*a)),
+        RouteAddress::Inet6(a) => Some(IpAddr::V6(*a)),
+        _ => None,
+    };
     for a in &r.attributes {
         match a {
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Destination(d) => dst = addr(d),
+            RouteAttribute::Gateway(g) => gw = addr(g),
             RouteAttribute::Oif(i) => oif = Some(*i),
-            RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = Some(IpAddr::V4(*a)),
-            RouteAttribute::Destination(RouteAddress::Inet6(a)) => dst = Some(IpAddr::V6(*a)),
             _ => {}
         }
     }
-    Some((oif?, dst?, r.header.destination_prefix_length))
+    Some(Route {
+        table,
+        unicast: h.kind == rtnetlink::packet_route::route::RouteType::Unicast,
+        protocol: u8::from(h.protocol),
+        dst: dst?,
+        len: h.destination_prefix_length,
+        gw,
+        oif,
+    })
+}
+
+/// The flannel-named interfaces among `links`, each with the main table's unicast routes
+/// through it inside `nets` (the device's own address, in table local, is the device, not a
+/// route through it).
+fn devices(links: &[LinkMessage], routes: &[Route], nets: &[IpNet]) -> Vec<FlannelDevice> {
+    let mut devices: Vec<FlannelDevice> = links.iter().filter_map(describe).collect();
+    let indexes: BTreeSet<u32> = devices.iter().map(|d| d.index).collect();
+    for r in routes.iter().filter(|r| r.in_main() && r.unicast) {
+        let Some(oif) = r.oif.filter(|i| indexes.contains(i)) else {
+            continue;
+        };
+        if !nets.iter().any(|n| n.holds(r.dst, r.len)) {
+            continue;
+        }
+        if let Some(d) = devices.iter_mut().find(|d| d.index == oif) {
+            d.routes.push(format!("{}/{}", r.dst, r.len));
+        }
+    }
+    devices
 }
 
 /// A flannel-named interface from a link dump (routes not filled in); `None` for others.
@@ -420,23 +471,13 @@ fn kind_name(k: &InfoKind) -> String {
 /// The routes in the main tables inside `nets` that weft does not own (not protocol 87, not
 /// through the TUN `tun`, not to a prefix inside this node's own subnets `own`), as
 /// `ip route` writes them: flanneld's leftovers, or routes someone else made.
-pub async fn routes_not_ours(
+fn routes_not_ours(
+    links: &[LinkMessage],
+    routes: &[Route],
     nets: &[IpNet],
     tun: &str,
     own: &[IpNet],
-) -> Result<Vec<String>, LeftoverError> {
-    let handle = open()?;
-    let links: Vec<LinkMessage> =
-        handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|source| LeftoverError::Dump {
-                what: "interfaces",
-                source,
-            })?;
+) -> Vec<String> {
     let name_of = |index: u32| {
         links
             .iter()
@@ -449,64 +490,27 @@ pub async fn routes_not_ours(
             })
     };
     let mut out = Vec::new();
-    for (family, what) in [
-        (AddressFamily::Inet, "IPv4 routes"),
-        (AddressFamily::Inet6, "IPv6 routes"),
-    ] {
-        let req = match family {
-            AddressFamily::Inet6 => RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
-            _ => RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
-        };
-        let routes: Vec<RouteMessage> = handle
-            .route()
-            .get(req)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|source| LeftoverError::Dump { what, source })?;
-        for r in &routes {
-            let h = &r.header;
-            let mut table = u32::from(h.table);
-            let (mut dst, mut gw, mut oif) = (None, None, None);
-            for a in &r.attributes {
-                match a {
-                    RouteAttribute::Table(t) => table = *t,
-                    RouteAttribute::Destination(RouteAddress::Inet(a)) => {
-                        dst = Some(IpAddr::V4(*a))
-                    }
-                    RouteAttribute::Destination(RouteAddress::Inet6(a)) => {
-                        dst = Some(IpAddr::V6(*a))
-                    }
-                    RouteAttribute::Gateway(RouteAddress::Inet(a)) => gw = Some(IpAddr::V4(*a)),
-                    RouteAttribute::Gateway(RouteAddress::Inet6(a)) => gw = Some(IpAddr::V6(*a)),
-                    RouteAttribute::Oif(i) => oif = Some(*i),
-                    _ => {}
-                }
-            }
-            let len = h.destination_prefix_length;
-            let Some(dst) = dst else { continue };
-            let dev = oif.and_then(name_of);
-            let skip = table
-                != u32::from(rtnetlink::packet_route::route::RouteHeader::RT_TABLE_MAIN)
-                || u8::from(h.protocol) == super::routes::RTPROT_WEFT
-                || dev.as_deref() == Some(tun)
-                || !nets.iter().any(|n| n.holds(dst, len))
-                || own.iter().any(|n| n.holds(dst, len));
-            if skip {
-                continue;
-            }
-            let mut text = format!("{dst}/{len}");
-            if let Some(gw) = gw {
-                text.push_str(&format!(" via {gw}"));
-            }
-            if let Some(dev) = dev {
-                text.push_str(&format!(" dev {dev}"));
-            }
-            text.push_str(&format!(" proto {}", protocol_name(u8::from(h.protocol))));
-            out.push(text);
+    for r in routes {
+        let dev = r.oif.and_then(name_of);
+        let skip = !r.in_main()
+            || r.protocol == super::routes::RTPROT_WEFT
+            || dev.as_deref() == Some(tun)
+            || !nets.iter().any(|n| n.holds(r.dst, r.len))
+            || own.iter().any(|n| n.holds(r.dst, r.len));
+        if skip {
+            continue;
         }
+        let mut text = format!("{}/{}", r.dst, r.len);
+        if let Some(gw) = r.gw {
+            text.push_str(&format!(" via {gw}"));
+        }
+        if let Some(dev) = dev {
+            text.push_str(&format!(" dev {dev}"));
+        }
+        text.push_str(&format!(" proto {}", protocol_name(r.protocol)));
+        out.push(text);
     }
-    Ok(out)
+    out
 }
 
 /// iproute2's name of a route protocol number.

@@ -36,7 +36,8 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use harness::{
-    iperf3_tcp, iperf3_udp, require_root, Etcd, KernelFlannelNode, Lab, Netns, WeftNode,
+    clk_tck, iperf3_tcp, iperf3_udp, process_cpu_secs, require_root, Etcd, KernelFlannelNode, Lab,
+    Netns, WeftNode,
 };
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -57,17 +58,6 @@ struct Numbers {
     weft_cpu4: f64,
 }
 
-/// Clock ticks per second for /proc times.
-fn clk_tck() -> f64 {
-    // SAFETY: sysconf takes no pointers.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
-    }
-}
-
 /// Busy (non-idle, non-iowait) CPU seconds of the whole machine since boot.
 fn machine_busy_secs() -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
@@ -86,24 +76,6 @@ fn machine_busy_secs() -> f64 {
         .map(|(_, x)| x)
         .sum();
     busy as f64 / clk_tck()
-}
-
-/// utime + stime of a process (all its threads) in seconds; 0 when it is gone.
-fn process_cpu_secs(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the ")" closing the command name: state is field 3, utime 14, stime 15.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let get = |i: usize| {
-        f.get(i - 3)
-            .and_then(|x| x.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (get(14) + get(15)) as f64 / clk_tck()
 }
 
 /// CPU seconds spent by the machine and by `pids` while `f` ran, and `f`'s result.

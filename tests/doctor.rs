@@ -7,7 +7,9 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{require_root, tcp_transfer, weft_bin, Etcd, Host, Lab, WeftNode, VXLAN_CONFIG};
+use harness::{
+    doctor_line, require_root, tcp_transfer, weft_bin, Etcd, Host, Lab, WeftNode, VXLAN_CONFIG,
+};
 
 fn doctor_with(node: &WeftNode, endpoint: &str) -> (bool, String) {
     node.doctor(endpoint)
@@ -15,13 +17,6 @@ fn doctor_with(node: &WeftNode, endpoint: &str) -> (bool, String) {
 
 fn doctor(node: &WeftNode) -> (bool, String) {
     doctor_with(node, "http://192.168.64.2:2379")
-}
-
-fn line<'a>(report: &'a str, check: &str) -> &'a str {
-    report
-        .lines()
-        .find(|l| l.split_whitespace().nth(1) == Some(check))
-        .unwrap_or_else(|| panic!("no {check} line:\n{report}"))
 }
 
 #[test]
@@ -48,13 +43,13 @@ fn doctor_finds_each_fault_and_its_fix() {
         "masquerade",
         "mtu",
     ] {
-        assert!(line(&report, check).starts_with("ok"), "{report}");
+        assert!(doctor_line(&report, check).starts_with("ok"), "{report}");
     }
 
     // etcd out of reach.
     let (ok, report) = doctor_with(&a, "http://192.168.64.2:1");
     assert!(!ok, "{report}");
-    assert!(line(&report, "etcd").starts_with("FAIL"), "{report}");
+    assert!(doctor_line(&report, "etcd").starts_with("FAIL"), "{report}");
 
     // The Network route through the TUN is gone (B's lease has no route) and the TUN's MTU
     // is below what pods were told (FLANNEL_MTU). A running node puts both back at once
@@ -67,12 +62,15 @@ fn doctor_finds_each_fault_and_its_fix() {
     let (ok, report) = doctor(&a);
     a.signal(libc::SIGCONT);
     assert!(!ok, "{report}");
-    assert!(line(&report, "routes").starts_with("FAIL"), "{report}");
+    assert!(
+        doctor_line(&report, "routes").starts_with("FAIL"),
+        "{report}"
+    );
     assert!(
         report.contains(&b.subnet.to_string()),
         "names the lease:\n{report}"
     );
-    assert!(line(&report, "mtu").starts_with("FAIL"), "{report}");
+    assert!(doctor_line(&report, "mtu").starts_with("FAIL"), "{report}");
     assert!(report.contains("give pods MTU 1400"), "{report}");
     // Running again, the node repairs both by itself.
     let mtu = format!("mtu {} ", a.mtu);
@@ -99,16 +97,22 @@ fn doctor_finds_each_fault_and_its_fix() {
     host.exec(&add);
     let (ok, report) = doctor(&a);
     assert!(!ok, "doctor must exit 1:\n{report}");
-    assert!(line(&report, "ip_forward").starts_with("FAIL"), "{report}");
+    assert!(
+        doctor_line(&report, "ip_forward").starts_with("FAIL"),
+        "{report}"
+    );
     assert!(
         report.contains("sysctl -w net.ipv4.ip_forward=1"),
         "{report}"
     );
     assert!(
-        line(&report, "forward_policy").starts_with("FAIL"),
+        doctor_line(&report, "forward_policy").starts_with("FAIL"),
         "{report}"
     );
-    assert!(line(&report, "masquerade").starts_with("FAIL"), "{report}");
+    assert!(
+        doctor_line(&report, "masquerade").starts_with("FAIL"),
+        "{report}"
+    );
     assert!(
         report.contains("! -d 10.1.0.0/16"),
         "the exact fix:\n{report}"
@@ -119,7 +123,7 @@ fn doctor_finds_each_fault_and_its_fix() {
         host.sysctl("net.bridge.bridge-nf-call-iptables", "0");
         let (_, report) = doctor(&a);
         assert!(
-            line(&report, "bridge_nf_call_iptables").starts_with("WARN"),
+            doctor_line(&report, "bridge_nf_call_iptables").starts_with("WARN"),
             "{report}"
         );
         host.sysctl("net.bridge.bridge-nf-call-iptables", "1");
@@ -138,7 +142,10 @@ fn doctor_finds_each_fault_and_its_fix() {
     host.sysctl("net.ipv4.conf.all.rp_filter", "1");
     let (ok, report) = doctor(&a);
     assert!(ok, "{report}");
-    assert!(line(&report, "rp_filter").starts_with("WARN"), "{report}");
+    assert!(
+        doctor_line(&report, "rp_filter").starts_with("WARN"),
+        "{report}"
+    );
 
     // weft stopped and something else holds its UDP port.
     // The node's subnet.env goes with its temporary dir: keep a copy for the doctor.
@@ -173,9 +180,12 @@ fn doctor_finds_each_fault_and_its_fix() {
     ]);
     let report = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(!out.status.success(), "{report}");
-    assert!(line(&report, "udp_port").starts_with("FAIL"), "{report}");
+    assert!(
+        doctor_line(&report, "udp_port").starts_with("FAIL"),
+        "{report}"
+    );
     assert!(report.contains("held by another process"), "{report}");
-    assert!(line(&report, "tun").starts_with("FAIL"), "{report}");
+    assert!(doctor_line(&report, "tun").starts_with("FAIL"), "{report}");
     drop(squatter);
 }
 
@@ -257,29 +267,29 @@ fn doctor_checks_the_ipv6_half_of_a_dual_stack_network() {
 
     let report = doctor_in(host, &args);
     assert!(
-        line(&report, "etcd").starts_with("ok"),
+        doctor_line(&report, "etcd").starts_with("ok"),
         "a dual-stack config is read:\n{report}"
     );
     assert!(
-        line(&report, "ipv6_forwarding").starts_with("ok"),
+        doctor_line(&report, "ipv6_forwarding").starts_with("ok"),
         "{report}"
     );
     assert!(
-        line(&report, "ipv6_forward_policy").starts_with("ok"),
+        doctor_line(&report, "ipv6_forward_policy").starts_with("ok"),
         "{report}"
     );
 
     // IPv6 forwarding off.
     host.sysctl("net.ipv6.conf.all.forwarding", "0");
     let report = doctor_in(host, &args);
-    let l = line(&report, "ipv6_forwarding");
+    let l = doctor_line(&report, "ipv6_forwarding");
     assert!(l.starts_with("FAIL") && l.contains("fd10::/48"), "{report}");
     assert!(
         report.contains("sysctl -w net.ipv6.conf.all.forwarding=1"),
         "{report}"
     );
     assert!(
-        line(&report, "ip_forward").starts_with("ok"),
+        doctor_line(&report, "ip_forward").starts_with("ok"),
         "IPv4 is on:\n{report}"
     );
     host.sysctl("net.ipv6.conf.all.forwarding", "1");
@@ -288,14 +298,14 @@ fn doctor_checks_the_ipv6_half_of_a_dual_stack_network() {
     host.exec(&["ip6tables", "-w", "5", "-P", "FORWARD", "DROP"]);
     let report = doctor_in(host, &args);
     assert!(
-        line(&report, "ipv6_forward_policy").starts_with("FAIL"),
+        doctor_line(&report, "ipv6_forward_policy").starts_with("FAIL"),
         "{report}"
     );
     let fix =
         "ip6tables -A FORWARD -s fd10::/48 -j ACCEPT; ip6tables -A FORWARD -d fd10::/48 -j ACCEPT";
     assert!(report.contains(fix), "the exact fix:\n{report}");
     assert!(
-        line(&report, "forward_policy").starts_with("ok"),
+        doctor_line(&report, "forward_policy").starts_with("ok"),
         "{report}"
     );
     // The fix as printed mends it.
@@ -305,7 +315,7 @@ fn doctor_checks_the_ipv6_half_of_a_dual_stack_network() {
         host.exec(&argv);
     }
     let report = doctor_in(host, &args);
-    let l = line(&report, "ipv6_forward_policy");
+    let l = doctor_line(&report, "ipv6_forward_policy");
     assert!(
         l.starts_with("ok") && l.contains("DROP, IPv6 overlay accepted"),
         "{report}"
@@ -320,9 +330,9 @@ fn doctor_checks_the_ipv6_half_of_a_dual_stack_network() {
     .unwrap();
     let sfa = format!("--subnet-file={}", sf.display());
     let report = doctor_in(host, &[&sfa, "--etcd-endpoints=http://192.168.64.2:1"]);
-    assert!(line(&report, "etcd").starts_with("FAIL"), "{report}");
+    assert!(doctor_line(&report, "etcd").starts_with("FAIL"), "{report}");
     assert!(
-        line(&report, "ipv6_forward_policy").starts_with("FAIL"),
+        doctor_line(&report, "ipv6_forward_policy").starts_with("FAIL"),
         "{report}"
     );
     assert!(

@@ -11,21 +11,11 @@ use std::time::{Duration, Instant};
 use harness::{
     ping_all_pairs, require_root, transfer, Etcd, KernelFlannelNode, Lab, WeftNode, VXLAN_CONFIG,
 };
-use weft::wire::{EthernetAddress, Subnet};
+use weft::wire::Subnet;
 
 const VXLAN: &str = VXLAN_CONFIG;
 const UDP: &str = r#"{"Network":"10.1.0.0/16","Backend":{"Type":"udp"}}"#;
 const MB: u64 = 1 << 20;
-
-fn vtep_mac_of(etcd: &Etcd, subnet: Subnet) -> EthernetAddress {
-    let rec = etcd.lease(subnet).expect("lease record");
-    let v: serde_json::Value = serde_json::from_str(&rec).expect("lease JSON");
-    v["BackendData"]["VtepMAC"]
-        .as_str()
-        .expect("VtepMAC")
-        .parse()
-        .expect("MAC")
-}
 
 /// Flags that turn every offload off (TUN TSO, UDP GSO, UDP GRO + coalescing).
 const NO_OFFLOADS: &[&str] = &["--tun-offload=false", "--udp-gso=false", "--udp-gro=false"];
@@ -357,11 +347,7 @@ fn mixed_cluster(kernel_offloads: bool, weft_flags: &[&str]) {
         .install(lab.host(1));
     etcd.put_lease(ksub, &kernel.lease_json(), 3600);
     let node = WeftNode::start(lab.host(0), &etcd, weft_flags);
-    kernel.add_peer(
-        node.subnet,
-        lab.host(0).addr(),
-        vtep_mac_of(&etcd, node.subnet),
-    );
+    kernel.add_peer(node.subnet, lab.host(0).addr(), etcd.vtep_mac(node.subnet));
     lab.host_mut(0).add_pod_with_mtu(node.subnet, node.mtu);
     lab.host_mut(1).add_pod_with_mtu(ksub, kernel.mtu());
     ping_all_pairs(&lab);
@@ -447,7 +433,7 @@ fn spoofed_and_malformed_vxlan_is_dropped_and_counted() {
     let a_ip = lab.host(0).addr().to_string();
     let b_ip = lab.host(1).addr().to_string();
     let out_ip = lab.outside().addr().to_string();
-    let mac = vtep_mac_of(&etcd, a.subnet).to_string();
+    let mac = etcd.vtep_mac(a.subnet).to_string();
     let pod_s = pod.to_string();
     let b_pod = b.subnet.nth_addr(2).expect("a /24").to_string();
     let counter = lab.host(0).pod(0).spawn(&["python3", "-c", COUNT_UDP, "6"]);

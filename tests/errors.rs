@@ -12,7 +12,8 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use harness::{
-    ops_get, require_root, weft_bin, Etcd, Host, Lab, Proc, WeftNode, OPS_PORT, VXLAN_CONFIG,
+    doctor_line, ops_get, require_root, weft_bin, Etcd, Host, Lab, Proc, WeftNode, OPS_PORT,
+    VXLAN_CONFIG,
 };
 
 /// How long a start (etcd there, config there) may take before the test calls it hung.
@@ -263,12 +264,6 @@ fn an_iface_without_ipv4_is_named_with_the_fix() {
     assert!(log.contains("none of --iface"), "{log}");
 }
 
-fn line<'a>(report: &'a str, check: &str) -> Option<&'a str> {
-    report
-        .lines()
-        .find(|l| l.split_whitespace().nth(1) == Some(check))
-}
-
 /// A mixed cluster mid-change: B took its lease with Backend.VNI 2, then the config went to
 /// VNI 1 and A started. `weft doctor` on A names B's lease and its VNI, with the fix; doctor on
 /// B names B's own lease (B is the odd node).
@@ -291,7 +286,7 @@ fn doctor_names_a_peer_lease_of_another_vni() {
 
     let (ok, report) = a.doctor(etcd.endpoint());
     assert!(!ok, "doctor passed a mixed-VNI cluster:\n{report}");
-    let vni = line(&report, "vni").unwrap_or_else(|| panic!("no vni line:\n{report}"));
+    let vni = doctor_line(&report, "vni");
     assert!(vni.starts_with("FAIL"), "{report}");
     assert!(
         vni.contains("another VNI than the network config's Backend.VNI 1"),
@@ -311,7 +306,7 @@ fn doctor_names_a_peer_lease_of_another_vni() {
     );
 
     let (_, report) = b.doctor(etcd.endpoint());
-    let vni = line(&report, "vni").unwrap_or_else(|| panic!("no vni line on B:\n{report}"));
+    let vni = doctor_line(&report, "vni");
     assert!(vni.contains(&b_key), "{report}");
 
     // The running node A says so too: a metric, a /status entry, a warning in its log.

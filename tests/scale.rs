@@ -46,6 +46,14 @@ fn epoch_secs() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// `name` from the environment as a number, else `default`.
+fn env_u32(name: &str, default: u32) -> u32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// The first `[epoch] ... bytes from` line of `ping -D` output: when the first reply came.
 fn first_reply(ping_out: &str) -> Option<f64> {
     ping_out
@@ -60,10 +68,7 @@ fn first_reply(ping_out: &str) -> Option<f64> {
 #[ignore = "measurement; prints numbers"]
 fn measure_start_on_65000_leases() {
     require_root();
-    let n: u32 = std::env::var("WEFT_SCALE_LEASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(65_000);
+    let n: u32 = env_u32("WEFT_SCALE_LEASES", 65_000);
     let mut lab = Lab::builder().hosts(2).build();
     let etcd = Etcd::start_in(lab.segment(0));
     etcd.put_config(CONFIG);
@@ -135,23 +140,6 @@ fn measure_start_on_65000_leases() {
     drop(b);
 }
 
-/// The node's process CPU time so far (user + system), in seconds.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command (which may hold spaces) start after the last ')'.
-    let rest = stat.rsplit(')').next().unwrap_or_default();
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    // utime and stime are fields 14 and 15, i.e. 11 and 12 after the state field.
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-    // SAFETY: sysconf takes no pointers.
-    #[allow(unsafe_code)]
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    ticks as f64 / hz
-}
-
 /// Not a check: what single-lease events cost the node. A writer puts `WEFT_SCALE_EVENTS`
 /// (default 10,000) leases one by one, as joins arrive in a large cluster, then deletes them
 /// one by one; prints the node's CPU seconds for each and how long the writer took.
@@ -161,15 +149,9 @@ fn cpu_secs(pid: u32) -> f64 {
 #[ignore = "measurement; prints numbers"]
 fn measure_single_lease_events() {
     require_root();
-    let n: u32 = std::env::var("WEFT_SCALE_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+    let n: u32 = env_u32("WEFT_SCALE_EVENTS", 10_000);
     // Leases already there (in bulk) before the single events: what each publish rebuilds.
-    let base: u32 = std::env::var("WEFT_SCALE_BASE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let base: u32 = env_u32("WEFT_SCALE_BASE", 0);
     let mut lab = Lab::builder().hosts(2).build();
     let etcd = Etcd::start_in(lab.segment(0));
     // The node's own subnet clear of the fake leases (10.0.200.0 to 10.253.x.0).
@@ -191,14 +173,14 @@ fn measure_single_lease_events() {
         assert!(seen.is_some(), "the {base} leases never arrived");
     }
     for (what, delete) in [("puts", false), ("deletes", true)] {
-        let cpu0 = cpu_secs(pid);
+        let cpu0 = harness::process_cpu_secs(pid);
         let t = Instant::now();
         harness::bulk::one_by_one(lab.segment(0), &etcd, 200..200 + n, delete);
         let wrote = t.elapsed().as_secs_f64();
         let want = u64::from(base) + if delete { 0 } else { u64::from(n) };
         let caught =
             harness::wait_until(Duration::from_secs(120), || a.metric("weft_leases") == want);
-        let cpu = cpu_secs(pid) - cpu0;
+        let cpu = harness::process_cpu_secs(pid) - cpu0;
         eprintln!(
             "{n} single-lease {what} beside {base} leases: writer {wrote:.1} s, node caught up {:.1} s after, node CPU {cpu:.2} s",
             caught.map_or(f64::NAN, |d| d.as_secs_f64())

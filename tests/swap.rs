@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use harness::{
-    ping_all_pairs, require_root, transfer, weft_bin, Etcd, Host, KernelFlannelNode, Lab, Netns,
-    Proc, StartingWeft, WeftNode, VXLAN_CONFIG,
+    doctor_line, ping_all_pairs, require_root, transfer, weft_bin, Etcd, Host, KernelFlannelNode,
+    Lab, Netns, Proc, StartingWeft, WeftNode, VXLAN_CONFIG,
 };
-use weft::wire::{EthernetAddress, Subnet};
+use weft::wire::Subnet;
 
 const HOST_GW: &str = r#"{"Network":"10.1.0.0/16","Backend":{"Type":"host-gw"}}"#;
 const MB: u64 = 1 << 20;
@@ -28,16 +28,6 @@ const STREAM: u32 = 1_200;
 
 fn subnet(s: &str) -> Subnet {
     s.parse().expect("a subnet")
-}
-
-fn vtep_mac_of(etcd: &Etcd, subnet: Subnet) -> EthernetAddress {
-    let rec = etcd.lease(subnet).expect("lease record");
-    let v: serde_json::Value = serde_json::from_str(&rec).expect("lease JSON");
-    v["BackendData"]["VtepMAC"]
-        .as_str()
-        .expect("VtepMAC")
-        .parse()
-        .expect("MAC")
 }
 
 /// subnet.env as flanneld v0.20.2 writes it, in `dir`.
@@ -102,13 +92,6 @@ fn doctor(host: &Host, etcd: &Etcd, subnet_file: &Path) -> (bool, String) {
     )
 }
 
-fn line<'a>(report: &'a str, check: &str) -> &'a str {
-    report
-        .lines()
-        .find(|l| l.split_whitespace().nth(1) == Some(check))
-        .unwrap_or_else(|| panic!("no {check} line:\n{report}"))
-}
-
 /// vxlan: host 0 is left as flanneld leaves it, host 1 runs weft, host 2 runs kernel
 /// flannel. weft on host 0 with flanneld's flags takes over without a hand cleaning.
 #[test]
@@ -123,7 +106,7 @@ fn a_flanneld_vxlan_node_swaps_to_weft() {
     let k2 = KernelFlannelNode::install(lab.host(2), s2);
     k2.publish(&etcd, 86_400);
     let w1 = WeftNode::start(lab.host(1), &etcd, &[]);
-    let w1_mac = vtep_mac_of(&etcd, w1.subnet);
+    let w1_mac = etcd.vtep_mac(w1.subnet);
     // What flanneld on hosts 0 and 2 did with the others' leases.
     k0.add_peer(s2, lab.host(2).addr(), k2.vtep_mac());
     k0.add_peer(w1.subnet, lab.host(1).addr(), w1_mac);
@@ -141,7 +124,7 @@ fn a_flanneld_vxlan_node_swaps_to_weft() {
     // flanneld stopped (nothing runs on host 0 now): doctor names what it left.
     let (ok, report) = doctor(lab.host(0), &etcd, &sf);
     assert!(!ok, "{report}");
-    let dev = line(&report, "flannel_devices");
+    let dev = doctor_line(&report, "flannel_devices");
     assert!(dev.starts_with("FAIL"), "{report}");
     assert!(
         dev.contains("flannel.1 (flanneld's, holds UDP port 8472, 2 route(s) inside the Network"),
@@ -151,14 +134,17 @@ fn a_flanneld_vxlan_node_swaps_to_weft() {
         report.contains("start weft (it removes flannel.1 on start), or ip link delete flannel.1"),
         "{report}"
     );
-    let routes = line(&report, "foreign_routes");
+    let routes = doctor_line(&report, "foreign_routes");
     assert!(
         routes.starts_with("WARN") && routes.contains(&format!("{s2} via")),
         "{report}"
     );
-    assert!(line(&report, "flanneld").starts_with("ok"), "{report}");
     assert!(
-        line(&report, "udp_port").contains("UDP 8472 is held by the VXLAN device flannel.1"),
+        doctor_line(&report, "flanneld").starts_with("ok"),
+        "{report}"
+    );
+    assert!(
+        doctor_line(&report, "udp_port").contains("UDP 8472 is held by the VXLAN device flannel.1"),
         "{report}"
     );
 
@@ -173,7 +159,7 @@ fn a_flanneld_vxlan_node_swaps_to_weft() {
 
     // Same subnet, same VTEP MAC (the kernel peer's neighbour entries stay right), same pod.
     assert_eq!(w0.subnet, s0);
-    assert_eq!(vtep_mac_of(&etcd, s0), k0.vtep_mac(), "{record_before}");
+    assert_eq!(etcd.vtep_mac(s0), k0.vtep_mac(), "{record_before}");
     assert_eq!(lab.host(0).pod(0).addr(), pod0);
     assert!(
         !lab.host(0).ip_ok(&["link", "show", "flannel.1"]),
@@ -185,7 +171,7 @@ fn a_flanneld_vxlan_node_swaps_to_weft() {
     transfer(&lab, 0, 1, 10 * MB);
     let (ok, report) = w0.doctor(etcd.endpoint());
     assert!(
-        line(&report, "flannel_devices").starts_with("ok"),
+        doctor_line(&report, "flannel_devices").starts_with("ok"),
         "{ok} {report}"
     );
     let (status, log) = w0.stop();
@@ -330,7 +316,7 @@ fn a_running_flanneld_is_refused() {
     let sf = dir.path().join("subnet.env");
     let (ok, report) = doctor(lab.host(0), &etcd, &sf);
     assert!(!ok, "{report}");
-    let l = line(&report, "flanneld");
+    let l = doctor_line(&report, "flanneld");
     assert!(
         l.starts_with("FAIL") && l.contains(&pid.to_string()),
         "{report}"

@@ -390,6 +390,17 @@ impl Etcd {
         let v = v.trim();
         (!v.is_empty()).then(|| v.to_string())
     }
+
+    /// The `BackendData.VtepMAC` of a subnet's vxlan lease; panics without one.
+    pub fn vtep_mac(&self, subnet: Subnet) -> weft::wire::EthernetAddress {
+        let rec = self.lease(subnet).expect("lease record");
+        let v: serde_json::Value = serde_json::from_str(&rec).expect("lease JSON");
+        v["BackendData"]["VtepMAC"]
+            .as_str()
+            .expect("VtepMAC")
+            .parse()
+            .expect("MAC")
+    }
 }
 
 impl Drop for Etcd {
@@ -530,31 +541,27 @@ pub mod bulk {
         )
     }
 
-    /// Puts (or with `delete` deletes) fake leases `ids` one request each, as a large
-    /// cluster's joins and leaves arrive, from inside `ns`.
+    /// Puts (or with `delete` deletes) fake leases `ids` one request each (a transaction of
+    /// one: one watch event per revision), as a large cluster's joins and leaves arrive, from
+    /// inside `ns`.
     pub fn one_by_one(ns: &Netns, etcd: &Etcd, ids: impl Iterator<Item = u32>, delete: bool) {
-        let ids: Vec<u32> = ids.collect();
-        ns.run(|| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                let mut c = etcd.client().await.expect("etcd client");
-                for i in ids {
-                    match delete {
-                        false => c.put(key(i), record(i), None).await.map(drop),
-                        true => c.delete(key(i), None).await.map(drop),
-                    }
-                    .expect("etcd");
-                }
-            });
-        });
+        in_requests_of(ns, etcd, ids, delete, 1);
     }
 
     /// Puts (or with `delete` deletes) fake leases `ids`, in transactions, from inside `ns`
     /// (the namespace the lab's etcd listens in).
     pub fn apply(ns: &Netns, etcd: &Etcd, ids: impl Iterator<Item = u32>, delete: bool) {
+        in_requests_of(ns, etcd, ids, delete, PER_TXN);
+    }
+
+    /// Puts or deletes fake leases `ids` from inside `ns`, `per` of them in each transaction.
+    fn in_requests_of(
+        ns: &Netns,
+        etcd: &Etcd,
+        ids: impl Iterator<Item = u32>,
+        delete: bool,
+        per: usize,
+    ) {
         let ids: Vec<u32> = ids.collect();
         ns.run(|| {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -563,7 +570,7 @@ pub mod bulk {
                 .expect("runtime");
             rt.block_on(async {
                 let mut client = etcd.client().await.expect("etcd client");
-                for chunk in ids.chunks(PER_TXN) {
+                for chunk in ids.chunks(per) {
                     let ops: Vec<etcd_client::TxnOp> = chunk
                         .iter()
                         .map(|&i| match delete {

@@ -398,6 +398,14 @@ pub fn two_node_cluster(config: &str, flags: &[&str]) -> (Lab, Etcd, WeftNode, W
     (lab, etcd, a, b)
 }
 
+/// The line of a `weft doctor` report for `check`; panics, with the report, without one.
+pub fn doctor_line<'a>(report: &'a str, check: &str) -> &'a str {
+    report
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(check))
+        .unwrap_or_else(|| panic!("no {check} line:\n{report}"))
+}
+
 /// Every pod 0 of a host that has pods pings every other one (after waiting for the path).
 pub fn ping_all_pairs(lab: &Lab) {
     let pods: Vec<_> = lab
